@@ -1,0 +1,190 @@
+//! `agent.toml`: how a facility's agent reaches the coordinator and where its data is.
+//! Relative paths are relative to the configuration file's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `https://HOST:PORT` of the coordinator.
+    pub coordinator: String,
+    /// Name in the coordinator's certificate (defaults to the host of `coordinator`).
+    pub server_name: Option<String>,
+    /// Where the agent keeps its model cache and egress log.
+    pub state_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub egress: EgressConfig,
+    /// The facility's own rules.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Fine-tune each new global model locally (a few epochs on this facility's training
+    /// rows) and keep the result as the facility's personal model; nothing of it leaves.
+    #[serde(default)]
+    pub fine_tune: Option<harambee_models::train::FineTuneConfig>,
+    /// Fault injection for tests of dropout recovery; never set it in production.
+    #[serde(default)]
+    pub testing: TestingConfig,
+}
+
+/// `[policy]`: what the facility allows to leave.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Evaluation metrics are withheld when the held-out cohort has fewer rows than this.
+    #[serde(default)]
+    pub min_cohort: u64,
+}
+
+/// Test-only behaviour.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Stop dead (as a crash would: connection dropped, heartbeats stopped, `run` returns
+    /// an error) when a secure-aggregation task of this stage arrives: `advertise-keys`,
+    /// `share-keys`, `masked-input`, `unmasking`.
+    pub crash_at: Option<String>,
+    /// Benchmarks: skip data and training; each update is random, drawn from this seed.
+    pub synthetic: Option<SyntheticConfig>,
+}
+
+/// A stand-in for training, for benchmarks of the protocol alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Weight each update claims.
+    pub n_samples: u64,
+    pub seed: u64,
+}
+
+/// The local record of what left the facility.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Also keep a copy of every uploaded update under `state_dir/egress/SHA256.f32`,
+    /// so the facility can inspect exactly the bytes that left.
+    #[serde(default)]
+    pub keep_payloads: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The facility's CSV file (header row; columns named by the federation's schema).
+    pub csv: PathBuf,
+    /// Share of rows held out for evaluation, never trained on.
+    #[serde(default = "default_holdout")]
+    pub holdout_fraction: f64,
+    #[serde(default)]
+    pub split_seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub connect_timeout_s: u64,
+    /// Reconnection backoff doubles from 1 s up to this.
+    pub max_backoff_s: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig { connect_timeout_s: 10, max_backoff_s: 60 }
+    }
+}
+
+fn default_holdout() -> f64 {
+    0.25
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: AgentConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.state_dir, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key, &mut config.data.csv] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.validate().with_context(|| format!("in {}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !self.coordinator.starts_with("https://") {
+            anyhow::bail!("coordinator must be an https:// address (there is no plaintext port)");
+        }
+        let h = self.data.holdout_fraction;
+        if !(h > 0.0 && h < 1.0) {
+            anyhow::bail!("data.holdout_fraction must be between 0 and 1, not {h}");
+        }
+        Ok(())
+    }
+
+    pub fn server_name(&self) -> String {
+        self.server_name.clone().unwrap_or_else(|| {
+            let rest = self.coordinator.trim_start_matches("https://");
+            let host_port = rest.split('/').next().unwrap_or(rest);
+            match host_port.rsplit_once(':') {
+                Some((host, _)) => host.trim_matches(['[', ']']).to_owned(),
+                None => host_port.to_owned(),
+            }
+        })
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.network.connect_timeout_s.max(1))
+    }
+
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_secs(self.network.max_backoff_s.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_agent_example_loads_with_paths_relative_to_the_file() {
+        let readme = include_str!("../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .find(|b| b.starts_with("coordinator = "))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, block).unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        assert_eq!(config.tls.ca, dir.path().join("ca.pem"));
+        assert_eq!(config.data.csv, PathBuf::from("/srv/harambee/heart.csv"));
+        assert_eq!(config.server_name(), "coordinator.health.example");
+    }
+
+    #[test]
+    fn plaintext_coordinator_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "coordinator = \"http://x:1\"\nstate_dir = \"s\"\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[data]\ncsv = \"d.csv\"\n").unwrap();
+        let err = format!("{:#}", AgentConfig::load(&path).unwrap_err());
+        assert!(err.contains("https://"), "{err}");
+    }
+}

@@ -1,0 +1,728 @@
+//! `harambee-agent enroll --token TOKEN`: one command turns the operator's one-time token
+//! into a working agent identity, with no certificate handled by hand.
+//!
+//! 1. The token ([`Token`]) names the coordinator, the facility, and the SHA-256 of the
+//!    federation CA certificate. Nothing else is trusted.
+//! 2. The agent generates its Ed25519 key here (`agent.key`, mode 0600); it never leaves
+//!    the facility.
+//! 3. It fetches the CA certificate over TLS without verifying the server (it has no trust
+//!    anchor yet) and accepts it only if its SHA-256 equals the token's; nothing secret
+//!    travels on that connection. (kubeadm's `--discovery-token-ca-cert-hash` works the
+//!    same way.)
+//! 4. It connects again, now verifying the coordinator against that CA, and sends the
+//!    token and a certificate request; the coordinator answers with the certificate.
+//! 5. It writes `ca.pem`, `agent.pem` and, unless one exists, an `agent.toml` skeleton.
+//!
+//! The agent has no certificate during enrolment, so its connections announce themselves
+//! with the extra ALPN protocol [`ENROL_ALPN`] (next to `h2`); the coordinator then does not
+//! ask for a client certificate and serves only the enrolment calls on that connection (see
+//! the coordinator's `tls` and `access` modules). There is still only one port, all TLS.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use harambee_proto::pb::{self, enrolment_service_client::EnrolmentServiceClient};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+use crate::tls::{self, TlsError};
+
+/// Extra ALPN protocol of enrolment connections (offered after `h2`, which is what the
+/// coordinator selects).
+pub const ENROL_ALPN: &[u8] = b"harambee-enrol/1";
+/// What a token starts with.
+pub const TOKEN_PREFIX: &str = "hbe1.";
+/// File names [`enroll`] writes in its directory.
+pub const KEY_FILE: &str = "agent.key";
+pub const CERT_FILE: &str = "agent.pem";
+pub const CA_FILE: &str = "ca.pem";
+pub const CONFIG_FILE: &str = "agent.toml";
+
+/// `harambee-agent enroll` arguments.
+#[derive(clap::Args, Debug)]
+pub struct EnrollArgs {
+    /// The one-time token printed by `harambee-coordinator facility add`.
+    #[arg(long, env = "HARAMBEE_ENROLMENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Where to write agent.key, agent.pem, ca.pem and agent.toml.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Seconds to wait for the coordinator.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_s: u64,
+}
+
+/// Runs `harambee-agent enroll`.
+pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
+    let done = enroll(
+        &args.token,
+        &args.dir,
+        Duration::from_secs(args.connect_timeout_s.max(1)),
+    )
+    .await?;
+    println!(
+        "enrolled facility {} with the coordinator at {}",
+        done.facility, done.coordinator
+    );
+    println!(
+        "  private key  {} (never leaves this machine)",
+        done.key.display()
+    );
+    println!(
+        "  certificate  {} (renewed automatically by `harambee-agent run`)",
+        done.cert.display()
+    );
+    println!("  CA           {}", done.ca.display());
+    if done.wrote_config {
+        println!(
+            "next: set [data] csv in {}, then run `harambee-agent run --config {}`",
+            done.config.display(),
+            done.config.display()
+        );
+    } else {
+        println!(
+            "kept the existing {}; check that its [tls] section names these files",
+            done.config.display()
+        );
+    }
+    Ok(())
+}
+
+/// What [`enroll`] wrote.
+#[derive(Clone, Debug)]
+pub struct Enrolled {
+    pub facility: String,
+    pub coordinator: String,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub ca: PathBuf,
+    pub config: PathBuf,
+    /// `false` if an `agent.toml` was already there (it is never overwritten).
+    pub wrote_config: bool,
+    pub not_after_unix_ms: i64,
+}
+
+/// Enrols with `token`, writing the key, certificate, CA and an `agent.toml` skeleton into
+/// `dir` (created if needed). Refuses if `dir` already holds a certificate. A key left by an
+/// attempt that failed later is reused.
+pub async fn enroll(
+    token: &str,
+    dir: &Path,
+    connect_timeout: Duration,
+) -> anyhow::Result<Enrolled> {
+    let token = Token::parse(token)?;
+    let paths = EnrolPaths::new(dir);
+    if paths.cert.exists() {
+        bail!(
+            "{} exists: this directory is already enrolled (move it away to enrol again)",
+            paths.cert.display()
+        );
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let key = load_or_create_key(&paths.key)?;
+
+    let ca_pem = fetch_ca(&token, connect_timeout).await?;
+    let channel = connect_without_certificate(
+        &token.coordinator,
+        ca_pem.as_bytes(),
+        &token.server_name(),
+        connect_timeout,
+    )
+    .await
+    .with_context(|| format!("connecting to the coordinator at {}", token.coordinator))?;
+    let csr_der = certificate_request(&key, &token.facility)?;
+    let issued = EnrolmentServiceClient::new(channel)
+        .enrol(pb::EnrolRequest {
+            token: token.text.clone(),
+            csr_der,
+        })
+        .await
+        .map_err(|status| {
+            anyhow!(
+                "the coordinator refused the enrolment: {}",
+                status.message()
+            )
+        })?
+        .into_inner();
+    check_issued(&issued, &key, &token.facility, &token.ca_sha256)?;
+
+    write_file(&paths.ca, issued.ca_pem.as_bytes(), 0o644)?;
+    write_file(&paths.cert, issued.certificate_pem.as_bytes(), 0o644)?;
+    let wrote_config = !paths.config.exists();
+    if wrote_config {
+        write_file(&paths.config, config_skeleton(&token).as_bytes(), 0o644)?;
+    }
+    Ok(Enrolled {
+        facility: token.facility.clone(),
+        coordinator: token.coordinator.clone(),
+        key: paths.key,
+        cert: paths.cert,
+        ca: paths.ca,
+        config: paths.config,
+        wrote_config,
+        not_after_unix_ms: issued.not_after_unix_ms,
+    })
+}
+
+/// A TLS connection to the coordinator that verifies it against `ca_pem` but presents no
+/// client certificate, offering [`ENROL_ALPN`]. The coordinator serves only the enrolment
+/// calls on it.
+pub async fn connect_without_certificate(
+    endpoint: &str,
+    ca_pem: &[u8],
+    server_name: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        let ca = ca.map_err(|e| TlsError::Pem {
+            what: "CA certificate".to_owned(),
+            reason: e.to_string(),
+        })?;
+        roots
+            .add(ca)
+            .map_err(|e| TlsError::TrustAnchor(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), ENROL_ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    tls::connect_with_config(endpoint, Arc::new(config), server_name, connect_timeout).await
+}
+
+/// A DER PKCS#10 request for `harambee://agent/<facility>` signed with `key`.
+pub fn certificate_request(key: &rcgen::KeyPair, facility: &str) -> anyhow::Result<Vec<u8>> {
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, facility);
+    let uri = format!("harambee://agent/{facility}");
+    params.subject_alt_names =
+        vec![rcgen::SanType::URI(uri.as_str().try_into().map_err(
+            |e| anyhow!("facility name {facility:?} cannot be encoded: {e}"),
+        )?)];
+    Ok(params
+        .serialize_request(key)
+        .context("building the certificate request")?
+        .der()
+        .to_vec())
+}
+
+/// The files of an enrolled agent in one directory.
+struct EnrolPaths {
+    key: PathBuf,
+    cert: PathBuf,
+    ca: PathBuf,
+    config: PathBuf,
+}
+
+impl EnrolPaths {
+    fn new(dir: &Path) -> Self {
+        EnrolPaths {
+            key: dir.join(KEY_FILE),
+            cert: dir.join(CERT_FILE),
+            ca: dir.join(CA_FILE),
+            config: dir.join(CONFIG_FILE),
+        }
+    }
+}
+
+/// A one-time enrolment token: `hbe1.<base64url JSON>.<checksum>`.
+///
+/// The JSON carries the coordinator's address (and the name its certificate is valid for,
+/// when that differs from the host), the facility, the SHA-256 of the federation CA
+/// certificate, the token's id, its 256-bit secret and its expiry. The checksum (first 4
+/// bytes of the SHA-256 of the JSON, hex) catches a token damaged in copying before
+/// anything is sent; it is no protection against a forger, which is the coordinator's job:
+/// it stores the SHA-256 of the secret under the id and checks the facility too.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub coordinator: String,
+    pub server_name: Option<String>,
+    pub facility: String,
+    pub ca_sha256: String,
+    pub id: String,
+    pub secret: [u8; 32],
+    pub expires_unix_ms: i64,
+    /// The token as text.
+    pub text: String,
+}
+
+/// The never-printed secret stays out of logs.
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("coordinator", &self.coordinator)
+            .field("facility", &self.facility)
+            .field("id", &self.id)
+            .field("expires_unix_ms", &self.expires_unix_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenJson {
+    /// Coordinator endpoint, `https://HOST:PORT`.
+    c: String,
+    /// Server name, when not the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+    /// Facility.
+    f: String,
+    /// CA certificate SHA-256, hex.
+    a: String,
+    /// Token id.
+    i: String,
+    /// Secret, base64url.
+    s: String,
+    /// Expiry, Unix milliseconds.
+    e: i64,
+}
+
+/// Why a token could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("this is not a Harambee enrolment token (it should start with {TOKEN_PREFIX})")]
+    NotAToken,
+    #[error("the enrolment token is damaged (its checksum does not match): copy it again, in full")]
+    Damaged,
+    #[error("the enrolment token is malformed: {0}")]
+    Malformed(String),
+}
+
+impl Token {
+    /// A new token with a fresh random id and secret.
+    pub fn generate(
+        coordinator: &str,
+        server_name: Option<&str>,
+        facility: &str,
+        ca_sha256: &str,
+        expires_unix_ms: i64,
+    ) -> Token {
+        let id: [u8; 8] = rand::random();
+        let secret: [u8; 32] = rand::random();
+        let json = TokenJson {
+            c: coordinator.to_owned(),
+            n: server_name.filter(|n| !n.is_empty()).map(str::to_owned),
+            f: facility.to_owned(),
+            a: ca_sha256.to_ascii_lowercase(),
+            i: hex::encode(id),
+            s: URL_SAFE_NO_PAD.encode(secret),
+            e: expires_unix_ms,
+        };
+        let text = encode(&json);
+        Token {
+            coordinator: json.c,
+            server_name: json.n,
+            facility: json.f,
+            ca_sha256: json.a,
+            id: json.i,
+            secret,
+            expires_unix_ms,
+            text,
+        }
+    }
+
+    /// Reads a token (surrounding whitespace ignored) and checks its checksum and shape.
+    pub fn parse(text: &str) -> Result<Token, TokenError> {
+        let text = text.trim();
+        let rest = text
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::NotAToken)?;
+        let (body, checksum) = rest.rsplit_once('.').ok_or(TokenError::Damaged)?;
+        let json = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Damaged)?;
+        if !checksum.eq_ignore_ascii_case(&checksum_of(&json)) {
+            return Err(TokenError::Damaged);
+        }
+        let json: TokenJson =
+            serde_json::from_slice(&json).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let malformed = |what: &str| TokenError::Malformed(what.to_owned());
+        if !json.c.starts_with("https://") {
+            return Err(malformed("the coordinator address is not https://"));
+        }
+        if json.a.len() != 64 || !json.a.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed("the CA fingerprint is not a hex SHA-256"));
+        }
+        if json.i.is_empty() || json.i.len() > 64 || !json.i.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(malformed("the token id is not hex"));
+        }
+        let secret: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(&json.s)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| malformed("the secret is not 32 bytes of base64url"))?;
+        if json.f.is_empty() || json.f.len() > 64 {
+            return Err(malformed("the facility name is empty or too long"));
+        }
+        Ok(Token {
+            coordinator: json.c,
+            server_name: json.n,
+            facility: json.f,
+            ca_sha256: json.a.to_ascii_lowercase(),
+            id: json.i,
+            secret,
+            expires_unix_ms: json.e,
+            text: text.to_owned(),
+        })
+    }
+
+    /// Re-encodes the token with a facility of the caller's (and a valid checksum): what a
+    /// forger would do. For tests of the coordinator's checks.
+    pub fn with_facility(&self, facility: &str) -> Token {
+        self.reencode(|json| json.f = facility.to_owned())
+    }
+
+    /// Re-encodes the token with another secret (and a valid checksum). For tests.
+    pub fn with_secret(&self, secret: [u8; 32]) -> Token {
+        self.reencode(|json| json.s = URL_SAFE_NO_PAD.encode(secret))
+    }
+
+    fn reencode(&self, change: impl FnOnce(&mut TokenJson)) -> Token {
+        let mut json = TokenJson {
+            c: self.coordinator.clone(),
+            n: self.server_name.clone(),
+            f: self.facility.clone(),
+            a: self.ca_sha256.clone(),
+            i: self.id.clone(),
+            s: URL_SAFE_NO_PAD.encode(self.secret),
+            e: self.expires_unix_ms,
+        };
+        change(&mut json);
+        Token::parse(&encode(&json)).expect("a re-encoded token parses")
+    }
+
+    /// Lowercase hex SHA-256 of the secret: all the coordinator stores.
+    pub fn secret_sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.secret))
+    }
+
+    /// The name the coordinator's certificate must be valid for.
+    pub fn server_name(&self) -> String {
+        self.server_name.clone().unwrap_or_default()
+    }
+}
+
+fn encode(json: &TokenJson) -> String {
+    let bytes = serde_json::to_vec(json).expect("token JSON serializes");
+    format!(
+        "{TOKEN_PREFIX}{}.{}",
+        URL_SAFE_NO_PAD.encode(&bytes),
+        checksum_of(&bytes)
+    )
+}
+
+fn checksum_of(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..4])
+}
+
+/// Fetches the CA certificate without trusting the server, and accepts it only if it is
+/// the one the token pins.
+async fn fetch_ca(token: &Token, connect_timeout: Duration) -> anyhow::Result<String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(UnverifiedServer(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), ENROL_ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    let channel = tls::connect_with_config(
+        &token.coordinator,
+        Arc::new(config),
+        &token.server_name(),
+        connect_timeout,
+    )
+    .await
+    .with_context(|| format!("connecting to the coordinator at {}", token.coordinator))?;
+    let ca = EnrolmentServiceClient::new(channel)
+        .get_ca_certificate(pb::GetCaCertificateRequest {})
+        .await
+        .map_err(|status| {
+            anyhow!(
+                "the coordinator did not send its CA certificate: {}",
+                status.message()
+            )
+        })?
+        .into_inner();
+    let der = CertificateDer::from_pem_slice(ca.ca_pem.as_bytes())
+        .map_err(|e| anyhow!("the coordinator sent an unreadable CA certificate: {e}"))?;
+    let got = hex::encode(Sha256::digest(&der));
+    if got != token.ca_sha256 {
+        bail!(
+            "the server at {} presented a CA certificate with SHA-256 {got}, but the token pins {}: it is not this federation's coordinator, or something in the network intercepts TLS (nothing was sent to it)",
+            token.coordinator,
+            token.ca_sha256
+        );
+    }
+    Ok(ca.ca_pem)
+}
+
+/// Checks that the coordinator issued what was asked: our key, our facility, the pinned CA.
+fn check_issued(
+    issued: &pb::IssuedCertificate,
+    key: &rcgen::KeyPair,
+    facility: &str,
+    ca_sha256: &str,
+) -> anyhow::Result<()> {
+    let ca = CertificateDer::from_pem_slice(issued.ca_pem.as_bytes())
+        .map_err(|e| anyhow!("issued CA certificate is unreadable: {e}"))?;
+    if hex::encode(Sha256::digest(&ca)) != ca_sha256 {
+        bail!("the coordinator answered with another CA certificate than the pinned one");
+    }
+    let leaf = CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes())
+        .map_err(|e| anyhow!("the issued certificate is unreadable: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| anyhow!("the issued certificate is unreadable: {e}"))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        bail!("the issued certificate is not for this agent's key");
+    }
+    let want = format!("harambee://agent/{facility}");
+    let named = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(
+                |n| matches!(n, x509_parser::extensions::GeneralName::URI(uri) if *uri == want),
+            )
+        });
+    if !named {
+        bail!("the issued certificate does not name {want}");
+    }
+    Ok(())
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<rcgen::KeyPair> {
+    if path.exists() {
+        let pem =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let key = rcgen::KeyPair::from_pem(&pem)
+            .with_context(|| format!("reading the key in {}", path.display()))?;
+        if key.algorithm() != &rcgen::PKCS_ED25519 {
+            bail!(
+                "{} is not an Ed25519 key; move it away and enrol again",
+                path.display()
+            );
+        }
+        tracing::info!(key = %path.display(), "reusing the key of an earlier enrolment attempt");
+        return Ok(key);
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+        .context("generating the facility's key")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(key.serialize_pem().as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename (readers see the old or
+/// the new file, never part of one).
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+fn config_skeleton(token: &Token) -> String {
+    // Comments aligned in one column, as in the README's example.
+    let line = |setting: String, comment: &str| match comment {
+        "" => format!("{setting}\n"),
+        _ => format!("{setting:<36}# {comment}\n"),
+    };
+    let mut out = format!(
+        "# Written by `harambee-agent enroll` for facility {}.\n# Set [data] csv, then: harambee-agent run --config agent.toml\n",
+        token.facility
+    );
+    out += &line(format!("coordinator = {:?}", token.coordinator), "");
+    if let Some(name) = &token.server_name {
+        out += &line(
+            format!("server_name = {name:?}"),
+            "the name in the coordinator's certificate",
+        );
+    }
+    out += &line(
+        "state_dir = \"state\"".to_owned(),
+        "model cache and egress.jsonl, the log of all that left",
+    );
+    out += "\n[tls]\n";
+    out += &line(
+        format!("ca = \"{CA_FILE}\""),
+        "the federation CA, pinned by the token",
+    );
+    out += &line(
+        format!("cert = \"{CERT_FILE}\""),
+        "renewed automatically before it expires",
+    );
+    out += &line(
+        format!("key = \"{KEY_FILE}\""),
+        "generated here; never leaves this machine",
+    );
+    out += "\n[data]\n";
+    out += &line(
+        "csv = \"data.csv\"".to_owned(),
+        "the facility's CSV file: set this",
+    );
+    out += &line("holdout_fraction = 0.25".to_owned(), "");
+    out
+}
+
+/// Accepts any server certificate. Used only to fetch the CA certificate, which is then
+/// checked against the token's fingerprint; the handshake signature is still verified.
+#[derive(Debug)]
+struct UnverifiedServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for UnverifiedServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_detect_damage() {
+        let token = Token::generate(
+            "https://coord.example:7443",
+            None,
+            "kisumu",
+            &"ab".repeat(32),
+            42,
+        );
+        let parsed = Token::parse(&format!("  {}\n", token.text)).unwrap();
+        assert_eq!(parsed, token);
+        assert_eq!(parsed.server_name(), "");
+
+        // One character changed anywhere: refused before anything is sent.
+        let mut damaged = token.text.clone().into_bytes();
+        let i = TOKEN_PREFIX.len() + 10;
+        damaged[i] = if damaged[i] == b'A' { b'B' } else { b'A' };
+        let err = Token::parse(std::str::from_utf8(&damaged).unwrap()).unwrap_err();
+        assert!(matches!(err, TokenError::Damaged), "{err}");
+        assert!(matches!(Token::parse("hello"), Err(TokenError::NotAToken)));
+
+        // A forger can recompute the checksum; the coordinator catches that.
+        let forged = token.with_facility("nakuru");
+        assert_eq!(forged.facility, "nakuru");
+        assert_eq!(forged.secret, token.secret);
+        assert!(
+            !format!("{forged:?}").contains(&URL_SAFE_NO_PAD.encode(token.secret)),
+            "Debug hides the secret"
+        );
+    }
+
+    #[test]
+    fn the_written_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        for server_name in [None, Some("coordinator.health.example")] {
+            let token = Token::generate(
+                "https://10.0.0.5:7443",
+                server_name,
+                "kisumu",
+                &"ab".repeat(32),
+                42,
+            );
+            let path = dir.path().join("agent.toml");
+            std::fs::write(&path, config_skeleton(&token)).unwrap();
+            let config = crate::config::AgentConfig::load(&path).unwrap();
+            assert_eq!(config.tls.key, dir.path().join(KEY_FILE));
+            assert_eq!(config.server_name(), server_name.unwrap_or("10.0.0.5"));
+        }
+    }
+
+    #[test]
+    fn requests_name_the_facility() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let der = certificate_request(&key, "kisumu").unwrap();
+        use x509_parser::prelude::FromDer;
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&der).unwrap();
+        assert_eq!(
+            csr.certification_request_info
+                .subject_pki
+                .subject_public_key
+                .data
+                .as_ref(),
+            key.public_key_raw()
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! The Harambee facility agent. It connects out to the coordinator (it never listens),
+//! receives tasks on a long-lived stream, trains on the facility's own data and sends back
+//! only parameters (as an update) and aggregate metrics. Patient rows never leave it.
+//!
+//! Map: [`cli`] and [`config`] are the binary's face; [`runtime`] holds the connection loop
+//! and task handling; [`transfer`] moves models and updates in chunks; [`wire`] converts
+//! wire types; [`tls`] builds the mTLS client; [`egress`] is the local log of everything
+//! that left the facility; [`enroll`] and [`renew`] obtain and renew its certificate.
+
+pub mod cli;
+pub mod config;
+pub mod egress;
+pub mod enroll;
+pub mod peers;
+pub mod renew;
+pub mod runtime;
+pub mod secure;
+pub mod tls;
+pub mod transfer;
+pub mod wire;

@@ -1,0 +1,82 @@
+//! Conversions from wire types (`harambee_proto::pb`) to the models crate's.
+
+use harambee_models::data::{Feature, Schema};
+use harambee_models::metrics::Metrics;
+use harambee_models::model::{ModelKind, ModelSpec};
+use harambee_models::train::{Optimizer, TrainConfig};
+use harambee_proto::pb;
+
+/// A task the agent cannot carry out as described.
+#[derive(Debug, thiserror::Error)]
+#[error("task is malformed: {0}")]
+pub struct BadTask(pub String);
+
+pub fn schema(schema: &pb::FeatureSchema) -> Schema {
+    Schema {
+        label: schema.label.clone(),
+        features: schema
+            .features
+            .iter()
+            .map(|f| Feature {
+                column: f.column.clone(),
+                center: f.center,
+                scale: f.scale,
+                missing: f.missing.clone(),
+                indicator: f.indicator,
+            })
+            .collect(),
+    }
+}
+
+/// The model and its input schema; checks the parameter count the coordinator announced.
+pub fn model(spec: Option<&pb::ModelSpec>) -> Result<(ModelSpec, Schema), BadTask> {
+    let spec = spec.ok_or_else(|| BadTask("no model spec".into()))?;
+    let schema = schema(spec.schema.as_ref().ok_or_else(|| BadTask("no feature schema".into()))?);
+    schema.validate().map_err(|e| BadTask(e.to_string()))?;
+    let kind = match spec.kind.as_str() {
+        "logistic_regression" => ModelKind::LogisticRegression,
+        "mlp" => ModelKind::Mlp { hidden: spec.hidden.iter().map(|&h| h as usize).collect() },
+        "personalized" => ModelKind::Personalized { hidden: spec.hidden.iter().map(|&h| h as usize).collect() },
+        other => return Err(BadTask(format!("unknown model kind {other:?}"))),
+    };
+    let model = ModelSpec { kind, n_inputs: schema.n_inputs() };
+    if model.n_params() as u64 != spec.n_params {
+        return Err(BadTask(format!(
+            "coordinator announced {} parameters, this agent's model has {}",
+            spec.n_params,
+            model.n_params()
+        )));
+    }
+    Ok((model, schema))
+}
+
+pub fn train_config(config: Option<&pb::TrainConfig>) -> Result<TrainConfig, BadTask> {
+    let c = config.ok_or_else(|| BadTask("no train config".into()))?;
+    let optimizer = match c.optimizer.as_str() {
+        "adam" => Optimizer::Adam,
+        "sgd" => Optimizer::Sgd,
+        other => return Err(BadTask(format!("unknown optimizer {other:?}"))),
+    };
+    Ok(TrainConfig {
+        epochs: c.epochs as usize,
+        batch_size: c.batch_size as usize,
+        learning_rate: c.learning_rate,
+        optimizer,
+        seed: c.seed,
+        proximal_mu: c.proximal_mu,
+        frozen_layers: c.frozen_layers as usize,
+    })
+}
+
+pub fn metrics(m: &Metrics) -> pb::Metrics {
+    pb::Metrics {
+        n_samples: m.n_samples,
+        loss: m.loss,
+        accuracy: m.accuracy,
+        auc: m.auc,
+        n_positives: m.n_positives,
+        sensitivity: m.sensitivity,
+        specificity: m.specificity,
+        ece: m.ece,
+    }
+}

@@ -1,0 +1,4 @@
+//! `harambee-coordinator bench …`: benchmarks that print figures (never timed tests).
+
+pub mod quality;
+pub mod secagg;

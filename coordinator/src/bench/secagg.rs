@@ -1,0 +1,220 @@
+//! `harambee-coordinator bench secagg`: the cost of a round's aggregation, secure or plain.
+//!
+//! The coordinator runs as its own process (`serve`), so its CPU time and peak RSS are
+//! measured apart from the agents'; N agents run in this process over real gRPC and mTLS
+//! on loopback, with the real agent runtime but no data and no training (each update is
+//! random, `testing.synthetic`), and without downloading the base model. A fraction of the
+//! agents crash when asked for their masked input (`testing.crash_at`), so the coordinator
+//! must recover their pairwise masks. Figures are printed per round, one JSON object per
+//! line with `--json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use harambee_agent::config::AgentConfig;
+use harambee_agent::runtime::AgentStats;
+use harambee_proto::pb;
+use serde_json::json;
+
+use crate::cli::{AdminArgs, admin_client, wait_for_round};
+use crate::federation::{Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, SecureAggregationSpec, TrainSpec};
+use crate::pki::{self, PkiPaths, Role};
+use crate::wire;
+
+#[derive(Args, Debug)]
+pub struct SecaggArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 100)]
+    pub agents: usize,
+    /// Model parameters (approximately: an MLP [h, h] on 17 inputs is sized to it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub params: usize,
+    /// Fraction of agents that crash at the masked-input stage.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Plain aggregation (the coordinator sees each update) instead of secure.
+    #[arg(long)]
+    pub plain: bool,
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Cap on the FedAvg weights (each synthetic agent claims 100 samples); it sets the
+    /// headroom the masked sum needs, and so whether 32-bit words suffice.
+    #[arg(long, default_value_t = 100)]
+    pub max_weight: u64,
+    /// One JSON object per round on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: SecaggArgs) -> anyhow::Result<()> {
+    let _telemetry = crate::telemetry::init("harambee-bench", None, "error")?;
+    if args.agents < 2 || !(0.0..0.5).contains(&args.dropout) || args.params < 10 {
+        bail!("need --agents >= 2, --dropout in [0, 0.5), --params >= 10");
+    }
+    let dir = std::env::temp_dir().join(format!("harambee-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
+    let pki_dir = dir.join("pki");
+    pki::init(&pki_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    pki::issue(&pki_dir, Role::Operator, "admin", 1)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 10\n",
+            format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display()),
+            dir.join("blobs").display().to_string(),
+            pki_dir.display().to_string(),
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("coordinator.log"))?;
+    let mut coordinator = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the coordinator")?;
+    let pid = coordinator.id().context("coordinator pid")?;
+    let endpoint = format!("https://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let n_crash = (args.agents as f64 * args.dropout).round() as usize;
+    let mut agents = Vec::new();
+    for i in 0..args.agents {
+        let name = format!("bench-{i:04}");
+        let (cert, key) = pki::issue(&pki_dir, Role::Agent, &name, 1)?;
+        let crash = if i < n_crash { "crash_at = \"masked-input\"\n" } else { "" };
+        let text = format!(
+            "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
+            dir.join("agents").join(&name).display().to_string(),
+            PkiPaths::new(&pki_dir).ca_cert().display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        );
+        let path: PathBuf = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        let config = AgentConfig::load(&path)?;
+        let stats = Arc::new(AgentStats::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(harambee_agent::runtime::run_with_stats(
+            config,
+            async {
+                let _ = stopped.await;
+            },
+            stats.clone(),
+        ));
+        agents.push((stats, stop, task));
+    }
+
+    let admin = AdminArgs { coordinator: endpoint, server_name: "localhost".into(), pki: pki_dir.clone(), operator: "admin".into() };
+    let mut client = admin_client(&admin).await?;
+    let h = ((100.0 + args.params as f64 - 1.0).sqrt() - 10.0).round().max(1.0) as usize;
+    let spec = FederationSpec {
+        name: "bench".into(),
+        model: ModelSection { kind: KindName::Mlp, hidden: vec![h, h] },
+        schema: harambee_models::presets::heart_disease(),
+        train: TrainSpec { epochs: 1, batch_size: 16, learning_rate: 0.01, optimizer: OptimizerName::Adam, seed: 1, frozen_layers: 0 },
+        min_agents: (args.agents - n_crash) as u32,
+        facilities: Vec::new(),
+        deadlines: Deadlines { selecting_s: 120, training_s: 600, evaluating_s: 600 },
+        init_seed: 1,
+        secure_aggregation: SecureAggregationSpec {
+            enabled: !args.plain,
+            stage_s: 600,
+            max_weight: args.max_weight,
+            ..Default::default()
+        },
+        strategy: Default::default(),
+    };
+    let fed = client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&spec, 0)), init_from: None }).await?.into_inner();
+    let n_params = fed.config.and_then(|c| c.model).map_or(0, |m| m.n_params);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let connected = client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents.iter().filter(|a| a.connected).count();
+        if connected >= args.agents {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {connected} of {} agents connected", args.agents);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    if !args.json {
+        println!(
+            "{} aggregation, {} agents, {n_params} parameters, {} crash at masked input",
+            if args.plain { "plain" } else { "secure" },
+            args.agents,
+            n_crash
+        );
+        println!("{:>5} {:>8} {:>16} {:>16} {:>14} {:>8}", "round", "wall_s", "coordinator_cpu_s", "bytes_per_agent", "peak_rss_MiB", "dropouts");
+    }
+    for number in 1..=args.rounds {
+        let cpu_before = cpu_seconds(pid)?;
+        let sent_before: u64 = agents.iter().map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed)).sum();
+        let started = Instant::now();
+        let round = client.start_round(pb::StartRoundRequest { federation: spec.name.clone() }).await?.into_inner();
+        let round = wait_for_round(&mut client, round.id, |_| {}).await?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid)? - cpu_before;
+        if round.state() != pb::RoundState::Committed {
+            bail!("round {number} failed: {}", round.failure_reason);
+        }
+        let sent: u64 = agents.iter().map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed)).sum::<u64>() - sent_before;
+        let dropouts = round.participants.iter().filter(|p| p.status() == pb::ParticipantStatus::Dropped).count();
+        let active = round.participants.len().max(1);
+        let rss = peak_rss_bytes(pid)?;
+        let per_agent = sent / active as u64;
+        if args.json {
+            let line = json!({
+                "round": number, "wall_s": wall, "coordinator_cpu_s": cpu, "bytes_per_agent": per_agent,
+                "peak_rss_bytes": rss, "agents": args.agents, "params": n_params, "dropouts": dropouts, "secure": !args.plain,
+            });
+            println!("{line}");
+        } else {
+            println!("{number:>5} {wall:>8.2} {cpu:>16.2} {per_agent:>16} {:>14.1} {dropouts:>8}", rss as f64 / 1048576.0);
+        }
+    }
+    for (_, stop, task) in agents {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    coordinator.kill().await.ok();
+    Ok(())
+}
+
+/// User + system CPU seconds of a process so far (Linux `/proc`, 100 ticks per second).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the coordinator's /proc stat")?;
+    let after_name = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+/// Peak resident set size of a process (`VmHWM`).
+fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+    let kb: u64 = line.split_whitespace().nth(1).context("malformed VmHWM")?.parse()?;
+    Ok(kb * 1024)
+}

@@ -1,0 +1,285 @@
+//! Content-addressed blob store for model parameters, on a local directory.
+//!
+//! A blob is named by the lowercase hex SHA-256 of its bytes and stored at
+//! `<dir>/<first two hex digits>/<digest>`. Writes go to `<dir>/tmp/`, are
+//! fsynced and renamed into place, so a blob is either absent or complete
+//! under its digest; `get` re-hashes and reports a corrupt file. Digests are
+//! validated before any path is built, so no caller string reaches the file
+//! system. Hashing and file I/O run on tokio's blocking pool.
+//!
+//! What it does not do: garbage collection (which blobs are still referenced
+//! is the store's knowledge), or remote storage; an S3-compatible backend can
+//! sit behind the same methods later.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+/// Temporary files older than this are leftovers of a crash and removed by
+/// `open`.
+const STALE_TMP_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// How much of a refused digest an error repeats (it comes from the network).
+const MAX_SHOWN_INVALID: usize = 80;
+
+/// Distinguishes concurrent temporary files within this process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    #[error("blob {0} not found")]
+    NotFound(String),
+    #[error("blob {0} is corrupt (content does not match its digest)")]
+    Corrupt(String),
+    /// Holds the refused text, shortened to `MAX_SHOWN_INVALID` characters.
+    #[error("invalid blob digest {0:?} (expected 64 lowercase hex characters)")]
+    InvalidDigest(String),
+    #[error("range starting at {offset} is beyond the end of blob {digest} ({size} bytes)")]
+    OutOfRange {
+        digest: String,
+        offset: u64,
+        size: u64,
+    },
+    #[error("i/o error on {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A directory of content-addressed blobs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) a blob directory and removes stale
+    /// temporary files.
+    pub async fn open(dir: impl Into<PathBuf>) -> Result<BlobStore, BlobError> {
+        let dir = dir.into();
+        let tmp = dir.join("tmp");
+        blocking(move || {
+            fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+            remove_stale_tmp(&tmp);
+            Ok(BlobStore { dir })
+        })
+        .await
+    }
+
+    /// Stores bytes and returns their digest. Idempotent: an intact blob
+    /// already present is left alone, a corrupt one is replaced.
+    pub async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        let store = self.clone();
+        let bytes = bytes.to_vec();
+        blocking(move || store.put_blocking(&bytes)).await
+    }
+
+    /// Reads a whole blob and checks it against its digest.
+    pub async fn get(&self, digest: &str) -> Result<Vec<u8>, BlobError> {
+        let path = self.blob_path(digest)?;
+        let digest = digest.to_owned();
+        blocking(move || {
+            let bytes = fs::read(&path).map_err(not_found_or_io(&digest, &path))?;
+            if sha256_hex(&bytes) != digest {
+                return Err(BlobError::Corrupt(digest));
+            }
+            Ok(bytes)
+        })
+        .await
+    }
+
+    /// Reads up to `len` bytes from `offset`, fewer at the end of the blob and
+    /// none when `offset` equals its size. Not verified: a chunked reader
+    /// checks the digest of the whole once assembled.
+    pub async fn read_range(
+        &self,
+        digest: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, BlobError> {
+        let path = self.blob_path(digest)?;
+        let digest = digest.to_owned();
+        blocking(move || {
+            let mut file = File::open(&path).map_err(not_found_or_io(&digest, &path))?;
+            let size = file.metadata().map_err(io_err(&path))?.len();
+            if offset > size {
+                return Err(BlobError::OutOfRange {
+                    digest,
+                    offset,
+                    size,
+                });
+            }
+            // Bounded by the file, not by the caller's `len`.
+            let available = usize::try_from(size - offset).unwrap_or(usize::MAX);
+            let mut buf = vec![0; len.min(available)];
+            file.seek(SeekFrom::Start(offset)).map_err(io_err(&path))?;
+            file.read_exact(&mut buf).map_err(io_err(&path))?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    /// The size of a blob in bytes.
+    pub async fn size(&self, digest: &str) -> Result<u64, BlobError> {
+        let path = self.blob_path(digest)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) => Err(not_found_or_io(digest, &path)(e)),
+        }
+    }
+
+    /// Whether a blob is present (without verifying it); false for an
+    /// invalid digest.
+    pub async fn contains(&self, digest: &str) -> bool {
+        match self.blob_path(digest) {
+            Ok(path) => tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()),
+            Err(_) => false,
+        }
+    }
+
+    fn blob_path(&self, digest: &str) -> Result<PathBuf, BlobError> {
+        if !is_valid_digest(digest) {
+            return Err(BlobError::InvalidDigest(
+                digest.chars().take(MAX_SHOWN_INVALID).collect(),
+            ));
+        }
+        Ok(self.dir.join(&digest[..2]).join(digest))
+    }
+
+    fn put_blocking(&self, bytes: &[u8]) -> Result<String, BlobError> {
+        let digest = sha256_hex(bytes);
+        let path = self.blob_path(&digest)?;
+        if is_intact(&path, &digest) {
+            return Ok(digest);
+        }
+        let parent = path.parent().expect("blob paths have a parent");
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+
+        let tmp = self.dir.join("tmp").join(format!(
+            "{digest}.{}.{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = write_synced(&tmp, bytes).and_then(|()| {
+            fs::rename(&tmp, &path).map_err(io_err(&path))?;
+            sync_dir(parent)
+        });
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map(|()| digest)
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Whether `digest` is 64 lowercase hex characters.
+pub fn is_valid_digest(digest: &str) -> bool {
+    digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
+) -> Result<T, BlobError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join_err) => match join_err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only on runtime shutdown.
+            Err(join_err) => Err(BlobError::Io {
+                path: PathBuf::new(),
+                source: io::Error::other(join_err),
+            }),
+        },
+    }
+}
+
+fn is_intact(path: &Path, digest: &str) -> bool {
+    fs::read(path).is_ok_and(|existing| sha256_hex(&existing) == digest)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(bytes).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// Makes a rename durable (directories cannot be opened for syncing on
+/// Windows, where the rename is already durable enough for our purposes).
+fn sync_dir(dir: &Path) -> Result<(), BlobError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn remove_stale_tmp(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() > STALE_TMP_AGE);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
+    move |source| BlobError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn not_found_or_io<'a>(
+    digest: &'a str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> BlobError + 'a {
+    move |source| match source.kind() {
+        io::ErrorKind::NotFound => BlobError::NotFound(digest.to_owned()),
+        _ => BlobError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_store_digest_validation() {
+        let good = sha256_hex(b"abc");
+        assert!(is_valid_digest(&good));
+        assert!(!is_valid_digest(&good.to_uppercase()));
+        assert!(!is_valid_digest(&good[..63]));
+        assert!(!is_valid_digest("../../../../etc/passwd"));
+        assert!(!is_valid_digest(&format!("{}/x", &good[..62])));
+    }
+}

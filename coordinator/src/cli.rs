@@ -1,0 +1,580 @@
+//! The `harambee-coordinator` command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use harambee_agent::tls::ClientTls;
+use harambee_proto::pb::{self, admin_service_client::AdminServiceClient};
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+use crate::federation::FederationSpec;
+use crate::pki::{self, PkiPaths, Role};
+use crate::server::{self, Storage};
+use crate::state::Settings;
+use crate::{demo, wire};
+
+#[derive(Parser, Debug)]
+#[command(name = "harambee-coordinator", version, about = "Harambee coordinator: federated learning across health facilities")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator server.
+    Serve(ServeArgs),
+    /// Certificate authority: create it, issue certificates.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Federations (operator).
+    #[command(subcommand)]
+    Federation(FederationCommand),
+    /// Rounds (operator).
+    #[command(subcommand)]
+    Round(RoundCommand),
+    /// Facilities known to the coordinator and whether they are connected (operator).
+    Agents(AdminArgs),
+    /// Model versions (operator).
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Facilities: enrolment tokens, revocation (operator; auditors may list).
+    #[command(subcommand)]
+    Facility(crate::identity_cli::FacilityCommand),
+    /// The admin-action log (auditor or operator).
+    #[command(subcommand)]
+    Audit(crate::identity_cli::AuditCommand),
+    /// A whole local federation on the bundled data: coordinator, PKI and one agent process per facility.
+    Demo(demo::DemoArgs),
+    /// Differential-privacy planning.
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run an agent (the demo starts its agents this way; facilities install `harambee-agent`).
+    #[command(hide = true, subcommand)]
+    Agent(harambee_agent::cli::Command),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "HARAMBEE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (TLS only).
+    #[arg(long, env = "HARAMBEE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// `sqlite://PATH?mode=rwc` or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "HARAMBEE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory of content-addressed model blobs.
+    #[arg(long, env = "HARAMBEE_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
+    /// PKI directory made by `pki init`.
+    #[arg(long, env = "HARAMBEE_PKI")]
+    pub pki: Option<PathBuf>,
+    /// Export traces over OTLP/gRPC to this endpoint.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The `serve` configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub blob_dir: Option<PathBuf>,
+    pub pki: Option<PathBuf>,
+    pub otlp_endpoint: Option<String>,
+    pub heartbeat_interval_s: Option<u64>,
+    pub liveness_timeout_s: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PrivacyCommand {
+    /// The ε that the RDP accountant gives for the subsampled Gaussian mechanism; the last
+    /// line is the number alone.
+    Epsilon {
+        #[arg(long)]
+        noise_multiplier: f64,
+        /// Probability that a record (or facility) takes part in a step.
+        #[arg(long)]
+        sampling_rate: f64,
+        #[arg(long)]
+        steps: u64,
+        #[arg(long)]
+        delta: f64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Model quality per facility for each strategy, on the bundled multi-site data, in one process.
+    Quality(crate::bench::quality::QualityArgs),
+    /// Cost of one round's aggregation, secure or plain: coordinator process plus N in-process agents over gRPC.
+    Secagg(crate::bench::secagg::SecaggArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PkiCommand {
+    /// Create the CA and the coordinator's server certificate, plus an operator certificate `admin`.
+    Init {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// DNS names or IP addresses agents use to reach the coordinator.
+        #[arg(long = "san", default_values = ["localhost", "127.0.0.1"])]
+        sans: Vec<String>,
+        /// Keep the CA key offline: write the root CA here (move it off this host), and give
+        /// --dir an issuing CA instead (see deploy/PKI.md).
+        #[arg(long)]
+        ca_out: Option<PathBuf>,
+    },
+    /// Certify a new issuing CA for the serving host with the offline root CA.
+    IssuingCa {
+        /// The offline root CA directory (made by `pki init --ca-out`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The serving host's PKI directory.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = crate::pki::ISSUING_CA_VALIDITY_DAYS)]
+        days: u32,
+    },
+    /// Issue a certificate for a facility's agent or for a person.
+    Issue {
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Issue an agent certificate for this facility.
+        #[arg(long, conflicts_with_all = ["role", "name"])]
+        facility: Option<String>,
+        #[arg(long, requires = "name")]
+        role: Option<Role>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+}
+
+/// How an operator reaches the coordinator.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    #[arg(long, env = "HARAMBEE_COORDINATOR", default_value = "https://127.0.0.1:7443")]
+    pub coordinator: String,
+    /// Name in the coordinator's certificate.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// PKI directory holding ca.pem and issued/operator-NAME.{pem,key}.
+    #[arg(long, env = "HARAMBEE_PKI", default_value = "pki")]
+    pub pki: PathBuf,
+    /// Operator certificate name within the PKI directory.
+    #[arg(long, default_value = "admin")]
+    pub operator: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FederationCommand {
+    /// Create a federation from a TOML definition.
+    Create {
+        #[arg(long)]
+        config: PathBuf,
+        /// Start from a safetensors checkpoint (e.g. from `model export`) instead of fresh
+        /// parameters; combine with `train.frozen_layers` to fine-tune only the last layers.
+        #[arg(long, conflicts_with = "init_from_federation")]
+        init_from: Option<PathBuf>,
+        /// Start from another federation's committed version: `NAME@VERSION`.
+        #[arg(long)]
+        init_from_federation: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    List(AdminArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoundCommand {
+    /// Start a round; with --wait, follow it until it ends.
+    Start {
+        #[arg(long)]
+        federation: String,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one round, or every round of a federation.
+    Status {
+        #[arg(long, conflicts_with = "federation")]
+        round: Option<u64>,
+        #[arg(long)]
+        federation: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Write a committed model version: safetensors with the model kind and feature schema
+    /// (for facility applications and Python), or raw little-endian f32 plus a `.json`.
+    Export {
+        #[arg(long)]
+        federation: String,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
+        format: ExportFormat,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Pki(cmd) => pki_command(cmd),
+        Command::Federation(FederationCommand::Create { config, init_from, init_from_federation, admin }) => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let spec = FederationSpec::from_toml(&text).with_context(|| format!("parsing {}", config.display()))?;
+            spec.validate()?;
+            let mut client = admin_client(&admin).await?;
+            let source = match (init_from, init_from_federation) {
+                (Some(path), _) => Some(pb::model_source::Source::Checkpoint(
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                )),
+                (None, Some(from)) => {
+                    let (federation, version) = from.split_once('@').context("--init-from-federation takes NAME@VERSION")?;
+                    let version = version.parse().context("the version after @ is a number")?;
+                    Some(pb::model_source::Source::FederationVersion(pb::FederationVersion { federation: federation.to_owned(), version }))
+                }
+                (None, None) => None,
+            };
+            let request = pb::CreateFederationRequest {
+                config: Some(wire::federation_config(&spec, 0)),
+                init_from: source.map(|s| pb::ModelSource { source: Some(s) }),
+            };
+            let fed = client.create_federation(request).await?.into_inner();
+            let latest = fed.latest.unwrap_or_default();
+            println!("created federation {} (model version 0, {} bytes, sha256 {})", spec.name, latest.size_bytes, latest.digest);
+            Ok(())
+        }
+        Command::Federation(FederationCommand::List(admin)) => {
+            let mut client = admin_client(&admin).await?;
+            for fed in client.list_federations(pb::ListFederationsRequest {}).await?.into_inner().federations {
+                let config = fed.config.unwrap_or_default();
+                let latest = fed.latest.unwrap_or_default();
+                println!("{}\tversion {}\t{}", config.name, latest.version, latest.digest);
+            }
+            Ok(())
+        }
+        Command::Round(RoundCommand::Start { federation, wait, admin }) => {
+            let mut client = admin_client(&admin).await?;
+            let round = client.start_round(pb::StartRoundRequest { federation }).await?.into_inner();
+            println!("started round {} (number {})", round.id, round.number);
+            if wait {
+                let round = wait_for_round(&mut client, round.id, |_| {}).await?;
+                print_round(&round);
+                if round.state() != pb::RoundState::Committed {
+                    bail!("round {} failed: {}", round.id, round.failure_reason);
+                }
+            }
+            Ok(())
+        }
+        Command::Round(RoundCommand::Status { round, federation, admin }) => {
+            let mut client = admin_client(&admin).await?;
+            let rounds = match (round, federation) {
+                (Some(id), _) => vec![client.get_round(pb::GetRoundRequest { round_id: id }).await?.into_inner()],
+                (None, Some(federation)) => client.list_rounds(pb::ListRoundsRequest { federation }).await?.into_inner().rounds,
+                (None, None) => bail!("give --round ID or --federation NAME"),
+            };
+            rounds.iter().for_each(print_round);
+            Ok(())
+        }
+        Command::Agents(admin) => {
+            let mut client = admin_client(&admin).await?;
+            for agent in client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents {
+                let state = if agent.connected { "connected" } else { "offline" };
+                println!("{}\t{state}\tlast seen {} ms\tcert {}", agent.facility, agent.last_seen_unix_ms, agent.cert_sha256);
+            }
+            Ok(())
+        }
+        Command::Model(ModelCommand::Export { federation, version, out, format, admin }) => {
+            let mut client = admin_client(&admin).await?;
+            let meta = match format {
+                ExportFormat::Safetensors => export_safetensors(&mut client, &federation, version, &out).await?,
+                ExportFormat::F32 => export_model(&mut client, &federation, version, &out).await?,
+            };
+            println!("wrote model version {} of {federation} to {}", meta.version, out.display());
+            Ok(())
+        }
+        Command::Facility(cmd) => crate::identity_cli::facility(cmd).await,
+        Command::Audit(cmd) => crate::identity_cli::audit(cmd).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Privacy(PrivacyCommand::Epsilon { noise_multiplier, sampling_rate, steps, delta }) => {
+            let report = harambee_privacy::accountant::epsilon(noise_multiplier, sampling_rate, steps, delta)?;
+            println!(
+                "noise multiplier {noise_multiplier}, sampling rate {sampling_rate}, {steps} steps, delta {delta}: epsilon {} (best RDP order {})",
+                report.epsilon, report.order
+            );
+            println!("{}", report.epsilon);
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Quality(args)) => crate::bench::quality::run(args).await,
+        Command::Bench(BenchCommand::Secagg(args)) => crate::bench::secagg::run(args).await,
+        Command::Agent(cmd) => {
+            let _telemetry = crate::telemetry::init("harambee-agent", None, "info")?;
+            harambee_agent::cli::run(cmd).await
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file: ServeFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => ServeFile::default(),
+    };
+    let otlp = args.otlp_endpoint.or(file.otlp_endpoint);
+    let _telemetry = crate::telemetry::init("harambee-coordinator", otlp.as_deref(), "info")?;
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid address"));
+    let storage = Storage {
+        database_url: args
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| "sqlite://harambee-data/coordinator.db?mode=rwc".to_owned()),
+        blob_dir: args.blob_dir.or(file.blob_dir).unwrap_or_else(|| PathBuf::from("harambee-data/blobs")),
+    };
+    if let Some(path) = storage.database_url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p))
+        && let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut settings = Settings::default();
+    if let Some(s) = file.heartbeat_interval_s {
+        settings.heartbeat_interval = Duration::from_secs(s.max(1));
+    }
+    if let Some(s) = file.liveness_timeout_s {
+        settings.liveness_timeout = Duration::from_secs(s.max(1));
+    }
+    let pki_dir = args.pki.or(file.pki).unwrap_or_else(|| PathBuf::from("pki"));
+    let tls = crate::tls::load_server_config(&PkiPaths::new(&pki_dir))
+        .with_context(|| format!("loading the TLS identity from {}", pki_dir.display()))?;
+    let coord = server::open(&storage, settings).await?;
+    crate::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    server::serve(coord, listener, tls, shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
+    match cmd {
+        PkiCommand::Init { dir, sans, ca_out: Some(ca_out) } => {
+            pki::init_offline(&dir, &ca_out, &sans).with_context(|| format!("creating a PKI in {}", dir.display()))?;
+            let (cert, _key) = pki::issue(&dir, Role::Operator, "admin", 90)?;
+            println!("{}\noperator certificate: {}", crate::identity_cli::describe_offline_init(&dir, &ca_out), cert.display());
+            Ok(())
+        }
+        PkiCommand::IssuingCa { ca_dir, dir, days } => {
+            let cert = pki::issue_issuing_ca(&ca_dir, &dir, days).with_context(|| format!("issuing a new issuing CA into {}", dir.display()))?;
+            println!("issuing CA: {} (restart the coordinator to use it)", cert.display());
+            Ok(())
+        }
+        PkiCommand::Init { dir, sans, ca_out: None } => {
+            let paths = pki::init(&dir, &sans).with_context(|| format!("creating a PKI in {}", dir.display()))?;
+            let (cert, _key) = pki::issue(&dir, Role::Operator, "admin", 90)?;
+            println!("CA: {}\ncoordinator certificate: {}\noperator certificate: {}", paths.ca_cert().display(), paths.server_cert().display(), cert.display());
+            println!("keep {} offline once facilities are issued", paths.ca_key().display());
+            Ok(())
+        }
+        PkiCommand::Issue { dir, facility, role, name, days } => {
+            let (role, name) = match (facility, role, name) {
+                (Some(facility), _, _) => (Role::Agent, facility),
+                (None, Some(role), Some(name)) => (role, name),
+                _ => bail!("give --facility NAME, or --role ROLE --name NAME"),
+            };
+            let (cert, key) = pki::issue(&dir, role, &name, days)?;
+            println!("certificate: {}\nprivate key: {}", cert.display(), key.display());
+            Ok(())
+        }
+    }
+}
+
+/// A client of the AdminService authenticated with an operator certificate.
+pub async fn admin_client(args: &AdminArgs) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let paths = PkiPaths::new(&args.pki);
+    let tls = ClientTls::from_files(
+        &paths.ca_cert(),
+        &paths.issued_cert(Role::Operator, &args.operator),
+        &paths.issued_key(Role::Operator, &args.operator),
+        &args.server_name,
+    )?;
+    let channel = harambee_agent::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to {}", args.coordinator))?;
+    Ok(AdminServiceClient::new(channel)
+        .max_decoding_message_size(harambee_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(harambee_proto::MAX_MESSAGE_BYTES))
+}
+
+/// Polls a round until it is committed or failed, calling `progress` on every poll.
+pub async fn wait_for_round(
+    client: &mut AdminServiceClient<Channel>,
+    round_id: u64,
+    mut progress: impl FnMut(&pb::Round),
+) -> anyhow::Result<pb::Round> {
+    loop {
+        let round = client.get_round(pb::GetRoundRequest { round_id }).await?.into_inner();
+        progress(&round);
+        if matches!(round.state(), pb::RoundState::Committed | pb::RoundState::Failed) {
+            return Ok(round);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Formats of `model export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Safetensors,
+    F32,
+}
+
+/// Downloads a model version as a safetensors checkpoint (tensors per layer; metadata: the
+/// model kind, hidden sizes, feature schema, federation and version).
+pub async fn export_safetensors(
+    client: &mut AdminServiceClient<Channel>,
+    federation: &str,
+    version: Option<u32>,
+    out: &Path,
+) -> anyhow::Result<pb::ModelVersion> {
+    let raw = out.with_extension("f32.tmp");
+    let meta = export_model(client, federation, version, &raw).await?;
+    let params = harambee_core::params::from_le_bytes(&std::fs::read(&raw)?)?;
+    let _ = std::fs::remove_file(&raw);
+    let _ = std::fs::remove_file(raw.with_extension("json"));
+    let (spec, schema) = harambee_agent::wire::model(meta.spec.as_ref())?;
+    let checkpoint = harambee_models::checkpoint::Checkpoint {
+        spec,
+        schema,
+        params,
+        federation: federation.to_owned(),
+        version: meta.version.into(),
+    };
+    harambee_models::checkpoint::save_file(out, &checkpoint)?;
+    Ok(meta)
+}
+
+/// Downloads a model version to `out` (raw little-endian f32) and `out.json` (description).
+pub async fn export_model(
+    client: &mut AdminServiceClient<Channel>,
+    federation: &str,
+    version: Option<u32>,
+    out: &Path,
+) -> anyhow::Result<pb::ModelVersion> {
+    use sha2::{Digest, Sha256};
+    let request = pb::ExportModelRequest { federation: federation.to_owned(), version };
+    let mut stream = client.export_model(request).await?.into_inner();
+    let Some(pb::ExportModelResponse { part: Some(pb::export_model_response::Part::Meta(meta)) }) = stream.next().await.transpose()? else {
+        bail!("export stream did not start with the model description");
+    };
+    let model = meta.model.clone().unwrap_or_default();
+    let mut bytes = Vec::with_capacity(model.size_bytes as usize);
+    while let Some(part) = stream.next().await.transpose()? {
+        if let Some(pb::export_model_response::Part::Chunk(chunk)) = part.part {
+            if chunk.offset != bytes.len() as u64 {
+                bail!("export chunk at offset {} where {} was expected", chunk.offset, bytes.len());
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+    }
+    let digest = hex::encode(Sha256::digest(&bytes));
+    if digest != model.digest {
+        bail!("exported model's sha256 {digest} differs from the advertised {}", model.digest);
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let spec = meta.spec.clone().unwrap_or_default();
+    let description = serde_json::json!({
+        "federation": meta.federation,
+        "version": meta.version,
+        "round_id": meta.round_id,
+        "sha256": model.digest,
+        "n_params": spec.n_params,
+        "kind": spec.kind,
+        "hidden": spec.hidden,
+        "format": "little-endian f32, parameters in model declaration order",
+        "schema": spec.schema.map(|s| wire::schema_from_pb(s)),
+    });
+    let json_path = out.with_extension("json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&description)?).with_context(|| format!("writing {}", json_path.display()))?;
+    Ok(meta)
+}
+
+pub fn print_round(round: &pb::Round) {
+    let state = round.state().as_str_name().trim_start_matches("ROUND_STATE_").to_lowercase();
+    println!("round {} (#{} of {}): {state}", round.id, round.number, round.federation);
+    if !round.failure_reason.is_empty() {
+        println!("  reason: {}", round.failure_reason);
+    }
+    for p in &round.participants {
+        let status = p.status().as_str_name().trim_start_matches("PARTICIPANT_STATUS_").to_lowercase();
+        let detail = if p.detail.is_empty() { String::new() } else { format!("  ({})", p.detail) };
+        println!("  {:<24} {status:<9} n={:<6}{detail}", p.facility, p.n_samples);
+    }
+    if round.participants.iter().any(|p| p.metrics.is_some()) {
+        print_metrics_table(round);
+    }
+}
+
+/// Per-facility metrics of a round, the weighted global row, the worst facility's AUC and
+/// the best-worst gap.
+pub fn print_metrics_table(round: &pb::Round) {
+    println!("  {:<24} {:>6} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6}", "facility", "n_test", "loss", "accuracy", "auc", "sens", "spec", "ece");
+    let row = |name: &str, m: &pb::Metrics| {
+        println!(
+            "  {name:<24} {:>6} {:>7.4} {:>8.4} {:>7.4} {:>6.3} {:>6.3} {:>6.3}",
+            m.n_samples, m.loss, m.accuracy, m.auc, m.sensitivity, m.specificity, m.ece
+        )
+    };
+    for p in &round.participants {
+        match &p.metrics {
+            Some(m) => row(&p.facility, m),
+            None => println!("  {:<24} {:>6} {}", p.facility, "-", if p.detail.is_empty() { "no metrics" } else { &p.detail }),
+        }
+    }
+    if let Some(g) = &round.global_metrics {
+        row("global (weighted mean)", g);
+    }
+    let aucs: Vec<(&str, f64)> =
+        round.participants.iter().filter_map(|p| p.metrics.map(|m| (p.facility.as_str(), m.auc))).filter(|(_, a)| a.is_finite()).collect();
+    if let (Some(worst), Some(best)) = (
+        aucs.iter().min_by(|a, b| a.1.total_cmp(&b.1)),
+        aucs.iter().max_by(|a, b| a.1.total_cmp(&b.1)),
+    ) {
+        println!("  worst facility AUC {:.4} ({}), best-worst gap {:.4}", worst.1, worst.0, best.1 - worst.1);
+    }
+}
+

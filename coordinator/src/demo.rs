@@ -1,0 +1,394 @@
+//! `harambee-coordinator demo`: a whole federation on one machine, on the bundled
+//! multi-site heart-disease data (UCI, 4 hospitals; see data/README.md).
+//!
+//! It plays every part a real deployment has: a national unit (PKI, federation, rounds),
+//! a coordinator (in this process, on a loopback port, SQLite under the demo directory),
+//! and one agent per facility as a separate OS process holding only its own CSV file.
+//! At the end it trains the same model on all data pooled in one place, the reference a
+//! federation is measured against, and evaluates both on the same held-out rows.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use harambee_models::data::{Dataset, load_csv, split_holdout};
+use harambee_models::metrics::Metrics;
+use harambee_proto::pb;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::cli::{AdminArgs, admin_client, export_safetensors, wait_for_round};
+use crate::federation::{Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, TrainSpec};
+use crate::pki::{self, PkiPaths, Role};
+use crate::server::{self, Storage};
+use crate::state::Settings;
+use crate::wire;
+
+/// The bundled multi-site data set (CC BY 4.0; provenance in data/README.md).
+const HEART_CSV: &str = include_str!("../../data/heart_disease_uci_4sites.csv");
+/// Share of each facility's rows held out for evaluation, and the split's seed.
+pub const HOLDOUT: f64 = 0.25;
+pub const SPLIT_SEED: u64 = 7;
+/// Marks a directory as the demo's own, so that re-running may wipe it.
+const MARKER: &str = ".harambee-demo";
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of facilities (agent processes); default one per hospital of the data set.
+    /// More splits hospitals into several facilities; fewer groups hospitals together.
+    #[arg(long)]
+    pub agents: Option<usize>,
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Write a JSON summary of the run here.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    /// Working directory (wiped and recreated).
+    #[arg(long, default_value = "harambee-demo")]
+    pub dir: PathBuf,
+    /// `logistic_regression` or `mlp`.
+    #[arg(long, default_value = "logistic_regression")]
+    pub model: String,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: u32,
+    /// Store state in this database instead of SQLite under the demo directory.
+    #[arg(long, hide_env_values = true, env = "HARAMBEE_DEMO_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+/// One facility of the demo: its name and the directory holding its own `data.csv`.
+pub struct Facility {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let _telemetry = crate::telemetry::init("harambee-coordinator", None, "warn")?;
+    let kind = KindName::parse(&args.model).with_context(|| format!("unknown --model {:?}", args.model))?;
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let dir = prepare_dir(&args.dir)?;
+    let facilities = write_facilities(&dir, args.agents)?;
+    println!("harambee demo: {} facilities, {} rounds, model {}, in {}", facilities.len(), args.rounds, kind.as_str(), dir.display());
+
+    // The national unit's PKI: a CA, the coordinator's certificate, an operator, one per agent.
+    let pki_dir = dir.join("pki");
+    pki::init(&pki_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    pki::issue(&pki_dir, Role::Operator, "admin", 1)?;
+    for f in &facilities {
+        pki::issue(&pki_dir, Role::Agent, &f.name, 1)?;
+    }
+
+    // The coordinator, in this process, on an ephemeral loopback port.
+    let storage = Storage {
+        database_url: args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display())),
+        blob_dir: dir.join("blobs"),
+    };
+    let settings = Settings { heartbeat_interval: Duration::from_secs(1), liveness_timeout: Duration::from_secs(5) };
+    let coord = server::open(&storage, settings).await?;
+    let tls = crate::tls::load_server_config(&PkiPaths::new(&pki_dir))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(coord, listener, tls, async {
+        let _ = stop_rx.await;
+    }));
+    let endpoint = format!("https://127.0.0.1:{}", addr.port());
+
+    // One agent process per facility.
+    let mut children = Vec::new();
+    for f in &facilities {
+        children.push(spawn_agent(f, &endpoint, &pki_dir)?);
+    }
+    let result = drive(&args, kind, &dir, &facilities, &endpoint, &pki_dir).await;
+
+    for child in &mut children {
+        let _ = child.start_kill();
+    }
+    for child in &mut children {
+        let _ = child.wait().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    result
+}
+
+async fn drive(
+    args: &DemoArgs,
+    kind: KindName,
+    dir: &Path,
+    facilities: &[Facility],
+    endpoint: &str,
+    pki_dir: &Path,
+) -> anyhow::Result<()> {
+    let admin = AdminArgs {
+        coordinator: endpoint.to_owned(),
+        server_name: "localhost".to_owned(),
+        pki: pki_dir.to_owned(),
+        operator: "admin".to_owned(),
+    };
+    let mut client = admin_client(&admin).await?;
+    let spec = federation_spec(kind, args.epochs, facilities);
+    spec.validate()?;
+    client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&spec, 0)), init_from: None }).await?;
+
+    wait_for_agents(&mut client, facilities.len()).await?;
+    let mut last = None;
+    for number in 1..=args.rounds {
+        let started = Instant::now();
+        let round = client.start_round(pb::StartRoundRequest { federation: spec.name.clone() }).await?.into_inner();
+        let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        let round = wait_for_round(&mut client, round.id, |r| {
+            let uploaded = r.participants.iter().filter(|p| p.status() == pb::ParticipantStatus::Uploaded).count();
+            let state = r.state().as_str_name().trim_start_matches("ROUND_STATE_").to_lowercase();
+            bar.set_message(format!("round {number}/{}: {state} ({uploaded}/{} updates)", args.rounds, r.participants.len()));
+        })
+        .await?;
+        bar.finish_and_clear();
+        if round.state() != pb::RoundState::Committed {
+            bail!("round {number} failed: {} (agent logs: {}/facilities/*/agent.log)", round.failure_reason, dir.display());
+        }
+        print_round_table(number, &round, started.elapsed());
+        last = Some(round);
+    }
+    let last = last.expect("at least one round");
+
+    let model_path = dir.join("model.safetensors");
+    let meta = export_safetensors(&mut client, &spec.name, None, &model_path).await?;
+    println!("final model: version {} saved to {} (sha256 {})", meta.version, model_path.display(), meta.model.unwrap_or_default().digest);
+
+    // The same federation with plain aggregation, to show that secure aggregation costs
+    // no model quality.
+    let mut plain_spec = spec.clone();
+    plain_spec.name = format!("{}-plain", spec.name);
+    plain_spec.secure_aggregation.enabled = false;
+    client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&plain_spec, 0)), init_from: None }).await?;
+    let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    for number in 1..=args.rounds {
+        bar.set_message(format!("reference federation with plain aggregation: round {number}/{}", args.rounds));
+        let round = client.start_round(pb::StartRoundRequest { federation: plain_spec.name.clone() }).await?.into_inner();
+        let round = wait_for_round(&mut client, round.id, |_| {}).await?;
+        if round.state() != pb::RoundState::Committed {
+            bail!("plain round {number} failed: {}", round.failure_reason);
+        }
+    }
+    bar.finish_and_clear();
+    let plain_path = dir.join("model-plain.safetensors");
+    export_safetensors(&mut client, &plain_spec.name, None, &plain_path).await?;
+
+    // The reference: one model trained on every facility's training rows in one place,
+    // and both models evaluated on the union of the held-out rows.
+    let model = spec.model_spec();
+    let mut trains = Vec::new();
+    let mut tests = Vec::new();
+    for f in facilities {
+        let data = load_csv(&f.dir.join("data.csv"), &spec.schema)?;
+        let (train, test) = split_holdout(&data, HOLDOUT, SPLIT_SEED);
+        trains.push(train);
+        tests.push(test);
+    }
+    let pooled_train = Dataset::concat(&trains.iter().collect::<Vec<_>>());
+    let pooled_test = Dataset::concat(&tests.iter().collect::<Vec<_>>());
+    let global_params = harambee_models::checkpoint::load_file(&model_path)?.params;
+    let global = harambee_models::train::evaluate(&model, &global_params, &pooled_test)?;
+    let plain_params = harambee_models::checkpoint::load_file(&plain_path)?.params;
+    let plain = harambee_models::train::evaluate(&model, &plain_params, &pooled_test)?;
+    let mut pooled_config = spec.train_config();
+    pooled_config.epochs *= args.rounds as usize;
+    let init = model.init_params(spec.init_seed);
+    let pooled_model = tokio::task::spawn_blocking({
+        let model = model.clone();
+        move || harambee_models::train::train(&model, &init, &pooled_train, &pooled_config)
+    })
+    .await??;
+    let pooled = harambee_models::train::evaluate(&model, &pooled_model.params, &pooled_test)?;
+    println!();
+    println!("on all {} held-out rows:", pooled_test.n_rows());
+    println!("  federated, secure aggregation (the global model)  auc {:.4}  accuracy {:.4}  loss {:.4}", global.auc, global.accuracy, global.loss);
+    println!("  federated, plain aggregation (comparison)         auc {:.4}  accuracy {:.4}  loss {:.4}", plain.auc, plain.accuracy, plain.loss);
+    println!("  pooled, all data in one place (reference)        auc {:.4}  accuracy {:.4}  loss {:.4}", pooled.auc, pooled.accuracy, pooled.loss);
+    println!("  auc gap (pooled - federated): {:+.4}", pooled.auc - global.auc);
+
+    if let Some(path) = &args.summary_json {
+        let mut summary = summary(args.rounds, &global, &pooled, &last);
+        summary["secure_aggregation"] = json!(spec.secure_aggregation.enabled);
+        summary["plain"] = json!({ "auc": finite_or_null(plain.auc), "accuracy": plain.accuracy, "loss": plain.loss });
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("summary written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// The demo's federation: the heart-disease preset schema over the given facilities.
+pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> FederationSpec {
+    FederationSpec {
+        name: "heart-disease".to_owned(),
+        model: ModelSection { kind, hidden: if kind == KindName::Mlp { vec![16] } else { vec![] } },
+        schema: harambee_models::presets::heart_disease(),
+        train: TrainSpec { epochs, batch_size: 16, learning_rate: 0.01, optimizer: OptimizerName::Adam, seed: 1, frozen_layers: 0 },
+        min_agents: (facilities.len() as u32).div_ceil(2).max(1),
+        facilities: facilities.iter().map(|f| f.name.clone()).collect(),
+        deadlines: Deadlines { selecting_s: 60, training_s: 300, evaluating_s: 120 },
+        init_seed: 42,
+        secure_aggregation: Default::default(),
+        strategy: Default::default(),
+    }
+}
+
+fn summary(rounds: u32, global: &Metrics, pooled: &Metrics, last: &pb::Round) -> serde_json::Value {
+    let facilities: Vec<_> = last
+        .participants
+        .iter()
+        .map(|p| {
+            let m = p.metrics.unwrap_or_default();
+            json!({
+                "name": p.facility,
+                "auc": finite_or_null(m.auc),
+                "accuracy": m.accuracy,
+                "loss": m.loss,
+                "samples": p.n_samples,
+                "test_samples": m.n_samples,
+            })
+        })
+        .collect();
+    json!({
+        "rounds_committed": rounds,
+        "global": { "auc": finite_or_null(global.auc), "accuracy": global.accuracy, "loss": global.loss, "test_samples": global.n_samples },
+        "pooled": { "auc": finite_or_null(pooled.auc), "accuracy": pooled.accuracy, "loss": pooled.loss, "test_samples": pooled.n_samples },
+        "facilities": facilities,
+    })
+}
+
+fn finite_or_null(x: f64) -> serde_json::Value {
+    if x.is_finite() { json!(x) } else { serde_json::Value::Null }
+}
+
+fn print_round_table(number: u32, round: &pb::Round, took: Duration) {
+    let contributed = round.participants.iter().filter(|p| p.status() == pb::ParticipantStatus::Uploaded).count();
+    println!(
+        "round {number}: committed model version {} in {:.1}s, {contributed}/{} facilities contributed{}",
+        round.result.as_ref().map_or(0, |r| r.version),
+        took.as_secs_f64(),
+        round.participants.len(),
+        if round.secure_aggregation { " (secure aggregation)" } else { "" }
+    );
+    crate::cli::print_metrics_table(round);
+}
+
+async fn wait_for_agents(client: &mut harambee_proto::pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let agents = client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+        let connected = agents.iter().filter(|a| a.connected).count();
+        if connected >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {connected} of {n} agents connected within 60 s; see the agent logs");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            bail!("{} exists and is not a demo directory; choose another --dir", dir.display());
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), "created by harambee-coordinator demo; safe to delete\n")?;
+    Ok(std::path::absolute(dir)?)
+}
+
+/// Splits the bundled data into one CSV file per facility, under `dir/facilities/NAME/`.
+pub fn write_facilities(dir: &Path, n_agents: Option<usize>) -> anyhow::Result<Vec<Facility>> {
+    let mut reader = csv::Reader::from_reader(HEART_CSV.as_bytes());
+    let header = reader.headers()?.clone();
+    let site_col = header.iter().position(|h| h == "site").context("bundled data has no site column")?;
+    let mut sites: Vec<(String, Vec<csv::StringRecord>)> = Vec::new();
+    for record in reader.records() {
+        let record = record?;
+        let site = record[site_col].to_owned();
+        match sites.iter_mut().find(|(s, _)| *s == site) {
+            Some((_, rows)) => rows.push(record),
+            None => sites.push((site, vec![record])),
+        }
+    }
+    let n = n_agents.unwrap_or(sites.len());
+    if n == 0 || n > 100 {
+        bail!("--agents must be between 1 and 100");
+    }
+    // Facility names and rows.
+    let mut groups: Vec<(String, Vec<csv::StringRecord>)> = Vec::new();
+    if n >= sites.len() {
+        // Facility i belongs to site i % n_sites; a site's rows are dealt among its facilities.
+        for (s, (site, rows)) in sites.iter().enumerate() {
+            let k = (s..n).step_by(sites.len()).count();
+            for j in 0..k {
+                let name = if k == 1 { site.clone() } else { format!("{site}-{}", j + 1) };
+                let part = rows.iter().skip(j).step_by(k).cloned().collect();
+                groups.push((name.replace('_', "-"), part));
+            }
+        }
+    } else {
+        for i in 0..n {
+            let rows = sites.iter().skip(i).step_by(n).flat_map(|(_, r)| r.iter().cloned()).collect();
+            groups.push((format!("group-{}", i + 1), rows));
+        }
+    }
+    let mut facilities = Vec::new();
+    for (name, rows) in groups {
+        let fdir = dir.join("facilities").join(&name);
+        std::fs::create_dir_all(&fdir)?;
+        let mut writer = csv::Writer::from_path(fdir.join("data.csv"))?;
+        writer.write_record(&header)?;
+        for row in &rows {
+            writer.write_record(row)?;
+        }
+        writer.flush()?;
+        facilities.push(Facility { name, dir: fdir });
+    }
+    Ok(facilities)
+}
+
+/// Writes `agent.toml` for a facility, with its certificate from `pki_dir`.
+pub fn write_agent_config(f: &Facility, endpoint: &str, pki_dir: &Path) -> anyhow::Result<PathBuf> {
+    let paths = PkiPaths::new(pki_dir);
+    let config = format!(
+        "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = \"state\"\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[data]\ncsv = \"data.csv\"\nholdout_fraction = {HOLDOUT}\nsplit_seed = {SPLIT_SEED}\n\n[network]\nconnect_timeout_s = 5\nmax_backoff_s = 2\n",
+        paths.ca_cert().display().to_string(),
+        paths.issued_cert(Role::Agent, &f.name).display().to_string(),
+        paths.issued_key(Role::Agent, &f.name).display().to_string(),
+    );
+    let config_path = f.dir.join("agent.toml");
+    std::fs::write(&config_path, config)?;
+    Ok(config_path)
+}
+
+fn spawn_agent(f: &Facility, endpoint: &str, pki_dir: &Path) -> anyhow::Result<Child> {
+    let config_path = write_agent_config(f, endpoint, pki_dir)?;
+    let log = std::fs::File::create(f.dir.join("agent.log"))?;
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let child = Command::new(exe)
+        .args(["agent", "run", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting the agent of {}", f.name))?;
+    Ok(child)
+}

@@ -1,0 +1,643 @@
+//! Facility enrolment and certificate renewal (`EnrolmentService`), facility management and
+//! the admin-action log (`IdentityService`).
+//!
+//! # Enrolment
+//!
+//! An operator adds a facility (`IdentityService.AddFacility`, `harambee-coordinator
+//! facility add`): the coordinator stores the facility and the SHA-256 of a fresh token's
+//! secret, and returns the token ([`harambee_agent::enroll::Token`]: coordinator address,
+//! CA fingerprint, facility, id, secret, expiry). The facility's agent presents it once
+//! (`Enrol`, on a connection without a client certificate, see [`crate::tls`]) with a
+//! certificate request for its own Ed25519 key. The coordinator checks, in this order, and
+//! refuses with a message naming the problem: the token parses and is intact; its id is
+//! known; its secret matches; the facility it names is the one it was issued for; it is
+//! neither used, nor withdrawn, nor expired; the facility is not revoked; the request is
+//! validly self-signed, names that facility, and holds an Ed25519 key. It then signs a
+//! certificate whose every field it fixes itself ([`crate::pki::Signer`]) and, in one
+//! transaction, marks the token used (only if it still is unused: of two concurrent uses
+//! one wins) and the facility enrolled, and records the certificate.
+//!
+//! # Renewal
+//!
+//! `RenewCertificate` issues a new certificate for the caller's own identity, on its mTLS
+//! connection: nothing about it is kept in memory, so it works across restarts.
+//!
+//! # Revocation and the admin-action log
+//!
+//! `RevokeFacility` marks the facility revoked in the database with the admin action, then
+//! in memory ([`crate::access::Identity`]), closes its task stream and drops it from running
+//! rounds. Every admin action (facility added or revoked here; federation created, round
+//! started, model exported in [`crate::service::admin`]) goes to the `admin_actions` table
+//! with the caller's identity and certificate fingerprint and the time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use harambee_agent::enroll::{Token, TokenError};
+use harambee_proto::MAX_MESSAGE_BYTES;
+use harambee_proto::pb::{
+    self,
+    enrolment_service_server::{EnrolmentService, EnrolmentServiceServer},
+    identity_service_server::{IdentityService, IdentityServiceServer},
+};
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use crate::pki::{self, CsrError, IssuedCert, PeerIdentity, PkiPaths, Role, Signer};
+use crate::state::{Coordinator, now_ms};
+use crate::store::{
+    AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, StoreError, TokenRefusal,
+    TokenRow,
+};
+use crate::tls::{require_any_role, require_role};
+use crate::wire;
+
+/// Lifetime of an enrolment token when the operator does not say.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Longest lifetime of an enrolment token.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most admin actions returned by one `ListAdminActions`.
+const MAX_ACTIONS_PER_CALL: u32 = 10_000;
+
+/// What the coordinator needs to enrol and renew: the CA certificate and, if this host
+/// holds a CA key, the signer.
+pub struct Issuing {
+    ca_pem: String,
+    ca_sha256: String,
+    signer: Option<Signer>,
+    validity: Duration,
+}
+
+/// Why an enrolment, renewal or facility change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    #[error(
+        "enrolment is not enabled on this coordinator (it was started without its PKI directory)"
+    )]
+    NotEnabled,
+    #[error(
+        "this coordinator cannot sign certificates: its PKI directory holds neither issuing-ca.key nor ca.key (see deploy/PKI.md)"
+    )]
+    NoSigner,
+    #[error(transparent)]
+    Token(TokenError),
+    #[error("this enrolment token was not issued by this coordinator (unknown token id)")]
+    UnknownToken,
+    #[error("this enrolment token is not valid: its secret does not match (was it altered?)")]
+    WrongSecret,
+    #[error("this enrolment token was issued for facility {issued_for:?}, not {claimed:?}")]
+    OtherFacility { issued_for: String, claimed: String },
+    #[error("this enrolment token was already used (at {0}); ask the operator for a new one")]
+    Used(String),
+    #[error(
+        "this enrolment token was withdrawn at {0} (a newer token was issued for the facility, or it was revoked)"
+    )]
+    Withdrawn(String),
+    #[error("this enrolment token expired at {0}; ask the operator for a new one")]
+    Expired(String),
+    #[error("facility {0:?} has been revoked")]
+    Revoked(String),
+    #[error(
+        "facility {0:?} has been revoked, and revocation is permanent: register the site under a new name"
+    )]
+    AddRevoked(String),
+    #[error(
+        "facility {0:?} is already enrolled; pass --reenrol to issue a new token (its current certificates stay valid until they expire)"
+    )]
+    AlreadyEnrolled(String),
+    #[error("no facility named {0:?} has been added or has connected")]
+    UnknownFacility(String),
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for EnrolError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::FacilityRevoked(name) => EnrolError::Revoked(name),
+            StoreError::FacilityEnrolled(name) => EnrolError::AlreadyEnrolled(name),
+            StoreError::UnknownFacility(name) => EnrolError::UnknownFacility(name),
+            other => EnrolError::Store(other),
+        }
+    }
+}
+
+impl Coordinator {
+    /// Lets this coordinator enrol facilities and renew certificates with the PKI in `pki`:
+    /// its `ca.pem` and, if present, the issuing CA's or the CA's key. Certificates it
+    /// issues are valid for `validity`. Returns whether it can sign (without a key it still
+    /// serves the CA certificate, and refuses to add facilities).
+    pub fn enable_issuing(
+        &self,
+        pki: &PkiPaths,
+        validity: Duration,
+    ) -> Result<bool, pki::PkiError> {
+        let ca_pem =
+            std::fs::read_to_string(pki.ca_cert()).map_err(|source| pki::PkiError::Io {
+                action: "read",
+                path: pki.ca_cert(),
+                source,
+            })?;
+        let ca_sha256 = pki::pem_fingerprint(ca_pem.as_bytes())?;
+        let signer = Signer::load(pki)?;
+        let can_sign = signer.is_some();
+        *self.identity.issuing.write().unwrap() = Some(Arc::new(Issuing {
+            ca_pem,
+            ca_sha256,
+            signer,
+            validity,
+        }));
+        Ok(can_sign)
+    }
+
+    fn issuing(&self) -> Result<Arc<Issuing>, EnrolError> {
+        self.identity
+            .issuing
+            .read()
+            .unwrap()
+            .clone()
+            .ok_or(EnrolError::NotEnabled)
+    }
+
+    /// Appends `action` on `subject` by `actor` to the admin-action log.
+    pub async fn record_admin_action(
+        &self,
+        actor: &PeerIdentity,
+        action: AdminActionKind,
+        subject: &str,
+        detail: String,
+    ) -> Result<(), Status> {
+        let row = admin_action(actor, action, subject, detail);
+        self.store
+            .record_admin_action(&row)
+            .await
+            .map_err(wire::store_status)?;
+        Ok(())
+    }
+
+    /// Applies a revocation recorded in the database: refuses the facility from now on,
+    /// closes its task stream and drops it from running rounds.
+    pub async fn apply_revocation(&self, facility: &str) {
+        self.identity.add_revoked([facility.to_owned()]);
+        self.registry.remove(facility);
+        self.broadcast_dropout(facility, "facility revoked").await;
+    }
+}
+
+/// [`Coordinator::enable_issuing`] for `serve`: certificates valid
+/// [`pki::DEFAULT_LEAF_VALIDITY_DAYS`]; logs what is possible.
+pub fn enable_from_pki(coord: &Coordinator, pki: &PkiPaths) -> anyhow::Result<()> {
+    let validity = Duration::from_secs(u64::from(pki::DEFAULT_LEAF_VALIDITY_DAYS) * 86_400);
+    if coord.enable_issuing(pki, validity)? {
+        info!(
+            validity_days = pki::DEFAULT_LEAF_VALIDITY_DAYS,
+            "enrolment and certificate renewal enabled"
+        );
+    } else {
+        tracing::warn!(
+            pki = %pki.dir().display(),
+            "no CA or issuing CA key in the PKI directory: enrolment and renewal are unavailable (see deploy/PKI.md)"
+        );
+    }
+    Ok(())
+}
+
+/// The `EnrolmentService` of `coord`, with the message size limits.
+pub fn enrolment_service(coord: Coordinator) -> EnrolmentServiceServer<EnrolmentApi> {
+    EnrolmentServiceServer::new(EnrolmentApi { coord })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The `IdentityService` of `coord`, with the message size limits.
+pub fn identity_service(coord: Coordinator) -> IdentityServiceServer<IdentityApi> {
+    IdentityServiceServer::new(IdentityApi { coord })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+pub struct EnrolmentApi {
+    coord: Coordinator,
+}
+
+impl EnrolmentApi {
+    async fn enrol(&self, request: pb::EnrolRequest) -> Result<pb::IssuedCertificate, EnrolError> {
+        let issuing = self.coord.issuing()?;
+        let token = Token::parse(&request.token).map_err(EnrolError::Token)?;
+        let row = self
+            .coord
+            .store
+            .token(&token.id)
+            .await?
+            .ok_or(EnrolError::UnknownToken)?;
+        if !constant_time_eq(
+            row.secret_sha256.as_bytes(),
+            token.secret_sha256().as_bytes(),
+        ) {
+            return Err(EnrolError::WrongSecret);
+        }
+        if row.facility != token.facility {
+            return Err(EnrolError::OtherFacility {
+                issued_for: row.facility,
+                claimed: token.facility,
+            });
+        }
+        let now = now_ms();
+        if let Some(refusal) = row.refusal(now) {
+            return Err(refused(refusal));
+        }
+        if self.coord.identity.is_revoked(&row.facility) {
+            return Err(EnrolError::Revoked(row.facility));
+        }
+        let signer = issuing.signer.as_ref().ok_or(EnrolError::NoSigner)?;
+        let issued = signer.sign_request(
+            &request.csr_der,
+            Role::Agent,
+            &row.facility,
+            issuing.validity,
+        )?;
+        let cert = certificate_row(&issued, Role::Agent, &row.facility, "enrol");
+        match self.coord.store.use_token(&row.id, &cert, now).await {
+            Ok(()) => {}
+            // Lost a race with another use of the token, or it expired meanwhile.
+            Err(StoreError::TokenUnusable(_)) => {
+                let row = self
+                    .coord
+                    .store
+                    .token(&row.id)
+                    .await?
+                    .ok_or(EnrolError::UnknownToken)?;
+                return Err(row
+                    .refusal(now_ms())
+                    .map(refused)
+                    .unwrap_or(EnrolError::Used(String::new())));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        info!(facility = %row.facility, sha256 = %issued.sha256, "facility enrolled");
+        Ok(issued_pb(&issued, &issuing, &row.facility))
+    }
+
+    async fn renew(
+        &self,
+        peer: &PeerIdentity,
+        request: pb::RenewCertificateRequest,
+    ) -> Result<pb::IssuedCertificate, EnrolError> {
+        let issuing = self.coord.issuing()?;
+        if self.coord.identity.is_revoked(&peer.name) {
+            return Err(EnrolError::Revoked(peer.name.clone()));
+        }
+        let signer = issuing.signer.as_ref().ok_or(EnrolError::NoSigner)?;
+        let issued =
+            signer.sign_request(&request.csr_der, peer.role, &peer.name, issuing.validity)?;
+        self.coord
+            .store
+            .record_certificate(&certificate_row(&issued, peer.role, &peer.name, "renew"))
+            .await?;
+        info!(identity = %peer, sha256 = %issued.sha256, "certificate renewed");
+        Ok(issued_pb(&issued, &issuing, &peer.name))
+    }
+}
+
+#[tonic::async_trait]
+impl EnrolmentService for EnrolmentApi {
+    async fn get_ca_certificate(
+        &self,
+        _request: Request<pb::GetCaCertificateRequest>,
+    ) -> Result<Response<pb::CaCertificate>, Status> {
+        let issuing = self.coord.issuing().map_err(wire::enrol_status)?;
+        Ok(Response::new(pb::CaCertificate {
+            ca_pem: issuing.ca_pem.clone(),
+            sha256: issuing.ca_sha256.clone(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn enrol(
+        &self,
+        request: Request<pb::EnrolRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let remote = request.remote_addr();
+        match self.enrol(request.into_inner()).await {
+            Ok(issued) => Ok(Response::new(issued)),
+            Err(e) => {
+                info!(?remote, reason = %e, "enrolment refused");
+                Err(wire::enrol_status(e))
+            }
+        }
+    }
+
+    #[instrument(skip_all, fields(facility))]
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let peer = require_role(&request, Role::Agent)?;
+        tracing::Span::current().record("facility", peer.name.as_str());
+        self.renew(&peer, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(wire::enrol_status)
+    }
+}
+
+pub struct IdentityApi {
+    coord: Coordinator,
+}
+
+impl IdentityApi {
+    async fn add(
+        &self,
+        peer: &PeerIdentity,
+        request: pb::AddFacilityRequest,
+    ) -> Result<pb::AddFacilityResponse, EnrolError> {
+        pki::validate_name(&request.name)
+            .map_err(|e| EnrolError::InvalidArgument(e.to_string()))?;
+        if !request.coordinator.starts_with("https://") {
+            return Err(EnrolError::InvalidArgument(format!(
+                "the coordinator address for the token must be https://HOST:PORT, not {:?}",
+                request.coordinator
+            )));
+        }
+        let lifetime = match request.expires_s {
+            0 => DEFAULT_TOKEN_LIFETIME,
+            s => Duration::from_secs(s),
+        };
+        if lifetime > MAX_TOKEN_LIFETIME {
+            return Err(EnrolError::InvalidArgument(format!(
+                "a token may live at most {} days",
+                MAX_TOKEN_LIFETIME.as_secs() / 86_400
+            )));
+        }
+        let issuing = self.coord.issuing()?;
+        if issuing.signer.is_none() {
+            return Err(EnrolError::NoSigner);
+        }
+        let now = now_ms();
+        let expires_ms = now.saturating_add(lifetime.as_millis() as i64);
+        let server_name = Some(request.server_name.as_str()).filter(|n| !n.is_empty());
+        let token = Token::generate(
+            &request.coordinator,
+            server_name,
+            &request.name,
+            &issuing.ca_sha256,
+            expires_ms,
+        );
+        let row = TokenRow {
+            id: token.id.clone(),
+            facility: request.name.clone(),
+            secret_sha256: token.secret_sha256(),
+            created_ms: now,
+            expires_ms,
+            used_ms: None,
+            withdrawn_ms: None,
+        };
+        let detail = format!(
+            "token {} expires {}{}",
+            token.id,
+            format_time(expires_ms),
+            if request.reenrol {
+                ", re-enrolment"
+            } else {
+                ""
+            }
+        );
+        let action = AdminActionRow {
+            at_ms: now,
+            ..admin_action(peer, AdminActionKind::FacilityAdded, &request.name, detail)
+        };
+        let facility = match self
+            .coord
+            .store
+            .add_facility(&request.name, &row, request.reenrol, &action)
+            .await
+        {
+            Err(StoreError::FacilityRevoked(name)) => return Err(EnrolError::AddRevoked(name)),
+            other => other?,
+        };
+        info!(facility = %request.name, operator = %peer.name, token_id = %token.id, "facility added; enrolment token issued");
+        Ok(pb::AddFacilityResponse {
+            facility: Some(self.facility_pb(&facility, None)),
+            token: token.text,
+            token_expires_unix_ms: expires_ms,
+        })
+    }
+
+    async fn revoke(
+        &self,
+        peer: &PeerIdentity,
+        request: pb::RevokeFacilityRequest,
+    ) -> Result<pb::Facility, EnrolError> {
+        pki::validate_name(&request.name)
+            .map_err(|e| EnrolError::InvalidArgument(e.to_string()))?;
+        let action = admin_action(
+            peer,
+            AdminActionKind::FacilityRevoked,
+            &request.name,
+            request.reason.clone(),
+        );
+        let facility = self
+            .coord
+            .store
+            .revoke_facility(&request.name, &request.reason, &action)
+            .await?;
+        self.coord.apply_revocation(&request.name).await;
+        info!(facility = %request.name, operator = %peer.name, reason = %request.reason, "facility revoked");
+        let expiry = self
+            .coord
+            .store
+            .latest_certificate_expiry(Role::Agent.as_str())
+            .await?;
+        Ok(self.facility_pb(&facility, expiry.get(&facility.name).copied()))
+    }
+
+    fn facility_pb(&self, row: &FacilityRow, cert_not_after_ms: Option<i64>) -> pb::Facility {
+        pb::Facility {
+            name: row.name.clone(),
+            status: row.status.as_str().to_owned(),
+            created_unix_ms: row.created_ms,
+            created_by: row.created_by.clone(),
+            enrolled_unix_ms: row.enrolled_ms.unwrap_or(0),
+            revoked_unix_ms: row.revoked_ms.unwrap_or(0),
+            revoked_by: row.revoked_by.clone().unwrap_or_default(),
+            revoked_reason: row.revoked_reason.clone().unwrap_or_default(),
+            cert_not_after_unix_ms: cert_not_after_ms.unwrap_or(0),
+            connected: self.coord.registry.is_connected(&row.name),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for IdentityApi {
+    #[instrument(skip_all, fields(operator))]
+    async fn add_facility(
+        &self,
+        request: Request<pb::AddFacilityRequest>,
+    ) -> Result<Response<pb::AddFacilityResponse>, Status> {
+        let peer = require_role(&request, Role::Operator)?;
+        tracing::Span::current().record("operator", peer.name.as_str());
+        self.add(&peer, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(wire::enrol_status)
+    }
+
+    #[instrument(skip_all, fields(operator))]
+    async fn revoke_facility(
+        &self,
+        request: Request<pb::RevokeFacilityRequest>,
+    ) -> Result<Response<pb::Facility>, Status> {
+        let peer = require_role(&request, Role::Operator)?;
+        tracing::Span::current().record("operator", peer.name.as_str());
+        self.revoke(&peer, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(wire::enrol_status)
+    }
+
+    async fn list_facilities(
+        &self,
+        request: Request<pb::ListFacilitiesRequest>,
+    ) -> Result<Response<pb::ListFacilitiesResponse>, Status> {
+        require_any_role(&request, &[Role::Operator, Role::Auditor])?;
+        let rows = self
+            .coord
+            .store
+            .facilities()
+            .await
+            .map_err(wire::store_status)?;
+        let expiry = self
+            .coord
+            .store
+            .latest_certificate_expiry(Role::Agent.as_str())
+            .await
+            .map_err(wire::store_status)?;
+        let facilities = rows
+            .iter()
+            .map(|row| self.facility_pb(row, expiry.get(&row.name).copied()))
+            .collect();
+        Ok(Response::new(pb::ListFacilitiesResponse { facilities }))
+    }
+
+    async fn list_admin_actions(
+        &self,
+        request: Request<pb::ListAdminActionsRequest>,
+    ) -> Result<Response<pb::ListAdminActionsResponse>, Status> {
+        require_any_role(&request, &[Role::Operator, Role::Auditor])?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 1000,
+            n => n.min(MAX_ACTIONS_PER_CALL),
+        };
+        let rows = self
+            .coord
+            .store
+            .admin_actions(request.after_id, u64::from(limit))
+            .await
+            .map_err(wire::store_status)?;
+        let actions = rows
+            .into_iter()
+            .map(|a| pb::AdminAction {
+                id: a.id,
+                at_unix_ms: a.at_ms,
+                actor: a.actor,
+                actor_cert_sha256: a.actor_cert_sha256,
+                action: a.action.as_str().to_owned(),
+                subject: a.subject,
+                detail: a.detail,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAdminActionsResponse { actions }))
+    }
+}
+
+fn admin_action(
+    actor: &PeerIdentity,
+    action: AdminActionKind,
+    subject: &str,
+    detail: String,
+) -> AdminActionRow {
+    AdminActionRow {
+        id: 0,
+        at_ms: now_ms(),
+        actor: actor.to_string(),
+        actor_cert_sha256: actor.cert_sha256.clone(),
+        action,
+        subject: subject.to_owned(),
+        detail,
+    }
+}
+
+fn refused(refusal: TokenRefusal) -> EnrolError {
+    match refusal {
+        TokenRefusal::Used(at) => EnrolError::Used(format_time(at)),
+        TokenRefusal::Withdrawn(at) => EnrolError::Withdrawn(format_time(at)),
+        TokenRefusal::Expired(at) => EnrolError::Expired(format_time(at)),
+    }
+}
+
+fn certificate_row(issued: &IssuedCert, role: Role, name: &str, via: &str) -> CertificateRow {
+    CertificateRow {
+        serial: issued.serial.clone(),
+        sha256: issued.sha256.clone(),
+        role: role.as_str().to_owned(),
+        name: name.to_owned(),
+        not_before_ms: issued.not_before.unix_timestamp() * 1000,
+        not_after_ms: issued.not_after.unix_timestamp() * 1000,
+        issued_ms: now_ms(),
+        via: via.to_owned(),
+    }
+}
+
+fn issued_pb(issued: &IssuedCert, issuing: &Issuing, facility: &str) -> pb::IssuedCertificate {
+    pb::IssuedCertificate {
+        certificate_pem: issued.chain_pem.clone(),
+        ca_pem: issuing.ca_pem.clone(),
+        sha256: issued.sha256.clone(),
+        not_after_unix_ms: issued.not_after.unix_timestamp() * 1000,
+        facility: facility.to_owned(),
+    }
+}
+
+/// Compares without an early exit, so timing does not tell how much of a hash matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`, for messages.
+pub fn format_time(unix_ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{unix_ms} ms after the Unix epoch"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_well() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn hashes_compare_in_full() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,324 @@
+//! A federation as the operator declares it (`federation create --config fed.toml`) and as
+//! the coordinator stores it (JSON in the `federations` table).
+
+use std::time::Duration;
+
+use harambee_models::data::Schema;
+use harambee_models::model::{ModelKind, ModelSpec};
+use harambee_models::train::{Optimizer, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+/// Everything that defines a federation. Fixed once created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSpec {
+    pub name: String,
+    pub model: ModelSection,
+    /// Feature encoding shared by every facility (standardisation fixed by the federation).
+    pub schema: Schema,
+    pub train: TrainSpec,
+    /// A round fails unless at least this many facilities contribute.
+    #[serde(default = "default_min_agents")]
+    pub min_agents: u32,
+    /// Facilities that may be selected; empty means every facility.
+    #[serde(default)]
+    pub facilities: Vec<String>,
+    #[serde(default)]
+    pub deadlines: Deadlines,
+    /// Seed of the initial parameters (model version 0).
+    #[serde(default)]
+    pub init_seed: u64,
+    /// On unless the operator turns it off explicitly.
+    #[serde(default)]
+    pub secure_aggregation: SecureAggregationSpec,
+    /// `[strategy]`: `kind = "fedavg"` (default), `"fedprox"` (with `mu`), `"fedadam"`,
+    /// `"fedyogi"`, `"fedadagrad"` (with `eta`, `beta1`, `beta2`, `tau`), `"fedavgm"`.
+    #[serde(default)]
+    pub strategy: harambee_core::strategy::StrategyConfig,
+}
+
+/// `[secure_aggregation]`: SecAgg+ for every round (the coordinator learns only the sum).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecureAggregationSpec {
+    pub enabled: bool,
+    /// Each coordinate of an update is clipped to `[-clip, clip]` before quantization.
+    pub clip: f32,
+    /// Sample counts (FedAvg weights) are capped at this.
+    pub max_weight: u64,
+    /// Deadline of each key-exchange stage, in seconds.
+    pub stage_s: u32,
+    /// The consistency-check round of the active-adversary variant.
+    pub consistency_check: bool,
+}
+
+impl Default for SecureAggregationSpec {
+    fn default() -> Self {
+        SecureAggregationSpec { enabled: true, clip: 1.0, max_weight: 1000, stage_s: 120, consistency_check: false }
+    }
+}
+
+/// `[model]`: `kind = "logistic_regression"`, or `kind = "mlp"` with `hidden = [32, 16]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub kind: KindName,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KindName {
+    LogisticRegression,
+    Mlp,
+    /// FedPer: the hidden layers are federated, each facility keeps its own output layer.
+    Personalized,
+}
+
+impl KindName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindName::LogisticRegression => "logistic_regression",
+            KindName::Mlp => "mlp",
+            KindName::Personalized => "personalized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KindName> {
+        match s {
+            "logistic_regression" => Some(KindName::LogisticRegression),
+            "mlp" => Some(KindName::Mlp),
+            "personalized" => Some(KindName::Personalized),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerName {
+    Adam,
+    Sgd,
+}
+
+impl OptimizerName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizerName::Adam => "adam",
+            OptimizerName::Sgd => "sgd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OptimizerName> {
+        match s {
+            "adam" => Some(OptimizerName::Adam),
+            "sgd" => Some(OptimizerName::Sgd),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub epochs: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    pub optimizer: OptimizerName,
+    #[serde(default)]
+    pub seed: u64,
+    /// Fine-tuning from a checkpoint: the first N layers are not trained.
+    #[serde(default)]
+    pub frozen_layers: u32,
+}
+
+/// Per-stage deadlines, in seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deadlines {
+    pub selecting_s: u32,
+    pub training_s: u32,
+    pub evaluating_s: u32,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines { selecting_s: 300, training_s: 3600, evaluating_s: 600 }
+    }
+}
+
+fn default_min_agents() -> u32 {
+    2
+}
+
+/// A federation definition that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid federation {name:?}: {reason}")]
+pub struct InvalidFederation {
+    pub name: String,
+    pub reason: String,
+}
+
+impl FederationSpec {
+    pub fn from_toml(text: &str) -> Result<FederationSpec, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidFederation> {
+        let fail = |reason: String| Err(InvalidFederation { name: self.name.clone(), reason });
+        if !valid_name(&self.name) {
+            return fail("a federation name is 1-64 characters of letters, digits, '.', '_' or '-'".into());
+        }
+        if let Err(e) = self.schema.validate() {
+            return fail(e.to_string());
+        }
+        match self.model.kind {
+            KindName::Mlp | KindName::Personalized => {
+                let hidden = &self.model.hidden;
+                if hidden.is_empty() || hidden.len() > 8 || hidden.iter().any(|&h| h == 0 || h > 4096) {
+                    return fail("an mlp needs 1 to 8 hidden layers of 1 to 4096 units".into());
+                }
+            }
+            KindName::LogisticRegression if !self.model.hidden.is_empty() => {
+                return fail("logistic_regression takes no hidden layers".into());
+            }
+            KindName::LogisticRegression => {}
+        }
+        let t = &self.train;
+        if t.epochs == 0 || t.epochs > 1000 {
+            return fail(format!("train.epochs must be 1..=1000, not {}", t.epochs));
+        }
+        if t.frozen_layers as usize >= self.model_spec().n_layers() {
+            return fail(format!("train.frozen_layers ({}) must leave at least one of the model's {} layers to train", t.frozen_layers, self.model_spec().n_layers()));
+        }
+        if t.batch_size == 0 {
+            return fail("train.batch_size must be at least 1".into());
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return fail(format!("train.learning_rate must be positive, not {}", t.learning_rate));
+        }
+        if self.min_agents == 0 {
+            return fail("min_agents must be at least 1".into());
+        }
+        if let Err(e) = self.strategy.validate() {
+            return fail(e.to_string());
+        }
+        let sa = &self.secure_aggregation;
+        if sa.enabled {
+            if !(sa.clip.is_finite() && sa.clip > 0.0) {
+                return fail(format!("secure_aggregation.clip must be positive, not {}", sa.clip));
+            }
+            if sa.max_weight == 0 || sa.stage_s == 0 {
+                return fail("secure_aggregation.max_weight and stage_s must be at least 1".into());
+            }
+        }
+        let d = &self.deadlines;
+        if d.selecting_s == 0 || d.training_s == 0 || d.evaluating_s == 0 {
+            return fail("every deadline must be at least 1 second".into());
+        }
+        if let Some(f) = self.facilities.iter().find(|f| !valid_name(f)) {
+            return fail(format!("facility name {f:?} is not valid"));
+        }
+        Ok(())
+    }
+
+    pub fn model_spec(&self) -> ModelSpec {
+        let kind = match self.model.kind {
+            KindName::LogisticRegression => ModelKind::LogisticRegression,
+            KindName::Mlp => ModelKind::Mlp { hidden: self.model.hidden.clone() },
+            KindName::Personalized => ModelKind::Personalized { hidden: self.model.hidden.clone() },
+        };
+        ModelSpec { kind, n_inputs: self.schema.n_inputs() }
+    }
+
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.train.epochs as usize,
+            batch_size: self.train.batch_size as usize,
+            learning_rate: self.train.learning_rate,
+            optimizer: match self.train.optimizer {
+                OptimizerName::Adam => Optimizer::Adam,
+                OptimizerName::Sgd => Optimizer::Sgd,
+            },
+            seed: self.train.seed,
+            proximal_mu: self.strategy.proximal_mu(),
+            frozen_layers: self.train.frozen_layers as usize,
+        }
+    }
+
+    /// Whether `facility` may be selected for this federation's rounds.
+    pub fn admits(&self, facility: &str) -> bool {
+        self.facilities.is_empty() || self.facilities.iter().any(|f| f == facility)
+    }
+
+    pub fn round_config(&self, round_id: u64, n_params: usize) -> harambee_core::RoundConfig {
+        let sa = &self.secure_aggregation;
+        harambee_core::RoundConfig {
+            round_id,
+            n_params,
+            secure: sa.enabled.then(|| harambee_core::round::SecureConfig {
+                clip: sa.clip,
+                max_weight: sa.max_weight,
+                stage_timeout: Duration::from_secs(sa.stage_s.into()),
+                consistency_check: sa.consistency_check,
+            }),
+            min_agents: self.min_agents as usize,
+            max_samples: MAX_SAMPLES_PER_UPDATE,
+            selecting_timeout: Duration::from_secs(self.deadlines.selecting_s.into()),
+            training_timeout: Duration::from_secs(self.deadlines.training_s.into()),
+            evaluating_timeout: Duration::from_secs(self.deadlines.evaluating_s.into()),
+        }
+    }
+}
+
+/// Largest sample count one facility may claim for an update (its FedAvg weight).
+pub const MAX_SAMPLES_PER_UPDATE: u64 = 100_000_000;
+
+/// Names of federations and facilities: 1-64 of `[A-Za-z0-9._-]`, starting alphanumeric.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `toml` block of README.md that starts with `first_line`.
+    pub(crate) fn readme_block(first_line: &str) -> String {
+        let readme = include_str!("../../README.md");
+        readme
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .find(|b| b.starts_with(first_line))
+            .expect("README block")
+            .to_owned()
+    }
+
+    #[test]
+    fn readme_federation_example_is_valid() {
+        let spec = FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.schema.features[0].missing, vec!["0".to_string()]);
+        assert_eq!(spec.model_spec().n_inputs, 2, "one feature plus its missing indicator");
+    }
+
+    #[test]
+    fn bad_definitions_say_what_is_wrong() {
+        let mut spec = FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
+        spec.train.learning_rate = f64::NAN;
+        assert!(spec.validate().unwrap_err().to_string().contains("learning_rate"));
+        spec.train.learning_rate = 0.1;
+        spec.model = ModelSection { kind: KindName::Mlp, hidden: vec![] };
+        assert!(spec.validate().unwrap_err().to_string().contains("hidden"));
+        spec.model = ModelSection { kind: KindName::LogisticRegression, hidden: vec![] };
+        spec.name = "../etc".into();
+        assert!(spec.validate().is_err());
+        let err = FederationSpec::from_toml("name = \"x\"\nunknown = 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown"), "{err}");
+    }
+}

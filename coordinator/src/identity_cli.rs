@@ -1,0 +1,309 @@
+//! `harambee-coordinator facility ...` and `audit ...`: facilities, enrolment tokens,
+//! revocation and the admin-action log, through `IdentityService` with an operator's (or,
+//! for reading, an auditor's) certificate.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use harambee_agent::tls::ClientTls;
+use harambee_proto::pb::{self, identity_service_client::IdentityServiceClient};
+use tonic::transport::Channel;
+
+use crate::cli::AdminArgs;
+use crate::enrol::format_time;
+use crate::pki::{PkiPaths, Role};
+
+#[derive(Subcommand, Debug)]
+pub enum FacilityCommand {
+    /// Register a facility and print its one-time enrolment token (operator).
+    Add {
+        /// The facility's name, e.g. kisumu-district.
+        name: String,
+        /// How long the token stays valid: 90s, 30m, 24h, 7d (at most 30d).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires: Duration,
+        /// Issue a new token for a facility that is already enrolled (it lost its key, say).
+        #[arg(long)]
+        reenrol: bool,
+        /// The address the facility's agent should use, if not --coordinator (which may be
+        /// an internal one), e.g. https://coordinator.health.example:443.
+        #[arg(long)]
+        advertise: Option<String>,
+        /// The name the coordinator's certificate is valid for, as seen from the facility,
+        /// when it is not the host of --advertise.
+        #[arg(long, requires = "advertise")]
+        advertise_server_name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a facility for good: its connections are refused from now on (operator).
+    Revoke {
+        name: String,
+        /// Why, for the record.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Facilities, their status and certificate expiry (operator or auditor).
+    List(ReaderArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Who did what and when: facilities added and revoked, federations created, rounds
+    /// started, models exported (operator or auditor).
+    Actions {
+        /// Only entries after this id.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[command(flatten)]
+        reader: ReaderArgs,
+    },
+}
+
+/// A reading command: the operator's certificate, or an auditor's.
+#[derive(Args, Debug, Clone)]
+pub struct ReaderArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Use the auditor certificate issued/auditor-NAME.{pem,key} instead of the operator's.
+    #[arg(long)]
+    pub auditor: Option<String>,
+}
+
+pub async fn facility(command: FacilityCommand) -> anyhow::Result<()> {
+    match command {
+        FacilityCommand::Add {
+            name,
+            expires,
+            reenrol,
+            advertise,
+            advertise_server_name,
+            admin,
+        } => {
+            let (coordinator, server_name) = match advertise {
+                Some(address) => (address, advertise_server_name.unwrap_or_default()),
+                None => {
+                    let host = host_of(&admin.coordinator);
+                    let name = if admin.server_name == host {
+                        String::new()
+                    } else {
+                        admin.server_name.clone()
+                    };
+                    (admin.coordinator.clone(), name)
+                }
+            };
+            let host = host_of(&coordinator);
+            if host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+            {
+                eprintln!(
+                    "note: the token tells the agent to connect to {coordinator}; pass --advertise with the address facilities reach"
+                );
+            }
+            let mut client = client(&admin, Role::Operator, &admin.operator).await?;
+            let request = pb::AddFacilityRequest {
+                name: name.clone(),
+                expires_s: expires.as_secs().max(1),
+                reenrol,
+                coordinator,
+                server_name,
+            };
+            let response = client.add_facility(request).await?.into_inner();
+            println!(
+                "facility {name} added; its enrolment token (one use, expires {}):",
+                format_time(response.token_expires_unix_ms)
+            );
+            println!();
+            println!("{}", response.token);
+            println!();
+            println!(
+                "give it to the facility's IT over a trusted channel; on the facility's machine:"
+            );
+            println!(
+                "  harambee-agent enroll --token '{}' --dir /etc/harambee",
+                response.token
+            );
+            Ok(())
+        }
+        FacilityCommand::Revoke {
+            name,
+            reason,
+            admin,
+        } => {
+            let mut client = client(&admin, Role::Operator, &admin.operator).await?;
+            let facility = client
+                .revoke_facility(pb::RevokeFacilityRequest {
+                    name: name.clone(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "facility {name} revoked at {} by {}",
+                format_time(facility.revoked_unix_ms),
+                facility.revoked_by
+            );
+            Ok(())
+        }
+        FacilityCommand::List(reader) => {
+            let mut client = reader_client(&reader).await?;
+            let facilities = client
+                .list_facilities(pb::ListFacilitiesRequest {})
+                .await?
+                .into_inner()
+                .facilities;
+            for f in facilities {
+                let connected = if f.connected { "connected" } else { "offline" };
+                let cert = match f.cert_not_after_unix_ms {
+                    0 => "no certificate issued here".to_owned(),
+                    at => format!("certificate until {}", format_time(at)),
+                };
+                println!("{}\t{}\t{connected}\t{cert}", f.name, f.status);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Actions {
+            after,
+            limit,
+            reader,
+        } => {
+            let mut client = reader_client(&reader).await?;
+            let request = pb::ListAdminActionsRequest {
+                after_id: after,
+                limit,
+            };
+            for a in client
+                .list_admin_actions(request)
+                .await?
+                .into_inner()
+                .actions
+            {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    a.id,
+                    format_time(a.at_unix_ms),
+                    a.actor,
+                    a.action,
+                    a.subject,
+                    a.detail
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn reader_client(reader: &ReaderArgs) -> anyhow::Result<IdentityServiceClient<Channel>> {
+    match &reader.auditor {
+        Some(auditor) => client(&reader.admin, Role::Auditor, auditor).await,
+        None => client(&reader.admin, Role::Operator, &reader.admin.operator).await,
+    }
+}
+
+/// An `IdentityService` client with the certificate `issued/<role>-<name>` of the PKI
+/// directory.
+async fn client(
+    args: &AdminArgs,
+    role: Role,
+    name: &str,
+) -> anyhow::Result<IdentityServiceClient<Channel>> {
+    let paths = PkiPaths::new(&args.pki);
+    let tls = ClientTls::from_files(
+        &paths.ca_cert(),
+        &paths.issued_cert(role, name),
+        &paths.issued_key(role, name),
+        &args.server_name,
+    )?;
+    let channel = harambee_agent::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to {}", args.coordinator))?;
+    Ok(IdentityServiceClient::new(channel))
+}
+
+/// The host of `https://HOST:PORT` (brackets of an IPv6 literal removed).
+fn host_of(endpoint: &str) -> String {
+    let rest = endpoint.trim_start_matches("https://");
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host.trim_matches(['[', ']']).to_owned()
+}
+
+/// `90s`, `30m`, `24h`, `7d`, or plain seconds.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration like 90s, 30m, 24h or 7d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("{text:?}: unknown unit {unit:?} (use s, m, h or d)"),
+    };
+    if seconds == 0 {
+        bail!("a duration must be positive");
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Where the PKI of `pki init --ca-out` puts what, for the commands' messages.
+pub fn describe_offline_init(dir: &std::path::Path, ca_out: &std::path::Path) -> String {
+    let paths = PkiPaths::new(dir);
+    let offline = PkiPaths::new(ca_out);
+    format!(
+        "root CA: {} and {} (move this directory offline now)\nissuing CA for this host: {}\nCA certificate for peers: {}\ncoordinator certificate: {}",
+        offline.ca_cert().display(),
+        offline.ca_key().display(),
+        paths.issuing_ca_cert().display(),
+        paths.ca_cert().display(),
+        paths.server_cert().display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("https://127.0.0.1:7443"), "127.0.0.1");
+        assert_eq!(host_of("https://[::1]:7443"), "::1");
+        assert_eq!(
+            host_of("https://coordinator.example"),
+            "coordinator.example"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! The Harambee coordinator: enrols facilities by certificate, schedules training rounds,
+//! aggregates the facilities' updates and persists every step.
+//!
+//! It is a driver: the protocol logic (the round state machine, aggregation) lives in
+//! `harambee-core`, and this crate moves its inputs and outputs between the network
+//! (tonic over rustls mTLS), the database (sea-orm) and the blob store.
+//!
+//! Map: [`server`] runs it; [`service`] holds the gRPC services; [`driver`] runs one round;
+//! [`registry`] tracks connected agents; [`store`] and [`blobs`] persist; [`wire`] converts
+//! wire types; [`pki`] and [`tls`] own certificates; [`enrol`] enrols facilities and renews
+//! their certificates; [`access`] authorizes every call; [`cli`], [`identity_cli`] and
+//! [`demo`] are the binary.
+
+pub mod access;
+pub mod bench;
+pub mod blobs;
+pub mod cli;
+pub mod demo;
+pub mod driver;
+pub mod enrol;
+pub mod federation;
+pub mod identity_cli;
+pub mod pki;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,105 @@
+//! Running a coordinator: open storage, recover from a crash, serve both services over mTLS.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use harambee_proto::MAX_MESSAGE_BYTES;
+use harambee_proto::pb::admin_service_server::AdminServiceServer;
+use harambee_proto::pb::agent_service_server::AgentServiceServer;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::blobs::BlobStore;
+use crate::service::admin::AdminApi;
+use crate::service::agent::AgentApi;
+use crate::state::{Coordinator, Settings, now_ms};
+use crate::store::Store;
+
+/// Where a coordinator keeps its state.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    /// `sqlite://...` or `postgres://...`.
+    pub database_url: String,
+    pub blob_dir: PathBuf,
+}
+
+/// Opens storage and fails every round a previous process left unfinished: a round never
+/// resumes half-way, and nothing of it was applied.
+pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coordinator> {
+    use anyhow::Context;
+    let store = Store::connect(&storage.database_url)
+        .await
+        .with_context(|| format!("opening the database {}", redact_url(&storage.database_url)))?;
+    let blobs = BlobStore::open(&storage.blob_dir)
+        .await
+        .with_context(|| format!("opening the blob store {}", storage.blob_dir.display()))?;
+    let failed = store.fail_unfinished_rounds("coordinator restarted during the round", now_ms()).await?;
+    if !failed.is_empty() {
+        warn!(rounds = ?failed, "rounds left unfinished by a previous run were marked failed");
+    }
+    Ok(Coordinator::new(store, blobs, settings))
+}
+
+/// Serves until `shutdown` resolves. The listener is already bound (tests bind 127.0.0.1:0).
+pub async fn serve(
+    coord: Coordinator,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let _revocations = crate::access::watch_revocations(&coord).await?;
+    let reaper = tokio::spawn(reap_dead_agents(coord.clone()));
+    let agent = AgentServiceServer::new(AgentApi::new(coord.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin = AdminServiceServer::new(AdminApi::new(coord.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    info!(%addr, "coordinator listening (TLS 1.3, client certificates required)");
+    let result = tonic::transport::Server::builder()
+        .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
+        // Keeps idle task streams alive through hospital NATs and firewalls.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .layer(crate::access::AccessLayer::new(coord.clone()))
+        .add_service(agent)
+        .add_service(admin)
+        .add_service(crate::enrol::enrolment_service(coord.clone()))
+        .add_service(crate::enrol::identity_service(coord.clone()))
+        .serve_with_incoming_shutdown(crate::tls::tls_incoming(listener, tls), shutdown)
+        .await;
+    reaper.abort();
+    for round in coord.active_rounds() {
+        drop(round.inputs);
+    }
+    result?;
+    Ok(())
+}
+
+/// Declares agents dead when their heartbeats stop, and drops them from running rounds.
+async fn reap_dead_agents(coord: Coordinator) {
+    let period = coord.settings.heartbeat_interval.min(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        for facility in coord.registry.reap(Instant::now(), coord.settings.liveness_timeout) {
+            info!(%facility, "heartbeats stopped; facility considered gone");
+            coord.broadcast_dropout(&facility, "heartbeats stopped").await;
+        }
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,272 @@
+//! `AgentService`: task streams, liveness, model download, update upload, metrics.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use harambee_core::UpdateError;
+use harambee_proto::pb::{self, agent_service_server::AgentService, upload_update_request::Part};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, instrument};
+
+use super::{BoxStream, blob_chunks};
+use crate::driver::RoundInput;
+use crate::pki::Role;
+use crate::state::{Coordinator, now_ms};
+use crate::tls::require_role;
+use crate::wire;
+
+pub struct AgentApi {
+    coord: Coordinator,
+}
+
+impl AgentApi {
+    pub fn new(coord: Coordinator) -> AgentApi {
+        AgentApi { coord }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type OpenTaskStreamStream = BoxStream<pb::Task>;
+    type DownloadModelStream = BoxStream<pb::Chunk>;
+
+    #[instrument(skip_all, fields(facility))]
+    async fn open_task_stream(
+        &self,
+        request: Request<pb::OpenTaskStreamRequest>,
+    ) -> Result<Response<Self::OpenTaskStreamStream>, Status> {
+        let peer = require_role(&request, Role::Agent)?;
+        tracing::Span::current().record("facility", peer.name.as_str());
+        self.coord.store.record_agent_seen(&peer.name, &peer.cert_sha256, now_ms()).await.map_err(wire::store_status)?;
+        let chain = request.peer_certs().map(|certs| certs.iter().map(|c| c.to_vec()).collect()).unwrap_or_default();
+        let (conn_id, rx) = self.coord.registry.connect(&peer.name, chain, Instant::now());
+        info!(agent_version = %request.get_ref().agent_version, "task stream opened");
+        self.coord.broadcast_connected(&peer.name).await;
+        // When the agent goes away, tonic drops this stream and the guard with it.
+        let guard = StreamGuard { coord: self.coord.clone(), facility: peer.name.clone(), conn_id };
+        let stream = ReceiverStream::new(rx)
+            .chain(futures::stream::once(async { Err(Status::unavailable("task stream replaced or coordinator shutting down")) }))
+            .map(move |item| {
+                let _ = &guard;
+                item
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let peer = require_role(&request, Role::Agent)?;
+        if !self.coord.registry.heartbeat(&peer.name, Instant::now()) {
+            return Err(Status::failed_precondition("no open task stream for this facility; open one first"));
+        }
+        Ok(Response::new(pb::HeartbeatResponse {
+            server_time_unix_ms: now_ms(),
+            interval_ms: self.coord.settings.heartbeat_interval.as_millis() as u32,
+        }))
+    }
+
+    #[instrument(skip_all, fields(facility))]
+    async fn download_model(
+        &self,
+        request: Request<pb::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let peer = require_role(&request, Role::Agent)?;
+        tracing::Span::current().record("facility", peer.name.as_str());
+        let req = request.into_inner();
+        if !self.coord.is_entitled(&peer.name, &req.digest) {
+            return Err(Status::permission_denied(format!("model {} was not offered to this facility", req.digest)));
+        }
+        let total = self.coord.blobs.size(&req.digest).await.map_err(wire::blob_status)?;
+        if req.offset > total {
+            return Err(Status::out_of_range(format!("offset {} is past the model's {total} bytes", req.offset)));
+        }
+        Ok(Response::new(blob_chunks(self.coord.clone(), req.digest, req.offset, total)))
+    }
+
+    #[instrument(skip_all, fields(facility, round_id))]
+    async fn upload_update(
+        &self,
+        request: Request<Streaming<pb::UploadUpdateRequest>>,
+    ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
+        let peer = require_role(&request, Role::Agent)?;
+        let span = tracing::Span::current();
+        span.record("facility", peer.name.as_str());
+        let mut parts = request.into_inner();
+        let header = match parts.message().await?.and_then(|m| m.part) {
+            Some(Part::Header(h)) => h,
+            _ => return Err(Status::invalid_argument("an upload starts with its header")),
+        };
+        span.record("round_id", header.round_id);
+        let round = self.coord.active_round_by_id(header.round_id).ok_or_else(|| {
+            Status::failed_precondition(format!("round {} is not running", header.round_id))
+        })?;
+        if header.masked {
+            return self.receive_masked(&peer.name, header, parts, round).await;
+        }
+        if header.n_params != round.n_params as u64 {
+            let error = UpdateError::WrongLength { expected: round.n_params, got: header.n_params as usize };
+            let (reply, answer) = oneshot::channel();
+            let input = RoundInput::Reject { agent: peer.name.clone(), error, reply };
+            round.inputs.send(input).await.map_err(|_| round_gone())?;
+            return Err(wire::round_status(answer.await.map_err(|_| round_gone())?));
+        }
+        let expected_bytes = round.n_params * 4;
+        let mut payload = Vec::with_capacity(expected_bytes);
+        let mut hasher = Sha256::new();
+        while let Some(message) = parts.message().await? {
+            let Some(Part::Data(data)) = message.part else {
+                return Err(Status::invalid_argument("only data chunks may follow the header"));
+            };
+            if data.len() > harambee_proto::CHUNK_BYTES {
+                return Err(Status::invalid_argument(format!("chunk of {} bytes exceeds {}", data.len(), harambee_proto::CHUNK_BYTES)));
+            }
+            if payload.len() + data.len() > expected_bytes {
+                return Err(Status::invalid_argument(format!("update exceeds the model's {expected_bytes} bytes")));
+            }
+            hasher.update(&data);
+            payload.extend_from_slice(&data);
+        }
+        if payload.len() != expected_bytes {
+            return Err(Status::invalid_argument(format!(
+                "update ended after {} of {expected_bytes} bytes",
+                payload.len()
+            )));
+        }
+        let digest = hex::encode(hasher.finalize());
+        if !digest.eq_ignore_ascii_case(&header.sha256) {
+            return Err(Status::data_loss("update checksum mismatch; upload it again"));
+        }
+        let values = harambee_core::params::from_le_bytes(&payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        drop(payload);
+        let (reply, answer) = oneshot::channel();
+        let input = RoundInput::Update { agent: peer.name.clone(), n_samples: header.n_samples, digest, values, reply };
+        round.inputs.send(input).await.map_err(|_| round_gone())?;
+        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        Ok(Response::new(pb::UploadUpdateResponse {}))
+    }
+
+    async fn report_metrics(
+        &self,
+        request: Request<pb::ReportMetricsRequest>,
+    ) -> Result<Response<pb::ReportMetricsResponse>, Status> {
+        let peer = require_role(&request, Role::Agent)?;
+        let req = request.into_inner();
+        let metrics = match (req.withheld, req.metrics) {
+            (true, None) => None,
+            (false, Some(m)) => Some(wire::metrics_from_pb(m)?),
+            (true, Some(_)) => return Err(Status::invalid_argument("withheld metrics must not be sent")),
+            (false, None) => return Err(Status::invalid_argument("no metrics")),
+        };
+        let round = self
+            .coord
+            .active_round_by_id(req.round_id)
+            .ok_or_else(|| Status::failed_precondition(format!("round {} is not running", req.round_id)))?;
+        let (reply, answer) = oneshot::channel();
+        round.inputs.send(RoundInput::Metrics { agent: peer.name, metrics, reply }).await.map_err(|_| round_gone())?;
+        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        Ok(Response::new(pb::ReportMetricsResponse {}))
+    }
+
+    #[instrument(skip_all, fields(facility, round_id))]
+    async fn submit_sec_agg(&self, request: Request<pb::SecAggSubmission>) -> Result<Response<pb::SecAggAck>, Status> {
+        use harambee_core::round::SecAggIn;
+        use harambee_secagg::{ConsistencySignature, EncryptedShare, Message, SignedAdvertisement, UnmaskShares};
+        use pb::sec_agg_submission::Part;
+        let peer = require_role(&request, Role::Agent)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("facility", peer.name.as_str()).record("round_id", req.round_id);
+        let round = self
+            .coord
+            .active_round_by_id(req.round_id)
+            .ok_or_else(|| Status::failed_precondition(format!("round {} is not running", req.round_id)))?;
+        let malformed = |e: harambee_secagg::DecodeError| Status::invalid_argument(format!("malformed secure-aggregation message: {e}"));
+        let (reply, answer) = oneshot::channel();
+        let agent = peer.name.clone();
+        let input = match req.part.ok_or_else(|| Status::invalid_argument("empty secure-aggregation submission"))? {
+            Part::Trained(t) => RoundInput::Trained { agent, n_samples: t.n_samples, reply },
+            Part::Advertise(b) => RoundInput::SecAgg { agent, msg: SecAggIn::Advertise(SignedAdvertisement::decode(&b).map_err(malformed)?), reply },
+            Part::Shares(s) => {
+                let shares = s.shares.iter().map(|b| EncryptedShare::decode(b)).collect::<Result<Vec<_>, _>>().map_err(malformed)?;
+                RoundInput::SecAgg { agent, msg: SecAggIn::Shares(shares), reply }
+            }
+            Part::ConsistencySignature(b) => {
+                RoundInput::SecAgg { agent, msg: SecAggIn::Signature(ConsistencySignature::decode(&b).map_err(malformed)?), reply }
+            }
+            Part::Unmask(b) => RoundInput::SecAgg { agent, msg: SecAggIn::Unmask(UnmaskShares::decode(&b).map_err(malformed)?), reply },
+        };
+        round.inputs.send(input).await.map_err(|_| round_gone())?;
+        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        Ok(Response::new(pb::SecAggAck {}))
+    }
+}
+
+impl AgentApi {
+    /// A secure-aggregation masked input: at most one word (of up to 8 bytes) per parameter
+    /// plus one; the round checks the exact shape and folds it into its running sum.
+    async fn receive_masked(
+        &self,
+        facility: &str,
+        header: pb::UpdateHeader,
+        mut parts: Streaming<pb::UploadUpdateRequest>,
+        round: crate::state::ActiveRound,
+    ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
+        let max_bytes = (round.n_params + 1) * 8;
+        let declared = usize::try_from(header.n_params).unwrap_or(usize::MAX);
+        if declared > round.n_params + 1 {
+            return Err(Status::invalid_argument(format!("masked input of {declared} words for a model of {} parameters", round.n_params)));
+        }
+        let mut payload = Vec::with_capacity(declared.saturating_mul(8).min(max_bytes));
+        let mut hasher = Sha256::new();
+        while let Some(message) = parts.message().await? {
+            let Some(Part::Data(data)) = message.part else {
+                return Err(Status::invalid_argument("only data chunks may follow the header"));
+            };
+            if data.len() > harambee_proto::CHUNK_BYTES || payload.len() + data.len() > max_bytes {
+                return Err(Status::invalid_argument("masked input larger than the model allows"));
+            }
+            hasher.update(&data);
+            payload.extend_from_slice(&data);
+        }
+        if !hex::encode(hasher.finalize()).eq_ignore_ascii_case(&header.sha256) {
+            return Err(Status::data_loss("masked input checksum mismatch; upload it again"));
+        }
+        let (reply, answer) = oneshot::channel();
+        let input = RoundInput::Masked { agent: facility.to_owned(), bytes: payload, reply };
+        round.inputs.send(input).await.map_err(|_| round_gone())?;
+        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        Ok(Response::new(pb::UploadUpdateResponse {}))
+    }
+}
+
+/// Ends a task stream's registration when the stream is dropped. A facility that has not
+/// reconnected within one heartbeat interval is reported gone to running rounds: a link
+/// that drops briefly is forgiven, a crashed agent is noticed in seconds rather than at the
+/// liveness timeout.
+struct StreamGuard {
+    coord: Coordinator,
+    facility: String,
+    conn_id: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.coord.registry.disconnect(&self.facility, self.conn_id);
+        let coord = self.coord.clone();
+        let facility = std::mem::take(&mut self.facility);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(coord.settings.heartbeat_interval).await;
+                if !coord.registry.is_connected(&facility) {
+                    info!(%facility, "task stream closed and not reopened");
+                    coord.broadcast_dropout(&facility, "connection closed").await;
+                }
+            });
+        }
+    }
+}
+
+fn round_gone() -> Status {
+    Status::failed_precondition("the round ended")
+}

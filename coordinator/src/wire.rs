@@ -1,0 +1,325 @@
+//! Conversions between wire types (`harambee_proto::pb`) and the coordinator's own, and the
+//! one place where errors become gRPC statuses.
+
+use std::time::Instant;
+
+use harambee_core::round::RoundError;
+use harambee_models::data::Schema;
+use harambee_models::metrics::Metrics;
+use harambee_proto::pb;
+use tonic::Status;
+
+use crate::blobs::BlobError;
+use crate::federation::{Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, SecureAggregationSpec, TrainSpec};
+use crate::state::now_ms;
+use crate::store::{self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState, StoreError};
+
+pub fn schema(schema: &Schema) -> pb::FeatureSchema {
+    pb::FeatureSchema {
+        label: schema.label.clone(),
+        features: schema
+            .features
+            .iter()
+            .map(|f| pb::Feature {
+                column: f.column.clone(),
+                center: f.center,
+                scale: f.scale,
+                missing: f.missing.clone(),
+                indicator: f.indicator,
+            })
+            .collect(),
+    }
+}
+
+pub fn schema_from_pb(schema: pb::FeatureSchema) -> Schema {
+    harambee_agent::wire::schema(&schema)
+}
+
+pub fn model_spec(spec: &FederationSpec, n_params: usize) -> pb::ModelSpec {
+    pb::ModelSpec {
+        kind: spec.model.kind.as_str().to_owned(),
+        hidden: spec.model.hidden.iter().map(|&h| h as u32).collect(),
+        schema: Some(schema(&spec.schema)),
+        n_params: n_params as u64,
+    }
+}
+
+pub fn train_config(spec: &FederationSpec) -> pb::TrainConfig {
+    pb::TrainConfig {
+        epochs: spec.train.epochs,
+        batch_size: spec.train.batch_size,
+        learning_rate: spec.train.learning_rate,
+        optimizer: spec.train.optimizer.as_str().to_owned(),
+        seed: spec.train.seed,
+        proximal_mu: spec.strategy.proximal_mu(),
+        frozen_layers: spec.train.frozen_layers,
+    }
+}
+
+pub fn federation_config(spec: &FederationSpec, n_params: usize) -> pb::FederationConfig {
+    pb::FederationConfig {
+        name: spec.name.clone(),
+        model: Some(model_spec(spec, n_params)),
+        train: Some(train_config(spec)),
+        min_agents: spec.min_agents,
+        facilities: spec.facilities.clone(),
+        deadlines: Some(pb::StageDeadlines {
+            selecting_s: spec.deadlines.selecting_s,
+            training_s: spec.deadlines.training_s,
+            evaluating_s: spec.deadlines.evaluating_s,
+        }),
+        init_seed: spec.init_seed,
+        secure_aggregation: Some(pb::SecureAggregationConfig {
+            enabled: spec.secure_aggregation.enabled,
+            clip: spec.secure_aggregation.clip,
+            max_weight: spec.secure_aggregation.max_weight,
+            stage_s: spec.secure_aggregation.stage_s,
+            consistency_check: spec.secure_aggregation.consistency_check,
+        }),
+        strategy: serde_json::to_string(&spec.strategy).expect("strategy serializes"),
+    }
+}
+
+/// Reads an operator's federation definition; the result still needs `validate()`.
+pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, Status> {
+    let model = config.model.ok_or_else(|| Status::invalid_argument("federation config has no model"))?;
+    let kind = KindName::parse(&model.kind)
+        .ok_or_else(|| Status::invalid_argument(format!("unknown model kind {:?} (logistic_regression or mlp)", model.kind)))?;
+    let schema = model.schema.ok_or_else(|| Status::invalid_argument("federation config has no feature schema"))?;
+    let train = config.train.ok_or_else(|| Status::invalid_argument("federation config has no train section"))?;
+    let optimizer = OptimizerName::parse(&train.optimizer)
+        .ok_or_else(|| Status::invalid_argument(format!("unknown optimizer {:?} (adam or sgd)", train.optimizer)))?;
+    let secure_aggregation = match config.secure_aggregation {
+        Some(s) => SecureAggregationSpec {
+            enabled: s.enabled,
+            clip: s.clip,
+            max_weight: s.max_weight,
+            stage_s: s.stage_s,
+            consistency_check: s.consistency_check,
+        },
+        None => SecureAggregationSpec::default(),
+    };
+    let deadlines = config
+        .deadlines
+        .map(|d| Deadlines { selecting_s: d.selecting_s, training_s: d.training_s, evaluating_s: d.evaluating_s })
+        .unwrap_or_default();
+    Ok(FederationSpec {
+        name: config.name,
+        model: ModelSection { kind, hidden: model.hidden.iter().map(|&h| h as usize).collect() },
+        schema: schema_from_pb(schema),
+        train: TrainSpec {
+            epochs: train.epochs,
+            batch_size: train.batch_size,
+            learning_rate: train.learning_rate,
+            optimizer,
+            seed: train.seed,
+            frozen_layers: train.frozen_layers,
+        },
+        min_agents: config.min_agents,
+        facilities: config.facilities,
+        deadlines,
+        init_seed: config.init_seed,
+        secure_aggregation,
+        strategy: if config.strategy.is_empty() {
+            Default::default()
+        } else {
+            serde_json::from_str(&config.strategy).map_err(|e| Status::invalid_argument(format!("unreadable strategy: {e}")))?
+        },
+    })
+}
+
+pub fn model_ref(row: &ModelVersionRow) -> pb::ModelRef {
+    pb::ModelRef { digest: row.digest.clone(), size_bytes: row.size_bytes, version: row.version }
+}
+
+/// A monotonic deadline as wall-clock milliseconds since the Unix epoch.
+pub fn deadline_ms(deadline: Instant) -> i64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    now_ms().saturating_add(left.as_millis() as i64)
+}
+
+pub fn metrics(m: &MetricsRow) -> pb::Metrics {
+    harambee_agent::wire::metrics(&metrics_of_row(m))
+}
+
+pub fn metrics_row(m: &Metrics) -> MetricsRow {
+    MetricsRow {
+        n_samples: m.n_samples,
+        loss: m.loss,
+        accuracy: m.accuracy,
+        auc: m.auc,
+        n_positives: m.n_positives,
+        sensitivity: m.sensitivity,
+        specificity: m.specificity,
+        ece: m.ece,
+    }
+}
+
+fn metrics_of_row(m: &MetricsRow) -> Metrics {
+    Metrics {
+        n_samples: m.n_samples,
+        loss: m.loss,
+        accuracy: m.accuracy,
+        auc: m.auc,
+        n_positives: m.n_positives,
+        sensitivity: m.sensitivity,
+        specificity: m.specificity,
+        ece: m.ece,
+    }
+}
+
+/// Metrics reported by an agent: only values in range are accepted (a rate may be NaN when
+/// the facility's held-out split lacks a class).
+pub fn metrics_from_pb(m: pb::Metrics) -> Result<Metrics, Status> {
+    let rate = |x: f64| x.is_nan() || (0.0..=1.0).contains(&x);
+    let ok = m.loss.is_finite()
+        && m.loss >= 0.0
+        && (0.0..=1.0).contains(&m.accuracy)
+        && rate(m.auc)
+        && rate(m.sensitivity)
+        && rate(m.specificity)
+        && rate(m.ece)
+        && m.n_positives <= m.n_samples;
+    if !ok {
+        return Err(Status::invalid_argument(
+            "metrics out of range: loss >= 0, accuracy in [0, 1], auc, sensitivity, specificity and ece in [0, 1] or NaN, n_positives <= n_samples",
+        ));
+    }
+    Ok(Metrics {
+        n_samples: m.n_samples,
+        loss: m.loss,
+        accuracy: m.accuracy,
+        auc: m.auc,
+        n_positives: m.n_positives,
+        sensitivity: m.sensitivity,
+        specificity: m.specificity,
+        ece: m.ece,
+    })
+}
+
+pub fn round_state(state: RoundState) -> pb::RoundState {
+    match state {
+        RoundState::Created => pb::RoundState::Created,
+        RoundState::Selecting => pb::RoundState::Selecting,
+        RoundState::Training => pb::RoundState::Training,
+        RoundState::AdvertiseKeys => pb::RoundState::AdvertiseKeys,
+        RoundState::ShareKeys => pb::RoundState::ShareKeys,
+        RoundState::MaskedInput => pb::RoundState::MaskedInput,
+        RoundState::Unmasking => pb::RoundState::Unmasking,
+        RoundState::Evaluating => pb::RoundState::Evaluating,
+        RoundState::Committed => pb::RoundState::Committed,
+        RoundState::Failed => pb::RoundState::Failed,
+    }
+}
+
+pub fn participant(p: &ParticipantRow) -> pb::Participant {
+    pb::Participant {
+        facility: p.facility.clone(),
+        status: match p.status {
+            store::ParticipantStatus::Selected | store::ParticipantStatus::Trained => pb::ParticipantStatus::Selected,
+            store::ParticipantStatus::Uploaded => pb::ParticipantStatus::Uploaded,
+            store::ParticipantStatus::Rejected => pb::ParticipantStatus::Rejected,
+            store::ParticipantStatus::Dropped => pb::ParticipantStatus::Dropped,
+        } as i32,
+        n_samples: p.n_samples,
+        update_sha256: p.update_sha256.clone().unwrap_or_default(),
+        detail: p.detail.clone().unwrap_or_default(),
+        metrics: p.metrics.as_ref().map(metrics),
+    }
+}
+
+pub fn round(
+    row: &RoundRow,
+    participants: &[ParticipantRow],
+    base: Option<&ModelVersionRow>,
+    result: Option<&ModelVersionRow>,
+    secure_aggregation: bool,
+) -> pb::Round {
+    let reported: Vec<Metrics> = participants.iter().filter_map(|p| p.metrics.as_ref()).map(metrics_of_row).collect();
+    let global = (!reported.is_empty()).then(|| metrics(&metrics_row(&harambee_models::metrics::weighted_mean(&reported))));
+    pb::Round {
+        id: row.id,
+        federation: row.federation.clone(),
+        number: row.number,
+        state: round_state(row.state) as i32,
+        failure_reason: row.failure_reason.clone().unwrap_or_default(),
+        base: base.map(model_ref),
+        result: result.map(model_ref),
+        participants: participants.iter().map(participant).collect(),
+        created_unix_ms: row.created_ms,
+        updated_unix_ms: row.updated_ms,
+        global_metrics: global,
+        secure_aggregation,
+    }
+}
+
+pub fn store_status(e: StoreError) -> Status {
+    match &e {
+        StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        StoreError::UnknownFederation(_) => Status::not_found(e.to_string()),
+        StoreError::RoundInProgress(_) => Status::failed_precondition(e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "storage error");
+            Status::internal("coordinator storage error")
+        }
+    }
+}
+
+pub fn blob_status(e: BlobError) -> Status {
+    match &e {
+        BlobError::NotFound(_) => Status::not_found(e.to_string()),
+        BlobError::InvalidDigest(..) => Status::invalid_argument(e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "blob store error");
+            Status::internal("coordinator blob store error")
+        }
+    }
+}
+
+pub fn round_status(e: RoundError) -> Status {
+    match &e {
+        RoundError::Invalid { .. } | RoundError::BaseLength { .. } | RoundError::SecAgg { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
+        RoundError::SecureOnly | RoundError::PlainOnly => Status::failed_precondition(e.to_string()),
+        RoundError::Strategy(_) => Status::invalid_argument(e.to_string()),
+        RoundError::WrongStage(_) => Status::failed_precondition(e.to_string()),
+        RoundError::NotSelected(_) => Status::permission_denied(e.to_string()),
+        RoundError::Duplicate(_) => Status::already_exists(e.to_string()),
+    }
+}
+
+/// Every refusal of the access layer starts with this, so a client (and the access tests)
+/// can tell it from a refusal by the service itself.
+pub const ACCESS_DENIED: &str = "access denied: ";
+
+pub fn access_status(denial: &crate::access::Denial) -> Status {
+    use crate::access::Denial;
+    let message = format!("{ACCESS_DENIED}{denial}");
+    match denial {
+        Denial::NoCertificate | Denial::NoIdentity(_) | Denial::Expired(_) => Status::unauthenticated(message),
+        Denial::Revoked(_) | Denial::WrongRole { .. } | Denial::NoRule(_) => Status::permission_denied(message),
+    }
+}
+
+pub fn enrol_status(e: crate::enrol::EnrolError) -> Status {
+    use crate::enrol::EnrolError;
+    match &e {
+        EnrolError::NotEnabled => Status::unavailable(e.to_string()),
+        EnrolError::NoSigner | EnrolError::AddRevoked(_) => Status::failed_precondition(e.to_string()),
+        EnrolError::Token(_) | EnrolError::Csr(_) | EnrolError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        EnrolError::UnknownToken
+        | EnrolError::WrongSecret
+        | EnrolError::OtherFacility { .. }
+        | EnrolError::Used(_)
+        | EnrolError::Withdrawn(_)
+        | EnrolError::Expired(_) => Status::unauthenticated(e.to_string()),
+        EnrolError::Revoked(_) => Status::permission_denied(e.to_string()),
+        EnrolError::AlreadyEnrolled(_) => Status::already_exists(e.to_string()),
+        EnrolError::UnknownFacility(_) => Status::not_found(e.to_string()),
+        EnrolError::Store(_) => {
+            tracing::error!(error = %e, "storage error");
+            Status::internal("coordinator storage error")
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The README's first command, in a debug build: the demo runs a federation of agent
+//! processes on the bundled data and its global model comes within 0.03 AUC of pooled training.
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_and_matches_pooled_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+        .args(["demo", "--rounds", "3", "--dir"])
+        .arg(dir.path().join("demo"))
+        .arg("--summary-json")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("round 3: committed model version 3"), "{stdout}");
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(s["rounds_committed"], 3);
+    let global = s["global"]["auc"].as_f64().unwrap();
+    let pooled = s["pooled"]["auc"].as_f64().unwrap();
+    assert!(pooled > 0.8, "pooled reference AUC {pooled}");
+    assert!((pooled - global).abs() <= 0.03, "federated AUC {global} vs pooled {pooled}");
+    assert_eq!(s["secure_aggregation"], true, "the demo runs with secure aggregation");
+    let plain = s["plain"]["auc"].as_f64().unwrap();
+    assert!((plain - global).abs() <= 0.01, "secure {global} vs plain {plain}: secure aggregation must cost no quality");
+    let facilities = s["facilities"].as_array().unwrap();
+    let names: Vec<&str> = facilities.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cleveland", "hungary", "switzerland", "va-long-beach"]);
+    assert!(facilities.iter().all(|f| f["samples"].as_u64().unwrap() > 0));
+    let model = harambee_models::checkpoint::load_file(&dir.path().join("demo/model.safetensors")).unwrap();
+    assert_eq!(model.version, 3);
+}
+
+#[test]
+fn privacy_epsilon_prints_the_accountant_value_last() {
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+        .args(["privacy", "epsilon", "--noise-multiplier", "1.1", "--sampling-rate", "0.01", "--steps", "1000", "--delta", "1e-5"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last: f64 = stdout.lines().last().unwrap().parse().unwrap();
+    let expected = harambee_privacy::accountant::epsilon(1.1, 0.01, 1000, 1e-5).unwrap().epsilon;
+    assert_eq!(last, expected);
+    assert!(last > 0.5 && last < 2.0, "a well-known regime (Abadi et al.: about 1.2) gives {last}");
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+        .args(["privacy", "epsilon", "--noise-multiplier", "0", "--sampling-rate", "0.01", "--steps", "10", "--delta", "1e-5"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a zero noise multiplier has no finite epsilon");
+}

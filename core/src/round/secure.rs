@@ -1,0 +1,243 @@
+//! Secure aggregation inside a round: the server side of SecAgg+ (`harambee-secagg`) between
+//! the end of local training and evaluation. The coordinator only ever holds masked vectors
+//! (folded into one running sum on arrival) and learns only the weighted sum.
+//!
+//! The participants are the facilities that finished training; each gets an id (1-based,
+//! in facility-name order). Each stage ends when every facility still in it has answered,
+//! or at its deadline; those who did not answer are dropouts, recovered from shares.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use harambee_secagg::ed25519_dalek::VerifyingKey;
+use harambee_secagg::{
+    Aggregate, AfterMaskedInputs, CollectingAdvertisements, CollectingMaskedInputs, CollectingShares, CollectingSignatures,
+    CollectingUnmaskShares, ConsistencyProof, ConsistencySignature, EncryptedShare, MaskedInput, Params, ServerError,
+    ServerRound, SignedAdvertisement, UnmaskRequest, UnmaskShares, Word,
+};
+
+use super::Stage;
+use crate::AgentId;
+
+/// What the coordinator sends a facility at a secure-aggregation stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecAggOut {
+    /// Stage 1: the round's parameters and the facility's id; answer with an advertisement.
+    Advertise { params: Params, my_id: u32 },
+    /// Stage 2: its neighbours' signed advertisements, and who they are (to check their
+    /// certificates); answer with encrypted shares.
+    PeerKeys { advertisements: Vec<SignedAdvertisement>, peers: Vec<(u32, AgentId)> },
+    /// Stage 3: the shares addressed to it; answer with the masked input.
+    Shares(Vec<EncryptedShare>),
+    /// Stage 4: the survivors; answer with unmask shares, or sign the request first.
+    Unmask { request: UnmaskRequest, sign_first: bool },
+    /// Consistency check: every survivor's signature; answer with unmask shares.
+    Consistency(ConsistencyProof),
+}
+
+/// What a facility sends at a secure-aggregation stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecAggIn {
+    Advertise(SignedAdvertisement),
+    Shares(Vec<EncryptedShare>),
+    Masked(MaskedInput),
+    Signature(ConsistencySignature),
+    Unmask(UnmaskShares),
+}
+
+impl SecAggIn {
+    fn stage(&self) -> Stage {
+        match self {
+            SecAggIn::Advertise(_) => Stage::AdvertiseKeys,
+            SecAggIn::Shares(_) => Stage::ShareKeys,
+            SecAggIn::Masked(_) => Stage::MaskedInput,
+            SecAggIn::Signature(_) | SecAggIn::Unmask(_) => Stage::Unmasking,
+        }
+    }
+}
+
+enum Server {
+    Keys(CollectingAdvertisements),
+    Shares(CollectingShares),
+    Masked(CollectingMaskedInputs),
+    Signatures(CollectingSignatures),
+    Unmask(CollectingUnmaskShares),
+    Done,
+}
+
+/// The server side of one round's secure aggregation.
+pub(super) struct SecureRound {
+    params: Params,
+    ids: BTreeMap<AgentId, u32>,
+    names: BTreeMap<u32, AgentId>,
+    server: Server,
+    /// Facilities still owed an answer at this stage.
+    awaiting: BTreeSet<u32>,
+}
+
+/// The next step after a stage closed.
+pub(super) enum Advance {
+    /// Send these messages; the round is now at `stage`.
+    Next { stage: Stage, messages: Vec<(AgentId, SecAggOut)> },
+    Done(Aggregate),
+}
+
+impl std::fmt::Debug for SecureRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureRound").field("participants", &self.ids).field("awaiting", &self.awaiting).finish()
+    }
+}
+
+impl SecureRound {
+    /// Starts secure aggregation over `trained` (facility → identity key).
+    pub(super) fn start(
+        round_id: u64,
+        trained: &BTreeMap<AgentId, VerifyingKey>,
+        vector_len: usize,
+        clip: f32,
+        max_weight: u64,
+        consistency_check: bool,
+    ) -> Result<(SecureRound, Vec<(AgentId, SecAggOut)>), ServerError> {
+        let ids: BTreeMap<AgentId, u32> = trained.keys().zip(1u32..).map(|(a, i)| (a.clone(), i)).collect();
+        let names: BTreeMap<u32, AgentId> = ids.iter().map(|(a, &i)| (i, a.clone())).collect();
+        let participants: Vec<u32> = names.keys().copied().collect();
+        let mut params = Params::recommended(round_id, &participants, vector_len, clip, max_weight)?;
+        params.consistency_check = consistency_check;
+        let keys = trained.iter().map(|(a, k)| (ids[a], *k)).collect();
+        let server = ServerRound::new(params.clone(), keys)?;
+        let messages = ids
+            .iter()
+            .map(|(agent, &my_id)| (agent.clone(), SecAggOut::Advertise { params: params.clone(), my_id }))
+            .collect();
+        let round = SecureRound { params, awaiting: names.keys().copied().collect(), ids, names, server: Server::Keys(server) };
+        Ok((round, messages))
+    }
+
+    pub(super) fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub(super) fn id_of(&self, agent: &str) -> Option<u32> {
+        self.ids.get(agent).copied()
+    }
+
+    pub(super) fn name_of(&self, id: u32) -> &AgentId {
+        &self.names[&id]
+    }
+
+    /// The shape of a masked input: word size and number of words.
+    pub(super) fn masked_shape(&self) -> (Word, usize) {
+        (self.params.word, self.params.vector_len + 1)
+    }
+
+    /// Whether every facility still in the stage has answered.
+    pub(super) fn stage_complete(&self) -> bool {
+        self.awaiting.is_empty()
+    }
+
+    /// `agent` will not answer at this stage (lost, or its message was refused).
+    pub(super) fn give_up_on(&mut self, agent: &str) {
+        if let Some(id) = self.id_of(agent) {
+            self.awaiting.remove(&id);
+        }
+    }
+
+    /// Bytes the server holds from one facility at the current stage (a masked input is
+    /// folded into the running sum, so it holds none of it).
+    pub(super) fn stored_bytes(&self, agent: &str) -> usize {
+        let Some(id) = self.id_of(agent) else { return 0 };
+        match &self.server {
+            Server::Keys(s) => s.stored_bytes(id),
+            Server::Shares(s) => s.stored_bytes(id),
+            Server::Masked(s) => s.stored_bytes(id),
+            Server::Unmask(s) => s.stored_bytes(id),
+            Server::Signatures(_) | Server::Done => 0,
+        }
+    }
+
+    /// One facility's message. On error the message is refused and the facility is no
+    /// longer awaited at this stage.
+    pub(super) fn receive(&mut self, current: Stage, agent: &str, msg: SecAggIn) -> Result<(), SecAggRefusal> {
+        let from = self.id_of(agent).ok_or(SecAggRefusal::NotParticipant)?;
+        if msg.stage() != current {
+            return Err(SecAggRefusal::WrongStage { expected: current, got: msg.stage() });
+        }
+        if !self.awaiting.contains(&from) {
+            return Err(SecAggRefusal::NotAwaited);
+        }
+        let result = match (&mut self.server, msg) {
+            (Server::Keys(s), SecAggIn::Advertise(ad)) => s.receive(from, ad),
+            (Server::Shares(s), SecAggIn::Shares(shares)) => s.receive(from, shares),
+            (Server::Masked(s), SecAggIn::Masked(input)) => s.receive(from, input),
+            (Server::Signatures(s), SecAggIn::Signature(sig)) => s.receive(from, sig),
+            (Server::Unmask(s), SecAggIn::Unmask(shares)) => s.receive(from, shares),
+            _ => return Err(SecAggRefusal::WrongStage { expected: current, got: current }),
+        };
+        self.awaiting.remove(&from);
+        result.map_err(SecAggRefusal::Protocol)
+    }
+
+    /// Closes the current stage (everyone answered, or its deadline passed).
+    pub(super) fn advance(&mut self) -> Result<Advance, ServerError> {
+        let server = std::mem::replace(&mut self.server, Server::Done);
+        let (next, stage, messages): (Server, Stage, Vec<(u32, SecAggOut)>) = match server {
+            Server::Keys(s) => {
+                let (next, routes) = s.finish()?;
+                // The consistency check has every client verify every survivor's signature,
+                // so then each gets every participant's certificate, not only its neighbours'.
+                let everyone: Vec<(u32, AgentId)> = self.names.iter().map(|(&id, name)| (id, name.clone())).collect();
+                let consistency = self.params.consistency_check;
+                let messages = routes
+                    .into_iter()
+                    .map(|(id, ads)| {
+                        let peers = if consistency {
+                            everyone.clone()
+                        } else {
+                            ads.iter().map(|ad| (ad.sender, self.names[&ad.sender].clone())).collect()
+                        };
+                        (id, SecAggOut::PeerKeys { advertisements: ads, peers })
+                    })
+                    .collect();
+                (Server::Shares(next), Stage::ShareKeys, messages)
+            }
+            Server::Shares(s) => {
+                let (next, routes) = s.finish()?;
+                (Server::Masked(next), Stage::MaskedInput, routes.into_iter().map(|(id, sh)| (id, SecAggOut::Shares(sh))).collect())
+            }
+            Server::Masked(s) => match s.finish()? {
+                AfterMaskedInputs::Unmask(next, requests) => {
+                    let messages = requests.into_iter().map(|(id, request)| (id, SecAggOut::Unmask { request, sign_first: false }));
+                    (Server::Unmask(next), Stage::Unmasking, messages.collect())
+                }
+                AfterMaskedInputs::ConsistencyCheck(next, requests) => {
+                    let messages = requests.into_iter().map(|(id, request)| (id, SecAggOut::Unmask { request, sign_first: true }));
+                    (Server::Signatures(next), Stage::Unmasking, messages.collect())
+                }
+            },
+            Server::Signatures(s) => {
+                let (next, proofs) = s.finish()?;
+                (Server::Unmask(next), Stage::Unmasking, proofs.into_iter().map(|(id, p)| (id, SecAggOut::Consistency(p))).collect())
+            }
+            Server::Unmask(s) => return s.finish().map(Advance::Done),
+            Server::Done => unreachable!("advance after the aggregate"),
+        };
+        self.server = next;
+        self.awaiting = messages.iter().map(|(id, _)| *id).collect();
+        let messages = messages.into_iter().map(|(id, m)| (self.names[&id].clone(), m)).collect();
+        Ok(Advance::Next { stage, messages })
+    }
+}
+
+/// Why a secure-aggregation message was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SecAggRefusal {
+    #[error("not a participant of this round's secure aggregation")]
+    NotParticipant,
+    #[error("sent a {got} message during {expected}")]
+    WrongStage { expected: Stage, got: Stage },
+    #[error("not expected to answer at this stage (already answered, dropped or pruned)")]
+    NotAwaited,
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Protocol(ServerError),
+}

@@ -1,0 +1,38 @@
+//! Harambee's models: binary classifiers over tabular clinical data, their local training and
+//! evaluation, and the loading of the tables they train on.
+//!
+//! - [`data`]: a declared [`Schema`] (label, features, fixed standardisation, missing-value
+//!   tokens) and CSV loading into a dense [`Dataset`]; deterministic hold-out splits.
+//! - [`presets`]: federation-fixed schemas for the bundled heart-disease and breast-cancer data.
+//! - [`model`]: logistic regression, MLPs and personalized MLPs (FedPer: federated body, local
+//!   head) as burn modules, exchanged as flat `f32` vectors whose layout is fixed by the
+//!   [`ModelSpec`].
+//! - [`train`](mod@train): mini-batch training (Adam or SGD, optional FedProx proximal term and
+//!   frozen layers), local fine-tuning, prediction and evaluation on the CPU.
+//! - [`metrics`]: loss, accuracy, ROC AUC, sensitivity, specificity and calibration (ECE), and
+//!   their sample-weighted mean (no burn).
+//! - [`checkpoint`]: export and import of a model with its kind and feature schema as
+//!   safetensors, readable from Python.
+//!
+//! This crate does no networking, no async and no aggregation: it turns a parameter vector and a
+//! local table into a new parameter vector or metrics, synchronously and deterministically for a
+//! given seed. Callers in async code should run [`train()`] on a blocking thread. It reads and
+//! writes files only when asked to ([`load_csv`], [`checkpoint::load_file`],
+//! [`checkpoint::save_file`]) and keeps no global state.
+
+pub mod checkpoint;
+pub mod data;
+pub mod metrics;
+pub mod model;
+pub mod presets;
+pub mod train;
+
+mod rng;
+
+pub use data::{DataError, Dataset, Feature, Schema, load_csv, parse_csv, split_holdout};
+pub use metrics::Metrics;
+pub use model::{ModelError, ModelKind, ModelSpec};
+pub use train::{
+    FineTuneConfig, Optimizer, TrainConfig, TrainReport, evaluate, evaluate_at, fine_tune, predict,
+    train,
+};

@@ -1,0 +1,17 @@
+//! The pure privacy pieces of Harambee.
+//!
+//! - [`accountant`]: a Rényi-DP accountant for the Poisson-subsampled Gaussian mechanism, with
+//!   the tight conversion to (ε, δ), incremental and serializable so an agent can persist it.
+//! - [`ledger`]: the privacy ledger: an append-only Merkle tree in the style of RFC 9162 with
+//!   inclusion and consistency proofs, Ed25519-signed tree heads, the ledger's events and their
+//!   canonical encoding, agent-signed egress receipts, the JSON-lines export, and an offline
+//!   verifier that recomputes everything and names what broke.
+//!
+//! What it does not do: no IO of any kind (no files, sockets, clock or async runtime) and no
+//! randomness. Time comes in as `timestamp_ms` arguments; keys come in as `ed25519_dalek`
+//! values that the drivers generate and store. Persisting the ledger (in the same SQL
+//! transaction as the state it describes), serving it and printing reports belong to the
+//! coordinator and the agent.
+
+pub mod accountant;
+pub mod ledger;
