@@ -4,8 +4,8 @@
 //! revoked certificates are refused whatever the call; every admin action is recorded with
 //! who and when.
 
-mod common;
-mod identity_common;
+use crate::common;
+use crate::identity_common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,10 +19,10 @@ use identity_common::*;
 use tonic::Code;
 
 const PROTOS: [&str; 2] = [
-    include_str!("../../proto/proto/harambee/v1/harambee.proto"),
-    include_str!("../../proto/proto/harambee/v1/enrolment.proto"),
+    include_str!("../../../proto/proto/harambee/v1/harambee.proto"),
+    include_str!("../../../proto/proto/harambee/v1/enrolment.proto"),
 ];
-const ARCHITECTURE: &str = include_str!("../../ARCHITECTURE.md");
+const ARCHITECTURE: &str = include_str!("../../../ARCHITECTURE.md");
 
 /// The callers of the matrix, in the table's column order.
 const CALLERS: [&str; 4] = ["agent", "operator", "auditor", "no certificate"];

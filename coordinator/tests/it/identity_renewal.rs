@@ -3,8 +3,8 @@
 //! restart), keeps its key, and is back with the renewed certificate once the old one has
 //! expired; renewal is for one's own name only.
 
-mod common;
-mod identity_common;
+use crate::common;
+use crate::identity_common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! End to end over real mTLS gRPC on loopback: a coordinator and the real agent runtime on
 //! the bundled multi-site data, on SQLite and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use common::*;
 use harambee_proto::pb;

@@ -2,7 +2,7 @@
 //! over mTLS; one crashes when asked for its masked input, another when asked to help
 //! unmask. The round commits the sum of the survivors and its record names the dropouts.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

@@ -2,8 +2,8 @@
 //! peers trust only the root, enrolment and mTLS work through the two-level chain, and a new
 //! issuing CA certified later by the offline root leaves existing certificates valid.
 
-mod common;
-mod identity_common;
+use crate::common;
+use crate::identity_common;
 
 use common::*;
 use harambee_coordinator::pki::{self, PkiError, PkiPaths, Role};

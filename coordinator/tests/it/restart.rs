@@ -2,7 +2,7 @@
 //! and the latest model are intact, the interrupted round is failed with nothing applied,
 //! and agents reconnect by themselves.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

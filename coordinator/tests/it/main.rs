@@ -1,0 +1,25 @@
+//! All integration tests of the coordinator and agent in one binary: each links the whole
+//! stack (burn, tonic, sea-orm), so one binary instead of nineteen saves gigabytes of disk
+//! and minutes of linking.
+
+mod common;
+mod identity_common;
+
+mod bad_input;
+mod bench_quality;
+mod demo;
+mod federation;
+mod identity_access;
+mod identity_commands;
+mod identity_enrolment;
+mod identity_pki;
+mod identity_renewal;
+mod identity_revocation;
+mod identity_store;
+mod large_model;
+mod peers;
+mod personalization;
+mod restart;
+mod secure_dropout;
+mod store_suite;
+mod tls_handshake;

@@ -1,0 +1,4 @@
+//! Integration tests of the models crate, in one binary (each test binary links burn).
+
+mod personalization;
+mod real_data;
