@@ -17,6 +17,17 @@ pub enum Command {
     /// Enrol this facility with a one-time token from the federation's operator: generates
     /// the key here, obtains the certificate, writes agent.toml.
     Enroll(crate::enroll::EnrollArgs),
+    /// Auditing the privacy ledger.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify a ledger export offline: the whole Merkle tree, every signature, consistency
+    /// with the last head this facility saw, and (with --receipts) that the ledger and the
+    /// facility's privacy log agree. Prints a report; exits 1 on any failure.
+    Verify(crate::audit::VerifyArgs),
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -26,6 +37,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             crate::runtime::run(config, shutdown_signal()).await
         }
         Command::Enroll(args) => crate::enroll::run(args).await,
+        Command::Audit(AuditCommand::Verify(args)) => {
+            if crate::audit::verify(&args)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,13 +34,46 @@ pub struct AgentConfig {
     pub testing: TestingConfig,
 }
 
-/// `[policy]`: what the facility allows to leave.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[policy]`: what the facility takes part in and allows to leave. Default deny: a facility
+/// trains for no federation until it names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Evaluation metrics are withheld when the held-out cohort has fewer rows than this.
     #[serde(default)]
     pub min_cohort: u64,
+    /// Federations this facility trains for; `"*"` means any. None by default.
+    #[serde(default)]
+    pub allowed_federations: Vec<String>,
+    /// Model kinds it trains (`logistic_regression`, `mlp`, `personalized`); `"*"`: any.
+    #[serde(default)]
+    pub allowed_model_kinds: Vec<String>,
+    /// It does not train on fewer training rows than this.
+    #[serde(default)]
+    pub min_samples: u64,
+    /// Patient-level privacy budget: the most ε (at `delta`) that all updates of all
+    /// federations together may spend. When set, only DP-SGD federations are accepted.
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            min_cohort: 0,
+            allowed_federations: Vec::new(),
+            allowed_model_kinds: Vec::new(),
+            min_samples: 0,
+            max_epsilon: None,
+            delta: default_delta(),
+        }
+    }
 }
 
 /// Test-only behaviour.
@@ -129,6 +162,15 @@ impl AgentConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if !self.coordinator.starts_with("https://") {
             anyhow::bail!("coordinator must be an https:// address (there is no plaintext port)");
+        }
+        let p = &self.policy;
+        if !(p.delta > 0.0 && p.delta < 1.0) {
+            anyhow::bail!("policy.delta must be between 0 and 1, not {}", p.delta);
+        }
+        if let Some(max) = p.max_epsilon
+            && !(max.is_finite() && max >= 0.0)
+        {
+            anyhow::bail!("policy.max_epsilon must be a non-negative number, not {max}");
         }
         let h = self.data.holdout_fraction;
         if !(h > 0.0 && h < 1.0) {

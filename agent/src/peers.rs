@@ -90,3 +90,20 @@ pub fn signing_key_from_pem(key_pem: &[u8]) -> anyhow::Result<ed25519_dalek::Sig
     ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
         .map_err(|e| anyhow::anyhow!("the agent's private key is not PKCS#8 Ed25519 ({e}); re-issue the certificate"))
 }
+
+/// The facility named by an agent certificate (PEM): `<facility>` of its
+/// `harambee://agent/<facility>` URI SAN.
+pub fn facility_of_pem(cert_pem: &[u8]) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem).map_err(|e| anyhow::anyhow!("unreadable certificate: {e}"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| anyhow::anyhow!("unreadable certificate: {e}"))?;
+    let san = cert.subject_alternative_name().ok().flatten().ok_or_else(|| anyhow::anyhow!("the certificate has no subject alternative name"))?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            GeneralName::URI(uri) => uri.strip_prefix(AGENT_SAN_PREFIX).map(str::to_owned),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow::anyhow!("the certificate names no {AGENT_SAN_PREFIX}<facility>"))
+}

@@ -19,6 +19,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::AgentConfig;
 use crate::egress::{EgressLog, EgressRecord};
 use crate::peers::{PeerVerifier, signing_key_from_pem};
+use crate::privacy::{DpSteps, Privacy, Record};
 use crate::secure::{self, Reply, SecureClients};
 use crate::tls::{self, ClientTls};
 use crate::{transfer, wire};
@@ -46,13 +47,18 @@ pub async fn run_with_stats(config: AgentConfig, shutdown: impl Future<Output = 
     std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
     let tls = ClientTls::from_files(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.server_name())?;
     let verifier = PeerVerifier::from_ca_pem(&std::fs::read(&config.tls.ca)?)?;
-    let signing_key = match signing_key_from_pem(&std::fs::read(&config.tls.key)?) {
-        Ok(key) => Some(key),
-        Err(e) => {
-            warn!("{e:#}; this facility cannot take part in secure aggregation");
-            None
-        }
-    };
+    let signing_key = signing_key_from_pem(&std::fs::read(&config.tls.key)?)
+        .context("the facility key must be Ed25519: it signs egress receipts and secure-aggregation messages")?;
+    let facility = crate::peers::facility_of_pem(&std::fs::read(&config.tls.cert)?).context("reading the facility's certificate")?;
+    let privacy = Privacy::open(&config.state_dir, facility, config.policy.clone(), signing_key.clone())?;
+    info!(
+        facility = %privacy.facility,
+        epsilon_spent = privacy.epsilon_spent(),
+        max_epsilon = ?privacy.policy.max_epsilon,
+        allowed_federations = ?privacy.policy.allowed_federations,
+        "privacy policy loaded"
+    );
+    let signing_key = Some(signing_key);
     let agent = Arc::new(Agent {
         egress: EgressLog::new(&config.state_dir, config.egress.keep_payloads),
         config,
@@ -61,6 +67,8 @@ pub async fn run_with_stats(config: AgentConfig, shutdown: impl Future<Output = 
         secure: Arc::new(Mutex::new(SecureClients::new(signing_key, verifier))),
         crashed: tokio::sync::Notify::new(),
         stats,
+        privacy: Mutex::new(privacy),
+        dp_of_round: Mutex::default(),
     });
     info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
@@ -89,6 +97,11 @@ struct Agent {
     /// Signalled by `testing.crash_at`.
     crashed: tokio::sync::Notify,
     stats: Arc<AgentStats>,
+    /// Policy, accountant, receipts and the privacy log.
+    privacy: Mutex<Privacy>,
+    /// What a held update (secure aggregation) carries into its receipt once it leaves:
+    /// federation, DP-SGD steps, receipt clipping norm and noise multiplier.
+    dp_of_round: Mutex<HashMap<u64, (String, Option<DpSteps>, f64, f64)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,6 +143,8 @@ impl Agent {
         info!("connected; waiting for tasks");
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(client.clone()));
         let _stop_heartbeat = AbortOnDrop(heartbeat.abort_handle());
+        let proofs = tokio::spawn(self.clone().proof_loop(client.clone()));
+        let _stop_proofs = AbortOnDrop(proofs.abort_handle());
         while let Some(task) = tasks.message().await? {
             self.dispatch(client.clone(), task);
         }
@@ -141,7 +156,8 @@ impl Agent {
         let mut interval = Duration::from_secs(5);
         loop {
             let busy_round_id = self.busy_round();
-            match client.heartbeat(pb::HeartbeatRequest { busy_round_id }).await {
+            let privacy = Some(self.privacy.lock().unwrap().status(0));
+            match client.heartbeat(pb::HeartbeatRequest { busy_round_id, privacy }).await {
                 Ok(reply) => {
                     let ms = reply.into_inner().interval_ms.clamp(100, 60_000);
                     interval = Duration::from_millis(ms.into());
@@ -150,6 +166,67 @@ impl Agent {
             }
             tokio::time::sleep(interval).await;
         }
+    }
+
+    /// Apart from the heartbeats, so that a slow answer never delays liveness.
+    async fn proof_loop(self: Arc<Self>, mut client: Client) {
+        loop {
+            self.fetch_ledger_proofs(&mut client).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// For each accepted update without a ledger proof yet, asks the coordinator for it,
+    /// checks it (inclusion, signature, consistency with the last head seen), logs it and
+    /// countersigns the head. A round not committed yet answers "not found": asked again at
+    /// the next heartbeat.
+    async fn fetch_ledger_proofs(&self, client: &mut Client) {
+        let awaiting = self.privacy.lock().unwrap().awaiting_proof();
+        for (federation, round_id) in awaiting {
+            let known_tree_size = self.privacy.lock().unwrap().log.last_head().map_or(0, |(h, _)| h.head.tree_size);
+            let answer = match client.get_ledger_proof(pb::LedgerProofRequest { round_id, known_tree_size }).await {
+                Ok(answer) => answer.into_inner(),
+                Err(status) if status.code() == tonic::Code::NotFound => continue,
+                Err(status) => {
+                    warn!(round_id, %status, "asking for the ledger proof failed; will retry");
+                    continue;
+                }
+            };
+            let checked = self.privacy.lock().unwrap().accept_proof(&federation, round_id, &answer);
+            match checked {
+                Ok((head, cosignature)) => {
+                    info!(round_id, tree_size = head.head.tree_size, "contribution found in the privacy ledger; tree head countersigned");
+                    let request = pb::CosignTreeHeadRequest {
+                        signed_tree_head: serde_json::to_string(&head).expect("serializes"),
+                        cosignature: serde_json::to_string(&cosignature).expect("serializes"),
+                    };
+                    if let Err(status) = client.cosign_tree_head(request).await {
+                        warn!(round_id, %status, "sending the countersignature failed");
+                    }
+                }
+                Err(e) => {
+                    let problem = format!("{e:#}");
+                    error!(round_id, %problem, "the coordinator's ledger proof does not verify");
+                    let alarm = Record::Alarm { federation: federation.clone(), round_id, problem };
+                    if let Err(e) = self.privacy.lock().unwrap().log.append(now_ms(), alarm) {
+                        error!("could not write the privacy log: {e:#}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Declines a task the facility's policy forbids: says why in the log and the privacy
+    /// log, and tells the coordinator so that the round does not wait for it.
+    async fn decline(&self, client: &mut Client, federation: &str, round_id: u64, reason: String) -> anyhow::Result<()> {
+        warn!(round_id, federation, %reason, "task refused by the facility's policy");
+        self.privacy
+            .lock()
+            .unwrap()
+            .log
+            .append(now_ms(), Record::Refusal { federation: federation.to_owned(), round_id, reason: reason.clone() })?;
+        client.decline_task(pb::DeclineTaskRequest { round_id, reason }).await?;
+        Ok(())
     }
 
     fn busy_round(&self) -> u64 {
@@ -226,11 +303,18 @@ impl Agent {
 
     async fn train(self: Arc<Self>, mut client: Client, task: pb::TrainTask) -> anyhow::Result<()> {
         let (model, schema) = wire::model(task.model.as_ref())?;
+        let kind = task.model.as_ref().map(|m| m.kind.clone()).unwrap_or_default();
+        let epochs = task.config.as_ref().map_or(1, |c| c.epochs as usize);
         if let Some(synthetic) = self.config.testing.synthetic.clone() {
+            let admitted = self.privacy.lock().unwrap().admit(&task.federation, &kind, synthetic.n_samples as usize, epochs, task.privacy.as_ref());
+            let dp = match admitted {
+                Ok(dp) => dp,
+                Err(refusal) => return self.decline(&mut client, &task.federation, task.round_id, refusal.0).await,
+            };
             let n = model.shared_len();
             let update = tokio::task::spawn_blocking(move || synthetic_update(n, synthetic.seed ^ task.round_id)).await?;
             let report = harambee_models::train::TrainReport { params: Vec::new(), mean_loss: 0.0, n_samples: synthetic.n_samples as usize };
-            return self.send_update(client, &task, update, report, std::time::Instant::now()).await;
+            return self.send_update(client, &task, update, report, dp, std::time::Instant::now()).await;
         }
         let mut config = wire::train_config(task.config.as_ref())?;
         config.seed ^= task.round_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -242,17 +326,39 @@ impl Agent {
         // With a personalized model, train the global body under this facility's own head.
         let start = self.with_own_head(&model, &task.federation, &base)?;
         let (train, _) = self.load_split(schema).await?;
-        info!(rows = train.n_rows(), epochs = config.epochs, "training");
+        let admitted = self.privacy.lock().unwrap().admit(&task.federation, &kind, train.n_rows(), config.epochs, task.privacy.as_ref());
+        let dp = match admitted {
+            Ok(dp) => dp,
+            Err(refusal) => return self.decline(&mut client, &task.federation, task.round_id, refusal.0).await,
+        };
+        let dp_sgd = task.privacy.as_ref().and_then(|p| p.dp_sgd.clone());
+        info!(rows = train.n_rows(), epochs = config.epochs, dp_sgd = dp_sgd.is_some(), "training");
         let started = std::time::Instant::now();
         let (report, model) = tokio::task::spawn_blocking({
             let start = start.clone();
-            move || harambee_models::train::train(&model, &start, &train, &config).map(|r| (r, model))
+            move || -> anyhow::Result<_> {
+                let report = match dp_sgd {
+                    Some(d) => {
+                        let dp = harambee_models::dp::DpSgdConfig {
+                            clip_norm: d.clip_norm,
+                            noise_multiplier: d.noise_multiplier,
+                            sampling_rate: d.sampling_rate,
+                        };
+                        // Batches and noise from a CSPRNG seeded by the operating system.
+                        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed(rand::random());
+                        harambee_models::dp::train_dp(&model, &start, &train, &config, &dp, &mut rng)?.train
+                    }
+                    None => harambee_models::train::train(&model, &start, &train, &config)?,
+                };
+                Ok((report, model))
+            }
         })
         .await??;
         // Only the federated prefix leaves; the head stays here.
-        let update = model.shared_update(&report.params, &start)?;
+        let mut update = model.shared_update(&report.params, &start)?;
+        clip_for_facility_dp(&mut update, task.privacy.as_ref());
         self.keep_head(&model, &task.federation, &report.params)?;
-        self.send_update(client, &task, update, report, started).await
+        self.send_update(client, &task, update, report, dp, started).await
     }
 
     fn personal_path(&self, federation: &str, extension: &str) -> std::path::PathBuf {
@@ -297,9 +403,16 @@ impl Agent {
         task: &pb::TrainTask,
         update: Vec<f32>,
         report: harambee_models::train::TrainReport,
+        dp: Option<DpSteps>,
         started: std::time::Instant,
     ) -> anyhow::Result<()> {
+        let (clipping_norm, noise_multiplier) =
+            task.privacy.as_ref().and_then(|p| p.dp_sgd.as_ref()).map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier));
+        // The training loss is computed on the raw rows, outside DP-SGD's guarantee: under
+        // DP it does not leave.
+        let train_loss = if dp.is_some() { 0.0 } else { report.mean_loss };
         if let Some(secure) = &task.secure {
+            self.dp_of_round.lock().unwrap().insert(task.round_id, (task.federation.clone(), dp, clipping_norm, noise_multiplier));
             // Secure aggregation: the update stays here until it leaves masked.
             let weight = (report.n_samples as u64).min(secure.max_weight.max(1));
             self.egress.keep_unmasked(task.round_id, &update)?;
@@ -314,7 +427,7 @@ impl Agent {
                 sha256: None,
                 n_samples: report.n_samples as u64,
             })?;
-            let trained = pb::Trained { n_samples: report.n_samples as u64, train_loss: report.mean_loss };
+            let trained = pb::Trained { n_samples: report.n_samples as u64, train_loss };
             let submission = pb::SecAggSubmission { round_id: task.round_id, part: Some(pb::sec_agg_submission::Part::Trained(trained)) };
             return retry_until(task.deadline_unix_ms, "training report", || {
                 let mut client = client.clone();
@@ -336,13 +449,15 @@ impl Agent {
             sha256: Some(&sha256),
             n_samples: report.n_samples as u64,
         })?;
+        let receipt = self.privacy.lock().unwrap().sign_egress(&task.federation, task.round_id, &payload, dp, clipping_norm, noise_multiplier)?;
         let header = pb::UpdateHeader {
             round_id: task.round_id,
             n_params: update.len() as u64,
             n_samples: report.n_samples as u64,
             sha256,
-            train_loss: report.mean_loss,
+            train_loss,
             masked: false,
+            receipt: serde_json::to_string(&receipt)?,
         };
         self.stats.add(payload.len());
         let payload = Arc::new(payload);
@@ -354,6 +469,11 @@ impl Agent {
         })
         .await?;
         info!("update accepted");
+        self.privacy
+            .lock()
+            .unwrap()
+            .log
+            .append(now_ms(), Record::Accepted { federation: task.federation.clone(), round_id: task.round_id })?;
         Ok(())
     }
 
@@ -485,7 +605,18 @@ impl Agent {
                     sha256: Some(&sha256),
                     n_samples: 0,
                 })?;
-                let header = pb::UpdateHeader { round_id, n_params: n_words as u64, n_samples: 0, sha256, train_loss: 0.0, masked: true };
+                let (federation, dp, clipping_norm, noise_multiplier) =
+                    self.dp_of_round.lock().unwrap().get(&round_id).cloned().unwrap_or((federation, None, 0.0, 0.0));
+                let receipt = self.privacy.lock().unwrap().sign_egress(&federation, round_id, &words, dp, clipping_norm, noise_multiplier)?;
+                let header = pb::UpdateHeader {
+                    round_id,
+                    n_params: n_words as u64,
+                    n_samples: 0,
+                    sha256,
+                    train_loss: 0.0,
+                    masked: true,
+                    receipt: serde_json::to_string(&receipt)?,
+                };
                 self.stats.add(words.len());
                 let payload = Arc::new(words);
                 retry_until(deadline, "masked upload", || {
@@ -496,6 +627,7 @@ impl Agent {
                 })
                 .await?;
                 info!("masked update accepted");
+                self.privacy.lock().unwrap().log.append(now_ms(), Record::Accepted { federation, round_id })?;
                 let _ = &mut client;
                 Ok(())
             }
@@ -545,6 +677,23 @@ where
         warn!(%status, "{what} failed; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Facility-level DP (distributed or central mechanism): the update is scaled down to the
+/// federation's L2 clipping norm, the sensitivity the noise on the sum is calibrated to.
+fn clip_for_facility_dp(update: &mut [f32], privacy: Option<&pb::PrivacyConfig>) {
+    let Some(p) = privacy else { return };
+    if matches!(p.mechanism.as_str(), "" | "none") || !(p.clip_norm > 0.0) {
+        return;
+    }
+    let norm = update.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+    if norm > p.clip_norm {
+        // A hair under the norm, so rounding to f32 cannot land above it.
+        let scale = (p.clip_norm / norm * (1.0 - 1e-6)) as f32;
+        for v in update.iter_mut() {
+            *v *= scale;
+        }
     }
 }
 

@@ -186,6 +186,7 @@ pub fn params_to_pb(p: &Params) -> pb::SecAggParams {
         }
         .to_owned(),
         consistency_check: p.consistency_check,
+        noise_stddev: p.noise_stddev,
     }
 }
 
@@ -210,6 +211,7 @@ pub fn params_from_pb(p: &pb::SecAggParams) -> anyhow::Result<Params> {
             other => bail!("unsupported mask generator {other:?}"),
         },
         consistency_check: p.consistency_check,
+        noise_stddev: p.noise_stddev,
     };
     params.validate()?;
     Ok(params)

@@ -55,6 +55,7 @@ pub enum Rule {
 
 const AGENT: &[Role] = &[Role::Agent];
 const OPERATOR: &[Role] = &[Role::Operator];
+const AUDITOR: &[Role] = &[Role::Auditor];
 /// Reading: operators and auditors.
 const READERS: &[Role] = &[Role::Operator, Role::Auditor];
 
@@ -92,6 +93,7 @@ const SERVICE_RULES: &[(&str, Rule)] = &[
     ("/harambee.v1.AgentService/", Rule::Roles(AGENT)),
     ("/harambee.v1.AdminService/", Rule::Roles(OPERATOR)),
     ("/harambee.v1.IdentityService/", Rule::Roles(OPERATOR)),
+    ("/harambee.v1.AuditService/", Rule::Roles(AUDITOR)),
 ];
 
 /// The rule for a gRPC path (`/package.Service/Method`); `None`: nobody may call it.

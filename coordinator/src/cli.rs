@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// PKI directory made by `pki init`.
     #[arg(long, env = "HARAMBEE_PKI")]
     pub pki: Option<PathBuf>,
+    /// The privacy ledger's Ed25519 signing key (PKCS#8 PEM; created if absent).
+    #[arg(long, env = "HARAMBEE_LEDGER_KEY")]
+    pub ledger_key: Option<PathBuf>,
     /// Export traces over OTLP/gRPC to this endpoint.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -92,6 +95,7 @@ pub struct ServeFile {
     pub database_url: Option<String>,
     pub blob_dir: Option<PathBuf>,
     pub pki: Option<PathBuf>,
+    pub ledger_key: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
     pub heartbeat_interval_s: Option<u64>,
     pub liveness_timeout_s: Option<u64>,
@@ -354,6 +358,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .or(file.database_url)
             .unwrap_or_else(|| "sqlite://harambee-data/coordinator.db?mode=rwc".to_owned()),
         blob_dir: args.blob_dir.or(file.blob_dir).unwrap_or_else(|| PathBuf::from("harambee-data/blobs")),
+        ledger_key: args.ledger_key.or(file.ledger_key).unwrap_or_else(|| PathBuf::from("harambee-data/ledger.key")),
     };
     if let Some(path) = storage.database_url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p))
         && let Some(parent) = Path::new(path).parent()

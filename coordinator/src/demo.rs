@@ -32,6 +32,12 @@ const HEART_CSV: &str = include_str!("../../data/heart_disease_uci_4sites.csv");
 /// Share of each facility's rows held out for evaluation, and the split's seed.
 pub const HOLDOUT: f64 = 0.25;
 pub const SPLIT_SEED: u64 = 7;
+/// Each demo facility's own policy: the two demo federations, linear and MLP models, at
+/// least 20 training rows, and a patient-level budget of ε = 10 at δ = 1e-5.
+pub const DEMO_POLICY: &str = "allowed_federations = [\"heart-disease\", \"heart-disease-plain\"]\nallowed_model_kinds = [\"logistic_regression\", \"mlp\"]\nmin_samples = 20\nmax_epsilon = 10.0\ndelta = 1e-5\n";
+/// The demo federation's patient-level DP-SGD: per-example clipping norm, noise multiplier,
+/// Poisson sampling rate.
+pub const DEMO_DP_SGD: (f64, f64, f64) = (1.0, 1.5, 0.1);
 /// Marks a directory as the demo's own, so that re-running may wipe it.
 const MARKER: &str = ".harambee-demo";
 
@@ -80,6 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let pki_dir = dir.join("pki");
     pki::init(&pki_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     pki::issue(&pki_dir, Role::Operator, "admin", 1)?;
+    pki::issue(&pki_dir, Role::Auditor, "auditor", 1)?;
     for f in &facilities {
         pki::issue(&pki_dir, Role::Agent, &f.name, 1)?;
     }
@@ -91,6 +98,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display())),
         blob_dir: dir.join("blobs"),
+        ledger_key: dir.join("ledger.key"),
     };
     let settings = Settings { heartbeat_interval: Duration::from_secs(1), liveness_timeout: Duration::from_secs(5) };
     let coord = server::open(&storage, settings).await?;
@@ -136,7 +144,9 @@ async fn drive(
         operator: "admin".to_owned(),
     };
     let mut client = admin_client(&admin).await?;
-    let spec = federation_spec(kind, args.epochs, facilities);
+    let mut spec = federation_spec(kind, args.epochs, facilities);
+    let (clip_norm, noise_multiplier, sampling_rate) = DEMO_DP_SGD;
+    spec.privacy.dp_sgd = Some(crate::federation::DpSgdSpec { clip_norm, noise_multiplier, sampling_rate });
     spec.validate()?;
     client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&spec, 0)), init_from: None }).await?;
 
@@ -218,15 +228,69 @@ async fn drive(
     println!("  federated, plain aggregation (comparison)         auc {:.4}  accuracy {:.4}  loss {:.4}", plain.auc, plain.accuracy, plain.loss);
     println!("  pooled, all data in one place (reference)        auc {:.4}  accuracy {:.4}  loss {:.4}", pooled.auc, pooled.accuracy, pooled.loss);
     println!("  auc gap (pooled - federated): {:+.4}", pooled.auc - global.auc);
+    println!("  (both federations train with patient-level DP-SGD: clip {clip_norm}, noise multiplier {noise_multiplier}, sampling rate {sampling_rate}; pooled training has none)");
+
+    // The auditor's view: ε per facility from the ledger, then an export that each
+    // facility checks offline against its own privacy log.
+    let audit = audit_and_verify(&admin, dir, facilities).await?;
 
     if let Some(path) = &args.summary_json {
         let mut summary = summary(args.rounds, &global, &pooled, &last);
         summary["secure_aggregation"] = json!(spec.secure_aggregation.enabled);
         summary["plain"] = json!({ "auc": finite_or_null(plain.auc), "accuracy": plain.accuracy, "loss": plain.loss });
+        summary["privacy"] = audit;
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
         println!("summary written to {}", path.display());
     }
     Ok(())
+}
+
+/// Prints each facility's ε from the ledger, exports the ledger as the auditor, and runs
+/// the offline verifier with each facility's privacy log. Fails unless all verify.
+async fn audit_and_verify(admin: &AdminArgs, dir: &Path, facilities: &[Facility]) -> anyhow::Result<serde_json::Value> {
+    let paths = PkiPaths::new(&admin.pki);
+    let tls = harambee_agent::tls::ClientTls::from_files(
+        &paths.ca_cert(),
+        &paths.issued_cert(Role::Auditor, "auditor"),
+        &paths.issued_key(Role::Auditor, "auditor"),
+        &admin.server_name,
+    )?;
+    let channel = harambee_agent::tls::connect(&admin.coordinator, &tls, Duration::from_secs(10)).await?;
+    // The agents fetch the proof of their last contribution at their next heartbeat.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!();
+    println!("patient-level privacy spent (from the agents' signed receipts in the ledger):");
+    let mut spend = serde_json::Map::new();
+    for f in crate::audit_cli::privacy_spend(channel.clone()).await? {
+        let budget = f.max_epsilon.map_or_else(|| "none".to_owned(), |m| format!("{m}"));
+        println!("  {:<14} ε = {:>7.3} at δ = {:e}  ({} contributions; budget {budget})", f.facility, f.epsilon_spent, f.delta, f.contributions);
+        spend.insert(f.facility.clone(), json!({ "epsilon": f.epsilon_spent, "delta": f.delta, "contributions": f.contributions }));
+    }
+    let ledger_path = dir.join("ledger.jsonl");
+    let exported = crate::audit_cli::export(channel, &ledger_path).await?;
+    println!("privacy ledger: {} entries exported to {}", exported.entries, ledger_path.display());
+    let mut verified = 0;
+    for f in facilities {
+        let args = harambee_agent::audit::VerifyArgs {
+            ledger: ledger_path.clone(),
+            head: None,
+            ledger_key: None,
+            receipts: Some(f.dir.join("state").join(harambee_agent::privacy::LOG_FILE)),
+        };
+        let (report, ok) = harambee_agent::audit::verify_report(&args)?;
+        if !ok {
+            bail!("audit verify failed for {}:\n{report}", f.name);
+        }
+        verified += 1;
+    }
+    println!(
+        "audit verify: the ledger verifies and agrees with all {verified} facilities' privacy logs \
+         (harambee-agent audit verify --ledger {} --receipts {}/facilities/NAME/state/{})",
+        ledger_path.display(),
+        dir.display(),
+        harambee_agent::privacy::LOG_FILE
+    );
+    Ok(json!({ "epsilon": spend, "ledger_entries": exported.entries, "facilities_verified": verified }))
 }
 
 /// The demo's federation: the heart-disease preset schema over the given facilities.
@@ -242,6 +306,7 @@ pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> 
         init_seed: 42,
         secure_aggregation: Default::default(),
         strategy: Default::default(),
+        privacy: Default::default(),
     }
 }
 
@@ -364,10 +429,11 @@ pub fn write_facilities(dir: &Path, n_agents: Option<usize>) -> anyhow::Result<V
 }
 
 /// Writes `agent.toml` for a facility, with its certificate from `pki_dir`.
-pub fn write_agent_config(f: &Facility, endpoint: &str, pki_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Writes `f`'s agent.toml; `policy` is the body of its `[policy]` table.
+pub fn write_agent_config(f: &Facility, endpoint: &str, pki_dir: &Path, policy: &str) -> anyhow::Result<PathBuf> {
     let paths = PkiPaths::new(pki_dir);
     let config = format!(
-        "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = \"state\"\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[data]\ncsv = \"data.csv\"\nholdout_fraction = {HOLDOUT}\nsplit_seed = {SPLIT_SEED}\n\n[network]\nconnect_timeout_s = 5\nmax_backoff_s = 2\n",
+        "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = \"state\"\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[data]\ncsv = \"data.csv\"\nholdout_fraction = {HOLDOUT}\nsplit_seed = {SPLIT_SEED}\n\n[network]\nconnect_timeout_s = 5\nmax_backoff_s = 2\n\n[policy]\n{policy}\n",
         paths.ca_cert().display().to_string(),
         paths.issued_cert(Role::Agent, &f.name).display().to_string(),
         paths.issued_key(Role::Agent, &f.name).display().to_string(),
@@ -378,7 +444,7 @@ pub fn write_agent_config(f: &Facility, endpoint: &str, pki_dir: &Path) -> anyho
 }
 
 fn spawn_agent(f: &Facility, endpoint: &str, pki_dir: &Path) -> anyhow::Result<Child> {
-    let config_path = write_agent_config(f, endpoint, pki_dir)?;
+    let config_path = write_agent_config(f, endpoint, pki_dir, DEMO_POLICY)?;
     let log = std::fs::File::create(f.dir.join("agent.log"))?;
     let exe = std::env::current_exe().context("locating this executable")?;
     let child = Command::new(exe)

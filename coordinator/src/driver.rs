@@ -14,7 +14,8 @@ use harambee_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::federation::FederationSpec;
+use crate::federation::{FederationSpec, Mechanism};
+use harambee_privacy::ledger::{Contribution, LedgerEvent, Sha256Digest, SignedReceipt};
 use crate::state::{ActiveRound, Coordinator, now_ms};
 use crate::store::{self, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
 use crate::wire;
@@ -24,7 +25,14 @@ pub enum RoundInput {
     /// A facility (re)connected: retry selection, resend its pending task.
     Connected { agent: String },
     /// A complete, checksummed upload.
-    Update { agent: String, n_samples: u64, digest: String, values: Vec<f32>, reply: oneshot::Sender<Result<(), RoundError>> },
+    Update {
+        agent: String,
+        n_samples: u64,
+        digest: String,
+        values: Vec<f32>,
+        receipt: SignedReceipt,
+        reply: oneshot::Sender<Result<(), RoundError>>,
+    },
     /// An upload refused on its header.
     Reject { agent: String, error: UpdateError, reply: oneshot::Sender<RoundError> },
     /// Metrics, or `None` when the facility withholds them.
@@ -35,7 +43,7 @@ pub enum RoundInput {
     /// Secure aggregation: a key-exchange or unmasking message.
     SecAgg { agent: String, msg: SecAggIn, reply: oneshot::Sender<Result<(), RoundError>> },
     /// Secure aggregation: a masked input (little-endian words).
-    Masked { agent: String, bytes: Vec<u8>, reply: oneshot::Sender<Result<(), RoundError>> },
+    Masked { agent: String, bytes: Vec<u8>, receipt: SignedReceipt, reply: oneshot::Sender<Result<(), RoundError>> },
 }
 
 /// Storage faults that end a round as failed.
@@ -66,7 +74,10 @@ pub fn spawn(coord: Coordinator, spec: FederationSpec, row: RoundRow, base: Mode
         }
         _ => ServerOptimizer::new(spec.strategy.clone()).map_err(|e| RoundError::Strategy(e.to_string()))?,
     };
-    let round = Round::<Metrics>::new(spec.round_config(row.id, n_params), base_params, Instant::now())?.with_optimizer(optimizer);
+    let mut round = Round::<Metrics>::new(spec.round_config(row.id, n_params), base_params, Instant::now())?.with_optimizer(optimizer);
+    if spec.privacy.mechanism == Mechanism::Central {
+        round = round.with_central_noise(central_noise(n_params, spec.privacy.noise_multiplier * spec.privacy.clip_norm))?;
+    }
     let (tx, rx) = mpsc::channel(256);
     coord.active.lock().unwrap().insert(spec.name.clone(), ActiveRound {
         round_id: row.id,
@@ -76,7 +87,19 @@ pub fn spawn(coord: Coordinator, spec: FederationSpec, row: RoundRow, base: Mode
     });
     // A root span: the round outlives the StartRound RPC that began it.
     let span = info_span!(parent: None, "round", round_id = row.id, federation = %spec.name, number = row.number);
-    let driver = Driver { coord, spec, row, base, round, head, pending: HashMap::new(), candidate: None, certificates: HashMap::new() };
+    let driver = Driver {
+        coord,
+        spec,
+        row,
+        base,
+        round,
+        head,
+        pending: HashMap::new(),
+        candidate: None,
+        certificates: HashMap::new(),
+        contributions: HashMap::new(),
+        declined: Vec::new(),
+    };
     tokio::spawn(driver.run(rx).instrument(span));
     Ok(())
 }
@@ -95,6 +118,10 @@ struct Driver {
     candidate: Option<(String, u64)>,
     /// Certificate chains of the selected facilities (secure aggregation forwards them).
     certificates: HashMap<String, Vec<Vec<u8>>>,
+    /// Each accepted upload as the ledger will record it, with its facility's receipt.
+    contributions: HashMap<String, Contribution>,
+    /// Facilities left out of selection, and why (their policy or budget), logged once.
+    declined: Vec<String>,
 }
 
 impl Driver {
@@ -131,10 +158,32 @@ impl Driver {
         info!(stage = %self.round.stage(), "round ended");
     }
 
+    /// Whether a facility's last heartbeat says it would accept this round's task: its
+    /// policy allows the federation and model kind, and one more round fits its budget.
+    /// A facility that has not reported its status yet is not selected.
+    fn would_accept(&mut self, facility: &str) -> bool {
+        let Some(status) = self.coord.registry.privacy(facility) else {
+            return self.refuse_selection(facility, "it has not reported its privacy policy yet".to_owned());
+        };
+        if let Err(reason) = crate::privacy::admits(&self.spec, &status) {
+            return self.refuse_selection(facility, reason);
+        }
+        true
+    }
+
+    fn refuse_selection(&mut self, facility: &str, reason: String) -> bool {
+        if !self.declined.iter().any(|f| f == facility) {
+            info!(%facility, %reason, "facility not selected");
+            self.declined.push(facility.to_owned());
+        }
+        false
+    }
+
     fn select_now(&mut self) {
         if self.round.stage() == Stage::Selecting {
-            let eligible: Vec<String> =
+            let connected: Vec<String> =
                 self.coord.registry.connected().into_iter().filter(|f| self.spec.admits(f)).collect();
+            let eligible: Vec<String> = connected.into_iter().filter(|f| self.would_accept(f)).collect();
             if self.round.is_secure() {
                 let mut keys = Vec::new();
                 for facility in &eligible {
@@ -162,8 +211,16 @@ impl Driver {
                     self.coord.registry.send(&agent, task.clone());
                 }
             }
-            RoundInput::Update { agent, n_samples, digest, values, reply } => {
-                let result = self.round.handle_update(now, &agent, n_samples, digest, &values);
+            RoundInput::Update { agent, n_samples, digest, values, receipt, reply } => {
+                let checked = self.check_plain_update(&values).and_then(|()| self.accept_receipt(&agent, values.len() as u64, receipt));
+                let weight = if self.spec.privacy.mechanism == Mechanism::None { n_samples } else { 1 };
+                let result = match checked {
+                    Ok(()) => self.round.handle_update(now, &agent, weight, digest, &values),
+                    Err(e) => Err(self.round.reject_update(now, &agent, e)),
+                };
+                if result.is_err() {
+                    self.contributions.remove(&agent);
+                }
                 match &result {
                     Ok(()) => info!(facility = %agent, n_samples, "update accepted"),
                     Err(e) => warn!(facility = %agent, error = %e, "update refused"),
@@ -203,8 +260,15 @@ impl Driver {
                 self.pending.remove(&agent);
                 let _ = reply.send(result);
             }
-            RoundInput::Masked { agent, bytes, reply } => {
-                let result = self.masked_input(now, &agent, &bytes);
+            RoundInput::Masked { agent, bytes, receipt, reply } => {
+                let words = self.round.masked_input_shape().map_or(0, |(_, n)| n as u64);
+                let result = self
+                    .accept_receipt(&agent, words, receipt)
+                    .map_err(|source| RoundError::Invalid { agent: agent.clone(), source })
+                    .and_then(|()| self.masked_input(now, &agent, &bytes));
+                if result.is_err() {
+                    self.contributions.remove(&agent);
+                }
                 if let Err(e) = &result {
                     warn!(facility = %agent, error = %e, "masked input refused");
                 }
@@ -227,7 +291,16 @@ impl Driver {
                     info!(%stage, "stage");
                     if let Some(state) = persisted_state(stage) {
                         if matches!(stage, Stage::Training | Stage::AdvertiseKeys | Stage::Evaluating) {
-                            self.coord.store.save_participants(self.row.id, &self.participant_rows()).await?;
+                            let ledger = if stage == Stage::Training {
+                                vec![LedgerEvent::RoundStarted {
+                                    federation: self.spec.name.clone(),
+                                    round_id: self.row.id,
+                                    selected: self.round.participants().keys().cloned().collect(),
+                                }]
+                            } else {
+                                Vec::new()
+                            };
+                            self.coord.store.save_participants(self.row.id, &self.participant_rows(), now_ms(), ledger).await?;
                         }
                         self.coord.store.set_round_state(self.row.id, state, now_ms()).await?;
                     }
@@ -243,8 +316,9 @@ impl Driver {
                             deadline_unix_ms: wire::deadline_ms(deadline),
                             secure: self.spec.secure_aggregation.enabled.then(|| pb::SecureAggregation {
                                 clip: self.spec.secure_aggregation.clip,
-                                max_weight: self.spec.secure_aggregation.max_weight,
+                                max_weight: self.spec.effective_max_weight(),
                             }),
+                            privacy: wire::privacy_config(&self.spec.privacy),
                         })),
                     };
                     for agent in agents {
@@ -306,12 +380,23 @@ impl Driver {
                         created_ms: now_ms(),
                         server_state: Some(serde_json::to_string(self.round.optimizer()).expect("optimizer state serializes")),
                     };
-                    self.coord.store.commit_round(self.row.id, &version, &self.participant_rows(), now_ms()).await?;
+                    let model_sha256: Sha256Digest = version.digest.parse().unwrap_or(Sha256Digest([0; 32]));
+                    let mut ledger = self.contribution_events();
+                    ledger.extend(self.dropout_events());
+                    ledger.push(LedgerEvent::RoundCommitted {
+                        federation: self.spec.name.clone(),
+                        round_id: self.row.id,
+                        model_version: u64::from(version.version),
+                        model_sha256,
+                    });
+                    self.coord.store.commit_round(self.row.id, &version, &self.participant_rows(), now_ms(), ledger).await?;
                     self.pending.clear();
                     info!(version = version.version, "round committed");
                 }
                 Event::Fail { reason } => {
-                    self.coord.store.fail_round(self.row.id, &reason, &self.participant_rows(), now_ms()).await?;
+                    let mut ledger = self.contribution_events();
+                    ledger.extend(self.dropout_events());
+                    self.coord.store.fail_round(self.row.id, &reason, &self.participant_rows(), now_ms(), ledger).await?;
                     self.pending.clear();
                     warn!(%reason, "round failed");
                 }
@@ -379,9 +464,89 @@ impl Driver {
         self.pending.insert(agent, task);
     }
 
+    /// Central mechanism on a plain round: the coordinator sees each update, so it checks
+    /// the facility-level clipping that the noise is calibrated to.
+    fn check_plain_update(&self, values: &[f32]) -> Result<(), UpdateError> {
+        let p = &self.spec.privacy;
+        if p.mechanism == Mechanism::None {
+            return Ok(());
+        }
+        let norm = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        if norm > p.clip_norm * (1.0 + 1e-4) {
+            return Err(UpdateError::Refused(format!(
+                "update L2 norm {norm:.6} exceeds the federation's clipping norm {}",
+                p.clip_norm
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that an upload's receipt states the federation's privacy parameters, and keeps
+    /// it for the ledger. (Its signature and byte-level fields were checked on arrival.)
+    fn accept_receipt(&mut self, agent: &str, n_params: u64, signed: SignedReceipt) -> Result<(), UpdateError> {
+        let (clip, noise) = self.spec.privacy.receipt_clip_and_noise();
+        let r = &signed.receipt;
+        if r.clipping_norm.to_bits() != clip.to_bits() || r.noise_multiplier.to_bits() != noise.to_bits() {
+            return Err(UpdateError::Refused(format!(
+                "the egress receipt states clipping {} and noise multiplier {}; the federation trains with {clip} and {noise}",
+                r.clipping_norm, r.noise_multiplier
+            )));
+        }
+        let contribution = Contribution {
+            facility: agent.to_owned(),
+            federation: self.spec.name.clone(),
+            round_id: self.row.id,
+            n_params,
+            bytes: r.bytes,
+            upload_sha256: r.update_sha256,
+            clipping_norm: r.clipping_norm,
+            noise_multiplier: r.noise_multiplier,
+            epsilon_spent: r.epsilon_spent,
+            receipt: signed,
+        };
+        self.contributions.insert(agent.to_owned(), contribution);
+        Ok(())
+    }
+
+    /// Every update the round accepted (plain, or masked and so in the sum), by facility:
+    /// recorded whether the round commits or fails, because the update left its facility.
+    fn contribution_events(&self) -> Vec<LedgerEvent> {
+        let mut facilities: Vec<&String> = self.contributions.keys().collect();
+        facilities.sort();
+        facilities.into_iter().map(|f| LedgerEvent::Contribution(self.contributions[f].clone())).collect()
+    }
+
+    fn dropout_events(&self) -> Vec<LedgerEvent> {
+        self.round
+            .participants()
+            .iter()
+            .filter(|(_, p)| matches!(p.status, ParticipantStatus::Dropped | ParticipantStatus::Rejected))
+            .map(|(name, p)| LedgerEvent::Dropout {
+                federation: self.spec.name.clone(),
+                round_id: self.row.id,
+                facility: name.clone(),
+                stage: p.detail.clone().unwrap_or_else(|| format!("{:?}", p.status).to_lowercase()),
+            })
+            .collect()
+    }
+
     fn participant_rows(&self) -> Vec<ParticipantRow> {
         self.round.participants().iter().map(|(name, p)| participant_row(self.row.id, name, p)).collect()
     }
+}
+
+/// Central DP noise: one N(0, σ²) draw per parameter from the operating system's CSPRNG.
+fn central_noise(n_params: usize, sigma: f64) -> Vec<f32> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n_params)
+        .map(|_| {
+            // Box–Muller on two uniforms in (0, 1].
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            (sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        })
+        .collect()
 }
 
 /// Runs CPU-heavy work where the runtime can move other tasks off this thread meanwhile

@@ -35,6 +35,101 @@ pub struct FederationSpec {
     /// `"fedyogi"`, `"fedadagrad"` (with `eta`, `beta1`, `beta2`, `tau`), `"fedavgm"`.
     #[serde(default)]
     pub strategy: harambee_core::strategy::StrategyConfig,
+    /// `[privacy]`: differential privacy (none unless configured).
+    #[serde(default, skip_serializing_if = "PrivacySpec::is_off")]
+    pub privacy: PrivacySpec,
+}
+
+/// `[privacy]`: two optional layers of differential privacy.
+///
+/// - `[privacy.dp_sgd]`: patient-level DP-SGD inside each facility's local training
+///   (per-example clipping to `clip_norm`, Gaussian noise `noise_multiplier × clip_norm`,
+///   Poisson sampling at `sampling_rate`). Each facility's agent accounts its own ε for its
+///   own patients and refuses work beyond its budget.
+/// - `mechanism`: facility-level noise on the sum of the updates, each update clipped to L2
+///   norm `clip_norm` and weighted equally. `"distributed"`: each agent adds its share of
+///   discrete Gaussian noise to its quantized update before secure aggregation, so that no
+///   party ever sees a noiseless sum (needs secure aggregation). `"central"`: the
+///   coordinator adds Gaussian noise to the sum; this trusts the coordinator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_sgd: Option<DpSgdSpec>,
+    #[serde(default)]
+    pub mechanism: Mechanism,
+    /// Facility-level: L2 norm each facility's update is clipped to.
+    #[serde(default)]
+    pub clip_norm: f64,
+    /// Facility-level: noise standard deviation on the sum = `noise_multiplier × clip_norm`.
+    #[serde(default)]
+    pub noise_multiplier: f64,
+    /// δ of the facility-level guarantee.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+
+impl Default for PrivacySpec {
+    fn default() -> Self {
+        PrivacySpec { dp_sgd: None, mechanism: Mechanism::None, clip_norm: 0.0, noise_multiplier: 0.0, delta: default_delta() }
+    }
+}
+
+impl PrivacySpec {
+    pub fn default_delta() -> f64 {
+        default_delta()
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.dp_sgd.is_none() && self.mechanism == Mechanism::None
+    }
+
+    /// What an agent puts in its egress receipt: the patient-level clipping norm and noise
+    /// multiplier it trained with (0, 0 without DP-SGD).
+    pub fn receipt_clip_and_noise(&self) -> (f64, f64) {
+        self.dp_sgd.as_ref().map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier))
+    }
+}
+
+/// `[privacy.dp_sgd]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpSgdSpec {
+    pub clip_norm: f64,
+    pub noise_multiplier: f64,
+    pub sampling_rate: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    #[default]
+    None,
+    Distributed,
+    Central,
+}
+
+impl Mechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::None => "none",
+            Mechanism::Distributed => "distributed",
+            Mechanism::Central => "central",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mechanism> {
+        match s {
+            "" | "none" => Some(Mechanism::None),
+            "distributed" => Some(Mechanism::Distributed),
+            "central" => Some(Mechanism::Central),
+            _ => None,
+        }
+    }
 }
 
 /// `[secure_aggregation]`: SecAgg+ for every round (the coordinator learns only the sum).
@@ -165,6 +260,36 @@ impl FederationSpec {
         toml::from_str(text)
     }
 
+    fn validate_privacy(&self) -> Result<(), String> {
+        let p = &self.privacy;
+        if let Some(d) = &p.dp_sgd {
+            if !(d.clip_norm.is_finite() && d.clip_norm > 0.0) {
+                return Err(format!("privacy.dp_sgd.clip_norm must be positive, not {}", d.clip_norm));
+            }
+            if !(d.noise_multiplier.is_finite() && d.noise_multiplier > 0.0) {
+                return Err(format!("privacy.dp_sgd.noise_multiplier must be positive, not {}", d.noise_multiplier));
+            }
+            if !(d.sampling_rate > 0.0 && d.sampling_rate <= 1.0) {
+                return Err(format!("privacy.dp_sgd.sampling_rate must be in (0, 1], not {}", d.sampling_rate));
+            }
+        }
+        if !(p.delta > 0.0 && p.delta < 1.0) {
+            return Err(format!("privacy.delta must be in (0, 1), not {}", p.delta));
+        }
+        if p.mechanism != Mechanism::None {
+            if !(p.clip_norm.is_finite() && p.clip_norm > 0.0) {
+                return Err(format!("privacy.clip_norm must be positive with mechanism {:?}, not {}", p.mechanism.as_str(), p.clip_norm));
+            }
+            if !(p.noise_multiplier.is_finite() && p.noise_multiplier > 0.0) {
+                return Err(format!("privacy.noise_multiplier must be positive with mechanism {:?}, not {}", p.mechanism.as_str(), p.noise_multiplier));
+            }
+            if p.mechanism == Mechanism::Distributed && !self.secure_aggregation.enabled {
+                return Err("privacy.mechanism = \"distributed\" needs secure aggregation (agents add noise shares that only the sum carries in full)".into());
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), InvalidFederation> {
         let fail = |reason: String| Err(InvalidFederation { name: self.name.clone(), reason });
         if !valid_name(&self.name) {
@@ -203,6 +328,9 @@ impl FederationSpec {
         }
         if let Err(e) = self.strategy.validate() {
             return fail(e.to_string());
+        }
+        if let Err(reason) = self.validate_privacy() {
+            return fail(reason);
         }
         let sa = &self.secure_aggregation;
         if sa.enabled {
@@ -252,6 +380,13 @@ impl FederationSpec {
         self.facilities.is_empty() || self.facilities.iter().any(|f| f == facility)
     }
 
+    /// Secure aggregation's weight cap: the sample counts, or 1 for every facility when a
+    /// facility-level DP mechanism needs each update's weight (and so the sum's
+    /// sensitivity) bounded.
+    pub fn effective_max_weight(&self) -> u64 {
+        if self.privacy.mechanism == Mechanism::None { self.secure_aggregation.max_weight } else { 1 }
+    }
+
     pub fn round_config(&self, round_id: u64, n_params: usize) -> harambee_core::RoundConfig {
         let sa = &self.secure_aggregation;
         harambee_core::RoundConfig {
@@ -259,9 +394,14 @@ impl FederationSpec {
             n_params,
             secure: sa.enabled.then(|| harambee_core::round::SecureConfig {
                 clip: sa.clip,
-                max_weight: sa.max_weight,
+                max_weight: self.effective_max_weight(),
                 stage_timeout: Duration::from_secs(sa.stage_s.into()),
                 consistency_check: sa.consistency_check,
+                noise_stddev: if self.privacy.mechanism == Mechanism::Distributed {
+                    self.privacy.noise_multiplier * self.privacy.clip_norm
+                } else {
+                    0.0
+                },
             }),
             min_agents: self.min_agents as usize,
             max_samples: MAX_SAMPLES_PER_UPDATE,

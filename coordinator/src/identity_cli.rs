@@ -2,6 +2,7 @@
 //! revocation and the admin-action log, through `IdentityService` with an operator's (or,
 //! for reading, an auditor's) certificate.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -62,6 +63,25 @@ pub enum AuditCommand {
         limit: u32,
         #[command(flatten)]
         reader: ReaderArgs,
+    },
+    /// Export the privacy ledger for offline verification (auditor): the entries up to the
+    /// current signed tree head to --out, the head, ledger key and countersignatures to
+    /// `<stem>.head.json` next to it. Check it with `harambee-agent audit verify`.
+    Export {
+        #[arg(long, default_value = "ledger.jsonl")]
+        out: PathBuf,
+        /// The auditor certificate issued/auditor-NAME.{pem,key}.
+        #[arg(long, default_value = "auditor")]
+        auditor: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Patient-level ε spent per facility, from the signed receipts in the ledger (auditor).
+    Privacy {
+        #[arg(long, default_value = "auditor")]
+        auditor: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -174,6 +194,21 @@ pub async fn facility(command: FacilityCommand) -> anyhow::Result<()> {
 
 pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
+        AuditCommand::Export { out, auditor, admin } => {
+            let channel = channel(&admin, Role::Auditor, &auditor).await?;
+            let done = crate::audit_cli::export(channel, &out).await?;
+            println!("{} entries written to {}; signed tree head in {}", done.entries, done.ledger.display(), done.head.display());
+            Ok(())
+        }
+        AuditCommand::Privacy { auditor, admin } => {
+            let channel = channel(&admin, Role::Auditor, &auditor).await?;
+            println!("facility\tepsilon_spent\tdelta\tcontributions\tmax_epsilon");
+            for f in crate::audit_cli::privacy_spend(channel).await? {
+                let max = f.max_epsilon.map_or_else(|| "-".to_owned(), |m| m.to_string());
+                println!("{}\t{:.4}\t{}\t{}\t{max}", f.facility, f.epsilon_spent, f.delta, f.contributions);
+            }
+            Ok(())
+        }
         AuditCommand::Actions {
             after,
             limit,
@@ -219,6 +254,11 @@ async fn client(
     role: Role,
     name: &str,
 ) -> anyhow::Result<IdentityServiceClient<Channel>> {
+    Ok(IdentityServiceClient::new(channel(args, role, name).await?))
+}
+
+/// A channel with the certificate `issued/<role>-<name>` of the PKI directory.
+async fn channel(args: &AdminArgs, role: Role, name: &str) -> anyhow::Result<Channel> {
     let paths = PkiPaths::new(&args.pki);
     let tls = ClientTls::from_files(
         &paths.ca_cert(),
@@ -226,10 +266,9 @@ async fn client(
         &paths.issued_key(role, name),
         &args.server_name,
     )?;
-    let channel = harambee_agent::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
+    harambee_agent::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
         .await
-        .with_context(|| format!("connecting to {}", args.coordinator))?;
-    Ok(IdentityServiceClient::new(channel))
+        .with_context(|| format!("connecting to {}", args.coordinator))
 }
 
 /// The host of `https://HOST:PORT` (brackets of an IPv6 literal removed).

@@ -12,6 +12,7 @@
 //! [`demo`] are the binary.
 
 pub mod access;
+pub mod audit_cli;
 pub mod bench;
 pub mod blobs;
 pub mod cli;
@@ -20,7 +21,9 @@ pub mod driver;
 pub mod enrol;
 pub mod federation;
 pub mod identity_cli;
+pub mod ledger;
 pub mod pki;
+pub mod privacy;
 pub mod registry;
 pub mod server;
 pub mod service;

@@ -23,6 +23,9 @@ const TASK_BUFFER: usize = 16;
 pub struct Registry {
     agents: Mutex<HashMap<String, Entry>>,
     next_conn: AtomicU64,
+    /// What each facility's last heartbeat said about its policy and privacy budget; kept
+    /// across reconnections (the facility's own accountant is the authority).
+    privacy: Mutex<HashMap<String, pb::PrivacyStatus>>,
 }
 
 struct Entry {
@@ -53,6 +56,21 @@ impl Registry {
             }
             None => false,
         }
+    }
+
+    /// Records the privacy status a facility's heartbeat carried.
+    pub fn set_privacy(&self, facility: &str, status: pb::PrivacyStatus) {
+        self.privacy.lock().unwrap().insert(facility.to_owned(), status);
+    }
+
+    /// The privacy status of a facility's last heartbeat, if it sent one.
+    pub fn privacy(&self, facility: &str) -> Option<pb::PrivacyStatus> {
+        self.privacy.lock().unwrap().get(facility).cloned()
+    }
+
+    /// Every facility's last privacy status.
+    pub fn privacy_statuses(&self) -> Vec<(String, pb::PrivacyStatus)> {
+        self.privacy.lock().unwrap().iter().map(|(f, s)| (f.clone(), s.clone())).collect()
     }
 
     /// Queues a task on the facility's stream. `false` if it is not connected or its stream

@@ -23,6 +23,8 @@ pub struct Storage {
     /// `sqlite://...` or `postgres://...`.
     pub database_url: String,
     pub blob_dir: PathBuf,
+    /// The Ed25519 key that signs the privacy ledger's tree heads (created if absent).
+    pub ledger_key: PathBuf,
 }
 
 /// Opens storage and fails every round a previous process left unfinished: a round never
@@ -39,7 +41,11 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
     if !failed.is_empty() {
         warn!(rounds = ?failed, "rounds left unfinished by a previous run were marked failed");
     }
-    Ok(Coordinator::new(store, blobs, settings))
+    let ledger_key = crate::ledger::load_or_create_key(&storage.ledger_key)?;
+    let coord = Coordinator::new(store, blobs, settings, crate::ledger::LedgerView::new(ledger_key));
+    // Refuses to start on a ledger whose stored entries do not match their leaf hashes.
+    drop(coord.ledger.synced(&coord.store).await.context("loading the privacy ledger")?);
+    Ok(coord)
 }
 
 /// Serves until `shutdown` resolves. The listener is already bound (tests bind 127.0.0.1:0).
@@ -69,6 +75,11 @@ pub async fn serve(
         .add_service(admin)
         .add_service(crate::enrol::enrolment_service(coord.clone()))
         .add_service(crate::enrol::identity_service(coord.clone()))
+        .add_service(
+            harambee_proto::pb::audit_service_server::AuditServiceServer::new(crate::service::audit::AuditApi::new(coord.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(crate::tls::tls_incoming(listener, tls), shutdown)
         .await;
     reaper.abort();

@@ -46,6 +46,8 @@ pub struct Inner {
     pub entitled: Mutex<HashMap<String, HashSet<String>>>,
     /// Revoked facilities and certificate issuing (`crate::access`, `crate::enrol`).
     pub identity: crate::access::Identity,
+    /// The privacy ledger's signing key and proof cache.
+    pub ledger: crate::ledger::LedgerView,
 }
 
 /// Cheap to clone; every service and driver holds one.
@@ -60,7 +62,7 @@ impl std::ops::Deref for Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, blobs: BlobStore, settings: Settings) -> Coordinator {
+    pub fn new(store: Store, blobs: BlobStore, settings: Settings, ledger: crate::ledger::LedgerView) -> Coordinator {
         Coordinator(Arc::new(Inner {
             store,
             blobs,
@@ -69,6 +71,7 @@ impl Coordinator {
             active: Mutex::new(HashMap::new()),
             entitled: Mutex::new(HashMap::new()),
             identity: crate::access::Identity::default(),
+            ledger,
         }))
     }
 

@@ -10,7 +10,9 @@ use harambee_proto::pb;
 use tonic::Status;
 
 use crate::blobs::BlobError;
-use crate::federation::{Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, SecureAggregationSpec, TrainSpec};
+use crate::federation::{
+    Deadlines, DpSgdSpec, FederationSpec, KindName, Mechanism, ModelSection, OptimizerName, PrivacySpec, SecureAggregationSpec, TrainSpec,
+};
 use crate::state::now_ms;
 use crate::store::{self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState, StoreError};
 
@@ -77,7 +79,37 @@ pub fn federation_config(spec: &FederationSpec, n_params: usize) -> pb::Federati
             consistency_check: spec.secure_aggregation.consistency_check,
         }),
         strategy: serde_json::to_string(&spec.strategy).expect("strategy serializes"),
+        privacy: privacy_config(&spec.privacy),
     }
+}
+
+/// The federation's privacy parameters on the wire; `None` when it has none.
+pub fn privacy_config(p: &PrivacySpec) -> Option<pb::PrivacyConfig> {
+    (!p.is_off()).then(|| pb::PrivacyConfig {
+        dp_sgd: p.dp_sgd.as_ref().map(|d| pb::DpSgdConfig {
+            clip_norm: d.clip_norm,
+            noise_multiplier: d.noise_multiplier,
+            sampling_rate: d.sampling_rate,
+        }),
+        mechanism: p.mechanism.as_str().to_owned(),
+        clip_norm: p.clip_norm,
+        noise_multiplier: p.noise_multiplier,
+        delta: p.delta,
+    })
+}
+
+fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, Status> {
+    let Some(p) = p else { return Ok(PrivacySpec::default()) };
+    let mechanism = Mechanism::parse(&p.mechanism).ok_or_else(|| {
+        Status::invalid_argument(format!("unknown privacy mechanism {:?} (none, distributed or central)", p.mechanism))
+    })?;
+    Ok(PrivacySpec {
+        dp_sgd: p.dp_sgd.map(|d| DpSgdSpec { clip_norm: d.clip_norm, noise_multiplier: d.noise_multiplier, sampling_rate: d.sampling_rate }),
+        mechanism,
+        clip_norm: p.clip_norm,
+        noise_multiplier: p.noise_multiplier,
+        delta: if p.delta == 0.0 { PrivacySpec::default_delta() } else { p.delta },
+    })
 }
 
 /// Reads an operator's federation definition; the result still needs `validate()`.
@@ -125,6 +157,7 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, S
         } else {
             serde_json::from_str(&config.strategy).map_err(|e| Status::invalid_argument(format!("unreadable strategy: {e}")))?
         },
+        privacy: privacy_spec(config.privacy)?,
     })
 }
 

@@ -16,6 +16,9 @@ pub enum UpdateError {
     TooManySamples { got: u64, limit: u64 },
     #[error("payload of {0} bytes is not a whole number of f32 values")]
     RaggedBytes(usize),
+    /// Refused by a federation rule checked outside the round (privacy parameters, clipping).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Encodes parameters as little-endian `f32` values, the format of model blobs and updates.

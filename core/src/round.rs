@@ -64,6 +64,10 @@ pub struct SecureConfig {
     pub stage_timeout: Duration,
     /// The consistency-check round of the active-adversary variant.
     pub consistency_check: bool,
+    /// Distributed DP: standard deviation (in update units) of the discrete Gaussian noise
+    /// the sum must carry; each agent adds a share calibrated to `min_agents` survivors.
+    /// 0: none.
+    pub noise_stddev: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -190,6 +194,8 @@ pub struct Round<M> {
     secure: Option<SecureRound>,
     /// Turns the weighted mean update into the new model (FedAvg, FedAdam, …).
     optimizer: ServerOptimizer,
+    /// Central DP: noise to add to the sum of the updates before the mean is taken.
+    central_noise: Option<Vec<f32>>,
 }
 
 impl<M: Clone> Round<M> {
@@ -215,7 +221,31 @@ impl<M: Clone> Round<M> {
             keys: BTreeMap::new(),
             secure: None,
             optimizer: ServerOptimizer::new(StrategyConfig::FedAvg).expect("FedAvg is valid"),
+            central_noise: None,
         })
+    }
+
+    /// Central differential privacy: `noise` (one value per parameter, drawn by the driver
+    /// from N(0, σ²), σ = noise multiplier × clipping norm) is added to the sum of the
+    /// updates, plain or unmasked, before it is divided by the total weight. The round stays
+    /// free of randomness; the driver owns the RNG. Fails on a wrong length.
+    pub fn with_central_noise(mut self, noise: Vec<f32>) -> Result<Round<M>, RoundError> {
+        if noise.len() != self.config.n_params {
+            return Err(RoundError::BaseLength { expected: self.config.n_params, got: noise.len() });
+        }
+        self.central_noise = Some(noise);
+        Ok(self)
+    }
+
+    /// The mean update plus the central noise divided by the total weight (when set).
+    fn noised(&self, mut mean: Vec<f32>, total_weight: f64) -> Vec<f32> {
+        if let Some(noise) = &self.central_noise {
+            let inv = 1.0 / total_weight;
+            for (m, z) in mean.iter_mut().zip(noise) {
+                *m = (f64::from(*m) + f64::from(*z) * inv) as f32;
+            }
+        }
+        mean
     }
 
     /// The server optimizer (with its state from earlier rounds); FedAvg by default.
@@ -577,6 +607,7 @@ impl<M: Clone> Round<M> {
             return;
         }
         let mean = self.aggregate.mean().expect("at least min_agents updates");
+        let mean = self.noised(mean, self.aggregate.total_weight());
         self.candidate = Some(self.optimizer.step(&self.base, &mean));
         self.awaiting_metrics = contributed.iter().cloned().collect();
         self.enter(Stage::Evaluating, now + self.config.evaluating_timeout);
@@ -614,6 +645,8 @@ impl<M: Clone> Round<M> {
             config.clip,
             config.max_weight,
             config.consistency_check,
+            config.noise_stddev,
+            min,
         );
         match started {
             Ok((secure, messages)) => {
@@ -668,6 +701,7 @@ impl<M: Clone> Round<M> {
         }
         let inv = 1.0 / aggregate.total_weight as f64;
         let mean: Vec<f32> = aggregate.sum.iter().map(|&s| (s as f64 * inv) as f32).collect();
+        let mean = self.noised(mean, aggregate.total_weight as f64);
         self.candidate = Some(self.optimizer.step(&self.base, &mean));
         self.awaiting_metrics = survivors.iter().cloned().collect();
         self.enter(Stage::Evaluating, now + self.config.evaluating_timeout);

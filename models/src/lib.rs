@@ -9,6 +9,9 @@
 //!   [`ModelSpec`].
 //! - [`train`](mod@train): mini-batch training (Adam or SGD, optional FedProx proximal term and
 //!   frozen layers), local fine-tuning, prediction and evaluation on the CPU.
+//! - [`dp`]: patient-level differentially private training (DP-SGD: Poisson sampling,
+//!   per-example clipping, Gaussian noise), reporting the steps, sampling rate and noise
+//!   multiplier the agent's privacy accountant composes.
 //! - [`metrics`]: loss, accuracy, ROC AUC, sensitivity, specificity and calibration (ECE), and
 //!   their sample-weighted mean (no burn).
 //! - [`checkpoint`]: export and import of a model with its kind and feature schema as
@@ -16,12 +19,13 @@
 //!
 //! This crate does no networking, no async and no aggregation: it turns a parameter vector and a
 //! local table into a new parameter vector or metrics, synchronously and deterministically for a
-//! given seed. Callers in async code should run [`train()`] on a blocking thread. It reads and
-//! writes files only when asked to ([`load_csv`], [`checkpoint::load_file`],
-//! [`checkpoint::save_file`]) and keeps no global state.
+//! given seed (or seeded RNG). Callers in async code should run [`train()`] and [`train_dp()`]
+//! on a blocking thread. It reads and writes files only when asked to ([`load_csv`],
+//! [`checkpoint::load_file`], [`checkpoint::save_file`]) and keeps no global state.
 
 pub mod checkpoint;
 pub mod data;
+pub mod dp;
 pub mod metrics;
 pub mod model;
 pub mod presets;
@@ -30,6 +34,7 @@ pub mod train;
 mod rng;
 
 pub use data::{DataError, Dataset, Feature, Schema, load_csv, parse_csv, split_holdout};
+pub use dp::{DpSgdConfig, DpSgdReport, dp_steps, train_dp};
 pub use metrics::Metrics;
 pub use model::{ModelError, ModelKind, ModelSpec};
 pub use train::{

@@ -233,7 +233,12 @@ pub fn fine_tune(
 const PREDICT_CHUNK_ROWS: usize = 4096;
 
 /// Inputs `[n_rows, n_inputs]` and labels `[n_rows]`.
-fn batch_tensors(x: &[f32], y: &[f32], n_inputs: usize, device: &Device) -> (Tensor<2>, Tensor<1>) {
+pub(crate) fn batch_tensors(
+    x: &[f32],
+    y: &[f32],
+    n_inputs: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<1>) {
     let n_rows = y.len();
     (
         Tensor::from_data(TensorData::new(x.to_vec(), [n_rows, n_inputs]), device),
@@ -243,13 +248,13 @@ fn batch_tensors(x: &[f32], y: &[f32], n_inputs: usize, device: &Device) -> (Ten
 
 /// Mean binary cross-entropy of `logits` (`[n, 1]`) against 0/1 `targets` (`[n]`), in the stable
 /// form `(1 - y) z - log_sigmoid(z)`.
-fn bce_with_logits(logits: Tensor<2>, targets: Tensor<1>) -> Tensor<1> {
+pub(crate) fn bce_with_logits(logits: Tensor<2>, targets: Tensor<1>) -> Tensor<1> {
     let [n_rows, _] = logits.dims();
     let logits: Tensor<1> = logits.reshape([n_rows]);
     ((targets.neg() + 1.0) * logits.clone() - log_sigmoid(logits)).mean()
 }
 
-fn check_config(config: &TrainConfig) -> Result<(), ModelError> {
+pub(crate) fn check_config(config: &TrainConfig) -> Result<(), ModelError> {
     let invalid = |reason: &str| {
         Err(ModelError::InvalidConfig {
             reason: reason.to_owned(),
@@ -270,7 +275,7 @@ fn check_config(config: &TrainConfig) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn check_data(spec: &ModelSpec, data: &Dataset) -> Result<(), ModelError> {
+pub(crate) fn check_data(spec: &ModelSpec, data: &Dataset) -> Result<(), ModelError> {
     if data.n_inputs != spec.n_inputs {
         return Err(ModelError::InputMismatch {
             expected: spec.n_inputs,

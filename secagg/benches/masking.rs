@@ -3,7 +3,9 @@
 //! - client mask expansion: k + 1 masks added into a d-word vector (`prg::apply_masks`);
 //! - a client's whole masked-input step (quantization + masks, `handle_shares`);
 //! - server unmasking (`CollectingUnmaskShares::finish`: reconstruction, mask removal,
-//!   dequantization) in real rounds with 10% dropout.
+//!   dequantization) in real rounds with 10% dropout;
+//! - the exact discrete Gaussian sampler (samples per second for several σ) and a round
+//!   whose clients add noise (`--only noise`).
 //!
 //! Run: `cargo bench --workspace --bench masking` (`-- --quick` for a smaller run).
 //! Each figure is the best of several repetitions (the machine is shared).
@@ -16,7 +18,9 @@ use chacha20::cipher::{KeyIvInit, StreamCipher};
 use harambee_secagg::ed25519_dalek::SigningKey;
 use harambee_secagg::prg::{Keystream, Sign, apply_masks};
 use harambee_secagg::rand_core::{Rng, SeedableRng};
-use harambee_secagg::{AfterMaskedInputs, ChaCha20Rng, ClientRound, MaskPrg, Params, ServerRound};
+use harambee_secagg::{
+    AfterMaskedInputs, ChaCha20Rng, ClientRound, DiscreteGaussian, MaskPrg, Params, ServerRound,
+};
 use zeroize::Zeroizing;
 
 const GB: f64 = 1e9;
@@ -137,19 +141,41 @@ fn main() {
     let n = if quick { 20 } else { 50 };
     for k in [8usize, 16, 28, 34] {
         if run("rounds") {
-            round(n, k, d, reps.min(3));
+            round(n, k, d, reps.min(3), 0.0);
         }
+    }
+
+    if run("noise") {
+        println!();
+        let samples = d;
+        for sigma in [0.5, 3.0, 100.0, 1e4, 1e6, 1e9] {
+            let g = DiscreteGaussian::new(sigma).unwrap();
+            let mut rng = ChaCha20Rng::seed_from_u64(7);
+            let t = best_of(reps, || {
+                let mut acc = 0i64;
+                for _ in 0..samples {
+                    acc = acc.wrapping_add(g.sample(&mut rng));
+                }
+                black_box(acc);
+            });
+            println!(
+                "discrete gaussian σ = {sigma:<8e} {:>6.2} M samples/s  ({:>6.1} ms per {samples})",
+                samples as f64 / t.as_secs_f64() / 1e6,
+                t.as_secs_f64() * 1e3
+            );
+        }
+        round(n, 34, d, reps.min(3), 100.0);
     }
 }
 
 /// One round with n clients and k neighbours; prints the client's masked-input step and
 /// the server's unmasking.
-fn round(n: usize, k: usize, d: usize, reps: usize) {
+fn round(n: usize, k: usize, d: usize, reps: usize, noise_stddev: f64) {
     let ids: Vec<u32> = (0..n as u32).collect();
     let mut params = Params::recommended(1, &ids, d, 1.0, 100).unwrap();
     params.neighbours = k;
     params.threshold = k.min(n - 1) / 2 + 1;
-    params.validate().unwrap();
+    let params = params.with_noise(noise_stddev).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let signing: BTreeMap<u32, SigningKey> = ids
         .iter()
@@ -237,7 +263,10 @@ fn round(n: usize, k: usize, d: usize, reps: usize) {
     }
     let bytes = n_masks * (d + 1) * 4;
     let client_bytes = (k.min(n - 1) + 1) * (d + 1) * 4;
-    println!("round n = {n}, k = {k}, {n_drop} dropouts:");
+    println!(
+        "round n = {n}, k = {k}, {n_drop} dropouts, noise σ = {} levels:",
+        params.noise_stddev
+    );
     println!(
         "  client share keys      {:>7.1} ms",
         keys_time.as_secs_f64() * 1e3

@@ -278,7 +278,8 @@ impl AwaitingShares {
     /// are the neighbours this client will mask with), and the input: `input` (length d)
     /// is clipped to [-c, c], stochastically rounded, multiplied by `weight` (1..=W),
     /// extended by the weight, and masked with the self mask and one pairwise mask per
-    /// sender. `rng` drives the stochastic rounding.
+    /// sender. `rng` drives the stochastic rounding and, with [`Params::noise_stddev`] > 0,
+    /// seeds the discrete Gaussian noise added to each value.
     pub fn handle_shares<R: CryptoRng + ?Sized>(
         self,
         shares: Vec<EncryptedShare>,

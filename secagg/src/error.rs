@@ -27,8 +27,10 @@ pub enum ParamsError {
     QuantBits { got: u32, max: u32 },
     #[error("max weight must be at least 1")]
     MaxWeight,
+    #[error("noise standard deviation must be finite and between 0 and 2^40 levels, got {0}")]
+    NoiseStddev(f64),
     #[error(
-        "the sum of {n} inputs of weight up to {max_weight} at {quant_bits} quantization bits can wrap modulo 2^{word_bits}"
+        "the sum of {n} inputs of weight up to {max_weight} at {quant_bits} quantization bits (plus noise, if any) can wrap modulo 2^{word_bits}"
     )]
     CanWrap {
         n: usize,

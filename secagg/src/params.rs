@@ -5,6 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::error::ParamsError;
+use crate::noise::DiscreteGaussian;
 
 /// Largest vector length a round accepts (the encoding uses 32-bit lengths and the weight
 /// takes one extra word).
@@ -73,6 +74,13 @@ pub const MIN_QUANT_BITS_32: u32 = 16;
 pub const MAX_USEFUL_QUANT_BITS: u32 = 24;
 /// The largest quantization [`Params::validate`] accepts (levels fit in an i32).
 pub const MAX_QUANT_BITS: u32 = 31;
+/// Each client's noise sample is clamped to ±τ with τ = ⌈10σ⌉ ([`Params::noise_clamp`]).
+/// The discrete Gaussian is σ²-subgaussian, so a sample is clamped with probability at
+/// most 2·e^-50 < 4·10^-22; the clamped noise is within that total variation distance of
+/// the unclamped noise per coordinate and client, which adds at most
+/// n·d·4·10^-22 to the δ of any differential-privacy guarantee (4·10^-14 for n = 100,
+/// d = 10^6). In exchange the no-wrap bound is certain, not probable.
+pub const NOISE_CLAMP_STDDEVS: f64 = 10.0;
 
 /// The modulus 2^b of the masked arithmetic, which is also the word on the wire.
 ///
@@ -173,6 +181,13 @@ pub struct Params {
     pub prg: MaskPrg,
     /// Run the consistency-check round of the active-adversary variant before unmasking.
     pub consistency_check: bool,
+    /// σ of the discrete Gaussian noise each client adds to each of its (weighted,
+    /// quantized) values, in quantization levels, i.e. integer units of the quantized
+    /// word; 0 (the default) adds none. Finite, in 0..=2^40. Each sample is clamped to
+    /// ±[`Params::noise_clamp`], which [`Params::validate`] counts in the no-wrap bound.
+    /// See "Distributed noise" in the crate docs, [`crate::noise_share_levels`] to
+    /// derive it from a target in value units, and [`Params::with_noise`] to set it.
+    pub noise_stddev: f64,
 }
 
 impl Params {
@@ -189,7 +204,8 @@ impl Params {
     /// - word: 32-bit while at least [`MIN_QUANT_BITS_32`] quantization bits fit without
     ///   wrapping, else 64-bit; q: as many bits as fit, at most
     ///   [`MAX_USEFUL_QUANT_BITS`].
-    /// - prg: AES-128-CTR; no consistency check (semi-honest server).
+    /// - prg: AES-128-CTR; no consistency check (semi-honest server); no noise (set it
+    ///   with [`Params::with_noise`]).
     pub fn recommended(
         round_id: u64,
         participants: &[u32],
@@ -240,6 +256,7 @@ impl Params {
             word,
             prg: MaskPrg::Aes128Ctr,
             consistency_check: false,
+            noise_stddev: 0.0,
         };
         params.validate()?;
         Ok(params)
@@ -285,7 +302,14 @@ impl Params {
         if self.max_weight == 0 {
             return Err(ParamsError::MaxWeight);
         }
-        if !fits(n, self.max_weight, self.quant_bits, bits) {
+        DiscreteGaussian::new(self.noise_stddev)?;
+        if !fits(
+            n,
+            self.max_weight,
+            self.quant_bits,
+            bits,
+            self.noise_clamp(),
+        ) {
             return Err(ParamsError::CanWrap {
                 n,
                 max_weight: self.max_weight,
@@ -294,6 +318,59 @@ impl Params {
             });
         }
         Ok(())
+    }
+
+    /// These parameters with each client adding discrete Gaussian noise of standard
+    /// deviation `stddev` levels (at the current quantization) to each value, and the
+    /// quantization re-derived so that [`Params::validate`] passes with the noise.
+    ///
+    /// If the sum with noise fits the current word and quantization bits, only
+    /// `noise_stddev` changes. Otherwise q is lowered to the most bits that fit (keeping
+    /// 32-bit words while at least [`MIN_QUANT_BITS_32`] fit, as [`Params::recommended`]
+    /// does, else switching to 64-bit words at up to the current q); q is never raised.
+    /// When q drops, one level becomes wider, and the noise is rescaled to the new levels
+    /// (`stddev · L_new / L_old`, in f64) so that its standard deviation in value units,
+    /// `stddev / scale`, is what was asked for. So the workflow is
+    /// `let p = Params::recommended(..)?; let s = noise_share_levels(S, n_min, &p);
+    /// let p = p.with_noise(s)?;` and the noise in value units is as computed from `p`.
+    /// Errors as [`Params::validate`] (a bad `stddev`, or noise that fits no word).
+    pub fn with_noise(mut self, stddev: f64) -> Result<Params, ParamsError> {
+        DiscreteGaussian::new(stddev)?;
+        let (n, w, q0) = (self.n(), self.max_weight, self.quant_bits);
+        let old_levels = self.quant_levels() as f64;
+        let rescaled = |q: u32| {
+            if q == q0 {
+                stddev
+            } else {
+                stddev * ((1u64 << (q - 1)) - 1) as f64 / old_levels
+            }
+        };
+        let best = |bits: u32| {
+            (2..=q0.min(bits - 1))
+                .rev()
+                .find(|&q| fits(n, w, q, bits, noise_clamp(rescaled(q))))
+        };
+        let choice = match self.word {
+            Word::U32 => match best(32) {
+                Some(q) if q == q0 || q >= MIN_QUANT_BITS_32 => Some((Word::U32, q)),
+                _ => best(64).map(|q| (Word::U64, q)),
+            },
+            Word::U64 => best(64).map(|q| (Word::U64, q)),
+        };
+        self.noise_stddev = stddev;
+        if let Some((word, q)) = choice {
+            self.noise_stddev = rescaled(q);
+            self.word = word;
+            self.quant_bits = q;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// τ = ⌈[`NOISE_CLAMP_STDDEVS`] · σ⌉: each client's noise sample is clamped to
+    /// [-τ, τ] (0 without noise). See [`NOISE_CLAMP_STDDEVS`] for what that costs.
+    pub fn noise_clamp(&self) -> u64 {
+        noise_clamp(self.noise_stddev)
     }
 
     /// n, the number of participants.
@@ -332,7 +409,9 @@ impl Params {
     /// The guaranteed bound on each coordinate of [`crate::Aggregate::sum`]: it is within
     /// `total_weight * c / L` of the exact weighted sum of the clipped inputs (stochastic
     /// rounding moves each value by less than one level), plus the f32 rounding of the
-    /// result (relative 2^-24 of at most `total_weight * c`).
+    /// result (relative 2^-24 of at most `total_weight * c`). Without noise only: noise
+    /// adds up to `n_inputs · τ / scale` on top (see [`Params::noise_clamp`]), typically
+    /// `sqrt(n_inputs) · σ / scale`.
     pub fn error_bound(&self, total_weight: u64) -> f64 {
         let tw = total_weight as f64;
         tw * self.quant_step() + tw * f64::from(self.clip) * f64::from(f32::EPSILON)
@@ -379,6 +458,11 @@ impl Params {
             self.prg.tag(),
             u8::from(self.consistency_check),
         ]);
+        // Appended only when set, so noiseless parameters keep their earlier digest (the
+        // encoding stays unambiguous: every other field has a fixed or prefixed length).
+        if self.noise_stddev != 0.0 {
+            h.update(self.noise_stddev.to_bits().to_le_bytes());
+        }
         h.finalize().into()
     }
 
@@ -388,22 +472,30 @@ impl Params {
     }
 }
 
-/// True when n * W * (2^(q-1) - 1) < 2^(b-1), so the centred sum cannot wrap.
-fn fits(n: usize, max_weight: u64, quant_bits: u32, word_bits: u32) -> bool {
+/// τ for noise of standard deviation `stddev` (0 for 0; validated elsewhere).
+fn noise_clamp(stddev: f64) -> u64 {
+    // Saturating cast; validate() bounds stddev by 2^40 first.
+    (stddev * NOISE_CLAMP_STDDEVS).ceil() as u64
+}
+
+/// True when n * (W * (2^(q-1) - 1) + τ) < 2^(b-1), so the centred sum of n clients'
+/// weighted values plus their noise clamped at τ cannot wrap.
+fn fits(n: usize, max_weight: u64, quant_bits: u32, word_bits: u32, noise_clamp: u64) -> bool {
     if quant_bits < 2 || quant_bits >= word_bits {
         return false;
     }
     let levels = (1u128 << (quant_bits - 1)) - 1;
-    let bound = (n as u128)
-        .checked_mul(u128::from(max_weight))
-        .and_then(|x| x.checked_mul(levels));
+    let bound = u128::from(max_weight)
+        .checked_mul(levels)
+        .and_then(|x| x.checked_add(u128::from(noise_clamp)))
+        .and_then(|x| x.checked_mul(n as u128));
     matches!(bound, Some(b) if b < (1u128 << (word_bits - 1)))
 }
 
 fn max_quant_bits(n: usize, max_weight: u64, word_bits: u32) -> Option<u32> {
     (2..word_bits)
         .rev()
-        .find(|&q| fits(n, max_weight, q, word_bits))
+        .find(|&q| fits(n, max_weight, q, word_bits, 0))
 }
 
 fn recommended_quantization(n: usize, max_weight: u64) -> (Word, u32) {
@@ -519,16 +611,62 @@ mod tests {
         check(&|p| p.max_weight = u64::from(u32::MAX), |e| {
             matches!(e, ParamsError::CanWrap { .. })
         });
+        for bad in [f64::NAN, -1.0, f64::INFINITY, 1e13] {
+            check(&|p| p.noise_stddev = bad, |e| {
+                matches!(e, ParamsError::NoiseStddev(_))
+            });
+        }
+        // Noise the 32-bit word cannot hold on top of the weighted values.
+        check(&|p| p.noise_stddev = 1e8, |e| {
+            matches!(e, ParamsError::CanWrap { .. })
+        });
         assert!(Params::recommended(1, &[3, 3, 4], 10, 1.0, 1).is_err());
     }
 
     #[test]
     fn no_wrap_condition_is_tight() {
         // n * W * L < 2^(b-1): 2 * 1 * (2^30 - 1) fits in 32 bits, 3 * ... does not.
-        assert!(fits(2, 1, 31, 32));
-        assert!(!fits(3, 1, 31, 32));
-        assert!(!fits(1 << 15, 1 << 16, 2, 32));
-        assert!(fits((1 << 15) - 1, 1 << 16, 2, 32));
+        assert!(fits(2, 1, 31, 32, 0));
+        assert!(!fits(3, 1, 31, 32, 0));
+        assert!(!fits(1 << 15, 1 << 16, 2, 32, 0));
+        assert!(fits((1 << 15) - 1, 1 << 16, 2, 32, 0));
+        // n * (W * L + τ) < 2^(b-1): 2 * (2^30 - 1 + 1) = 2^31 does not fit.
+        assert!(!fits(2, 1, 31, 32, 1));
+        assert!(fits(2, 1, 30, 32, 1 << 29));
+        assert!(!fits(2, 1, 30, 32, (1 << 29) + 1));
+    }
+
+    #[test]
+    fn with_noise_keeps_or_rederives_the_quantization() {
+        let ids: Vec<u32> = (0..100).collect();
+        let p = Params::recommended(1, &ids, 10, 1.0, 100).unwrap();
+        assert_eq!((p.word, p.quant_bits, p.noise_stddev), (Word::U32, 18, 0.0));
+        // Headroom per client: 2^31 / 100 - 100 * (2^17 - 1) = 8_367_736 levels for τ.
+        let small = p.clone().with_noise(800_000.0).unwrap();
+        assert_eq!((small.word, small.quant_bits), (Word::U32, 18));
+        assert_eq!(small.noise_stddev, 800_000.0);
+        assert_eq!(small.noise_clamp(), 8_000_000);
+        // Too much for q = 18: q drops to 17 and the noise is halved in levels (the same
+        // in value units).
+        let big = p.clone().with_noise(1_000_000.0).unwrap();
+        assert_eq!((big.word, big.quant_bits), (Word::U32, 17));
+        let in_values = big.noise_stddev / big.scale();
+        assert!(
+            (in_values / (1e6 / p.scale()) - 1.0).abs() < 1e-12,
+            "{in_values}"
+        );
+        // Far too much for 32-bit words at q >= 16: 64-bit words at the same q.
+        let huge = p.clone().with_noise(1e9).unwrap();
+        assert_eq!(
+            (huge.word, huge.quant_bits, huge.noise_stddev),
+            (Word::U64, 18, 1e9)
+        );
+        huge.validate().unwrap();
+        assert!(matches!(
+            p.clone().with_noise(f64::NAN),
+            Err(ParamsError::NoiseStddev(_))
+        ));
+        assert_eq!(p.clone().with_noise(0.0).unwrap(), p);
     }
 
     #[test]
@@ -544,6 +682,12 @@ mod tests {
         let mut q = p.clone();
         q.threshold -= 1;
         assert_ne!(p.digest(), q.digest());
+        let mut q = p.clone();
+        q.noise_stddev = 1.5;
+        assert_ne!(p.digest(), q.digest());
+        let mut r = q.clone();
+        r.noise_stddev = 1.25;
+        assert_ne!(q.digest(), r.digest());
         assert_eq!(p.digest(), p.clone().digest());
     }
 }

@@ -7,11 +7,19 @@
 //! modulo 2^b. Because n * W * L < 2^(b-1) ([`crate::Params::validate`]), the sum of all
 //! clients' words, read as a centred integer, is the exact integer sum, and dividing by
 //! L / c gives the weighted sum within `total_weight * c / L`.
+//!
+//! With noise ([`crate::Params::noise_stddev`] = σ > 0), each value word becomes
+//! `w * Q(x) + N` with N drawn from the discrete Gaussian N_Z(0, σ²) and clamped to ±τ
+//! ([`crate::Params::noise_clamp`]), independently per value (the weight word gets none);
+//! validation then guarantees n * (W * L + τ) < 2^(b-1), and the sum carries the summed
+//! noise.
 
-use rand_core::CryptoRng;
+use chacha20::ChaCha20Rng;
+use rand_core::{CryptoRng, SeedableRng};
 use zeroize::Zeroizing;
 
 use crate::error::ClientError;
+use crate::noise::DiscreteGaussian;
 use crate::params::MaskPrg;
 use crate::params::Params;
 use crate::prg::{ChunkInit, Keystream, MaskWord};
@@ -29,8 +37,19 @@ pub(crate) struct Quantizer<'a> {
     weight: i64,
     noise_stream: Keystream,
     noise: Zeroizing<[u8; 4 * NOISE_BLOCK]>,
+    /// The discrete Gaussian noise, if the parameters ask for it.
+    dp_noise: Option<DpNoise>,
     /// The next position `fill` expects (positions are filled in order).
     next: usize,
+}
+
+/// One client's discrete Gaussian noise: a sampler, its own CSPRNG seeded from the
+/// injected one, and a block of clamped samples (secret: zeroized).
+struct DpNoise {
+    gaussian: DiscreteGaussian,
+    clamp: i64,
+    rng: ChaCha20Rng,
+    block: Zeroizing<Vec<i64>>,
 }
 
 impl<'a> Quantizer<'a> {
@@ -60,6 +79,21 @@ impl<'a> Quantizer<'a> {
         // injected RNG (a CSPRNG is slower per word than AES-CTR).
         let mut seed = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut seed[..]);
+        // The noise gets its own ChaCha20 stream, seeded only when noise is on (so a
+        // noiseless round draws exactly what it did before noise existed).
+        let dp_noise = if params.noise_stddev > 0.0 {
+            let mut noise_seed = Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(&mut noise_seed[..]);
+            Some(DpNoise {
+                gaussian: DiscreteGaussian::new(params.noise_stddev)?,
+                // Validated: τ <= 10 * 2^40 + 1 and n * (W * L + τ) < 2^63.
+                clamp: params.noise_clamp() as i64,
+                rng: ChaCha20Rng::from_seed(*noise_seed),
+                block: Zeroizing::new(vec![0; NOISE_BLOCK]),
+            })
+        } else {
+            None
+        };
         Ok(Quantizer {
             input,
             clip: params.clip,
@@ -69,6 +103,7 @@ impl<'a> Quantizer<'a> {
             weight: weight as i64,
             noise_stream: Keystream::new(MaskPrg::Aes128Ctr, &seed),
             noise: Zeroizing::new([0u8; 4 * NOISE_BLOCK]),
+            dp_noise,
             next: 0,
         })
     }
@@ -94,12 +129,30 @@ impl<'a> Quantizer<'a> {
             // Stochastic rounding as floor(v + u) with u uniform in [0, 1): rounds up with
             // probability frac(v). Shifting by L makes the argument non-negative and below
             // 2^31 (q <= 31), so the truncating cast to i32 is the floor and vectorizes.
-            for ((o, &x), r) in block.iter_mut().zip(input).zip(noise.chunks_exact(4)) {
+            let quantize = |x: f32, r: &[u8]| -> i64 {
                 let u = f64::from(u32::from_le_bytes([r[0], r[1], r[2], r[3]]))
                     * (1.0 / 4_294_967_296.0);
                 let shifted = f64::from(x.clamp(-clip, clip)) * scale + offset + u;
-                let q = (i64::from(shifted as i32) - levels).min(levels);
-                *o = W::from_i64(q * w);
+                (i64::from(shifted as i32) - levels).min(levels)
+            };
+            let Some(dp) = &mut self.dp_noise else {
+                for ((o, &x), r) in block.iter_mut().zip(input).zip(noise.chunks_exact(4)) {
+                    *o = W::from_i64(quantize(x, r) * w);
+                }
+                continue;
+            };
+            // One independent noise sample per value; |w * Q + N| <= W * L + τ < 2^63.
+            let samples = &mut dp.block[..block.len()];
+            for n in samples.iter_mut() {
+                *n = dp.gaussian.sample(&mut dp.rng).clamp(-dp.clamp, dp.clamp);
+            }
+            for (((o, &x), r), &n) in block
+                .iter_mut()
+                .zip(input)
+                .zip(noise.chunks_exact(4))
+                .zip(samples.iter())
+            {
+                *o = W::from_i64(quantize(x, r) * w + n);
             }
         }
         if let Some(slot) = weight_slot.first_mut() {
@@ -134,8 +187,9 @@ pub(crate) fn quantize<W: MaskWord, R: CryptoRng + ?Sized>(
     Ok(out)
 }
 
-/// Reads the unmasked sum back: the weighted sum of values and the total weight. `None`
-/// if the words cannot be the sum of at most `n_inputs` valid inputs (a client cheated).
+/// Reads the unmasked sum back: the weighted sum of values (plus the summed noise, if
+/// any) and the total weight. `None` if the words cannot be the sum of `n_inputs` valid
+/// inputs (a client cheated): each value must be within `total_weight * L + n_inputs * τ`.
 pub(crate) fn dequantize<W: MaskWord>(
     params: &Params,
     sum: &[W],
@@ -146,7 +200,8 @@ pub(crate) fn dequantize<W: MaskWord>(
     if total_weight < n_inputs as u64 || total_weight > n_inputs as u64 * params.max_weight {
         return None;
     }
-    let limit = i128::from(total_weight) * i128::from(params.quant_levels());
+    let limit = i128::from(total_weight) * i128::from(params.quant_levels())
+        + n_inputs as i128 * i128::from(params.noise_clamp());
     let inv_scale = 1.0 / params.scale();
     let mut out = Vec::with_capacity(values.len());
     for v in values {
@@ -243,5 +298,30 @@ mod tests {
         assert!(dequantize::<u32>(&p, &[0, 11], 1).is_none()); // weight above W
         assert!(dequantize::<u32>(&p, &[128, 1], 1).is_none()); // beyond w * L
         assert!(dequantize::<u32>(&p, &[127, 1], 1).is_some());
+    }
+
+    #[test]
+    fn noise_goes_on_values_only_and_dequantize_allows_its_clamp() {
+        let mut p = params();
+        p.noise_stddev = 2.0;
+        p.validate().unwrap();
+        assert_eq!(p.noise_clamp(), 20);
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut nonzero = 0;
+        for _ in 0..200 {
+            // Q(0) = 0 exactly, so the value words are pure noise.
+            let q: Vec<u32> = quantize(&p, &[0.0; 5], 3, &mut rng).unwrap();
+            assert_eq!(q[5].centred(), 3);
+            assert!(q[..5].iter().all(|w| w.centred().abs() <= 20));
+            nonzero += q[..5].iter().filter(|w| w.centred() != 0).count();
+        }
+        // P[N = 0] is about 0.2 at σ = 2.
+        assert!((700..900).contains(&nonzero), "{nonzero}");
+        // One input of weight 1: |sum| <= 127 + 20; two of total weight 3: 3 * 127 + 40.
+        assert!(dequantize::<u32>(&p, &[147, 1], 1).is_some());
+        assert!(dequantize::<u32>(&p, &[(-147i32) as u32, 1], 1).is_some());
+        assert!(dequantize::<u32>(&p, &[148, 1], 1).is_none());
+        assert!(dequantize::<u32>(&p, &[421, 3], 2).is_some());
+        assert!(dequantize::<u32>(&p, &[422, 3], 2).is_none());
     }
 }

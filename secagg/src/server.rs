@@ -44,7 +44,8 @@ use crate::shamir::{SHARE_BYTES, Share};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregate {
     /// Sum over survivors of `weight * clip(input)`, within
-    /// [`Params::error_bound`]`(total_weight)` per coordinate.
+    /// [`Params::error_bound`]`(total_weight)` per coordinate; plus, with
+    /// [`Params::noise_stddev`] > 0, the survivors' summed noise divided by the scale L / c.
     pub sum: Vec<f32>,
     /// Sum of the survivors' weights.
     pub total_weight: u64,

@@ -104,7 +104,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         let (cert, key) = pki::issue(&pki_dir, Role::Agent, &name, 1)?;
         let crash = if i < n_crash { "crash_at = \"masked-input\"\n" } else { "" };
         let text = format!(
-            "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
+            "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[policy]\nallowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
             dir.join("agents").join(&name).display().to_string(),
             PkiPaths::new(&pki_dir).ca_cert().display().to_string(),
             cert.display().to_string(),
@@ -144,6 +144,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             ..Default::default()
         },
         strategy: Default::default(),
+        privacy: Default::default(),
     };
     let fed = client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&spec, 0)), init_from: None }).await?.into_inner();
     let n_params = fed.config.and_then(|c| c.model).map_or(0, |m| m.n_params);

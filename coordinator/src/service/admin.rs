@@ -214,11 +214,17 @@ impl AdminService for AdminApi {
         let rows = self.coord.store.agents().await.map_err(wire::store_status)?;
         let agents = rows
             .into_iter()
-            .map(|a| pb::Agent {
-                connected: self.coord.registry.is_connected(&a.facility),
-                facility: a.facility,
-                last_seen_unix_ms: a.last_seen_ms,
-                cert_sha256: a.cert_sha256,
+            .map(|a| {
+                let privacy = self.coord.registry.privacy(&a.facility);
+                pb::Agent {
+                    connected: self.coord.registry.is_connected(&a.facility),
+                    epsilon_spent: privacy.as_ref().map(|p| p.epsilon_spent),
+                    max_epsilon: privacy.as_ref().and_then(|p| p.max_epsilon),
+                    delta: privacy.as_ref().map(|p| p.delta),
+                    facility: a.facility,
+                    last_seen_unix_ms: a.last_seen_ms,
+                    cert_sha256: a.cert_sha256,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
@@ -242,6 +248,13 @@ impl AdminService for AdminApi {
         .ok_or_else(|| Status::not_found(format!("federation {:?} has no such model version", req.federation)))?;
         info!(version = version.version, "model exported");
         self.coord.record_admin_action(&peer, AdminActionKind::ModelExported, &req.federation, format!("version {}", version.version)).await?;
+        let exported = harambee_privacy::ledger::LedgerEvent::ModelExported {
+            federation: req.federation.clone(),
+            model_version: u64::from(version.version),
+            model_sha256: version.digest.parse().map_err(|_| Status::internal("stored model digest is not SHA-256 hex"))?,
+            actor: format!("harambee://{}/{}", peer.role.as_str(), peer.name),
+        };
+        self.coord.store.append_ledger(now_ms(), vec![exported]).await.map_err(wire::store_status)?;
         let meta = pb::ExportModelResponse {
             part: Some(Part::Meta(pb::ModelVersion {
                 federation: req.federation.clone(),

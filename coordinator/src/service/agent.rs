@@ -17,6 +17,8 @@ use crate::pki::Role;
 use crate::state::{Coordinator, now_ms};
 use crate::tls::require_role;
 use crate::wire;
+use ed25519_dalek::VerifyingKey;
+use harambee_privacy::ledger::SignedReceipt;
 
 pub struct AgentApi {
     coord: Coordinator,
@@ -58,6 +60,10 @@ impl AgentService for AgentApi {
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let peer = require_role(&request, Role::Agent)?;
+        if let Some(status) = request.get_ref().privacy.clone() {
+            check_privacy_status(&status)?;
+            self.coord.registry.set_privacy(&peer.name, status);
+        }
         if !self.coord.registry.heartbeat(&peer.name, Instant::now()) {
             return Err(Status::failed_precondition("no open task stream for this facility; open one first"));
         }
@@ -91,6 +97,7 @@ impl AgentService for AgentApi {
         request: Request<Streaming<pb::UploadUpdateRequest>>,
     ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
         let peer = require_role(&request, Role::Agent)?;
+        let peer_chain: Vec<Vec<u8>> = request.peer_certs().map(|c| c.iter().map(|c| c.to_vec()).collect()).unwrap_or_default();
         let span = tracing::Span::current();
         span.record("facility", peer.name.as_str());
         let mut parts = request.into_inner();
@@ -102,8 +109,9 @@ impl AgentService for AgentApi {
         let round = self.coord.active_round_by_id(header.round_id).ok_or_else(|| {
             Status::failed_precondition(format!("round {} is not running", header.round_id))
         })?;
+        let receipt_key = peer_receipt_key(&peer_chain)?;
         if header.masked {
-            return self.receive_masked(&peer.name, header, parts, round).await;
+            return self.receive_masked(&peer.name, &receipt_key, header, parts, round).await;
         }
         if header.n_params != round.n_params as u64 {
             let error = UpdateError::WrongLength { expected: round.n_params, got: header.n_params as usize };
@@ -138,10 +146,11 @@ impl AgentService for AgentApi {
         if !digest.eq_ignore_ascii_case(&header.sha256) {
             return Err(Status::data_loss("update checksum mismatch; upload it again"));
         }
+        let receipt = check_receipt(&peer.name, &receipt_key, &header, &round, &digest, payload.len())?;
         let values = harambee_core::params::from_le_bytes(&payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
         drop(payload);
         let (reply, answer) = oneshot::channel();
-        let input = RoundInput::Update { agent: peer.name.clone(), n_samples: header.n_samples, digest, values, reply };
+        let input = RoundInput::Update { agent: peer.name.clone(), n_samples: header.n_samples, digest, values, receipt, reply };
         round.inputs.send(input).await.map_err(|_| round_gone())?;
         answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
         Ok(Response::new(pb::UploadUpdateResponse {}))
@@ -200,6 +209,142 @@ impl AgentService for AgentApi {
         answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
         Ok(Response::new(pb::SecAggAck {}))
     }
+
+    #[instrument(skip_all, fields(facility, round_id))]
+    async fn decline_task(&self, request: Request<pb::DeclineTaskRequest>) -> Result<Response<pb::DeclineTaskResponse>, Status> {
+        let peer = require_role(&request, Role::Agent)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("facility", peer.name.as_str()).record("round_id", req.round_id);
+        let reason: String = req.reason.chars().take(500).collect();
+        info!(%reason, "facility declined its task");
+        let round = self
+            .coord
+            .active_round_by_id(req.round_id)
+            .ok_or_else(|| Status::failed_precondition(format!("round {} is not running", req.round_id)))?;
+        let input = RoundInput::Dropout { agent: peer.name, reason: format!("declined: {reason}") };
+        round.inputs.send(input).await.map_err(|_| round_gone())?;
+        Ok(Response::new(pb::DeclineTaskResponse {}))
+    }
+
+    #[instrument(skip_all, fields(facility, round_id))]
+    async fn get_ledger_proof(&self, request: Request<pb::LedgerProofRequest>) -> Result<Response<pb::LedgerProof>, Status> {
+        use harambee_privacy::ledger::LedgerEvent;
+        let peer = require_role(&request, Role::Agent)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("facility", peer.name.as_str()).record("round_id", req.round_id);
+        let round = self.coord.store.round(req.round_id).await.map_err(wire::store_status)?;
+        let federation = round.map(|r| r.federation).ok_or_else(|| Status::not_found(format!("no round {}", req.round_id)))?;
+        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(super::audit::ledger_status)?;
+        let line = ledger
+            .lines()
+            .iter()
+            .rev()
+            .find(|l| matches!(&l.event, LedgerEvent::Contribution(c) if c.facility == peer.name && c.federation == federation && c.round_id == req.round_id))
+            .ok_or_else(|| Status::not_found(format!("the ledger holds no contribution of {} to round {}", peer.name, req.round_id)))?;
+        let head = self.coord.ledger.sign(&ledger);
+        let size = head.head.tree_size;
+        if req.known_tree_size > size {
+            return Err(Status::out_of_range(format!("known tree size {} exceeds the ledger's {size} entries", req.known_tree_size)));
+        }
+        let inclusion = ledger.inclusion_proof(line.index, size).map_err(|e| Status::internal(e.to_string()))?;
+        let consistency = if req.known_tree_size == 0 {
+            Vec::new()
+        } else {
+            ledger.consistency_proof(req.known_tree_size, size).map_err(|e| Status::internal(e.to_string()))?
+        };
+        Ok(Response::new(pb::LedgerProof {
+            entry: line.to_json().map_err(|e| Status::internal(e.to_string()))?,
+            index: line.index,
+            inclusion_proof: super::audit::hashes(inclusion),
+            signed_tree_head: super::audit::head_json(&head),
+            consistency_proof: super::audit::hashes(consistency),
+            ledger_key: self.coord.ledger.verifying_key().to_bytes().to_vec(),
+        }))
+    }
+
+    async fn cosign_tree_head(
+        &self,
+        request: Request<pb::CosignTreeHeadRequest>,
+    ) -> Result<Response<pb::CosignTreeHeadResponse>, Status> {
+        use harambee_privacy::ledger::{Cosignature, SignedTreeHead};
+        let peer = require_role(&request, Role::Agent)?;
+        let key = peer_receipt_key(&request.peer_certs().map(|c| c.iter().map(|c| c.to_vec()).collect::<Vec<_>>()).unwrap_or_default())?;
+        let req = request.into_inner();
+        let head: SignedTreeHead =
+            serde_json::from_str(&req.signed_tree_head).map_err(|e| Status::invalid_argument(format!("malformed tree head: {e}")))?;
+        let cosignature: Cosignature =
+            serde_json::from_str(&req.cosignature).map_err(|e| Status::invalid_argument(format!("malformed countersignature: {e}")))?;
+        head.verify(&self.coord.ledger.verifying_key())
+            .map_err(|_| Status::invalid_argument("the tree head is not signed with this coordinator's ledger key"))?;
+        if cosignature.facility != peer.name {
+            return Err(Status::permission_denied(format!("a countersignature of {} sent by {}", cosignature.facility, peer.name)));
+        }
+        cosignature
+            .verify(&head.head, &key)
+            .map_err(|_| Status::invalid_argument("the countersignature does not verify with the facility's certificate key"))?;
+        self.coord.store.record_cosignature(&head.head, &cosignature, now_ms()).await.map_err(wire::store_status)?;
+        Ok(Response::new(pb::CosignTreeHeadResponse {}))
+    }
+}
+
+/// The facility's Ed25519 key, from the leaf of the certificate chain it connected with:
+/// the key its egress receipts and countersignatures must verify with.
+fn peer_receipt_key(chain: &[Vec<u8>]) -> Result<VerifyingKey, Status> {
+    let leaf = chain.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    harambee_agent::peers::ed25519_key_of(leaf)
+        .map_err(|e| Status::permission_denied(format!("the client certificate has no Ed25519 key to check receipts with: {e}")))
+}
+
+/// A heartbeat's privacy status must be finite and sized for the accountant's orders.
+fn check_privacy_status(status: &pb::PrivacyStatus) -> Result<(), Status> {
+    let orders = harambee_privacy::accountant::default_orders().len();
+    if !status.rdp.is_empty() && status.rdp.len() != orders {
+        return Err(Status::invalid_argument(format!("privacy status carries {} RDP values, not {orders}", status.rdp.len())));
+    }
+    let finite = [status.epsilon_spent, status.delta].iter().chain(&status.max_epsilon).all(|x| x.is_finite() && *x >= 0.0);
+    // An order at which nothing is bounded carries +inf.
+    if !finite || status.rdp.iter().any(|x| x.is_nan() || *x < 0.0) {
+        return Err(Status::invalid_argument("privacy status values must be non-negative numbers"));
+    }
+    Ok(())
+}
+
+/// Parses and checks an upload's egress receipt: signed by the uploading facility's
+/// certificate key, and stating exactly this upload (facility, federation, round, SHA-256
+/// and size of the bytes received). Whether its privacy parameters are the federation's is
+/// for the round's driver to check.
+fn check_receipt(
+    facility: &str,
+    key: &VerifyingKey,
+    header: &pb::UpdateHeader,
+    round: &crate::state::ActiveRound,
+    digest: &str,
+    n_bytes: usize,
+) -> Result<SignedReceipt, Status> {
+    if header.receipt.is_empty() {
+        return Err(Status::invalid_argument("an upload must carry its facility's signed egress receipt"));
+    }
+    let signed: SignedReceipt =
+        serde_json::from_str(&header.receipt).map_err(|e| Status::invalid_argument(format!("malformed egress receipt: {e}")))?;
+    signed.verify(key).map_err(|_| Status::invalid_argument("the egress receipt's signature does not verify with the facility's certificate key"))?;
+    let r = &signed.receipt;
+    let mismatch = if r.facility != facility {
+        Some(format!("names facility {:?}", r.facility))
+    } else if r.federation != round.federation {
+        Some(format!("names federation {:?}, not {:?}", r.federation, round.federation))
+    } else if r.round_id != header.round_id {
+        Some(format!("names round {}, not {}", r.round_id, header.round_id))
+    } else if r.update_sha256.to_hex() != digest.to_ascii_lowercase() {
+        Some("states another SHA-256 than the bytes received".to_owned())
+    } else if r.bytes != n_bytes as u64 {
+        Some(format!("states {} bytes, {n_bytes} were received", r.bytes))
+    } else {
+        None
+    };
+    match mismatch {
+        Some(what) => Err(Status::invalid_argument(format!("the egress receipt does not describe this upload: it {what}"))),
+        None => Ok(signed),
+    }
 }
 
 impl AgentApi {
@@ -208,6 +353,7 @@ impl AgentApi {
     async fn receive_masked(
         &self,
         facility: &str,
+        receipt_key: &VerifyingKey,
         header: pb::UpdateHeader,
         mut parts: Streaming<pb::UploadUpdateRequest>,
         round: crate::state::ActiveRound,
@@ -229,11 +375,13 @@ impl AgentApi {
             hasher.update(&data);
             payload.extend_from_slice(&data);
         }
-        if !hex::encode(hasher.finalize()).eq_ignore_ascii_case(&header.sha256) {
+        let digest = hex::encode(hasher.finalize());
+        if !digest.eq_ignore_ascii_case(&header.sha256) {
             return Err(Status::data_loss("masked input checksum mismatch; upload it again"));
         }
+        let receipt = check_receipt(facility, receipt_key, &header, &round, &digest, payload.len())?;
         let (reply, answer) = oneshot::channel();
-        let input = RoundInput::Masked { agent: facility.to_owned(), bytes: payload, reply };
+        let input = RoundInput::Masked { agent: facility.to_owned(), bytes: payload, receipt, reply };
         round.inputs.send(input).await.map_err(|_| round_gone())?;
         answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
         Ok(Response::new(pb::UploadUpdateResponse {}))

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
 
 use std::pin::Pin;
 

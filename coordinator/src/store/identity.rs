@@ -17,6 +17,8 @@ use sea_orm::{
     QuerySelect, TransactionTrait,
 };
 
+use harambee_privacy::ledger::LedgerEvent;
+
 use super::entity::{admin_action, agent, certificate, enrolment_token, facility};
 use super::{ParseEnumError, Store, StoreError, finish};
 
@@ -274,6 +276,7 @@ impl Store {
         &self,
         id: &str,
         cert: &CertificateRow,
+        receipt_key: Option<ed25519_dalek::VerifyingKey>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
@@ -303,7 +306,10 @@ impl Store {
             if updated.rows_affected != 1 {
                 return Err(StoreError::FacilityRevoked(cert.name.clone()));
             }
-            insert_certificate(&txn, cert).await
+            insert_certificate(&txn, cert).await?;
+            let event = LedgerEvent::FacilityEnrolled { facility: cert.name.clone(), receipt_key };
+            super::ledger::append_in(&txn, now_ms, vec![event]).await?;
+            Ok(())
         }
         .await;
         finish(txn, result).await
@@ -372,6 +378,8 @@ impl Store {
             }
             withdraw_tokens(&txn, name, now).await?;
             insert_action(&txn, action).await?;
+            let event = LedgerEvent::FacilityRevoked { facility: name.to_owned(), reason: reason.to_owned() };
+            super::ledger::append_in(&txn, now, vec![event]).await?;
             let row = facility::Entity::find_by_id(name.to_owned())
                 .one(&txn)
                 .await?
@@ -460,7 +468,9 @@ impl Store {
 
     /// Appends to the admin-action log and returns the entry's id.
     pub async fn record_admin_action(&self, action: &AdminActionRow) -> Result<u64, StoreError> {
-        insert_action(&self.db, action).await
+        let txn = self.db.begin().await?;
+        let result = insert_action(&txn, action).await;
+        finish(txn, result).await
     }
 
     /// Log entries with an id above `after_id`, oldest first, at most `limit`.
@@ -549,10 +559,17 @@ async fn insert_certificate(
     Ok(())
 }
 
+/// Records an admin action, and appends it to the privacy ledger in the same transaction.
 async fn insert_action(
     db: &impl ConnectionTrait,
     action: &AdminActionRow,
 ) -> Result<u64, StoreError> {
+    let event = LedgerEvent::AdminAction {
+        actor: action.actor.clone(),
+        action: action.action.as_str().to_owned(),
+        detail: if action.detail.is_empty() { action.subject.clone() } else { format!("{}: {}", action.subject, action.detail) },
+    };
+    super::ledger::append_in(db, action.at_ms, vec![event]).await?;
     let inserted = admin_action::Entity::insert(admin_action::ActiveModel {
         id: NotSet,
         at_ms: Set(action.at_ms),

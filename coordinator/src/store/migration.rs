@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Initial),
             Box::new(super::migration_identity::M0002Identity),
             Box::new(super::migration_quality::M0003Quality),
+            Box::new(super::migration_ledger::M0004Ledger),
         ]
     }
 }

@@ -23,7 +23,9 @@ mod convert;
 mod entity;
 mod error;
 mod identity;
+mod ledger;
 mod migration;
+mod migration_ledger;
 mod migration_identity;
 mod migration_quality;
 mod rows;
@@ -41,8 +43,10 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 use convert::{participant_to_active, round_id_to_i64};
+use harambee_privacy::ledger::LedgerEvent;
 use entity::{agent, federation, model_version, participant, round};
 pub use error::StoreError;
+pub use ledger::CosignatureRow;
 pub use identity::{
     AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, FacilityStatus, TokenRefusal,
     TokenRow,
@@ -148,6 +152,7 @@ impl Store {
             model_version::Entity::insert(version_model)
                 .exec_without_returning(&txn)
                 .await?;
+            ledger::append_in(&txn, fed.created_ms, vec![federation_created(fed)]).await?;
             Ok(())
         }
         .await;
@@ -254,31 +259,38 @@ impl Store {
     }
 
     /// Inserts or replaces participants of an unfinished round, keyed by
-    /// `(round_id, facility)`. Every row's `round_id` must be `round_id`.
+    /// `(round_id, facility)`, and appends `ledger` events at `now_ms`. Every row's
+    /// `round_id` must be `round_id`.
     pub async fn save_participants(
         &self,
         round_id: u64,
         rows: &[ParticipantRow],
+        now_ms: i64,
+        ledger: Vec<LedgerEvent>,
     ) -> Result<(), StoreError> {
         let models = participant_models(round_id, rows)?;
         let txn = self.db.begin().await?;
         let result = async {
             lock_unfinished(&txn, round_id).await?;
-            upsert_participants(&txn, models).await
+            upsert_participants(&txn, models).await?;
+            ledger::append_in(&txn, now_ms, ledger).await?;
+            Ok(())
         }
         .await;
         finish(txn, result).await
     }
 
     /// In one transaction: inserts `version` (its `round_id` set to this
-    /// round), upserts `participants`, and marks the round `Committed` with
-    /// `result_version`. On any error nothing is written.
+    /// round), upserts `participants`, marks the round `Committed` with
+    /// `result_version`, and appends `ledger` events (contributions, dropouts, the
+    /// commit). On any error nothing is written.
     pub async fn commit_round(
         &self,
         round_id: u64,
         version: &ModelVersionRow,
         participants: &[ParticipantRow],
         now_ms: i64,
+        ledger: Vec<LedgerEvent>,
     ) -> Result<(), StoreError> {
         if version.round_id.is_some_and(|id| id != round_id) {
             return Err(StoreError::InvalidInput(format!(
@@ -332,20 +344,24 @@ impl Store {
                 .filter(round::Column::State.is_not_in(RoundState::terminal_strs()))
                 .exec(&txn)
                 .await?;
-            ensure_one_row(updated.rows_affected, round_id)
+            ensure_one_row(updated.rows_affected, round_id)?;
+            ledger::append_in(&txn, now_ms, ledger).await?;
+            Ok(())
         }
         .await;
         finish(txn, result).await
     }
 
-    /// In one transaction: upserts `participants` and marks the round
-    /// `Failed(reason)`. On any error nothing is written.
+    /// In one transaction: upserts `participants`, marks the round
+    /// `Failed(reason)` and appends `ledger` events (dropouts). On any error
+    /// nothing is written.
     pub async fn fail_round(
         &self,
         round_id: u64,
         reason: &str,
         participants: &[ParticipantRow],
         now_ms: i64,
+        ledger: Vec<LedgerEvent>,
     ) -> Result<(), StoreError> {
         let participant_models = participant_models(round_id, participants)?;
         let id = round_id_to_i64(round_id)?;
@@ -365,7 +381,9 @@ impl Store {
                 .filter(round::Column::State.is_not_in(RoundState::terminal_strs()))
                 .exec(&txn)
                 .await?;
-            ensure_one_row(updated.rows_affected, round_id)
+            ensure_one_row(updated.rows_affected, round_id)?;
+            ledger::append_in(&txn, now_ms, ledger).await?;
+            Ok(())
         }
         .await;
         finish(txn, result).await
@@ -488,6 +506,16 @@ impl Store {
 
 /// Commits on success, rolls back on error. Every transaction goes through
 /// here, so an early `?` inside never leaves work half applied.
+/// The ledger entry of a new federation: its name and privacy parameters (the `privacy`
+/// table of its configuration, `null` when it has none).
+fn federation_created(fed: &FederationRow) -> LedgerEvent {
+    let config: serde_json::Value = serde_json::from_str(&fed.config_json).unwrap_or(serde_json::Value::Null);
+    LedgerEvent::FederationCreated {
+        name: fed.name.clone(),
+        privacy: config.get("privacy").cloned().unwrap_or(serde_json::Value::Null),
+    }
+}
+
 async fn finish<T>(
     txn: DatabaseTransaction,
     result: Result<T, StoreError>,

@@ -16,6 +16,9 @@ use tonic::transport::Channel;
 
 /// A hand-driven agent: opens its task stream and heartbeats, and does what the test says.
 struct Rogue {
+    name: String,
+    pki: std::path::PathBuf,
+    federation: String,
     client: AgentServiceClient<Channel>,
     tasks: tonic::Streaming<pb::Task>,
     _heartbeat: tokio::task::JoinHandle<()>,
@@ -28,17 +31,20 @@ impl Rogue {
         let mut hb = client.clone();
         let heartbeat = tokio::spawn(async move {
             loop {
-                let _ = hb.heartbeat(pb::HeartbeatRequest::default()).await;
+                let _ = hb.heartbeat(open_heartbeat()).await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Rogue { client, tasks, _heartbeat: heartbeat }
+        Rogue { name: name.to_owned(), pki: h.pki.clone(), federation: String::new(), client, tasks, _heartbeat: heartbeat }
     }
 
     async fn next_train(&mut self) -> pb::TrainTask {
         loop {
             match self.tasks.message().await.unwrap().unwrap().kind {
-                Some(Kind::Train(t)) => return t,
+                Some(Kind::Train(t)) => {
+                    self.federation = t.federation.clone();
+                    return t;
+                }
                 _ => continue,
             }
         }
@@ -53,6 +59,7 @@ impl Rogue {
             sha256: hex::encode(Sha256::digest(&bytes)),
             train_loss: 0.5,
             masked: false,
+            receipt: receipt_for(&self.pki, &self.name, &self.federation, round_id, &bytes),
         };
         upload_update(&mut self.client, header, Arc::new(bytes)).await
     }

@@ -32,6 +32,22 @@ fn demo_runs_and_matches_pooled_training() {
     assert!(facilities.iter().all(|f| f["samples"].as_u64().unwrap() > 0));
     let model = harambee_models::checkpoint::load_file(&dir.path().join("demo/model.safetensors")).unwrap();
     assert_eq!(model.version, 3);
+
+    // Patient-level DP: every facility's ε, from the receipts in the ledger, is what its
+    // accountant gives for 3 rounds of each of the two federations (5 epochs at q = 0.1:
+    // 50 steps a round), within its budget; and the ledger verifies against every log.
+    let (_, z, q) = harambee_coordinator::demo::DEMO_DP_SGD;
+    let expected = harambee_privacy::accountant::epsilon(z, q, 2 * 3 * harambee_models::dp::dp_steps(5, q), 1e-5).unwrap().epsilon;
+    let spent = s["privacy"]["epsilon"].as_object().unwrap();
+    assert_eq!(spent.len(), 4, "{spent:?}");
+    for (facility, e) in spent {
+        let eps = e["epsilon"].as_f64().unwrap();
+        assert!((eps - expected).abs() < 1e-6, "{facility}: ε {eps}, expected {expected}");
+        assert!(eps <= 10.0, "{facility} is over its budget: {eps}");
+        assert_eq!(e["contributions"], 6);
+    }
+    assert_eq!(s["privacy"]["facilities_verified"], 4);
+    assert!(stdout.contains("audit verify: the ledger verifies and agrees with all 4 facilities' privacy logs"), "{stdout}");
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! restart), keeps its key, and is back with the renewed certificate once the old one has
 //! expired; renewal is for one's own name only.
 
-use crate::common;
 use crate::identity_common;
 
 use std::time::Duration;
@@ -74,7 +73,7 @@ async fn identity_renewal_is_for_ones_own_name_and_serves_certificates_from_pki_
     let c = Coord::start(NINETY_DAYS).await;
     let facilities = c.h.facilities(Some(1));
     let name = facilities[0].name.clone();
-    let path = harambee_coordinator::demo::write_agent_config(&facilities[0], &c.endpoint(), &c.h.pki).unwrap();
+    let path = harambee_coordinator::demo::write_agent_config(&facilities[0], &c.endpoint(), &c.h.pki, crate::common::OPEN_POLICY).unwrap();
     let config = harambee_agent::config::AgentConfig::load(&path).unwrap();
     let before = renew::read_certificate(&config.tls.cert).unwrap();
 

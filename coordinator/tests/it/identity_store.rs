@@ -52,13 +52,13 @@ async fn identity_tables(store: Store) {
     // A second token withdraws the first.
     store.add_facility("kisumu", &token("t2", "kisumu", 10_000), false, &action(FacilityAdded, "kisumu", 1_100)).await.unwrap();
     assert_eq!(store.token("t1").await.unwrap().unwrap().refusal(2_000), Some(TokenRefusal::Withdrawn(1_100)));
-    assert!(matches!(store.use_token("t1", &cert("01", "kisumu", 9), 2_000).await, Err(StoreError::TokenUnusable(_))));
+    assert!(matches!(store.use_token("t1", &cert("01", "kisumu", 9), None, 2_000).await, Err(StoreError::TokenUnusable(_))));
     // An expired token cannot be used.
-    assert!(matches!(store.use_token("t2", &cert("02", "kisumu", 9), 10_000).await, Err(StoreError::TokenUnusable(_))));
+    assert!(matches!(store.use_token("t2", &cert("02", "kisumu", 9), None, 10_000).await, Err(StoreError::TokenUnusable(_))));
 
     // Two enrolments race with one token: exactly one wins.
     let (c3, c4) = (cert("03", "kisumu", 50_000), cert("04", "kisumu", 60_000));
-    let (a, b) = tokio::join!(store.use_token("t2", &c3, 3_000), store.use_token("t2", &c4, 3_000));
+    let (a, b) = tokio::join!(store.use_token("t2", &c3, None, 3_000), store.use_token("t2", &c4, None, 3_000));
     assert_eq!(usize::from(a.is_ok()) + usize::from(b.is_ok()), 1, "{a:?} {b:?}");
     assert_eq!(store.token("t2").await.unwrap().unwrap().refusal(3_001), Some(TokenRefusal::Used(3_000)));
     assert_eq!(store.facility("kisumu").await.unwrap().unwrap().status, FacilityStatus::Enrolled);

@@ -26,7 +26,7 @@ async fn ten_million_parameters_stream_in_chunks() {
     let mut hb = client.clone();
     let heartbeat = tokio::spawn(async move {
         loop {
-            let _ = hb.heartbeat(pb::HeartbeatRequest::default()).await;
+            let _ = hb.heartbeat(open_heartbeat()).await;
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     });
@@ -45,6 +45,7 @@ async fn ten_million_parameters_stream_in_chunks() {
         sha256: hex::encode(Sha256::digest(&bytes)),
         train_loss: 0.1,
         masked: false,
+        receipt: receipt_for(&h.pki, "big-clinic", "large", task.round_id, &bytes),
     };
     harambee_agent::transfer::upload_update(&mut client, header, std::sync::Arc::new(bytes)).await.unwrap();
 

@@ -19,6 +19,7 @@ mod identity_store;
 mod large_model;
 mod peers;
 mod personalization;
+mod privacy_ledger;
 mod restart;
 mod secure_dropout;
 mod store_suite;

@@ -24,7 +24,7 @@ async fn round_survives_crashes_during_masked_input_and_unmasking() {
     let mut children = Vec::new();
     let mut configs = Vec::new();
     for f in &facilities {
-        let path = demo::write_agent_config(f, &h.endpoint(), &h.pki).unwrap();
+        let path = demo::write_agent_config(f, &h.endpoint(), &h.pki, OPEN_POLICY).unwrap();
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("\n[egress]\nkeep_payloads = true\n");
         if let Some(stage) = crash(&f.name) {

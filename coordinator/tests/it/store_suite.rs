@@ -29,7 +29,7 @@ macro_rules! suite {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    crate::on_sqlite(crate::cases::$case).await
+                    crate::store_suite::on_sqlite(crate::store_suite::cases::$case).await
                 }
             )*
         }
@@ -37,7 +37,7 @@ macro_rules! suite {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    crate::on_postgres(crate::cases::$case).await
+                    crate::store_suite::on_postgres(crate::store_suite::cases::$case).await
                 }
             )*
         }
@@ -294,13 +294,13 @@ mod cases {
         assert_ne!(other.id, first.id);
 
         store
-            .fail_round(first.id, "no agents", &[], 13)
+            .fail_round(first.id, "no agents", &[], 13, Vec::new())
             .await
             .unwrap();
         let second = store.create_round("malaria", 0, 14).await.unwrap();
         assert_eq!(second.number, 2);
         store
-            .commit_round(second.id, &model("malaria", 1), &[], 15)
+            .commit_round(second.id, &model("malaria", 1), &[], 15, Vec::new())
             .await
             .unwrap();
         let third = store.create_round("malaria", 1, 16).await.unwrap();
@@ -322,7 +322,7 @@ mod cases {
             "{err:?}"
         );
         store
-            .fail_round(other.id, "stopped", &[], 18)
+            .fail_round(other.id, "stopped", &[], 18, Vec::new())
             .await
             .unwrap();
         let err = store.create_round("anaemia", 9, 19).await.unwrap_err();
@@ -363,7 +363,7 @@ mod cases {
         );
 
         store
-            .commit_round(round.id, &model("malaria", 1), &[], 105)
+            .commit_round(round.id, &model("malaria", 1), &[], 105, Vec::new())
             .await
             .unwrap();
         let committed = store.round(round.id).await.unwrap().unwrap();
@@ -384,19 +384,19 @@ mod cases {
             format!("round {} is already committed", round.id)
         );
         let err = store
-            .fail_round(round.id, "late", &[], 106)
+            .fail_round(round.id, "late", &[], 106, Vec::new())
             .await
             .unwrap_err();
         assert!(is_finished(&err), "{err:?}");
         let err = store
-            .commit_round(round.id, &model("malaria", 2), &[], 106)
+            .commit_round(round.id, &model("malaria", 2), &[], 106, Vec::new())
             .await
             .unwrap_err();
         assert!(is_finished(&err), "{err:?}");
         let err = store
             .save_participants(
                 round.id,
-                &[participant(round.id, "kisumu", ParticipantStatus::Selected)],
+                &[participant(round.id, "kisumu", ParticipantStatus::Selected)], 0, Vec::new()
             )
             .await
             .unwrap_err();
@@ -414,7 +414,7 @@ mod cases {
             matches!(err, StoreError::UnknownRound(id) if id == missing),
             "{err:?}"
         );
-        let err = store.fail_round(missing, "x", &[], 107).await.unwrap_err();
+        let err = store.fail_round(missing, "x", &[], 107, Vec::new()).await.unwrap_err();
         assert!(
             matches!(err, StoreError::UnknownRound(id) if id == missing),
             "{err:?}"
@@ -433,7 +433,7 @@ mod cases {
             participant(round.id, "kisumu", ParticipantStatus::Selected),
             participant(round.id, "mombasa", ParticipantStatus::Selected),
         ];
-        store.save_participants(round.id, &selected).await.unwrap();
+        store.save_participants(round.id, &selected, 0, Vec::new()).await.unwrap();
         let before_round = store.round(round.id).await.unwrap().unwrap();
         let final_participants = [
             uploaded(round.id, "kisumu", 500),
@@ -442,7 +442,7 @@ mod cases {
 
         // Version 0 exists already: the whole commit is refused.
         let err = store
-            .commit_round(round.id, &model("malaria", 0), &final_participants, 202)
+            .commit_round(round.id, &model("malaria", 0), &final_participants, 202, Vec::new())
             .await
             .unwrap_err();
         assert!(
@@ -458,7 +458,7 @@ mod cases {
 
         // A version of another federation: refused, nothing written.
         let err = store
-            .commit_round(round.id, &model("anaemia", 1), &final_participants, 202)
+            .commit_round(round.id, &model("anaemia", 1), &final_participants, 202, Vec::new())
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
@@ -472,7 +472,7 @@ mod cases {
         broken.push(uploaded(round.id, "nakuru", 10));
         broken[2].n_samples = u64::MAX;
         let err = store
-            .commit_round(round.id, &model("malaria", 1), &broken, 202)
+            .commit_round(round.id, &model("malaria", 1), &broken, 202, Vec::new())
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::OutOfRange { .. }), "{err:?}");
@@ -480,7 +480,7 @@ mod cases {
         assert_eq!(store.participants(round.id).await.unwrap(), selected);
 
         store
-            .commit_round(round.id, &model("malaria", 1), &final_participants, 203)
+            .commit_round(round.id, &model("malaria", 1), &final_participants, 203, Vec::new())
             .await
             .unwrap();
         let after = store.round(round.id).await.unwrap().unwrap();
@@ -508,7 +508,7 @@ mod cases {
         store
             .save_participants(
                 round.id,
-                &[participant(round.id, "kisumu", ParticipantStatus::Selected)],
+                &[participant(round.id, "kisumu", ParticipantStatus::Selected)], 0, Vec::new()
             )
             .await
             .unwrap();
@@ -525,7 +525,7 @@ mod cases {
         // Invalid participants are refused before anything is written.
         let twice = [dropped.clone(), dropped.clone()];
         let err = store
-            .fail_round(round.id, "too few uploads", &twice, 301)
+            .fail_round(round.id, "too few uploads", &twice, 301, Vec::new())
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
@@ -539,7 +539,7 @@ mod cases {
                 round.id,
                 "too few uploads",
                 &[dropped.clone(), rejected.clone()],
-                302,
+                302, Vec::new()
             )
             .await
             .unwrap();
@@ -562,7 +562,7 @@ mod cases {
             .unwrap();
         let b = store.create_round("b", 0, 402).await.unwrap();
         store
-            .commit_round(b.id, &model("b", 1), &[], 403)
+            .commit_round(b.id, &model("b", 1), &[], 403, Vec::new())
             .await
             .unwrap();
         let c = store.create_round("c", 0, 404).await.unwrap();
@@ -599,7 +599,7 @@ mod cases {
         let round = store.create_round("malaria", 0, 700).await.unwrap();
         let participants = [uploaded(round.id, "kisumu", 120)];
         store
-            .commit_round(round.id, &model("malaria", 1), &participants, 701)
+            .commit_round(round.id, &model("malaria", 1), &participants, 701, Vec::new())
             .await
             .unwrap();
         let open = store.create_round("malaria", 1, 702).await.unwrap();
@@ -674,7 +674,7 @@ mod cases {
             },
             uploaded(round.id, "d-normal", 10),
         ];
-        store.save_participants(round.id, &rows).await.unwrap();
+        store.save_participants(round.id, &rows, 0, Vec::new()).await.unwrap();
 
         let stored = store.participants(round.id).await.unwrap();
         assert_eq!(stored.len(), rows.len());
@@ -709,7 +709,7 @@ mod cases {
                 )
             })
             .collect();
-        store.save_participants(round.id, &many).await.unwrap();
+        store.save_participants(round.id, &many, 0, Vec::new()).await.unwrap();
         assert_eq!(store.participants(round.id).await.unwrap(), many);
 
         // Upsert by (round, facility): replaced, not duplicated.
@@ -717,15 +717,15 @@ mod cases {
             uploaded(round.id, "facility-00007", 77),
             uploaded(round.id, "zanzibar", 5),
         ];
-        store.save_participants(round.id, &update).await.unwrap();
+        store.save_participants(round.id, &update, 0, Vec::new()).await.unwrap();
         let stored = store.participants(round.id).await.unwrap();
         assert_eq!(stored.len(), 1_235);
         assert_eq!(stored[7], update[0]);
         assert_eq!(stored.last(), Some(&update[1]));
-        store.save_participants(round.id, &[]).await.unwrap();
+        store.save_participants(round.id, &[], 0, Vec::new()).await.unwrap();
 
         let twice = [update[0].clone(), update[0].clone()];
-        let err = store.save_participants(round.id, &twice).await.unwrap_err();
+        let err = store.save_participants(round.id, &twice, 0, Vec::new()).await.unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
         let elsewhere = [participant(
             round.id + 1,
@@ -733,12 +733,12 @@ mod cases {
             ParticipantStatus::Selected,
         )];
         let err = store
-            .save_participants(round.id, &elsewhere)
+            .save_participants(round.id, &elsewhere, 0, Vec::new())
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
         let err = store
-            .save_participants(round.id + 1, &elsewhere)
+            .save_participants(round.id + 1, &elsewhere, 0, Vec::new())
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::UnknownRound(_)), "{err:?}");
@@ -846,8 +846,8 @@ mod more_cases {
             let version = model("malaria", attempt + 1);
             let participants = [uploaded(round.id, "kisumu", 10)];
             let (committed, failed) = futures::join!(
-                store.commit_round(round.id, &version, &participants, 1_201),
-                store.fail_round(round.id, "deadline", &[], 1_202),
+                store.commit_round(round.id, &version, &participants, 1_201, Vec::new()),
+                store.fail_round(round.id, "deadline", &[], 1_202, Vec::new()),
             );
             let stored = store.round(round.id).await.unwrap().unwrap();
             match (committed, failed) {
@@ -884,7 +884,7 @@ mod more_cases {
                     // Keep the version sequence going for the next attempt.
                     let retry = store.create_round("malaria", attempt, 1_203).await.unwrap();
                     store
-                        .commit_round(retry.id, &version, &[], 1_204)
+                        .commit_round(retry.id, &version, &[], 1_204, Vec::new())
                         .await
                         .unwrap();
                 }

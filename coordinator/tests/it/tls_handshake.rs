@@ -104,6 +104,18 @@ impl AgentService for Recorder {
     async fn submit_sec_agg(&self, _: Request<pb::SecAggSubmission>) -> Result<Response<pb::SecAggAck>, Status> {
         Err(Status::unimplemented("test server"))
     }
+
+    async fn decline_task(&self, _: Request<pb::DeclineTaskRequest>) -> Result<Response<pb::DeclineTaskResponse>, Status> {
+        Err(Status::unimplemented("test server"))
+    }
+
+    async fn get_ledger_proof(&self, _: Request<pb::LedgerProofRequest>) -> Result<Response<pb::LedgerProof>, Status> {
+        Err(Status::unimplemented("test server"))
+    }
+
+    async fn cosign_tree_head(&self, _: Request<pb::CosignTreeHeadRequest>) -> Result<Response<pb::CosignTreeHeadResponse>, Status> {
+        Err(Status::unimplemented("test server"))
+    }
 }
 
 /// A tonic server over `tls_incoming` on 127.0.0.1:0, stopped when dropped.
@@ -146,7 +158,7 @@ async fn heartbeat(channel: tonic::transport::Channel) -> Result<pb::HeartbeatRe
     let mut client = AgentServiceClient::new(channel);
     tokio::time::timeout(
         TIMEOUT,
-        client.heartbeat(pb::HeartbeatRequest { busy_round_id: 0 }),
+        client.heartbeat(pb::HeartbeatRequest { busy_round_id: 0, privacy: None }),
     )
     .await
     .expect("heartbeat timed out")

@@ -96,12 +96,19 @@ impl SecureRound {
         clip: f32,
         max_weight: u64,
         consistency_check: bool,
+        noise_stddev: f64,
+        min_survivors: usize,
     ) -> Result<(SecureRound, Vec<(AgentId, SecAggOut)>), ServerError> {
         let ids: BTreeMap<AgentId, u32> = trained.keys().zip(1u32..).map(|(a, i)| (a.clone(), i)).collect();
         let names: BTreeMap<u32, AgentId> = ids.iter().map(|(a, &i)| (i, a.clone())).collect();
         let participants: Vec<u32> = names.keys().copied().collect();
         let mut params = Params::recommended(round_id, &participants, vector_len, clip, max_weight)?;
         params.consistency_check = consistency_check;
+        if noise_stddev > 0.0 {
+            // Each agent's share, so that `min_survivors` shares carry the full noise.
+            let share = harambee_secagg::noise_share_levels(noise_stddev, min_survivors, &params);
+            params = params.with_noise(share)?;
+        }
         let keys = trained.iter().map(|(a, k)| (ids[a], *k)).collect();
         let server = ServerRound::new(params.clone(), keys)?;
         let messages = ids

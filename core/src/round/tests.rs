@@ -206,3 +206,15 @@ fn update_refused_on_its_header_counts_as_rejected() {
     round.handle_update(t0, "b", 2, "d".into(), &[1.0; 4]).unwrap();
     assert_eq!(round.stage(), Stage::Evaluating);
 }
+
+#[test]
+fn central_noise_is_added_to_the_sum_before_the_mean() {
+    let t0 = Instant::now();
+    let mut round = Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0).unwrap().with_central_noise(vec![0.5, -1.0]).unwrap();
+    round.select(t0, &agents(&["a", "b"]));
+    round.handle_update(t0, "a", 1, "da".into(), &[1.0, 2.0]).unwrap();
+    round.handle_update(t0, "b", 1, "db".into(), &[-1.0, 2.0]).unwrap();
+    // base + ([1,2] + [-1,2] + [0.5,-1]) / 2
+    assert_eq!(round.candidate().unwrap(), &[1.25, 2.5]);
+    assert!(Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0).unwrap().with_central_noise(vec![0.0; 3]).is_err());
+}

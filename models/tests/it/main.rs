@@ -1,4 +1,5 @@
 //! Integration tests of the models crate, in one binary (each test binary links burn).
 
+mod dp;
 mod personalization;
 mod real_data;

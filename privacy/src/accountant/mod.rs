@@ -207,6 +207,20 @@ impl RdpAccountant {
         Ok(RdpAccountant { orders, rdp, steps: 0 })
     }
 
+    /// An accountant on the [`default_orders`] holding `rdp` (as reported by an agent in its
+    /// heartbeat, so a coordinator can ask what one more round would cost). Each value must be
+    /// non-negative (`+inf` allowed), one per default order.
+    pub fn from_rdp(rdp: Vec<f64>) -> Result<RdpAccountant, AccountantError> {
+        let orders = default_orders();
+        if rdp.len() != orders.len() {
+            return Err(AccountantError::LengthMismatch { orders: orders.len(), rdp: rdp.len() });
+        }
+        if let Some(&bad) = rdp.iter().find(|x| x.is_nan() || **x < 0.0) {
+            return Err(AccountantError::Rdp(bad));
+        }
+        Ok(RdpAccountant { orders, rdp, steps: 0 })
+    }
+
     pub fn orders(&self) -> &[f64] {
         &self.orders
     }

@@ -265,6 +265,20 @@ impl Ledger {
         Ok(self.lines.last().expect("just pushed"))
     }
 
+    /// Appends a line read back from storage (written by another process or transaction),
+    /// refusing one whose index is not the next or whose contents do not hash to its leaf hash.
+    pub fn push_line(&mut self, line: LedgerLine) -> Result<(), LedgerError> {
+        if line.index != self.size() {
+            return Err(LedgerError::BadEntry { index: line.index, message: format!("expected entry {} next", self.size()) });
+        }
+        if line.computed_leaf_hash()? != line.leaf_hash {
+            return Err(LedgerError::BadEntry { index: line.index, message: "contents do not match the recorded leaf hash".into() });
+        }
+        self.tree.push(line.leaf_hash);
+        self.lines.push(line);
+        Ok(())
+    }
+
     pub fn lines(&self) -> &[LedgerLine] {
         &self.lines
     }

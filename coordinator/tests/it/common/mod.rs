@@ -62,6 +62,7 @@ impl Harness {
             database_url: database_url
                 .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("coordinator.db").display())),
             blob_dir: dir.path().join("blobs"),
+            ledger_key: dir.path().join("ledger.key"),
         };
         Harness { dir, pki, storage, port: 0, server: None, agents: Vec::new() }
     }
@@ -105,11 +106,20 @@ impl Harness {
     }
 
     /// [`Harness::spawn_agent`] with more TOML appended to the agent's configuration.
+    /// A `[policy]` line given in `extra_toml` joins the open test policy ([`OPEN_POLICY`]).
     pub fn spawn_agent_with(&mut self, f: &Facility, extra_toml: &str) -> AgentConfig {
-        let path = demo::write_agent_config(f, &self.endpoint(), &self.pki).unwrap();
+        let (policy_extra, rest) = match extra_toml.split_once("[policy]\n") {
+            Some((before, after)) => {
+                let end = after.find("\n[").map_or(after.len(), |i| i + 1);
+                (after[..end].to_owned(), format!("{before}{}", &after[end..]))
+            }
+            None => (String::new(), extra_toml.to_owned()),
+        };
+        let policy = format!("{OPEN_POLICY}{policy_extra}");
+        let path = demo::write_agent_config(f, &self.endpoint(), &self.pki, &policy).unwrap();
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("\n[egress]\nkeep_payloads = true\n");
-        text.push_str(extra_toml);
+        text.push_str(&rest);
         std::fs::write(&path, text).unwrap();
         let config = AgentConfig::load(&path).unwrap();
         let (tx, rx) = oneshot::channel();
@@ -148,6 +158,45 @@ impl Harness {
             let _ = task.await;
         }
     }
+}
+
+/// The policy of test agents: any federation, any model kind, no privacy budget.
+pub const OPEN_POLICY: &str = "allowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\n";
+
+/// The privacy status a hand-driven agent reports: its policy allows everything.
+pub fn open_status() -> pb::PrivacyStatus {
+    pb::PrivacyStatus {
+        allowed_federations: vec!["*".into()],
+        allowed_model_kinds: vec!["*".into()],
+        delta: 1e-5,
+        ..Default::default()
+    }
+}
+
+/// A heartbeat of a hand-driven agent whose policy allows everything.
+pub fn open_heartbeat() -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest { busy_round_id: 0, privacy: Some(open_status()) }
+}
+
+/// The egress receipt (JSON) a hand-driven agent `facility` signs for `payload`.
+pub fn receipt_for(pki: &Path, facility: &str, federation: &str, round_id: u64, payload: &[u8]) -> String {
+    let key_pem = std::fs::read(PkiPaths::new(pki).issued_key(Role::Agent, facility)).unwrap();
+    let key = harambee_agent::peers::signing_key_from_pem(&key_pem).unwrap();
+    let receipt = harambee_privacy::ledger::EgressReceipt {
+        facility: facility.to_owned(),
+        federation: federation.to_owned(),
+        round_id,
+        update_sha256: harambee_privacy::ledger::Sha256Digest::of(payload),
+        bytes: payload.len() as u64,
+        policy_sha256: harambee_privacy::ledger::Sha256Digest::of(b"test policy"),
+        clipping_norm: 0.0,
+        noise_multiplier: 0.0,
+        epsilon_spent: 0.0,
+        delta: 1e-5,
+    }
+    .sign(&key)
+    .unwrap();
+    serde_json::to_string(&receipt).unwrap()
 }
 
 /// The demo's federation over `facilities`, with test deadlines.

@@ -1,0 +1,226 @@
+//! `harambee-agent audit verify`: the offline, independent check of a privacy-ledger export.
+//!
+//! Inputs: the export (`ledger.jsonl`, one canonical entry per line), its signed tree head
+//! (`ledger.head.json`, written next to it by `harambee-coordinator audit export`), the
+//! coordinator's ledger key (`--ledger-key`, or the key pinned in the facility's privacy
+//! log), and optionally the facility's privacy log (`--receipts`). It checks the whole tree
+//! and every signature, that the ledger extends the last head the facility saw (no fork, no
+//! rollback), that every receipt the coordinator accepted from the facility is in the ledger
+//! exactly as signed, and that the ledger claims no contribution of the facility that its log
+//! does not hold. It trusts nothing the coordinator computed: leaf hashes, indices and roots
+//! are recomputed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ed25519_dalek::VerifyingKey;
+use harambee_privacy::ledger::{self, LedgerEvent, SignedTreeHead};
+use serde::{Deserialize, Serialize};
+
+use crate::privacy::{self, Record};
+
+/// The file `audit export` writes next to the entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadFile {
+    pub signed_tree_head: SignedTreeHead,
+    /// Hex of the coordinator's Ed25519 ledger key, as the coordinator states it.
+    pub ledger_key: String,
+    /// Facilities' countersignatures of heads they checked, as stored by the coordinator.
+    #[serde(default)]
+    pub cosignatures: Vec<CosignedHead>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignedHead {
+    pub head: ledger::TreeHead,
+    pub cosignature: ledger::Cosignature,
+}
+
+/// `ledger.jsonl` → `ledger.head.json`.
+pub fn head_path_for(ledger: &Path) -> PathBuf {
+    let stem = ledger.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "ledger".into());
+    ledger.with_file_name(format!("{stem}.head.json"))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The export: `harambee-coordinator audit export --out ledger.jsonl`.
+    #[arg(long)]
+    pub ledger: PathBuf,
+    /// Its signed tree head (default: `<ledger stem>.head.json` next to it).
+    #[arg(long)]
+    pub head: Option<PathBuf>,
+    /// The coordinator's ledger key (64 hex digits), obtained independently of the export.
+    /// Default: the key pinned in `--receipts`; without either, the export's own claim is
+    /// used and the report says so.
+    #[arg(long)]
+    pub ledger_key: Option<String>,
+    /// The facility's privacy log (`state_dir/privacy-log.jsonl`): cross-check its receipts
+    /// and check the ledger against the last tree head the facility saw.
+    #[arg(long)]
+    pub receipts: Option<PathBuf>,
+}
+
+/// Runs the verification, printing the report; `Ok(false)` when anything failed.
+pub fn verify(args: &VerifyArgs) -> anyhow::Result<bool> {
+    let (report, ok) = verify_report(args)?;
+    print!("{report}");
+    Ok(ok)
+}
+
+/// The report as text, and whether everything verified.
+pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
+    let mut out = String::new();
+    let text = std::fs::read_to_string(&args.ledger).with_context(|| format!("reading {}", args.ledger.display()))?;
+    let entries = match ledger::parse_jsonl(&text) {
+        Ok(entries) => entries,
+        Err(e) => {
+            writeln!(out, "FAILED: {}: {e}", args.ledger.display())?;
+            return Ok((out, false));
+        }
+    };
+    let head_path = args.head.clone().unwrap_or_else(|| head_path_for(&args.ledger));
+    let head_file: HeadFile = serde_json::from_str(
+        &std::fs::read_to_string(&head_path).with_context(|| format!("reading the signed tree head {}", head_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", head_path.display()))?;
+
+    let log = match &args.receipts {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            match privacy::parse_log(&text) {
+                Ok(lines) => Some(lines),
+                Err(e) => {
+                    writeln!(out, "FAILED: the privacy log {} is broken: {e:#}", path.display())?;
+                    return Ok((out, false));
+                }
+            }
+        }
+        None => None,
+    };
+    let pinned = log.as_deref().and_then(privacy::last_head);
+
+    let (ledger_key, key_source) = match (&args.ledger_key, &pinned) {
+        (Some(hex_key), _) => (parse_key(hex_key).context("--ledger-key")?, "given on the command line"),
+        (None, Some((_, key))) => (*key, "pinned in the facility's privacy log"),
+        (None, None) => (parse_key(&head_file.ledger_key).context("the head file's ledger_key")?, "taken from the export itself (not independently pinned)"),
+    };
+    writeln!(out, "ledger key {} ({key_source})", hex::encode(ledger_key.to_bytes()))?;
+
+    // Receipt keys: those the ledger's enrolment entries state; the facility's own key from
+    // its log wins for itself.
+    let mut facility_keys: BTreeMap<String, VerifyingKey> = ledger::enrolled_receipt_keys(&entries);
+    let mut facility = None;
+    if let Some(lines) = &log {
+        for line in lines {
+            if let Record::Receipt { receipt, .. } = &line.record {
+                facility = Some(receipt.receipt.facility.clone());
+            }
+        }
+    }
+    let previous = pinned.as_ref().map(|(head, _)| head);
+    let report = ledger::verify_ledger(&entries, &head_file.signed_tree_head, &ledger_key, previous, &facility_keys);
+    write!(out, "{report}")?;
+    let mut ok = report.is_ok();
+    if let Some(previous) = previous {
+        writeln!(out, "checked against the last head the facility saw: {} entries", previous.head.tree_size)?;
+    }
+
+    // Countersignatures: each must verify with its facility's key and be for a head whose
+    // tree is a prefix of this one.
+    let mut cosigned = 0;
+    for c in &head_file.cosignatures {
+        let Some(key) = facility_keys.get(&c.cosignature.facility) else { continue };
+        if c.cosignature.verify(&c.head, key).is_err() {
+            writeln!(out, "  FAILED: the countersignature of {} on the head of size {} does not verify", c.cosignature.facility, c.head.tree_size)?;
+            ok = false;
+            continue;
+        }
+        let prefix: Vec<_> = entries.iter().take(c.head.tree_size as usize).filter_map(|l| l.computed_leaf_hash().ok()).collect();
+        let root = ledger::MerkleTree::from_leaf_hashes(prefix).root();
+        if c.head.tree_size > entries.len() as u64 || root != c.head.root_hash {
+            writeln!(
+                out,
+                "  FAILED: {} countersigned a head of size {} that this ledger does not extend (a split view)",
+                c.cosignature.facility, c.head.tree_size
+            )?;
+            ok = false;
+        } else {
+            cosigned += 1;
+        }
+    }
+    if !head_file.cosignatures.is_empty() {
+        writeln!(out, "countersigned heads: {cosigned} of {} consistent with this ledger", head_file.cosignatures.len())?;
+    }
+
+    if let (Some(lines), Some(facility)) = (&log, &facility) {
+        let receipts = privacy::accepted_receipts(lines);
+        if let Some(own) = lines.iter().find_map(|l| match &l.record {
+            Record::Head { cosignature, signed_tree_head, .. } if cosignature.facility == *facility => Some((cosignature, signed_tree_head)),
+            _ => None,
+        }) {
+            // The facility's own key is the one that countersigned in its log.
+            if let Some(key) = facility_keys.get(facility)
+                && own.0.verify(&own.1.head, key).is_err()
+            {
+                writeln!(out, "  FAILED: the ledger's enrolment key for {facility} is not the key of the facility's own log")?;
+                ok = false;
+            }
+        }
+        facility_keys.retain(|f, _| f == facility);
+        let cross = ledger::cross_check(&entries, facility, &receipts);
+        write!(out, "{cross}")?;
+        ok &= cross.is_ok();
+        let spent = entries.iter().rev().find_map(|l| match &l.event {
+            LedgerEvent::Contribution(c) if c.facility == *facility => Some(c.epsilon_spent),
+            _ => None,
+        });
+        if let Some(eps) = spent {
+            writeln!(out, "facility {facility:?}: ε spent per the ledger: {eps:.4}")?;
+        }
+    } else if args.receipts.is_some() {
+        writeln!(out, "the privacy log holds no receipts yet: nothing to cross-check")?;
+    }
+    writeln!(out, "{}", if ok { "VERIFIED" } else { "VERIFICATION FAILED" })?;
+    Ok((out, ok))
+}
+
+fn parse_key(hex_key: &str) -> anyhow::Result<VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(hex_key.trim())
+        .context("not hex")?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("an Ed25519 key is 32 bytes"))?;
+    VerifyingKey::from_bytes(&bytes).context("not an Ed25519 public key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_file_sits_next_to_the_export() {
+        assert_eq!(head_path_for(Path::new("/a/ledger.jsonl")), PathBuf::from("/a/ledger.head.json"));
+        assert_eq!(head_path_for(Path::new("out")), PathBuf::from("out.head.json"));
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(parse_key("zz").is_err());
+        assert!(parse_key("00").is_err());
+    }
+
+    #[test]
+    fn an_unreadable_export_is_a_failure_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        std::fs::write(&path, "{not json}\n").unwrap();
+        let args = VerifyArgs { ledger: path, head: None, ledger_key: None, receipts: None };
+        let (report, ok) = verify_report(&args).unwrap();
+        assert!(!ok);
+        assert!(report.contains("line 1"), "{report}");
+    }
+}

@@ -1,0 +1,491 @@
+//! The facility's side of privacy: its policy, its patient-level privacy accountant, the
+//! egress receipts it signs, and its privacy log.
+//!
+//! # The privacy log
+//!
+//! `state_dir/privacy-log.jsonl` is append-only and hash-chained: each line is
+//! `{"hash", "prev", "record", "seq", "unix_ms"}` where `hash = SHA-256(prev || canonical JSON
+//! of {"record", "seq", "unix_ms"})` (keys sorted, no whitespace) and `prev` is the previous
+//! line's hash (32 zero bytes for the first). Changing, removing or reordering a line breaks
+//! the chain at that line ([`PrivacyLog::open`] refuses it and names the line). It records:
+//!
+//! - `receipt`: an update about to leave, the receipt the agent signed for it, and the DP-SGD
+//!   steps behind it (the accountant is rebuilt from these at start-up, so the budget survives
+//!   restarts);
+//! - `accepted`: the coordinator took the upload (only these receipts must be in the ledger);
+//! - `proof`: the ledger entry of a contribution with its inclusion proof and signed head;
+//! - `head`: a tree head checked consistent with the previous one, and this facility's
+//!   countersignature of it;
+//! - `refusal`: a task the facility declined, and why;
+//! - `alarm`: an answer of the coordinator about a contribution that did not verify.
+//!
+//! The coordinator's ledger key is pinned by the first proof (received over mTLS from the
+//! coordinator the agent trusts); a later head signed by another key is refused.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use harambee_privacy::accountant::RdpAccountant;
+use harambee_privacy::ledger::{LedgerLine, Sha256Digest, SignedReceipt, SignedTreeHead};
+use harambee_proto::pb;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::PolicyConfig;
+
+/// The file name of the privacy log inside the state directory.
+pub const LOG_FILE: &str = "privacy-log.jsonl";
+
+/// Patient-level DP-SGD steps behind one update, for the accountant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DpSteps {
+    pub noise_multiplier: f64,
+    pub sampling_rate: f64,
+    pub steps: u64,
+}
+
+/// One record of the privacy log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Receipt { receipt: SignedReceipt, dp: Option<DpSteps> },
+    Accepted { federation: String, round_id: u64 },
+    Proof { federation: String, round_id: u64, entry: LedgerLine, inclusion_proof: Vec<Sha256Digest>, signed_tree_head: SignedTreeHead },
+    Head { signed_tree_head: SignedTreeHead, ledger_key: String, cosignature: harambee_privacy::ledger::Cosignature },
+    Refusal { federation: String, round_id: u64, reason: String },
+    /// The coordinator's answer about a contribution did not verify: for the auditor.
+    Alarm { federation: String, round_id: u64, problem: String },
+}
+
+/// One line of the privacy log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    pub seq: u64,
+    pub unix_ms: i64,
+    pub prev: Sha256Digest,
+    pub hash: Sha256Digest,
+    pub record: Record,
+}
+
+fn chain_hash(prev: &Sha256Digest, seq: u64, unix_ms: i64, record: &Record) -> Sha256Digest {
+    // serde_json::Value objects keep keys sorted: the encoding is canonical.
+    let body = serde_json::json!({ "record": record, "seq": seq, "unix_ms": unix_ms });
+    let mut hasher = Sha256::new();
+    hasher.update(prev.0);
+    hasher.update(serde_json::to_vec(&body).expect("a log record serializes"));
+    Sha256Digest(hasher.finalize().into())
+}
+
+/// The privacy log, read and verified at open, appended to with fsync.
+pub struct PrivacyLog {
+    path: PathBuf,
+    lines: Vec<LogLine>,
+}
+
+impl PrivacyLog {
+    /// Opens (or starts) the log at `path`, checking its whole hash chain.
+    pub fn open(path: &Path) -> anyhow::Result<PrivacyLog> {
+        let lines = match std::fs::read_to_string(path) {
+            Ok(text) => parse_log(&text).with_context(|| format!("privacy log {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(PrivacyLog { path: path.to_owned(), lines })
+    }
+
+    pub fn lines(&self) -> &[LogLine] {
+        &self.lines
+    }
+
+    /// Appends a record and flushes it to disk before returning.
+    pub fn append(&mut self, unix_ms: i64, record: Record) -> anyhow::Result<()> {
+        let seq = self.lines.len() as u64;
+        let prev = self.lines.last().map_or(Sha256Digest([0; 32]), |l| l.hash);
+        let hash = chain_hash(&prev, seq, unix_ms, &record);
+        let line = LogLine { seq, unix_ms, prev, hash, record };
+        let mut text = serde_json::to_string(&line)?;
+        text.push('\n');
+        let mut file = OpenOptions::new().create(true).append(true).open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_data()?;
+        self.lines.push(line);
+        Ok(())
+    }
+
+    /// Receipts of uploads the coordinator accepted: those the ledger must hold.
+    pub fn accepted_receipts(&self) -> Vec<SignedReceipt> {
+        accepted_receipts(&self.lines)
+    }
+
+    /// The last head this facility checked and countersigned, and the pinned ledger key.
+    pub fn last_head(&self) -> Option<(SignedTreeHead, VerifyingKey)> {
+        last_head(&self.lines)
+    }
+}
+
+/// Parses a privacy log and checks its chain; the error names the first bad line (1-based).
+pub fn parse_log(text: &str) -> anyhow::Result<Vec<LogLine>> {
+    let mut lines: Vec<LogLine> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line: LogLine = serde_json::from_str(raw).with_context(|| format!("line {n} is not a privacy log record"))?;
+        let prev = lines.last().map_or(Sha256Digest([0; 32]), |l| l.hash);
+        if line.seq != i as u64 {
+            bail!("line {n}: sequence number {} where {i} was expected (a line was removed or moved)", line.seq);
+        }
+        if line.prev != prev {
+            bail!("line {n}: does not chain to the line before it (a line was removed, moved or altered)");
+        }
+        if chain_hash(&prev, line.seq, line.unix_ms, &line.record) != line.hash {
+            bail!("line {n}: its contents do not match its hash (the line was altered)");
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+pub fn accepted_receipts(lines: &[LogLine]) -> Vec<SignedReceipt> {
+    let mut out = Vec::new();
+    for line in lines {
+        if let Record::Accepted { federation, round_id } = &line.record {
+            let receipt = lines.iter().rev().find_map(|l| match &l.record {
+                Record::Receipt { receipt, .. } if receipt.receipt.federation == *federation && receipt.receipt.round_id == *round_id => Some(receipt),
+                _ => None,
+            });
+            if let Some(r) = receipt {
+                out.push(r.clone());
+            }
+        }
+    }
+    out
+}
+
+pub fn last_head(lines: &[LogLine]) -> Option<(SignedTreeHead, VerifyingKey)> {
+    lines.iter().rev().find_map(|l| match &l.record {
+        Record::Head { signed_tree_head, ledger_key, .. } => {
+            let bytes: [u8; 32] = hex::decode(ledger_key).ok()?.try_into().ok()?;
+            Some((*signed_tree_head, VerifyingKey::from_bytes(&bytes).ok()?))
+        }
+        _ => None,
+    })
+}
+
+/// The facility's privacy state: its policy, its accountant, its log, its signing key.
+pub struct Privacy {
+    pub facility: String,
+    pub policy: PolicyConfig,
+    pub policy_sha256: Sha256Digest,
+    key: SigningKey,
+    accountant: RdpAccountant,
+    pub log: PrivacyLog,
+}
+
+/// Why a task is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal(pub String);
+
+impl Privacy {
+    /// Loads the log and rebuilds the accountant from the receipts in it.
+    pub fn open(state_dir: &Path, facility: String, policy: PolicyConfig, key: SigningKey) -> anyhow::Result<Privacy> {
+        let log = PrivacyLog::open(&state_dir.join(LOG_FILE))?;
+        let mut accountant = RdpAccountant::new();
+        for line in log.lines() {
+            if let Record::Receipt { dp: Some(dp), .. } = &line.record {
+                accountant.compose(dp.noise_multiplier, dp.sampling_rate, dp.steps).context("replaying the privacy log")?;
+            }
+        }
+        let policy_sha256 = policy.sha256();
+        Ok(Privacy { facility, policy, policy_sha256, key, accountant, log })
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Patient-level ε spent so far at the policy's δ (0 before any DP-SGD update left).
+    pub fn epsilon_spent(&self) -> f64 {
+        if self.accountant.steps() == 0 {
+            return 0.0;
+        }
+        self.accountant.epsilon(self.policy.delta).map_or(f64::INFINITY, |r| r.epsilon)
+    }
+
+    /// What the heartbeat tells the coordinator.
+    pub fn status(&self, n_samples: u64) -> pb::PrivacyStatus {
+        pb::PrivacyStatus {
+            epsilon_spent: self.epsilon_spent(),
+            max_epsilon: self.policy.max_epsilon,
+            delta: self.policy.delta,
+            rdp: self.accountant.rdp().to_vec(),
+            allowed_federations: self.policy.allowed_federations.clone(),
+            allowed_model_kinds: self.policy.allowed_model_kinds.clone(),
+            n_samples,
+        }
+    }
+
+    /// Whether the facility's policy lets it take this training task: the federation and
+    /// model kind are allowed, it holds enough rows, and (with a budget) the task uses
+    /// DP-SGD and one more round fits the budget. Returns the DP steps the task will take.
+    pub fn admit(&self, federation: &str, model_kind: &str, n_rows: usize, epochs: usize, privacy: Option<&pb::PrivacyConfig>) -> Result<Option<DpSteps>, Refusal> {
+        let p = &self.policy;
+        let allows = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
+        if !allows(&p.allowed_federations, federation) {
+            return Err(Refusal(format!("policy.allowed_federations does not name federation {federation:?}")));
+        }
+        if !allows(&p.allowed_model_kinds, model_kind) {
+            return Err(Refusal(format!("policy.allowed_model_kinds does not name model kind {model_kind:?}")));
+        }
+        if (n_rows as u64) < p.min_samples {
+            return Err(Refusal(format!("the facility holds {n_rows} training rows, fewer than policy.min_samples = {}", p.min_samples)));
+        }
+        let dp = privacy.and_then(|p| p.dp_sgd.as_ref()).map(|d| DpSteps {
+            noise_multiplier: d.noise_multiplier,
+            sampling_rate: d.sampling_rate,
+            steps: harambee_models::dp::dp_steps(epochs, d.sampling_rate),
+        });
+        let Some(max_epsilon) = p.max_epsilon else { return Ok(dp) };
+        let Some(dp) = dp else {
+            return Err(Refusal(format!("the facility has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD")));
+        };
+        let after = self
+            .accountant
+            .spent_if(dp.noise_multiplier, dp.sampling_rate, dp.steps, p.delta)
+            .map_err(|e| Refusal(format!("the federation's DP-SGD parameters cannot be accounted: {e}")))?;
+        if after.epsilon > max_epsilon {
+            return Err(Refusal(format!(
+                "one more round would bring ε to {:.3} at δ = {}, over the budget of {max_epsilon} (spent so far: {:.3})",
+                after.epsilon,
+                p.delta,
+                self.epsilon_spent()
+            )));
+        }
+        Ok(Some(dp))
+    }
+
+    /// Records an update about to leave: composes its DP-SGD steps (checking the budget once
+    /// more), signs its egress receipt with the running ε, and logs both. Nothing is logged
+    /// or composed when it is refused.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign_egress(
+        &mut self,
+        federation: &str,
+        round_id: u64,
+        payload: &[u8],
+        dp: Option<DpSteps>,
+        clipping_norm: f64,
+        noise_multiplier: f64,
+    ) -> anyhow::Result<SignedReceipt> {
+        // The same bytes sent again (a retried step after a reconnect): same receipt, no
+        // second charge to the budget.
+        let digest = Sha256Digest::of(payload);
+        let earlier = self.log.lines().iter().rev().find_map(|l| match &l.record {
+            Record::Receipt { receipt, .. }
+                if receipt.receipt.federation == federation && receipt.receipt.round_id == round_id && receipt.receipt.update_sha256 == digest =>
+            {
+                Some(receipt.clone())
+            }
+            _ => None,
+        });
+        if let Some(receipt) = earlier {
+            return Ok(receipt);
+        }
+        let mut after = self.accountant.clone();
+        if let Some(dp) = dp {
+            after.compose(dp.noise_multiplier, dp.sampling_rate, dp.steps)?;
+        }
+        let epsilon_spent = if after.steps() == 0 { 0.0 } else { after.epsilon(self.policy.delta)?.epsilon };
+        if let Some(max) = self.policy.max_epsilon
+            && epsilon_spent > max
+        {
+            bail!("sending this update would bring ε to {epsilon_spent:.3}, over the budget of {max}");
+        }
+        let receipt = harambee_privacy::ledger::EgressReceipt {
+            facility: self.facility.clone(),
+            federation: federation.to_owned(),
+            round_id,
+            update_sha256: Sha256Digest::of(payload),
+            bytes: payload.len() as u64,
+            policy_sha256: self.policy_sha256,
+            clipping_norm,
+            noise_multiplier,
+            epsilon_spent,
+            delta: self.policy.delta,
+        }
+        .sign(&self.key)?;
+        self.log.append(now_ms(), Record::Receipt { receipt: receipt.clone(), dp })?;
+        self.accountant = after;
+        Ok(receipt)
+    }
+
+    /// Receipts accepted by the coordinator that have no ledger proof in the log yet.
+    pub fn awaiting_proof(&self) -> Vec<(String, u64)> {
+        let lines = self.log.lines();
+        self.log
+            .accepted_receipts()
+            .into_iter()
+            .map(|r| (r.receipt.federation, r.receipt.round_id))
+            .filter(|(f, r)| {
+                !lines.iter().any(|l| {
+                    matches!(&l.record, Record::Proof { federation, round_id, .. } | Record::Alarm { federation, round_id, .. } if federation == f && round_id == r)
+                })
+            })
+            .collect()
+    }
+
+    /// Checks the coordinator's answer for one contribution: the entry carries exactly the
+    /// receipt this facility signed, the inclusion proof leads to the signed head, the head
+    /// is signed by the pinned ledger key and consistent with the last head seen. Logs the
+    /// proof and the head, and returns the countersignature to send back.
+    pub fn accept_proof(&mut self, federation: &str, round_id: u64, answer: &pb::LedgerProof) -> anyhow::Result<(SignedTreeHead, harambee_privacy::ledger::Cosignature)> {
+        use harambee_privacy::ledger::{verify_head_consistency, verify_receipt_inclusion};
+        let receipt = self
+            .log
+            .accepted_receipts()
+            .into_iter()
+            .rev()
+            .find(|r| r.receipt.federation == federation && r.receipt.round_id == round_id)
+            .context("no accepted receipt for this round in the privacy log")?;
+        let entry = LedgerLine::parse(1, &answer.entry).context("the ledger entry is malformed")?;
+        let head: SignedTreeHead = serde_json::from_str(&answer.signed_tree_head).context("the signed tree head is malformed")?;
+        let key_bytes: [u8; 32] = answer.ledger_key.as_slice().try_into().context("the ledger key is not 32 bytes")?;
+        let offered = VerifyingKey::from_bytes(&key_bytes).context("the ledger key is not an Ed25519 key")?;
+        let previous = self.log.last_head();
+        let ledger_key = match &previous {
+            Some((_, pinned)) if *pinned != offered => bail!("the coordinator signs with another ledger key than the one pinned in the privacy log"),
+            Some((_, pinned)) => *pinned,
+            None => offered,
+        };
+        let digests = |hashes: &[Vec<u8>]| -> anyhow::Result<Vec<Sha256Digest>> {
+            hashes.iter().map(|h| Ok(Sha256Digest(h.as_slice().try_into().context("a proof hash is not 32 bytes")?))).collect()
+        };
+        let inclusion = digests(&answer.inclusion_proof)?;
+        verify_receipt_inclusion(&entry, &receipt, &inclusion, &head, &ledger_key).context("the ledger's inclusion proof does not verify")?;
+        if let Some((old, _)) = &previous {
+            let consistency = digests(&answer.consistency_proof)?;
+            verify_head_consistency(old, &head, &consistency, &ledger_key)
+                .context("the new tree head is not consistent with the last one this facility saw (a forked or rewritten ledger)")?;
+        }
+        let cosignature = head.head.cosign(&self.facility, &self.key);
+        let now = now_ms();
+        self.log.append(now, Record::Proof {
+            federation: federation.to_owned(),
+            round_id,
+            entry,
+            inclusion_proof: inclusion,
+            signed_tree_head: head,
+        })?;
+        self.log.append(now, Record::Head { signed_tree_head: head, ledger_key: hex::encode(ledger_key.to_bytes()), cosignature: cosignature.clone() })?;
+        Ok((head, cosignature))
+    }
+}
+
+impl PolicyConfig {
+    /// SHA-256 of the policy in force (its canonical JSON), stated in every receipt.
+    pub fn sha256(&self) -> Sha256Digest {
+        let value = serde_json::to_value(self).expect("a policy serializes");
+        Sha256Digest::of(&serde_json::to_vec(&value).expect("a policy serializes"))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_epsilon: Option<f64>) -> PolicyConfig {
+        PolicyConfig {
+            allowed_federations: vec!["sepsis".into()],
+            allowed_model_kinds: vec!["mlp".into()],
+            min_samples: 10,
+            max_epsilon,
+            ..PolicyConfig::default()
+        }
+    }
+
+    fn dp_config() -> pb::PrivacyConfig {
+        pb::PrivacyConfig {
+            dp_sgd: Some(pb::DpSgdConfig { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 0.1 }),
+            ..Default::default()
+        }
+    }
+
+    fn open(dir: &Path, max_epsilon: Option<f64>) -> Privacy {
+        Privacy::open(dir, "clinic-a".into(), policy(max_epsilon), SigningKey::from_bytes(&[7; 32])).unwrap()
+    }
+
+    #[test]
+    fn privacy_policy_denies_by_default_and_names_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Privacy::open(dir.path(), "clinic-a".into(), PolicyConfig::default(), SigningKey::from_bytes(&[7; 32])).unwrap();
+        let err = p.admit("sepsis", "mlp", 100, 1, None).unwrap_err();
+        assert!(err.0.contains("allowed_federations"), "{}", err.0);
+        let p = open(dir.path(), None);
+        assert!(p.admit("sepsis", "logistic_regression", 100, 1, None).unwrap_err().0.contains("model kind"));
+        assert!(p.admit("sepsis", "mlp", 9, 1, None).unwrap_err().0.contains("min_samples"));
+        assert_eq!(p.admit("sepsis", "mlp", 10, 1, None), Ok(None));
+    }
+
+    #[test]
+    fn privacy_budget_refuses_the_round_that_would_exceed_it_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let steps = harambee_models::dp::dp_steps(1, 0.1);
+        let one = harambee_privacy::accountant::epsilon(1.0, 0.1, steps, 1e-5).unwrap().epsilon;
+        let two = harambee_privacy::accountant::epsilon(1.0, 0.1, 2 * steps, 1e-5).unwrap().epsilon;
+        let mut p = open(dir.path(), Some((one + two) / 2.0));
+        // A budget means DP-SGD only.
+        assert!(p.admit("sepsis", "mlp", 100, 1, None).unwrap_err().0.contains("without DP-SGD"));
+        let dp = p.admit("sepsis", "mlp", 100, 1, Some(&dp_config())).unwrap();
+        assert_eq!(dp.unwrap().steps, steps);
+        let receipt = p.sign_egress("sepsis", 1, b"update", dp, 1.0, 1.0).unwrap();
+        assert!((receipt.receipt.epsilon_spent - one).abs() < 1e-12);
+        assert!(receipt.verify(&p.verifying_key()).is_ok());
+        // The same bytes again (a retried step): the same receipt, no second charge.
+        assert_eq!(p.sign_egress("sepsis", 1, b"update", dp, 1.0, 1.0).unwrap(), receipt);
+        assert!((p.epsilon_spent() - one).abs() < 1e-12);
+        let refusal = p.admit("sepsis", "mlp", 100, 1, Some(&dp_config())).unwrap_err();
+        assert!(refusal.0.contains("over the budget"), "{}", refusal.0);
+        assert!(p.sign_egress("sepsis", 2, b"other", dp, 1.0, 1.0).is_err(), "the budget is checked again at egress");
+        // The accountant is rebuilt from the log.
+        let p = open(dir.path(), Some((one + two) / 2.0));
+        assert!((p.epsilon_spent() - one).abs() < 1e-12);
+        assert!(p.admit("sepsis", "mlp", 100, 1, Some(&dp_config())).is_err());
+        assert_eq!(p.status(0).rdp.len(), harambee_privacy::accountant::default_orders().len());
+    }
+
+    #[test]
+    fn privacy_log_chain_names_the_altered_removed_or_moved_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        let mut log = PrivacyLog::open(&path).unwrap();
+        for round_id in 1..=3 {
+            log.append(1_000 + round_id as i64, Record::Accepted { federation: "sepsis".into(), round_id }).unwrap();
+        }
+        assert_eq!(PrivacyLog::open(&path).unwrap().lines().len(), 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+
+        let altered = text.replacen("\"round_id\":2", "\"round_id\":9", 1);
+        std::fs::write(&path, &altered).unwrap();
+        let err = format!("{:#}", PrivacyLog::open(&path).err().unwrap());
+        assert!(err.contains("line 2") && err.contains("altered"), "{err}");
+
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+        let err = format!("{:#}", PrivacyLog::open(&path).err().unwrap());
+        assert!(err.contains("line 2"), "{err}");
+
+        std::fs::write(&path, format!("{}\n{}\n{}\n", lines[1], lines[0], lines[2])).unwrap();
+        let err = format!("{:#}", PrivacyLog::open(&path).err().unwrap());
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

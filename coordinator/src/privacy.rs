@@ -1,0 +1,106 @@
+//! Which facilities a round may select, given what their agents report about their own
+//! policy and privacy budget; and the facility-level ε of a federation.
+//!
+//! The agent is the authority on its budget: it refuses a task that would exceed it
+//! (`harambee_agent::policy`). The coordinator uses the same accountant on the RDP curve the
+//! agent reports in its heartbeats so that it does not select a facility that would refuse,
+//! which would only slow the round down to the deadline.
+
+use harambee_privacy::accountant::{self, RdpAccountant};
+use harambee_proto::pb;
+
+use crate::federation::{FederationSpec, Mechanism};
+
+/// `Ok` when the facility's policy allows this federation's task and one more round fits
+/// its budget; otherwise why not.
+pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), String> {
+    let allows = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
+    if !allows(&status.allowed_federations, &spec.name) {
+        return Err(format!("its policy does not allow federation {:?}", spec.name));
+    }
+    let kind = spec.model.kind.as_str();
+    if !allows(&status.allowed_model_kinds, kind) {
+        return Err(format!("its policy does not allow model kind {kind:?}"));
+    }
+    let Some(max_epsilon) = status.max_epsilon else { return Ok(()) };
+    let Some(dp) = &spec.privacy.dp_sgd else {
+        return Err(format!("it has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD"));
+    };
+    let accountant = RdpAccountant::from_rdp(status.rdp.clone()).map_err(|e| format!("its reported accountant is unusable: {e}"))?;
+    let steps = harambee_models::dp::dp_steps(spec.train.epochs as usize, dp.sampling_rate);
+    let after = accountant
+        .spent_if(dp.noise_multiplier, dp.sampling_rate, steps, status.delta)
+        .map_err(|e| format!("its budget cannot be checked: {e}"))?;
+    if after.epsilon > max_epsilon {
+        return Err(format!(
+            "one more round would spend ε = {:.3} of its {max_epsilon} at δ = {} (spent so far: {:.3})",
+            after.epsilon, status.delta, status.epsilon_spent
+        ));
+    }
+    Ok(())
+}
+
+/// Facility-level ε at the federation's δ after `rounds` rounds in which a fraction
+/// `sampling_rate` of the facilities was selected, for the distributed or central mechanism
+/// (`None` without one). Treats selection as Poisson sampling at that rate, the usual
+/// approximation for a fixed-size cohort, and the sum's noise as Gaussian with standard
+/// deviation `noise_multiplier × clip_norm` (for the distributed mechanism this assumes at
+/// least `min_agents` facilities add their share, which the round guarantees).
+pub fn facility_epsilon(spec: &FederationSpec, sampling_rate: f64, rounds: u64) -> Option<f64> {
+    let p = &spec.privacy;
+    if p.mechanism == Mechanism::None || rounds == 0 {
+        return None;
+    }
+    accountant::epsilon(p.noise_multiplier, sampling_rate.clamp(0.0, 1.0), rounds, p.delta).ok().map(|r| r.epsilon)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::federation::DpSgdSpec;
+
+    fn spec() -> FederationSpec {
+        let mut spec = crate::demo::federation_spec(crate::federation::KindName::LogisticRegression, 2, &[]);
+        spec.privacy.dp_sgd = Some(DpSgdSpec { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 0.1 });
+        spec
+    }
+
+    fn status(max_epsilon: Option<f64>) -> pb::PrivacyStatus {
+        pb::PrivacyStatus {
+            epsilon_spent: 0.0,
+            max_epsilon,
+            delta: 1e-5,
+            rdp: RdpAccountant::new().rdp().to_vec(),
+            allowed_federations: vec!["*".into()],
+            allowed_model_kinds: vec!["*".into()],
+            n_samples: 0,
+        }
+    }
+
+    #[test]
+    fn selection_follows_the_facilitys_policy_and_budget() {
+        let spec = spec();
+        assert_eq!(admits(&spec, &status(None)), Ok(()));
+        let mut other = status(None);
+        other.allowed_federations = vec!["another".into()];
+        assert!(admits(&spec, &other).unwrap_err().contains("federation"));
+        let mut other = status(None);
+        other.allowed_model_kinds.clear();
+        assert!(admits(&spec, &other).unwrap_err().contains("model kind"));
+
+        let steps = harambee_models::dp::dp_steps(spec.train.epochs as usize, 0.1);
+        let one = accountant::epsilon(1.0, 0.1, steps, 1e-5).unwrap().epsilon;
+        assert_eq!(admits(&spec, &status(Some(one * 1.01))), Ok(()));
+        assert!(admits(&spec, &status(Some(one * 0.99))).unwrap_err().contains("one more round"));
+        // After one round spent, the same budget no longer fits.
+        let mut spent = RdpAccountant::new();
+        spent.compose(1.0, 0.1, steps).unwrap();
+        let mut after = status(Some(one * 1.01));
+        after.rdp = spent.rdp().to_vec();
+        assert!(admits(&spec, &after).is_err());
+        // A budget excludes federations without DP-SGD.
+        let mut no_dp = spec.clone();
+        no_dp.privacy.dp_sgd = None;
+        assert!(admits(&no_dp, &status(Some(100.0))).unwrap_err().contains("without DP-SGD"));
+    }
+}

@@ -1,0 +1,148 @@
+//! `AuditService`: the privacy ledger for auditors, read only. Everything an auditor needs
+//! to verify the ledger offline (`harambee-coordinator audit export`, then
+//! `harambee-agent audit verify`) or online (heads and proofs).
+
+use std::collections::BTreeMap;
+
+use harambee_privacy::ledger::LedgerEvent;
+use harambee_proto::pb::{self, audit_service_server::AuditService};
+use tonic::{Request, Response, Status};
+
+use crate::pki::Role;
+use crate::state::Coordinator;
+use crate::tls::require_role;
+use crate::wire;
+
+/// Entries per `GetEntries` call at most.
+pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
+
+pub struct AuditApi {
+    coord: Coordinator,
+}
+
+impl AuditApi {
+    pub fn new(coord: Coordinator) -> AuditApi {
+        AuditApi { coord }
+    }
+}
+
+pub(crate) fn ledger_status(e: crate::ledger::LedgerError) -> Status {
+    match e {
+        crate::ledger::LedgerError::Store(e) => wire::store_status(e),
+        e @ crate::ledger::LedgerError::Corrupt(_) => Status::data_loss(e.to_string()),
+    }
+}
+
+pub(crate) fn head_json(head: &harambee_privacy::ledger::SignedTreeHead) -> String {
+    serde_json::to_string(head).expect("a signed tree head serializes")
+}
+
+pub(crate) fn hashes(proof: Vec<harambee_privacy::ledger::Sha256Digest>) -> Vec<Vec<u8>> {
+    proof.into_iter().map(|h| h.0.to_vec()).collect()
+}
+
+fn proof_status(e: harambee_privacy::ledger::LedgerError) -> Status {
+    Status::out_of_range(e.to_string())
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn get_signed_tree_head(
+        &self,
+        request: Request<pb::GetSignedTreeHeadRequest>,
+    ) -> Result<Response<pb::SignedTreeHeadResponse>, Status> {
+        require_role(&request, Role::Auditor)?;
+        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
+        let head = self.coord.ledger.sign(&ledger);
+        Ok(Response::new(pb::SignedTreeHeadResponse {
+            signed_tree_head: head_json(&head),
+            ledger_key: self.coord.ledger.verifying_key().to_bytes().to_vec(),
+        }))
+    }
+
+    /// The stored lines themselves (not re-encoded), so that an export is byte for byte what
+    /// the database holds and tampering in the database shows in the export.
+    async fn get_entries(&self, request: Request<pb::GetEntriesRequest>) -> Result<Response<pb::GetEntriesResponse>, Status> {
+        require_role(&request, Role::Auditor)?;
+        let req = request.into_inner();
+        if req.end < req.start {
+            return Err(Status::invalid_argument(format!("end {} is before start {}", req.end, req.start)));
+        }
+        let end = req.end.min(req.start.saturating_add(MAX_ENTRIES_PER_CALL));
+        let texts = self.coord.store.ledger_texts(req.start, end).await.map_err(wire::store_status)?;
+        let mut entries = Vec::with_capacity(texts.len());
+        let mut bytes = 0;
+        for (_, line) in texts {
+            bytes += line.len() + 8;
+            // Stay well inside the message limit; the caller asks again from where it stopped.
+            if bytes > harambee_proto::MAX_MESSAGE_BYTES / 2 && !entries.is_empty() {
+                break;
+            }
+            entries.push(line);
+        }
+        Ok(Response::new(pb::GetEntriesResponse { entries }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        require_role(&request, Role::Auditor)?;
+        let req = request.into_inner();
+        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
+        let proof = ledger.inclusion_proof(req.index, req.tree_size).map_err(proof_status)?;
+        Ok(Response::new(pb::ProofResponse { hashes: hashes(proof) }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ProofResponse>, Status> {
+        require_role(&request, Role::Auditor)?;
+        let req = request.into_inner();
+        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
+        let proof = ledger.consistency_proof(req.old_size, req.new_size).map_err(proof_status)?;
+        Ok(Response::new(pb::ProofResponse { hashes: hashes(proof) }))
+    }
+
+    async fn list_privacy_spend(
+        &self,
+        request: Request<pb::ListPrivacySpendRequest>,
+    ) -> Result<Response<pb::ListPrivacySpendResponse>, Status> {
+        require_role(&request, Role::Auditor)?;
+        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
+        let mut spend: BTreeMap<String, pb::PrivacySpend> = BTreeMap::new();
+        for line in ledger.lines() {
+            if let LedgerEvent::Contribution(c) = &line.event {
+                let entry = spend.entry(c.facility.clone()).or_insert_with(|| pb::PrivacySpend {
+                    facility: c.facility.clone(),
+                    ..Default::default()
+                });
+                entry.epsilon_spent = c.epsilon_spent;
+                entry.delta = c.receipt.receipt.delta;
+                entry.contributions += 1;
+            }
+        }
+        for (facility, status) in self.coord.registry.privacy_statuses() {
+            let entry = spend
+                .entry(facility.clone())
+                .or_insert_with(|| pb::PrivacySpend { facility, epsilon_spent: status.epsilon_spent, delta: status.delta, ..Default::default() });
+            entry.max_epsilon = status.max_epsilon;
+        }
+        Ok(Response::new(pb::ListPrivacySpendResponse { facilities: spend.into_values().collect() }))
+    }
+
+    async fn list_cosignatures(
+        &self,
+        request: Request<pb::ListCosignaturesRequest>,
+    ) -> Result<Response<pb::ListCosignaturesResponse>, Status> {
+        require_role(&request, Role::Auditor)?;
+        let rows = self.coord.store.cosignatures().await.map_err(wire::store_status)?;
+        let cosignatures = rows
+            .iter()
+            .map(|r| serde_json::json!({ "head": r.head, "cosignature": r.cosignature }).to_string())
+            .take(10_000)
+            .collect();
+        Ok(Response::new(pb::ListCosignaturesResponse { cosignatures }))
+    }
+}
