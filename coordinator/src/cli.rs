@@ -541,6 +541,9 @@ pub async fn export_model(
 pub fn print_round(round: &pb::Round) {
     let state = round.state().as_str_name().trim_start_matches("ROUND_STATE_").to_lowercase();
     println!("round {} (#{} of {}): {state}", round.id, round.number, round.federation);
+    if let Some(eps) = round.facility_epsilon {
+        println!("  facility-level privacy of the federation so far: ε = {eps:.4}");
+    }
     if !round.failure_reason.is_empty() {
         println!("  reason: {}", round.failure_reason);
     }

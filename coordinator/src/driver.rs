@@ -99,6 +99,7 @@ pub fn spawn(coord: Coordinator, spec: FederationSpec, row: RoundRow, base: Mode
         certificates: HashMap::new(),
         contributions: HashMap::new(),
         declined: Vec::new(),
+        eligible: 0,
     };
     tokio::spawn(driver.run(rx).instrument(span));
     Ok(())
@@ -122,6 +123,8 @@ struct Driver {
     contributions: HashMap<String, Contribution>,
     /// Facilities left out of selection, and why (their policy or budget), logged once.
     declined: Vec<String>,
+    /// How many facilities could have been selected at the last selection attempt.
+    eligible: u64,
 }
 
 impl Driver {
@@ -184,6 +187,7 @@ impl Driver {
             let connected: Vec<String> =
                 self.coord.registry.connected().into_iter().filter(|f| self.spec.admits(f)).collect();
             let eligible: Vec<String> = connected.into_iter().filter(|f| self.would_accept(f)).collect();
+            self.eligible = eligible.len() as u64;
             if self.round.is_secure() {
                 let mut keys = Vec::new();
                 for facility in &eligible {
@@ -296,6 +300,7 @@ impl Driver {
                                     federation: self.spec.name.clone(),
                                     round_id: self.row.id,
                                     selected: self.round.participants().keys().cloned().collect(),
+                                    eligible: self.eligible,
                                 }]
                             } else {
                                 Vec::new()

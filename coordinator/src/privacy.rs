@@ -6,7 +6,10 @@
 //! agent reports in its heartbeats so that it does not select a facility that would refuse,
 //! which would only slow the round down to the deadline.
 
-use harambee_privacy::accountant::{self, RdpAccountant};
+use std::collections::HashSet;
+
+use harambee_privacy::accountant::RdpAccountant;
+use harambee_privacy::ledger::{LedgerEvent, LedgerLine};
 use harambee_proto::pb;
 
 use crate::federation::{FederationSpec, Mechanism};
@@ -40,24 +43,47 @@ pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), S
     Ok(())
 }
 
-/// Facility-level ε at the federation's δ after `rounds` rounds in which a fraction
-/// `sampling_rate` of the facilities was selected, for the distributed or central mechanism
-/// (`None` without one). Treats selection as Poisson sampling at that rate, the usual
-/// approximation for a fixed-size cohort, and the sum's noise as Gaussian with standard
-/// deviation `noise_multiplier × clip_norm` (for the distributed mechanism this assumes at
-/// least `min_agents` facilities add their share, which the round guarantees).
-pub fn facility_epsilon(spec: &FederationSpec, sampling_rate: f64, rounds: u64) -> Option<f64> {
+/// Facility-level ε of a federation with the distributed or central mechanism (`None`
+/// without one, or before any round committed), at its δ, over its committed rounds up to
+/// and including `up_to_round`, read from the ledger: each round composes one subsampled
+/// Gaussian step with sampling rate `selected / eligible` from its `RoundStarted` entry (the
+/// usual Poisson approximation of a fixed-size cohort), and noise standard deviation
+/// `noise_multiplier × clip_norm` on a sum of updates of L2 norm at most `clip_norm` (for the
+/// distributed mechanism this needs at least `min_agents` shares, which a round guarantees).
+pub fn facility_epsilon(spec: &FederationSpec, ledger: &[LedgerLine], up_to_round: u64) -> Option<f64> {
     let p = &spec.privacy;
-    if p.mechanism == Mechanism::None || rounds == 0 {
+    if p.mechanism == Mechanism::None {
         return None;
     }
-    accountant::epsilon(p.noise_multiplier, sampling_rate.clamp(0.0, 1.0), rounds, p.delta).ok().map(|r| r.epsilon)
+    let committed: HashSet<u64> = ledger
+        .iter()
+        .filter_map(|l| match &l.event {
+            LedgerEvent::RoundCommitted { federation, round_id, .. } if *federation == spec.name => Some(*round_id),
+            _ => None,
+        })
+        .collect();
+    let mut spent = RdpAccountant::new();
+    for line in ledger {
+        if let LedgerEvent::RoundStarted { federation, round_id, selected, eligible } = &line.event
+            && *federation == spec.name
+            && *round_id <= up_to_round
+            && committed.contains(round_id)
+        {
+            let q = if *eligible == 0 { 1.0 } else { (selected.len() as f64 / *eligible as f64).min(1.0) };
+            spent.compose(p.noise_multiplier, q, 1).ok()?;
+        }
+    }
+    if spent.steps() == 0 {
+        return None;
+    }
+    spent.epsilon(p.delta).ok().map(|r| r.epsilon)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::federation::DpSgdSpec;
+    use harambee_privacy::accountant;
 
     fn spec() -> FederationSpec {
         let mut spec = crate::demo::federation_spec(crate::federation::KindName::LogisticRegression, 2, &[]);

@@ -283,6 +283,7 @@ pub fn round(
         updated_unix_ms: row.updated_ms,
         global_metrics: global,
         secure_aggregation,
+        facility_epsilon: None,
     }
 }
 

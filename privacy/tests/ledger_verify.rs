@@ -72,7 +72,7 @@ fn build(n: usize) -> (Ledger, BTreeMap<String, Vec<SignedReceipt>>) {
     let mut round_id = 0;
     while events.len() < n {
         round_id += 1;
-        events.push(LedgerEvent::RoundStarted { federation: "sepsis".into(), round_id, selected: FACILITIES.iter().map(|f| f.to_string()).collect() });
+        events.push(LedgerEvent::RoundStarted { federation: "sepsis".into(), round_id, selected: FACILITIES.iter().map(|f| f.to_string()).collect(), eligible: FACILITIES.len() as u64 });
         for (i, f) in FACILITIES.iter().enumerate() {
             if (round_id as usize + i).is_multiple_of(4) {
                 events.push(LedgerEvent::Dropout { federation: "sepsis".into(), round_id, facility: f.to_string(), stage: "training".into() });

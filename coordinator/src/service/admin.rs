@@ -96,8 +96,13 @@ impl AdminApi {
             Some(v) => store.model_version(&row.federation, v).await.map_err(wire::store_status)?,
             None => None,
         };
-        let secure = self.spec(&row.federation).await?.secure_aggregation.enabled;
-        Ok(wire::round(&row, &participants, base.as_ref(), result.as_ref(), secure))
+        let spec = self.spec(&row.federation).await?;
+        let mut round = wire::round(&row, &participants, base.as_ref(), result.as_ref(), spec.secure_aggregation.enabled);
+        if spec.privacy.mechanism != crate::federation::Mechanism::None {
+            let ledger = self.coord.ledger.synced(store).await.map_err(super::audit::ledger_status)?;
+            round.facility_epsilon = crate::privacy::facility_epsilon(&spec, ledger.lines(), row.id);
+        }
+        Ok(round)
     }
 }
 

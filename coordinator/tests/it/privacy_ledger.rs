@@ -370,6 +370,11 @@ async fn privacy_distributed_and_central_noise_carry_the_configured_stddev() {
         // min_agents = 3 survivors); the mean divides it by n.
         let expected = 0.3 * 0.5 / n as f64;
         assert!((std / expected - 1.0).abs() < 0.25, "{mechanism:?}: residual std {std}, expected {expected}");
+        // Facility-level ε: one committed round, all 3 eligible facilities selected (q = 1).
+        let rounds = admin.list_rounds(pb::ListRoundsRequest { federation: spec.name.clone() }).await.unwrap().into_inner().rounds;
+        let eps = rounds.last().unwrap().facility_epsilon.expect("a DP federation reports its facility-level ε");
+        let want = harambee_privacy::accountant::epsilon(0.3, 1.0, 1, spec.privacy.delta).unwrap().epsilon;
+        assert!((eps - want).abs() < 1e-9, "{eps} vs {want}");
         h.stop_agents().await;
     }
 }

@@ -47,10 +47,14 @@ pub enum LedgerEvent {
         name: String,
         privacy: serde_json::Value,
     },
+    /// A round began training with `selected` facilities out of `eligible` connected ones
+    /// that could take part (the facility sampling rate of the facility-level accounting).
     RoundStarted {
         federation: String,
         round_id: u64,
         selected: Vec<String>,
+        #[serde(default)]
+        eligible: u64,
     },
     Contribution(Contribution),
     /// A selected facility did not finish `stage` of the round.
