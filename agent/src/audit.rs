@@ -104,6 +104,7 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
     };
     let pinned = log.as_deref().and_then(privacy::last_head);
 
+    let mut ok_key = true;
     let (ledger_key, key_source) = match (&args.ledger_key, &pinned) {
         (Some(hex_key), _) => (parse_key(hex_key).context("--ledger-key")?, "given on the command line"),
         (None, Some((_, key))) => (*key, "pinned in the facility's privacy log"),
@@ -117,15 +118,27 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
     let mut facility = None;
     if let Some(lines) = &log {
         for line in lines {
-            if let Record::Receipt { receipt, .. } = &line.record {
-                facility = Some(receipt.receipt.facility.clone());
+            if let Record::Identity { facility: f, .. } = &line.record {
+                facility = Some(f.clone());
             }
         }
+    }
+    // The facility's own key, from its own log, is the authority for its receipts.
+    if let (Some(lines), Some(name)) = (&log, &facility)
+        && let Some(own) = privacy::facility_key(lines, name).and_then(|k| parse_key(&k).ok())
+    {
+        if let Some(claimed) = facility_keys.get(name)
+            && *claimed != own
+        {
+            writeln!(out, "  FAILED: the ledger states another key for {name} than the facility's own")?;
+            ok_key = false;
+        }
+        facility_keys.insert(name.clone(), own);
     }
     let previous = pinned.as_ref().map(|(head, _)| head);
     let report = ledger::verify_ledger(&entries, &head_file.signed_tree_head, &ledger_key, previous, &facility_keys);
     write!(out, "{report}")?;
-    let mut ok = report.is_ok();
+    let mut ok = report.is_ok() && ok_key;
     if let Some(previous) = previous {
         writeln!(out, "checked against the last head the facility saw: {} entries", previous.head.tree_size)?;
     }
@@ -159,19 +172,6 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
 
     if let (Some(lines), Some(facility)) = (&log, &facility) {
         let receipts = privacy::accepted_receipts(lines);
-        if let Some(own) = lines.iter().find_map(|l| match &l.record {
-            Record::Head { cosignature, signed_tree_head, .. } if cosignature.facility == *facility => Some((cosignature, signed_tree_head)),
-            _ => None,
-        }) {
-            // The facility's own key is the one that countersigned in its log.
-            if let Some(key) = facility_keys.get(facility)
-                && own.0.verify(&own.1.head, key).is_err()
-            {
-                writeln!(out, "  FAILED: the ledger's enrolment key for {facility} is not the key of the facility's own log")?;
-                ok = false;
-            }
-        }
-        facility_keys.retain(|f, _| f == facility);
         let cross = ledger::cross_check(&entries, facility, &receipts);
         write!(out, "{cross}")?;
         ok &= cross.is_ok();

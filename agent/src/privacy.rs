@@ -17,6 +17,7 @@
 //! - `head`: a tree head checked consistent with the previous one, and this facility's
 //!   countersignature of it;
 //! - `refusal`: a task the facility declined, and why;
+//! - `identity`: the facility's own public key, when the log starts or the key changes;
 //! - `alarm`: an answer of the coordinator about a contribution that did not verify.
 //!
 //! The coordinator's ledger key is pinned by the first proof (received over mTLS from the
@@ -56,6 +57,9 @@ pub enum Record {
     Proof { federation: String, round_id: u64, entry: LedgerLine, inclusion_proof: Vec<Sha256Digest>, signed_tree_head: SignedTreeHead },
     Head { signed_tree_head: SignedTreeHead, ledger_key: String, cosignature: harambee_privacy::ledger::Cosignature },
     Refusal { federation: String, round_id: u64, reason: String },
+    /// The facility's Ed25519 key (hex), the one its receipts and countersignatures verify
+    /// with; recorded when the log starts and whenever the key changes (re-enrolment).
+    Identity { facility: String, key: String },
     /// The coordinator's answer about a contribution did not verify: for the auditor.
     Alarm { federation: String, round_id: u64, problem: String },
 }
@@ -164,6 +168,14 @@ pub fn accepted_receipts(lines: &[LogLine]) -> Vec<SignedReceipt> {
     out
 }
 
+/// The facility's own key (hex) as last recorded in its log.
+pub fn facility_key(lines: &[LogLine], facility: &str) -> Option<String> {
+    lines.iter().rev().find_map(|l| match &l.record {
+        Record::Identity { facility: f, key } if f == facility => Some(key.clone()),
+        _ => None,
+    })
+}
+
 pub fn last_head(lines: &[LogLine]) -> Option<(SignedTreeHead, VerifyingKey)> {
     lines.iter().rev().find_map(|l| match &l.record {
         Record::Head { signed_tree_head, ledger_key, .. } => {
@@ -199,7 +211,13 @@ impl Privacy {
             }
         }
         let policy_sha256 = policy.sha256();
-        Ok(Privacy { facility, policy, policy_sha256, key, accountant, log })
+        let mut privacy = Privacy { facility, policy, policy_sha256, key, accountant, log };
+        let own = hex::encode(privacy.key.verifying_key().to_bytes());
+        if facility_key(privacy.log.lines(), &privacy.facility).as_deref() != Some(own.as_str()) {
+            let record = Record::Identity { facility: privacy.facility.clone(), key: own };
+            privacy.log.append(now_ms(), record)?;
+        }
+        Ok(privacy)
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
@@ -219,7 +237,7 @@ impl Privacy {
     }
 
     /// What the heartbeat tells the coordinator.
-    pub fn status(&self, n_samples: u64) -> pb::PrivacyStatus {
+    pub fn status(&self) -> pb::PrivacyStatus {
         pb::PrivacyStatus {
             epsilon_spent: self.epsilon_spent(),
             max_epsilon: self.policy.max_epsilon,
@@ -227,7 +245,6 @@ impl Privacy {
             rdp: self.accountant.rdp().to_vec(),
             allowed_federations: self.policy.allowed_federations.clone(),
             allowed_model_kinds: self.policy.allowed_model_kinds.clone(),
-            n_samples,
         }
     }
 
@@ -460,7 +477,7 @@ mod tests {
         let p = open(dir.path(), Some((one + two) / 2.0));
         assert!((p.epsilon_spent() - one).abs() < 1e-12);
         assert!(p.admit("sepsis", "mlp", 100, 1, Some(&dp_config())).is_err());
-        assert_eq!(p.status(0).rdp.len(), harambee_privacy::accountant::default_orders().len());
+        assert_eq!(p.status().rdp.len(), harambee_privacy::accountant::default_orders().len());
     }
 
     #[test]

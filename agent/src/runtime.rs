@@ -156,7 +156,7 @@ impl Agent {
         let mut interval = Duration::from_secs(5);
         loop {
             let busy_round_id = self.busy_round();
-            let privacy = Some(self.privacy.lock().unwrap().status(0));
+            let privacy = Some(self.privacy.lock().unwrap().status());
             match client.heartbeat(pb::HeartbeatRequest { busy_round_id, privacy }).await {
                 Ok(reply) => {
                     let ms = reply.into_inner().interval_ms.clamp(100, 60_000);

@@ -99,7 +99,6 @@ mod tests {
             rdp: RdpAccountant::new().rdp().to_vec(),
             allowed_federations: vec!["*".into()],
             allowed_model_kinds: vec!["*".into()],
-            n_samples: 0,
         }
     }
 

@@ -43,7 +43,8 @@ impl AgentService for AgentApi {
         let peer = require_role(&request, Role::Agent)?;
         tracing::Span::current().record("facility", peer.name.as_str());
         self.coord.store.record_agent_seen(&peer.name, &peer.cert_sha256, now_ms()).await.map_err(wire::store_status)?;
-        let chain = request.peer_certs().map(|certs| certs.iter().map(|c| c.to_vec()).collect()).unwrap_or_default();
+        let chain: Vec<Vec<u8>> = request.peer_certs().map(|certs| certs.iter().map(|c| c.to_vec()).collect()).unwrap_or_default();
+        self.record_key(&peer.name, &chain).await?;
         let (conn_id, rx) = self.coord.registry.connect(&peer.name, chain, Instant::now());
         info!(agent_version = %request.get_ref().agent_version, "task stream opened");
         self.coord.broadcast_connected(&peer.name).await;
@@ -348,6 +349,23 @@ fn check_receipt(
 }
 
 impl AgentApi {
+    /// Records in the ledger the key a facility's receipts will be signed with, when the
+    /// ledger does not hold it yet (certificates issued by `pki issue` rather than enrolment,
+    /// or a new key): an auditor then checks every receipt against a recorded key.
+    async fn record_key(&self, facility: &str, chain: &[Vec<u8>]) -> Result<(), Status> {
+        use harambee_privacy::ledger::{LedgerEvent, enrolled_receipt_keys};
+        let Ok(key) = peer_receipt_key(chain) else { return Ok(()) };
+        let known = {
+            let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(super::audit::ledger_status)?;
+            enrolled_receipt_keys(ledger.lines()).get(facility) == Some(&key)
+        };
+        if !known {
+            let event = LedgerEvent::FacilityEnrolled { facility: facility.to_owned(), receipt_key: Some(key) };
+            self.coord.store.append_ledger(now_ms(), vec![event]).await.map_err(wire::store_status)?;
+        }
+        Ok(())
+    }
+
     /// A secure-aggregation masked input: at most one word (of up to 8 bytes) per parameter
     /// plus one; the round checks the exact shape and folds it into its running sum.
     async fn receive_masked(

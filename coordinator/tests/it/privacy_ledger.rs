@@ -109,6 +109,8 @@ async fn dp_federation_is_ledgered_and_verifies(database_url: Option<String>) {
     // The whole ledger verifies, and agrees with every facility's own log.
     let (report, ok) = verify(&ledger, None);
     assert!(ok, "{report}");
+    // Every facility's key is in the ledger, so every receipt's signature was checked.
+    assert!(report.contains("receipts: 6 verified, 0 without a known facility key"), "{report}");
     for config in &configs {
         let (report, ok) = verify(&ledger, Some(config));
         assert!(ok, "{report}");
@@ -179,6 +181,19 @@ async fn privacy_tampering_and_forks_are_caught_and_named() {
     let good = export_ledger(&h, "good.jsonl").await;
     let (report, ok) = verify(&good, Some(&configs[0]));
     assert!(ok, "{report}");
+    // The command itself: a report and exit code 0.
+    let run_verify = |ledger: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+            .args(["agent", "audit", "verify", "--ledger"])
+            .arg(ledger)
+            .arg("--receipts")
+            .arg(configs[0].state_dir.join(LOG_FILE))
+            .output()
+            .unwrap()
+    };
+    let output = run_verify(&good);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(String::from_utf8_lossy(&output.stdout).ends_with("VERIFIED\n"));
     let n = parse_jsonl(&std::fs::read_to_string(&good).unwrap()).unwrap().len() as u64;
     assert!(n >= 6, "{n} entries");
 
@@ -187,9 +202,13 @@ async fn privacy_tampering_and_forks_are_caught_and_named() {
     let flipped = original.replacen("\"timestamp_ms\":1", "\"timestamp_ms\":2", 1);
     assert_ne!(flipped, original);
     tamper(&h, &format!("UPDATE ledger_entries SET line = {} WHERE idx = 2", sql_str(&flipped))).await;
-    let (report, ok) = verify(&export_ledger(&h, "flipped.jsonl").await, None);
+    let flipped_path = export_ledger(&h, "flipped.jsonl").await;
+    let (report, ok) = verify(&flipped_path, None);
     assert!(!ok, "{report}");
     assert!(report.contains("entry 2: bad hash"), "{report}");
+    let output = run_verify(&flipped_path);
+    assert_eq!(output.status.code(), Some(1), "a failed verification exits 1");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("entry 2: bad hash"));
     // The coordinator itself refuses to start on it.
     h.stop_agents().await;
     h.stop_coordinator().await;
@@ -241,15 +260,14 @@ async fn privacy_tampering_and_forks_are_caught_and_named() {
     // coordinator's own key, is consistent in itself, but not with the head a facility
     // countersigned.
     let lines = parse_jsonl(&std::fs::read_to_string(&good).unwrap()).unwrap();
+    let rewritten = lines.iter().position(|l| matches!(l.event, LedgerEvent::AdminAction { .. })).unwrap();
     let mut forked = Ledger::new();
-    for line in &lines {
+    for (i, line) in lines.iter().enumerate() {
         let mut event = line.event.clone();
-        if line.index == 0 {
-            match &mut event {
-                LedgerEvent::FederationCreated { privacy, .. } => *privacy = serde_json::json!({ "rewritten": true }),
-                LedgerEvent::AdminAction { detail, .. } => detail.push_str(" (rewritten)"),
-                other => panic!("unexpected first entry {other:?}"),
-            }
+        if let LedgerEvent::AdminAction { detail, .. } = &mut event
+            && i == rewritten
+        {
+            detail.push_str(" (rewritten)");
         }
         forked.append(line.timestamp_ms, event).unwrap();
     }
