@@ -44,7 +44,7 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::data::Dataset;
 use crate::model::{Classifier, ModelError, ModelSpec, cpu_device};
 use crate::train::{
-    Optimizer, TrainConfig, TrainReport, batch_tensors, bce_with_logits, check_config, check_data,
+    Optimizer, TrainConfig, TrainReport, batch_tensors, bce_with_logits, check_config, check_model_and_data,
 };
 
 /// The privacy parameters of DP-SGD.
@@ -136,17 +136,7 @@ pub fn train_dp<R: CryptoRng + ?Sized>(
         ..config.clone()
     })?;
     check_dp_config(dp)?;
-    check_data(spec, data)?;
-    spec.check()?;
-    if config.frozen_layers >= spec.n_layers() {
-        return Err(ModelError::InvalidConfig {
-            reason: format!(
-                "cannot freeze {} of the model's {} layers: at least one must train",
-                config.frozen_layers,
-                spec.n_layers()
-            ),
-        });
-    }
+    check_model_and_data(spec, data, config)?;
 
     let device = cpu_device().autodiff();
     let n_frozen = spec.layers_len(config.frozen_layers);

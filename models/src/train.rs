@@ -101,17 +101,7 @@ pub fn train(
     config: &TrainConfig,
 ) -> Result<TrainReport, ModelError> {
     check_config(config)?;
-    check_data(spec, data)?;
-    spec.check()?;
-    if config.frozen_layers >= spec.n_layers() {
-        return Err(ModelError::InvalidConfig {
-            reason: format!(
-                "cannot freeze {} of the model's {} layers: at least one must train",
-                config.frozen_layers,
-                spec.n_layers()
-            ),
-        });
-    }
+    check_model_and_data(spec, data, config)?;
     let device = cpu_device().autodiff();
     let n_frozen = spec.layers_len(config.frozen_layers);
     let mut model = Classifier::from_params_frozen(spec, params, &device, n_frozen)?;
@@ -175,6 +165,22 @@ pub fn train(
         mean_loss,
         n_samples: n_rows,
     })
+}
+
+/// Checks the data against the model and that something is left to train.
+pub(crate) fn check_model_and_data(spec: &ModelSpec, data: &Dataset, config: &TrainConfig) -> Result<(), ModelError> {
+    check_data(spec, data)?;
+    spec.check()?;
+    if config.frozen_layers >= spec.n_layers() {
+        return Err(ModelError::InvalidConfig {
+            reason: format!(
+                "cannot freeze {} of the model's {} layers: at least one must train",
+                config.frozen_layers,
+                spec.n_layers()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Predicted probability of the positive class for every row of `data`.
