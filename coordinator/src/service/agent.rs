@@ -43,7 +43,7 @@ impl AgentService for AgentApi {
         let peer = require_role(&request, Role::Agent)?;
         tracing::Span::current().record("facility", peer.name.as_str());
         self.coord.store.record_agent_seen(&peer.name, &peer.cert_sha256, now_ms()).await.map_err(wire::store_status)?;
-        let chain: Vec<Vec<u8>> = request.peer_certs().map(|certs| certs.iter().map(|c| c.to_vec()).collect()).unwrap_or_default();
+        let chain = peer_chain(&request);
         self.record_key(&peer.name, &chain).await?;
         let (conn_id, rx) = self.coord.registry.connect(&peer.name, chain, Instant::now());
         info!(agent_version = %request.get_ref().agent_version, "task stream opened");
@@ -98,7 +98,7 @@ impl AgentService for AgentApi {
         request: Request<Streaming<pb::UploadUpdateRequest>>,
     ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
         let peer = require_role(&request, Role::Agent)?;
-        let peer_chain: Vec<Vec<u8>> = request.peer_certs().map(|c| c.iter().map(|c| c.to_vec()).collect()).unwrap_or_default();
+        let peer_chain = peer_chain(&request);
         let span = tracing::Span::current();
         span.record("facility", peer.name.as_str());
         let mut parts = request.into_inner();
@@ -269,7 +269,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::CosignTreeHeadResponse>, Status> {
         use harambee_privacy::ledger::{Cosignature, SignedTreeHead};
         let peer = require_role(&request, Role::Agent)?;
-        let key = peer_receipt_key(&request.peer_certs().map(|c| c.iter().map(|c| c.to_vec()).collect::<Vec<_>>()).unwrap_or_default())?;
+        let key = peer_receipt_key(&peer_chain(&request))?;
         let req = request.into_inner();
         let head: SignedTreeHead =
             serde_json::from_str(&req.signed_tree_head).map_err(|e| Status::invalid_argument(format!("malformed tree head: {e}")))?;
@@ -286,6 +286,11 @@ impl AgentService for AgentApi {
         self.coord.store.record_cosignature(&head.head, &cosignature, now_ms()).await.map_err(wire::store_status)?;
         Ok(Response::new(pb::CosignTreeHeadResponse {}))
     }
+}
+
+/// The certificate chain the caller connected with (DER, leaf first).
+fn peer_chain<T>(request: &Request<T>) -> Vec<Vec<u8>> {
+    request.peer_certs().map(|certs| certs.iter().map(|c| c.to_vec()).collect()).unwrap_or_default()
 }
 
 /// The facility's Ed25519 key, from the leaf of the certificate chain it connected with:
