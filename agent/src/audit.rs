@@ -42,7 +42,10 @@ pub struct CosignedHead {
 
 /// `ledger.jsonl` → `ledger.head.json`.
 pub fn head_path_for(ledger: &Path) -> PathBuf {
-    let stem = ledger.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "ledger".into());
+    let stem = ledger
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ledger".into());
     ledger.with_file_name(format!("{stem}.head.json"))
 }
 
@@ -75,7 +78,8 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<bool> {
 /// The report as text, and whether everything verified.
 pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
     let mut out = String::new();
-    let text = std::fs::read_to_string(&args.ledger).with_context(|| format!("reading {}", args.ledger.display()))?;
+    let text = std::fs::read_to_string(&args.ledger)
+        .with_context(|| format!("reading {}", args.ledger.display()))?;
     let entries = match ledger::parse_jsonl(&text) {
         Ok(entries) => entries,
         Err(e) => {
@@ -83,19 +87,28 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
             return Ok((out, false));
         }
     };
-    let head_path = args.head.clone().unwrap_or_else(|| head_path_for(&args.ledger));
+    let head_path = args
+        .head
+        .clone()
+        .unwrap_or_else(|| head_path_for(&args.ledger));
     let head_file: HeadFile = serde_json::from_str(
-        &std::fs::read_to_string(&head_path).with_context(|| format!("reading the signed tree head {}", head_path.display()))?,
+        &std::fs::read_to_string(&head_path)
+            .with_context(|| format!("reading the signed tree head {}", head_path.display()))?,
     )
     .with_context(|| format!("parsing {}", head_path.display()))?;
 
     let log = match &args.receipts {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             match privacy::parse_log(&text) {
                 Ok(lines) => Some(lines),
                 Err(e) => {
-                    writeln!(out, "FAILED: the privacy log {} is broken: {e:#}", path.display())?;
+                    writeln!(
+                        out,
+                        "FAILED: the privacy log {} is broken: {e:#}",
+                        path.display()
+                    )?;
                     return Ok((out, false));
                 }
             }
@@ -106,11 +119,21 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
 
     let mut ok_key = true;
     let (ledger_key, key_source) = match (&args.ledger_key, &pinned) {
-        (Some(hex_key), _) => (parse_key(hex_key).context("--ledger-key")?, "given on the command line"),
+        (Some(hex_key), _) => (
+            parse_key(hex_key).context("--ledger-key")?,
+            "given on the command line",
+        ),
         (None, Some((_, key))) => (*key, "pinned in the facility's privacy log"),
-        (None, None) => (parse_key(&head_file.ledger_key).context("the head file's ledger_key")?, "taken from the export itself (not independently pinned)"),
+        (None, None) => (
+            parse_key(&head_file.ledger_key).context("the head file's ledger_key")?,
+            "taken from the export itself (not independently pinned)",
+        ),
     };
-    writeln!(out, "ledger key {} ({key_source})", hex::encode(ledger_key.to_bytes()))?;
+    writeln!(
+        out,
+        "ledger key {} ({key_source})",
+        hex::encode(ledger_key.to_bytes())
+    )?;
 
     // Receipt keys: those the ledger's enrolment entries state; the facility's own key from
     // its log wins for itself.
@@ -130,30 +153,53 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
         if let Some(claimed) = facility_keys.get(name)
             && *claimed != own
         {
-            writeln!(out, "  FAILED: the ledger states another key for {name} than the facility's own")?;
+            writeln!(
+                out,
+                "  FAILED: the ledger states another key for {name} than the facility's own"
+            )?;
             ok_key = false;
         }
         facility_keys.insert(name.clone(), own);
     }
     let previous = pinned.as_ref().map(|(head, _)| head);
-    let report = ledger::verify_ledger(&entries, &head_file.signed_tree_head, &ledger_key, previous, &facility_keys);
+    let report = ledger::verify_ledger(
+        &entries,
+        &head_file.signed_tree_head,
+        &ledger_key,
+        previous,
+        &facility_keys,
+    );
     write!(out, "{report}")?;
     let mut ok = report.is_ok() && ok_key;
     if let Some(previous) = previous {
-        writeln!(out, "checked against the last head the facility saw: {} entries", previous.head.tree_size)?;
+        writeln!(
+            out,
+            "checked against the last head the facility saw: {} entries",
+            previous.head.tree_size
+        )?;
     }
 
     // Countersignatures: each must verify with its facility's key and be for a head whose
     // tree is a prefix of this one.
     let mut cosigned = 0;
     for c in &head_file.cosignatures {
-        let Some(key) = facility_keys.get(&c.cosignature.facility) else { continue };
+        let Some(key) = facility_keys.get(&c.cosignature.facility) else {
+            continue;
+        };
         if c.cosignature.verify(&c.head, key).is_err() {
-            writeln!(out, "  FAILED: the countersignature of {} on the head of size {} does not verify", c.cosignature.facility, c.head.tree_size)?;
+            writeln!(
+                out,
+                "  FAILED: the countersignature of {} on the head of size {} does not verify",
+                c.cosignature.facility, c.head.tree_size
+            )?;
             ok = false;
             continue;
         }
-        let prefix: Vec<_> = entries.iter().take(c.head.tree_size as usize).filter_map(|l| l.computed_leaf_hash().ok()).collect();
+        let prefix: Vec<_> = entries
+            .iter()
+            .take(c.head.tree_size as usize)
+            .filter_map(|l| l.computed_leaf_hash().ok())
+            .collect();
         let root = ledger::MerkleTree::from_leaf_hashes(prefix).root();
         if c.head.tree_size > entries.len() as u64 || root != c.head.root_hash {
             writeln!(
@@ -167,7 +213,11 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
         }
     }
     if !head_file.cosignatures.is_empty() {
-        writeln!(out, "countersigned heads: {cosigned} of {} consistent with this ledger", head_file.cosignatures.len())?;
+        writeln!(
+            out,
+            "countersigned heads: {cosigned} of {} consistent with this ledger",
+            head_file.cosignatures.len()
+        )?;
     }
 
     if let (Some(lines), Some(facility)) = (&log, &facility) {
@@ -180,12 +230,26 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
             _ => None,
         });
         if let Some(eps) = spent {
-            writeln!(out, "facility {facility:?}: ε spent per the ledger: {eps:.4}")?;
+            writeln!(
+                out,
+                "facility {facility:?}: ε spent per the ledger: {eps:.4}"
+            )?;
         }
     } else if args.receipts.is_some() {
-        writeln!(out, "the privacy log holds no receipts yet: nothing to cross-check")?;
+        writeln!(
+            out,
+            "the privacy log holds no receipts yet: nothing to cross-check"
+        )?;
     }
-    writeln!(out, "{}", if ok { "VERIFIED" } else { "VERIFICATION FAILED" })?;
+    writeln!(
+        out,
+        "{}",
+        if ok {
+            "VERIFIED"
+        } else {
+            "VERIFICATION FAILED"
+        }
+    )?;
     Ok((out, ok))
 }
 
@@ -203,8 +267,14 @@ mod tests {
 
     #[test]
     fn head_file_sits_next_to_the_export() {
-        assert_eq!(head_path_for(Path::new("/a/ledger.jsonl")), PathBuf::from("/a/ledger.head.json"));
-        assert_eq!(head_path_for(Path::new("out")), PathBuf::from("out.head.json"));
+        assert_eq!(
+            head_path_for(Path::new("/a/ledger.jsonl")),
+            PathBuf::from("/a/ledger.head.json")
+        );
+        assert_eq!(
+            head_path_for(Path::new("out")),
+            PathBuf::from("out.head.json")
+        );
     }
 
     #[test]
@@ -218,7 +288,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.jsonl");
         std::fs::write(&path, "{not json}\n").unwrap();
-        let args = VerifyArgs { ledger: path, head: None, ledger_key: None, receipts: None };
+        let args = VerifyArgs {
+            ledger: path,
+            head: None,
+            ledger_key: None,
+            receipts: None,
+        };
         let (report, ok) = verify_report(&args).unwrap();
         assert!(!ok);
         assert!(report.contains("line 1"), "{report}");

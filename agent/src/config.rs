@@ -137,7 +137,10 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        NetworkConfig { connect_timeout_s: 10, max_backoff_s: 60 }
+        NetworkConfig {
+            connect_timeout_s: 10,
+            max_backoff_s: 60,
+        }
     }
 }
 
@@ -147,15 +150,25 @@ fn default_holdout() -> f64 {
 
 impl AgentConfig {
     pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut config: AgentConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: AgentConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.state_dir, &mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key, &mut config.data.csv] {
+        for p in [
+            &mut config.state_dir,
+            &mut config.tls.ca,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.data.csv,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        config.validate().with_context(|| format!("in {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("in {}", path.display()))?;
         Ok(config)
     }
 

@@ -29,7 +29,10 @@ impl EgressLog {
     /// The log at `state_dir/egress.jsonl`; with `keep_payloads`, update bytes are kept
     /// under `state_dir/egress/`.
     pub fn new(state_dir: &Path, keep_payloads: bool) -> EgressLog {
-        EgressLog { path: state_dir.join("egress.jsonl"), payload_dir: keep_payloads.then(|| state_dir.join("egress")) }
+        EgressLog {
+            path: state_dir.join("egress.jsonl"),
+            payload_dir: keep_payloads.then(|| state_dir.join("egress")),
+        }
     }
 
     /// With `keep_payloads`, also keeps a secure round's update before masking (it never
@@ -38,7 +41,8 @@ impl EgressLog {
         if let Some(dir) = &self.payload_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join(format!("round-{round_id}-unmasked.f32"));
-            std::fs::write(&path, harambee_core::params::to_le_bytes(update)).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, harambee_core::params::to_le_bytes(update))
+                .with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }

@@ -52,16 +52,43 @@ pub struct DpSteps {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
-    Receipt { receipt: SignedReceipt, dp: Option<DpSteps> },
-    Accepted { federation: String, round_id: u64 },
-    Proof { federation: String, round_id: u64, entry: LedgerLine, inclusion_proof: Vec<Sha256Digest>, signed_tree_head: SignedTreeHead },
-    Head { signed_tree_head: SignedTreeHead, ledger_key: String, cosignature: harambee_privacy::ledger::Cosignature },
-    Refusal { federation: String, round_id: u64, reason: String },
+    Receipt {
+        receipt: SignedReceipt,
+        dp: Option<DpSteps>,
+    },
+    Accepted {
+        federation: String,
+        round_id: u64,
+    },
+    Proof {
+        federation: String,
+        round_id: u64,
+        entry: LedgerLine,
+        inclusion_proof: Vec<Sha256Digest>,
+        signed_tree_head: SignedTreeHead,
+    },
+    Head {
+        signed_tree_head: SignedTreeHead,
+        ledger_key: String,
+        cosignature: harambee_privacy::ledger::Cosignature,
+    },
+    Refusal {
+        federation: String,
+        round_id: u64,
+        reason: String,
+    },
     /// The facility's Ed25519 key (hex), the one its receipts and countersignatures verify
     /// with; recorded when the log starts and whenever the key changes (re-enrolment).
-    Identity { facility: String, key: String },
+    Identity {
+        facility: String,
+        key: String,
+    },
     /// The coordinator's answer about a contribution did not verify: for the auditor.
-    Alarm { federation: String, round_id: u64, problem: String },
+    Alarm {
+        federation: String,
+        round_id: u64,
+        problem: String,
+    },
 }
 
 /// One line of the privacy log.
@@ -94,11 +121,16 @@ impl PrivacyLog {
     /// Opens (or starts) the log at `path`, checking its whole hash chain.
     pub fn open(path: &Path) -> anyhow::Result<PrivacyLog> {
         let lines = match std::fs::read_to_string(path) {
-            Ok(text) => parse_log(&text).with_context(|| format!("privacy log {}", path.display()))?,
+            Ok(text) => {
+                parse_log(&text).with_context(|| format!("privacy log {}", path.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(PrivacyLog { path: path.to_owned(), lines })
+        Ok(PrivacyLog {
+            path: path.to_owned(),
+            lines,
+        })
     }
 
     pub fn lines(&self) -> &[LogLine] {
@@ -110,10 +142,20 @@ impl PrivacyLog {
         let seq = self.lines.len() as u64;
         let prev = self.lines.last().map_or(Sha256Digest([0; 32]), |l| l.hash);
         let hash = chain_hash(&prev, seq, unix_ms, &record);
-        let line = LogLine { seq, unix_ms, prev, hash, record };
+        let line = LogLine {
+            seq,
+            unix_ms,
+            prev,
+            hash,
+            record,
+        };
         let mut text = serde_json::to_string(&line)?;
         text.push('\n');
-        let mut file = OpenOptions::new().create(true).append(true).open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
         self.lines.push(line);
@@ -136,13 +178,19 @@ pub fn parse_log(text: &str) -> anyhow::Result<Vec<LogLine>> {
     let mut lines: Vec<LogLine> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let n = i + 1;
-        let line: LogLine = serde_json::from_str(raw).with_context(|| format!("line {n} is not a privacy log record"))?;
+        let line: LogLine = serde_json::from_str(raw)
+            .with_context(|| format!("line {n} is not a privacy log record"))?;
         let prev = lines.last().map_or(Sha256Digest([0; 32]), |l| l.hash);
         if line.seq != i as u64 {
-            bail!("line {n}: sequence number {} where {i} was expected (a line was removed or moved)", line.seq);
+            bail!(
+                "line {n}: sequence number {} where {i} was expected (a line was removed or moved)",
+                line.seq
+            );
         }
         if line.prev != prev {
-            bail!("line {n}: does not chain to the line before it (a line was removed, moved or altered)");
+            bail!(
+                "line {n}: does not chain to the line before it (a line was removed, moved or altered)"
+            );
         }
         if chain_hash(&prev, line.seq, line.unix_ms, &line.record) != line.hash {
             bail!("line {n}: its contents do not match its hash (the line was altered)");
@@ -155,9 +203,18 @@ pub fn parse_log(text: &str) -> anyhow::Result<Vec<LogLine>> {
 pub fn accepted_receipts(lines: &[LogLine]) -> Vec<SignedReceipt> {
     let mut out = Vec::new();
     for line in lines {
-        if let Record::Accepted { federation, round_id } = &line.record {
+        if let Record::Accepted {
+            federation,
+            round_id,
+        } = &line.record
+        {
             let receipt = lines.iter().rev().find_map(|l| match &l.record {
-                Record::Receipt { receipt, .. } if receipt.receipt.federation == *federation && receipt.receipt.round_id == *round_id => Some(receipt),
+                Record::Receipt { receipt, .. }
+                    if receipt.receipt.federation == *federation
+                        && receipt.receipt.round_id == *round_id =>
+                {
+                    Some(receipt)
+                }
                 _ => None,
             });
             if let Some(r) = receipt {
@@ -178,7 +235,11 @@ pub fn facility_key(lines: &[LogLine], facility: &str) -> Option<String> {
 
 pub fn last_head(lines: &[LogLine]) -> Option<(SignedTreeHead, VerifyingKey)> {
     lines.iter().rev().find_map(|l| match &l.record {
-        Record::Head { signed_tree_head, ledger_key, .. } => {
+        Record::Head {
+            signed_tree_head,
+            ledger_key,
+            ..
+        } => {
             let bytes: [u8; 32] = hex::decode(ledger_key).ok()?.try_into().ok()?;
             Some((*signed_tree_head, VerifyingKey::from_bytes(&bytes).ok()?))
         }
@@ -202,19 +263,36 @@ pub struct Refusal(pub String);
 
 impl Privacy {
     /// Loads the log and rebuilds the accountant from the receipts in it.
-    pub fn open(state_dir: &Path, facility: String, policy: PolicyConfig, key: SigningKey) -> anyhow::Result<Privacy> {
+    pub fn open(
+        state_dir: &Path,
+        facility: String,
+        policy: PolicyConfig,
+        key: SigningKey,
+    ) -> anyhow::Result<Privacy> {
         let log = PrivacyLog::open(&state_dir.join(LOG_FILE))?;
         let mut accountant = RdpAccountant::new();
         for line in log.lines() {
             if let Record::Receipt { dp: Some(dp), .. } = &line.record {
-                accountant.compose(dp.noise_multiplier, dp.sampling_rate, dp.steps).context("replaying the privacy log")?;
+                accountant
+                    .compose(dp.noise_multiplier, dp.sampling_rate, dp.steps)
+                    .context("replaying the privacy log")?;
             }
         }
         let policy_sha256 = policy.sha256();
-        let mut privacy = Privacy { facility, policy, policy_sha256, key, accountant, log };
+        let mut privacy = Privacy {
+            facility,
+            policy,
+            policy_sha256,
+            key,
+            accountant,
+            log,
+        };
         let own = hex::encode(privacy.key.verifying_key().to_bytes());
         if facility_key(privacy.log.lines(), &privacy.facility).as_deref() != Some(own.as_str()) {
-            let record = Record::Identity { facility: privacy.facility.clone(), key: own };
+            let record = Record::Identity {
+                facility: privacy.facility.clone(),
+                key: own,
+            };
             privacy.log.append(now_ms(), record)?;
         }
         Ok(privacy)
@@ -233,7 +311,9 @@ impl Privacy {
         if self.accountant.steps() == 0 {
             return 0.0;
         }
-        self.accountant.epsilon(self.policy.delta).map_or(f64::INFINITY, |r| r.epsilon)
+        self.accountant
+            .epsilon(self.policy.delta)
+            .map_or(f64::INFINITY, |r| r.epsilon)
     }
 
     /// What the heartbeat tells the coordinator.
@@ -251,31 +331,53 @@ impl Privacy {
     /// Whether the facility's policy lets it take this training task: the federation and
     /// model kind are allowed, it holds enough rows, and (with a budget) the task uses
     /// DP-SGD and one more round fits the budget. Returns the DP steps the task will take.
-    pub fn admit(&self, federation: &str, model_kind: &str, n_rows: usize, epochs: usize, privacy: Option<&pb::PrivacyConfig>) -> Result<Option<DpSteps>, Refusal> {
+    pub fn admit(
+        &self,
+        federation: &str,
+        model_kind: &str,
+        n_rows: usize,
+        epochs: usize,
+        privacy: Option<&pb::PrivacyConfig>,
+    ) -> Result<Option<DpSteps>, Refusal> {
         let p = &self.policy;
         let allows = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
         if !allows(&p.allowed_federations, federation) {
-            return Err(Refusal(format!("policy.allowed_federations does not name federation {federation:?}")));
+            return Err(Refusal(format!(
+                "policy.allowed_federations does not name federation {federation:?}"
+            )));
         }
         if !allows(&p.allowed_model_kinds, model_kind) {
-            return Err(Refusal(format!("policy.allowed_model_kinds does not name model kind {model_kind:?}")));
+            return Err(Refusal(format!(
+                "policy.allowed_model_kinds does not name model kind {model_kind:?}"
+            )));
         }
         if (n_rows as u64) < p.min_samples {
-            return Err(Refusal(format!("the facility holds {n_rows} training rows, fewer than policy.min_samples = {}", p.min_samples)));
+            return Err(Refusal(format!(
+                "the facility holds {n_rows} training rows, fewer than policy.min_samples = {}",
+                p.min_samples
+            )));
         }
         let dp = privacy.and_then(|p| p.dp_sgd.as_ref()).map(|d| DpSteps {
             noise_multiplier: d.noise_multiplier,
             sampling_rate: d.sampling_rate,
             steps: harambee_models::dp::dp_steps(epochs, d.sampling_rate),
         });
-        let Some(max_epsilon) = p.max_epsilon else { return Ok(dp) };
+        let Some(max_epsilon) = p.max_epsilon else {
+            return Ok(dp);
+        };
         let Some(dp) = dp else {
-            return Err(Refusal(format!("the facility has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD")));
+            return Err(Refusal(format!(
+                "the facility has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD"
+            )));
         };
         let after = self
             .accountant
             .spent_if(dp.noise_multiplier, dp.sampling_rate, dp.steps, p.delta)
-            .map_err(|e| Refusal(format!("the federation's DP-SGD parameters cannot be accounted: {e}")))?;
+            .map_err(|e| {
+                Refusal(format!(
+                    "the federation's DP-SGD parameters cannot be accounted: {e}"
+                ))
+            })?;
         if after.epsilon > max_epsilon {
             return Err(Refusal(format!(
                 "one more round would bring ε to {:.3} at δ = {}, over the budget of {max_epsilon} (spent so far: {:.3})",
@@ -305,7 +407,9 @@ impl Privacy {
         let digest = Sha256Digest::of(payload);
         let earlier = self.log.lines().iter().rev().find_map(|l| match &l.record {
             Record::Receipt { receipt, .. }
-                if receipt.receipt.federation == federation && receipt.receipt.round_id == round_id && receipt.receipt.update_sha256 == digest =>
+                if receipt.receipt.federation == federation
+                    && receipt.receipt.round_id == round_id
+                    && receipt.receipt.update_sha256 == digest =>
             {
                 Some(receipt.clone())
             }
@@ -318,11 +422,17 @@ impl Privacy {
         if let Some(dp) = dp {
             after.compose(dp.noise_multiplier, dp.sampling_rate, dp.steps)?;
         }
-        let epsilon_spent = if after.steps() == 0 { 0.0 } else { after.epsilon(self.policy.delta)?.epsilon };
+        let epsilon_spent = if after.steps() == 0 {
+            0.0
+        } else {
+            after.epsilon(self.policy.delta)?.epsilon
+        };
         if let Some(max) = self.policy.max_epsilon
             && epsilon_spent > max
         {
-            bail!("sending this update would bring ε to {epsilon_spent:.3}, over the budget of {max}");
+            bail!(
+                "sending this update would bring ε to {epsilon_spent:.3}, over the budget of {max}"
+            );
         }
         let receipt = harambee_privacy::ledger::EgressReceipt {
             facility: self.facility.clone(),
@@ -337,7 +447,13 @@ impl Privacy {
             delta: self.policy.delta,
         }
         .sign(&self.key)?;
-        self.log.append(now_ms(), Record::Receipt { receipt: receipt.clone(), dp })?;
+        self.log.append(
+            now_ms(),
+            Record::Receipt {
+                receipt: receipt.clone(),
+                dp,
+            },
+        )?;
         self.accountant = after;
         Ok(receipt)
     }
@@ -361,7 +477,12 @@ impl Privacy {
     /// receipt this facility signed, the inclusion proof leads to the signed head, the head
     /// is signed by the pinned ledger key and consistent with the last head seen. Logs the
     /// proof and the head, and returns the countersignature to send back.
-    pub fn accept_proof(&mut self, federation: &str, round_id: u64, answer: &pb::LedgerProof) -> anyhow::Result<(SignedTreeHead, harambee_privacy::ledger::Cosignature)> {
+    pub fn accept_proof(
+        &mut self,
+        federation: &str,
+        round_id: u64,
+        answer: &pb::LedgerProof,
+    ) -> anyhow::Result<(SignedTreeHead, harambee_privacy::ledger::Cosignature)> {
         use harambee_privacy::ledger::{verify_head_consistency, verify_receipt_inclusion};
         let receipt = self
             .log
@@ -371,20 +492,38 @@ impl Privacy {
             .find(|r| r.receipt.federation == federation && r.receipt.round_id == round_id)
             .context("no accepted receipt for this round in the privacy log")?;
         let entry = LedgerLine::parse(1, &answer.entry).context("the ledger entry is malformed")?;
-        let head: SignedTreeHead = serde_json::from_str(&answer.signed_tree_head).context("the signed tree head is malformed")?;
-        let key_bytes: [u8; 32] = answer.ledger_key.as_slice().try_into().context("the ledger key is not 32 bytes")?;
-        let offered = VerifyingKey::from_bytes(&key_bytes).context("the ledger key is not an Ed25519 key")?;
+        let head: SignedTreeHead = serde_json::from_str(&answer.signed_tree_head)
+            .context("the signed tree head is malformed")?;
+        let key_bytes: [u8; 32] = answer
+            .ledger_key
+            .as_slice()
+            .try_into()
+            .context("the ledger key is not 32 bytes")?;
+        let offered =
+            VerifyingKey::from_bytes(&key_bytes).context("the ledger key is not an Ed25519 key")?;
         let previous = self.log.last_head();
         let ledger_key = match &previous {
-            Some((_, pinned)) if *pinned != offered => bail!("the coordinator signs with another ledger key than the one pinned in the privacy log"),
+            Some((_, pinned)) if *pinned != offered => bail!(
+                "the coordinator signs with another ledger key than the one pinned in the privacy log"
+            ),
             Some((_, pinned)) => *pinned,
             None => offered,
         };
         let digests = |hashes: &[Vec<u8>]| -> anyhow::Result<Vec<Sha256Digest>> {
-            hashes.iter().map(|h| Ok(Sha256Digest(h.as_slice().try_into().context("a proof hash is not 32 bytes")?))).collect()
+            hashes
+                .iter()
+                .map(|h| {
+                    Ok(Sha256Digest(
+                        h.as_slice()
+                            .try_into()
+                            .context("a proof hash is not 32 bytes")?,
+                    ))
+                })
+                .collect()
         };
         let inclusion = digests(&answer.inclusion_proof)?;
-        verify_receipt_inclusion(&entry, &receipt, &inclusion, &head, &ledger_key).context("the ledger's inclusion proof does not verify")?;
+        verify_receipt_inclusion(&entry, &receipt, &inclusion, &head, &ledger_key)
+            .context("the ledger's inclusion proof does not verify")?;
         if let Some((old, _)) = &previous {
             let consistency = digests(&answer.consistency_proof)?;
             verify_head_consistency(old, &head, &consistency, &ledger_key)
@@ -392,14 +531,24 @@ impl Privacy {
         }
         let cosignature = head.head.cosign(&self.facility, &self.key);
         let now = now_ms();
-        self.log.append(now, Record::Proof {
-            federation: federation.to_owned(),
-            round_id,
-            entry,
-            inclusion_proof: inclusion,
-            signed_tree_head: head,
-        })?;
-        self.log.append(now, Record::Head { signed_tree_head: head, ledger_key: hex::encode(ledger_key.to_bytes()), cosignature: cosignature.clone() })?;
+        self.log.append(
+            now,
+            Record::Proof {
+                federation: federation.to_owned(),
+                round_id,
+                entry,
+                inclusion_proof: inclusion,
+                signed_tree_head: head,
+            },
+        )?;
+        self.log.append(
+            now,
+            Record::Head {
+                signed_tree_head: head,
+                ledger_key: hex::encode(ledger_key.to_bytes()),
+                cosignature: cosignature.clone(),
+            },
+        )?;
         Ok((head, cosignature))
     }
 }
@@ -413,7 +562,10 @@ impl PolicyConfig {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -432,24 +584,50 @@ mod tests {
 
     fn dp_config() -> pb::PrivacyConfig {
         pb::PrivacyConfig {
-            dp_sgd: Some(pb::DpSgdConfig { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 0.1 }),
+            dp_sgd: Some(pb::DpSgdConfig {
+                clip_norm: 1.0,
+                noise_multiplier: 1.0,
+                sampling_rate: 0.1,
+            }),
             ..Default::default()
         }
     }
 
     fn open(dir: &Path, max_epsilon: Option<f64>) -> Privacy {
-        Privacy::open(dir, "clinic-a".into(), policy(max_epsilon), SigningKey::from_bytes(&[7; 32])).unwrap()
+        Privacy::open(
+            dir,
+            "clinic-a".into(),
+            policy(max_epsilon),
+            SigningKey::from_bytes(&[7; 32]),
+        )
+        .unwrap()
     }
 
     #[test]
     fn privacy_policy_denies_by_default_and_names_the_rule() {
         let dir = tempfile::tempdir().unwrap();
-        let p = Privacy::open(dir.path(), "clinic-a".into(), PolicyConfig::default(), SigningKey::from_bytes(&[7; 32])).unwrap();
+        let p = Privacy::open(
+            dir.path(),
+            "clinic-a".into(),
+            PolicyConfig::default(),
+            SigningKey::from_bytes(&[7; 32]),
+        )
+        .unwrap();
         let err = p.admit("sepsis", "mlp", 100, 1, None).unwrap_err();
         assert!(err.0.contains("allowed_federations"), "{}", err.0);
         let p = open(dir.path(), None);
-        assert!(p.admit("sepsis", "logistic_regression", 100, 1, None).unwrap_err().0.contains("model kind"));
-        assert!(p.admit("sepsis", "mlp", 9, 1, None).unwrap_err().0.contains("min_samples"));
+        assert!(
+            p.admit("sepsis", "logistic_regression", 100, 1, None)
+                .unwrap_err()
+                .0
+                .contains("model kind")
+        );
+        assert!(
+            p.admit("sepsis", "mlp", 9, 1, None)
+                .unwrap_err()
+                .0
+                .contains("min_samples")
+        );
         assert_eq!(p.admit("sepsis", "mlp", 10, 1, None), Ok(None));
     }
 
@@ -457,27 +635,52 @@ mod tests {
     fn privacy_budget_refuses_the_round_that_would_exceed_it_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let steps = harambee_models::dp::dp_steps(1, 0.1);
-        let one = harambee_privacy::accountant::epsilon(1.0, 0.1, steps, 1e-5).unwrap().epsilon;
-        let two = harambee_privacy::accountant::epsilon(1.0, 0.1, 2 * steps, 1e-5).unwrap().epsilon;
+        let one = harambee_privacy::accountant::epsilon(1.0, 0.1, steps, 1e-5)
+            .unwrap()
+            .epsilon;
+        let two = harambee_privacy::accountant::epsilon(1.0, 0.1, 2 * steps, 1e-5)
+            .unwrap()
+            .epsilon;
         let mut p = open(dir.path(), Some((one + two) / 2.0));
         // A budget means DP-SGD only.
-        assert!(p.admit("sepsis", "mlp", 100, 1, None).unwrap_err().0.contains("without DP-SGD"));
-        let dp = p.admit("sepsis", "mlp", 100, 1, Some(&dp_config())).unwrap();
+        assert!(
+            p.admit("sepsis", "mlp", 100, 1, None)
+                .unwrap_err()
+                .0
+                .contains("without DP-SGD")
+        );
+        let dp = p
+            .admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
+            .unwrap();
         assert_eq!(dp.unwrap().steps, steps);
         let receipt = p.sign_egress("sepsis", 1, b"update", dp, 1.0, 1.0).unwrap();
         assert!((receipt.receipt.epsilon_spent - one).abs() < 1e-12);
         assert!(receipt.verify(&p.verifying_key()).is_ok());
         // The same bytes again (a retried step): the same receipt, no second charge.
-        assert_eq!(p.sign_egress("sepsis", 1, b"update", dp, 1.0, 1.0).unwrap(), receipt);
+        assert_eq!(
+            p.sign_egress("sepsis", 1, b"update", dp, 1.0, 1.0).unwrap(),
+            receipt
+        );
         assert!((p.epsilon_spent() - one).abs() < 1e-12);
-        let refusal = p.admit("sepsis", "mlp", 100, 1, Some(&dp_config())).unwrap_err();
+        let refusal = p
+            .admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
+            .unwrap_err();
         assert!(refusal.0.contains("over the budget"), "{}", refusal.0);
-        assert!(p.sign_egress("sepsis", 2, b"other", dp, 1.0, 1.0).is_err(), "the budget is checked again at egress");
+        assert!(
+            p.sign_egress("sepsis", 2, b"other", dp, 1.0, 1.0).is_err(),
+            "the budget is checked again at egress"
+        );
         // The accountant is rebuilt from the log.
         let p = open(dir.path(), Some((one + two) / 2.0));
         assert!((p.epsilon_spent() - one).abs() < 1e-12);
-        assert!(p.admit("sepsis", "mlp", 100, 1, Some(&dp_config())).is_err());
-        assert_eq!(p.status().rdp.len(), harambee_privacy::accountant::default_orders().len());
+        assert!(
+            p.admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
+                .is_err()
+        );
+        assert_eq!(
+            p.status().rdp.len(),
+            harambee_privacy::accountant::default_orders().len()
+        );
     }
 
     #[test]
@@ -486,7 +689,14 @@ mod tests {
         let path = dir.path().join(LOG_FILE);
         let mut log = PrivacyLog::open(&path).unwrap();
         for round_id in 1..=3 {
-            log.append(1_000 + round_id as i64, Record::Accepted { federation: "sepsis".into(), round_id }).unwrap();
+            log.append(
+                1_000 + round_id as i64,
+                Record::Accepted {
+                    federation: "sepsis".into(),
+                    round_id,
+                },
+            )
+            .unwrap();
         }
         assert_eq!(PrivacyLog::open(&path).unwrap().lines().len(), 3);
         let text = std::fs::read_to_string(&path).unwrap();

@@ -33,7 +33,8 @@ pub struct AgentStats {
 
 impl AgentStats {
     fn add(&self, bytes: usize) {
-        self.bytes_sent.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.bytes_sent
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -43,14 +44,30 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
 }
 
 /// [`run`], counting what is sent into `stats`.
-pub async fn run_with_stats(config: AgentConfig, shutdown: impl Future<Output = ()>, stats: Arc<AgentStats>) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let tls = ClientTls::from_files(&config.tls.ca, &config.tls.cert, &config.tls.key, &config.server_name())?;
+pub async fn run_with_stats(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    stats: Arc<AgentStats>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let tls = ClientTls::from_files(
+        &config.tls.ca,
+        &config.tls.cert,
+        &config.tls.key,
+        &config.server_name(),
+    )?;
     let verifier = PeerVerifier::from_ca_pem(&std::fs::read(&config.tls.ca)?)?;
     let signing_key = signing_key_from_pem(&std::fs::read(&config.tls.key)?)
         .context("the facility key must be Ed25519: it signs egress receipts and secure-aggregation messages")?;
-    let facility = crate::peers::facility_of_pem(&std::fs::read(&config.tls.cert)?).context("reading the facility's certificate")?;
-    let privacy = Privacy::open(&config.state_dir, facility, config.policy.clone(), signing_key.clone())?;
+    let facility = crate::peers::facility_of_pem(&std::fs::read(&config.tls.cert)?)
+        .context("reading the facility's certificate")?;
+    let privacy = Privacy::open(
+        &config.state_dir,
+        facility,
+        config.policy.clone(),
+        signing_key.clone(),
+    )?;
     info!(
         facility = %privacy.facility,
         epsilon_spent = privacy.epsilon_spent(),
@@ -123,7 +140,9 @@ impl Agent {
         loop {
             match self.session(&mut backoff).await {
                 Ok(()) => info!("the coordinator closed the task stream; reconnecting"),
-                Err(e) => warn!("connection to the coordinator failed: {e:#}; retrying in {backoff:?}"),
+                Err(e) => {
+                    warn!("connection to the coordinator failed: {e:#}; retrying in {backoff:?}")
+                }
             }
             tokio::time::sleep(backoff + jitter(backoff)).await;
             backoff = (backoff * 2).min(self.config.max_backoff());
@@ -133,11 +152,18 @@ impl Agent {
     async fn session(self: &Arc<Self>, backoff: &mut Duration) -> anyhow::Result<()> {
         // The certificate may have been renewed since start-up (see `crate::renew`).
         let tls = crate::renew::current_tls(&self.config).unwrap_or_else(|_| self.tls.clone());
-        let channel = tls::connect(&self.config.coordinator, &tls, self.config.connect_timeout()).await?;
+        let channel = tls::connect(
+            &self.config.coordinator,
+            &tls,
+            self.config.connect_timeout(),
+        )
+        .await?;
         let client = AgentServiceClient::new(channel)
             .max_decoding_message_size(harambee_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(harambee_proto::MAX_MESSAGE_BYTES);
-        let request = pb::OpenTaskStreamRequest { agent_version: env!("CARGO_PKG_VERSION").to_owned() };
+        let request = pb::OpenTaskStreamRequest {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
         let mut tasks = client.clone().open_task_stream(request).await?.into_inner();
         *backoff = Duration::from_secs(1);
         info!("connected; waiting for tasks");
@@ -157,7 +183,13 @@ impl Agent {
         loop {
             let busy_round_id = self.busy_round();
             let privacy = Some(self.privacy.lock().unwrap().status());
-            match client.heartbeat(pb::HeartbeatRequest { busy_round_id, privacy }).await {
+            match client
+                .heartbeat(pb::HeartbeatRequest {
+                    busy_round_id,
+                    privacy,
+                })
+                .await
+            {
                 Ok(reply) => {
                     let ms = reply.into_inner().interval_ms.clamp(100, 60_000);
                     interval = Duration::from_millis(ms.into());
@@ -183,8 +215,20 @@ impl Agent {
     async fn fetch_ledger_proofs(&self, client: &mut Client) {
         let awaiting = self.privacy.lock().unwrap().awaiting_proof();
         for (federation, round_id) in awaiting {
-            let known_tree_size = self.privacy.lock().unwrap().log.last_head().map_or(0, |(h, _)| h.head.tree_size);
-            let answer = match client.get_ledger_proof(pb::LedgerProofRequest { round_id, known_tree_size }).await {
+            let known_tree_size = self
+                .privacy
+                .lock()
+                .unwrap()
+                .log
+                .last_head()
+                .map_or(0, |(h, _)| h.head.tree_size);
+            let answer = match client
+                .get_ledger_proof(pb::LedgerProofRequest {
+                    round_id,
+                    known_tree_size,
+                })
+                .await
+            {
                 Ok(answer) => answer.into_inner(),
                 Err(status) if status.code() == tonic::Code::NotFound => continue,
                 Err(status) => {
@@ -192,10 +236,18 @@ impl Agent {
                     continue;
                 }
             };
-            let checked = self.privacy.lock().unwrap().accept_proof(&federation, round_id, &answer);
+            let checked = self
+                .privacy
+                .lock()
+                .unwrap()
+                .accept_proof(&federation, round_id, &answer);
             match checked {
                 Ok((head, cosignature)) => {
-                    info!(round_id, tree_size = head.head.tree_size, "contribution found in the privacy ledger; tree head countersigned");
+                    info!(
+                        round_id,
+                        tree_size = head.head.tree_size,
+                        "contribution found in the privacy ledger; tree head countersigned"
+                    );
                     let request = pb::CosignTreeHeadRequest {
                         signed_tree_head: serde_json::to_string(&head).expect("serializes"),
                         cosignature: serde_json::to_string(&cosignature).expect("serializes"),
@@ -207,7 +259,11 @@ impl Agent {
                 Err(e) => {
                     let problem = format!("{e:#}");
                     error!(round_id, %problem, "the coordinator's ledger proof does not verify");
-                    let alarm = Record::Alarm { federation: federation.clone(), round_id, problem };
+                    let alarm = Record::Alarm {
+                        federation: federation.clone(),
+                        round_id,
+                        problem,
+                    };
                     if let Err(e) = self.privacy.lock().unwrap().log.append(now_ms(), alarm) {
                         error!("could not write the privacy log: {e:#}");
                     }
@@ -218,20 +274,35 @@ impl Agent {
 
     /// Declines a task the facility's policy forbids: says why in the log and the privacy
     /// log, and tells the coordinator so that the round does not wait for it.
-    async fn decline(&self, client: &mut Client, federation: &str, round_id: u64, reason: String) -> anyhow::Result<()> {
+    async fn decline(
+        &self,
+        client: &mut Client,
+        federation: &str,
+        round_id: u64,
+        reason: String,
+    ) -> anyhow::Result<()> {
         warn!(round_id, federation, %reason, "task refused by the facility's policy");
-        self.privacy
-            .lock()
-            .unwrap()
-            .log
-            .append(now_ms(), Record::Refusal { federation: federation.to_owned(), round_id, reason: reason.clone() })?;
-        client.decline_task(pb::DeclineTaskRequest { round_id, reason }).await?;
+        self.privacy.lock().unwrap().log.append(
+            now_ms(),
+            Record::Refusal {
+                federation: federation.to_owned(),
+                round_id,
+                reason: reason.clone(),
+            },
+        )?;
+        client
+            .decline_task(pb::DeclineTaskRequest { round_id, reason })
+            .await?;
         Ok(())
     }
 
     fn busy_round(&self) -> u64 {
         let work = self.work.lock().unwrap();
-        work.iter().filter(|(_, w)| matches!(w, Work::Running(_))).map(|((round, _), _)| *round).max().unwrap_or(0)
+        work.iter()
+            .filter(|(_, w)| matches!(w, Work::Running(_)))
+            .map(|((round, _), _)| *round)
+            .max()
+            .unwrap_or(0)
     }
 
     fn dispatch(self: &Arc<Self>, client: Client, task: pb::Task) {
@@ -240,19 +311,31 @@ impl Agent {
                 let round_id = t.round_id;
                 let span = info_span!("train", round_id, federation = %t.federation);
                 let agent = self.clone();
-                self.start(round_id, TaskKind::Train, async move { agent.train(client, t).await }.instrument(span));
+                self.start(
+                    round_id,
+                    TaskKind::Train,
+                    async move { agent.train(client, t).await }.instrument(span),
+                );
             }
             Some(Kind::Evaluate(t)) => {
                 let round_id = t.round_id;
                 let span = info_span!("evaluate", round_id, federation = %t.federation);
                 let agent = self.clone();
-                self.start(round_id, TaskKind::Evaluate, async move { agent.evaluate(client, t).await }.instrument(span));
+                self.start(
+                    round_id,
+                    TaskKind::Evaluate,
+                    async move { agent.evaluate(client, t).await }.instrument(span),
+                );
             }
             Some(Kind::SecaggAdvertise(t)) => self.secure_step(client, secure::Stage::Advertise(t)),
             Some(Kind::SecaggShareKeys(t)) => self.secure_step(client, secure::Stage::ShareKeys(t)),
-            Some(Kind::SecaggMaskedInput(t)) => self.secure_step(client, secure::Stage::MaskedInput(t)),
+            Some(Kind::SecaggMaskedInput(t)) => {
+                self.secure_step(client, secure::Stage::MaskedInput(t))
+            }
             Some(Kind::SecaggUnmask(t)) => self.secure_step(client, secure::Stage::Unmask(t)),
-            Some(Kind::SecaggConsistency(t)) => self.secure_step(client, secure::Stage::Consistency(t)),
+            Some(Kind::SecaggConsistency(t)) => {
+                self.secure_step(client, secure::Stage::Consistency(t))
+            }
             Some(Kind::Cancel(c)) => {
                 info!(round_id = c.round_id, reason = %c.reason, "coordinator cancelled the round's work");
                 self.secure.lock().unwrap().forget(c.round_id);
@@ -270,7 +353,12 @@ impl Agent {
         }
     }
 
-    fn start(self: &Arc<Self>, round_id: u64, kind: TaskKind, job: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+    fn start(
+        self: &Arc<Self>,
+        round_id: u64,
+        kind: TaskKind,
+        job: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
         let key = (round_id, kind);
         let mut work = self.work.lock().unwrap();
         if work.contains_key(&key) {
@@ -303,36 +391,81 @@ impl Agent {
 
     async fn train(self: Arc<Self>, mut client: Client, task: pb::TrainTask) -> anyhow::Result<()> {
         let (model, schema) = wire::model(task.model.as_ref())?;
-        let kind = task.model.as_ref().map(|m| m.kind.clone()).unwrap_or_default();
+        let kind = task
+            .model
+            .as_ref()
+            .map(|m| m.kind.clone())
+            .unwrap_or_default();
         let epochs = task.config.as_ref().map_or(1, |c| c.epochs as usize);
         if let Some(synthetic) = self.config.testing.synthetic.clone() {
-            let admitted = self.privacy.lock().unwrap().admit(&task.federation, &kind, synthetic.n_samples as usize, epochs, task.privacy.as_ref());
+            let admitted = self.privacy.lock().unwrap().admit(
+                &task.federation,
+                &kind,
+                synthetic.n_samples as usize,
+                epochs,
+                task.privacy.as_ref(),
+            );
             let dp = match admitted {
                 Ok(dp) => dp,
-                Err(refusal) => return self.decline(&mut client, &task.federation, task.round_id, refusal.0).await,
+                Err(refusal) => {
+                    return self
+                        .decline(&mut client, &task.federation, task.round_id, refusal.0)
+                        .await;
+                }
             };
             let n = model.shared_len();
-            let update = tokio::task::spawn_blocking(move || synthetic_update(n, synthetic.seed ^ task.round_id)).await?;
-            let report = harambee_models::train::TrainReport { params: Vec::new(), mean_loss: 0.0, n_samples: synthetic.n_samples as usize };
-            return self.send_update(client, &task, update, report, dp, std::time::Instant::now()).await;
+            let update = tokio::task::spawn_blocking(move || {
+                synthetic_update(n, synthetic.seed ^ task.round_id)
+            })
+            .await?;
+            let report = harambee_models::train::TrainReport {
+                params: Vec::new(),
+                mean_loss: 0.0,
+                n_samples: synthetic.n_samples as usize,
+            };
+            return self
+                .send_update(client, &task, update, report, dp, std::time::Instant::now())
+                .await;
         }
         let mut config = wire::train_config(task.config.as_ref())?;
         config.seed ^= task.round_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let base_ref = task.base.clone().context("train task names no base model")?;
+        let base_ref = task
+            .base
+            .clone()
+            .context("train task names no base model")?;
         let base = transfer::download_model(&mut client, &base_ref, &self.cache_dir()).await?;
         if base.len() != model.n_params() {
-            bail!("base model has {} parameters, the model spec {}", base.len(), model.n_params());
+            bail!(
+                "base model has {} parameters, the model spec {}",
+                base.len(),
+                model.n_params()
+            );
         }
         // With a personalized model, train the global body under this facility's own head.
         let start = self.with_own_head(&model, &task.federation, &base)?;
         let (train, _) = self.load_split(schema).await?;
-        let admitted = self.privacy.lock().unwrap().admit(&task.federation, &kind, train.n_rows(), config.epochs, task.privacy.as_ref());
+        let admitted = self.privacy.lock().unwrap().admit(
+            &task.federation,
+            &kind,
+            train.n_rows(),
+            config.epochs,
+            task.privacy.as_ref(),
+        );
         let dp = match admitted {
             Ok(dp) => dp,
-            Err(refusal) => return self.decline(&mut client, &task.federation, task.round_id, refusal.0).await,
+            Err(refusal) => {
+                return self
+                    .decline(&mut client, &task.federation, task.round_id, refusal.0)
+                    .await;
+            }
         };
         let dp_sgd = task.privacy.as_ref().and_then(|p| p.dp_sgd.clone());
-        info!(rows = train.n_rows(), epochs = config.epochs, dp_sgd = dp_sgd.is_some(), "training");
+        info!(
+            rows = train.n_rows(),
+            epochs = config.epochs,
+            dp_sgd = dp_sgd.is_some(),
+            "training"
+        );
         let started = std::time::Instant::now();
         let (report, model) = tokio::task::spawn_blocking({
             let start = start.clone();
@@ -345,8 +478,13 @@ impl Agent {
                             sampling_rate: d.sampling_rate,
                         };
                         // Batches and noise from a CSPRNG seeded by the operating system.
-                        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed(rand::random());
-                        harambee_models::dp::train_dp(&model, &start, &train, &config, &dp, &mut rng)?.train
+                        let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed(
+                            rand::random(),
+                        );
+                        harambee_models::dp::train_dp(
+                            &model, &start, &train, &config, &dp, &mut rng,
+                        )?
+                        .train
                     }
                     None => harambee_models::train::train(&model, &start, &train, &config)?,
                 };
@@ -358,15 +496,24 @@ impl Agent {
         let mut update = model.shared_update(&report.params, &start)?;
         clip_for_facility_dp(&mut update, task.privacy.as_ref());
         self.keep_head(&model, &task.federation, &report.params)?;
-        self.send_update(client, &task, update, report, dp, started).await
+        self.send_update(client, &task, update, report, dp, started)
+            .await
     }
 
     fn personal_path(&self, federation: &str, extension: &str) -> std::path::PathBuf {
-        self.config.state_dir.join("personal").join(format!("{federation}.{extension}"))
+        self.config
+            .state_dir
+            .join("personal")
+            .join(format!("{federation}.{extension}"))
     }
 
     /// `global` with its head replaced by this facility's own, once it has one.
-    fn with_own_head(&self, model: &ModelSpec, federation: &str, global: &[f32]) -> anyhow::Result<Vec<f32>> {
+    fn with_own_head(
+        &self,
+        model: &ModelSpec,
+        federation: &str,
+        global: &[f32],
+    ) -> anyhow::Result<Vec<f32>> {
         let shared = model.shared_len();
         if shared == model.n_params() {
             return Ok(global.to_vec());
@@ -393,7 +540,8 @@ impl Agent {
         }
         let path = self.personal_path(federation, "head.f32");
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        std::fs::write(&path, harambee_core::params::to_le_bytes(head)).with_context(|| format!("writing {}", path.display()))
+        std::fs::write(&path, harambee_core::params::to_le_bytes(head))
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Sends a trained update: held for secure aggregation, or uploaded in plain.
@@ -406,18 +554,31 @@ impl Agent {
         dp: Option<DpSteps>,
         started: std::time::Instant,
     ) -> anyhow::Result<()> {
-        let (clipping_norm, noise_multiplier) =
-            task.privacy.as_ref().and_then(|p| p.dp_sgd.as_ref()).map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier));
+        let (clipping_norm, noise_multiplier) = task
+            .privacy
+            .as_ref()
+            .and_then(|p| p.dp_sgd.as_ref())
+            .map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier));
         // The training loss is computed on the raw rows, outside DP-SGD's guarantee: under
         // DP it does not leave.
         let train_loss = if dp.is_some() { 0.0 } else { report.mean_loss };
         if let Some(secure) = &task.secure {
-            self.dp_of_round.lock().unwrap().insert(task.round_id, (task.federation.clone(), dp, clipping_norm, noise_multiplier));
+            self.dp_of_round.lock().unwrap().insert(
+                task.round_id,
+                (task.federation.clone(), dp, clipping_norm, noise_multiplier),
+            );
             // Secure aggregation: the update stays here until it leaves masked.
             let weight = (report.n_samples as u64).min(secure.max_weight.max(1));
             self.egress.keep_unmasked(task.round_id, &update)?;
-            self.secure.lock().unwrap().trained(task.round_id, &task.federation, update, weight);
-            info!(loss = report.mean_loss, secs = started.elapsed().as_secs_f32(), "trained; holding the update for secure aggregation");
+            self.secure
+                .lock()
+                .unwrap()
+                .trained(task.round_id, &task.federation, update, weight);
+            info!(
+                loss = report.mean_loss,
+                secs = started.elapsed().as_secs_f32(),
+                "trained; holding the update for secure aggregation"
+            );
             self.egress.append(&EgressRecord {
                 unix_ms: now_ms(),
                 kind: "trained",
@@ -427,8 +588,14 @@ impl Agent {
                 sha256: None,
                 n_samples: report.n_samples as u64,
             })?;
-            let trained = pb::Trained { n_samples: report.n_samples as u64, train_loss };
-            let submission = pb::SecAggSubmission { round_id: task.round_id, part: Some(pb::sec_agg_submission::Part::Trained(trained)) };
+            let trained = pb::Trained {
+                n_samples: report.n_samples as u64,
+                train_loss,
+            };
+            let submission = pb::SecAggSubmission {
+                round_id: task.round_id,
+                part: Some(pb::sec_agg_submission::Part::Trained(trained)),
+            };
             return retry_until(task.deadline_unix_ms, "training report", || {
                 let mut client = client.clone();
                 let submission = submission.clone();
@@ -438,7 +605,11 @@ impl Agent {
         }
         let payload = harambee_core::params::to_le_bytes(&update);
         let sha256 = hex::encode(Sha256::digest(&payload));
-        info!(loss = report.mean_loss, secs = started.elapsed().as_secs_f32(), "trained; uploading update");
+        info!(
+            loss = report.mean_loss,
+            secs = started.elapsed().as_secs_f32(),
+            "trained; uploading update"
+        );
         self.egress.keep_payload(&sha256, &payload)?;
         self.egress.append(&EgressRecord {
             unix_ms: now_ms(),
@@ -449,7 +620,14 @@ impl Agent {
             sha256: Some(&sha256),
             n_samples: report.n_samples as u64,
         })?;
-        let receipt = self.privacy.lock().unwrap().sign_egress(&task.federation, task.round_id, &payload, dp, clipping_norm, noise_multiplier)?;
+        let receipt = self.privacy.lock().unwrap().sign_egress(
+            &task.federation,
+            task.round_id,
+            &payload,
+            dp,
+            clipping_norm,
+            noise_multiplier,
+        )?;
         let header = pb::UpdateHeader {
             round_id: task.round_id,
             n_params: update.len() as u64,
@@ -469,23 +647,44 @@ impl Agent {
         })
         .await?;
         info!("update accepted");
-        self.privacy
-            .lock()
-            .unwrap()
-            .log
-            .append(now_ms(), Record::Accepted { federation: task.federation.clone(), round_id: task.round_id })?;
+        self.privacy.lock().unwrap().log.append(
+            now_ms(),
+            Record::Accepted {
+                federation: task.federation.clone(),
+                round_id: task.round_id,
+            },
+        )?;
         Ok(())
     }
 
-    async fn evaluate(self: Arc<Self>, mut client: Client, task: pb::EvaluateTask) -> anyhow::Result<()> {
+    async fn evaluate(
+        self: Arc<Self>,
+        mut client: Client,
+        task: pb::EvaluateTask,
+    ) -> anyhow::Result<()> {
         if self.config.testing.synthetic.is_some() {
-            let metrics = wire::metrics(&harambee_models::metrics::Metrics { n_samples: 1, loss: 0.0, accuracy: 0.0, ..Default::default() });
-            client.report_metrics(pb::ReportMetricsRequest { round_id: task.round_id, metrics: Some(metrics), withheld: false }).await?;
+            let metrics = wire::metrics(&harambee_models::metrics::Metrics {
+                n_samples: 1,
+                loss: 0.0,
+                accuracy: 0.0,
+                ..Default::default()
+            });
+            client
+                .report_metrics(pb::ReportMetricsRequest {
+                    round_id: task.round_id,
+                    metrics: Some(metrics),
+                    withheld: false,
+                })
+                .await?;
             return Ok(());
         }
         let (model, schema) = wire::model(task.model.as_ref())?;
-        let candidate_ref = task.candidate.clone().context("evaluate task names no model")?;
-        let candidate = transfer::download_model(&mut client, &candidate_ref, &self.cache_dir()).await?;
+        let candidate_ref = task
+            .candidate
+            .clone()
+            .context("evaluate task names no model")?;
+        let candidate =
+            transfer::download_model(&mut client, &candidate_ref, &self.cache_dir()).await?;
         let params = self.with_own_head(&model, &task.federation, &candidate)?;
         let (train, test) = self.load_split(schema.clone()).await?;
         let min_cohort = self.config.policy.min_cohort;
@@ -499,7 +698,13 @@ impl Agent {
                 let metrics = harambee_models::train::evaluate(&model, &params, &test)?;
                 let personal = match (fine_tune, train_config) {
                     (Some(fine), Some(federation)) => {
-                        let tuned = harambee_models::train::fine_tune(&model, &params, &train, &federation, &fine)?;
+                        let tuned = harambee_models::train::fine_tune(
+                            &model,
+                            &params,
+                            &train,
+                            &federation,
+                            &fine,
+                        )?;
                         let local = harambee_models::train::evaluate(&model, &tuned.params, &test)?;
                         Some((tuned.params, local))
                     }
@@ -509,12 +714,22 @@ impl Agent {
             }
         })
         .await??;
-        info!(auc = metrics.auc, accuracy = metrics.accuracy, loss = metrics.loss, n = metrics.n_samples, "evaluated candidate");
+        info!(
+            auc = metrics.auc,
+            accuracy = metrics.accuracy,
+            loss = metrics.loss,
+            n = metrics.n_samples,
+            "evaluated candidate"
+        );
         // The facility's own model: fine-tuned when configured, else the global body under its
         // own head. It is kept here, never sent.
         let (personal_params, note) = match personal {
             Some((tuned, local)) => {
-                info!(auc = local.auc, accuracy = local.accuracy, "fine-tuned the global model locally");
+                info!(
+                    auc = local.auc,
+                    accuracy = local.accuracy,
+                    "fine-tuned the global model locally"
+                );
                 (tuned, "fine-tuned")
             }
             None => (params, "global"),
@@ -531,7 +746,10 @@ impl Agent {
         harambee_models::checkpoint::save_file(&path, &checkpoint)?;
         info!(path = %path.display(), model = note, "personal model saved");
         if withheld {
-            info!(rows = metrics.n_samples, min_cohort, "held-out cohort below the policy minimum; metrics withheld");
+            info!(
+                rows = metrics.n_samples,
+                min_cohort, "held-out cohort below the policy minimum; metrics withheld"
+            );
         } else {
             self.egress.append(&EgressRecord {
                 unix_ms: now_ms(),
@@ -560,7 +778,11 @@ impl Agent {
     fn secure_step(self: &Arc<Self>, client: Client, stage: secure::Stage) {
         let round_id = stage.round_id();
         if self.config.testing.crash_at.as_deref() == Some(stage.name()) {
-            error!(round_id, stage = stage.name(), "testing.crash_at: stopping dead as a crash would");
+            error!(
+                round_id,
+                stage = stage.name(),
+                "testing.crash_at: stopping dead as a crash would"
+            );
             self.crashed.notify_one();
             return;
         }
@@ -576,14 +798,22 @@ impl Agent {
         );
     }
 
-    async fn run_secure_step(self: Arc<Self>, mut client: Client, stage: secure::Stage) -> anyhow::Result<()> {
+    async fn run_secure_step(
+        self: Arc<Self>,
+        mut client: Client,
+        stage: secure::Stage,
+    ) -> anyhow::Result<()> {
         let round_id = stage.round_id();
         let deadline = stage.deadline_unix_ms();
         let clients = self.secure.clone();
-        let reply = tokio::task::spawn_blocking(move || clients.lock().unwrap().step(stage)).await??;
+        let reply =
+            tokio::task::spawn_blocking(move || clients.lock().unwrap().step(stage)).await??;
         match reply {
             Reply::Submit(part) => {
-                let submission = pb::SecAggSubmission { round_id, part: Some(part) };
+                let submission = pb::SecAggSubmission {
+                    round_id,
+                    part: Some(part),
+                };
                 self.stats.add(prost::Message::encoded_len(&submission));
                 retry_until(deadline, "secure-aggregation message", || {
                     let mut client = client.clone();
@@ -595,7 +825,12 @@ impl Agent {
             Reply::Masked { words, n_words } => {
                 let sha256 = hex::encode(Sha256::digest(&words));
                 self.egress.keep_payload(&sha256, &words)?;
-                let federation = self.secure.lock().unwrap().federation_of(round_id).unwrap_or_default();
+                let federation = self
+                    .secure
+                    .lock()
+                    .unwrap()
+                    .federation_of(round_id)
+                    .unwrap_or_default();
                 self.egress.append(&EgressRecord {
                     unix_ms: now_ms(),
                     kind: "masked-update",
@@ -605,9 +840,21 @@ impl Agent {
                     sha256: Some(&sha256),
                     n_samples: 0,
                 })?;
-                let (federation, dp, clipping_norm, noise_multiplier) =
-                    self.dp_of_round.lock().unwrap().get(&round_id).cloned().unwrap_or((federation, None, 0.0, 0.0));
-                let receipt = self.privacy.lock().unwrap().sign_egress(&federation, round_id, &words, dp, clipping_norm, noise_multiplier)?;
+                let (federation, dp, clipping_norm, noise_multiplier) = self
+                    .dp_of_round
+                    .lock()
+                    .unwrap()
+                    .get(&round_id)
+                    .cloned()
+                    .unwrap_or((federation, None, 0.0, 0.0));
+                let receipt = self.privacy.lock().unwrap().sign_egress(
+                    &federation,
+                    round_id,
+                    &words,
+                    dp,
+                    clipping_norm,
+                    noise_multiplier,
+                )?;
                 let header = pb::UpdateHeader {
                     round_id,
                     n_params: n_words as u64,
@@ -627,7 +874,13 @@ impl Agent {
                 })
                 .await?;
                 info!("masked update accepted");
-                self.privacy.lock().unwrap().log.append(now_ms(), Record::Accepted { federation, round_id })?;
+                self.privacy.lock().unwrap().log.append(
+                    now_ms(),
+                    Record::Accepted {
+                        federation,
+                        round_id,
+                    },
+                )?;
                 let _ = &mut client;
                 Ok(())
             }
@@ -666,13 +919,20 @@ where
         };
         let transient = matches!(
             status.code(),
-            tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            tonic::Code::Unavailable
+                | tonic::Code::DataLoss
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
         );
         if !transient {
             bail!("coordinator refused the {what}: {}", status.message());
         }
         if now_ms() + pause.as_millis() as i64 > deadline_unix_ms {
-            bail!("{what} failed and the task's deadline has passed: {}", status.message());
+            bail!(
+                "{what} failed and the task's deadline has passed: {}",
+                status.message()
+            );
         }
         warn!(%status, "{what} failed; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
@@ -687,7 +947,11 @@ fn clip_for_facility_dp(update: &mut [f32], privacy: Option<&pb::PrivacyConfig>)
     if matches!(p.mechanism.as_str(), "" | "none") || !(p.clip_norm > 0.0) {
         return;
     }
-    let norm = update.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+    let norm = update
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt();
     if norm > p.clip_norm {
         // A hair under the norm, so rounding to f32 cannot land above it.
         let scale = (p.clip_norm / norm * (1.0 - 1e-6)) as f32;
@@ -717,5 +981,8 @@ fn jitter(backoff: Duration) -> Duration {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -11,8 +11,9 @@ use harambee_proto::pb;
 use harambee_secagg::ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_secagg::rand_core::SeedableRng;
 use harambee_secagg::{
-    AwaitingConsistency, AwaitingPeerKeys, AwaitingShares, AwaitingUnmask, ChaCha20Rng, ClientRound, ConsistencyProof,
-    EncryptedShare, MaskPrg, Message, Params, SignedAdvertisement, UnmaskRequest, Word,
+    AwaitingConsistency, AwaitingPeerKeys, AwaitingShares, AwaitingUnmask, ChaCha20Rng,
+    ClientRound, ConsistencyProof, EncryptedShare, MaskPrg, Message, Params, SignedAdvertisement,
+    UnmaskRequest, Word,
 };
 
 use crate::peers::PeerVerifier;
@@ -20,9 +21,20 @@ use crate::peers::PeerVerifier;
 /// Where one round's client is.
 enum State {
     /// Trained; waiting for the round's parameters.
-    Trained { update: Vec<f32>, weight: u64 },
-    Keys { next: AwaitingPeerKeys, update: Vec<f32>, weight: u64 },
-    Shares { next: AwaitingShares, update: Vec<f32>, weight: u64 },
+    Trained {
+        update: Vec<f32>,
+        weight: u64,
+    },
+    Keys {
+        next: AwaitingPeerKeys,
+        update: Vec<f32>,
+        weight: u64,
+    },
+    Shares {
+        next: AwaitingShares,
+        update: Vec<f32>,
+        weight: u64,
+    },
     Unmask(AwaitingUnmask),
     Consistency(AwaitingConsistency),
 }
@@ -31,7 +43,10 @@ enum State {
 pub enum Reply {
     Submit(pb::sec_agg_submission::Part),
     /// The masked input, as little-endian words, to stream through UploadUpdate.
-    Masked { words: Vec<u8>, n_words: usize },
+    Masked {
+        words: Vec<u8>,
+        n_words: usize,
+    },
 }
 
 /// Secure-aggregation clients of the rounds this agent takes part in.
@@ -44,12 +59,18 @@ pub struct SecureClients {
 
 impl SecureClients {
     pub fn new(signing_key: Option<SigningKey>, verifier: PeerVerifier) -> SecureClients {
-        SecureClients { signing_key, verifier, rounds: HashMap::new(), federations: HashMap::new() }
+        SecureClients {
+            signing_key,
+            verifier,
+            rounds: HashMap::new(),
+            federations: HashMap::new(),
+        }
     }
 
     /// Keeps a trained update for the masked stages of `round_id`.
     pub fn trained(&mut self, round_id: u64, federation: &str, update: Vec<f32>, weight: u64) {
-        self.rounds.insert(round_id, State::Trained { update, weight });
+        self.rounds
+            .insert(round_id, State::Trained { update, weight });
         self.federations.insert(round_id, federation.to_owned());
     }
 
@@ -65,48 +86,120 @@ impl SecureClients {
     /// Advances `round_id`'s client with the coordinator's message for the next stage.
     pub fn step(&mut self, task: Stage) -> anyhow::Result<Reply> {
         let round_id = task.round_id();
-        let state = self.rounds.remove(&round_id).with_context(|| format!("no secure-aggregation state for round {round_id}"))?;
+        let state = self
+            .rounds
+            .remove(&round_id)
+            .with_context(|| format!("no secure-aggregation state for round {round_id}"))?;
         let mut rng = ChaCha20Rng::from_seed(rand::random());
         let (state, reply) = match (state, task) {
             (State::Trained { update, weight }, Stage::Advertise(t)) => {
                 let params = params_from_pb(t.params.as_ref().context("no parameters")?)?;
                 if params.round_id != round_id || params.vector_len != update.len() {
-                    bail!("secure-aggregation parameters do not match the round (round {}, {} values)", params.round_id, params.vector_len);
+                    bail!(
+                        "secure-aggregation parameters do not match the round (round {}, {} values)",
+                        params.round_id,
+                        params.vector_len
+                    );
                 }
-                let key = self.signing_key.clone().context("this agent's key is not Ed25519; re-issue its certificate")?;
+                let key = self
+                    .signing_key
+                    .clone()
+                    .context("this agent's key is not Ed25519; re-issue its certificate")?;
                 let (next, ad) = ClientRound::new(params, t.my_id, key, &mut rng)?;
-                (Some(State::Keys { next, update, weight }), Reply::Submit(pb::sec_agg_submission::Part::Advertise(ad.encode())))
+                (
+                    Some(State::Keys {
+                        next,
+                        update,
+                        weight,
+                    }),
+                    Reply::Submit(pb::sec_agg_submission::Part::Advertise(ad.encode())),
+                )
             }
-            (State::Keys { next, update, weight }, Stage::ShareKeys(t)) => {
+            (
+                State::Keys {
+                    next,
+                    update,
+                    weight,
+                },
+                Stage::ShareKeys(t),
+            ) => {
                 let mut keys: BTreeMap<u32, VerifyingKey> = BTreeMap::new();
                 for peer in &t.peers {
-                    keys.insert(peer.id, self.verifier.verify_chain(&peer.facility, &peer.certificate, &peer.intermediates)?);
+                    keys.insert(
+                        peer.id,
+                        self.verifier.verify_chain(
+                            &peer.facility,
+                            &peer.certificate,
+                            &peer.intermediates,
+                        )?,
+                    );
                 }
-                let ads = t.advertisements.iter().map(|b| SignedAdvertisement::decode(b)).collect::<Result<Vec<_>, _>>()?;
+                let ads = t
+                    .advertisements
+                    .iter()
+                    .map(|b| SignedAdvertisement::decode(b))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let (next, shares) = next.handle_keys(ads, &keys, &mut rng)?;
                 let shares = shares.iter().map(Message::encode).collect();
-                (Some(State::Shares { next, update, weight }), Reply::Submit(pb::sec_agg_submission::Part::Shares(pb::SecAggShares { shares })))
+                (
+                    Some(State::Shares {
+                        next,
+                        update,
+                        weight,
+                    }),
+                    Reply::Submit(pb::sec_agg_submission::Part::Shares(pb::SecAggShares {
+                        shares,
+                    })),
+                )
             }
-            (State::Shares { next, update, weight }, Stage::MaskedInput(t)) => {
-                let shares = t.shares.iter().map(|b| EncryptedShare::decode(b)).collect::<Result<Vec<_>, _>>()?;
+            (
+                State::Shares {
+                    next,
+                    update,
+                    weight,
+                },
+                Stage::MaskedInput(t),
+            ) => {
+                let shares = t
+                    .shares
+                    .iter()
+                    .map(|b| EncryptedShare::decode(b))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let (next, masked) = next.handle_shares(shares, &update, weight, &mut rng)?;
                 let n_words = masked.words.len();
-                (Some(State::Unmask(next)), Reply::Masked { words: masked.words.to_le_bytes(), n_words })
+                (
+                    Some(State::Unmask(next)),
+                    Reply::Masked {
+                        words: masked.words.to_le_bytes(),
+                        n_words,
+                    },
+                )
             }
             (State::Unmask(next), Stage::Unmask(t)) => {
                 let request = UnmaskRequest::decode(&t.request)?;
                 if t.sign_first {
                     let (next, signature) = next.sign_survivors(&request)?;
-                    (Some(State::Consistency(next)), Reply::Submit(pb::sec_agg_submission::Part::ConsistencySignature(signature.encode())))
+                    (
+                        Some(State::Consistency(next)),
+                        Reply::Submit(pb::sec_agg_submission::Part::ConsistencySignature(
+                            signature.encode(),
+                        )),
+                    )
                 } else {
                     let shares = next.handle_unmask(&request)?;
-                    (None, Reply::Submit(pb::sec_agg_submission::Part::Unmask(shares.encode())))
+                    (
+                        None,
+                        Reply::Submit(pb::sec_agg_submission::Part::Unmask(shares.encode())),
+                    )
                 }
             }
             (State::Consistency(next), Stage::Consistency(t)) => {
                 let proof = ConsistencyProof::decode(&t.proof)?;
                 let shares = next.handle_consistency(&proof)?;
-                (None, Reply::Submit(pb::sec_agg_submission::Part::Unmask(shares.encode())))
+                (
+                    None,
+                    Reply::Submit(pb::sec_agg_submission::Part::Unmask(shares.encode())),
+                )
             }
             (state, task) => {
                 let expected = match &state {
@@ -117,7 +210,10 @@ impl SecureClients {
                     State::Consistency(_) => "a consistency proof",
                 };
                 self.rounds.insert(round_id, state);
-                bail!("ignoring a {} message while waiting for {expected} (resent after a reconnect?)", task.name());
+                bail!(
+                    "ignoring a {} message while waiting for {expected} (resent after a reconnect?)",
+                    task.name()
+                );
             }
         };
         if let Some(state) = state {

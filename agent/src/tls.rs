@@ -195,7 +195,13 @@ pub async fn connect(
     tls: &ClientTls,
     connect_timeout: Duration,
 ) -> Result<Channel, TlsError> {
-    connect_with_config(endpoint, client_config(tls)?, &tls.server_name, connect_timeout).await
+    connect_with_config(
+        endpoint,
+        client_config(tls)?,
+        &tls.server_name,
+        connect_timeout,
+    )
+    .await
 }
 
 /// [`connect`] with a client configuration of the caller's, e.g. one without a client

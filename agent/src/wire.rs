@@ -31,15 +31,26 @@ pub fn schema(schema: &pb::FeatureSchema) -> Schema {
 /// The model and its input schema; checks the parameter count the coordinator announced.
 pub fn model(spec: Option<&pb::ModelSpec>) -> Result<(ModelSpec, Schema), BadTask> {
     let spec = spec.ok_or_else(|| BadTask("no model spec".into()))?;
-    let schema = schema(spec.schema.as_ref().ok_or_else(|| BadTask("no feature schema".into()))?);
+    let schema = schema(
+        spec.schema
+            .as_ref()
+            .ok_or_else(|| BadTask("no feature schema".into()))?,
+    );
     schema.validate().map_err(|e| BadTask(e.to_string()))?;
     let kind = match spec.kind.as_str() {
         "logistic_regression" => ModelKind::LogisticRegression,
-        "mlp" => ModelKind::Mlp { hidden: spec.hidden.iter().map(|&h| h as usize).collect() },
-        "personalized" => ModelKind::Personalized { hidden: spec.hidden.iter().map(|&h| h as usize).collect() },
+        "mlp" => ModelKind::Mlp {
+            hidden: spec.hidden.iter().map(|&h| h as usize).collect(),
+        },
+        "personalized" => ModelKind::Personalized {
+            hidden: spec.hidden.iter().map(|&h| h as usize).collect(),
+        },
         other => return Err(BadTask(format!("unknown model kind {other:?}"))),
     };
-    let model = ModelSpec { kind, n_inputs: schema.n_inputs() };
+    let model = ModelSpec {
+        kind,
+        n_inputs: schema.n_inputs(),
+    };
     if model.n_params() as u64 != spec.n_params {
         return Err(BadTask(format!(
             "coordinator announced {} parameters, this agent's model has {}",

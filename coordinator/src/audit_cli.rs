@@ -24,20 +24,33 @@ pub async fn export(channel: Channel, out: &Path) -> anyhow::Result<Exported> {
     let mut client = AuditServiceClient::new(channel)
         .max_decoding_message_size(harambee_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(harambee_proto::MAX_MESSAGE_BYTES);
-    let head = client.get_signed_tree_head(pb::GetSignedTreeHeadRequest {}).await?.into_inner();
-    let signed: SignedTreeHead = serde_json::from_str(&head.signed_tree_head).context("the coordinator sent a malformed tree head")?;
+    let head = client
+        .get_signed_tree_head(pb::GetSignedTreeHeadRequest {})
+        .await?
+        .into_inner();
+    let signed: SignedTreeHead = serde_json::from_str(&head.signed_tree_head)
+        .context("the coordinator sent a malformed tree head")?;
     let size = signed.head.tree_size;
     let mut text = String::new();
     let mut next = 0;
     while next < size {
-        let page = client.get_entries(pb::GetEntriesRequest { start: next, end: size }).await?.into_inner().entries;
+        let page = client
+            .get_entries(pb::GetEntriesRequest {
+                start: next,
+                end: size,
+            })
+            .await?
+            .into_inner()
+            .entries;
         if page.is_empty() {
             bail!("the coordinator returned no entries from {next} while its head covers {size}");
         }
         // Continue after the last index received: a gap (a missing entry) must not make
         // the export repeat or skip anything, so the verifier sees exactly what is stored.
         let last = page.last().expect("not empty");
-        let index = serde_json::from_str::<serde_json::Value>(last).ok().and_then(|v| v["index"].as_u64());
+        let index = serde_json::from_str::<serde_json::Value>(last)
+            .ok()
+            .and_then(|v| v["index"].as_u64());
         next = match index {
             Some(i) if i >= next => i + 1,
             _ => next + page.len() as u64,
@@ -56,17 +69,32 @@ pub async fn export(channel: Channel, out: &Path) -> anyhow::Result<Exported> {
         .map(|c| serde_json::from_str::<CosignedHead>(c))
         .collect::<Result<Vec<_>, _>>()
         .context("the coordinator sent a malformed countersignature")?;
-    let head_file = HeadFile { signed_tree_head: signed, ledger_key: hex::encode(&head.ledger_key), cosignatures };
+    let head_file = HeadFile {
+        signed_tree_head: signed,
+        ledger_key: hex::encode(&head.ledger_key),
+        cosignatures,
+    };
     let head_path = head_path_for(out);
     write_whole(out, text.as_bytes())?;
-    write_whole(&head_path, serde_json::to_string_pretty(&head_file)?.as_bytes())?;
-    Ok(Exported { entries: size, ledger: out.to_owned(), head: head_path })
+    write_whole(
+        &head_path,
+        serde_json::to_string_pretty(&head_file)?.as_bytes(),
+    )?;
+    Ok(Exported {
+        entries: size,
+        ledger: out.to_owned(),
+        head: head_path,
+    })
 }
 
 /// ε per facility, from the receipts in the ledger and the budgets the facilities report.
 pub async fn privacy_spend(channel: Channel) -> anyhow::Result<Vec<pb::PrivacySpend>> {
     let mut client = AuditServiceClient::new(channel);
-    Ok(client.list_privacy_spend(pb::ListPrivacySpendRequest {}).await?.into_inner().facilities)
+    Ok(client
+        .list_privacy_spend(pb::ListPrivacySpendRequest {})
+        .await?
+        .into_inner()
+        .facilities)
 }
 
 fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

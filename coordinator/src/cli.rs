@@ -19,7 +19,11 @@ use crate::state::Settings;
 use crate::{demo, wire};
 
 #[derive(Parser, Debug)]
-#[command(name = "harambee-coordinator", version, about = "Harambee coordinator: federated learning across health facilities")]
+#[command(
+    name = "harambee-coordinator",
+    version,
+    about = "Harambee coordinator: federated learning across health facilities"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -170,7 +174,11 @@ pub enum PkiCommand {
 /// How an operator reaches the coordinator.
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
-    #[arg(long, env = "HARAMBEE_COORDINATOR", default_value = "https://127.0.0.1:7443")]
+    #[arg(
+        long,
+        env = "HARAMBEE_COORDINATOR",
+        default_value = "https://127.0.0.1:7443"
+    )]
     pub coordinator: String,
     /// Name in the coordinator's certificate.
     #[arg(long, default_value = "localhost")]
@@ -246,9 +254,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Pki(cmd) => pki_command(cmd),
-        Command::Federation(FederationCommand::Create { config, init_from, init_from_federation, admin }) => {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let spec = FederationSpec::from_toml(&text).with_context(|| format!("parsing {}", config.display()))?;
+        Command::Federation(FederationCommand::Create {
+            config,
+            init_from,
+            init_from_federation,
+            admin,
+        }) => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let spec = FederationSpec::from_toml(&text)
+                .with_context(|| format!("parsing {}", config.display()))?;
             spec.validate()?;
             let mut client = admin_client(&admin).await?;
             let source = match (init_from, init_from_federation) {
@@ -256,9 +271,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
                 )),
                 (None, Some(from)) => {
-                    let (federation, version) = from.split_once('@').context("--init-from-federation takes NAME@VERSION")?;
+                    let (federation, version) = from
+                        .split_once('@')
+                        .context("--init-from-federation takes NAME@VERSION")?;
                     let version = version.parse().context("the version after @ is a number")?;
-                    Some(pb::model_source::Source::FederationVersion(pb::FederationVersion { federation: federation.to_owned(), version }))
+                    Some(pb::model_source::Source::FederationVersion(
+                        pb::FederationVersion {
+                            federation: federation.to_owned(),
+                            version,
+                        },
+                    ))
                 }
                 (None, None) => None,
             };
@@ -268,21 +290,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let fed = client.create_federation(request).await?.into_inner();
             let latest = fed.latest.unwrap_or_default();
-            println!("created federation {} (model version 0, {} bytes, sha256 {})", spec.name, latest.size_bytes, latest.digest);
+            println!(
+                "created federation {} (model version 0, {} bytes, sha256 {})",
+                spec.name, latest.size_bytes, latest.digest
+            );
             Ok(())
         }
         Command::Federation(FederationCommand::List(admin)) => {
             let mut client = admin_client(&admin).await?;
-            for fed in client.list_federations(pb::ListFederationsRequest {}).await?.into_inner().federations {
+            for fed in client
+                .list_federations(pb::ListFederationsRequest {})
+                .await?
+                .into_inner()
+                .federations
+            {
                 let config = fed.config.unwrap_or_default();
                 let latest = fed.latest.unwrap_or_default();
-                println!("{}\tversion {}\t{}", config.name, latest.version, latest.digest);
+                println!(
+                    "{}\tversion {}\t{}",
+                    config.name, latest.version, latest.digest
+                );
             }
             Ok(())
         }
-        Command::Round(RoundCommand::Start { federation, wait, admin }) => {
+        Command::Round(RoundCommand::Start {
+            federation,
+            wait,
+            admin,
+        }) => {
             let mut client = admin_client(&admin).await?;
-            let round = client.start_round(pb::StartRoundRequest { federation }).await?.into_inner();
+            let round = client
+                .start_round(pb::StartRoundRequest { federation })
+                .await?
+                .into_inner();
             println!("started round {} (number {})", round.id, round.number);
             if wait {
                 let round = wait_for_round(&mut client, round.id, |_| {}).await?;
@@ -293,11 +333,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Round(RoundCommand::Status { round, federation, admin }) => {
+        Command::Round(RoundCommand::Status {
+            round,
+            federation,
+            admin,
+        }) => {
             let mut client = admin_client(&admin).await?;
             let rounds = match (round, federation) {
-                (Some(id), _) => vec![client.get_round(pb::GetRoundRequest { round_id: id }).await?.into_inner()],
-                (None, Some(federation)) => client.list_rounds(pb::ListRoundsRequest { federation }).await?.into_inner().rounds,
+                (Some(id), _) => vec![
+                    client
+                        .get_round(pb::GetRoundRequest { round_id: id })
+                        .await?
+                        .into_inner(),
+                ],
+                (None, Some(federation)) => {
+                    client
+                        .list_rounds(pb::ListRoundsRequest { federation })
+                        .await?
+                        .into_inner()
+                        .rounds
+                }
                 (None, None) => bail!("give --round ID or --federation NAME"),
             };
             rounds.iter().for_each(print_round);
@@ -305,26 +360,60 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Agents(admin) => {
             let mut client = admin_client(&admin).await?;
-            for agent in client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents {
-                let state = if agent.connected { "connected" } else { "offline" };
-                println!("{}\t{state}\tlast seen {} ms\tcert {}", agent.facility, agent.last_seen_unix_ms, agent.cert_sha256);
+            for agent in client
+                .list_agents(pb::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents
+            {
+                let state = if agent.connected {
+                    "connected"
+                } else {
+                    "offline"
+                };
+                println!(
+                    "{}\t{state}\tlast seen {} ms\tcert {}",
+                    agent.facility, agent.last_seen_unix_ms, agent.cert_sha256
+                );
             }
             Ok(())
         }
-        Command::Model(ModelCommand::Export { federation, version, out, format, admin }) => {
+        Command::Model(ModelCommand::Export {
+            federation,
+            version,
+            out,
+            format,
+            admin,
+        }) => {
             let mut client = admin_client(&admin).await?;
             let meta = match format {
-                ExportFormat::Safetensors => export_safetensors(&mut client, &federation, version, &out).await?,
+                ExportFormat::Safetensors => {
+                    export_safetensors(&mut client, &federation, version, &out).await?
+                }
                 ExportFormat::F32 => export_model(&mut client, &federation, version, &out).await?,
             };
-            println!("wrote model version {} of {federation} to {}", meta.version, out.display());
+            println!(
+                "wrote model version {} of {federation} to {}",
+                meta.version,
+                out.display()
+            );
             Ok(())
         }
         Command::Facility(cmd) => crate::identity_cli::facility(cmd).await,
         Command::Audit(cmd) => crate::identity_cli::audit(cmd).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Privacy(PrivacyCommand::Epsilon { noise_multiplier, sampling_rate, steps, delta }) => {
-            let report = harambee_privacy::accountant::epsilon(noise_multiplier, sampling_rate, steps, delta)?;
+        Command::Privacy(PrivacyCommand::Epsilon {
+            noise_multiplier,
+            sampling_rate,
+            steps,
+            delta,
+        }) => {
+            let report = harambee_privacy::accountant::epsilon(
+                noise_multiplier,
+                sampling_rate,
+                steps,
+                delta,
+            )?;
             println!(
                 "noise multiplier {noise_multiplier}, sampling rate {sampling_rate}, {steps} steps, delta {delta}: epsilon {} (best RDP order {})",
                 report.epsilon, report.order
@@ -344,27 +433,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let file: ServeFile = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => ServeFile::default(),
     };
     let otlp = args.otlp_endpoint.or(file.otlp_endpoint);
     let _telemetry = crate::telemetry::init("harambee-coordinator", otlp.as_deref(), "info")?;
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid address"));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| "0.0.0.0:7443".parse().expect("valid address"));
     let storage = Storage {
         database_url: args
             .database_url
             .or(file.database_url)
             .unwrap_or_else(|| "sqlite://harambee-data/coordinator.db?mode=rwc".to_owned()),
-        blob_dir: args.blob_dir.or(file.blob_dir).unwrap_or_else(|| PathBuf::from("harambee-data/blobs")),
-        ledger_key: args.ledger_key.or(file.ledger_key).unwrap_or_else(|| PathBuf::from("harambee-data/ledger.key")),
+        blob_dir: args
+            .blob_dir
+            .or(file.blob_dir)
+            .unwrap_or_else(|| PathBuf::from("harambee-data/blobs")),
+        ledger_key: args
+            .ledger_key
+            .or(file.ledger_key)
+            .unwrap_or_else(|| PathBuf::from("harambee-data/ledger.key")),
     };
-    if let Some(path) = storage.database_url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p))
+    if let Some(path) = storage
+        .database_url
+        .strip_prefix("sqlite://")
+        .map(|p| p.split('?').next().unwrap_or(p))
         && let Some(parent) = Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     let mut settings = Settings::default();
     if let Some(s) = file.heartbeat_interval_s {
@@ -373,12 +476,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = file.liveness_timeout_s {
         settings.liveness_timeout = Duration::from_secs(s.max(1));
     }
-    let pki_dir = args.pki.or(file.pki).unwrap_or_else(|| PathBuf::from("pki"));
+    let pki_dir = args
+        .pki
+        .or(file.pki)
+        .unwrap_or_else(|| PathBuf::from("pki"));
     let tls = crate::tls::load_server_config(&PkiPaths::new(&pki_dir))
         .with_context(|| format!("loading the TLS identity from {}", pki_dir.display()))?;
     let coord = server::open(&storage, settings).await?;
     crate::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir))?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     server::serve(coord, listener, tls, shutdown_signal()).await
 }
 
@@ -387,7 +495,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -397,32 +506,68 @@ pub async fn shutdown_signal() {
 
 fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
     match cmd {
-        PkiCommand::Init { dir, sans, ca_out: Some(ca_out) } => {
-            pki::init_offline(&dir, &ca_out, &sans).with_context(|| format!("creating a PKI in {}", dir.display()))?;
+        PkiCommand::Init {
+            dir,
+            sans,
+            ca_out: Some(ca_out),
+        } => {
+            pki::init_offline(&dir, &ca_out, &sans)
+                .with_context(|| format!("creating a PKI in {}", dir.display()))?;
             let (cert, _key) = pki::issue(&dir, Role::Operator, "admin", 90)?;
-            println!("{}\noperator certificate: {}", crate::identity_cli::describe_offline_init(&dir, &ca_out), cert.display());
+            println!(
+                "{}\noperator certificate: {}",
+                crate::identity_cli::describe_offline_init(&dir, &ca_out),
+                cert.display()
+            );
             Ok(())
         }
         PkiCommand::IssuingCa { ca_dir, dir, days } => {
-            let cert = pki::issue_issuing_ca(&ca_dir, &dir, days).with_context(|| format!("issuing a new issuing CA into {}", dir.display()))?;
-            println!("issuing CA: {} (restart the coordinator to use it)", cert.display());
+            let cert = pki::issue_issuing_ca(&ca_dir, &dir, days)
+                .with_context(|| format!("issuing a new issuing CA into {}", dir.display()))?;
+            println!(
+                "issuing CA: {} (restart the coordinator to use it)",
+                cert.display()
+            );
             Ok(())
         }
-        PkiCommand::Init { dir, sans, ca_out: None } => {
-            let paths = pki::init(&dir, &sans).with_context(|| format!("creating a PKI in {}", dir.display()))?;
+        PkiCommand::Init {
+            dir,
+            sans,
+            ca_out: None,
+        } => {
+            let paths = pki::init(&dir, &sans)
+                .with_context(|| format!("creating a PKI in {}", dir.display()))?;
             let (cert, _key) = pki::issue(&dir, Role::Operator, "admin", 90)?;
-            println!("CA: {}\ncoordinator certificate: {}\noperator certificate: {}", paths.ca_cert().display(), paths.server_cert().display(), cert.display());
-            println!("keep {} offline once facilities are issued", paths.ca_key().display());
+            println!(
+                "CA: {}\ncoordinator certificate: {}\noperator certificate: {}",
+                paths.ca_cert().display(),
+                paths.server_cert().display(),
+                cert.display()
+            );
+            println!(
+                "keep {} offline once facilities are issued",
+                paths.ca_key().display()
+            );
             Ok(())
         }
-        PkiCommand::Issue { dir, facility, role, name, days } => {
+        PkiCommand::Issue {
+            dir,
+            facility,
+            role,
+            name,
+            days,
+        } => {
             let (role, name) = match (facility, role, name) {
                 (Some(facility), _, _) => (Role::Agent, facility),
                 (None, Some(role), Some(name)) => (role, name),
                 _ => bail!("give --facility NAME, or --role ROLE --name NAME"),
             };
             let (cert, key) = pki::issue(&dir, role, &name, days)?;
-            println!("certificate: {}\nprivate key: {}", cert.display(), key.display());
+            println!(
+                "certificate: {}\nprivate key: {}",
+                cert.display(),
+                key.display()
+            );
             Ok(())
         }
     }
@@ -452,9 +597,15 @@ pub async fn wait_for_round(
     mut progress: impl FnMut(&pb::Round),
 ) -> anyhow::Result<pb::Round> {
     loop {
-        let round = client.get_round(pb::GetRoundRequest { round_id }).await?.into_inner();
+        let round = client
+            .get_round(pb::GetRoundRequest { round_id })
+            .await?
+            .into_inner();
         progress(&round);
-        if matches!(round.state(), pb::RoundState::Committed | pb::RoundState::Failed) {
+        if matches!(
+            round.state(),
+            pb::RoundState::Committed | pb::RoundState::Failed
+        ) {
             return Ok(round);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -501,9 +652,15 @@ pub async fn export_model(
     out: &Path,
 ) -> anyhow::Result<pb::ModelVersion> {
     use sha2::{Digest, Sha256};
-    let request = pb::ExportModelRequest { federation: federation.to_owned(), version };
+    let request = pb::ExportModelRequest {
+        federation: federation.to_owned(),
+        version,
+    };
     let mut stream = client.export_model(request).await?.into_inner();
-    let Some(pb::ExportModelResponse { part: Some(pb::export_model_response::Part::Meta(meta)) }) = stream.next().await.transpose()? else {
+    let Some(pb::ExportModelResponse {
+        part: Some(pb::export_model_response::Part::Meta(meta)),
+    }) = stream.next().await.transpose()?
+    else {
         bail!("export stream did not start with the model description");
     };
     let model = meta.model.clone().unwrap_or_default();
@@ -511,14 +668,21 @@ pub async fn export_model(
     while let Some(part) = stream.next().await.transpose()? {
         if let Some(pb::export_model_response::Part::Chunk(chunk)) = part.part {
             if chunk.offset != bytes.len() as u64 {
-                bail!("export chunk at offset {} where {} was expected", chunk.offset, bytes.len());
+                bail!(
+                    "export chunk at offset {} where {} was expected",
+                    chunk.offset,
+                    bytes.len()
+                );
             }
             bytes.extend_from_slice(&chunk.data);
         }
     }
     let digest = hex::encode(Sha256::digest(&bytes));
     if digest != model.digest {
-        bail!("exported model's sha256 {digest} differs from the advertised {}", model.digest);
+        bail!(
+            "exported model's sha256 {digest} differs from the advertised {}",
+            model.digest
+        );
     }
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     let spec = meta.spec.clone().unwrap_or_default();
@@ -534,13 +698,21 @@ pub async fn export_model(
         "schema": spec.schema.map(|s| wire::schema_from_pb(s)),
     });
     let json_path = out.with_extension("json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&description)?).with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&description)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
     Ok(meta)
 }
 
 pub fn print_round(round: &pb::Round) {
-    let state = round.state().as_str_name().trim_start_matches("ROUND_STATE_").to_lowercase();
-    println!("round {} (#{} of {}): {state}", round.id, round.number, round.federation);
+    let state = round
+        .state()
+        .as_str_name()
+        .trim_start_matches("ROUND_STATE_")
+        .to_lowercase();
+    println!(
+        "round {} (#{} of {}): {state}",
+        round.id, round.number, round.federation
+    );
     if let Some(eps) = round.facility_epsilon {
         println!("  facility-level privacy of the federation so far: ε = {eps:.4}");
     }
@@ -548,9 +720,20 @@ pub fn print_round(round: &pb::Round) {
         println!("  reason: {}", round.failure_reason);
     }
     for p in &round.participants {
-        let status = p.status().as_str_name().trim_start_matches("PARTICIPANT_STATUS_").to_lowercase();
-        let detail = if p.detail.is_empty() { String::new() } else { format!("  ({})", p.detail) };
-        println!("  {:<24} {status:<9} n={:<6}{detail}", p.facility, p.n_samples);
+        let status = p
+            .status()
+            .as_str_name()
+            .trim_start_matches("PARTICIPANT_STATUS_")
+            .to_lowercase();
+        let detail = if p.detail.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", p.detail)
+        };
+        println!(
+            "  {:<24} {status:<9} n={:<6}{detail}",
+            p.facility, p.n_samples
+        );
     }
     if round.participants.iter().any(|p| p.metrics.is_some()) {
         print_metrics_table(round);
@@ -560,7 +743,10 @@ pub fn print_round(round: &pb::Round) {
 /// Per-facility metrics of a round, the weighted global row, the worst facility's AUC and
 /// the best-worst gap.
 pub fn print_metrics_table(round: &pb::Round) {
-    println!("  {:<24} {:>6} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6}", "facility", "n_test", "loss", "accuracy", "auc", "sens", "spec", "ece");
+    println!(
+        "  {:<24} {:>6} {:>7} {:>8} {:>7} {:>6} {:>6} {:>6}",
+        "facility", "n_test", "loss", "accuracy", "auc", "sens", "spec", "ece"
+    );
     let row = |name: &str, m: &pb::Metrics| {
         println!(
             "  {name:<24} {:>6} {:>7.4} {:>8.4} {:>7.4} {:>6.3} {:>6.3} {:>6.3}",
@@ -570,19 +756,36 @@ pub fn print_metrics_table(round: &pb::Round) {
     for p in &round.participants {
         match &p.metrics {
             Some(m) => row(&p.facility, m),
-            None => println!("  {:<24} {:>6} {}", p.facility, "-", if p.detail.is_empty() { "no metrics" } else { &p.detail }),
+            None => println!(
+                "  {:<24} {:>6} {}",
+                p.facility,
+                "-",
+                if p.detail.is_empty() {
+                    "no metrics"
+                } else {
+                    &p.detail
+                }
+            ),
         }
     }
     if let Some(g) = &round.global_metrics {
         row("global (weighted mean)", g);
     }
-    let aucs: Vec<(&str, f64)> =
-        round.participants.iter().filter_map(|p| p.metrics.map(|m| (p.facility.as_str(), m.auc))).filter(|(_, a)| a.is_finite()).collect();
+    let aucs: Vec<(&str, f64)> = round
+        .participants
+        .iter()
+        .filter_map(|p| p.metrics.map(|m| (p.facility.as_str(), m.auc)))
+        .filter(|(_, a)| a.is_finite())
+        .collect();
     if let (Some(worst), Some(best)) = (
         aucs.iter().min_by(|a, b| a.1.total_cmp(&b.1)),
         aucs.iter().max_by(|a, b| a.1.total_cmp(&b.1)),
     ) {
-        println!("  worst facility AUC {:.4} ({}), best-worst gap {:.4}", worst.1, worst.0, best.1 - worst.1);
+        println!(
+            "  worst facility AUC {:.4} ({}), best-worst gap {:.4}",
+            worst.1,
+            worst.0,
+            best.1 - worst.1
+        );
     }
 }
-

@@ -21,7 +21,9 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::cli::{AdminArgs, admin_client, export_safetensors, wait_for_round};
-use crate::federation::{Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, TrainSpec};
+use crate::federation::{
+    Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, TrainSpec,
+};
 use crate::pki::{self, PkiPaths, Role};
 use crate::server::{self, Storage};
 use crate::state::Settings;
@@ -74,13 +76,20 @@ pub struct Facility {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let _telemetry = crate::telemetry::init("harambee-coordinator", None, "warn")?;
-    let kind = KindName::parse(&args.model).with_context(|| format!("unknown --model {:?}", args.model))?;
+    let kind = KindName::parse(&args.model)
+        .with_context(|| format!("unknown --model {:?}", args.model))?;
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
     let dir = prepare_dir(&args.dir)?;
     let facilities = write_facilities(&dir, args.agents)?;
-    println!("harambee demo: {} facilities, {} rounds, model {}, in {}", facilities.len(), args.rounds, kind.as_str(), dir.display());
+    println!(
+        "harambee demo: {} facilities, {} rounds, model {}, in {}",
+        facilities.len(),
+        args.rounds,
+        kind.as_str(),
+        dir.display()
+    );
 
     // The national unit's PKI: a CA, the coordinator's certificate, an operator, one per agent.
     let pki_dir = dir.join("pki");
@@ -93,14 +102,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // The coordinator, in this process, on an ephemeral loopback port.
     let storage = Storage {
-        database_url: args
-            .database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display())),
+        database_url: args.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display())
+        }),
         blob_dir: dir.join("blobs"),
         ledger_key: dir.join("ledger.key"),
     };
-    let settings = Settings { heartbeat_interval: Duration::from_secs(1), liveness_timeout: Duration::from_secs(5) };
+    let settings = Settings {
+        heartbeat_interval: Duration::from_secs(1),
+        liveness_timeout: Duration::from_secs(5),
+    };
     let coord = server::open(&storage, settings).await?;
     let tls = crate::tls::load_server_config(&PkiPaths::new(&pki_dir))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -146,26 +157,57 @@ async fn drive(
     let mut client = admin_client(&admin).await?;
     let mut spec = federation_spec(kind, args.epochs, facilities);
     let (clip_norm, noise_multiplier, sampling_rate) = DEMO_DP_SGD;
-    spec.privacy.dp_sgd = Some(crate::federation::DpSgdSpec { clip_norm, noise_multiplier, sampling_rate });
+    spec.privacy.dp_sgd = Some(crate::federation::DpSgdSpec {
+        clip_norm,
+        noise_multiplier,
+        sampling_rate,
+    });
     spec.validate()?;
-    client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&spec, 0)), init_from: None }).await?;
+    client
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(wire::federation_config(&spec, 0)),
+            init_from: None,
+        })
+        .await?;
 
     wait_for_agents(&mut client, facilities.len()).await?;
     let mut last = None;
     for number in 1..=args.rounds {
         let started = Instant::now();
-        let round = client.start_round(pb::StartRoundRequest { federation: spec.name.clone() }).await?.into_inner();
-        let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+        let round = client
+            .start_round(pb::StartRoundRequest {
+                federation: spec.name.clone(),
+            })
+            .await?
+            .into_inner();
+        let bar = ProgressBar::new_spinner()
+            .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
         bar.enable_steady_tick(Duration::from_millis(100));
         let round = wait_for_round(&mut client, round.id, |r| {
-            let uploaded = r.participants.iter().filter(|p| p.status() == pb::ParticipantStatus::Uploaded).count();
-            let state = r.state().as_str_name().trim_start_matches("ROUND_STATE_").to_lowercase();
-            bar.set_message(format!("round {number}/{}: {state} ({uploaded}/{} updates)", args.rounds, r.participants.len()));
+            let uploaded = r
+                .participants
+                .iter()
+                .filter(|p| p.status() == pb::ParticipantStatus::Uploaded)
+                .count();
+            let state = r
+                .state()
+                .as_str_name()
+                .trim_start_matches("ROUND_STATE_")
+                .to_lowercase();
+            bar.set_message(format!(
+                "round {number}/{}: {state} ({uploaded}/{} updates)",
+                args.rounds,
+                r.participants.len()
+            ));
         })
         .await?;
         bar.finish_and_clear();
         if round.state() != pb::RoundState::Committed {
-            bail!("round {number} failed: {} (agent logs: {}/facilities/*/agent.log)", round.failure_reason, dir.display());
+            bail!(
+                "round {number} failed: {} (agent logs: {}/facilities/*/agent.log)",
+                round.failure_reason,
+                dir.display()
+            );
         }
         print_round_table(number, &round, started.elapsed());
         last = Some(round);
@@ -174,19 +216,38 @@ async fn drive(
 
     let model_path = dir.join("model.safetensors");
     let meta = export_safetensors(&mut client, &spec.name, None, &model_path).await?;
-    println!("final model: version {} saved to {} (sha256 {})", meta.version, model_path.display(), meta.model.unwrap_or_default().digest);
+    println!(
+        "final model: version {} saved to {} (sha256 {})",
+        meta.version,
+        model_path.display(),
+        meta.model.unwrap_or_default().digest
+    );
 
     // The same federation with plain aggregation, to show that secure aggregation costs
     // no model quality.
     let mut plain_spec = spec.clone();
     plain_spec.name = format!("{}-plain", spec.name);
     plain_spec.secure_aggregation.enabled = false;
-    client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&plain_spec, 0)), init_from: None }).await?;
-    let bar = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+    client
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(wire::federation_config(&plain_spec, 0)),
+            init_from: None,
+        })
+        .await?;
+    let bar = ProgressBar::new_spinner()
+        .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
     bar.enable_steady_tick(Duration::from_millis(100));
     for number in 1..=args.rounds {
-        bar.set_message(format!("reference federation with plain aggregation: round {number}/{}", args.rounds));
-        let round = client.start_round(pb::StartRoundRequest { federation: plain_spec.name.clone() }).await?.into_inner();
+        bar.set_message(format!(
+            "reference federation with plain aggregation: round {number}/{}",
+            args.rounds
+        ));
+        let round = client
+            .start_round(pb::StartRoundRequest {
+                federation: plain_spec.name.clone(),
+            })
+            .await?
+            .into_inner();
         let round = wait_for_round(&mut client, round.id, |_| {}).await?;
         if round.state() != pb::RoundState::Committed {
             bail!("plain round {number} failed: {}", round.failure_reason);
@@ -224,11 +285,25 @@ async fn drive(
     let pooled = harambee_models::train::evaluate(&model, &pooled_model.params, &pooled_test)?;
     println!();
     println!("on all {} held-out rows:", pooled_test.n_rows());
-    println!("  federated, secure aggregation (the global model)  auc {:.4}  accuracy {:.4}  loss {:.4}", global.auc, global.accuracy, global.loss);
-    println!("  federated, plain aggregation (comparison)         auc {:.4}  accuracy {:.4}  loss {:.4}", plain.auc, plain.accuracy, plain.loss);
-    println!("  pooled, all data in one place (reference)        auc {:.4}  accuracy {:.4}  loss {:.4}", pooled.auc, pooled.accuracy, pooled.loss);
-    println!("  auc gap (pooled - federated): {:+.4}", pooled.auc - global.auc);
-    println!("  (both federations train with patient-level DP-SGD: clip {clip_norm}, noise multiplier {noise_multiplier}, sampling rate {sampling_rate}; pooled training has none)");
+    println!(
+        "  federated, secure aggregation (the global model)  auc {:.4}  accuracy {:.4}  loss {:.4}",
+        global.auc, global.accuracy, global.loss
+    );
+    println!(
+        "  federated, plain aggregation (comparison)         auc {:.4}  accuracy {:.4}  loss {:.4}",
+        plain.auc, plain.accuracy, plain.loss
+    );
+    println!(
+        "  pooled, all data in one place (reference)        auc {:.4}  accuracy {:.4}  loss {:.4}",
+        pooled.auc, pooled.accuracy, pooled.loss
+    );
+    println!(
+        "  auc gap (pooled - federated): {:+.4}",
+        pooled.auc - global.auc
+    );
+    println!(
+        "  (both federations train with patient-level DP-SGD: clip {clip_norm}, noise multiplier {noise_multiplier}, sampling rate {sampling_rate}; pooled training has none)"
+    );
 
     // The auditor's view: ε per facility from the ledger, then an export that each
     // facility checks offline against its own privacy log.
@@ -239,7 +314,8 @@ async fn drive(
         summary["secure_aggregation"] = json!(spec.secure_aggregation.enabled);
         summary["plain"] = json!({ "auc": finite_or_null(plain.auc), "accuracy": plain.accuracy, "loss": plain.loss });
         summary["privacy"] = audit;
-        std::fs::write(path, serde_json::to_vec_pretty(&summary)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("summary written to {}", path.display());
     }
     Ok(())
@@ -247,7 +323,11 @@ async fn drive(
 
 /// Prints each facility's ε from the ledger, exports the ledger as the auditor, and runs
 /// the offline verifier with each facility's privacy log. Fails unless all verify.
-async fn audit_and_verify(admin: &AdminArgs, dir: &Path, facilities: &[Facility]) -> anyhow::Result<serde_json::Value> {
+async fn audit_and_verify(
+    admin: &AdminArgs,
+    dir: &Path,
+    facilities: &[Facility],
+) -> anyhow::Result<serde_json::Value> {
     let paths = PkiPaths::new(&admin.pki);
     let tls = harambee_agent::tls::ClientTls::from_files(
         &paths.ca_cert(),
@@ -255,20 +335,30 @@ async fn audit_and_verify(admin: &AdminArgs, dir: &Path, facilities: &[Facility]
         &paths.issued_key(Role::Auditor, "auditor"),
         &admin.server_name,
     )?;
-    let channel = harambee_agent::tls::connect(&admin.coordinator, &tls, Duration::from_secs(10)).await?;
+    let channel =
+        harambee_agent::tls::connect(&admin.coordinator, &tls, Duration::from_secs(10)).await?;
     // The agents fetch the proof of their last contribution at their next heartbeat.
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!();
     println!("patient-level privacy spent (from the agents' signed receipts in the ledger):");
     let mut spend = serde_json::Map::new();
     for f in crate::audit_cli::privacy_spend(channel.clone()).await? {
-        let budget = f.max_epsilon.map_or_else(|| "none".to_owned(), |m| format!("{m}"));
-        println!("  {:<14} ε = {:>7.3} at δ = {:e}  ({} contributions; budget {budget})", f.facility, f.epsilon_spent, f.delta, f.contributions);
+        let budget = f
+            .max_epsilon
+            .map_or_else(|| "none".to_owned(), |m| format!("{m}"));
+        println!(
+            "  {:<14} ε = {:>7.3} at δ = {:e}  ({} contributions; budget {budget})",
+            f.facility, f.epsilon_spent, f.delta, f.contributions
+        );
         spend.insert(f.facility.clone(), json!({ "epsilon": f.epsilon_spent, "delta": f.delta, "contributions": f.contributions }));
     }
     let ledger_path = dir.join("ledger.jsonl");
     let exported = crate::audit_cli::export(channel, &ledger_path).await?;
-    println!("privacy ledger: {} entries exported to {}", exported.entries, ledger_path.display());
+    println!(
+        "privacy ledger: {} entries exported to {}",
+        exported.entries,
+        ledger_path.display()
+    );
     let mut verified = 0;
     for f in facilities {
         let args = harambee_agent::audit::VerifyArgs {
@@ -290,19 +380,39 @@ async fn audit_and_verify(admin: &AdminArgs, dir: &Path, facilities: &[Facility]
         dir.display(),
         harambee_agent::privacy::LOG_FILE
     );
-    Ok(json!({ "epsilon": spend, "ledger_entries": exported.entries, "facilities_verified": verified }))
+    Ok(
+        json!({ "epsilon": spend, "ledger_entries": exported.entries, "facilities_verified": verified }),
+    )
 }
 
 /// The demo's federation: the heart-disease preset schema over the given facilities.
 pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> FederationSpec {
     FederationSpec {
         name: "heart-disease".to_owned(),
-        model: ModelSection { kind, hidden: if kind == KindName::Mlp { vec![16] } else { vec![] } },
+        model: ModelSection {
+            kind,
+            hidden: if kind == KindName::Mlp {
+                vec![16]
+            } else {
+                vec![]
+            },
+        },
         schema: harambee_models::presets::heart_disease(),
-        train: TrainSpec { epochs, batch_size: 16, learning_rate: 0.01, optimizer: OptimizerName::Adam, seed: 1, frozen_layers: 0 },
+        train: TrainSpec {
+            epochs,
+            batch_size: 16,
+            learning_rate: 0.01,
+            optimizer: OptimizerName::Adam,
+            seed: 1,
+            frozen_layers: 0,
+        },
         min_agents: (facilities.len() as u32).div_ceil(2).max(1),
         facilities: facilities.iter().map(|f| f.name.clone()).collect(),
-        deadlines: Deadlines { selecting_s: 60, training_s: 300, evaluating_s: 120 },
+        deadlines: Deadlines {
+            selecting_s: 60,
+            training_s: 300,
+            evaluating_s: 120,
+        },
         init_seed: 42,
         secure_aggregation: Default::default(),
         strategy: Default::default(),
@@ -335,25 +445,46 @@ fn summary(rounds: u32, global: &Metrics, pooled: &Metrics, last: &pb::Round) ->
 }
 
 fn finite_or_null(x: f64) -> serde_json::Value {
-    if x.is_finite() { json!(x) } else { serde_json::Value::Null }
+    if x.is_finite() {
+        json!(x)
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 fn print_round_table(number: u32, round: &pb::Round, took: Duration) {
-    let contributed = round.participants.iter().filter(|p| p.status() == pb::ParticipantStatus::Uploaded).count();
+    let contributed = round
+        .participants
+        .iter()
+        .filter(|p| p.status() == pb::ParticipantStatus::Uploaded)
+        .count();
     println!(
         "round {number}: committed model version {} in {:.1}s, {contributed}/{} facilities contributed{}",
         round.result.as_ref().map_or(0, |r| r.version),
         took.as_secs_f64(),
         round.participants.len(),
-        if round.secure_aggregation { " (secure aggregation)" } else { "" }
+        if round.secure_aggregation {
+            " (secure aggregation)"
+        } else {
+            ""
+        }
     );
     crate::cli::print_metrics_table(round);
 }
 
-async fn wait_for_agents(client: &mut harambee_proto::pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>, n: usize) -> anyhow::Result<()> {
+async fn wait_for_agents(
+    client: &mut harambee_proto::pb::admin_service_client::AdminServiceClient<
+        tonic::transport::Channel,
+    >,
+    n: usize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let agents = client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents;
+        let agents = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents;
         let connected = agents.iter().filter(|a| a.connected).count();
         if connected >= n {
             return Ok(());
@@ -368,12 +499,18 @@ async fn wait_for_agents(client: &mut harambee_proto::pb::admin_service_client::
 fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     if dir.exists() {
         if !dir.join(MARKER).exists() {
-            bail!("{} exists and is not a demo directory; choose another --dir", dir.display());
+            bail!(
+                "{} exists and is not a demo directory; choose another --dir",
+                dir.display()
+            );
         }
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), "created by harambee-coordinator demo; safe to delete\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "created by harambee-coordinator demo; safe to delete\n",
+    )?;
     Ok(std::path::absolute(dir)?)
 }
 
@@ -381,7 +518,10 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 pub fn write_facilities(dir: &Path, n_agents: Option<usize>) -> anyhow::Result<Vec<Facility>> {
     let mut reader = csv::Reader::from_reader(HEART_CSV.as_bytes());
     let header = reader.headers()?.clone();
-    let site_col = header.iter().position(|h| h == "site").context("bundled data has no site column")?;
+    let site_col = header
+        .iter()
+        .position(|h| h == "site")
+        .context("bundled data has no site column")?;
     let mut sites: Vec<(String, Vec<csv::StringRecord>)> = Vec::new();
     for record in reader.records() {
         let record = record?;
@@ -402,14 +542,23 @@ pub fn write_facilities(dir: &Path, n_agents: Option<usize>) -> anyhow::Result<V
         for (s, (site, rows)) in sites.iter().enumerate() {
             let k = (s..n).step_by(sites.len()).count();
             for j in 0..k {
-                let name = if k == 1 { site.clone() } else { format!("{site}-{}", j + 1) };
+                let name = if k == 1 {
+                    site.clone()
+                } else {
+                    format!("{site}-{}", j + 1)
+                };
                 let part = rows.iter().skip(j).step_by(k).cloned().collect();
                 groups.push((name.replace('_', "-"), part));
             }
         }
     } else {
         for i in 0..n {
-            let rows = sites.iter().skip(i).step_by(n).flat_map(|(_, r)| r.iter().cloned()).collect();
+            let rows = sites
+                .iter()
+                .skip(i)
+                .step_by(n)
+                .flat_map(|(_, r)| r.iter().cloned())
+                .collect();
             groups.push((format!("group-{}", i + 1), rows));
         }
     }
@@ -430,12 +579,20 @@ pub fn write_facilities(dir: &Path, n_agents: Option<usize>) -> anyhow::Result<V
 
 /// Writes `agent.toml` for a facility, with its certificate from `pki_dir`.
 /// Writes `f`'s agent.toml; `policy` is the body of its `[policy]` table.
-pub fn write_agent_config(f: &Facility, endpoint: &str, pki_dir: &Path, policy: &str) -> anyhow::Result<PathBuf> {
+pub fn write_agent_config(
+    f: &Facility,
+    endpoint: &str,
+    pki_dir: &Path,
+    policy: &str,
+) -> anyhow::Result<PathBuf> {
     let paths = PkiPaths::new(pki_dir);
     let config = format!(
         "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = \"state\"\n\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\n[data]\ncsv = \"data.csv\"\nholdout_fraction = {HOLDOUT}\nsplit_seed = {SPLIT_SEED}\n\n[network]\nconnect_timeout_s = 5\nmax_backoff_s = 2\n\n[policy]\n{policy}\n",
         paths.ca_cert().display().to_string(),
-        paths.issued_cert(Role::Agent, &f.name).display().to_string(),
+        paths
+            .issued_cert(Role::Agent, &f.name)
+            .display()
+            .to_string(),
         paths.issued_key(Role::Agent, &f.name).display().to_string(),
     );
     let config_path = f.dir.join("agent.toml");

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use harambee_core::round::{Event, Participant, ParticipantStatus, RoundError, SecAggIn, SecAggOut, Stage};
+use harambee_core::round::{
+    Event, Participant, ParticipantStatus, RoundError, SecAggIn, SecAggOut, Stage,
+};
 use harambee_core::strategy::ServerOptimizer;
 use harambee_core::{Round, UpdateError};
 use harambee_models::metrics::Metrics;
@@ -15,15 +17,17 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::federation::{FederationSpec, Mechanism};
-use harambee_privacy::ledger::{Contribution, LedgerEvent, Sha256Digest, SignedReceipt};
 use crate::state::{ActiveRound, Coordinator, now_ms};
 use crate::store::{self, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
 use crate::wire;
+use harambee_privacy::ledger::{Contribution, LedgerEvent, Sha256Digest, SignedReceipt};
 
 /// What the services tell a running round.
 pub enum RoundInput {
     /// A facility (re)connected: retry selection, resend its pending task.
-    Connected { agent: String },
+    Connected {
+        agent: String,
+    },
     /// A complete, checksummed upload.
     Update {
         agent: String,
@@ -34,16 +38,40 @@ pub enum RoundInput {
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
     /// An upload refused on its header.
-    Reject { agent: String, error: UpdateError, reply: oneshot::Sender<RoundError> },
+    Reject {
+        agent: String,
+        error: UpdateError,
+        reply: oneshot::Sender<RoundError>,
+    },
     /// Metrics, or `None` when the facility withholds them.
-    Metrics { agent: String, metrics: Option<Metrics>, reply: oneshot::Sender<Result<(), RoundError>> },
-    Dropout { agent: String, reason: String },
+    Metrics {
+        agent: String,
+        metrics: Option<Metrics>,
+        reply: oneshot::Sender<Result<(), RoundError>>,
+    },
+    Dropout {
+        agent: String,
+        reason: String,
+    },
     /// Secure aggregation: a facility finished training and holds its update.
-    Trained { agent: String, n_samples: u64, reply: oneshot::Sender<Result<(), RoundError>> },
+    Trained {
+        agent: String,
+        n_samples: u64,
+        reply: oneshot::Sender<Result<(), RoundError>>,
+    },
     /// Secure aggregation: a key-exchange or unmasking message.
-    SecAgg { agent: String, msg: SecAggIn, reply: oneshot::Sender<Result<(), RoundError>> },
+    SecAgg {
+        agent: String,
+        msg: SecAggIn,
+        reply: oneshot::Sender<Result<(), RoundError>>,
+    },
     /// Secure aggregation: a masked input (little-endian words).
-    Masked { agent: String, bytes: Vec<u8>, receipt: SignedReceipt, reply: oneshot::Sender<Result<(), RoundError>> },
+    Masked {
+        agent: String,
+        bytes: Vec<u8>,
+        receipt: SignedReceipt,
+        reply: oneshot::Sender<Result<(), RoundError>>,
+    },
 }
 
 /// Storage faults that end a round as failed.
@@ -59,32 +87,55 @@ enum DriverError {
 const SELECT_RETRY: Duration = Duration::from_secs(1);
 
 /// Registers the round as active and spawns its driver.
-pub fn spawn(coord: Coordinator, spec: FederationSpec, row: RoundRow, base: ModelVersionRow, mut base_params: Vec<f32>) -> Result<(), RoundError> {
+pub fn spawn(
+    coord: Coordinator,
+    spec: FederationSpec,
+    row: RoundRow,
+    base: ModelVersionRow,
+    mut base_params: Vec<f32>,
+) -> Result<(), RoundError> {
     // Only the shared prefix is federated; with FedPer the output layer after it stays as
     // it was in the global model (each facility trains and keeps its own).
     let shared = spec.model_spec().shared_len().min(base_params.len());
     let head = base_params.split_off(shared);
     let n_params = base_params.len();
     // The server optimizer continues from the state saved with the base version.
-    let optimizer = match base.server_state.as_deref().map(serde_json::from_str::<ServerOptimizer>) {
+    let optimizer = match base
+        .server_state
+        .as_deref()
+        .map(serde_json::from_str::<ServerOptimizer>)
+    {
         Some(Ok(optimizer)) if optimizer.config() == &spec.strategy => optimizer,
         Some(Err(e)) => {
             warn!(error = %e, "stored server optimizer state is unreadable; starting it afresh");
-            ServerOptimizer::new(spec.strategy.clone()).map_err(|e| RoundError::Strategy(e.to_string()))?
+            ServerOptimizer::new(spec.strategy.clone())
+                .map_err(|e| RoundError::Strategy(e.to_string()))?
         }
-        _ => ServerOptimizer::new(spec.strategy.clone()).map_err(|e| RoundError::Strategy(e.to_string()))?,
+        _ => ServerOptimizer::new(spec.strategy.clone())
+            .map_err(|e| RoundError::Strategy(e.to_string()))?,
     };
-    let mut round = Round::<Metrics>::new(spec.round_config(row.id, n_params), base_params, Instant::now())?.with_optimizer(optimizer);
+    let mut round = Round::<Metrics>::new(
+        spec.round_config(row.id, n_params),
+        base_params,
+        Instant::now(),
+    )?
+    .with_optimizer(optimizer);
     if spec.privacy.mechanism == Mechanism::Central {
-        round = round.with_central_noise(central_noise(n_params, spec.privacy.noise_multiplier * spec.privacy.clip_norm))?;
+        round = round.with_central_noise(central_noise(
+            n_params,
+            spec.privacy.noise_multiplier * spec.privacy.clip_norm,
+        ))?;
     }
     let (tx, rx) = mpsc::channel(256);
-    coord.active.lock().unwrap().insert(spec.name.clone(), ActiveRound {
-        round_id: row.id,
-        federation: spec.name.clone(),
-        n_params,
-        inputs: tx,
-    });
+    coord.active.lock().unwrap().insert(
+        spec.name.clone(),
+        ActiveRound {
+            round_id: row.id,
+            federation: spec.name.clone(),
+            n_params,
+            inputs: tx,
+        },
+    );
     // A root span: the round outlives the StartRound RPC that began it.
     let span = info_span!(parent: None, "round", round_id = row.id, federation = %spec.name, number = row.number);
     let driver = Driver {
@@ -142,8 +193,15 @@ impl Driver {
             if self.round.stage().is_terminal() {
                 break;
             }
-            let deadline = self.round.poll_timeout().expect("non-terminal round has a deadline");
-            let wake = if self.round.stage() == Stage::Selecting { deadline.min(Instant::now() + SELECT_RETRY) } else { deadline };
+            let deadline = self
+                .round
+                .poll_timeout()
+                .expect("non-terminal round has a deadline");
+            let wake = if self.round.stage() == Stage::Selecting {
+                deadline.min(Instant::now() + SELECT_RETRY)
+            } else {
+                deadline
+            };
             tokio::select! {
                 // Closing a secure stage (unmasking above all) is CPU work: keep it off the
                 // async workers' backs.
@@ -166,7 +224,10 @@ impl Driver {
     /// A facility that has not reported its status yet is not selected.
     fn would_accept(&mut self, facility: &str) -> bool {
         let Some(status) = self.coord.registry.privacy(facility) else {
-            return self.refuse_selection(facility, "it has not reported its privacy policy yet".to_owned());
+            return self.refuse_selection(
+                facility,
+                "it has not reported its privacy policy yet".to_owned(),
+            );
         };
         if let Err(reason) = crate::privacy::admits(&self.spec, &status) {
             return self.refuse_selection(facility, reason);
@@ -184,20 +245,32 @@ impl Driver {
 
     fn select_now(&mut self) {
         if self.round.stage() == Stage::Selecting {
-            let connected: Vec<String> =
-                self.coord.registry.connected().into_iter().filter(|f| self.spec.admits(f)).collect();
-            let eligible: Vec<String> = connected.into_iter().filter(|f| self.would_accept(f)).collect();
+            let connected: Vec<String> = self
+                .coord
+                .registry
+                .connected()
+                .into_iter()
+                .filter(|f| self.spec.admits(f))
+                .collect();
+            let eligible: Vec<String> = connected
+                .into_iter()
+                .filter(|f| self.would_accept(f))
+                .collect();
             self.eligible = eligible.len() as u64;
             if self.round.is_secure() {
                 let mut keys = Vec::new();
                 for facility in &eligible {
-                    let Some(chain) = self.coord.registry.certificate_chain(facility) else { continue };
+                    let Some(chain) = self.coord.registry.certificate_chain(facility) else {
+                        continue;
+                    };
                     match harambee_agent::peers::ed25519_key_of(&chain[0]) {
                         Ok(key) => {
                             keys.push((facility.clone(), key));
                             self.certificates.insert(facility.clone(), chain);
                         }
-                        Err(e) => warn!(%facility, error = %e, "no Ed25519 identity key; cannot take part in secure aggregation"),
+                        Err(e) => {
+                            warn!(%facility, error = %e, "no Ed25519 identity key; cannot take part in secure aggregation")
+                        }
                     }
                 }
                 self.round.provide_keys(keys);
@@ -215,11 +288,26 @@ impl Driver {
                     self.coord.registry.send(&agent, task.clone());
                 }
             }
-            RoundInput::Update { agent, n_samples, digest, values, receipt, reply } => {
-                let checked = self.check_plain_update(&values).and_then(|()| self.accept_receipt(&agent, values.len() as u64, receipt));
-                let weight = if self.spec.privacy.mechanism == Mechanism::None { n_samples } else { 1 };
+            RoundInput::Update {
+                agent,
+                n_samples,
+                digest,
+                values,
+                receipt,
+                reply,
+            } => {
+                let checked = self
+                    .check_plain_update(&values)
+                    .and_then(|()| self.accept_receipt(&agent, values.len() as u64, receipt));
+                let weight = if self.spec.privacy.mechanism == Mechanism::None {
+                    n_samples
+                } else {
+                    1
+                };
                 let result = match checked {
-                    Ok(()) => self.round.handle_update(now, &agent, weight, digest, &values),
+                    Ok(()) => self
+                        .round
+                        .handle_update(now, &agent, weight, digest, &values),
                     Err(e) => Err(self.round.reject_update(now, &agent, e)),
                 };
                 if result.is_err() {
@@ -232,13 +320,21 @@ impl Driver {
                 self.pending.remove(&agent);
                 let _ = reply.send(result);
             }
-            RoundInput::Reject { agent, error, reply } => {
+            RoundInput::Reject {
+                agent,
+                error,
+                reply,
+            } => {
                 let err = self.round.reject_update(now, &agent, error);
                 warn!(facility = %agent, error = %err, "update refused");
                 self.pending.remove(&agent);
                 let _ = reply.send(err);
             }
-            RoundInput::Metrics { agent, metrics, reply } => {
+            RoundInput::Metrics {
+                agent,
+                metrics,
+                reply,
+            } => {
                 let result = match metrics {
                     Some(metrics) => self.round.handle_metrics(now, &agent, metrics),
                     None => self.round.handle_metrics_withheld(now, &agent),
@@ -248,7 +344,11 @@ impl Driver {
                 }
                 let _ = reply.send(result);
             }
-            RoundInput::Trained { agent, n_samples, reply } => {
+            RoundInput::Trained {
+                agent,
+                n_samples,
+                reply,
+            } => {
                 let result = self.round.handle_trained(now, &agent, n_samples);
                 if result.is_ok() {
                     info!(facility = %agent, n_samples, "facility trained");
@@ -264,11 +364,19 @@ impl Driver {
                 self.pending.remove(&agent);
                 let _ = reply.send(result);
             }
-            RoundInput::Masked { agent, bytes, receipt, reply } => {
+            RoundInput::Masked {
+                agent,
+                bytes,
+                receipt,
+                reply,
+            } => {
                 let words = self.round.masked_input_shape().map_or(0, |(_, n)| n as u64);
                 let result = self
                     .accept_receipt(&agent, words, receipt)
-                    .map_err(|source| RoundError::Invalid { agent: agent.clone(), source })
+                    .map_err(|source| RoundError::Invalid {
+                        agent: agent.clone(),
+                        source,
+                    })
                     .and_then(|()| self.masked_input(now, &agent, &bytes));
                 if result.is_err() {
                     self.contributions.remove(&agent);
@@ -294,7 +402,10 @@ impl Driver {
                 Event::Stage(stage) => {
                     info!(%stage, "stage");
                     if let Some(state) = persisted_state(stage) {
-                        if matches!(stage, Stage::Training | Stage::AdvertiseKeys | Stage::Evaluating) {
+                        if matches!(
+                            stage,
+                            Stage::Training | Stage::AdvertiseKeys | Stage::Evaluating
+                        ) {
                             let ledger = if stage == Stage::Training {
                                 vec![LedgerEvent::RoundStarted {
                                     federation: self.spec.name.clone(),
@@ -305,9 +416,20 @@ impl Driver {
                             } else {
                                 Vec::new()
                             };
-                            self.coord.store.save_participants(self.row.id, &self.participant_rows(), now_ms(), ledger).await?;
+                            self.coord
+                                .store
+                                .save_participants(
+                                    self.row.id,
+                                    &self.participant_rows(),
+                                    now_ms(),
+                                    ledger,
+                                )
+                                .await?;
                         }
-                        self.coord.store.set_round_state(self.row.id, state, now_ms()).await?;
+                        self.coord
+                            .store
+                            .set_round_state(self.row.id, state, now_ms())
+                            .await?;
                     }
                 }
                 Event::Train { agents, deadline } => {
@@ -315,13 +437,18 @@ impl Driver {
                         kind: Some(pb::task::Kind::Train(pb::TrainTask {
                             round_id: self.row.id,
                             federation: self.spec.name.clone(),
-                            model: Some(wire::model_spec(&self.spec, self.round.base().len() + self.head.len())),
+                            model: Some(wire::model_spec(
+                                &self.spec,
+                                self.round.base().len() + self.head.len(),
+                            )),
                             base: Some(wire::model_ref(&self.base)),
                             config: Some(wire::train_config(&self.spec)),
                             deadline_unix_ms: wire::deadline_ms(deadline),
-                            secure: self.spec.secure_aggregation.enabled.then(|| pb::SecureAggregation {
-                                clip: self.spec.secure_aggregation.clip,
-                                max_weight: self.spec.effective_max_weight(),
+                            secure: self.spec.secure_aggregation.enabled.then(|| {
+                                pb::SecureAggregation {
+                                    clip: self.spec.secure_aggregation.clip,
+                                    max_weight: self.spec.effective_max_weight(),
+                                }
                             }),
                             privacy: wire::privacy_config(&self.spec.privacy),
                         })),
@@ -332,7 +459,11 @@ impl Driver {
                     }
                 }
                 Event::Evaluate { agents, deadline } => {
-                    let mut candidate = self.round.candidate().expect("evaluate follows aggregation").to_vec();
+                    let mut candidate = self
+                        .round
+                        .candidate()
+                        .expect("evaluate follows aggregation")
+                        .to_vec();
                     candidate.extend_from_slice(&self.head);
                     let bytes = harambee_core::params::to_le_bytes(&candidate);
                     let digest = self.coord.blobs.put(&bytes).await?;
@@ -343,7 +474,11 @@ impl Driver {
                             round_id: self.row.id,
                             federation: self.spec.name.clone(),
                             model: Some(wire::model_spec(&self.spec, candidate.len())),
-                            candidate: Some(pb::ModelRef { digest: digest.clone(), size_bytes: size, version: self.base.version + 1 }),
+                            candidate: Some(pb::ModelRef {
+                                digest: digest.clone(),
+                                size_bytes: size,
+                                version: self.base.version + 1,
+                            }),
                             deadline_unix_ms: wire::deadline_ms(deadline),
                             config: Some(wire::train_config(&self.spec)),
                         })),
@@ -351,14 +486,19 @@ impl Driver {
                     for agent in agents {
                         if !self.coord.registry.is_connected(&agent) {
                             // Metrics are optional: do not hold the round for a facility that is gone.
-                            self.round.handle_dropout(Instant::now(), &agent, "not connected");
+                            self.round
+                                .handle_dropout(Instant::now(), &agent, "not connected");
                             continue;
                         }
                         self.coord.entitle(&agent, &digest);
                         self.dispatch(agent, task.clone());
                     }
                 }
-                Event::SecAgg { stage, messages, deadline } => {
+                Event::SecAgg {
+                    stage,
+                    messages,
+                    deadline,
+                } => {
                     info!(%stage, n = messages.len(), "secure aggregation stage");
                     let deadline_ms = wire::deadline_ms(deadline);
                     for (agent, out) in messages {
@@ -369,12 +509,16 @@ impl Driver {
                 Event::Cancel { agent, reason } => {
                     self.pending.remove(&agent);
                     let task = pb::Task {
-                        kind: Some(pb::task::Kind::Cancel(pb::CancelTask { round_id: self.row.id, reason })),
+                        kind: Some(pb::task::Kind::Cancel(pb::CancelTask {
+                            round_id: self.row.id,
+                            reason,
+                        })),
                     };
                     self.coord.registry.send(&agent, task);
                 }
                 Event::Commit => {
-                    let (digest, size_bytes) = self.candidate.clone().expect("commit follows evaluation");
+                    let (digest, size_bytes) =
+                        self.candidate.clone().expect("commit follows evaluation");
                     let version = ModelVersionRow {
                         federation: self.spec.name.clone(),
                         version: self.base.version + 1,
@@ -383,9 +527,13 @@ impl Driver {
                         n_params: (self.round.base().len() + self.head.len()) as u64,
                         round_id: Some(self.row.id),
                         created_ms: now_ms(),
-                        server_state: Some(serde_json::to_string(self.round.optimizer()).expect("optimizer state serializes")),
+                        server_state: Some(
+                            serde_json::to_string(self.round.optimizer())
+                                .expect("optimizer state serializes"),
+                        ),
                     };
-                    let model_sha256: Sha256Digest = version.digest.parse().unwrap_or(Sha256Digest([0; 32]));
+                    let model_sha256: Sha256Digest =
+                        version.digest.parse().unwrap_or(Sha256Digest([0; 32]));
                     let mut ledger = self.contribution_events();
                     ledger.extend(self.dropout_events());
                     ledger.push(LedgerEvent::RoundCommitted {
@@ -394,14 +542,32 @@ impl Driver {
                         model_version: u64::from(version.version),
                         model_sha256,
                     });
-                    self.coord.store.commit_round(self.row.id, &version, &self.participant_rows(), now_ms(), ledger).await?;
+                    self.coord
+                        .store
+                        .commit_round(
+                            self.row.id,
+                            &version,
+                            &self.participant_rows(),
+                            now_ms(),
+                            ledger,
+                        )
+                        .await?;
                     self.pending.clear();
                     info!(version = version.version, "round committed");
                 }
                 Event::Fail { reason } => {
                     let mut ledger = self.contribution_events();
                     ledger.extend(self.dropout_events());
-                    self.coord.store.fail_round(self.row.id, &reason, &self.participant_rows(), now_ms(), ledger).await?;
+                    self.coord
+                        .store
+                        .fail_round(
+                            self.row.id,
+                            &reason,
+                            &self.participant_rows(),
+                            now_ms(),
+                            ledger,
+                        )
+                        .await?;
                     self.pending.clear();
                     warn!(%reason, "round failed");
                 }
@@ -416,11 +582,22 @@ impl Driver {
             agent: agent.to_owned(),
             source: SecAggRefusal::Malformed(e.to_string()),
         };
-        let (word, _) = self.round.masked_input_shape().ok_or(RoundError::WrongStage(self.round.stage()))?;
-        let sender = self.round.secagg_id(agent).ok_or_else(|| RoundError::NotSelected(agent.to_owned()))?;
+        let (word, _) = self
+            .round
+            .masked_input_shape()
+            .ok_or(RoundError::WrongStage(self.round.stage()))?;
+        let sender = self
+            .round
+            .secagg_id(agent)
+            .ok_or_else(|| RoundError::NotSelected(agent.to_owned()))?;
         let words = harambee_secagg::MaskedWords::from_le_bytes(word, bytes).map_err(refuse)?;
-        let input = harambee_secagg::MaskedInput { round_id: self.row.id, sender, words };
-        self.round.handle_secagg(now, agent, SecAggIn::Masked(input))
+        let input = harambee_secagg::MaskedInput {
+            round_id: self.row.id,
+            sender,
+            words,
+        };
+        self.round
+            .handle_secagg(now, agent, SecAggIn::Masked(input))
     }
 
     /// Turns one secure-aggregation message into the facility's task.
@@ -428,21 +605,35 @@ impl Driver {
         use harambee_secagg::Message;
         let round_id = self.row.id;
         let kind = match out {
-            SecAggOut::Advertise { params, my_id } => pb::task::Kind::SecaggAdvertise(pb::SecAggAdvertise {
-                round_id,
-                params: Some(harambee_agent::secure::params_to_pb(&params)),
-                my_id,
-                deadline_unix_ms,
-            }),
-            SecAggOut::PeerKeys { advertisements, peers } => pb::task::Kind::SecaggShareKeys(pb::SecAggShareKeys {
+            SecAggOut::Advertise { params, my_id } => {
+                pb::task::Kind::SecaggAdvertise(pb::SecAggAdvertise {
+                    round_id,
+                    params: Some(harambee_agent::secure::params_to_pb(&params)),
+                    my_id,
+                    deadline_unix_ms,
+                })
+            }
+            SecAggOut::PeerKeys {
+                advertisements,
+                peers,
+            } => pb::task::Kind::SecaggShareKeys(pb::SecAggShareKeys {
                 round_id,
                 advertisements: advertisements.iter().map(Message::encode).collect(),
                 peers: peers
                     .into_iter()
                     .map(|(id, facility)| {
-                        let chain = self.certificates.get(&facility).cloned().unwrap_or_default();
+                        let chain = self
+                            .certificates
+                            .get(&facility)
+                            .cloned()
+                            .unwrap_or_default();
                         let mut chain = chain.into_iter();
-                        pb::SecAggPeer { id, certificate: chain.next().unwrap_or_default(), intermediates: chain.collect(), facility }
+                        pb::SecAggPeer {
+                            id,
+                            certificate: chain.next().unwrap_or_default(),
+                            intermediates: chain.collect(),
+                            facility,
+                        }
                     })
                     .collect(),
                 deadline_unix_ms,
@@ -452,11 +643,21 @@ impl Driver {
                 shares: shares.iter().map(Message::encode).collect(),
                 deadline_unix_ms,
             }),
-            SecAggOut::Unmask { request, sign_first } => {
-                pb::task::Kind::SecaggUnmask(pb::SecAggUnmask { round_id, request: request.encode(), sign_first, deadline_unix_ms })
-            }
+            SecAggOut::Unmask {
+                request,
+                sign_first,
+            } => pb::task::Kind::SecaggUnmask(pb::SecAggUnmask {
+                round_id,
+                request: request.encode(),
+                sign_first,
+                deadline_unix_ms,
+            }),
             SecAggOut::Consistency(proof) => {
-                pb::task::Kind::SecaggConsistency(pb::SecAggConsistency { round_id, proof: proof.encode(), deadline_unix_ms })
+                pb::task::Kind::SecaggConsistency(pb::SecAggConsistency {
+                    round_id,
+                    proof: proof.encode(),
+                    deadline_unix_ms,
+                })
             }
         };
         pb::Task { kind: Some(kind) }
@@ -476,7 +677,11 @@ impl Driver {
         if p.mechanism == Mechanism::None {
             return Ok(());
         }
-        let norm = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        let norm = values
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
         if norm > p.clip_norm * (1.0 + 1e-4) {
             return Err(UpdateError::Refused(format!(
                 "update L2 norm {norm:.6} exceeds the federation's clipping norm {}",
@@ -488,10 +693,17 @@ impl Driver {
 
     /// Checks that an upload's receipt states the federation's privacy parameters, and keeps
     /// it for the ledger. (Its signature and byte-level fields were checked on arrival.)
-    fn accept_receipt(&mut self, agent: &str, n_params: u64, signed: SignedReceipt) -> Result<(), UpdateError> {
+    fn accept_receipt(
+        &mut self,
+        agent: &str,
+        n_params: u64,
+        signed: SignedReceipt,
+    ) -> Result<(), UpdateError> {
         let (clip, noise) = self.spec.privacy.receipt_clip_and_noise();
         let r = &signed.receipt;
-        if r.clipping_norm.to_bits() != clip.to_bits() || r.noise_multiplier.to_bits() != noise.to_bits() {
+        if r.clipping_norm.to_bits() != clip.to_bits()
+            || r.noise_multiplier.to_bits() != noise.to_bits()
+        {
             return Err(UpdateError::Refused(format!(
                 "the egress receipt states clipping {} and noise multiplier {}; the federation trains with {clip} and {noise}",
                 r.clipping_norm, r.noise_multiplier
@@ -518,25 +730,40 @@ impl Driver {
     fn contribution_events(&self) -> Vec<LedgerEvent> {
         let mut facilities: Vec<&String> = self.contributions.keys().collect();
         facilities.sort();
-        facilities.into_iter().map(|f| LedgerEvent::Contribution(self.contributions[f].clone())).collect()
+        facilities
+            .into_iter()
+            .map(|f| LedgerEvent::Contribution(self.contributions[f].clone()))
+            .collect()
     }
 
     fn dropout_events(&self) -> Vec<LedgerEvent> {
         self.round
             .participants()
             .iter()
-            .filter(|(_, p)| matches!(p.status, ParticipantStatus::Dropped | ParticipantStatus::Rejected))
+            .filter(|(_, p)| {
+                matches!(
+                    p.status,
+                    ParticipantStatus::Dropped | ParticipantStatus::Rejected
+                )
+            })
             .map(|(name, p)| LedgerEvent::Dropout {
                 federation: self.spec.name.clone(),
                 round_id: self.row.id,
                 facility: name.clone(),
-                stage: p.detail.clone().unwrap_or_else(|| format!("{:?}", p.status).to_lowercase()),
+                stage: p
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| format!("{:?}", p.status).to_lowercase()),
             })
             .collect()
     }
 
     fn participant_rows(&self) -> Vec<ParticipantRow> {
-        self.round.participants().iter().map(|(name, p)| participant_row(self.row.id, name, p)).collect()
+        self.round
+            .participants()
+            .iter()
+            .map(|(name, p)| participant_row(self.row.id, name, p))
+            .collect()
     }
 }
 

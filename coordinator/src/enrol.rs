@@ -263,7 +263,12 @@ impl EnrolmentApi {
         let cert = certificate_row(&issued, Role::Agent, &row.facility, "enrol");
         // The key the facility's egress receipts will be signed with, for the ledger.
         let receipt_key = harambee_agent::peers::ed25519_key_of(&issued.der).ok();
-        match self.coord.store.use_token(&row.id, &cert, receipt_key, now).await {
+        match self
+            .coord
+            .store
+            .use_token(&row.id, &cert, receipt_key, now)
+            .await
+        {
             Ok(()) => {}
             // Lost a race with another use of the token, or it expired meanwhile.
             Err(StoreError::TokenUnusable(_)) => {

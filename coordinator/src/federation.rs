@@ -75,7 +75,13 @@ fn default_delta() -> f64 {
 
 impl Default for PrivacySpec {
     fn default() -> Self {
-        PrivacySpec { dp_sgd: None, mechanism: Mechanism::None, clip_norm: 0.0, noise_multiplier: 0.0, delta: default_delta() }
+        PrivacySpec {
+            dp_sgd: None,
+            mechanism: Mechanism::None,
+            clip_norm: 0.0,
+            noise_multiplier: 0.0,
+            delta: default_delta(),
+        }
     }
 }
 
@@ -91,7 +97,9 @@ impl PrivacySpec {
     /// What an agent puts in its egress receipt: the patient-level clipping norm and noise
     /// multiplier it trained with (0, 0 without DP-SGD).
     pub fn receipt_clip_and_noise(&self) -> (f64, f64) {
-        self.dp_sgd.as_ref().map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier))
+        self.dp_sgd
+            .as_ref()
+            .map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier))
     }
 }
 
@@ -149,7 +157,13 @@ pub struct SecureAggregationSpec {
 
 impl Default for SecureAggregationSpec {
     fn default() -> Self {
-        SecureAggregationSpec { enabled: true, clip: 1.0, max_weight: 1000, stage_s: 120, consistency_check: false }
+        SecureAggregationSpec {
+            enabled: true,
+            clip: 1.0,
+            max_weight: 1000,
+            stage_s: 120,
+            consistency_check: false,
+        }
     }
 }
 
@@ -239,7 +253,11 @@ pub struct Deadlines {
 
 impl Default for Deadlines {
     fn default() -> Self {
-        Deadlines { selecting_s: 300, training_s: 3600, evaluating_s: 600 }
+        Deadlines {
+            selecting_s: 300,
+            training_s: 3600,
+            evaluating_s: 600,
+        }
     }
 }
 
@@ -264,13 +282,22 @@ impl FederationSpec {
         let p = &self.privacy;
         if let Some(d) = &p.dp_sgd {
             if !(d.clip_norm.is_finite() && d.clip_norm > 0.0) {
-                return Err(format!("privacy.dp_sgd.clip_norm must be positive, not {}", d.clip_norm));
+                return Err(format!(
+                    "privacy.dp_sgd.clip_norm must be positive, not {}",
+                    d.clip_norm
+                ));
             }
             if !(d.noise_multiplier.is_finite() && d.noise_multiplier > 0.0) {
-                return Err(format!("privacy.dp_sgd.noise_multiplier must be positive, not {}", d.noise_multiplier));
+                return Err(format!(
+                    "privacy.dp_sgd.noise_multiplier must be positive, not {}",
+                    d.noise_multiplier
+                ));
             }
             if !(d.sampling_rate > 0.0 && d.sampling_rate <= 1.0) {
-                return Err(format!("privacy.dp_sgd.sampling_rate must be in (0, 1], not {}", d.sampling_rate));
+                return Err(format!(
+                    "privacy.dp_sgd.sampling_rate must be in (0, 1], not {}",
+                    d.sampling_rate
+                ));
             }
         }
         if !(p.delta > 0.0 && p.delta < 1.0) {
@@ -278,10 +305,18 @@ impl FederationSpec {
         }
         if p.mechanism != Mechanism::None {
             if !(p.clip_norm.is_finite() && p.clip_norm > 0.0) {
-                return Err(format!("privacy.clip_norm must be positive with mechanism {:?}, not {}", p.mechanism.as_str(), p.clip_norm));
+                return Err(format!(
+                    "privacy.clip_norm must be positive with mechanism {:?}, not {}",
+                    p.mechanism.as_str(),
+                    p.clip_norm
+                ));
             }
             if !(p.noise_multiplier.is_finite() && p.noise_multiplier > 0.0) {
-                return Err(format!("privacy.noise_multiplier must be positive with mechanism {:?}, not {}", p.mechanism.as_str(), p.noise_multiplier));
+                return Err(format!(
+                    "privacy.noise_multiplier must be positive with mechanism {:?}, not {}",
+                    p.mechanism.as_str(),
+                    p.noise_multiplier
+                ));
             }
             if p.mechanism == Mechanism::Distributed && !self.secure_aggregation.enabled {
                 return Err("privacy.mechanism = \"distributed\" needs secure aggregation (agents add noise shares that only the sum carries in full)".into());
@@ -291,9 +326,16 @@ impl FederationSpec {
     }
 
     pub fn validate(&self) -> Result<(), InvalidFederation> {
-        let fail = |reason: String| Err(InvalidFederation { name: self.name.clone(), reason });
+        let fail = |reason: String| {
+            Err(InvalidFederation {
+                name: self.name.clone(),
+                reason,
+            })
+        };
         if !valid_name(&self.name) {
-            return fail("a federation name is 1-64 characters of letters, digits, '.', '_' or '-'".into());
+            return fail(
+                "a federation name is 1-64 characters of letters, digits, '.', '_' or '-'".into(),
+            );
         }
         if let Err(e) = self.schema.validate() {
             return fail(e.to_string());
@@ -301,7 +343,10 @@ impl FederationSpec {
         match self.model.kind {
             KindName::Mlp | KindName::Personalized => {
                 let hidden = &self.model.hidden;
-                if hidden.is_empty() || hidden.len() > 8 || hidden.iter().any(|&h| h == 0 || h > 4096) {
+                if hidden.is_empty()
+                    || hidden.len() > 8
+                    || hidden.iter().any(|&h| h == 0 || h > 4096)
+                {
                     return fail("an mlp needs 1 to 8 hidden layers of 1 to 4096 units".into());
                 }
             }
@@ -315,13 +360,20 @@ impl FederationSpec {
             return fail(format!("train.epochs must be 1..=1000, not {}", t.epochs));
         }
         if t.frozen_layers as usize >= self.model_spec().n_layers() {
-            return fail(format!("train.frozen_layers ({}) must leave at least one of the model's {} layers to train", t.frozen_layers, self.model_spec().n_layers()));
+            return fail(format!(
+                "train.frozen_layers ({}) must leave at least one of the model's {} layers to train",
+                t.frozen_layers,
+                self.model_spec().n_layers()
+            ));
         }
         if t.batch_size == 0 {
             return fail("train.batch_size must be at least 1".into());
         }
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
-            return fail(format!("train.learning_rate must be positive, not {}", t.learning_rate));
+            return fail(format!(
+                "train.learning_rate must be positive, not {}",
+                t.learning_rate
+            ));
         }
         if self.min_agents == 0 {
             return fail("min_agents must be at least 1".into());
@@ -335,7 +387,10 @@ impl FederationSpec {
         let sa = &self.secure_aggregation;
         if sa.enabled {
             if !(sa.clip.is_finite() && sa.clip > 0.0) {
-                return fail(format!("secure_aggregation.clip must be positive, not {}", sa.clip));
+                return fail(format!(
+                    "secure_aggregation.clip must be positive, not {}",
+                    sa.clip
+                ));
             }
             if sa.max_weight == 0 || sa.stage_s == 0 {
                 return fail("secure_aggregation.max_weight and stage_s must be at least 1".into());
@@ -354,10 +409,17 @@ impl FederationSpec {
     pub fn model_spec(&self) -> ModelSpec {
         let kind = match self.model.kind {
             KindName::LogisticRegression => ModelKind::LogisticRegression,
-            KindName::Mlp => ModelKind::Mlp { hidden: self.model.hidden.clone() },
-            KindName::Personalized => ModelKind::Personalized { hidden: self.model.hidden.clone() },
+            KindName::Mlp => ModelKind::Mlp {
+                hidden: self.model.hidden.clone(),
+            },
+            KindName::Personalized => ModelKind::Personalized {
+                hidden: self.model.hidden.clone(),
+            },
         };
-        ModelSpec { kind, n_inputs: self.schema.n_inputs() }
+        ModelSpec {
+            kind,
+            n_inputs: self.schema.n_inputs(),
+        }
     }
 
     pub fn train_config(&self) -> TrainConfig {
@@ -384,7 +446,11 @@ impl FederationSpec {
     /// facility-level DP mechanism needs each update's weight (and so the sum's
     /// sensitivity) bounded.
     pub fn effective_max_weight(&self) -> u64 {
-        if self.privacy.mechanism == Mechanism::None { self.secure_aggregation.max_weight } else { 1 }
+        if self.privacy.mechanism == Mechanism::None {
+            self.secure_aggregation.max_weight
+        } else {
+            1
+        }
     }
 
     pub fn round_config(&self, round_id: u64, n_params: usize) -> harambee_core::RoundConfig {
@@ -420,7 +486,9 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]
@@ -444,18 +512,34 @@ mod tests {
         let spec = FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
         spec.validate().unwrap();
         assert_eq!(spec.schema.features[0].missing, vec!["0".to_string()]);
-        assert_eq!(spec.model_spec().n_inputs, 2, "one feature plus its missing indicator");
+        assert_eq!(
+            spec.model_spec().n_inputs,
+            2,
+            "one feature plus its missing indicator"
+        );
     }
 
     #[test]
     fn bad_definitions_say_what_is_wrong() {
-        let mut spec = FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
+        let mut spec =
+            FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
         spec.train.learning_rate = f64::NAN;
-        assert!(spec.validate().unwrap_err().to_string().contains("learning_rate"));
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("learning_rate")
+        );
         spec.train.learning_rate = 0.1;
-        spec.model = ModelSection { kind: KindName::Mlp, hidden: vec![] };
+        spec.model = ModelSection {
+            kind: KindName::Mlp,
+            hidden: vec![],
+        };
         assert!(spec.validate().unwrap_err().to_string().contains("hidden"));
-        spec.model = ModelSection { kind: KindName::LogisticRegression, hidden: vec![] };
+        spec.model = ModelSection {
+            kind: KindName::LogisticRegression,
+            hidden: vec![],
+        };
         spec.name = "../etc".into();
         assert!(spec.validate().is_err());
         let err = FederationSpec::from_toml("name = \"x\"\nunknown = 1\n").unwrap_err();

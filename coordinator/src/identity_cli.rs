@@ -194,18 +194,32 @@ pub async fn facility(command: FacilityCommand) -> anyhow::Result<()> {
 
 pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Export { out, auditor, admin } => {
+        AuditCommand::Export {
+            out,
+            auditor,
+            admin,
+        } => {
             let channel = channel(&admin, Role::Auditor, &auditor).await?;
             let done = crate::audit_cli::export(channel, &out).await?;
-            println!("{} entries written to {}; signed tree head in {}", done.entries, done.ledger.display(), done.head.display());
+            println!(
+                "{} entries written to {}; signed tree head in {}",
+                done.entries,
+                done.ledger.display(),
+                done.head.display()
+            );
             Ok(())
         }
         AuditCommand::Privacy { auditor, admin } => {
             let channel = channel(&admin, Role::Auditor, &auditor).await?;
             println!("facility\tepsilon_spent\tdelta\tcontributions\tmax_epsilon");
             for f in crate::audit_cli::privacy_spend(channel).await? {
-                let max = f.max_epsilon.map_or_else(|| "-".to_owned(), |m| m.to_string());
-                println!("{}\t{:.4}\t{}\t{}\t{max}", f.facility, f.epsilon_spent, f.delta, f.contributions);
+                let max = f
+                    .max_epsilon
+                    .map_or_else(|| "-".to_owned(), |m| m.to_string());
+                println!(
+                    "{}\t{:.4}\t{}\t{}\t{max}",
+                    f.facility, f.epsilon_spent, f.delta, f.contributions
+                );
             }
             Ok(())
         }

@@ -34,7 +34,10 @@ pub struct LedgerView {
 
 impl LedgerView {
     pub fn new(key: SigningKey) -> LedgerView {
-        LedgerView { key, mirror: Mutex::new(Ledger::new()) }
+        LedgerView {
+            key,
+            mirror: Mutex::new(Ledger::new()),
+        }
     }
 
     pub fn verifying_key(&self) -> VerifyingKey {
@@ -69,14 +72,18 @@ impl LedgerView {
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     use anyhow::Context;
     match std::fs::read_to_string(path) {
-        Ok(pem) => SigningKey::from_pkcs8_pem(&pem).with_context(|| format!("reading the ledger key {}", path.display())),
+        Ok(pem) => SigningKey::from_pkcs8_pem(&pem)
+            .with_context(|| format!("reading the ledger key {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-            let pem = key.to_pkcs8_pem(Default::default()).context("encoding the ledger key")?;
+            let pem = key
+                .to_pkcs8_pem(Default::default())
+                .context("encoding the ledger key")?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            write_private(path, pem.as_bytes()).with_context(|| format!("writing the ledger key {}", path.display()))?;
+            write_private(path, pem.as_bytes())
+                .with_context(|| format!("writing the ledger key {}", path.display()))?;
             tracing::info!(path = %path.display(), "created the ledger signing key");
             Ok(key)
         }

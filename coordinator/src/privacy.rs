@@ -19,17 +19,25 @@ use crate::federation::{FederationSpec, Mechanism};
 pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), String> {
     let allows = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
     if !allows(&status.allowed_federations, &spec.name) {
-        return Err(format!("its policy does not allow federation {:?}", spec.name));
+        return Err(format!(
+            "its policy does not allow federation {:?}",
+            spec.name
+        ));
     }
     let kind = spec.model.kind.as_str();
     if !allows(&status.allowed_model_kinds, kind) {
         return Err(format!("its policy does not allow model kind {kind:?}"));
     }
-    let Some(max_epsilon) = status.max_epsilon else { return Ok(()) };
-    let Some(dp) = &spec.privacy.dp_sgd else {
-        return Err(format!("it has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD"));
+    let Some(max_epsilon) = status.max_epsilon else {
+        return Ok(());
     };
-    let accountant = RdpAccountant::from_rdp(status.rdp.clone()).map_err(|e| format!("its reported accountant is unusable: {e}"))?;
+    let Some(dp) = &spec.privacy.dp_sgd else {
+        return Err(format!(
+            "it has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD"
+        ));
+    };
+    let accountant = RdpAccountant::from_rdp(status.rdp.clone())
+        .map_err(|e| format!("its reported accountant is unusable: {e}"))?;
     let steps = harambee_models::dp::dp_steps(spec.train.epochs as usize, dp.sampling_rate);
     let after = accountant
         .spent_if(dp.noise_multiplier, dp.sampling_rate, steps, status.delta)
@@ -50,7 +58,11 @@ pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), S
 /// usual Poisson approximation of a fixed-size cohort), and noise standard deviation
 /// `noise_multiplier × clip_norm` on a sum of updates of L2 norm at most `clip_norm` (for the
 /// distributed mechanism this needs at least `min_agents` shares, which a round guarantees).
-pub fn facility_epsilon(spec: &FederationSpec, ledger: &[LedgerLine], up_to_round: u64) -> Option<f64> {
+pub fn facility_epsilon(
+    spec: &FederationSpec,
+    ledger: &[LedgerLine],
+    up_to_round: u64,
+) -> Option<f64> {
     let p = &spec.privacy;
     if p.mechanism == Mechanism::None {
         return None;
@@ -58,18 +70,31 @@ pub fn facility_epsilon(spec: &FederationSpec, ledger: &[LedgerLine], up_to_roun
     let committed: HashSet<u64> = ledger
         .iter()
         .filter_map(|l| match &l.event {
-            LedgerEvent::RoundCommitted { federation, round_id, .. } if *federation == spec.name => Some(*round_id),
+            LedgerEvent::RoundCommitted {
+                federation,
+                round_id,
+                ..
+            } if *federation == spec.name => Some(*round_id),
             _ => None,
         })
         .collect();
     let mut spent = RdpAccountant::new();
     for line in ledger {
-        if let LedgerEvent::RoundStarted { federation, round_id, selected, eligible } = &line.event
+        if let LedgerEvent::RoundStarted {
+            federation,
+            round_id,
+            selected,
+            eligible,
+        } = &line.event
             && *federation == spec.name
             && *round_id <= up_to_round
             && committed.contains(round_id)
         {
-            let q = if *eligible == 0 { 1.0 } else { (selected.len() as f64 / *eligible as f64).min(1.0) };
+            let q = if *eligible == 0 {
+                1.0
+            } else {
+                (selected.len() as f64 / *eligible as f64).min(1.0)
+            };
             spent.compose(p.noise_multiplier, q, 1).ok()?;
         }
     }
@@ -86,8 +111,13 @@ mod tests {
     use harambee_privacy::accountant;
 
     fn spec() -> FederationSpec {
-        let mut spec = crate::demo::federation_spec(crate::federation::KindName::LogisticRegression, 2, &[]);
-        spec.privacy.dp_sgd = Some(DpSgdSpec { clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 0.1 });
+        let mut spec =
+            crate::demo::federation_spec(crate::federation::KindName::LogisticRegression, 2, &[]);
+        spec.privacy.dp_sgd = Some(DpSgdSpec {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            sampling_rate: 0.1,
+        });
         spec
     }
 
@@ -116,7 +146,11 @@ mod tests {
         let steps = harambee_models::dp::dp_steps(spec.train.epochs as usize, 0.1);
         let one = accountant::epsilon(1.0, 0.1, steps, 1e-5).unwrap().epsilon;
         assert_eq!(admits(&spec, &status(Some(one * 1.01))), Ok(()));
-        assert!(admits(&spec, &status(Some(one * 0.99))).unwrap_err().contains("one more round"));
+        assert!(
+            admits(&spec, &status(Some(one * 0.99)))
+                .unwrap_err()
+                .contains("one more round")
+        );
         // After one round spent, the same budget no longer fits.
         let mut spent = RdpAccountant::new();
         spent.compose(1.0, 0.1, steps).unwrap();
@@ -126,6 +160,10 @@ mod tests {
         // A budget excludes federations without DP-SGD.
         let mut no_dp = spec.clone();
         no_dp.privacy.dp_sgd = None;
-        assert!(admits(&no_dp, &status(Some(100.0))).unwrap_err().contains("without DP-SGD"));
+        assert!(
+            admits(&no_dp, &status(Some(100.0)))
+                .unwrap_err()
+                .contains("without DP-SGD")
+        );
     }
 }

@@ -39,11 +39,24 @@ struct Entry {
 
 impl Registry {
     /// Registers a new task stream for `facility`, replacing (and so closing) any previous one.
-    pub fn connect(&self, facility: &str, chain: Vec<Vec<u8>>, now: Instant) -> (u64, mpsc::Receiver<TaskItem>) {
+    pub fn connect(
+        &self,
+        facility: &str,
+        chain: Vec<Vec<u8>>,
+        now: Instant,
+    ) -> (u64, mpsc::Receiver<TaskItem>) {
         let (tx, rx) = mpsc::channel(TASK_BUFFER);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry { conn_id, tasks: tx, last_heartbeat: now, chain };
-        self.agents.lock().unwrap().insert(facility.to_owned(), entry);
+        let entry = Entry {
+            conn_id,
+            tasks: tx,
+            last_heartbeat: now,
+            chain,
+        };
+        self.agents
+            .lock()
+            .unwrap()
+            .insert(facility.to_owned(), entry);
         (conn_id, rx)
     }
 
@@ -60,7 +73,10 @@ impl Registry {
 
     /// Records the privacy status a facility's heartbeat carried.
     pub fn set_privacy(&self, facility: &str, status: pb::PrivacyStatus) {
-        self.privacy.lock().unwrap().insert(facility.to_owned(), status);
+        self.privacy
+            .lock()
+            .unwrap()
+            .insert(facility.to_owned(), status);
     }
 
     /// The privacy status of a facility's last heartbeat, if it sent one.
@@ -70,7 +86,12 @@ impl Registry {
 
     /// Every facility's last privacy status.
     pub fn privacy_statuses(&self) -> Vec<(String, pb::PrivacyStatus)> {
-        self.privacy.lock().unwrap().iter().map(|(f, s)| (f.clone(), s.clone())).collect()
+        self.privacy
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(f, s)| (f.clone(), s.clone()))
+            .collect()
     }
 
     /// Queues a task on the facility's stream. `false` if it is not connected or its stream
@@ -99,11 +120,20 @@ impl Registry {
 
     /// The certificate chain a connected facility presented (leaf first).
     pub fn certificate_chain(&self, facility: &str) -> Option<Vec<Vec<u8>>> {
-        self.agents.lock().unwrap().get(facility).map(|e| e.chain.clone()).filter(|c| !c.is_empty())
+        self.agents
+            .lock()
+            .unwrap()
+            .get(facility)
+            .map(|e| e.chain.clone())
+            .filter(|c| !c.is_empty())
     }
 
     pub fn is_connected(&self, facility: &str) -> bool {
-        self.agents.lock().unwrap().get(facility).is_some_and(|e| !e.tasks.is_closed())
+        self.agents
+            .lock()
+            .unwrap()
+            .get(facility)
+            .is_some_and(|e| !e.tasks.is_closed())
     }
 
     /// Removes the entry of a stream that ended, unless a newer stream replaced it.
@@ -148,7 +178,10 @@ mod tests {
         assert!(rx1.try_recv().is_err(), "the replaced stream is closed");
         assert!(rx2.try_recv().is_ok());
         reg.disconnect("a", c1);
-        assert!(reg.is_connected("a"), "an old stream ending does not remove the new one");
+        assert!(
+            reg.is_connected("a"),
+            "an old stream ending does not remove the new one"
+        );
         reg.disconnect("a", c2);
         assert!(!reg.is_connected("a"));
     }
@@ -163,6 +196,9 @@ mod tests {
         let dead = reg.reap(t0 + Duration::from_secs(11), Duration::from_secs(10));
         assert_eq!(dead, vec!["b".to_string()]);
         assert_eq!(reg.connected(), vec!["a".to_string()]);
-        assert!(!reg.heartbeat("b", t0), "a reaped agent must reconnect first");
+        assert!(
+            !reg.heartbeat("b", t0),
+            "a reaped agent must reconnect first"
+        );
     }
 }

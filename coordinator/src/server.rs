@@ -37,14 +37,27 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
     let blobs = BlobStore::open(&storage.blob_dir)
         .await
         .with_context(|| format!("opening the blob store {}", storage.blob_dir.display()))?;
-    let failed = store.fail_unfinished_rounds("coordinator restarted during the round", now_ms()).await?;
+    let failed = store
+        .fail_unfinished_rounds("coordinator restarted during the round", now_ms())
+        .await?;
     if !failed.is_empty() {
         warn!(rounds = ?failed, "rounds left unfinished by a previous run were marked failed");
     }
     let ledger_key = crate::ledger::load_or_create_key(&storage.ledger_key)?;
-    let coord = Coordinator::new(store, blobs, settings, crate::ledger::LedgerView::new(ledger_key));
+    let coord = Coordinator::new(
+        store,
+        blobs,
+        settings,
+        crate::ledger::LedgerView::new(ledger_key),
+    );
     // Refuses to start on a ledger whose stored entries do not match their leaf hashes.
-    drop(coord.ledger.synced(&coord.store).await.context("loading the privacy ledger")?);
+    drop(
+        coord
+            .ledger
+            .synced(&coord.store)
+            .await
+            .context("loading the privacy ledger")?,
+    );
     Ok(coord)
 }
 
@@ -76,9 +89,11 @@ pub async fn serve(
         .add_service(crate::enrol::enrolment_service(coord.clone()))
         .add_service(crate::enrol::identity_service(coord.clone()))
         .add_service(
-            harambee_proto::pb::audit_service_server::AuditServiceServer::new(crate::service::audit::AuditApi::new(coord.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            harambee_proto::pb::audit_service_server::AuditServiceServer::new(
+                crate::service::audit::AuditApi::new(coord.clone()),
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(crate::tls::tls_incoming(listener, tls), shutdown)
         .await;
@@ -92,13 +107,21 @@ pub async fn serve(
 
 /// Declares agents dead when their heartbeats stop, and drops them from running rounds.
 async fn reap_dead_agents(coord: Coordinator) {
-    let period = coord.settings.heartbeat_interval.min(std::time::Duration::from_secs(1));
+    let period = coord
+        .settings
+        .heartbeat_interval
+        .min(std::time::Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        for facility in coord.registry.reap(Instant::now(), coord.settings.liveness_timeout) {
+        for facility in coord
+            .registry
+            .reap(Instant::now(), coord.settings.liveness_timeout)
+        {
             info!(%facility, "heartbeats stopped; facility considered gone");
-            coord.broadcast_dropout(&facility, "heartbeats stopped").await;
+            coord
+                .broadcast_dropout(&facility, "heartbeats stopped")
+                .await;
         }
     }
 }

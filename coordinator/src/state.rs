@@ -22,7 +22,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { heartbeat_interval: Duration::from_secs(5), liveness_timeout: Duration::from_secs(20) }
+        Settings {
+            heartbeat_interval: Duration::from_secs(5),
+            liveness_timeout: Duration::from_secs(20),
+        }
     }
 }
 
@@ -62,7 +65,12 @@ impl std::ops::Deref for Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, blobs: BlobStore, settings: Settings, ledger: crate::ledger::LedgerView) -> Coordinator {
+    pub fn new(
+        store: Store,
+        blobs: BlobStore,
+        settings: Settings,
+        ledger: crate::ledger::LedgerView,
+    ) -> Coordinator {
         Coordinator(Arc::new(Inner {
             store,
             blobs,
@@ -76,7 +84,12 @@ impl Coordinator {
     }
 
     pub fn active_round_by_id(&self, round_id: u64) -> Option<ActiveRound> {
-        self.active.lock().unwrap().values().find(|r| r.round_id == round_id).cloned()
+        self.active
+            .lock()
+            .unwrap()
+            .values()
+            .find(|r| r.round_id == round_id)
+            .cloned()
     }
 
     pub fn active_rounds(&self) -> Vec<ActiveRound> {
@@ -84,17 +97,29 @@ impl Coordinator {
     }
 
     pub fn entitle(&self, facility: &str, digest: &str) {
-        self.entitled.lock().unwrap().entry(facility.to_owned()).or_default().insert(digest.to_owned());
+        self.entitled
+            .lock()
+            .unwrap()
+            .entry(facility.to_owned())
+            .or_default()
+            .insert(digest.to_owned());
     }
 
     pub fn is_entitled(&self, facility: &str, digest: &str) -> bool {
-        self.entitled.lock().unwrap().get(facility).is_some_and(|s| s.contains(digest))
+        self.entitled
+            .lock()
+            .unwrap()
+            .get(facility)
+            .is_some_and(|s| s.contains(digest))
     }
 
     /// Tells every running round that `facility` is gone.
     pub async fn broadcast_dropout(&self, facility: &str, reason: &str) {
         for round in self.active_rounds() {
-            let input = RoundInput::Dropout { agent: facility.to_owned(), reason: reason.to_owned() };
+            let input = RoundInput::Dropout {
+                agent: facility.to_owned(),
+                reason: reason.to_owned(),
+            };
             let _ = round.inputs.send(input).await;
         }
     }
@@ -102,12 +127,20 @@ impl Coordinator {
     /// Tells every running round that `facility` (re)connected.
     pub async fn broadcast_connected(&self, facility: &str) {
         for round in self.active_rounds() {
-            let _ = round.inputs.send(RoundInput::Connected { agent: facility.to_owned() }).await;
+            let _ = round
+                .inputs
+                .send(RoundInput::Connected {
+                    agent: facility.to_owned(),
+                })
+                .await;
         }
     }
 }
 
 /// Milliseconds since the Unix epoch, for persisted timestamps and wire deadlines.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -23,9 +23,16 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber. `otlp_endpoint` (from `--otlp-endpoint` or the standard
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`) turns on span export over OTLP/gRPC.
-pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>, default_filter: &str) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+pub fn init(
+    service_name: &'static str,
+    otlp_endpoint: Option<&str>,
+    default_filter: &str,
+) -> anyhow::Result<Telemetry> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     let provider = match otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -33,7 +40,9 @@ pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>, default_fil
                 .with_endpoint(endpoint)
                 .build()
                 .with_context(|| format!("configuring the OTLP exporter for {endpoint}"))?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service_name).build();
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service_name)
+                .build();
             Some(
                 opentelemetry_sdk::trace::SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -43,7 +52,14 @@ pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>, default_fil
         }
         None => None,
     };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
-    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init().ok();
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .ok();
     Ok(Telemetry { provider })
 }

@@ -11,10 +11,13 @@ use tonic::Status;
 
 use crate::blobs::BlobError;
 use crate::federation::{
-    Deadlines, DpSgdSpec, FederationSpec, KindName, Mechanism, ModelSection, OptimizerName, PrivacySpec, SecureAggregationSpec, TrainSpec,
+    Deadlines, DpSgdSpec, FederationSpec, KindName, Mechanism, ModelSection, OptimizerName,
+    PrivacySpec, SecureAggregationSpec, TrainSpec,
 };
 use crate::state::now_ms;
-use crate::store::{self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState, StoreError};
+use crate::store::{
+    self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState, StoreError,
+};
 
 pub fn schema(schema: &Schema) -> pb::FeatureSchema {
     pb::FeatureSchema {
@@ -99,28 +102,55 @@ pub fn privacy_config(p: &PrivacySpec) -> Option<pb::PrivacyConfig> {
 }
 
 fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, Status> {
-    let Some(p) = p else { return Ok(PrivacySpec::default()) };
+    let Some(p) = p else {
+        return Ok(PrivacySpec::default());
+    };
     let mechanism = Mechanism::parse(&p.mechanism).ok_or_else(|| {
-        Status::invalid_argument(format!("unknown privacy mechanism {:?} (none, distributed or central)", p.mechanism))
+        Status::invalid_argument(format!(
+            "unknown privacy mechanism {:?} (none, distributed or central)",
+            p.mechanism
+        ))
     })?;
     Ok(PrivacySpec {
-        dp_sgd: p.dp_sgd.map(|d| DpSgdSpec { clip_norm: d.clip_norm, noise_multiplier: d.noise_multiplier, sampling_rate: d.sampling_rate }),
+        dp_sgd: p.dp_sgd.map(|d| DpSgdSpec {
+            clip_norm: d.clip_norm,
+            noise_multiplier: d.noise_multiplier,
+            sampling_rate: d.sampling_rate,
+        }),
         mechanism,
         clip_norm: p.clip_norm,
         noise_multiplier: p.noise_multiplier,
-        delta: if p.delta == 0.0 { PrivacySpec::default_delta() } else { p.delta },
+        delta: if p.delta == 0.0 {
+            PrivacySpec::default_delta()
+        } else {
+            p.delta
+        },
     })
 }
 
 /// Reads an operator's federation definition; the result still needs `validate()`.
 pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, Status> {
-    let model = config.model.ok_or_else(|| Status::invalid_argument("federation config has no model"))?;
-    let kind = KindName::parse(&model.kind)
-        .ok_or_else(|| Status::invalid_argument(format!("unknown model kind {:?} (logistic_regression or mlp)", model.kind)))?;
-    let schema = model.schema.ok_or_else(|| Status::invalid_argument("federation config has no feature schema"))?;
-    let train = config.train.ok_or_else(|| Status::invalid_argument("federation config has no train section"))?;
-    let optimizer = OptimizerName::parse(&train.optimizer)
-        .ok_or_else(|| Status::invalid_argument(format!("unknown optimizer {:?} (adam or sgd)", train.optimizer)))?;
+    let model = config
+        .model
+        .ok_or_else(|| Status::invalid_argument("federation config has no model"))?;
+    let kind = KindName::parse(&model.kind).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown model kind {:?} (logistic_regression or mlp)",
+            model.kind
+        ))
+    })?;
+    let schema = model
+        .schema
+        .ok_or_else(|| Status::invalid_argument("federation config has no feature schema"))?;
+    let train = config
+        .train
+        .ok_or_else(|| Status::invalid_argument("federation config has no train section"))?;
+    let optimizer = OptimizerName::parse(&train.optimizer).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "unknown optimizer {:?} (adam or sgd)",
+            train.optimizer
+        ))
+    })?;
     let secure_aggregation = match config.secure_aggregation {
         Some(s) => SecureAggregationSpec {
             enabled: s.enabled,
@@ -133,11 +163,18 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, S
     };
     let deadlines = config
         .deadlines
-        .map(|d| Deadlines { selecting_s: d.selecting_s, training_s: d.training_s, evaluating_s: d.evaluating_s })
+        .map(|d| Deadlines {
+            selecting_s: d.selecting_s,
+            training_s: d.training_s,
+            evaluating_s: d.evaluating_s,
+        })
         .unwrap_or_default();
     Ok(FederationSpec {
         name: config.name,
-        model: ModelSection { kind, hidden: model.hidden.iter().map(|&h| h as usize).collect() },
+        model: ModelSection {
+            kind,
+            hidden: model.hidden.iter().map(|&h| h as usize).collect(),
+        },
         schema: schema_from_pb(schema),
         train: TrainSpec {
             epochs: train.epochs,
@@ -155,14 +192,19 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, S
         strategy: if config.strategy.is_empty() {
             Default::default()
         } else {
-            serde_json::from_str(&config.strategy).map_err(|e| Status::invalid_argument(format!("unreadable strategy: {e}")))?
+            serde_json::from_str(&config.strategy)
+                .map_err(|e| Status::invalid_argument(format!("unreadable strategy: {e}")))?
         },
         privacy: privacy_spec(config.privacy)?,
     })
 }
 
 pub fn model_ref(row: &ModelVersionRow) -> pb::ModelRef {
-    pb::ModelRef { digest: row.digest.clone(), size_bytes: row.size_bytes, version: row.version }
+    pb::ModelRef {
+        digest: row.digest.clone(),
+        size_bytes: row.size_bytes,
+        version: row.version,
+    }
 }
 
 /// A monotonic deadline as wall-clock milliseconds since the Unix epoch.
@@ -249,7 +291,9 @@ pub fn participant(p: &ParticipantRow) -> pb::Participant {
     pb::Participant {
         facility: p.facility.clone(),
         status: match p.status {
-            store::ParticipantStatus::Selected | store::ParticipantStatus::Trained => pb::ParticipantStatus::Selected,
+            store::ParticipantStatus::Selected | store::ParticipantStatus::Trained => {
+                pb::ParticipantStatus::Selected
+            }
             store::ParticipantStatus::Uploaded => pb::ParticipantStatus::Uploaded,
             store::ParticipantStatus::Rejected => pb::ParticipantStatus::Rejected,
             store::ParticipantStatus::Dropped => pb::ParticipantStatus::Dropped,
@@ -268,8 +312,16 @@ pub fn round(
     result: Option<&ModelVersionRow>,
     secure_aggregation: bool,
 ) -> pb::Round {
-    let reported: Vec<Metrics> = participants.iter().filter_map(|p| p.metrics.as_ref()).map(metrics_of_row).collect();
-    let global = (!reported.is_empty()).then(|| metrics(&metrics_row(&harambee_models::metrics::weighted_mean(&reported))));
+    let reported: Vec<Metrics> = participants
+        .iter()
+        .filter_map(|p| p.metrics.as_ref())
+        .map(metrics_of_row)
+        .collect();
+    let global = (!reported.is_empty()).then(|| {
+        metrics(&metrics_row(&harambee_models::metrics::weighted_mean(
+            &reported,
+        )))
+    });
     pb::Round {
         id: row.id,
         federation: row.federation.clone(),
@@ -315,7 +367,9 @@ pub fn round_status(e: RoundError) -> Status {
         RoundError::Invalid { .. } | RoundError::BaseLength { .. } | RoundError::SecAgg { .. } => {
             Status::invalid_argument(e.to_string())
         }
-        RoundError::SecureOnly | RoundError::PlainOnly => Status::failed_precondition(e.to_string()),
+        RoundError::SecureOnly | RoundError::PlainOnly => {
+            Status::failed_precondition(e.to_string())
+        }
         RoundError::Strategy(_) => Status::invalid_argument(e.to_string()),
         RoundError::WrongStage(_) => Status::failed_precondition(e.to_string()),
         RoundError::NotSelected(_) => Status::permission_denied(e.to_string()),
@@ -331,8 +385,12 @@ pub fn access_status(denial: &crate::access::Denial) -> Status {
     use crate::access::Denial;
     let message = format!("{ACCESS_DENIED}{denial}");
     match denial {
-        Denial::NoCertificate | Denial::NoIdentity(_) | Denial::Expired(_) => Status::unauthenticated(message),
-        Denial::Revoked(_) | Denial::WrongRole { .. } | Denial::NoRule(_) => Status::permission_denied(message),
+        Denial::NoCertificate | Denial::NoIdentity(_) | Denial::Expired(_) => {
+            Status::unauthenticated(message)
+        }
+        Denial::Revoked(_) | Denial::WrongRole { .. } | Denial::NoRule(_) => {
+            Status::permission_denied(message)
+        }
     }
 }
 
@@ -340,8 +398,12 @@ pub fn enrol_status(e: crate::enrol::EnrolError) -> Status {
     use crate::enrol::EnrolError;
     match &e {
         EnrolError::NotEnabled => Status::unavailable(e.to_string()),
-        EnrolError::NoSigner | EnrolError::AddRevoked(_) => Status::failed_precondition(e.to_string()),
-        EnrolError::Token(_) | EnrolError::Csr(_) | EnrolError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        EnrolError::NoSigner | EnrolError::AddRevoked(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        EnrolError::Token(_) | EnrolError::Csr(_) | EnrolError::InvalidArgument(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         EnrolError::UnknownToken
         | EnrolError::WrongSecret
         | EnrolError::OtherFacility { .. }

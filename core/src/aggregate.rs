@@ -18,7 +18,11 @@ pub struct FedAvg {
 
 impl FedAvg {
     pub fn new(n_params: usize) -> FedAvg {
-        FedAvg { sum: Array1::zeros(n_params), total_weight: 0.0, n_updates: 0 }
+        FedAvg {
+            sum: Array1::zeros(n_params),
+            total_weight: 0.0,
+            n_updates: 0,
+        }
     }
 
     /// Adds one validated update with its weight (its number of training samples).
@@ -26,9 +30,15 @@ impl FedAvg {
     /// # Panics
     /// If the length differs from `n_params`: callers validate updates first.
     pub fn add(&mut self, weight: u64, update: &[f32]) {
-        assert_eq!(update.len(), self.sum.len(), "update length checked by validate_update");
+        assert_eq!(
+            update.len(),
+            self.sum.len(),
+            "update length checked by validate_update"
+        );
         let w = weight as f64;
-        Zip::from(&mut self.sum).and(ArrayView1::from(update)).for_each(|s, &u| *s += w * u as f64);
+        Zip::from(&mut self.sum)
+            .and(ArrayView1::from(update))
+            .for_each(|s, &u| *s += w * u as f64);
         self.total_weight += w;
         self.n_updates += 1;
     }
@@ -57,7 +67,12 @@ impl FedAvg {
         }
         assert_eq!(base.len(), self.sum.len(), "base model length");
         let inv = 1.0 / self.total_weight;
-        Some(base.iter().zip(self.sum.iter()).map(|(&b, &s)| (b as f64 + s * inv) as f32).collect())
+        Some(
+            base.iter()
+                .zip(self.sum.iter())
+                .map(|(&b, &s)| (b as f64 + s * inv) as f32)
+                .collect(),
+        )
     }
 }
 

@@ -50,13 +50,19 @@ pub fn validate_update(
     values: &[f32],
 ) -> Result<(), UpdateError> {
     if values.len() != expected_len {
-        return Err(UpdateError::WrongLength { expected: expected_len, got: values.len() });
+        return Err(UpdateError::WrongLength {
+            expected: expected_len,
+            got: values.len(),
+        });
     }
     if n_samples == 0 {
         return Err(UpdateError::NoSamples(n_samples));
     }
     if n_samples > max_samples {
-        return Err(UpdateError::TooManySamples { got: n_samples, limit: max_samples });
+        return Err(UpdateError::TooManySamples {
+            got: n_samples,
+            limit: max_samples,
+        });
     }
     if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(UpdateError::NonFinite { index, value });
@@ -74,22 +80,41 @@ mod tests {
         let bytes = to_le_bytes(&values);
         assert_eq!(bytes.len(), 24);
         let back = from_le_bytes(&bytes).unwrap();
-        assert_eq!(back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                   values.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         assert_eq!(from_le_bytes(&bytes[..5]), Err(UpdateError::RaggedBytes(5)));
     }
 
     #[test]
     fn validation_names_the_fault() {
-        assert_eq!(validate_update(3, 10, 100, &[1.0, 2.0]),
-                   Err(UpdateError::WrongLength { expected: 3, got: 2 }));
-        assert!(matches!(validate_update(3, 10, 100, &[1.0, f32::NAN, 2.0]),
-                         Err(UpdateError::NonFinite { index: 1, .. })));
-        assert!(matches!(validate_update(2, 10, 100, &[1.0, f32::INFINITY]),
-                         Err(UpdateError::NonFinite { index: 1, .. })));
-        assert_eq!(validate_update(1, 0, 100, &[1.0]), Err(UpdateError::NoSamples(0)));
-        assert_eq!(validate_update(1, 101, 100, &[1.0]),
-                   Err(UpdateError::TooManySamples { got: 101, limit: 100 }));
+        assert_eq!(
+            validate_update(3, 10, 100, &[1.0, 2.0]),
+            Err(UpdateError::WrongLength {
+                expected: 3,
+                got: 2
+            })
+        );
+        assert!(matches!(
+            validate_update(3, 10, 100, &[1.0, f32::NAN, 2.0]),
+            Err(UpdateError::NonFinite { index: 1, .. })
+        ));
+        assert!(matches!(
+            validate_update(2, 10, 100, &[1.0, f32::INFINITY]),
+            Err(UpdateError::NonFinite { index: 1, .. })
+        ));
+        assert_eq!(
+            validate_update(1, 0, 100, &[1.0]),
+            Err(UpdateError::NoSamples(0))
+        );
+        assert_eq!(
+            validate_update(1, 101, 100, &[1.0]),
+            Err(UpdateError::TooManySamples {
+                got: 101,
+                limit: 100
+            })
+        );
         assert_eq!(validate_update(2, 10, 100, &[1.0, -1.0]), Ok(()));
     }
 }

@@ -27,12 +27,12 @@ use harambee_secagg::ed25519_dalek::VerifyingKey;
 use harambee_secagg::{ServerError, Word};
 use thiserror::Error;
 
-pub use self::secure::{SecAggIn, SecAggOut, SecAggRefusal};
 use self::secure::{Advance, SecureRound};
+pub use self::secure::{SecAggIn, SecAggOut, SecAggRefusal};
 use crate::AgentId;
 use crate::aggregate::FedAvg;
-use crate::strategy::{ServerOptimizer, StrategyConfig};
 use crate::params::{UpdateError, validate_update};
+use crate::strategy::{ServerOptimizer, StrategyConfig};
 
 pub mod secure;
 
@@ -136,13 +136,23 @@ pub enum Event {
     /// The round entered this stage: persist it before acting on what follows.
     Stage(Stage),
     /// Send these facilities the training task, to be uploaded by `deadline`.
-    Train { agents: Vec<AgentId>, deadline: Instant },
+    Train {
+        agents: Vec<AgentId>,
+        deadline: Instant,
+    },
     /// The aggregate is ready ([`Round::candidate`]): store it, then ask these facilities to
     /// evaluate it by `deadline`.
-    Evaluate { agents: Vec<AgentId>, deadline: Instant },
+    Evaluate {
+        agents: Vec<AgentId>,
+        deadline: Instant,
+    },
     /// Secure aggregation: the round entered `stage` (persisted by the preceding
     /// `Stage` event); send each facility its message, to be answered by `deadline`.
-    SecAgg { stage: Stage, messages: Vec<(AgentId, SecAggOut)>, deadline: Instant },
+    SecAgg {
+        stage: Stage,
+        messages: Vec<(AgentId, SecAggOut)>,
+        deadline: Instant,
+    },
     /// Tell a facility to stop working on this round.
     Cancel { agent: AgentId, reason: String },
     /// Write the candidate as the new model version, with the participants and their
@@ -173,7 +183,10 @@ pub enum RoundError {
     #[error("this round does not use secure aggregation")]
     PlainOnly,
     #[error("secure-aggregation message from {agent} refused: {source}")]
-    SecAgg { agent: AgentId, source: SecAggRefusal },
+    SecAgg {
+        agent: AgentId,
+        source: SecAggRefusal,
+    },
 }
 
 /// One federated round. `M` is the evaluation metrics type, opaque to the machine.
@@ -202,7 +215,10 @@ impl<M: Clone> Round<M> {
     /// Starts a round in `Selecting` on the base model.
     pub fn new(config: RoundConfig, base: Vec<f32>, now: Instant) -> Result<Round<M>, RoundError> {
         if base.len() != config.n_params {
-            return Err(RoundError::BaseLength { expected: config.n_params, got: base.len() });
+            return Err(RoundError::BaseLength {
+                expected: config.n_params,
+                got: base.len(),
+            });
         }
         let deadline = now + config.selecting_timeout;
         let mut events = VecDeque::new();
@@ -231,7 +247,10 @@ impl<M: Clone> Round<M> {
     /// free of randomness; the driver owns the RNG. Fails on a wrong length.
     pub fn with_central_noise(mut self, noise: Vec<f32>) -> Result<Round<M>, RoundError> {
         if noise.len() != self.config.n_params {
-            return Err(RoundError::BaseLength { expected: self.config.n_params, got: noise.len() });
+            return Err(RoundError::BaseLength {
+                expected: self.config.n_params,
+                got: noise.len(),
+            });
         }
         self.central_noise = Some(noise);
         Ok(self)
@@ -331,13 +350,16 @@ impl<M: Clone> Round<M> {
             return;
         }
         for agent in &candidates {
-            self.participants.insert((*agent).clone(), Participant {
-                status: ParticipantStatus::Selected,
-                n_samples: 0,
-                update_digest: None,
-                detail: None,
-                metrics: None,
-            });
+            self.participants.insert(
+                (*agent).clone(),
+                Participant {
+                    status: ParticipantStatus::Selected,
+                    n_samples: 0,
+                    update_digest: None,
+                    detail: None,
+                    metrics: None,
+                },
+            );
         }
         self.enter(Stage::Training, now + self.config.training_timeout);
         self.events.push_back(Event::Train {
@@ -368,7 +390,12 @@ impl<M: Clone> Round<M> {
         if participant.status != ParticipantStatus::Selected {
             return Err(RoundError::Duplicate(agent.to_owned()));
         }
-        let checked = validate_update(self.config.n_params, n_samples, self.config.max_samples, update);
+        let checked = validate_update(
+            self.config.n_params,
+            n_samples,
+            self.config.max_samples,
+            update,
+        );
         participant.n_samples = n_samples;
         participant.update_digest = Some(digest);
         let result = match checked {
@@ -380,7 +407,10 @@ impl<M: Clone> Round<M> {
             Err(source) => {
                 participant.status = ParticipantStatus::Rejected;
                 participant.detail = Some(source.to_string());
-                Err(RoundError::Invalid { agent: agent.to_owned(), source })
+                Err(RoundError::Invalid {
+                    agent: agent.to_owned(),
+                    source,
+                })
             }
         };
         self.close_training_if_done(now);
@@ -388,7 +418,12 @@ impl<M: Clone> Round<M> {
     }
 
     /// Secure aggregation: `agent` has trained on `n_samples` rows and holds its update.
-    pub fn handle_trained(&mut self, now: Instant, agent: &str, n_samples: u64) -> Result<(), RoundError> {
+    pub fn handle_trained(
+        &mut self,
+        now: Instant,
+        agent: &str,
+        n_samples: u64,
+    ) -> Result<(), RoundError> {
         if !self.is_secure() {
             return Err(RoundError::PlainOnly);
         }
@@ -396,14 +431,20 @@ impl<M: Clone> Round<M> {
             return Err(RoundError::WrongStage(self.stage));
         }
         let max = self.config.max_samples;
-        let participant = self.participants.get_mut(agent).ok_or_else(|| RoundError::NotSelected(agent.to_owned()))?;
+        let participant = self
+            .participants
+            .get_mut(agent)
+            .ok_or_else(|| RoundError::NotSelected(agent.to_owned()))?;
         if participant.status != ParticipantStatus::Selected {
             return Err(RoundError::Duplicate(agent.to_owned()));
         }
         let bad = if n_samples == 0 {
             Some(UpdateError::NoSamples(0))
         } else if n_samples > max {
-            Some(UpdateError::TooManySamples { got: n_samples, limit: max })
+            Some(UpdateError::TooManySamples {
+                got: n_samples,
+                limit: max,
+            })
         } else {
             None
         };
@@ -411,7 +452,10 @@ impl<M: Clone> Round<M> {
             participant.status = ParticipantStatus::Rejected;
             participant.detail = Some(source.to_string());
             self.close_training_if_done(now);
-            return Err(RoundError::Invalid { agent: agent.to_owned(), source });
+            return Err(RoundError::Invalid {
+                agent: agent.to_owned(),
+                source,
+            });
         }
         participant.status = ParticipantStatus::Trained;
         participant.n_samples = n_samples;
@@ -422,34 +466,58 @@ impl<M: Clone> Round<M> {
     /// Secure aggregation: one of `agent`'s messages for the current stage. A refused
     /// message takes the facility out of the stage (it becomes a dropout, recovered from
     /// shares when possible).
-    pub fn handle_secagg(&mut self, now: Instant, agent: &str, msg: SecAggIn) -> Result<(), RoundError> {
+    pub fn handle_secagg(
+        &mut self,
+        now: Instant,
+        agent: &str,
+        msg: SecAggIn,
+    ) -> Result<(), RoundError> {
         let stage = self.stage;
         let Some(secure) = self.secure.as_mut() else {
-            return Err(if self.is_secure() { RoundError::WrongStage(stage) } else { RoundError::PlainOnly });
+            return Err(if self.is_secure() {
+                RoundError::WrongStage(stage)
+            } else {
+                RoundError::PlainOnly
+            });
         };
         let result = secure.receive(stage, agent, msg);
         if let Err(source) = &result
             && let Some(p) = self.participants.get_mut(agent)
-            && !matches!(source, SecAggRefusal::NotParticipant | SecAggRefusal::NotAwaited)
+            && !matches!(
+                source,
+                SecAggRefusal::NotParticipant | SecAggRefusal::NotAwaited
+            )
         {
             p.detail = Some(format!("refused at {stage}: {source}"));
         }
-        if self.secure.as_ref().is_some_and(SecureRound::stage_complete) {
+        if self
+            .secure
+            .as_ref()
+            .is_some_and(SecureRound::stage_complete)
+        {
             self.advance_secure(now);
         }
-        result.map_err(|source| RoundError::SecAgg { agent: agent.to_owned(), source })
+        result.map_err(|source| RoundError::SecAgg {
+            agent: agent.to_owned(),
+            source,
+        })
     }
 
     /// `agent`'s upload was refused before its values could be read (e.g. its header
     /// declared the wrong length). The facility is `Rejected`; the round continues.
     pub fn reject_update(&mut self, now: Instant, agent: &str, source: UpdateError) -> RoundError {
-        let err = RoundError::Invalid { agent: agent.to_owned(), source: source.clone() };
+        let err = RoundError::Invalid {
+            agent: agent.to_owned(),
+            source: source.clone(),
+        };
         if self.stage != Stage::Training {
             return RoundError::WrongStage(self.stage);
         }
         match self.participants.get_mut(agent) {
             None => return RoundError::NotSelected(agent.to_owned()),
-            Some(p) if p.status != ParticipantStatus::Selected => return RoundError::Duplicate(agent.to_owned()),
+            Some(p) if p.status != ParticipantStatus::Selected => {
+                return RoundError::Duplicate(agent.to_owned());
+            }
             Some(p) => {
                 p.status = ParticipantStatus::Rejected;
                 p.detail = Some(source.to_string());
@@ -460,7 +528,12 @@ impl<M: Clone> Round<M> {
     }
 
     /// `agent`'s evaluation of the candidate.
-    pub fn handle_metrics(&mut self, now: Instant, agent: &str, metrics: M) -> Result<(), RoundError> {
+    pub fn handle_metrics(
+        &mut self,
+        now: Instant,
+        agent: &str,
+        metrics: M,
+    ) -> Result<(), RoundError> {
         if self.stage != Stage::Evaluating {
             return Err(RoundError::WrongStage(self.stage));
         }
@@ -486,7 +559,8 @@ impl<M: Clone> Round<M> {
             return Err(RoundError::NotSelected(agent.to_owned()));
         }
         if let Some(p) = self.participants.get_mut(agent) {
-            p.detail = Some("metrics withheld: held-out cohort below the facility's minimum".to_owned());
+            p.detail =
+                Some("metrics withheld: held-out cohort below the facility's minimum".to_owned());
         }
         self.commit_if_evaluated(now);
         Ok(())
@@ -497,7 +571,10 @@ impl<M: Clone> Round<M> {
         match self.stage {
             Stage::Training => {
                 if let Some(p) = self.participants.get_mut(agent)
-                    && matches!(p.status, ParticipantStatus::Selected | ParticipantStatus::Trained)
+                    && matches!(
+                        p.status,
+                        ParticipantStatus::Selected | ParticipantStatus::Trained
+                    )
                 {
                     p.status = ParticipantStatus::Dropped;
                     p.detail = Some(reason.to_owned());
@@ -556,12 +633,17 @@ impl<M: Clone> Round<M> {
                     let p = self.participants.get_mut(&agent).expect("listed above");
                     p.status = ParticipantStatus::Dropped;
                     p.detail = Some("missed the training deadline".to_owned());
-                    self.events.push_back(Event::Cancel { agent, reason: "missed the training deadline".into() });
+                    self.events.push_back(Event::Cancel {
+                        agent,
+                        reason: "missed the training deadline".into(),
+                    });
                 }
                 self.close_training_if_done(now);
             }
             // Whoever has not answered is a dropout; the aggregate names them.
-            Stage::AdvertiseKeys | Stage::ShareKeys | Stage::MaskedInput | Stage::Unmasking => self.advance_secure(now),
+            Stage::AdvertiseKeys | Stage::ShareKeys | Stage::MaskedInput | Stage::Unmasking => {
+                self.advance_secure(now)
+            }
             Stage::Evaluating => {
                 for agent in std::mem::take(&mut self.awaiting_metrics) {
                     if let Some(p) = self.participants.get_mut(&agent) {
@@ -583,7 +665,10 @@ impl<M: Clone> Round<M> {
 
     fn close_training_if_done(&mut self, now: Instant) {
         if self.stage != Stage::Training
-            || self.participants.values().any(|p| p.status == ParticipantStatus::Selected)
+            || self
+                .participants
+                .values()
+                .any(|p| p.status == ParticipantStatus::Selected)
         {
             return;
         }
@@ -611,21 +696,29 @@ impl<M: Clone> Round<M> {
         self.candidate = Some(self.optimizer.step(&self.base, &mean));
         self.awaiting_metrics = contributed.iter().cloned().collect();
         self.enter(Stage::Evaluating, now + self.config.evaluating_timeout);
-        self.events.push_back(Event::Evaluate { agents: contributed, deadline: self.deadline });
+        self.events.push_back(Event::Evaluate {
+            agents: contributed,
+            deadline: self.deadline,
+        });
     }
 
     /// Training closed in a secure round: start SecAgg+ with the facilities that trained.
     fn start_secure(&mut self, now: Instant, config: &SecureConfig) {
         let min = self.config.min_agents.max(1);
         let mut trained = BTreeMap::new();
-        for (name, p) in self.participants.iter_mut().filter(|(_, p)| p.status == ParticipantStatus::Trained) {
+        for (name, p) in self
+            .participants
+            .iter_mut()
+            .filter(|(_, p)| p.status == ParticipantStatus::Trained)
+        {
             match self.keys.get(name) {
                 Some(key) => {
                     trained.insert(name.clone(), *key);
                 }
                 None => {
                     p.status = ParticipantStatus::Dropped;
-                    p.detail = Some("no certified Ed25519 identity key for secure aggregation".to_owned());
+                    p.detail =
+                        Some("no certified Ed25519 identity key for secure aggregation".to_owned());
                 }
             }
         }
@@ -652,7 +745,11 @@ impl<M: Clone> Round<M> {
             Ok((secure, messages)) => {
                 self.secure = Some(secure);
                 self.enter(Stage::AdvertiseKeys, now + config.stage_timeout);
-                self.events.push_back(Event::SecAgg { stage: Stage::AdvertiseKeys, messages, deadline: self.deadline });
+                self.events.push_back(Event::SecAgg {
+                    stage: Stage::AdvertiseKeys,
+                    messages,
+                    deadline: self.deadline,
+                });
             }
             Err(e) => self.fail(format!("secure aggregation could not start: {e}")),
         }
@@ -660,12 +757,22 @@ impl<M: Clone> Round<M> {
 
     /// A secure-aggregation stage closed: route the next stage's messages, or take the sum.
     fn advance_secure(&mut self, now: Instant) {
-        let Some(secure) = self.secure.as_mut() else { return };
-        let stage_timeout = self.config.secure.as_ref().map_or(Duration::from_secs(60), |s| s.stage_timeout);
+        let Some(secure) = self.secure.as_mut() else {
+            return;
+        };
+        let stage_timeout = self
+            .config
+            .secure
+            .as_ref()
+            .map_or(Duration::from_secs(60), |s| s.stage_timeout);
         match secure.advance() {
             Ok(Advance::Next { stage, messages }) => {
                 self.enter(stage, now + stage_timeout);
-                self.events.push_back(Event::SecAgg { stage, messages, deadline: self.deadline });
+                self.events.push_back(Event::SecAgg {
+                    stage,
+                    messages,
+                    deadline: self.deadline,
+                });
             }
             Ok(Advance::Done(aggregate)) => self.finish_secure(now, aggregate),
             Err(e) => self.fail(secure_failure(&e)),
@@ -686,8 +793,14 @@ impl<M: Clone> Round<M> {
             let name = secure.name_of(id).clone();
             if let Some(p) = self.participants.get_mut(&name) {
                 p.status = ParticipantStatus::Dropped;
-                let at = aggregate.dropped_at.get(&id).map_or_else(|| "secure aggregation".to_owned(), |s| s.to_string());
-                let why = p.detail.take().unwrap_or_else(|| "missed the stage deadline".to_owned());
+                let at = aggregate
+                    .dropped_at
+                    .get(&id)
+                    .map_or_else(|| "secure aggregation".to_owned(), |s| s.to_string());
+                let why = p
+                    .detail
+                    .take()
+                    .unwrap_or_else(|| "missed the stage deadline".to_owned());
                 p.detail = Some(format!("dropped at {at}: {why}"));
             }
         }
@@ -700,12 +813,19 @@ impl<M: Clone> Round<M> {
             return;
         }
         let inv = 1.0 / aggregate.total_weight as f64;
-        let mean: Vec<f32> = aggregate.sum.iter().map(|&s| (s as f64 * inv) as f32).collect();
+        let mean: Vec<f32> = aggregate
+            .sum
+            .iter()
+            .map(|&s| (s as f64 * inv) as f32)
+            .collect();
         let mean = self.noised(mean, aggregate.total_weight as f64);
         self.candidate = Some(self.optimizer.step(&self.base, &mean));
         self.awaiting_metrics = survivors.iter().cloned().collect();
         self.enter(Stage::Evaluating, now + self.config.evaluating_timeout);
-        self.events.push_back(Event::Evaluate { agents: survivors, deadline: self.deadline });
+        self.events.push_back(Event::Evaluate {
+            agents: survivors,
+            deadline: self.deadline,
+        });
     }
 
     fn commit_if_evaluated(&mut self, now: Instant) {
@@ -717,10 +837,15 @@ impl<M: Clone> Round<M> {
 
     fn fail(&mut self, reason: String) {
         for (agent, p) in &self.participants {
-            if matches!(p.status, ParticipantStatus::Selected | ParticipantStatus::Trained)
-                || self.awaiting_metrics.contains(agent)
+            if matches!(
+                p.status,
+                ParticipantStatus::Selected | ParticipantStatus::Trained
+            ) || self.awaiting_metrics.contains(agent)
             {
-                self.events.push_back(Event::Cancel { agent: agent.clone(), reason: reason.clone() });
+                self.events.push_back(Event::Cancel {
+                    agent: agent.clone(),
+                    reason: reason.clone(),
+                });
             }
         }
         self.awaiting_metrics.clear();

@@ -153,7 +153,12 @@ impl StrategyConfig {
     /// Checks the hyper-parameters: rates positive and finite, decays in `[0, 1)`, `τ` positive,
     /// `μ` non-negative.
     pub fn validate(&self) -> Result<(), InvalidStrategy> {
-        let fail = |reason: String| Err(InvalidStrategy { strategy: self.name(), reason });
+        let fail = |reason: String| {
+            Err(InvalidStrategy {
+                strategy: self.name(),
+                reason,
+            })
+        };
         let positive = |name: &str, value: f64| {
             if value.is_finite() && value > 0.0 {
                 Ok(())
@@ -162,11 +167,17 @@ impl StrategyConfig {
             }
         };
         let decay = |name: &str, value: f64| {
-            if (0.0..1.0).contains(&value) { Ok(()) } else { Err(format!("{name} must be in [0, 1), not {value}")) }
+            if (0.0..1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be in [0, 1), not {value}"))
+            }
         };
         let checks = match *self {
             StrategyConfig::FedAvg => Ok(()),
-            StrategyConfig::FedAvgM { eta, momentum } => positive("eta", eta).and(decay("momentum", momentum)),
+            StrategyConfig::FedAvgM { eta, momentum } => {
+                positive("eta", eta).and(decay("momentum", momentum))
+            }
             StrategyConfig::FedProx { mu } => {
                 if mu.is_finite() && mu >= 0.0 {
                     Ok(())
@@ -174,12 +185,24 @@ impl StrategyConfig {
                     Err(format!("mu must be non-negative and finite, not {mu}"))
                 }
             }
-            StrategyConfig::FedAdam { eta, beta1, beta2, tau } | StrategyConfig::FedYogi { eta, beta1, beta2, tau } => {
-                positive("eta", eta).and(decay("beta1", beta1)).and(decay("beta2", beta2)).and(positive("tau", tau))
+            StrategyConfig::FedAdam {
+                eta,
+                beta1,
+                beta2,
+                tau,
             }
-            StrategyConfig::FedAdagrad { eta, beta1, tau } => {
-                positive("eta", eta).and(decay("beta1", beta1)).and(positive("tau", tau))
-            }
+            | StrategyConfig::FedYogi {
+                eta,
+                beta1,
+                beta2,
+                tau,
+            } => positive("eta", eta)
+                .and(decay("beta1", beta1))
+                .and(decay("beta2", beta2))
+                .and(positive("tau", tau)),
+            StrategyConfig::FedAdagrad { eta, beta1, tau } => positive("eta", eta)
+                .and(decay("beta1", beta1))
+                .and(positive("tau", tau)),
         };
         checks.or_else(fail)
     }
@@ -206,7 +229,12 @@ impl ServerOptimizer {
     /// A fresh optimizer (no rounds yet) for a valid configuration.
     pub fn new(config: StrategyConfig) -> Result<ServerOptimizer, InvalidStrategy> {
         config.validate()?;
-        Ok(ServerOptimizer { config, rounds: 0, m: Vec::new(), v: Vec::new() })
+        Ok(ServerOptimizer {
+            config,
+            rounds: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        })
     }
 
     pub fn config(&self) -> &StrategyConfig {
@@ -231,16 +259,22 @@ impl ServerOptimizer {
     /// If `base` and `mean_delta` differ in length, or differ from the length of earlier rounds
     /// ([`ServerOptimizer::n_params`]): the coordinator validates update lengths first.
     pub fn step(&mut self, base: &[f32], mean_delta: &[f32]) -> Vec<f32> {
-        assert_eq!(base.len(), mean_delta.len(), "base model and mean delta lengths");
+        assert_eq!(
+            base.len(),
+            mean_delta.len(),
+            "base model and mean delta lengths"
+        );
         if let Some(n_params) = self.n_params() {
             assert_eq!(n_params, base.len(), "model length changed between rounds");
         }
         self.rounds += 1;
         let n = base.len();
         match self.config {
-            StrategyConfig::FedAvg | StrategyConfig::FedProx { .. } => {
-                base.iter().zip(mean_delta).map(|(&x, &d)| (f64::from(x) + f64::from(d)) as f32).collect()
-            }
+            StrategyConfig::FedAvg | StrategyConfig::FedProx { .. } => base
+                .iter()
+                .zip(mean_delta)
+                .map(|(&x, &d)| (f64::from(x) + f64::from(d)) as f32)
+                .collect(),
             StrategyConfig::FedAvgM { eta, momentum } => {
                 self.m.resize(n, 0.0);
                 let mut next = Vec::with_capacity(n);
@@ -251,12 +285,22 @@ impl ServerOptimizer {
                 }
                 next
             }
-            StrategyConfig::FedAdam { eta, beta1, beta2, tau } => {
-                self.adaptive(base, mean_delta, eta, beta1, tau, |v, d2| beta2 * v + (1.0 - beta2) * d2)
-            }
-            StrategyConfig::FedYogi { eta, beta1, beta2, tau } => {
-                self.adaptive(base, mean_delta, eta, beta1, tau, |v, d2| v - (1.0 - beta2) * d2 * sign(v - d2))
-            }
+            StrategyConfig::FedAdam {
+                eta,
+                beta1,
+                beta2,
+                tau,
+            } => self.adaptive(base, mean_delta, eta, beta1, tau, |v, d2| {
+                beta2 * v + (1.0 - beta2) * d2
+            }),
+            StrategyConfig::FedYogi {
+                eta,
+                beta1,
+                beta2,
+                tau,
+            } => self.adaptive(base, mean_delta, eta, beta1, tau, |v, d2| {
+                v - (1.0 - beta2) * d2 * sign(v - d2)
+            }),
             StrategyConfig::FedAdagrad { eta, beta1, tau } => {
                 self.adaptive(base, mean_delta, eta, beta1, tau, |v, d2| v + d2)
             }
@@ -277,7 +321,13 @@ impl ServerOptimizer {
         self.m.resize(n, 0.0);
         self.v.resize(n, (tau * tau) as f32);
         let mut next = Vec::with_capacity(n);
-        for (((m, v), &x), &d) in self.m.iter_mut().zip(self.v.iter_mut()).zip(base).zip(mean_delta) {
+        for (((m, v), &x), &d) in self
+            .m
+            .iter_mut()
+            .zip(self.v.iter_mut())
+            .zip(base)
+            .zip(mean_delta)
+        {
             let d = f64::from(d);
             let m_new = beta1 * f64::from(*m) + (1.0 - beta1) * d;
             // Yogi can only shrink v towards Δ², Adam and Adagrad keep it ≥ 0: clamp rounding.
@@ -308,7 +358,10 @@ mod tests {
     fn close(actual: &[f32], expected: &[f64]) {
         assert_eq!(actual.len(), expected.len());
         for (a, e) in actual.iter().zip(expected) {
-            assert!((f64::from(*a) - e).abs() <= 1e-5 * e.abs().max(1.0), "{actual:?} vs {expected:?}");
+            assert!(
+                (f64::from(*a) - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "{actual:?} vs {expected:?}"
+            );
         }
     }
 
@@ -328,7 +381,11 @@ mod tests {
 
     #[test]
     fn fedavgm_by_hand() {
-        let mut opt = ServerOptimizer::new(StrategyConfig::FedAvgM { eta: 0.5, momentum: 0.9 }).unwrap();
+        let mut opt = ServerOptimizer::new(StrategyConfig::FedAvgM {
+            eta: 0.5,
+            momentum: 0.9,
+        })
+        .unwrap();
         // Round 1: v = Δ = [1, -2]; x = [0, 0] + 0.5 v = [0.5, -1].
         let x1 = opt.step(&[0.0, 0.0], &[1.0, -2.0]);
         close(&x1, &[0.5, -1.0]);
@@ -346,7 +403,11 @@ mod tests {
 
     /// x + η m / (√v + τ), coordinate-wise, on hand-computed m and v.
     fn expected(x: &[f64], m: &[f64], v: &[f64]) -> Vec<f64> {
-        x.iter().zip(m).zip(v).map(|((x, m), v)| x + ETA * m / (v.sqrt() + TAU)).collect()
+        x.iter()
+            .zip(m)
+            .zip(v)
+            .map(|((x, m), v)| x + ETA * m / (v.sqrt() + TAU))
+            .collect()
     }
 
     fn two_steps(config: StrategyConfig) -> (Vec<f32>, Vec<f32>) {
@@ -365,7 +426,12 @@ mod tests {
 
     #[test]
     fn fedadam_by_hand() {
-        let (x1, x2) = two_steps(StrategyConfig::FedAdam { eta: ETA, beta1: 0.9, beta2: 0.99, tau: TAU });
+        let (x1, x2) = two_steps(StrategyConfig::FedAdam {
+            eta: ETA,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: TAU,
+        });
         // v1 = 0.99 · 0.01 + 0.01 Δ1² = [0.0099 + 0.0004, 0.0099 + 0.0016, 0.0099].
         let v1 = [0.0103, 0.0115, 0.0099];
         let x1_expected = expected(&[1.0, 2.0, 3.0], &M1, &v1);
@@ -380,7 +446,12 @@ mod tests {
 
     #[test]
     fn fedyogi_by_hand() {
-        let (x1, x2) = two_steps(StrategyConfig::FedYogi { eta: ETA, beta1: 0.9, beta2: 0.99, tau: TAU });
+        let (x1, x2) = two_steps(StrategyConfig::FedYogi {
+            eta: ETA,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: TAU,
+        });
         // v1 = v0 − 0.01 Δ1² sign(v0 − Δ1²), v0 = 0.01, Δ1² = [0.04, 0.16, 0]:
         // signs [−1, −1, +1 (0.01 > 0)] → [0.01 + 0.0004, 0.01 + 0.0016, 0.01 − 0].
         let v1 = [0.0104, 0.0116, 0.01];
@@ -394,7 +465,11 @@ mod tests {
 
     #[test]
     fn fedadagrad_by_hand() {
-        let (x1, x2) = two_steps(StrategyConfig::FedAdagrad { eta: ETA, beta1: 0.9, tau: TAU });
+        let (x1, x2) = two_steps(StrategyConfig::FedAdagrad {
+            eta: ETA,
+            beta1: 0.9,
+            tau: TAU,
+        });
         // v1 = 0.01 + Δ1² = [0.05, 0.17, 0.01]; v2 = v1 + Δ2² = [0.09, 0.18, 0.26].
         let v1 = [0.05, 0.17, 0.01];
         let v2 = [0.09, 0.18, 0.26];
@@ -409,7 +484,12 @@ mod tests {
 
     #[test]
     fn a_resumed_optimizer_continues_where_it_stopped() {
-        let config = StrategyConfig::FedAdam { eta: ETA, beta1: 0.9, beta2: 0.99, tau: TAU };
+        let config = StrategyConfig::FedAdam {
+            eta: ETA,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: TAU,
+        };
         let mut straight = ServerOptimizer::new(config.clone()).unwrap();
         let x1 = straight.step(&X0, &D1);
         let mut resumed = straight.clone();
@@ -420,18 +500,48 @@ mod tests {
     #[test]
     fn invalid_hyper_parameters_are_refused() {
         let bad = [
-            StrategyConfig::FedAvgM { eta: 0.0, momentum: 0.9 },
-            StrategyConfig::FedAvgM { eta: 1.0, momentum: 1.0 },
+            StrategyConfig::FedAvgM {
+                eta: 0.0,
+                momentum: 0.9,
+            },
+            StrategyConfig::FedAvgM {
+                eta: 1.0,
+                momentum: 1.0,
+            },
             StrategyConfig::FedProx { mu: -1.0 },
             StrategyConfig::FedProx { mu: f64::NAN },
-            StrategyConfig::FedAdam { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 0.0 },
-            StrategyConfig::FedYogi { eta: f64::INFINITY, beta1: 0.9, beta2: 0.99, tau: 1e-3 },
-            StrategyConfig::FedAdagrad { eta: 0.1, beta1: -0.1, tau: 1e-3 },
+            StrategyConfig::FedAdam {
+                eta: 0.1,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 0.0,
+            },
+            StrategyConfig::FedYogi {
+                eta: f64::INFINITY,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3,
+            },
+            StrategyConfig::FedAdagrad {
+                eta: 0.1,
+                beta1: -0.1,
+                tau: 1e-3,
+            },
         ];
         for config in bad {
             assert!(ServerOptimizer::new(config.clone()).is_err(), "{config:?}");
         }
-        let err = StrategyConfig::FedAdam { eta: 0.1, beta1: 0.9, beta2: 1.5, tau: 1e-3 }.validate().unwrap_err();
-        assert_eq!(err.to_string(), "invalid strategy fedadam: beta2 must be in [0, 1), not 1.5");
+        let err = StrategyConfig::FedAdam {
+            eta: 0.1,
+            beta1: 0.9,
+            beta2: 1.5,
+            tau: 1e-3,
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid strategy fedadam: beta2 must be in [0, 1), not 1.5"
+        );
     }
 }

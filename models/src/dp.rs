@@ -44,7 +44,8 @@ use rand_distr::{Distribution, StandardNormal};
 use crate::data::Dataset;
 use crate::model::{Classifier, ModelError, ModelSpec, cpu_device};
 use crate::train::{
-    Optimizer, TrainConfig, TrainReport, batch_tensors, bce_with_logits, check_config, check_model_and_data,
+    Optimizer, TrainConfig, TrainReport, batch_tensors, bce_with_logits, check_config,
+    check_model_and_data,
 };
 
 /// The privacy parameters of DP-SGD.

@@ -168,7 +168,11 @@ pub fn train(
 }
 
 /// Checks the data against the model and that something is left to train.
-pub(crate) fn check_model_and_data(spec: &ModelSpec, data: &Dataset, config: &TrainConfig) -> Result<(), ModelError> {
+pub(crate) fn check_model_and_data(
+    spec: &ModelSpec,
+    data: &Dataset,
+    config: &TrainConfig,
+) -> Result<(), ModelError> {
     check_data(spec, data)?;
     spec.check()?;
     if config.frozen_layers >= spec.n_layers() {

@@ -18,13 +18,19 @@ struct Row {
 fn rows() -> Vec<Row> {
     let mut lines = REFERENCE.lines();
     let header = lines.next().expect("header");
-    assert_eq!(header, "noise_multiplier,sampling_rate,steps,delta,rdp_epsilon,rdp_order,pld_epsilon");
+    assert_eq!(
+        header,
+        "noise_multiplier,sampling_rate,steps,delta,rdp_epsilon,rdp_order,pld_epsilon"
+    );
     lines
         .enumerate()
         .map(|(i, line)| {
             let f: Vec<&str> = line.split(',').collect();
             assert_eq!(f.len(), 7, "line {}: {line}", i + 2);
-            let num = |k: usize| f[k].parse::<f64>().unwrap_or_else(|e| panic!("line {}: field {k}: {e}", i + 2));
+            let num = |k: usize| {
+                f[k].parse::<f64>()
+                    .unwrap_or_else(|e| panic!("line {}: field {k}: {e}", i + 2))
+            };
             Row {
                 noise_multiplier: num(0),
                 sampling_rate: num(1),
@@ -41,11 +47,15 @@ fn rows() -> Vec<Row> {
 fn within_one_percent_of_reference_rdp_and_never_below_reference_pld() {
     let rows = rows();
     assert!(rows.len() >= 40, "fixture has {} rows", rows.len());
-    let mut table = String::from("     z        q    steps    delta |       ours     ref RDP     ref PLD | ours/RDP ours/PLD\n");
+    let mut table = String::from(
+        "     z        q    steps    delta |       ours     ref RDP     ref PLD | ours/RDP ours/PLD\n",
+    );
     let mut failures = Vec::new();
     let (mut max_over_rdp, mut min_over_pld) = (0.0f64, f64::INFINITY);
     for (i, r) in rows.iter().enumerate() {
-        let ours = epsilon(r.noise_multiplier, r.sampling_rate, r.steps, r.delta).expect("valid row").epsilon;
+        let ours = epsilon(r.noise_multiplier, r.sampling_rate, r.steps, r.delta)
+            .expect("valid row")
+            .epsilon;
         let over_rdp = if r.rdp_epsilon > 0.0 {
             ours / r.rdp_epsilon
         } else if ours == 0.0 {
@@ -53,7 +63,13 @@ fn within_one_percent_of_reference_rdp_and_never_below_reference_pld() {
         } else {
             f64::INFINITY
         };
-        let over_pld = if r.pld_epsilon > 0.0 { ours / r.pld_epsilon } else if ours == 0.0 { 1.0 } else { f64::INFINITY };
+        let over_pld = if r.pld_epsilon > 0.0 {
+            ours / r.pld_epsilon
+        } else if ours == 0.0 {
+            1.0
+        } else {
+            f64::INFINITY
+        };
         max_over_rdp = max_over_rdp.max(over_rdp);
         if r.pld_epsilon > 0.0 {
             min_over_pld = min_over_pld.min(over_pld);
@@ -67,13 +83,26 @@ fn within_one_percent_of_reference_rdp_and_never_below_reference_pld() {
         };
         table.push_str(&format!(
             "{:>6} {:>8} {:>8} {:>8.0e} | {:>10.6} {:>10.6} {:>10.6} | {:>8.5} {:>8.4}{mark}\n",
-            r.noise_multiplier, r.sampling_rate, r.steps, r.delta, ours, r.rdp_epsilon, r.pld_epsilon, over_rdp, over_pld
+            r.noise_multiplier,
+            r.sampling_rate,
+            r.steps,
+            r.delta,
+            ours,
+            r.rdp_epsilon,
+            r.pld_epsilon,
+            over_rdp,
+            over_pld
         ));
         if too_high || too_low {
             failures.push(i + 2);
         }
     }
-    table.push_str(&format!("max ours/RDP = {max_over_rdp:.9}, min ours/PLD = {min_over_pld:.6}\n"));
+    table.push_str(&format!(
+        "max ours/RDP = {max_over_rdp:.9}, min ours/PLD = {min_over_pld:.6}\n"
+    ));
     println!("{table}");
-    assert!(failures.is_empty(), "rows at fixture lines {failures:?} are out of bounds:\n{table}");
+    assert!(
+        failures.is_empty(),
+        "rows at fixture lines {failures:?} are out of bounds:\n{table}"
+    );
 }

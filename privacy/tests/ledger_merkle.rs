@@ -5,10 +5,21 @@
 //! (`testonly/constants.go`, `testonly/reference_test.go`): eight leaves, the root of every
 //! prefix, and some inclusion and consistency proofs.
 
-use harambee_privacy::ledger::merkle::{MerkleTree, empty_root, hash_children, hash_leaf, verify_consistency, verify_inclusion};
+use harambee_privacy::ledger::merkle::{
+    MerkleTree, empty_root, hash_children, hash_leaf, verify_consistency, verify_inclusion,
+};
 use harambee_privacy::ledger::{LedgerError, Sha256Digest};
 
-const LEAVES: [&str; 8] = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
+const LEAVES: [&str; 8] = [
+    "",
+    "00",
+    "10",
+    "2021",
+    "3031",
+    "40414243",
+    "5051525354555657",
+    "606162636465666768696a6b6c6d6e6f",
+];
 
 const ROOTS: [&str; 9] = [
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
@@ -25,9 +36,21 @@ const ROOTS: [&str; 9] = [
 /// (index, tree size, proof)
 const INCLUSION: [(u64, u64, &[&str]); 6] = [
     (0, 1, &[]),
-    (0, 2, &["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"]),
-    (1, 2, &["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"]),
-    (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
+    (
+        0,
+        2,
+        &["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7"],
+    ),
+    (
+        1,
+        2,
+        &["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"],
+    ),
+    (
+        2,
+        3,
+        &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+    ),
     (
         1,
         5,
@@ -60,7 +83,14 @@ const CONSISTENCY: [(u64, u64, &[&str]); 4] = [
             "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
         ],
     ),
-    (2, 5, &["5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e", "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b"]),
+    (
+        2,
+        5,
+        &[
+            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+        ],
+    ),
     (
         6,
         8,
@@ -85,7 +115,11 @@ fn ct_roots_of_every_prefix() {
     let tree = ct_tree();
     for (size, root) in ROOTS.iter().enumerate() {
         assert_eq!(tree.root_at(size as u64).unwrap(), d(root), "size {size}");
-        let prefix = MerkleTree::from_leaf_hashes(LEAVES[..size].iter().map(|l| hash_leaf(&hex::decode(l).unwrap())));
+        let prefix = MerkleTree::from_leaf_hashes(
+            LEAVES[..size]
+                .iter()
+                .map(|l| hash_leaf(&hex::decode(l).unwrap())),
+        );
         assert_eq!(prefix.root(), d(root), "prefix of size {size}");
     }
     assert_eq!(empty_root(), d(ROOTS[0]));
@@ -96,7 +130,11 @@ fn ct_inclusion_proofs() {
     let tree = ct_tree();
     for (index, size, proof) in INCLUSION {
         let want: Vec<Sha256Digest> = proof.iter().map(|h| d(h)).collect();
-        assert_eq!(tree.inclusion_proof(index, size).unwrap(), want, "index {index} size {size}");
+        assert_eq!(
+            tree.inclusion_proof(index, size).unwrap(),
+            want,
+            "index {index} size {size}"
+        );
         let leaf = hash_leaf(&hex::decode(LEAVES[index as usize]).unwrap());
         verify_inclusion(&leaf, index, size, &want, &d(ROOTS[size as usize])).unwrap();
     }
@@ -107,8 +145,19 @@ fn ct_consistency_proofs() {
     let tree = ct_tree();
     for (old, new, proof) in CONSISTENCY {
         let want: Vec<Sha256Digest> = proof.iter().map(|h| d(h)).collect();
-        assert_eq!(tree.consistency_proof(old, new).unwrap(), want, "{old} -> {new}");
-        verify_consistency(old, new, &d(ROOTS[old as usize]), &d(ROOTS[new as usize]), &want).unwrap();
+        assert_eq!(
+            tree.consistency_proof(old, new).unwrap(),
+            want,
+            "{old} -> {new}"
+        );
+        verify_consistency(
+            old,
+            new,
+            &d(ROOTS[old as usize]),
+            &d(ROOTS[new as usize]),
+            &want,
+        )
+        .unwrap();
     }
 }
 
@@ -153,7 +202,11 @@ fn naive_path(m: usize, leaves: &[Vec<u8>]) -> Vec<Sha256Digest> {
 fn naive_subproof(m: usize, leaves: &[Vec<u8>], complete: bool) -> Vec<Sha256Digest> {
     let n = leaves.len();
     if m == n {
-        return if complete { Vec::new() } else { vec![naive_root(leaves)] };
+        return if complete {
+            Vec::new()
+        } else {
+            vec![naive_root(leaves)]
+        };
     }
     let k = split(n);
     if m <= k {
@@ -168,7 +221,11 @@ fn naive_subproof(m: usize, leaves: &[Vec<u8>], complete: bool) -> Vec<Sha256Dig
 }
 
 fn naive_proof(m: usize, leaves: &[Vec<u8>]) -> Vec<Sha256Digest> {
-    if m == 0 { Vec::new() } else { naive_subproof(m, leaves, true) }
+    if m == 0 {
+        Vec::new()
+    } else {
+        naive_subproof(m, leaves, true)
+    }
 }
 
 fn leaves(n: usize) -> Vec<Vec<u8>> {
@@ -189,7 +246,10 @@ fn every_size_up_to_64_matches_naive_definitions() {
     for n in 0..=MAX {
         let root = naive_root(&all[..n]);
         assert_eq!(tree.root_at(n as u64).unwrap(), root, "root of size {n}");
-        assert_eq!(MerkleTree::from_leaf_hashes(all[..n].iter().map(|l| hash_leaf(l))).root(), root);
+        assert_eq!(
+            MerkleTree::from_leaf_hashes(all[..n].iter().map(|l| hash_leaf(l))).root(),
+            root
+        );
 
         for m in 0..n {
             let proof = tree.inclusion_proof(m as u64, n as u64).unwrap();
@@ -197,21 +257,39 @@ fn every_size_up_to_64_matches_naive_definitions() {
             let leaf = hash_leaf(&all[m]);
             verify_inclusion(&leaf, m as u64, n as u64, &proof, &root).unwrap();
             // Wrong leaf, wrong index, any altered, missing or extra node: refused.
-            assert!(verify_inclusion(&hash_leaf(b"other"), m as u64, n as u64, &proof, &root).is_err());
+            assert!(
+                verify_inclusion(&hash_leaf(b"other"), m as u64, n as u64, &proof, &root).is_err()
+            );
             if (m ^ 1) < n {
-                assert!(verify_inclusion(&leaf, (m ^ 1) as u64, n as u64, &proof, &root).is_err(), "index {} in {n}", m ^ 1);
+                assert!(
+                    verify_inclusion(&leaf, (m ^ 1) as u64, n as u64, &proof, &root).is_err(),
+                    "index {} in {n}",
+                    m ^ 1
+                );
             }
             for at in 0..proof.len() {
-                assert!(verify_inclusion(&leaf, m as u64, n as u64, &flipped(&proof, at), &root).is_err());
+                assert!(
+                    verify_inclusion(&leaf, m as u64, n as u64, &flipped(&proof, at), &root)
+                        .is_err()
+                );
             }
             if !proof.is_empty() {
-                assert!(verify_inclusion(&leaf, m as u64, n as u64, &proof[..proof.len() - 1], &root).is_err());
+                assert!(
+                    verify_inclusion(&leaf, m as u64, n as u64, &proof[..proof.len() - 1], &root)
+                        .is_err()
+                );
             }
             let mut longer = proof.clone();
             longer.push(root);
             assert!(verify_inclusion(&leaf, m as u64, n as u64, &longer, &root).is_err());
         }
-        assert_eq!(tree.inclusion_proof(n as u64, n as u64), Err(LedgerError::IndexOutOfRange { index: n as u64, tree_size: n as u64 }));
+        assert_eq!(
+            tree.inclusion_proof(n as u64, n as u64),
+            Err(LedgerError::IndexOutOfRange {
+                index: n as u64,
+                tree_size: n as u64
+            })
+        );
 
         for m in 0..=n {
             let old_root = naive_root(&all[..m]);
@@ -219,10 +297,23 @@ fn every_size_up_to_64_matches_naive_definitions() {
             assert_eq!(proof, naive_proof(m, &all[..n]), "consistency {m} -> {n}");
             verify_consistency(m as u64, n as u64, &old_root, &root, &proof).unwrap();
             for at in 0..proof.len() {
-                assert!(verify_consistency(m as u64, n as u64, &old_root, &root, &flipped(&proof, at)).is_err(), "{m} -> {n} flip {at}");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &old_root, &root, &flipped(&proof, at))
+                        .is_err(),
+                    "{m} -> {n} flip {at}"
+                );
             }
             if !proof.is_empty() {
-                assert!(verify_consistency(m as u64, n as u64, &old_root, &root, &proof[..proof.len() - 1]).is_err());
+                assert!(
+                    verify_consistency(
+                        m as u64,
+                        n as u64,
+                        &old_root,
+                        &root,
+                        &proof[..proof.len() - 1]
+                    )
+                    .is_err()
+                );
             }
             let mut longer = proof.clone();
             longer.push(root);
@@ -231,7 +322,10 @@ fn every_size_up_to_64_matches_naive_definitions() {
             let mut forked = all[..m].to_vec();
             if let Some(last) = forked.last_mut() {
                 last.push(b'!');
-                assert!(verify_consistency(m as u64, n as u64, &naive_root(&forked), &root, &proof).is_err());
+                assert!(
+                    verify_consistency(m as u64, n as u64, &naive_root(&forked), &root, &proof)
+                        .is_err()
+                );
             }
         }
     }
@@ -247,7 +341,10 @@ fn edge_cases() {
     verify_inclusion(&hash_leaf(&all[0]), 0, 1, &[], &root(1)).unwrap();
     // old == new: empty proof and equal roots, nothing else.
     verify_consistency(5, 5, &root(5), &root(5), &[]).unwrap();
-    assert_eq!(verify_consistency(5, 5, &root(5), &root(6), &[]), Err(LedgerError::RootMismatch));
+    assert_eq!(
+        verify_consistency(5, 5, &root(5), &root(6), &[]),
+        Err(LedgerError::RootMismatch)
+    );
     assert!(verify_consistency(5, 5, &root(5), &root(5), &[root(1)]).is_err());
     // From the empty tree: always consistent, by an empty proof, from the empty root.
     verify_consistency(0, 8, &empty_root(), &root(8), &[]).unwrap();
@@ -255,7 +352,13 @@ fn edge_cases() {
     assert!(verify_consistency(0, 8, &empty_root(), &root(8), &[root(1)]).is_err());
     // A non-trivial proof may not be empty; sizes may not go backwards or past the tree.
     assert!(verify_consistency(3, 8, &root(3), &root(8), &[]).is_err());
-    assert_eq!(verify_consistency(8, 3, &root(8), &root(3), &[]), Err(LedgerError::SizesOutOfOrder { old_size: 8, new_size: 3 }));
+    assert_eq!(
+        verify_consistency(8, 3, &root(8), &root(3), &[]),
+        Err(LedgerError::SizesOutOfOrder {
+            old_size: 8,
+            new_size: 3
+        })
+    );
     assert!(tree.consistency_proof(8, 3).is_err());
     assert!(tree.consistency_proof(3, 9).is_err());
     assert!(tree.root_at(9).is_err());
@@ -281,7 +384,13 @@ fn incremental_roots_agree_with_rebuilding() {
     // Proofs against an old size from the grown tree equal those of the old tree itself.
     let old = MerkleTree::from_leaf_hashes(all[..100].iter().map(|l| hash_leaf(l)));
     for m in [0u64, 1, 63, 64, 99] {
-        assert_eq!(tree.inclusion_proof(m, 100).unwrap(), old.inclusion_proof(m, 100).unwrap());
+        assert_eq!(
+            tree.inclusion_proof(m, 100).unwrap(),
+            old.inclusion_proof(m, 100).unwrap()
+        );
     }
-    assert_eq!(tree.consistency_proof(37, 100).unwrap(), old.consistency_proof(37, 100).unwrap());
+    assert_eq!(
+        tree.consistency_proof(37, 100).unwrap(),
+        old.consistency_proof(37, 100).unwrap()
+    );
 }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_privacy::ledger::verify::{verify_head_consistency, verify_receipt_inclusion};
 use harambee_privacy::ledger::{
-    Contribution, EgressReceipt, Failure, HeadRole, Ledger, LedgerError, LedgerEvent, LedgerLine, Sha256Digest, SignedReceipt, SignedTreeHead, cross_check,
-    enrolled_receipt_keys, parse_jsonl, to_jsonl, verify_ledger,
+    Contribution, EgressReceipt, Failure, HeadRole, Ledger, LedgerError, LedgerEvent, LedgerLine,
+    Sha256Digest, SignedReceipt, SignedTreeHead, cross_check, enrolled_receipt_keys, parse_jsonl,
+    to_jsonl, verify_ledger,
 };
 
 const FACILITIES: [&str; 3] = ["clinic-a", "clinic-b", "hospital-c"];
@@ -17,12 +18,18 @@ fn ledger_key() -> SigningKey {
 }
 
 fn facility_key(facility: &str) -> SigningKey {
-    let idx = FACILITIES.iter().position(|f| *f == facility).expect("known facility") as u8;
+    let idx = FACILITIES
+        .iter()
+        .position(|f| *f == facility)
+        .expect("known facility") as u8;
     SigningKey::from_bytes(&[idx + 1; 32])
 }
 
 fn facility_keys() -> BTreeMap<String, VerifyingKey> {
-    FACILITIES.iter().map(|f| (f.to_string(), facility_key(f).verifying_key())).collect()
+    FACILITIES
+        .iter()
+        .map(|f| (f.to_string(), facility_key(f).verifying_key()))
+        .collect()
 }
 
 fn receipt(facility: &str, round_id: u64, epsilon: f64) -> SignedReceipt {
@@ -66,16 +73,32 @@ fn build(n: usize) -> (Ledger, BTreeMap<String, Vec<SignedReceipt>>) {
         privacy: serde_json::json!({"mechanism": "distributed", "clipping_norm": 1.0, "noise_multiplier": 1.1, "delta": 1e-5}),
     }];
     for f in FACILITIES {
-        events.push(LedgerEvent::FacilityEnrolled { facility: f.into(), receipt_key: Some(facility_key(f).verifying_key()) });
+        events.push(LedgerEvent::FacilityEnrolled {
+            facility: f.into(),
+            receipt_key: Some(facility_key(f).verifying_key()),
+        });
     }
-    let mut logs: BTreeMap<String, Vec<SignedReceipt>> = FACILITIES.iter().map(|f| (f.to_string(), Vec::new())).collect();
+    let mut logs: BTreeMap<String, Vec<SignedReceipt>> = FACILITIES
+        .iter()
+        .map(|f| (f.to_string(), Vec::new()))
+        .collect();
     let mut round_id = 0;
     while events.len() < n {
         round_id += 1;
-        events.push(LedgerEvent::RoundStarted { federation: "sepsis".into(), round_id, selected: FACILITIES.iter().map(|f| f.to_string()).collect(), eligible: FACILITIES.len() as u64 });
+        events.push(LedgerEvent::RoundStarted {
+            federation: "sepsis".into(),
+            round_id,
+            selected: FACILITIES.iter().map(|f| f.to_string()).collect(),
+            eligible: FACILITIES.len() as u64,
+        });
         for (i, f) in FACILITIES.iter().enumerate() {
             if (round_id as usize + i).is_multiple_of(4) {
-                events.push(LedgerEvent::Dropout { federation: "sepsis".into(), round_id, facility: f.to_string(), stage: "training".into() });
+                events.push(LedgerEvent::Dropout {
+                    federation: "sepsis".into(),
+                    round_id,
+                    facility: f.to_string(),
+                    stage: "training".into(),
+                });
                 continue;
             }
             let signed = receipt(f, round_id, 0.1 * round_id as f64 + 0.01 * i as f64);
@@ -126,18 +149,34 @@ fn head(ledger: &Ledger) -> SignedTreeHead {
     ledger.sign_head(T0 + 10_000_000, &ledger_key())
 }
 
-fn verify(lines: &[LedgerLine], head: &SignedTreeHead, previous: Option<&SignedTreeHead>) -> harambee_privacy::ledger::VerificationReport {
-    verify_ledger(lines, head, &ledger_key().verifying_key(), previous, &facility_keys())
+fn verify(
+    lines: &[LedgerLine],
+    head: &SignedTreeHead,
+    previous: Option<&SignedTreeHead>,
+) -> harambee_privacy::ledger::VerificationReport {
+    verify_ledger(
+        lines,
+        head,
+        &ledger_key().verifying_key(),
+        previous,
+        &facility_keys(),
+    )
 }
 
 /// Re-signs a head over tampered lines, as a coordinator that rewrites history would.
 fn resign(lines: &[LedgerLine]) -> SignedTreeHead {
-    let rebuilt: Vec<LedgerLine> = lines.iter().map(|l| LedgerLine::from_entry(l.entry()).unwrap()).collect();
+    let rebuilt: Vec<LedgerLine> = lines
+        .iter()
+        .map(|l| LedgerLine::from_entry(l.entry()).unwrap())
+        .collect();
     head(&Ledger::from_lines(rebuilt).unwrap())
 }
 
 fn n_contributions(lines: &[LedgerLine]) -> u64 {
-    lines.iter().filter(|l| matches!(l.event, LedgerEvent::Contribution(_))).count() as u64
+    lines
+        .iter()
+        .filter(|l| matches!(l.event, LedgerEvent::Contribution(_)))
+        .count() as u64
 }
 
 #[test]
@@ -166,7 +205,10 @@ fn honest_ledgers_of_many_sizes_verify() {
     }
     // The export round-trips and still verifies.
     let text = to_jsonl(full.lines()).unwrap();
-    assert_eq!(verify(&parse_jsonl(&text).unwrap(), &h, None).failures, vec![]);
+    assert_eq!(
+        verify(&parse_jsonl(&text).unwrap(), &h, None).failures,
+        vec![]
+    );
     assert!(format!("{}", verify(full.lines(), &h, None)).contains("OK"));
 }
 
@@ -198,15 +240,24 @@ fn flipping_any_byte_of_any_entry_is_caught_and_named() {
                 Err(e) => panic!("entry {i} byte {at}: unexpected error {e}"),
                 Ok(parsed) => {
                     let report = verify(&parsed, &h, None);
-                    assert!(!report.is_ok(), "entry {i} byte {at} flipped yet the ledger verifies: {tampered_line}");
-                    assert!(report.failures.iter().any(|f| f.index() == Some(i as u64)), "entry {i} byte {at}: not named:\n{report}");
+                    assert!(
+                        !report.is_ok(),
+                        "entry {i} byte {at} flipped yet the ledger verifies: {tampered_line}"
+                    );
+                    assert!(
+                        report.failures.iter().any(|f| f.index() == Some(i as u64)),
+                        "entry {i} byte {at}: not named:\n{report}"
+                    );
                     named += 1;
                 }
             }
         }
     }
     // Both paths are exercised.
-    assert!(parse_errors > 100 && named > 100, "parse errors {parse_errors}, named {named}");
+    assert!(
+        parse_errors > 100 && named > 100,
+        "parse errors {parse_errors}, named {named}"
+    );
 }
 
 #[test]
@@ -217,7 +268,13 @@ fn altered_entry_with_recomputed_leaf_hash_breaks_the_root() {
     lines[7].timestamp_ms += 1;
     lines[7] = LedgerLine::from_entry(lines[7].entry()).unwrap();
     let report = verify(&lines, &h, None);
-    assert!(matches!(report.failures.as_slice(), [Failure::RootMismatch { tree_size: 20, .. }]), "{report}");
+    assert!(
+        matches!(
+            report.failures.as_slice(),
+            [Failure::RootMismatch { tree_size: 20, .. }]
+        ),
+        "{report}"
+    );
 }
 
 #[test]
@@ -228,8 +285,16 @@ fn deleting_any_entry_is_named() {
         let mut lines = ledger.lines().to_vec();
         lines.remove(i as usize);
         let report = verify(&lines, &h, None);
-        assert!(report.failures.contains(&Failure::Missing { from: i, to: i + 1 }), "deleted {i}:\n{report}");
-        assert!(format!("{report}").contains(&format!("entry {i}: missing")), "{report}");
+        assert!(
+            report
+                .failures
+                .contains(&Failure::Missing { from: i, to: i + 1 }),
+            "deleted {i}:\n{report}"
+        );
+        assert!(
+            format!("{report}").contains(&format!("entry {i}: missing")),
+            "{report}"
+        );
     }
 }
 
@@ -241,9 +306,27 @@ fn reordering_two_entries_is_named() {
         let mut lines = ledger.lines().to_vec();
         lines.swap(a, b);
         let report = verify(&lines, &h, None);
-        assert!(report.failures.contains(&Failure::Reordered { position: a as u64, index: b as u64 }), "{report}");
-        assert!(report.failures.contains(&Failure::Reordered { position: b as u64, index: a as u64 }), "{report}");
-        assert!(report.failures.iter().any(|f| matches!(f, Failure::RootMismatch { .. })), "{report}");
+        assert!(
+            report.failures.contains(&Failure::Reordered {
+                position: a as u64,
+                index: b as u64
+            }),
+            "{report}"
+        );
+        assert!(
+            report.failures.contains(&Failure::Reordered {
+                position: b as u64,
+                index: a as u64
+            }),
+            "{report}"
+        );
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| matches!(f, Failure::RootMismatch { .. })),
+            "{report}"
+        );
         // Renumbering and re-signing hides nothing from a facility that saw an earlier head.
         let mut renumbered = lines.clone();
         for (i, l) in renumbered.iter_mut().enumerate() {
@@ -252,7 +335,16 @@ fn reordering_two_entries_is_named() {
         }
         let forged = resign(&renumbered);
         let report = verify(&renumbered, &forged, Some(&h));
-        assert!(matches!(report.failures.as_slice(), [Failure::Fork { previous_size: 12, .. }]), "{report}");
+        assert!(
+            matches!(
+                report.failures.as_slice(),
+                [Failure::Fork {
+                    previous_size: 12,
+                    ..
+                }]
+            ),
+            "{report}"
+        );
     }
 }
 
@@ -265,9 +357,11 @@ fn fork_between_two_heads_is_named() {
     let mut forked = Ledger::from_lines(honest.lines()[..10].to_vec()).unwrap();
     for line in &honest.lines()[10..] {
         let event = match &line.event {
-            LedgerEvent::AdminAction { actor, action, .. } => {
-                LedgerEvent::AdminAction { actor: actor.clone(), action: action.clone(), detail: "rewritten".into() }
-            }
+            LedgerEvent::AdminAction { actor, action, .. } => LedgerEvent::AdminAction {
+                actor: actor.clone(),
+                action: action.clone(),
+                detail: "rewritten".into(),
+            },
             LedgerEvent::Contribution(_) => continue,
             other => other.clone(),
         };
@@ -275,7 +369,16 @@ fn fork_between_two_heads_is_named() {
     }
     let fork_head = head(&forked);
     let report = verify(forked.lines(), &fork_head, Some(&seen));
-    assert!(report.failures.iter().any(|f| matches!(f, Failure::Fork { previous_size: 18, .. })), "{report}");
+    assert!(
+        report.failures.iter().any(|f| matches!(
+            f,
+            Failure::Fork {
+                previous_size: 18,
+                ..
+            }
+        )),
+        "{report}"
+    );
     assert!(format!("{report}").contains("fork"), "{report}");
     // Each history verifies on its own: only the earlier head shows the split view.
     assert!(verify(forked.lines(), &fork_head, None).is_ok());
@@ -283,45 +386,92 @@ fn fork_between_two_heads_is_named() {
     // An agent holding only heads catches it too: no consistency proof from the forked ledger
     // connects the head it saw to the forked head.
     let proof = forked.consistency_proof(18, forked.size()).unwrap();
-    assert_eq!(verify_head_consistency(&seen, &fork_head, &proof, &ledger_key().verifying_key()), Err(LedgerError::RootMismatch));
+    assert_eq!(
+        verify_head_consistency(&seen, &fork_head, &proof, &ledger_key().verifying_key()),
+        Err(LedgerError::RootMismatch)
+    );
     let honest_head = head(&honest);
     let proof = honest.consistency_proof(18, 30).unwrap();
     verify_head_consistency(&seen, &honest_head, &proof, &ledger_key().verifying_key()).unwrap();
 
     // A ledger shorter than a head seen before has rolled back.
     let report = verify(&honest.lines()[..18], &seen, Some(&honest_head));
-    assert!(report.failures.contains(&Failure::Rollback { previous_size: 30, current_size: 18 }), "{report}");
+    assert!(
+        report.failures.contains(&Failure::Rollback {
+            previous_size: 30,
+            current_size: 18
+        }),
+        "{report}"
+    );
 }
 
 #[test]
 fn tampered_receipt_is_named() {
     let (ledger, logs) = build(20);
-    let index = ledger.lines().iter().position(|l| matches!(l.event, LedgerEvent::Contribution(_))).unwrap();
+    let index = ledger
+        .lines()
+        .iter()
+        .position(|l| matches!(l.event, LedgerEvent::Contribution(_)))
+        .unwrap();
     let mut lines = ledger.lines().to_vec();
-    let LedgerEvent::Contribution(c) = &mut lines[index].event else { unreachable!() };
+    let LedgerEvent::Contribution(c) = &mut lines[index].event else {
+        unreachable!()
+    };
     let facility = c.facility.clone();
     // The coordinator understates the ε spent, in the contribution and in the receipt, and
     // re-signs the ledger so that hashes and root are consistent.
     c.epsilon_spent = 0.0;
     c.receipt.receipt.epsilon_spent = 0.0;
     let forged = resign(&lines);
-    let lines: Vec<LedgerLine> = lines.iter().map(|l| LedgerLine::from_entry(l.entry()).unwrap()).collect();
-    let report = verify(&lines, &forged, None);
-    assert_eq!(report.failures, vec![Failure::BadReceiptSignature { index: index as u64, facility: facility.clone() }], "{report}");
-    let cross = cross_check(&lines, &facility, &logs[&facility]);
-    assert_eq!(cross.failures, vec![Failure::ReceiptDiffers { index: index as u64, federation: "sepsis".into(), round_id: 1 }], "{cross}");
-
-    // Changing only the contribution's own fields leaves the receipt intact but disagreeing.
-    let mut lines = ledger.lines().to_vec();
-    let LedgerEvent::Contribution(c) = &mut lines[index].event else { unreachable!() };
-    c.epsilon_spent = 0.0;
-    c.bytes += 1;
-    let forged = resign(&lines);
-    let lines: Vec<LedgerLine> = lines.iter().map(|l| LedgerLine::from_entry(l.entry()).unwrap()).collect();
+    let lines: Vec<LedgerLine> = lines
+        .iter()
+        .map(|l| LedgerLine::from_entry(l.entry()).unwrap())
+        .collect();
     let report = verify(&lines, &forged, None);
     assert_eq!(
         report.failures,
-        vec![Failure::ReceiptMismatch { index: index as u64, field: "bytes" }, Failure::ReceiptMismatch { index: index as u64, field: "epsilon_spent" }],
+        vec![Failure::BadReceiptSignature {
+            index: index as u64,
+            facility: facility.clone()
+        }],
+        "{report}"
+    );
+    let cross = cross_check(&lines, &facility, &logs[&facility]);
+    assert_eq!(
+        cross.failures,
+        vec![Failure::ReceiptDiffers {
+            index: index as u64,
+            federation: "sepsis".into(),
+            round_id: 1
+        }],
+        "{cross}"
+    );
+
+    // Changing only the contribution's own fields leaves the receipt intact but disagreeing.
+    let mut lines = ledger.lines().to_vec();
+    let LedgerEvent::Contribution(c) = &mut lines[index].event else {
+        unreachable!()
+    };
+    c.epsilon_spent = 0.0;
+    c.bytes += 1;
+    let forged = resign(&lines);
+    let lines: Vec<LedgerLine> = lines
+        .iter()
+        .map(|l| LedgerLine::from_entry(l.entry()).unwrap())
+        .collect();
+    let report = verify(&lines, &forged, None);
+    assert_eq!(
+        report.failures,
+        vec![
+            Failure::ReceiptMismatch {
+                index: index as u64,
+                field: "bytes"
+            },
+            Failure::ReceiptMismatch {
+                index: index as u64,
+                field: "epsilon_spent"
+            }
+        ],
         "{report}"
     );
 }
@@ -332,8 +482,12 @@ fn receipt_missing_from_the_ledger_is_named() {
     let facility = "clinic-b";
     let dropped = logs[facility][1].clone();
     // The coordinator leaves one contribution out and signs the shorter history.
-    let kept: Vec<LedgerEvent> =
-        ledger.lines().iter().filter(|l| !matches!(&l.event, LedgerEvent::Contribution(c) if c.receipt == dropped)).map(|l| l.event.clone()).collect();
+    let kept: Vec<LedgerEvent> = ledger
+        .lines()
+        .iter()
+        .filter(|l| !matches!(&l.event, LedgerEvent::Contribution(c) if c.receipt == dropped))
+        .map(|l| l.event.clone())
+        .collect();
     let mut rewritten = Ledger::new();
     for (i, e) in kept.into_iter().enumerate() {
         rewritten.append(T0 + i as u64, e).unwrap();
@@ -342,7 +496,11 @@ fn receipt_missing_from_the_ledger_is_named() {
     let cross = cross_check(rewritten.lines(), facility, &logs[facility]);
     assert_eq!(
         cross.failures,
-        vec![Failure::MissingFromLedger { federation: "sepsis".into(), round_id: dropped.receipt.round_id, update_sha256: dropped.receipt.update_sha256 }],
+        vec![Failure::MissingFromLedger {
+            federation: "sepsis".into(),
+            round_id: dropped.receipt.round_id,
+            update_sha256: dropped.receipt.update_sha256
+        }],
         "{cross}"
     );
     assert!(format!("{cross}").contains("missing"), "{cross}");
@@ -360,9 +518,24 @@ fn extra_contribution_in_the_ledger_is_named() {
     ledger.append(T0 + 99_000, contribution(forged)).unwrap();
     let index = ledger.size() - 1;
     let report = verify(ledger.lines(), &head(&ledger), None);
-    assert_eq!(report.failures, vec![Failure::BadReceiptSignature { index, facility: facility.into() }], "{report}");
+    assert_eq!(
+        report.failures,
+        vec![Failure::BadReceiptSignature {
+            index,
+            facility: facility.into()
+        }],
+        "{report}"
+    );
     let cross = cross_check(ledger.lines(), facility, &logs[facility]);
-    assert_eq!(cross.failures, vec![Failure::ExtraInLedger { index, federation: "sepsis".into(), round_id: 99 }], "{cross}");
+    assert_eq!(
+        cross.failures,
+        vec![Failure::ExtraInLedger {
+            index,
+            federation: "sepsis".into(),
+            round_id: 99
+        }],
+        "{cross}"
+    );
 
     // A genuine receipt replayed as a second contribution in its round is extra too.
     let (mut ledger, logs) = build(25);
@@ -371,7 +544,15 @@ fn extra_contribution_in_the_ledger_is_named() {
     let index = ledger.size() - 1;
     assert!(verify(ledger.lines(), &head(&ledger), None).is_ok());
     let cross = cross_check(ledger.lines(), facility, &logs[facility]);
-    assert_eq!(cross.failures, vec![Failure::ExtraInLedger { index, federation: "sepsis".into(), round_id: 1 }], "{cross}");
+    assert_eq!(
+        cross.failures,
+        vec![Failure::ExtraInLedger {
+            index,
+            federation: "sepsis".into(),
+            round_id: 1
+        }],
+        "{cross}"
+    );
 }
 
 #[test]
@@ -380,30 +561,71 @@ fn head_problems_are_named() {
     let mut h = head(&ledger);
     // Signed by another key.
     let other = ledger.sign_head(T0, &SigningKey::from_bytes(&[0xEE; 32]));
-    assert_eq!(verify(ledger.lines(), &other, None).failures, vec![Failure::BadHeadSignature { head: HeadRole::Current }]);
+    assert_eq!(
+        verify(ledger.lines(), &other, None).failures,
+        vec![Failure::BadHeadSignature {
+            head: HeadRole::Current
+        }]
+    );
     let report = verify(ledger.lines(), &h, Some(&other));
-    assert_eq!(report.failures, vec![Failure::BadHeadSignature { head: HeadRole::Previous }]);
+    assert_eq!(
+        report.failures,
+        vec![Failure::BadHeadSignature {
+            head: HeadRole::Previous
+        }]
+    );
     // A head for fewer entries than the export holds leaves the rest unsigned.
     let short = head(&Ledger::from_lines(ledger.lines()[..10].to_vec()).unwrap());
-    assert_eq!(verify(ledger.lines(), &short, None).failures, vec![Failure::Unsigned { head_size: 10, n_entries: 15 }]);
+    assert_eq!(
+        verify(ledger.lines(), &short, None).failures,
+        vec![Failure::Unsigned {
+            head_size: 10,
+            n_entries: 15
+        }]
+    );
     // A head claiming more entries than the export holds: the tail is missing.
-    assert_eq!(verify(&ledger.lines()[..12], &h, None).failures, vec![Failure::Missing { from: 12, to: 15 }]);
+    assert_eq!(
+        verify(&ledger.lines()[..12], &h, None).failures,
+        vec![Failure::Missing { from: 12, to: 15 }]
+    );
     // A head whose root was altered after signing.
     h.head.root_hash.0[0] ^= 1;
     let report = verify(ledger.lines(), &h, None);
-    assert!(report.failures.contains(&Failure::BadHeadSignature { head: HeadRole::Current }));
-    assert!(report.failures.iter().any(|f| matches!(f, Failure::RootMismatch { .. })));
+    assert!(report.failures.contains(&Failure::BadHeadSignature {
+        head: HeadRole::Current
+    }));
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| matches!(f, Failure::RootMismatch { .. }))
+    );
 }
 
 #[test]
 fn receipts_without_a_key_are_listed_not_failed() {
     let (ledger, _) = build(20);
-    let only_a: BTreeMap<String, VerifyingKey> = [("clinic-a".to_string(), facility_key("clinic-a").verifying_key())].into();
-    let report = verify_ledger(ledger.lines(), &head(&ledger), &ledger_key().verifying_key(), None, &only_a);
+    let only_a: BTreeMap<String, VerifyingKey> = [(
+        "clinic-a".to_string(),
+        facility_key("clinic-a").verifying_key(),
+    )]
+    .into();
+    let report = verify_ledger(
+        ledger.lines(),
+        &head(&ledger),
+        &ledger_key().verifying_key(),
+        None,
+        &only_a,
+    );
     assert!(report.is_ok(), "{report}");
     assert!(report.receipts_verified > 0);
     assert!(!report.receipts_unchecked.is_empty());
-    assert!(report.receipts_unchecked.iter().all(|(_, f)| f != "clinic-a"));
+    assert!(
+        report
+            .receipts_unchecked
+            .iter()
+            .all(|(_, f)| f != "clinic-a")
+    );
     // The enrolment entries hold every facility's key.
     assert_eq!(enrolled_receipt_keys(ledger.lines()), facility_keys());
 }
@@ -414,8 +636,19 @@ fn agent_checks_its_contribution_and_heads() {
     let key = ledger_key().verifying_key();
     let first_head = head(&ledger);
     let mine = receipt("clinic-a", 50, 0.9);
-    ledger.append(T0 + 50_000, contribution(mine.clone())).unwrap();
-    ledger.append(T0 + 50_001, LedgerEvent::AdminAction { actor: "op".into(), action: "noop".into(), detail: String::new() }).unwrap();
+    ledger
+        .append(T0 + 50_000, contribution(mine.clone()))
+        .unwrap();
+    ledger
+        .append(
+            T0 + 50_001,
+            LedgerEvent::AdminAction {
+                actor: "op".into(),
+                action: "noop".into(),
+                detail: String::new(),
+            },
+        )
+        .unwrap();
     let index = ledger.size() - 2;
     let h = head(&ledger);
     let line = &ledger.lines()[index as usize];
@@ -425,10 +658,23 @@ fn agent_checks_its_contribution_and_heads() {
     assert!(verify_receipt_inclusion(line, &logs["clinic-a"][0], &proof, &h, &key).is_err());
     assert!(verify_receipt_inclusion(line, &mine, &proof[1..], &h, &key).is_err());
     assert!(verify_receipt_inclusion(line, &mine, &proof, &first_head, &key).is_err());
-    assert!(verify_receipt_inclusion(line, &mine, &proof, &h, &SigningKey::from_bytes(&[1; 32]).verifying_key()).is_err());
+    assert!(
+        verify_receipt_inclusion(
+            line,
+            &mine,
+            &proof,
+            &h,
+            &SigningKey::from_bytes(&[1; 32]).verifying_key()
+        )
+        .is_err()
+    );
     // Consistency with the head seen before, then countersign.
-    let proof = ledger.consistency_proof(first_head.head.tree_size, h.head.tree_size).unwrap();
+    let proof = ledger
+        .consistency_proof(first_head.head.tree_size, h.head.tree_size)
+        .unwrap();
     verify_head_consistency(&first_head, &h, &proof, &key).unwrap();
     let cosig = h.head.cosign("clinic-a", &facility_key("clinic-a"));
-    cosig.verify(&h.head, &facility_key("clinic-a").verifying_key()).unwrap();
+    cosig
+        .verify(&h.head, &facility_key("clinic-a").verifying_key())
+        .unwrap();
 }

@@ -48,7 +48,14 @@ pub(crate) fn pairwise_seed(
     a: u32,
     b: u32,
 ) -> Option<Seed> {
-    pair_derive(b"harambee-secagg/v1/pairwise-mask", digest, my_secret, peer_public, a, b)
+    pair_derive(
+        b"harambee-secagg/v1/pairwise-mask",
+        digest,
+        my_secret,
+        peer_public,
+        a,
+        b,
+    )
 }
 
 /// The seed of client `id`'s self mask, from its secret b.
@@ -76,7 +83,14 @@ pub(crate) fn share_key(
     a: u32,
     b: u32,
 ) -> Option<Seed> {
-    pair_derive(b"harambee-secagg/v1/share-encryption", digest, my_secret, peer_public, a, b)
+    pair_derive(
+        b"harambee-secagg/v1/share-encryption",
+        digest,
+        my_secret,
+        peer_public,
+        a,
+        b,
+    )
 }
 
 /// A key for the pair {a, b} from their X25519 agreement, separated by `label`.

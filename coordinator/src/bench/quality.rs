@@ -71,7 +71,15 @@ pub struct QualityArgs {
 }
 
 /// Method names, in table order; also the JSON keys.
-const METHODS: [&str; 7] = ["local", "pooled", "fedavg", "fedprox", "fedadam", "fedper", "fedavg_finetune"];
+const METHODS: [&str; 7] = [
+    "local",
+    "pooled",
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedper",
+    "fedavg_finetune",
+];
 
 pub async fn run(args: QualityArgs) -> anyhow::Result<()> {
     if args.seeds == 0 || args.rounds == 0 || args.epochs == 0 || args.hidden == 0 {
@@ -97,8 +105,13 @@ struct Facility {
 
 /// The demo's facilities, via a scratch directory that is removed afterwards.
 fn load_facilities() -> anyhow::Result<Vec<Facility>> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("harambee-bench-quality-{}-{nanos}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "harambee-bench-quality-{}-{nanos}",
+        std::process::id()
+    ));
     let loaded = load_from(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     loaded
@@ -112,7 +125,11 @@ fn load_from(dir: &Path) -> anyhow::Result<Vec<Facility>> {
         .map(|f| {
             let data = load_csv(&f.dir.join("data.csv"), &schema)?;
             let (train, test) = split_holdout(&data, demo::HOLDOUT, demo::SPLIT_SEED);
-            Ok(Facility { name: f.name, train, test })
+            Ok(Facility {
+                name: f.name,
+                train,
+                test,
+            })
         })
         .collect()
 }
@@ -128,17 +145,30 @@ struct Scores {
 impl Scores {
     /// The lowest facility AUC; NaN if a facility's AUC is undefined.
     fn worst(&self) -> f64 {
-        self.facilities
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, |a, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) })
+        self.facilities.iter().copied().fold(f64::INFINITY, |a, b| {
+            if a.is_nan() || b.is_nan() {
+                f64::NAN
+            } else {
+                a.min(b)
+            }
+        })
     }
 }
 
 fn bench(args: &QualityArgs, facilities: &[Facility]) -> anyhow::Result<Value> {
     let n_inputs = facilities[0].train.n_inputs;
-    let mlp = ModelSpec { kind: ModelKind::Mlp { hidden: vec![args.hidden] }, n_inputs };
-    let personalized = ModelSpec { kind: ModelKind::Personalized { hidden: vec![args.hidden] }, n_inputs };
+    let mlp = ModelSpec {
+        kind: ModelKind::Mlp {
+            hidden: vec![args.hidden],
+        },
+        n_inputs,
+    };
+    let personalized = ModelSpec {
+        kind: ModelKind::Personalized {
+            hidden: vec![args.hidden],
+        },
+        n_inputs,
+    };
     println!(
         "bench quality: UCI heart disease, {} facilities, mlp [{}], {} seeds, {} rounds x {} local epochs (Adam, lr {}, batch 16)",
         facilities.len(),
@@ -156,19 +186,36 @@ fn bench(args: &QualityArgs, facilities: &[Facility]) -> anyhow::Result<Value> {
         .iter()
         .map(|f| {
             let positives = f.test.y.iter().filter(|&&y| y > 0.5).count();
-            format!("{} {}+{} ({} positive)", f.name, f.train.n_rows(), f.test.n_rows(), positives)
+            format!(
+                "{} {}+{} ({} positive)",
+                f.name,
+                f.train.n_rows(),
+                f.test.n_rows(),
+                positives
+            )
         })
         .collect();
     println!("rows (train+held out): {}", sizes.join(", "));
 
     let mut all: BTreeMap<&str, Vec<Scores>> = BTreeMap::new();
     for seed_idx in 0..u64::from(args.seeds) {
-        let run = SeedRun { args, facilities, seed: seed_idx };
+        let run = SeedRun {
+            args,
+            facilities,
+            seed: seed_idx,
+        };
         let fedavg = run.federated(&mlp, &StrategyConfig::FedAvg)?;
         let finetuned = run.fine_tuned(&mlp, &fedavg)?;
         let fedprox = run.federated(&mlp, &StrategyConfig::FedProx { mu: args.mu })?;
-        let fedadam =
-            run.federated(&mlp, &StrategyConfig::FedAdam { eta: args.server_lr, beta1: 0.9, beta2: 0.99, tau: 1e-3 })?;
+        let fedadam = run.federated(
+            &mlp,
+            &StrategyConfig::FedAdam {
+                eta: args.server_lr,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3,
+            },
+        )?;
         let fedper = run.federated(&personalized, &StrategyConfig::FedAvg)?;
         let per_method = [
             ("local", run.local(&mlp)?),
@@ -234,7 +281,13 @@ impl SeedRun<'_> {
     fn local(&self, spec: &ModelSpec) -> anyhow::Result<Scores> {
         let init = self.init(spec);
         let own = parallel(self.facilities, |idx, f| {
-            Ok(train(spec, &init, &f.train, &self.config(self.total_epochs(), 0, idx))?.params)
+            Ok(train(
+                spec,
+                &init,
+                &f.train,
+                &self.config(self.total_epochs(), 0, idx),
+            )?
+            .params)
         })?;
         self.score_own(spec, &own)
     }
@@ -242,7 +295,13 @@ impl SeedRun<'_> {
     fn pooled(&self, spec: &ModelSpec) -> anyhow::Result<Scores> {
         let trains: Vec<&Dataset> = self.facilities.iter().map(|f| &f.train).collect();
         let all = Dataset::concat(&trains);
-        let params = train(spec, &self.init(spec), &all, &self.config(self.total_epochs(), 0, 999))?.params;
+        let params = train(
+            spec,
+            &self.init(spec),
+            &all,
+            &self.config(self.total_epochs(), 0, 999),
+        )?
+        .params;
         self.score_shared(spec, &params)
     }
 
@@ -252,7 +311,8 @@ impl SeedRun<'_> {
         let mut optimizer = ServerOptimizer::new(strategy.clone())?;
         let mut global = self.init(spec);
         let shared_len = spec.shared_len();
-        let mut heads: Vec<Vec<f32>> = vec![spec.split_params(&global)?.1.to_vec(); self.facilities.len()];
+        let mut heads: Vec<Vec<f32>> =
+            vec![spec.split_params(&global)?.1.to_vec(); self.facilities.len()];
         for round in 0..u64::from(self.args.rounds) {
             let (body, _) = spec.split_params(&global)?;
             let trained = parallel(self.facilities, |idx, f| {
@@ -271,7 +331,9 @@ impl SeedRun<'_> {
             for (report, update) in &trained {
                 sum.add(report.n_samples as u64, update);
             }
-            let mean_delta = sum.finish(&vec![0.0; shared_len]).context("no update in a round")?;
+            let mean_delta = sum
+                .finish(&vec![0.0; shared_len])
+                .context("no update in a round")?;
             let new_body = optimizer.step(body, &mean_delta);
             let (_, global_head) = spec.split_params(&global)?;
             global = spec.join_params(&new_body, global_head)?;
@@ -280,19 +342,33 @@ impl SeedRun<'_> {
             }
         }
         let (body, _) = spec.split_params(&global)?;
-        let personal = heads.iter().map(|head| spec.join_params(body, head)).collect::<Result<_, _>>()?;
+        let personal = heads
+            .iter()
+            .map(|head| spec.join_params(body, head))
+            .collect::<Result<_, _>>()?;
         Ok(Federated { global, personal })
     }
 
     /// Each facility fine-tunes the final global model on its own rows.
     fn fine_tuned(&self, spec: &ModelSpec, federated: &Federated) -> anyhow::Result<Vec<Vec<f32>>> {
-        let fine = FineTuneConfig { epochs: self.args.finetune_epochs as usize, learning_rate: None, frozen_layers: 0 };
+        let fine = FineTuneConfig {
+            epochs: self.args.finetune_epochs as usize,
+            learning_rate: None,
+            frozen_layers: 0,
+        };
         if fine.epochs == 0 {
             return Ok(vec![federated.global.clone(); self.facilities.len()]);
         }
         let rounds = u64::from(self.args.rounds);
         parallel(self.facilities, |idx, f| {
-            Ok(fine_tune(spec, &federated.global, &f.train, &self.config(1, rounds + 1, idx), &fine)?.params)
+            Ok(fine_tune(
+                spec,
+                &federated.global,
+                &f.train,
+                &self.config(1, rounds + 1, idx),
+                &fine,
+            )?
+            .params)
         })
     }
 
@@ -313,7 +389,10 @@ impl SeedRun<'_> {
             all_probs.extend(probs);
             all_labels.extend_from_slice(&f.test.y);
         }
-        Ok(Scores { facilities, pooled: metrics::compute(&all_probs, &all_labels).auc })
+        Ok(Scores {
+            facilities,
+            pooled: metrics::compute(&all_probs, &all_labels).auc,
+        })
     }
 }
 
@@ -324,16 +403,24 @@ fn parallel<T: Send>(
     work: impl Fn(usize, &Facility) -> anyhow::Result<T> + Sync,
 ) -> anyhow::Result<Vec<T>> {
     let indexed: Vec<(usize, &Facility)> = facilities.iter().enumerate().collect();
-    let halves: Vec<&[(usize, &Facility)]> = indexed.chunks(indexed.len().div_ceil(2).max(1)).collect();
+    let halves: Vec<&[(usize, &Facility)]> =
+        indexed.chunks(indexed.len().div_ceil(2).max(1)).collect();
     let work = &work;
     let results: Vec<anyhow::Result<Vec<T>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = halves
             .into_iter()
             .map(|half| {
-                scope.spawn(move || half.iter().map(|&(idx, f)| work(idx, f)).collect::<anyhow::Result<Vec<T>>>())
+                scope.spawn(move || {
+                    half.iter()
+                        .map(|&(idx, f)| work(idx, f))
+                        .collect::<anyhow::Result<Vec<T>>>()
+                })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("a bench thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a bench thread panicked"))
+            .collect()
     });
     let mut out = Vec::with_capacity(facilities.len());
     for part in results {
@@ -355,7 +442,11 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 
 fn cell(values: &[f64]) -> String {
     let (mean, sd) = mean_sd(values);
-    if mean.is_nan() { "n/a".to_owned() } else { format!("{mean:.3} ± {sd:.3}") }
+    if mean.is_nan() {
+        "n/a".to_owned()
+    } else {
+        format!("{mean:.3} ± {sd:.3}")
+    }
 }
 
 fn print_table(facilities: &[Facility], all: &BTreeMap<&str, Vec<Scores>>) {
@@ -364,7 +455,10 @@ fn print_table(facilities: &[Facility], all: &BTreeMap<&str, Vec<Scores>>) {
     for f in facilities {
         header.push_str(&format!(" {:>width$}", f.name));
     }
-    header.push_str(&format!(" {:>width$} {:>width$}", "pooled", "worst facility"));
+    header.push_str(&format!(
+        " {:>width$} {:>width$}",
+        "pooled", "worst facility"
+    ));
     println!();
     println!("ROC AUC on held-out rows, mean ± sd over seeds");
     println!("{header}");
@@ -377,7 +471,11 @@ fn print_table(facilities: &[Facility], all: &BTreeMap<&str, Vec<Scores>>) {
         }
         let pooled: Vec<f64> = runs.iter().map(|s| s.pooled).collect();
         let worst: Vec<f64> = runs.iter().map(Scores::worst).collect();
-        line.push_str(&format!(" {:>width$} {:>width$}", cell(&pooled), cell(&worst)));
+        line.push_str(&format!(
+            " {:>width$} {:>width$}",
+            cell(&pooled),
+            cell(&worst)
+        ));
         println!("{line}");
     }
 }
@@ -419,32 +517,73 @@ mod tests {
 
     #[test]
     fn worst_is_the_minimum_unless_undefined() {
-        assert_eq!(Scores { facilities: vec![0.9, 0.7, 0.8], pooled: 0.85 }.worst(), 0.7);
-        assert!(Scores { facilities: vec![0.9, f64::NAN], pooled: 0.85 }.worst().is_nan());
+        assert_eq!(
+            Scores {
+                facilities: vec![0.9, 0.7, 0.8],
+                pooled: 0.85
+            }
+            .worst(),
+            0.7
+        );
+        assert!(
+            Scores {
+                facilities: vec![0.9, f64::NAN],
+                pooled: 0.85
+            }
+            .worst()
+            .is_nan()
+        );
     }
 
     #[test]
     fn strategy_configs_and_state_survive_json() {
         // The coordinator stores both as JSON; check the wire names and defaults here, where
         // serde_json is at hand.
-        let config: StrategyConfig = serde_json::from_str(r#"{"kind": "fedadam", "eta": 0.05}"#).unwrap();
-        assert_eq!(config, StrategyConfig::FedAdam { eta: 0.05, beta1: 0.9, beta2: 0.99, tau: 1e-3 });
+        let config: StrategyConfig =
+            serde_json::from_str(r#"{"kind": "fedadam", "eta": 0.05}"#).unwrap();
+        assert_eq!(
+            config,
+            StrategyConfig::FedAdam {
+                eta: 0.05,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3
+            }
+        );
         let config: StrategyConfig = serde_json::from_str(r#"{"kind": "fedavg"}"#).unwrap();
         assert_eq!(config, StrategyConfig::FedAvg);
-        let config: StrategyConfig = serde_json::from_str(r#"{"kind": "fedprox", "mu": 0.5}"#).unwrap();
+        let config: StrategyConfig =
+            serde_json::from_str(r#"{"kind": "fedprox", "mu": 0.5}"#).unwrap();
         assert_eq!(config.proximal_mu(), 0.5);
-        assert!(serde_json::from_str::<StrategyConfig>(r#"{"kind": "fedadam", "etta": 0.05}"#).is_err());
+        assert!(
+            serde_json::from_str::<StrategyConfig>(r#"{"kind": "fedadam", "etta": 0.05}"#).is_err()
+        );
         assert!(serde_json::from_str::<StrategyConfig>(r#"{"kind": "fedsgd"}"#).is_err());
         assert_eq!(
-            serde_json::to_value(StrategyConfig::FedYogi { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 }).unwrap()["kind"],
+            serde_json::to_value(StrategyConfig::FedYogi {
+                eta: 0.1,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3
+            })
+            .unwrap()["kind"],
             "fedyogi"
         );
 
-        let mut optimizer =
-            ServerOptimizer::new(StrategyConfig::FedYogi { eta: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3 }).unwrap();
+        let mut optimizer = ServerOptimizer::new(StrategyConfig::FedYogi {
+            eta: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        })
+        .unwrap();
         let x1 = optimizer.step(&[1.0, 2.0], &[0.1, -0.2]);
-        let mut restored: ServerOptimizer = serde_json::from_str(&serde_json::to_string(&optimizer).unwrap()).unwrap();
+        let mut restored: ServerOptimizer =
+            serde_json::from_str(&serde_json::to_string(&optimizer).unwrap()).unwrap();
         assert_eq!(restored, optimizer);
-        assert_eq!(restored.step(&x1, &[0.3, 0.0]), optimizer.step(&x1, &[0.3, 0.0]));
+        assert_eq!(
+            restored.step(&x1, &[0.3, 0.0]),
+            optimizer.step(&x1, &[0.3, 0.0])
+        );
     }
 }

@@ -22,7 +22,10 @@ use harambee_proto::pb;
 use serde_json::json;
 
 use crate::cli::{AdminArgs, admin_client, wait_for_round};
-use crate::federation::{Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, SecureAggregationSpec, TrainSpec};
+use crate::federation::{
+    Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, SecureAggregationSpec,
+    TrainSpec,
+};
 use crate::pki::{self, PkiPaths, Role};
 use crate::wire;
 
@@ -67,7 +70,9 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
     let pki_dir = dir.join("pki");
     pki::init(&pki_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     pki::issue(&pki_dir, Role::Operator, "admin", 1)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = dir.join("coordinator.toml");
     std::fs::write(
         &config,
@@ -91,7 +96,10 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
     let pid = coordinator.id().context("coordinator pid")?;
     let endpoint = format!("https://127.0.0.1:{port}");
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -102,7 +110,11 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
     for i in 0..args.agents {
         let name = format!("bench-{i:04}");
         let (cert, key) = pki::issue(&pki_dir, Role::Agent, &name, 1)?;
-        let crash = if i < n_crash { "crash_at = \"masked-input\"\n" } else { "" };
+        let crash = if i < n_crash {
+            "crash_at = \"masked-input\"\n"
+        } else {
+            ""
+        };
         let text = format!(
             "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[policy]\nallowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
             dir.join("agents").join(&name).display().to_string(),
@@ -125,17 +137,38 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         agents.push((stats, stop, task));
     }
 
-    let admin = AdminArgs { coordinator: endpoint, server_name: "localhost".into(), pki: pki_dir.clone(), operator: "admin".into() };
+    let admin = AdminArgs {
+        coordinator: endpoint,
+        server_name: "localhost".into(),
+        pki: pki_dir.clone(),
+        operator: "admin".into(),
+    };
     let mut client = admin_client(&admin).await?;
-    let h = ((100.0 + args.params as f64 - 1.0).sqrt() - 10.0).round().max(1.0) as usize;
+    let h = ((100.0 + args.params as f64 - 1.0).sqrt() - 10.0)
+        .round()
+        .max(1.0) as usize;
     let spec = FederationSpec {
         name: "bench".into(),
-        model: ModelSection { kind: KindName::Mlp, hidden: vec![h, h] },
+        model: ModelSection {
+            kind: KindName::Mlp,
+            hidden: vec![h, h],
+        },
         schema: harambee_models::presets::heart_disease(),
-        train: TrainSpec { epochs: 1, batch_size: 16, learning_rate: 0.01, optimizer: OptimizerName::Adam, seed: 1, frozen_layers: 0 },
+        train: TrainSpec {
+            epochs: 1,
+            batch_size: 16,
+            learning_rate: 0.01,
+            optimizer: OptimizerName::Adam,
+            seed: 1,
+            frozen_layers: 0,
+        },
         min_agents: (args.agents - n_crash) as u32,
         facilities: Vec::new(),
-        deadlines: Deadlines { selecting_s: 120, training_s: 600, evaluating_s: 600 },
+        deadlines: Deadlines {
+            selecting_s: 120,
+            training_s: 600,
+            evaluating_s: 600,
+        },
         init_seed: 1,
         secure_aggregation: SecureAggregationSpec {
             enabled: !args.plain,
@@ -146,11 +179,24 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         strategy: Default::default(),
         privacy: Default::default(),
     };
-    let fed = client.create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(&spec, 0)), init_from: None }).await?.into_inner();
+    let fed = client
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(wire::federation_config(&spec, 0)),
+            init_from: None,
+        })
+        .await?
+        .into_inner();
     let n_params = fed.config.and_then(|c| c.model).map_or(0, |m| m.n_params);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let connected = client.list_agents(pb::ListAgentsRequest {}).await?.into_inner().agents.iter().filter(|a| a.connected).count();
+        let connected = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await?
+            .into_inner()
+            .agents
+            .iter()
+            .filter(|a| a.connected)
+            .count();
         if connected >= args.agents {
             break;
         }
@@ -167,21 +213,40 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             args.agents,
             n_crash
         );
-        println!("{:>5} {:>8} {:>16} {:>16} {:>14} {:>8}", "round", "wall_s", "coordinator_cpu_s", "bytes_per_agent", "peak_rss_MiB", "dropouts");
+        println!(
+            "{:>5} {:>8} {:>16} {:>16} {:>14} {:>8}",
+            "round", "wall_s", "coordinator_cpu_s", "bytes_per_agent", "peak_rss_MiB", "dropouts"
+        );
     }
     for number in 1..=args.rounds {
         let cpu_before = cpu_seconds(pid)?;
-        let sent_before: u64 = agents.iter().map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed)).sum();
+        let sent_before: u64 = agents
+            .iter()
+            .map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed))
+            .sum();
         let started = Instant::now();
-        let round = client.start_round(pb::StartRoundRequest { federation: spec.name.clone() }).await?.into_inner();
+        let round = client
+            .start_round(pb::StartRoundRequest {
+                federation: spec.name.clone(),
+            })
+            .await?
+            .into_inner();
         let round = wait_for_round(&mut client, round.id, |_| {}).await?;
         let wall = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds(pid)? - cpu_before;
         if round.state() != pb::RoundState::Committed {
             bail!("round {number} failed: {}", round.failure_reason);
         }
-        let sent: u64 = agents.iter().map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed)).sum::<u64>() - sent_before;
-        let dropouts = round.participants.iter().filter(|p| p.status() == pb::ParticipantStatus::Dropped).count();
+        let sent: u64 = agents
+            .iter()
+            .map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed))
+            .sum::<u64>()
+            - sent_before;
+        let dropouts = round
+            .participants
+            .iter()
+            .filter(|p| p.status() == pb::ParticipantStatus::Dropped)
+            .count();
         let active = round.participants.len().max(1);
         let rss = peak_rss_bytes(pid)?;
         let per_agent = sent / active as u64;
@@ -192,7 +257,10 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             });
             println!("{line}");
         } else {
-            println!("{number:>5} {wall:>8.2} {cpu:>16.2} {per_agent:>16} {:>14.1} {dropouts:>8}", rss as f64 / 1048576.0);
+            println!(
+                "{number:>5} {wall:>8.2} {cpu:>16.2} {per_agent:>16} {:>14.1} {dropouts:>8}",
+                rss as f64 / 1048576.0
+            );
         }
     }
     for (_, stop, task) in agents {
@@ -205,7 +273,8 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
 
 /// User + system CPU seconds of a process so far (Linux `/proc`, 100 ticks per second).
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the coordinator's /proc stat")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .context("reading the coordinator's /proc stat")?;
     let after_name = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
@@ -215,7 +284,14 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 /// Peak resident set size of a process (`VmHWM`).
 fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    let kb: u64 = line.split_whitespace().nth(1).context("malformed VmHWM")?.parse()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmHWM")?
+        .parse()?;
     Ok(kb * 1024)
 }

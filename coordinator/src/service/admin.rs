@@ -8,8 +8,8 @@ use super::{BoxStream, blob_chunks};
 use crate::federation::FederationSpec;
 use crate::pki::Role;
 use crate::state::{Coordinator, now_ms};
-use crate::store::{FederationRow, ModelVersionRow};
 use crate::store::AdminActionKind;
+use crate::store::{FederationRow, ModelVersionRow};
 use crate::tls::{require_any_role, require_role};
 use crate::{driver, wire};
 
@@ -30,14 +30,26 @@ impl AdminApi {
             .await
             .map_err(wire::store_status)?
             .ok_or_else(|| Status::not_found(format!("no federation named {federation:?}")))?;
-        serde_json::from_str(&row.config_json)
-            .map_err(|e| Status::internal(format!("stored federation {federation:?} is unreadable: {e}")))
+        serde_json::from_str(&row.config_json).map_err(|e| {
+            Status::internal(format!(
+                "stored federation {federation:?} is unreadable: {e}"
+            ))
+        })
     }
 
     async fn federation_pb(&self, row: &FederationRow) -> Result<pb::Federation, Status> {
-        let spec: FederationSpec = serde_json::from_str(&row.config_json)
-            .map_err(|e| Status::internal(format!("stored federation {:?} is unreadable: {e}", row.name)))?;
-        let latest = self.coord.store.latest_model(&row.name).await.map_err(wire::store_status)?;
+        let spec: FederationSpec = serde_json::from_str(&row.config_json).map_err(|e| {
+            Status::internal(format!(
+                "stored federation {:?} is unreadable: {e}",
+                row.name
+            ))
+        })?;
+        let latest = self
+            .coord
+            .store
+            .latest_model(&row.name)
+            .await
+            .map_err(wire::store_status)?;
         let n_params = latest.as_ref().map_or(0, |m| m.n_params as usize);
         Ok(pb::Federation {
             config: Some(wire::federation_config(&spec, n_params)),
@@ -47,7 +59,11 @@ impl AdminApi {
     }
 
     /// Parameters to start a federation from, checked against its model and schema.
-    async fn initial_params(&self, spec: &FederationSpec, source: pb::model_source::Source) -> Result<Vec<f32>, Status> {
+    async fn initial_params(
+        &self,
+        spec: &FederationSpec,
+        source: pb::model_source::Source,
+    ) -> Result<Vec<f32>, Status> {
         let model = spec.model_spec();
         match source {
             pb::model_source::Source::FederationVersion(from) => {
@@ -64,19 +80,36 @@ impl AdminApi {
                     .model_version(&from.federation, from.version)
                     .await
                     .map_err(wire::store_status)?
-                    .ok_or_else(|| Status::not_found(format!("federation {:?} has no version {}", from.federation, from.version)))?;
-                let bytes = self.coord.blobs.get(&row.digest).await.map_err(wire::blob_status)?;
-                harambee_core::params::from_le_bytes(&bytes).map_err(|e| Status::internal(e.to_string()))
+                    .ok_or_else(|| {
+                        Status::not_found(format!(
+                            "federation {:?} has no version {}",
+                            from.federation, from.version
+                        ))
+                    })?;
+                let bytes = self
+                    .coord
+                    .blobs
+                    .get(&row.digest)
+                    .await
+                    .map_err(wire::blob_status)?;
+                harambee_core::params::from_le_bytes(&bytes)
+                    .map_err(|e| Status::internal(e.to_string()))
             }
             pb::model_source::Source::Checkpoint(bytes) => {
                 let checkpoint = harambee_models::checkpoint::load(&bytes)
                     .map_err(|e| Status::invalid_argument(format!("unreadable checkpoint: {e}")))?;
-                checkpoint.expect_spec(&model).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                checkpoint
+                    .expect_spec(&model)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 if checkpoint.schema != spec.schema {
-                    return Err(Status::invalid_argument("the checkpoint's feature schema differs from the federation's"));
+                    return Err(Status::invalid_argument(
+                        "the checkpoint's feature schema differs from the federation's",
+                    ));
                 }
                 if let Some(i) = checkpoint.params.iter().position(|v| !v.is_finite()) {
-                    return Err(Status::invalid_argument(format!("checkpoint parameter {i} is not finite")));
+                    return Err(Status::invalid_argument(format!(
+                        "checkpoint parameter {i} is not finite"
+                    )));
                 }
                 Ok(checkpoint.params)
             }
@@ -90,17 +123,38 @@ impl AdminApi {
             .await
             .map_err(wire::store_status)?
             .ok_or_else(|| Status::not_found(format!("no round with id {round_id}")))?;
-        let participants = store.participants(round_id).await.map_err(wire::store_status)?;
-        let base = store.model_version(&row.federation, row.base_version).await.map_err(wire::store_status)?;
+        let participants = store
+            .participants(round_id)
+            .await
+            .map_err(wire::store_status)?;
+        let base = store
+            .model_version(&row.federation, row.base_version)
+            .await
+            .map_err(wire::store_status)?;
         let result = match row.result_version {
-            Some(v) => store.model_version(&row.federation, v).await.map_err(wire::store_status)?,
+            Some(v) => store
+                .model_version(&row.federation, v)
+                .await
+                .map_err(wire::store_status)?,
             None => None,
         };
         let spec = self.spec(&row.federation).await?;
-        let mut round = wire::round(&row, &participants, base.as_ref(), result.as_ref(), spec.secure_aggregation.enabled);
+        let mut round = wire::round(
+            &row,
+            &participants,
+            base.as_ref(),
+            result.as_ref(),
+            spec.secure_aggregation.enabled,
+        );
         if spec.privacy.mechanism != crate::federation::Mechanism::None {
-            let ledger = self.coord.ledger.synced(store).await.map_err(super::audit::ledger_status)?;
-            round.facility_epsilon = crate::privacy::facility_epsilon(&spec, ledger.lines(), row.id);
+            let ledger = self
+                .coord
+                .ledger
+                .synced(store)
+                .await
+                .map_err(super::audit::ledger_status)?;
+            round.facility_epsilon =
+                crate::privacy::facility_epsilon(&spec, ledger.lines(), row.id);
         }
         Ok(round)
     }
@@ -118,16 +172,24 @@ impl AdminService for AdminApi {
         let peer = require_role(&request, Role::Operator)?;
         tracing::Span::current().record("operator", peer.name.as_str());
         let request = request.into_inner();
-        let config = request.config.ok_or_else(|| Status::invalid_argument("no federation config"))?;
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("no federation config"))?;
         let spec = wire::federation_spec(config)?;
-        spec.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        spec.validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let model = spec.model_spec();
         let init = match request.init_from.and_then(|s| s.source) {
             None => model.init_params(spec.init_seed),
             Some(source) => self.initial_params(&spec, source).await?,
         };
         let bytes = harambee_core::params::to_le_bytes(&init);
-        let digest = self.coord.blobs.put(&bytes).await.map_err(wire::blob_status)?;
+        let digest = self
+            .coord
+            .blobs
+            .put(&bytes)
+            .await
+            .map_err(wire::blob_status)?;
         let now = now_ms();
         let row = FederationRow {
             name: spec.name.clone(),
@@ -144,9 +206,20 @@ impl AdminService for AdminApi {
             created_ms: now,
             server_state: None,
         };
-        self.coord.store.create_federation(&row, &initial).await.map_err(wire::store_status)?;
+        self.coord
+            .store
+            .create_federation(&row, &initial)
+            .await
+            .map_err(wire::store_status)?;
         info!(federation = %spec.name, n_params = init.len(), "federation created");
-        self.coord.record_admin_action(&peer, AdminActionKind::FederationCreated, &spec.name, format!("{} parameters", init.len())).await?;
+        self.coord
+            .record_admin_action(
+                &peer,
+                AdminActionKind::FederationCreated,
+                &spec.name,
+                format!("{} parameters", init.len()),
+            )
+            .await?;
         Ok(Response::new(self.federation_pb(&row).await?))
     }
 
@@ -155,7 +228,12 @@ impl AdminService for AdminApi {
         request: Request<pb::ListFederationsRequest>,
     ) -> Result<Response<pb::ListFederationsResponse>, Status> {
         require_any_role(&request, &[Role::Operator, Role::Auditor])?;
-        let rows = self.coord.store.federations().await.map_err(wire::store_status)?;
+        let rows = self
+            .coord
+            .store
+            .federations()
+            .await
+            .map_err(wire::store_status)?;
         let mut federations = Vec::with_capacity(rows.len());
         for row in &rows {
             federations.push(self.federation_pb(row).await?);
@@ -164,10 +242,15 @@ impl AdminService for AdminApi {
     }
 
     #[instrument(skip_all, fields(operator, federation))]
-    async fn start_round(&self, request: Request<pb::StartRoundRequest>) -> Result<Response<pb::Round>, Status> {
+    async fn start_round(
+        &self,
+        request: Request<pb::StartRoundRequest>,
+    ) -> Result<Response<pb::Round>, Status> {
         let peer = require_role(&request, Role::Operator)?;
         let federation = request.into_inner().federation;
-        tracing::Span::current().record("operator", peer.name.as_str()).record("federation", federation.as_str());
+        tracing::Span::current()
+            .record("operator", peer.name.as_str())
+            .record("federation", federation.as_str());
         let spec = self.spec(&federation).await?;
         let store = &self.coord.store;
         let base = store
@@ -175,25 +258,48 @@ impl AdminService for AdminApi {
             .await
             .map_err(wire::store_status)?
             .ok_or_else(|| Status::internal(format!("federation {federation:?} has no model")))?;
-        let bytes = self.coord.blobs.get(&base.digest).await.map_err(wire::blob_status)?;
-        let params = harambee_core::params::from_le_bytes(&bytes).map_err(|e| Status::internal(e.to_string()))?;
+        let bytes = self
+            .coord
+            .blobs
+            .get(&base.digest)
+            .await
+            .map_err(wire::blob_status)?;
+        let params = harambee_core::params::from_le_bytes(&bytes)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let row = {
             // Hold the active-round map only to check; the store refuses a second open round.
             if self.coord.active.lock().unwrap().contains_key(&federation) {
-                return Err(Status::failed_precondition(format!("federation {federation:?} already has a running round")));
+                return Err(Status::failed_precondition(format!(
+                    "federation {federation:?} already has a running round"
+                )));
             }
-            store.create_round(&federation, base.version, now_ms()).await.map_err(wire::store_status)?
+            store
+                .create_round(&federation, base.version, now_ms())
+                .await
+                .map_err(wire::store_status)?
         };
         let round_id = row.id;
         driver::spawn(self.coord.clone(), spec, row, base, params).map_err(wire::round_status)?;
         info!(round_id, "round started");
-        self.coord.record_admin_action(&peer, AdminActionKind::RoundStarted, &federation, format!("round {round_id}")).await?;
+        self.coord
+            .record_admin_action(
+                &peer,
+                AdminActionKind::RoundStarted,
+                &federation,
+                format!("round {round_id}"),
+            )
+            .await?;
         Ok(Response::new(self.round_pb(round_id).await?))
     }
 
-    async fn get_round(&self, request: Request<pb::GetRoundRequest>) -> Result<Response<pb::Round>, Status> {
+    async fn get_round(
+        &self,
+        request: Request<pb::GetRoundRequest>,
+    ) -> Result<Response<pb::Round>, Status> {
         require_any_role(&request, &[Role::Operator, Role::Auditor])?;
-        Ok(Response::new(self.round_pb(request.into_inner().round_id).await?))
+        Ok(Response::new(
+            self.round_pb(request.into_inner().round_id).await?,
+        ))
     }
 
     async fn list_rounds(
@@ -203,7 +309,12 @@ impl AdminService for AdminApi {
         require_any_role(&request, &[Role::Operator, Role::Auditor])?;
         let federation = request.into_inner().federation;
         self.spec(&federation).await?;
-        let rows = self.coord.store.rounds(&federation).await.map_err(wire::store_status)?;
+        let rows = self
+            .coord
+            .store
+            .rounds(&federation)
+            .await
+            .map_err(wire::store_status)?;
         let mut rounds = Vec::with_capacity(rows.len());
         for row in rows {
             rounds.push(self.round_pb(row.id).await?);
@@ -216,7 +327,12 @@ impl AdminService for AdminApi {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         require_any_role(&request, &[Role::Operator, Role::Auditor])?;
-        let rows = self.coord.store.agents().await.map_err(wire::store_status)?;
+        let rows = self
+            .coord
+            .store
+            .agents()
+            .await
+            .map_err(wire::store_status)?;
         let agents = rows
             .into_iter()
             .map(|a| {
@@ -242,7 +358,9 @@ impl AdminService for AdminApi {
     ) -> Result<Response<Self::ExportModelStream>, Status> {
         let peer = require_role(&request, Role::Operator)?;
         let req = request.into_inner();
-        tracing::Span::current().record("operator", peer.name.as_str()).record("federation", req.federation.as_str());
+        tracing::Span::current()
+            .record("operator", peer.name.as_str())
+            .record("federation", req.federation.as_str());
         let spec = self.spec(&req.federation).await?;
         let store = &self.coord.store;
         let version = match req.version {
@@ -250,16 +368,35 @@ impl AdminService for AdminApi {
             None => store.latest_model(&req.federation).await,
         }
         .map_err(wire::store_status)?
-        .ok_or_else(|| Status::not_found(format!("federation {:?} has no such model version", req.federation)))?;
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "federation {:?} has no such model version",
+                req.federation
+            ))
+        })?;
         info!(version = version.version, "model exported");
-        self.coord.record_admin_action(&peer, AdminActionKind::ModelExported, &req.federation, format!("version {}", version.version)).await?;
+        self.coord
+            .record_admin_action(
+                &peer,
+                AdminActionKind::ModelExported,
+                &req.federation,
+                format!("version {}", version.version),
+            )
+            .await?;
         let exported = harambee_privacy::ledger::LedgerEvent::ModelExported {
             federation: req.federation.clone(),
             model_version: u64::from(version.version),
-            model_sha256: version.digest.parse().map_err(|_| Status::internal("stored model digest is not SHA-256 hex"))?,
+            model_sha256: version
+                .digest
+                .parse()
+                .map_err(|_| Status::internal("stored model digest is not SHA-256 hex"))?,
             actor: format!("harambee://{}/{}", peer.role.as_str(), peer.name),
         };
-        self.coord.store.append_ledger(now_ms(), vec![exported]).await.map_err(wire::store_status)?;
+        self.coord
+            .store
+            .append_ledger(now_ms(), vec![exported])
+            .await
+            .map_err(wire::store_status)?;
         let meta = pb::ExportModelResponse {
             part: Some(Part::Meta(pb::ModelVersion {
                 federation: req.federation.clone(),
@@ -270,8 +407,19 @@ impl AdminService for AdminApi {
             })),
         };
         use futures::StreamExt;
-        let chunks = blob_chunks(self.coord.clone(), version.digest.clone(), 0, version.size_bytes)
-            .map(|c| c.map(|c| pb::ExportModelResponse { part: Some(Part::Chunk(c)) }));
-        Ok(Response::new(Box::pin(futures::stream::once(async { Ok(meta) }).chain(chunks))))
+        let chunks = blob_chunks(
+            self.coord.clone(),
+            version.digest.clone(),
+            0,
+            version.size_bytes,
+        )
+        .map(|c| {
+            c.map(|c| pb::ExportModelResponse {
+                part: Some(Part::Chunk(c)),
+            })
+        });
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async { Ok(meta) }).chain(chunks),
+        )))
     }
 }

@@ -42,16 +42,31 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::OpenTaskStreamStream>, Status> {
         let peer = require_role(&request, Role::Agent)?;
         tracing::Span::current().record("facility", peer.name.as_str());
-        self.coord.store.record_agent_seen(&peer.name, &peer.cert_sha256, now_ms()).await.map_err(wire::store_status)?;
+        self.coord
+            .store
+            .record_agent_seen(&peer.name, &peer.cert_sha256, now_ms())
+            .await
+            .map_err(wire::store_status)?;
         let chain = peer_chain(&request);
         self.record_key(&peer.name, &chain).await?;
-        let (conn_id, rx) = self.coord.registry.connect(&peer.name, chain, Instant::now());
+        let (conn_id, rx) = self
+            .coord
+            .registry
+            .connect(&peer.name, chain, Instant::now());
         info!(agent_version = %request.get_ref().agent_version, "task stream opened");
         self.coord.broadcast_connected(&peer.name).await;
         // When the agent goes away, tonic drops this stream and the guard with it.
-        let guard = StreamGuard { coord: self.coord.clone(), facility: peer.name.clone(), conn_id };
+        let guard = StreamGuard {
+            coord: self.coord.clone(),
+            facility: peer.name.clone(),
+            conn_id,
+        };
         let stream = ReceiverStream::new(rx)
-            .chain(futures::stream::once(async { Err(Status::unavailable("task stream replaced or coordinator shutting down")) }))
+            .chain(futures::stream::once(async {
+                Err(Status::unavailable(
+                    "task stream replaced or coordinator shutting down",
+                ))
+            }))
             .map(move |item| {
                 let _ = &guard;
                 item
@@ -59,14 +74,19 @@ impl AgentService for AgentApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let peer = require_role(&request, Role::Agent)?;
         if let Some(status) = request.get_ref().privacy.clone() {
             check_privacy_status(&status)?;
             self.coord.registry.set_privacy(&peer.name, status);
         }
         if !self.coord.registry.heartbeat(&peer.name, Instant::now()) {
-            return Err(Status::failed_precondition("no open task stream for this facility; open one first"));
+            return Err(Status::failed_precondition(
+                "no open task stream for this facility; open one first",
+            ));
         }
         Ok(Response::new(pb::HeartbeatResponse {
             server_time_unix_ms: now_ms(),
@@ -83,13 +103,29 @@ impl AgentService for AgentApi {
         tracing::Span::current().record("facility", peer.name.as_str());
         let req = request.into_inner();
         if !self.coord.is_entitled(&peer.name, &req.digest) {
-            return Err(Status::permission_denied(format!("model {} was not offered to this facility", req.digest)));
+            return Err(Status::permission_denied(format!(
+                "model {} was not offered to this facility",
+                req.digest
+            )));
         }
-        let total = self.coord.blobs.size(&req.digest).await.map_err(wire::blob_status)?;
+        let total = self
+            .coord
+            .blobs
+            .size(&req.digest)
+            .await
+            .map_err(wire::blob_status)?;
         if req.offset > total {
-            return Err(Status::out_of_range(format!("offset {} is past the model's {total} bytes", req.offset)));
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the model's {total} bytes",
+                req.offset
+            )));
         }
-        Ok(Response::new(blob_chunks(self.coord.clone(), req.digest, req.offset, total)))
+        Ok(Response::new(blob_chunks(
+            self.coord.clone(),
+            req.digest,
+            req.offset,
+            total,
+        )))
     }
 
     #[instrument(skip_all, fields(facility, round_id))]
@@ -107,17 +143,29 @@ impl AgentService for AgentApi {
             _ => return Err(Status::invalid_argument("an upload starts with its header")),
         };
         span.record("round_id", header.round_id);
-        let round = self.coord.active_round_by_id(header.round_id).ok_or_else(|| {
-            Status::failed_precondition(format!("round {} is not running", header.round_id))
-        })?;
+        let round = self
+            .coord
+            .active_round_by_id(header.round_id)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!("round {} is not running", header.round_id))
+            })?;
         let receipt_key = peer_receipt_key(&peer_chain)?;
         if header.masked {
-            return self.receive_masked(&peer.name, &receipt_key, header, parts, round).await;
+            return self
+                .receive_masked(&peer.name, &receipt_key, header, parts, round)
+                .await;
         }
         if header.n_params != round.n_params as u64 {
-            let error = UpdateError::WrongLength { expected: round.n_params, got: header.n_params as usize };
+            let error = UpdateError::WrongLength {
+                expected: round.n_params,
+                got: header.n_params as usize,
+            };
             let (reply, answer) = oneshot::channel();
-            let input = RoundInput::Reject { agent: peer.name.clone(), error, reply };
+            let input = RoundInput::Reject {
+                agent: peer.name.clone(),
+                error,
+                reply,
+            };
             round.inputs.send(input).await.map_err(|_| round_gone())?;
             return Err(wire::round_status(answer.await.map_err(|_| round_gone())?));
         }
@@ -126,13 +174,21 @@ impl AgentService for AgentApi {
         let mut hasher = Sha256::new();
         while let Some(message) = parts.message().await? {
             let Some(Part::Data(data)) = message.part else {
-                return Err(Status::invalid_argument("only data chunks may follow the header"));
+                return Err(Status::invalid_argument(
+                    "only data chunks may follow the header",
+                ));
             };
             if data.len() > harambee_proto::CHUNK_BYTES {
-                return Err(Status::invalid_argument(format!("chunk of {} bytes exceeds {}", data.len(), harambee_proto::CHUNK_BYTES)));
+                return Err(Status::invalid_argument(format!(
+                    "chunk of {} bytes exceeds {}",
+                    data.len(),
+                    harambee_proto::CHUNK_BYTES
+                )));
             }
             if payload.len() + data.len() > expected_bytes {
-                return Err(Status::invalid_argument(format!("update exceeds the model's {expected_bytes} bytes")));
+                return Err(Status::invalid_argument(format!(
+                    "update exceeds the model's {expected_bytes} bytes"
+                )));
             }
             hasher.update(&data);
             payload.extend_from_slice(&data);
@@ -145,15 +201,35 @@ impl AgentService for AgentApi {
         }
         let digest = hex::encode(hasher.finalize());
         if !digest.eq_ignore_ascii_case(&header.sha256) {
-            return Err(Status::data_loss("update checksum mismatch; upload it again"));
+            return Err(Status::data_loss(
+                "update checksum mismatch; upload it again",
+            ));
         }
-        let receipt = check_receipt(&peer.name, &receipt_key, &header, &round, &digest, payload.len())?;
-        let values = harambee_core::params::from_le_bytes(&payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let receipt = check_receipt(
+            &peer.name,
+            &receipt_key,
+            &header,
+            &round,
+            &digest,
+            payload.len(),
+        )?;
+        let values = harambee_core::params::from_le_bytes(&payload)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         drop(payload);
         let (reply, answer) = oneshot::channel();
-        let input = RoundInput::Update { agent: peer.name.clone(), n_samples: header.n_samples, digest, values, receipt, reply };
+        let input = RoundInput::Update {
+            agent: peer.name.clone(),
+            n_samples: header.n_samples,
+            digest,
+            values,
+            receipt,
+            reply,
+        };
         round.inputs.send(input).await.map_err(|_| round_gone())?;
-        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        answer
+            .await
+            .map_err(|_| round_gone())?
+            .map_err(wire::round_status)?;
         Ok(Response::new(pb::UploadUpdateResponse {}))
     }
 
@@ -166,76 +242,151 @@ impl AgentService for AgentApi {
         let metrics = match (req.withheld, req.metrics) {
             (true, None) => None,
             (false, Some(m)) => Some(wire::metrics_from_pb(m)?),
-            (true, Some(_)) => return Err(Status::invalid_argument("withheld metrics must not be sent")),
+            (true, Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "withheld metrics must not be sent",
+                ));
+            }
             (false, None) => return Err(Status::invalid_argument("no metrics")),
         };
-        let round = self
-            .coord
-            .active_round_by_id(req.round_id)
-            .ok_or_else(|| Status::failed_precondition(format!("round {} is not running", req.round_id)))?;
+        let round = self.coord.active_round_by_id(req.round_id).ok_or_else(|| {
+            Status::failed_precondition(format!("round {} is not running", req.round_id))
+        })?;
         let (reply, answer) = oneshot::channel();
-        round.inputs.send(RoundInput::Metrics { agent: peer.name, metrics, reply }).await.map_err(|_| round_gone())?;
-        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        round
+            .inputs
+            .send(RoundInput::Metrics {
+                agent: peer.name,
+                metrics,
+                reply,
+            })
+            .await
+            .map_err(|_| round_gone())?;
+        answer
+            .await
+            .map_err(|_| round_gone())?
+            .map_err(wire::round_status)?;
         Ok(Response::new(pb::ReportMetricsResponse {}))
     }
 
     #[instrument(skip_all, fields(facility, round_id))]
-    async fn submit_sec_agg(&self, request: Request<pb::SecAggSubmission>) -> Result<Response<pb::SecAggAck>, Status> {
+    async fn submit_sec_agg(
+        &self,
+        request: Request<pb::SecAggSubmission>,
+    ) -> Result<Response<pb::SecAggAck>, Status> {
         use harambee_core::round::SecAggIn;
-        use harambee_secagg::{ConsistencySignature, EncryptedShare, Message, SignedAdvertisement, UnmaskShares};
+        use harambee_secagg::{
+            ConsistencySignature, EncryptedShare, Message, SignedAdvertisement, UnmaskShares,
+        };
         use pb::sec_agg_submission::Part;
         let peer = require_role(&request, Role::Agent)?;
         let req = request.into_inner();
-        tracing::Span::current().record("facility", peer.name.as_str()).record("round_id", req.round_id);
-        let round = self
-            .coord
-            .active_round_by_id(req.round_id)
-            .ok_or_else(|| Status::failed_precondition(format!("round {} is not running", req.round_id)))?;
-        let malformed = |e: harambee_secagg::DecodeError| Status::invalid_argument(format!("malformed secure-aggregation message: {e}"));
+        tracing::Span::current()
+            .record("facility", peer.name.as_str())
+            .record("round_id", req.round_id);
+        let round = self.coord.active_round_by_id(req.round_id).ok_or_else(|| {
+            Status::failed_precondition(format!("round {} is not running", req.round_id))
+        })?;
+        let malformed = |e: harambee_secagg::DecodeError| {
+            Status::invalid_argument(format!("malformed secure-aggregation message: {e}"))
+        };
         let (reply, answer) = oneshot::channel();
         let agent = peer.name.clone();
-        let input = match req.part.ok_or_else(|| Status::invalid_argument("empty secure-aggregation submission"))? {
-            Part::Trained(t) => RoundInput::Trained { agent, n_samples: t.n_samples, reply },
-            Part::Advertise(b) => RoundInput::SecAgg { agent, msg: SecAggIn::Advertise(SignedAdvertisement::decode(&b).map_err(malformed)?), reply },
+        let input = match req
+            .part
+            .ok_or_else(|| Status::invalid_argument("empty secure-aggregation submission"))?
+        {
+            Part::Trained(t) => RoundInput::Trained {
+                agent,
+                n_samples: t.n_samples,
+                reply,
+            },
+            Part::Advertise(b) => RoundInput::SecAgg {
+                agent,
+                msg: SecAggIn::Advertise(SignedAdvertisement::decode(&b).map_err(malformed)?),
+                reply,
+            },
             Part::Shares(s) => {
-                let shares = s.shares.iter().map(|b| EncryptedShare::decode(b)).collect::<Result<Vec<_>, _>>().map_err(malformed)?;
-                RoundInput::SecAgg { agent, msg: SecAggIn::Shares(shares), reply }
+                let shares = s
+                    .shares
+                    .iter()
+                    .map(|b| EncryptedShare::decode(b))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(malformed)?;
+                RoundInput::SecAgg {
+                    agent,
+                    msg: SecAggIn::Shares(shares),
+                    reply,
+                }
             }
-            Part::ConsistencySignature(b) => {
-                RoundInput::SecAgg { agent, msg: SecAggIn::Signature(ConsistencySignature::decode(&b).map_err(malformed)?), reply }
-            }
-            Part::Unmask(b) => RoundInput::SecAgg { agent, msg: SecAggIn::Unmask(UnmaskShares::decode(&b).map_err(malformed)?), reply },
+            Part::ConsistencySignature(b) => RoundInput::SecAgg {
+                agent,
+                msg: SecAggIn::Signature(ConsistencySignature::decode(&b).map_err(malformed)?),
+                reply,
+            },
+            Part::Unmask(b) => RoundInput::SecAgg {
+                agent,
+                msg: SecAggIn::Unmask(UnmaskShares::decode(&b).map_err(malformed)?),
+                reply,
+            },
         };
         round.inputs.send(input).await.map_err(|_| round_gone())?;
-        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        answer
+            .await
+            .map_err(|_| round_gone())?
+            .map_err(wire::round_status)?;
         Ok(Response::new(pb::SecAggAck {}))
     }
 
     #[instrument(skip_all, fields(facility, round_id))]
-    async fn decline_task(&self, request: Request<pb::DeclineTaskRequest>) -> Result<Response<pb::DeclineTaskResponse>, Status> {
+    async fn decline_task(
+        &self,
+        request: Request<pb::DeclineTaskRequest>,
+    ) -> Result<Response<pb::DeclineTaskResponse>, Status> {
         let peer = require_role(&request, Role::Agent)?;
         let req = request.into_inner();
-        tracing::Span::current().record("facility", peer.name.as_str()).record("round_id", req.round_id);
+        tracing::Span::current()
+            .record("facility", peer.name.as_str())
+            .record("round_id", req.round_id);
         let reason: String = req.reason.chars().take(500).collect();
         info!(%reason, "facility declined its task");
-        let round = self
-            .coord
-            .active_round_by_id(req.round_id)
-            .ok_or_else(|| Status::failed_precondition(format!("round {} is not running", req.round_id)))?;
-        let input = RoundInput::Dropout { agent: peer.name, reason: format!("declined: {reason}") };
+        let round = self.coord.active_round_by_id(req.round_id).ok_or_else(|| {
+            Status::failed_precondition(format!("round {} is not running", req.round_id))
+        })?;
+        let input = RoundInput::Dropout {
+            agent: peer.name,
+            reason: format!("declined: {reason}"),
+        };
         round.inputs.send(input).await.map_err(|_| round_gone())?;
         Ok(Response::new(pb::DeclineTaskResponse {}))
     }
 
     #[instrument(skip_all, fields(facility, round_id))]
-    async fn get_ledger_proof(&self, request: Request<pb::LedgerProofRequest>) -> Result<Response<pb::LedgerProof>, Status> {
+    async fn get_ledger_proof(
+        &self,
+        request: Request<pb::LedgerProofRequest>,
+    ) -> Result<Response<pb::LedgerProof>, Status> {
         use harambee_privacy::ledger::LedgerEvent;
         let peer = require_role(&request, Role::Agent)?;
         let req = request.into_inner();
-        tracing::Span::current().record("facility", peer.name.as_str()).record("round_id", req.round_id);
-        let round = self.coord.store.round(req.round_id).await.map_err(wire::store_status)?;
-        let federation = round.map(|r| r.federation).ok_or_else(|| Status::not_found(format!("no round {}", req.round_id)))?;
-        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(super::audit::ledger_status)?;
+        tracing::Span::current()
+            .record("facility", peer.name.as_str())
+            .record("round_id", req.round_id);
+        let round = self
+            .coord
+            .store
+            .round(req.round_id)
+            .await
+            .map_err(wire::store_status)?;
+        let federation = round
+            .map(|r| r.federation)
+            .ok_or_else(|| Status::not_found(format!("no round {}", req.round_id)))?;
+        let ledger = self
+            .coord
+            .ledger
+            .synced(&self.coord.store)
+            .await
+            .map_err(super::audit::ledger_status)?;
         let line = ledger
             .lines()
             .iter()
@@ -245,16 +396,25 @@ impl AgentService for AgentApi {
         let head = self.coord.ledger.sign(&ledger);
         let size = head.head.tree_size;
         if req.known_tree_size > size {
-            return Err(Status::out_of_range(format!("known tree size {} exceeds the ledger's {size} entries", req.known_tree_size)));
+            return Err(Status::out_of_range(format!(
+                "known tree size {} exceeds the ledger's {size} entries",
+                req.known_tree_size
+            )));
         }
-        let inclusion = ledger.inclusion_proof(line.index, size).map_err(|e| Status::internal(e.to_string()))?;
+        let inclusion = ledger
+            .inclusion_proof(line.index, size)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let consistency = if req.known_tree_size == 0 {
             Vec::new()
         } else {
-            ledger.consistency_proof(req.known_tree_size, size).map_err(|e| Status::internal(e.to_string()))?
+            ledger
+                .consistency_proof(req.known_tree_size, size)
+                .map_err(|e| Status::internal(e.to_string()))?
         };
         Ok(Response::new(pb::LedgerProof {
-            entry: line.to_json().map_err(|e| Status::internal(e.to_string()))?,
+            entry: line
+                .to_json()
+                .map_err(|e| Status::internal(e.to_string()))?,
             index: line.index,
             inclusion_proof: super::audit::hashes(inclusion),
             signed_tree_head: super::audit::head_json(&head),
@@ -271,46 +431,75 @@ impl AgentService for AgentApi {
         let peer = require_role(&request, Role::Agent)?;
         let key = peer_receipt_key(&peer_chain(&request))?;
         let req = request.into_inner();
-        let head: SignedTreeHead =
-            serde_json::from_str(&req.signed_tree_head).map_err(|e| Status::invalid_argument(format!("malformed tree head: {e}")))?;
-        let cosignature: Cosignature =
-            serde_json::from_str(&req.cosignature).map_err(|e| Status::invalid_argument(format!("malformed countersignature: {e}")))?;
+        let head: SignedTreeHead = serde_json::from_str(&req.signed_tree_head)
+            .map_err(|e| Status::invalid_argument(format!("malformed tree head: {e}")))?;
+        let cosignature: Cosignature = serde_json::from_str(&req.cosignature)
+            .map_err(|e| Status::invalid_argument(format!("malformed countersignature: {e}")))?;
         head.verify(&self.coord.ledger.verifying_key())
-            .map_err(|_| Status::invalid_argument("the tree head is not signed with this coordinator's ledger key"))?;
+            .map_err(|_| {
+                Status::invalid_argument(
+                    "the tree head is not signed with this coordinator's ledger key",
+                )
+            })?;
         if cosignature.facility != peer.name {
-            return Err(Status::permission_denied(format!("a countersignature of {} sent by {}", cosignature.facility, peer.name)));
+            return Err(Status::permission_denied(format!(
+                "a countersignature of {} sent by {}",
+                cosignature.facility, peer.name
+            )));
         }
-        cosignature
-            .verify(&head.head, &key)
-            .map_err(|_| Status::invalid_argument("the countersignature does not verify with the facility's certificate key"))?;
-        self.coord.store.record_cosignature(&head.head, &cosignature, now_ms()).await.map_err(wire::store_status)?;
+        cosignature.verify(&head.head, &key).map_err(|_| {
+            Status::invalid_argument(
+                "the countersignature does not verify with the facility's certificate key",
+            )
+        })?;
+        self.coord
+            .store
+            .record_cosignature(&head.head, &cosignature, now_ms())
+            .await
+            .map_err(wire::store_status)?;
         Ok(Response::new(pb::CosignTreeHeadResponse {}))
     }
 }
 
 /// The certificate chain the caller connected with (DER, leaf first).
 fn peer_chain<T>(request: &Request<T>) -> Vec<Vec<u8>> {
-    request.peer_certs().map(|certs| certs.iter().map(|c| c.to_vec()).collect()).unwrap_or_default()
+    request
+        .peer_certs()
+        .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+        .unwrap_or_default()
 }
 
 /// The facility's Ed25519 key, from the leaf of the certificate chain it connected with:
 /// the key its egress receipts and countersignatures must verify with.
 fn peer_receipt_key(chain: &[Vec<u8>]) -> Result<VerifyingKey, Status> {
-    let leaf = chain.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    harambee_agent::peers::ed25519_key_of(leaf)
-        .map_err(|e| Status::permission_denied(format!("the client certificate has no Ed25519 key to check receipts with: {e}")))
+    let leaf = chain
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    harambee_agent::peers::ed25519_key_of(leaf).map_err(|e| {
+        Status::permission_denied(format!(
+            "the client certificate has no Ed25519 key to check receipts with: {e}"
+        ))
+    })
 }
 
 /// A heartbeat's privacy status must be finite and sized for the accountant's orders.
 fn check_privacy_status(status: &pb::PrivacyStatus) -> Result<(), Status> {
     let orders = harambee_privacy::accountant::default_orders().len();
     if !status.rdp.is_empty() && status.rdp.len() != orders {
-        return Err(Status::invalid_argument(format!("privacy status carries {} RDP values, not {orders}", status.rdp.len())));
+        return Err(Status::invalid_argument(format!(
+            "privacy status carries {} RDP values, not {orders}",
+            status.rdp.len()
+        )));
     }
-    let finite = [status.epsilon_spent, status.delta].iter().chain(&status.max_epsilon).all(|x| x.is_finite() && *x >= 0.0);
+    let finite = [status.epsilon_spent, status.delta]
+        .iter()
+        .chain(&status.max_epsilon)
+        .all(|x| x.is_finite() && *x >= 0.0);
     // An order at which nothing is bounded carries +inf.
     if !finite || status.rdp.iter().any(|x| x.is_nan() || *x < 0.0) {
-        return Err(Status::invalid_argument("privacy status values must be non-negative numbers"));
+        return Err(Status::invalid_argument(
+            "privacy status values must be non-negative numbers",
+        ));
     }
     Ok(())
 }
@@ -328,18 +517,30 @@ fn check_receipt(
     n_bytes: usize,
 ) -> Result<SignedReceipt, Status> {
     if header.receipt.is_empty() {
-        return Err(Status::invalid_argument("an upload must carry its facility's signed egress receipt"));
+        return Err(Status::invalid_argument(
+            "an upload must carry its facility's signed egress receipt",
+        ));
     }
-    let signed: SignedReceipt =
-        serde_json::from_str(&header.receipt).map_err(|e| Status::invalid_argument(format!("malformed egress receipt: {e}")))?;
-    signed.verify(key).map_err(|_| Status::invalid_argument("the egress receipt's signature does not verify with the facility's certificate key"))?;
+    let signed: SignedReceipt = serde_json::from_str(&header.receipt)
+        .map_err(|e| Status::invalid_argument(format!("malformed egress receipt: {e}")))?;
+    signed.verify(key).map_err(|_| {
+        Status::invalid_argument(
+            "the egress receipt's signature does not verify with the facility's certificate key",
+        )
+    })?;
     let r = &signed.receipt;
     let mismatch = if r.facility != facility {
         Some(format!("names facility {:?}", r.facility))
     } else if r.federation != round.federation {
-        Some(format!("names federation {:?}, not {:?}", r.federation, round.federation))
+        Some(format!(
+            "names federation {:?}, not {:?}",
+            r.federation, round.federation
+        ))
     } else if r.round_id != header.round_id {
-        Some(format!("names round {}, not {}", r.round_id, header.round_id))
+        Some(format!(
+            "names round {}, not {}",
+            r.round_id, header.round_id
+        ))
     } else if r.update_sha256.to_hex() != digest.to_ascii_lowercase() {
         Some("states another SHA-256 than the bytes received".to_owned())
     } else if r.bytes != n_bytes as u64 {
@@ -348,7 +549,9 @@ fn check_receipt(
         None
     };
     match mismatch {
-        Some(what) => Err(Status::invalid_argument(format!("the egress receipt does not describe this upload: it {what}"))),
+        Some(what) => Err(Status::invalid_argument(format!(
+            "the egress receipt does not describe this upload: it {what}"
+        ))),
         None => Ok(signed),
     }
 }
@@ -359,14 +562,28 @@ impl AgentApi {
     /// or a new key): an auditor then checks every receipt against a recorded key.
     async fn record_key(&self, facility: &str, chain: &[Vec<u8>]) -> Result<(), Status> {
         use harambee_privacy::ledger::{LedgerEvent, enrolled_receipt_keys};
-        let Ok(key) = peer_receipt_key(chain) else { return Ok(()) };
+        let Ok(key) = peer_receipt_key(chain) else {
+            return Ok(());
+        };
         let known = {
-            let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(super::audit::ledger_status)?;
+            let ledger = self
+                .coord
+                .ledger
+                .synced(&self.coord.store)
+                .await
+                .map_err(super::audit::ledger_status)?;
             enrolled_receipt_keys(ledger.lines()).get(facility) == Some(&key)
         };
         if !known {
-            let event = LedgerEvent::FacilityEnrolled { facility: facility.to_owned(), receipt_key: Some(key) };
-            self.coord.store.append_ledger(now_ms(), vec![event]).await.map_err(wire::store_status)?;
+            let event = LedgerEvent::FacilityEnrolled {
+                facility: facility.to_owned(),
+                receipt_key: Some(key),
+            };
+            self.coord
+                .store
+                .append_ledger(now_ms(), vec![event])
+                .await
+                .map_err(wire::store_status)?;
         }
         Ok(())
     }
@@ -384,29 +601,53 @@ impl AgentApi {
         let max_bytes = (round.n_params + 1) * 8;
         let declared = usize::try_from(header.n_params).unwrap_or(usize::MAX);
         if declared > round.n_params + 1 {
-            return Err(Status::invalid_argument(format!("masked input of {declared} words for a model of {} parameters", round.n_params)));
+            return Err(Status::invalid_argument(format!(
+                "masked input of {declared} words for a model of {} parameters",
+                round.n_params
+            )));
         }
         let mut payload = Vec::with_capacity(declared.saturating_mul(8).min(max_bytes));
         let mut hasher = Sha256::new();
         while let Some(message) = parts.message().await? {
             let Some(Part::Data(data)) = message.part else {
-                return Err(Status::invalid_argument("only data chunks may follow the header"));
+                return Err(Status::invalid_argument(
+                    "only data chunks may follow the header",
+                ));
             };
             if data.len() > harambee_proto::CHUNK_BYTES || payload.len() + data.len() > max_bytes {
-                return Err(Status::invalid_argument("masked input larger than the model allows"));
+                return Err(Status::invalid_argument(
+                    "masked input larger than the model allows",
+                ));
             }
             hasher.update(&data);
             payload.extend_from_slice(&data);
         }
         let digest = hex::encode(hasher.finalize());
         if !digest.eq_ignore_ascii_case(&header.sha256) {
-            return Err(Status::data_loss("masked input checksum mismatch; upload it again"));
+            return Err(Status::data_loss(
+                "masked input checksum mismatch; upload it again",
+            ));
         }
-        let receipt = check_receipt(facility, receipt_key, &header, &round, &digest, payload.len())?;
+        let receipt = check_receipt(
+            facility,
+            receipt_key,
+            &header,
+            &round,
+            &digest,
+            payload.len(),
+        )?;
         let (reply, answer) = oneshot::channel();
-        let input = RoundInput::Masked { agent: facility.to_owned(), bytes: payload, receipt, reply };
+        let input = RoundInput::Masked {
+            agent: facility.to_owned(),
+            bytes: payload,
+            receipt,
+            reply,
+        };
         round.inputs.send(input).await.map_err(|_| round_gone())?;
-        answer.await.map_err(|_| round_gone())?.map_err(wire::round_status)?;
+        answer
+            .await
+            .map_err(|_| round_gone())?
+            .map_err(wire::round_status)?;
         Ok(Response::new(pb::UploadUpdateResponse {}))
     }
 }
@@ -431,7 +672,9 @@ impl Drop for StreamGuard {
                 tokio::time::sleep(coord.settings.heartbeat_interval).await;
                 if !coord.registry.is_connected(&facility) {
                     info!(%facility, "task stream closed and not reopened");
-                    coord.broadcast_dropout(&facility, "connection closed").await;
+                    coord
+                        .broadcast_dropout(&facility, "connection closed")
+                        .await;
                 }
             });
         }

@@ -52,7 +52,12 @@ impl AuditService for AuditApi {
         request: Request<pb::GetSignedTreeHeadRequest>,
     ) -> Result<Response<pb::SignedTreeHeadResponse>, Status> {
         require_role(&request, Role::Auditor)?;
-        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
+        let ledger = self
+            .coord
+            .ledger
+            .synced(&self.coord.store)
+            .await
+            .map_err(ledger_status)?;
         let head = self.coord.ledger.sign(&ledger);
         Ok(Response::new(pb::SignedTreeHeadResponse {
             signed_tree_head: head_json(&head),
@@ -62,14 +67,25 @@ impl AuditService for AuditApi {
 
     /// The stored lines themselves (not re-encoded), so that an export is byte for byte what
     /// the database holds and tampering in the database shows in the export.
-    async fn get_entries(&self, request: Request<pb::GetEntriesRequest>) -> Result<Response<pb::GetEntriesResponse>, Status> {
+    async fn get_entries(
+        &self,
+        request: Request<pb::GetEntriesRequest>,
+    ) -> Result<Response<pb::GetEntriesResponse>, Status> {
         require_role(&request, Role::Auditor)?;
         let req = request.into_inner();
         if req.end < req.start {
-            return Err(Status::invalid_argument(format!("end {} is before start {}", req.end, req.start)));
+            return Err(Status::invalid_argument(format!(
+                "end {} is before start {}",
+                req.end, req.start
+            )));
         }
         let end = req.end.min(req.start.saturating_add(MAX_ENTRIES_PER_CALL));
-        let texts = self.coord.store.ledger_texts(req.start, end).await.map_err(wire::store_status)?;
+        let texts = self
+            .coord
+            .store
+            .ledger_texts(req.start, end)
+            .await
+            .map_err(wire::store_status)?;
         let mut entries = Vec::with_capacity(texts.len());
         let mut bytes = 0;
         for (_, line) in texts {
@@ -89,9 +105,18 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::ProofResponse>, Status> {
         require_role(&request, Role::Auditor)?;
         let req = request.into_inner();
-        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
-        let proof = ledger.inclusion_proof(req.index, req.tree_size).map_err(proof_status)?;
-        Ok(Response::new(pb::ProofResponse { hashes: hashes(proof) }))
+        let ledger = self
+            .coord
+            .ledger
+            .synced(&self.coord.store)
+            .await
+            .map_err(ledger_status)?;
+        let proof = ledger
+            .inclusion_proof(req.index, req.tree_size)
+            .map_err(proof_status)?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: hashes(proof),
+        }))
     }
 
     async fn get_consistency_proof(
@@ -100,9 +125,18 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::ProofResponse>, Status> {
         require_role(&request, Role::Auditor)?;
         let req = request.into_inner();
-        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
-        let proof = ledger.consistency_proof(req.old_size, req.new_size).map_err(proof_status)?;
-        Ok(Response::new(pb::ProofResponse { hashes: hashes(proof) }))
+        let ledger = self
+            .coord
+            .ledger
+            .synced(&self.coord.store)
+            .await
+            .map_err(ledger_status)?;
+        let proof = ledger
+            .consistency_proof(req.old_size, req.new_size)
+            .map_err(proof_status)?;
+        Ok(Response::new(pb::ProofResponse {
+            hashes: hashes(proof),
+        }))
     }
 
     async fn list_privacy_spend(
@@ -110,14 +144,21 @@ impl AuditService for AuditApi {
         request: Request<pb::ListPrivacySpendRequest>,
     ) -> Result<Response<pb::ListPrivacySpendResponse>, Status> {
         require_role(&request, Role::Auditor)?;
-        let ledger = self.coord.ledger.synced(&self.coord.store).await.map_err(ledger_status)?;
+        let ledger = self
+            .coord
+            .ledger
+            .synced(&self.coord.store)
+            .await
+            .map_err(ledger_status)?;
         let mut spend: BTreeMap<String, pb::PrivacySpend> = BTreeMap::new();
         for line in ledger.lines() {
             if let LedgerEvent::Contribution(c) = &line.event {
-                let entry = spend.entry(c.facility.clone()).or_insert_with(|| pb::PrivacySpend {
-                    facility: c.facility.clone(),
-                    ..Default::default()
-                });
+                let entry = spend
+                    .entry(c.facility.clone())
+                    .or_insert_with(|| pb::PrivacySpend {
+                        facility: c.facility.clone(),
+                        ..Default::default()
+                    });
                 entry.epsilon_spent = c.epsilon_spent;
                 entry.delta = c.receipt.receipt.delta;
                 entry.contributions += 1;
@@ -126,10 +167,17 @@ impl AuditService for AuditApi {
         for (facility, status) in self.coord.registry.privacy_statuses() {
             let entry = spend
                 .entry(facility.clone())
-                .or_insert_with(|| pb::PrivacySpend { facility, epsilon_spent: status.epsilon_spent, delta: status.delta, ..Default::default() });
+                .or_insert_with(|| pb::PrivacySpend {
+                    facility,
+                    epsilon_spent: status.epsilon_spent,
+                    delta: status.delta,
+                    ..Default::default()
+                });
             entry.max_epsilon = status.max_epsilon;
         }
-        Ok(Response::new(pb::ListPrivacySpendResponse { facilities: spend.into_values().collect() }))
+        Ok(Response::new(pb::ListPrivacySpendResponse {
+            facilities: spend.into_values().collect(),
+        }))
     }
 
     async fn list_cosignatures(
@@ -137,10 +185,17 @@ impl AuditService for AuditApi {
         request: Request<pb::ListCosignaturesRequest>,
     ) -> Result<Response<pb::ListCosignaturesResponse>, Status> {
         require_role(&request, Role::Auditor)?;
-        let rows = self.coord.store.cosignatures().await.map_err(wire::store_status)?;
+        let rows = self
+            .coord
+            .store
+            .cosignatures()
+            .await
+            .map_err(wire::store_status)?;
         let cosignatures = rows
             .iter()
-            .map(|r| serde_json::json!({ "head": r.head, "cosignature": r.cosignature }).to_string())
+            .map(|r| {
+                serde_json::json!({ "head": r.head, "cosignature": r.cosignature }).to_string()
+            })
             .take(10_000)
             .collect();
         Ok(Response::new(pb::ListCosignaturesResponse { cosignatures }))

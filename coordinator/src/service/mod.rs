@@ -20,7 +20,12 @@ use crate::state::Coordinator;
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Streams `[offset..]` of a blob as chunks of at most [`harambee_proto::CHUNK_BYTES`].
-pub(crate) fn blob_chunks(coord: Coordinator, digest: String, offset: u64, total: u64) -> BoxStream<pb::Chunk> {
+pub(crate) fn blob_chunks(
+    coord: Coordinator,
+    digest: String,
+    offset: u64,
+    total: u64,
+) -> BoxStream<pb::Chunk> {
     let stream = futures::stream::unfold(Some(offset), move |state| {
         let coord = coord.clone();
         let digest = digest.clone();
@@ -33,7 +38,14 @@ pub(crate) fn blob_chunks(coord: Coordinator, digest: String, offset: u64, total
             match coord.blobs.read_range(&digest, offset, len).await {
                 Ok(data) => {
                     let next = offset + data.len() as u64;
-                    Some((Ok(pb::Chunk { offset, total_bytes: total, data }), Some(next)))
+                    Some((
+                        Ok(pb::Chunk {
+                            offset,
+                            total_bytes: total,
+                            data,
+                        }),
+                        Some(next),
+                    ))
                 }
                 Err(e) => Some((Err(crate::wire::blob_status(e)), None)),
             }

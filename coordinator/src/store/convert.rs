@@ -128,7 +128,11 @@ pub(crate) fn participant_from_model(m: participant::Model) -> Result<Participan
             loss: null_to_nan(m.metrics_loss),
             accuracy: null_to_nan(m.metrics_accuracy),
             auc: null_to_nan(m.metrics_auc),
-            n_positives: m.metrics_n_positives.map(|n| to_u64(T, "metrics_n_positives", n)).transpose()?.unwrap_or(0),
+            n_positives: m
+                .metrics_n_positives
+                .map(|n| to_u64(T, "metrics_n_positives", n))
+                .transpose()?
+                .unwrap_or(0),
             sensitivity: null_to_nan(m.metrics_sensitivity),
             specificity: null_to_nan(m.metrics_specificity),
             ece: null_to_nan(m.metrics_ece),
@@ -173,7 +177,9 @@ pub(crate) fn participant_to_active(
         metrics_loss: Set(metrics.and_then(|m| nan_to_null(m.loss))),
         metrics_accuracy: Set(metrics.and_then(|m| nan_to_null(m.accuracy))),
         metrics_auc: Set(metrics.and_then(|m| nan_to_null(m.auc))),
-        metrics_n_positives: Set(metrics.map(|m| to_i64("metrics.n_positives", m.n_positives)).transpose()?),
+        metrics_n_positives: Set(metrics
+            .map(|m| to_i64("metrics.n_positives", m.n_positives))
+            .transpose()?),
         metrics_sensitivity: Set(metrics.and_then(|m| nan_to_null(m.sensitivity))),
         metrics_specificity: Set(metrics.and_then(|m| nan_to_null(m.specificity))),
         metrics_ece: Set(metrics.and_then(|m| nan_to_null(m.ece))),

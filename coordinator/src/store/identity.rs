@@ -307,7 +307,10 @@ impl Store {
                 return Err(StoreError::FacilityRevoked(cert.name.clone()));
             }
             insert_certificate(&txn, cert).await?;
-            let event = LedgerEvent::FacilityEnrolled { facility: cert.name.clone(), receipt_key };
+            let event = LedgerEvent::FacilityEnrolled {
+                facility: cert.name.clone(),
+                receipt_key,
+            };
             super::ledger::append_in(&txn, now_ms, vec![event]).await?;
             Ok(())
         }
@@ -378,7 +381,10 @@ impl Store {
             }
             withdraw_tokens(&txn, name, now).await?;
             insert_action(&txn, action).await?;
-            let event = LedgerEvent::FacilityRevoked { facility: name.to_owned(), reason: reason.to_owned() };
+            let event = LedgerEvent::FacilityRevoked {
+                facility: name.to_owned(),
+                reason: reason.to_owned(),
+            };
             super::ledger::append_in(&txn, now, vec![event]).await?;
             let row = facility::Entity::find_by_id(name.to_owned())
                 .one(&txn)
@@ -567,7 +573,11 @@ async fn insert_action(
     let event = LedgerEvent::AdminAction {
         actor: action.actor.clone(),
         action: action.action.as_str().to_owned(),
-        detail: if action.detail.is_empty() { action.subject.clone() } else { format!("{}: {}", action.subject, action.detail) },
+        detail: if action.detail.is_empty() {
+            action.subject.clone()
+        } else {
+            format!("{}: {}", action.subject, action.detail)
+        },
     };
     super::ledger::append_in(db, action.at_ms, vec![event]).await?;
     let inserted = admin_action::Entity::insert(admin_action::ActiveModel {

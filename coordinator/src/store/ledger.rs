@@ -37,16 +37,24 @@ pub(crate) async fn append_in<C: ConnectionTrait>(
     }
     if txn.get_database_backend() == DbBackend::Postgres {
         // Blocks other appenders (not readers) until this transaction ends.
-        txn.execute_unprepared("LOCK TABLE ledger_entries IN SHARE ROW EXCLUSIVE MODE").await?;
+        txn.execute_unprepared("LOCK TABLE ledger_entries IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
     }
     let next = last_index(txn).await?;
     let mut index = next.map_or(0, |max| max + 1);
-    let timestamp_ms = u64::try_from(now_ms).map_err(|_| StoreError::InvalidInput(format!("negative time {now_ms}")))?;
+    let timestamp_ms = u64::try_from(now_ms)
+        .map_err(|_| StoreError::InvalidInput(format!("negative time {now_ms}")))?;
     let mut lines = Vec::with_capacity(events.len());
     for event in events {
-        let line = LedgerLine::from_entry(LedgerEntry { index: index as u64, timestamp_ms, event })
+        let line = LedgerLine::from_entry(LedgerEntry {
+            index: index as u64,
+            timestamp_ms,
+            event,
+        })
+        .map_err(|e| StoreError::InvalidInput(format!("ledger entry {index}: {e}")))?;
+        let text = line
+            .to_json()
             .map_err(|e| StoreError::InvalidInput(format!("ledger entry {index}: {e}")))?;
-        let text = line.to_json().map_err(|e| StoreError::InvalidInput(format!("ledger entry {index}: {e}")))?;
         ledger_entry::Entity::insert(ledger_entry::ActiveModel {
             idx: Set(index),
             timestamp_ms: Set(now_ms),
@@ -76,7 +84,11 @@ async fn last_index<C: ConnectionTrait>(db: &C) -> Result<Option<i64>, StoreErro
 impl Store {
     /// Appends entries that describe no other stored state (e.g. a model export), in their
     /// own transaction.
-    pub async fn append_ledger(&self, now_ms: i64, events: Vec<LedgerEvent>) -> Result<Vec<LedgerLine>, StoreError> {
+    pub async fn append_ledger(
+        &self,
+        now_ms: i64,
+        events: Vec<LedgerEvent>,
+    ) -> Result<Vec<LedgerLine>, StoreError> {
         let txn = self.db.begin().await?;
         let result = append_in(&txn, now_ms, events).await;
         finish(txn, result).await
@@ -96,18 +108,35 @@ impl Store {
             .await?
             .into_iter()
             .map(|row| {
-                LedgerLine::parse(row.idx as usize + 1, &row.line)
-                    .map_err(|e| StoreError::CorruptRow { table: "ledger_entries", detail: format!("entry {}: {e}", row.idx) })
+                LedgerLine::parse(row.idx as usize + 1, &row.line).map_err(|e| {
+                    StoreError::CorruptRow {
+                        table: "ledger_entries",
+                        detail: format!("entry {}: {e}", row.idx),
+                    }
+                })
             })
             .collect()
     }
 
     /// The stored text of entries `start..end`, unchanged (the export).
-    pub async fn ledger_texts(&self, start: u64, end: u64) -> Result<Vec<(u64, String)>, StoreError> {
-        Ok(self.entry_rows(start, end).await?.into_iter().map(|row| (row.idx as u64, row.line)).collect())
+    pub async fn ledger_texts(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        Ok(self
+            .entry_rows(start, end)
+            .await?
+            .into_iter()
+            .map(|row| (row.idx as u64, row.line))
+            .collect())
     }
 
-    async fn entry_rows(&self, start: u64, end: u64) -> Result<Vec<ledger_entry::Model>, StoreError> {
+    async fn entry_rows(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<ledger_entry::Model>, StoreError> {
         let clamp = |x: u64| x.min(i64::MAX as u64) as i64;
         Ok(ledger_entry::Entity::find()
             .filter(ledger_entry::Column::Idx.gte(clamp(start)))
@@ -118,10 +147,19 @@ impl Store {
     }
 
     /// Records an agent's countersignature (once per facility and tree size).
-    pub async fn record_cosignature(&self, head: &TreeHead, cosignature: &Cosignature, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn record_cosignature(
+        &self,
+        head: &TreeHead,
+        cosignature: &Cosignature,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         let signature = serde_json::to_value(cosignature)
             .ok()
-            .and_then(|v| v.get("signature").and_then(|s| s.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.get("signature")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned)
+            })
             .ok_or_else(|| StoreError::InvalidInput("cosignature does not serialize".into()))?;
         let model = ledger_cosignature::ActiveModel {
             id: NotSet,
@@ -134,9 +172,12 @@ impl Store {
         };
         ledger_cosignature::Entity::insert(model)
             .on_conflict(
-                sea_orm::sea_query::OnConflict::columns([ledger_cosignature::Column::Facility, ledger_cosignature::Column::TreeSize])
-                    .do_nothing()
-                    .to_owned(),
+                sea_orm::sea_query::OnConflict::columns([
+                    ledger_cosignature::Column::Facility,
+                    ledger_cosignature::Column::TreeSize,
+                ])
+                .do_nothing()
+                .to_owned(),
             )
             .exec_without_returning(&self.db)
             .await?;
@@ -145,19 +186,30 @@ impl Store {
 
     /// Every countersignature, oldest first.
     pub async fn cosignatures(&self) -> Result<Vec<CosignatureRow>, StoreError> {
-        let rows = ledger_cosignature::Entity::find().order_by_asc(ledger_cosignature::Column::Id).all(&self.db).await?;
+        let rows = ledger_cosignature::Entity::find()
+            .order_by_asc(ledger_cosignature::Column::Id)
+            .all(&self.db)
+            .await?;
         rows.into_iter()
             .map(|row| {
-                let corrupt = |what: &str| StoreError::CorruptRow { table: "ledger_cosignatures", detail: format!("row {}: bad {what}", row.id) };
+                let corrupt = |what: &str| StoreError::CorruptRow {
+                    table: "ledger_cosignatures",
+                    detail: format!("row {}: bad {what}", row.id),
+                };
                 let head = TreeHead {
                     tree_size: row.tree_size as u64,
                     root_hash: row.root_hash.parse().map_err(|_| corrupt("root hash"))?,
                     timestamp_ms: row.head_timestamp_ms as u64,
                 };
-                let cosignature: Cosignature =
-                    serde_json::from_value(serde_json::json!({"facility": row.facility, "signature": row.signature}))
-                        .map_err(|_| corrupt("signature"))?;
-                Ok(CosignatureRow { head, cosignature, received_ms: row.received_ms })
+                let cosignature: Cosignature = serde_json::from_value(
+                    serde_json::json!({"facility": row.facility, "signature": row.signature}),
+                )
+                .map_err(|_| corrupt("signature"))?;
+                Ok(CosignatureRow {
+                    head,
+                    cosignature,
+                    received_ms: row.received_ms,
+                })
             })
             .collect()
     }

@@ -56,7 +56,11 @@ impl MigrationTrait for M0004Ledger {
             .create_table(
                 Table::create()
                     .table(LedgerCosignatures::Table)
-                    .col(big_integer(LedgerCosignatures::Id).auto_increment().primary_key())
+                    .col(
+                        big_integer(LedgerCosignatures::Id)
+                            .auto_increment()
+                            .primary_key(),
+                    )
                     .col(string(LedgerCosignatures::Facility))
                     .col(big_integer(LedgerCosignatures::TreeSize))
                     .col(string(LedgerCosignatures::RootHash))

@@ -37,15 +37,34 @@ impl MigrationTrait for M0003Quality {
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .alter_table(Table::alter().table(ModelVersions::Table).add_column(text_null(ModelVersions::ServerState)).to_owned())
+            .alter_table(
+                Table::alter()
+                    .table(ModelVersions::Table)
+                    .add_column(text_null(ModelVersions::ServerState))
+                    .to_owned(),
+            )
             .await?;
         manager
             .alter_table(
-                Table::alter().table(Participants::Table).add_column(big_integer_null(Participants::MetricsNPositives)).to_owned(),
+                Table::alter()
+                    .table(Participants::Table)
+                    .add_column(big_integer_null(Participants::MetricsNPositives))
+                    .to_owned(),
             )
             .await?;
-        for column in [Participants::MetricsSensitivity, Participants::MetricsSpecificity, Participants::MetricsEce] {
-            manager.alter_table(Table::alter().table(Participants::Table).add_column(double_null(column)).to_owned()).await?;
+        for column in [
+            Participants::MetricsSensitivity,
+            Participants::MetricsSpecificity,
+            Participants::MetricsEce,
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Participants::Table)
+                        .add_column(double_null(column))
+                        .to_owned(),
+                )
+                .await?;
         }
         Ok(())
     }

@@ -25,8 +25,8 @@ mod error;
 mod identity;
 mod ledger;
 mod migration;
-mod migration_ledger;
 mod migration_identity;
+mod migration_ledger;
 mod migration_quality;
 mod rows;
 
@@ -43,14 +43,14 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 use convert::{participant_to_active, round_id_to_i64};
-use harambee_privacy::ledger::LedgerEvent;
 use entity::{agent, federation, model_version, participant, round};
 pub use error::StoreError;
-pub use ledger::CosignatureRow;
+use harambee_privacy::ledger::LedgerEvent;
 pub use identity::{
     AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, FacilityStatus, TokenRefusal,
     TokenRow,
 };
+pub use ledger::CosignatureRow;
 pub use rows::{
     AgentRow, FederationRow, MetricsRow, ModelVersionRow, ParseEnumError, ParticipantRow,
     ParticipantStatus, RoundRow, RoundState,
@@ -509,10 +509,14 @@ impl Store {
 /// The ledger entry of a new federation: its name and privacy parameters (the `privacy`
 /// table of its configuration, `null` when it has none).
 fn federation_created(fed: &FederationRow) -> LedgerEvent {
-    let config: serde_json::Value = serde_json::from_str(&fed.config_json).unwrap_or(serde_json::Value::Null);
+    let config: serde_json::Value =
+        serde_json::from_str(&fed.config_json).unwrap_or(serde_json::Value::Null);
     LedgerEvent::FederationCreated {
         name: fed.name.clone(),
-        privacy: config.get("privacy").cloned().unwrap_or(serde_json::Value::Null),
+        privacy: config
+            .get("privacy")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
     }
 }
 

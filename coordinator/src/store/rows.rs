@@ -165,7 +165,10 @@ pub struct ParseEnumError {
 
 impl ParseEnumError {
     pub(crate) fn new(kind: &'static str, text: &str) -> Self {
-        ParseEnumError { kind, text: text.to_owned() }
+        ParseEnumError {
+            kind,
+            text: text.to_owned(),
+        }
     }
 }
 

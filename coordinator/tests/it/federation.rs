@@ -32,19 +32,42 @@ async fn federation_commits_weighted_mean(database_url: Option<String>) {
         }
         let base = export(&mut admin, &spec.name, number - 1).await;
         let committed = export(&mut admin, &spec.name, number).await;
-        let uploads: Vec<(u64, Vec<f32>)> = configs.iter().flat_map(|c| uploads_of(c, round.id)).collect();
+        let uploads: Vec<(u64, Vec<f32>)> = configs
+            .iter()
+            .flat_map(|c| uploads_of(c, round.id))
+            .collect();
         assert_eq!(uploads.len(), 4, "each agent uploaded once");
         let total: u64 = uploads.iter().map(|(n, _)| n).sum();
         for (i, (&b, &c)) in base.iter().zip(&committed).enumerate() {
-            let mean: f64 = uploads.iter().map(|(n, u)| *n as f64 * u[i] as f64).sum::<f64>() / total as f64;
+            let mean: f64 = uploads
+                .iter()
+                .map(|(n, u)| *n as f64 * u[i] as f64)
+                .sum::<f64>()
+                / total as f64;
             let want = b as f64 + mean;
-            assert!((c as f64 - want).abs() < 1e-6, "param {i}: committed {c}, expected {want}");
+            assert!(
+                (c as f64 - want).abs() < 1e-6,
+                "param {i}: committed {c}, expected {want}"
+            );
         }
         let claimed: u64 = round.participants.iter().map(|p| p.n_samples).sum();
-        assert_eq!(claimed, total, "the round record carries the agents' sample counts");
+        assert_eq!(
+            claimed, total,
+            "the round record carries the agents' sample counts"
+        );
     }
-    let rounds = admin.list_rounds(pb::ListRoundsRequest { federation: spec.name.clone() }).await.unwrap().into_inner().rounds;
-    assert_eq!(rounds.iter().map(|r| r.number).collect::<Vec<_>>(), vec![1, 2]);
+    let rounds = admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert_eq!(
+        rounds.iter().map(|r| r.number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     let last = rounds.last().unwrap();
     let g = last.global_metrics.unwrap();
     assert!(g.auc > 0.75, "the federated model learned something: {g:?}");
@@ -75,7 +98,10 @@ async fn secure_federation_commits_the_sum_of_the_masked_updates() {
     let configs: Vec<_> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
     let mut admin = h.admin().await;
     let spec = spec(&facilities, 2, 60);
-    assert!(spec.secure_aggregation.enabled, "secure aggregation is the default");
+    assert!(
+        spec.secure_aggregation.enabled,
+        "secure aggregation is the default"
+    );
     create_federation(&mut admin, &spec).await;
     let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
     wait_connected(&mut admin, &names).await;
@@ -83,20 +109,39 @@ async fn secure_federation_commits_the_sum_of_the_masked_updates() {
     let round = run_round(&mut admin, &spec.name).await;
     assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
     assert!(round.secure_aggregation);
-    assert!(round.participants.iter().all(|p| p.status() == pb::ParticipantStatus::Uploaded), "{round:?}");
+    assert!(
+        round
+            .participants
+            .iter()
+            .all(|p| p.status() == pb::ParticipantStatus::Uploaded),
+        "{round:?}"
+    );
     for c in &configs {
-        assert!(uploads_of(c, round.id).is_empty(), "no plain update left any agent");
+        assert!(
+            uploads_of(c, round.id).is_empty(),
+            "no plain update left any agent"
+        );
     }
     let base = export(&mut admin, &spec.name, 0).await;
     let committed = export(&mut admin, &spec.name, 1).await;
-    let held: Vec<(u64, Vec<f32>)> = configs.iter().map(|c| unmasked_of(c, round.id).expect("held update")).collect();
+    let held: Vec<(u64, Vec<f32>)> = configs
+        .iter()
+        .map(|c| unmasked_of(c, round.id).expect("held update"))
+        .collect();
     let clip = spec.secure_aggregation.clip;
     let total: u64 = held.iter().map(|(n, _)| n).sum();
     for i in 0..base.len() {
-        let sum: f64 = held.iter().map(|(n, u)| *n as f64 * u[i].clamp(-clip, clip) as f64).sum();
+        let sum: f64 = held
+            .iter()
+            .map(|(n, u)| *n as f64 * u[i].clamp(-clip, clip) as f64)
+            .sum();
         let want = base[i] as f64 + sum / total as f64;
         // Stochastic rounding to at least 2^-16 of the clip range per coordinate.
-        assert!((committed[i] as f64 - want).abs() < 1e-3, "param {i}: committed {}, expected {want}", committed[i]);
+        assert!(
+            (committed[i] as f64 - want).abs() < 1e-3,
+            "param {i}: committed {}, expected {want}",
+            committed[i]
+        );
     }
     h.stop_agents().await;
     h.stop_coordinator().await;
@@ -112,7 +157,12 @@ async fn fedadam_state_persists_across_a_restart() {
     let configs: Vec<_> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
     let mut admin = h.admin().await;
     let mut spec = plain(spec(&facilities, 2, 60));
-    spec.strategy = StrategyConfig::FedAdam { eta: 0.05, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
+    spec.strategy = StrategyConfig::FedAdam {
+        eta: 0.05,
+        beta1: 0.9,
+        beta2: 0.99,
+        tau: 1e-3,
+    };
     create_federation(&mut admin, &spec).await;
     wait_connected(&mut admin, &["group-1", "group-2"]).await;
 
@@ -128,17 +178,37 @@ async fn fedadam_state_persists_across_a_restart() {
         assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
         let base = export(&mut admin, &spec.name, number - 1).await;
         let committed = export(&mut admin, &spec.name, number).await;
-        let uploads: Vec<(u64, Vec<f32>)> = configs.iter().flat_map(|c| uploads_of(c, round.id)).collect();
+        let uploads: Vec<(u64, Vec<f32>)> = configs
+            .iter()
+            .flat_map(|c| uploads_of(c, round.id))
+            .collect();
         let total: u64 = uploads.iter().map(|(n, _)| n).sum();
         let mean: Vec<f32> = (0..base.len())
-            .map(|i| (uploads.iter().map(|(n, u)| *n as f64 * u[i] as f64).sum::<f64>() / total as f64) as f32)
+            .map(|i| {
+                (uploads
+                    .iter()
+                    .map(|(n, u)| *n as f64 * u[i] as f64)
+                    .sum::<f64>()
+                    / total as f64) as f32
+            })
             .collect();
         let want = expected.step(&base, &mean);
         for i in 0..base.len() {
-            assert!((committed[i] - want[i]).abs() < 1e-5, "round {number}, param {i}: {} vs {}", committed[i], want[i]);
+            assert!(
+                (committed[i] - want[i]).abs() < 1e-5,
+                "round {number}, param {i}: {} vs {}",
+                committed[i],
+                want[i]
+            );
         }
         let fedavg: Vec<f32> = base.iter().zip(&mean).map(|(b, m)| b + m).collect();
-        assert!(committed.iter().zip(&fedavg).any(|(c, f)| (c - f).abs() > 1e-4), "FedAdam differs from FedAvg");
+        assert!(
+            committed
+                .iter()
+                .zip(&fedavg)
+                .any(|(c, f)| (c - f).abs() > 1e-4),
+            "FedAdam differs from FedAvg"
+        );
     }
     h.stop_agents().await;
     h.stop_coordinator().await;
@@ -153,13 +223,25 @@ async fn exported_checkpoint_round_trips_bit_exactly() {
     let spec = spec(&facilities, 1, 60);
     create_federation(&mut admin, &spec).await;
     let path = h.dir.path().join("model.safetensors");
-    harambee_coordinator::cli::export_safetensors(&mut admin, &spec.name, Some(0), &path).await.unwrap();
+    harambee_coordinator::cli::export_safetensors(&mut admin, &spec.name, Some(0), &path)
+        .await
+        .unwrap();
     let checkpoint = harambee_models::checkpoint::load_file(&path).unwrap();
     let raw = export(&mut admin, &spec.name, 0).await;
-    assert_eq!(checkpoint.params.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), raw.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        checkpoint
+            .params
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>(),
+        raw.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
     assert_eq!(checkpoint.spec, spec.model_spec());
     assert_eq!(checkpoint.schema, spec.schema);
-    assert_eq!((checkpoint.federation.as_str(), checkpoint.version), (spec.name.as_str(), 0));
+    assert_eq!(
+        (checkpoint.federation.as_str(), checkpoint.version),
+        (spec.name.as_str(), 0)
+    );
 
     // A new federation starts from that checkpoint, or from the first one's version 0.
     let mut from_file = spec.clone();
@@ -167,26 +249,45 @@ async fn exported_checkpoint_round_trips_bit_exactly() {
     from_file.init_seed = 999;
     let request = pb::CreateFederationRequest {
         config: Some(harambee_coordinator::wire::federation_config(&from_file, 0)),
-        init_from: Some(pb::ModelSource { source: Some(pb::model_source::Source::Checkpoint(std::fs::read(&path).unwrap())) }),
+        init_from: Some(pb::ModelSource {
+            source: Some(pb::model_source::Source::Checkpoint(
+                std::fs::read(&path).unwrap(),
+            )),
+        }),
     };
     admin.create_federation(request).await.unwrap();
     assert_eq!(export(&mut admin, "from-file", 0).await, raw);
     let mut from_version = from_file.clone();
     from_version.name = "from-version".into();
-    let source = pb::model_source::Source::FederationVersion(pb::FederationVersion { federation: spec.name.clone(), version: 0 });
+    let source = pb::model_source::Source::FederationVersion(pb::FederationVersion {
+        federation: spec.name.clone(),
+        version: 0,
+    });
     let request = pb::CreateFederationRequest {
-        config: Some(harambee_coordinator::wire::federation_config(&from_version, 0)),
-        init_from: Some(pb::ModelSource { source: Some(source) }),
+        config: Some(harambee_coordinator::wire::federation_config(
+            &from_version,
+            0,
+        )),
+        init_from: Some(pb::ModelSource {
+            source: Some(source),
+        }),
     };
     admin.create_federation(request).await.unwrap();
     assert_eq!(export(&mut admin, "from-version", 0).await, raw);
     // A checkpoint of another architecture is refused with the reason.
     let mut other = spec.clone();
     other.name = "other".into();
-    other.model = harambee_coordinator::federation::ModelSection { kind: harambee_coordinator::federation::KindName::Mlp, hidden: vec![4] };
+    other.model = harambee_coordinator::federation::ModelSection {
+        kind: harambee_coordinator::federation::KindName::Mlp,
+        hidden: vec![4],
+    };
     let request = pb::CreateFederationRequest {
         config: Some(harambee_coordinator::wire::federation_config(&other, 0)),
-        init_from: Some(pb::ModelSource { source: Some(pb::model_source::Source::Checkpoint(std::fs::read(&path).unwrap())) }),
+        init_from: Some(pb::ModelSource {
+            source: Some(pb::model_source::Source::Checkpoint(
+                std::fs::read(&path).unwrap(),
+            )),
+        }),
     };
     let err = admin.create_federation(request).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -208,7 +309,12 @@ async fn secure_round_with_consistency_check_commits() {
     wait_connected(&mut admin, &names).await;
     let round = run_round(&mut admin, &spec.name).await;
     assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
-    assert!(round.participants.iter().all(|p| p.status() == pb::ParticipantStatus::Uploaded));
+    assert!(
+        round
+            .participants
+            .iter()
+            .all(|p| p.status() == pb::ParticipantStatus::Uploaded)
+    );
     h.stop_agents().await;
     h.stop_coordinator().await;
 }

@@ -37,7 +37,10 @@ fn rpcs() -> Vec<String> {
                 service = Some(rest.trim_end_matches('{').trim().to_owned());
             } else if let Some(rest) = line.strip_prefix("rpc ") {
                 let method = rest.split('(').next().unwrap().trim();
-                out.push(format!("{}.{method}", service.as_ref().expect("rpc outside a service")));
+                out.push(format!(
+                    "{}.{method}",
+                    service.as_ref().expect("rpc outside a service")
+                ));
             }
         }
     }
@@ -46,20 +49,36 @@ fn rpcs() -> Vec<String> {
 
 /// The "Access matrix" table: RPC -> allowed, per caller.
 fn documented_matrix() -> BTreeMap<String, [bool; 4]> {
-    let table = ARCHITECTURE.split("### Access matrix").nth(1).expect("ARCHITECTURE.md has an \"Access matrix\" section");
+    let table = ARCHITECTURE
+        .split("### Access matrix")
+        .nth(1)
+        .expect("ARCHITECTURE.md has an \"Access matrix\" section");
     let mut rows = table.lines().skip_while(|l| !l.starts_with('|'));
-    let header: Vec<String> = rows.next().unwrap().split('|').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect();
+    let header: Vec<String> = rows
+        .next()
+        .unwrap()
+        .split('|')
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect();
     assert_eq!(header[1..], CALLERS.map(String::from), "matrix columns");
     let mut matrix = BTreeMap::new();
     for row in rows.skip(1).take_while(|l| l.starts_with('|')) {
-        let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        let cells: Vec<&str> = row
+            .split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
         let rpc = cells[0].trim_matches('`').to_owned();
         let allowed = std::array::from_fn(|i| match cells[i + 1] {
             "yes" => true,
             "no" => false,
             other => panic!("matrix cell {other:?} for {rpc} is neither yes nor no"),
         });
-        assert!(matrix.insert(rpc.clone(), allowed).is_none(), "{rpc} twice in the matrix");
+        assert!(
+            matrix.insert(rpc.clone(), allowed).is_none(),
+            "{rpc} twice in the matrix"
+        );
     }
     matrix
 }
@@ -73,7 +92,10 @@ fn identity_matrix_documents_every_rpc() {
     let documented: Vec<String> = documented_matrix().into_keys().collect();
     let mut rpcs = rpcs();
     rpcs.sort();
-    assert_eq!(documented, rpcs, "ARCHITECTURE.md's access matrix must list exactly the RPCs of the .proto files");
+    assert_eq!(
+        documented, rpcs,
+        "ARCHITECTURE.md's access matrix must list exactly the RPCs of the .proto files"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +107,14 @@ async fn identity_every_rpc_by_every_role_is_allowed_or_refused_as_documented() 
         c.h.channel(Role::Auditor, "matrix-auditor").await,
         {
             let ca = std::fs::read(PkiPaths::new(&c.h.pki).ca_cert()).unwrap();
-            harambee_agent::enroll::connect_without_certificate(&c.endpoint(), &ca, "", Duration::from_secs(5)).await.unwrap()
+            harambee_agent::enroll::connect_without_certificate(
+                &c.endpoint(),
+                &ca,
+                "",
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
         },
     ];
     let mut mismatches = Vec::new();
@@ -94,28 +123,49 @@ async fn identity_every_rpc_by_every_role_is_allowed_or_refused_as_documented() 
             let result = raw_call(channels[i].clone(), &rpc).await;
             let was_allowed = !refused_by_access_layer(&result);
             if was_allowed != allowed[i] {
-                mismatches.push(format!("{rpc} by {caller}: documented {}, got {result:?}", allowed[i]));
+                mismatches.push(format!(
+                    "{rpc} by {caller}: documented {}, got {result:?}",
+                    allowed[i]
+                ));
             }
             if let Err(status) = &result
                 && refused_by_access_layer(&result)
             {
-                let expected = if i == 3 { Code::Unauthenticated } else { Code::PermissionDenied };
+                let expected = if i == 3 {
+                    Code::Unauthenticated
+                } else {
+                    Code::PermissionDenied
+                };
                 assert_eq!(status.code(), expected, "{rpc} by {caller}: {status:?}");
             }
         }
     }
-    assert!(mismatches.is_empty(), "calls that do not match ARCHITECTURE.md:\n{}", mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "calls that do not match ARCHITECTURE.md:\n{}",
+        mismatches.join("\n")
+    );
 }
 
 /// Writes a certificate for `harambee://agent/<name>` signed by the CA in `pki` that expired
 /// an hour ago, and returns the client files for it.
 fn expired_agent(pki: &std::path::Path, name: &str) -> ClientTls {
     let paths = PkiPaths::new(pki);
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(paths.ca_key()).unwrap()).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(paths.ca_cert()).unwrap(), ca_key).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(paths.ca_key()).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(paths.ca_cert()).unwrap(), ca_key)
+            .unwrap();
     let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    params.subject_alt_names = vec![rcgen::SanType::URI(format!("harambee://agent/{name}").as_str().try_into().unwrap())];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("harambee://agent/{name}")
+            .as_str()
+            .try_into()
+            .unwrap(),
+    )];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(2);
@@ -137,34 +187,62 @@ async fn identity_expired_foreign_and_revoked_certificates_are_refused_for_every
 
     // Expired: refused at the handshake, so no RPC at all.
     let expired = expired_agent(&c.h.pki, "old-clinic");
-    let err = harambee_agent::tls::connect(&c.endpoint(), &expired, timeout).await.unwrap_err();
-    assert_eq!(err.failure_kind(), Some(FailureKind::ClientRejected), "{err}");
+    let err = harambee_agent::tls::connect(&c.endpoint(), &expired, timeout)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.failure_kind(),
+        Some(FailureKind::ClientRejected),
+        "{err}"
+    );
     assert!(err.to_string().contains("expired"), "{err}");
 
     // Issued by another federation's CA: refused at the handshake.
     let other = tempfile::tempdir().unwrap();
     pki::init(other.path(), &[]).unwrap();
     let (cert, key) = pki::issue(other.path(), Role::Agent, "impostor", 1).unwrap();
-    let foreign = ClientTls::from_files(&PkiPaths::new(&c.h.pki).ca_cert(), &cert, &key, "localhost").unwrap();
-    let err = harambee_agent::tls::connect(&c.endpoint(), &foreign, timeout).await.unwrap_err();
-    assert_eq!(err.failure_kind(), Some(FailureKind::ClientRejected), "{err}");
-    assert!(err.to_string().contains("not signed by the federation CA"), "{err}");
+    let foreign =
+        ClientTls::from_files(&PkiPaths::new(&c.h.pki).ca_cert(), &cert, &key, "localhost")
+            .unwrap();
+    let err = harambee_agent::tls::connect(&c.endpoint(), &foreign, timeout)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.failure_kind(),
+        Some(FailureKind::ClientRejected),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("not signed by the federation CA"),
+        "{err}"
+    );
 
     // Revoked: the handshake succeeds (the certificate is genuine) but every call, on a
     // connection opened before the revocation or after, is refused.
     let before = c.h.channel(Role::Agent, "gone-clinic").await;
-    raw_call(before.clone(), "AgentService.OpenTaskStream").await.unwrap();
+    raw_call(before.clone(), "AgentService.OpenTaskStream")
+        .await
+        .unwrap();
     c.revoke("gone-clinic").await;
     let after = c.h.channel(Role::Agent, "gone-clinic").await;
     for rpc in rpcs() {
         for channel in [&before, &after] {
             let status = raw_call(channel.clone(), &rpc).await.unwrap_err();
             assert_eq!(status.code(), Code::PermissionDenied, "{rpc}: {status:?}");
-            assert_eq!(status.message(), format!("{ACCESS_DENIED}facility \"gone-clinic\" has been revoked"), "{rpc}");
+            assert_eq!(
+                status.message(),
+                format!("{ACCESS_DENIED}facility \"gone-clinic\" has been revoked"),
+                "{rpc}"
+            );
         }
     }
     // Others are unaffected.
-    raw_call(c.h.channel(Role::Agent, "still-here").await, "AgentService.OpenTaskStream").await.unwrap();
+    raw_call(
+        c.h.channel(Role::Agent, "still-here").await,
+        "AgentService.OpenTaskStream",
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,16 +253,35 @@ async fn identity_admin_actions_are_recorded_with_who_and_when() {
     let mut admin = c.h.admin().await;
     let spec = spec(&facilities, 1, 10);
     create_federation(&mut admin, &spec).await;
-    let round = admin.start_round(pb::StartRoundRequest { federation: spec.name.clone() }).await.unwrap().into_inner();
+    let round = admin
+        .start_round(pb::StartRoundRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     export(&mut admin, &spec.name, 0).await;
     c.add_facility("nyeri", 3600).await;
-    raw_call(c.h.channel(Role::Agent, "embu").await, "AgentService.OpenTaskStream").await.ok();
+    raw_call(
+        c.h.channel(Role::Agent, "embu").await,
+        "AgentService.OpenTaskStream",
+    )
+    .await
+    .ok();
     c.revoke("embu").await;
 
     // The auditor reads everything, changes nothing.
     let mut auditor = c.identity(Role::Auditor, "moh-audit").await;
-    let actions = auditor.list_admin_actions(pb::ListAdminActionsRequest::default()).await.unwrap().into_inner().actions;
-    let summary: Vec<(&str, &str)> = actions.iter().map(|a| (a.action.as_str(), a.subject.as_str())).collect();
+    let actions = auditor
+        .list_admin_actions(pb::ListAdminActionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .actions;
+    let summary: Vec<(&str, &str)> = actions
+        .iter()
+        .map(|a| (a.action.as_str(), a.subject.as_str()))
+        .collect();
     assert_eq!(
         summary,
         [
@@ -205,22 +302,61 @@ async fn identity_admin_actions_are_recorded_with_who_and_when() {
     }
     assert_eq!(actions[1].detail, format!("round {}", round.id));
     assert_eq!(actions[2].detail, "version 0");
-    let later = auditor.list_admin_actions(pb::ListAdminActionsRequest { after_id: actions[2].id, limit: 1 }).await.unwrap().into_inner();
+    let later = auditor
+        .list_admin_actions(pb::ListAdminActionsRequest {
+            after_id: actions[2].id,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(later.actions.len(), 1);
     assert_eq!(later.actions[0].subject, "nyeri");
 
-    let facilities = auditor.list_facilities(pb::ListFacilitiesRequest {}).await.unwrap().into_inner().facilities;
-    let statuses: Vec<(&str, &str)> = facilities.iter().map(|f| (f.name.as_str(), f.status.as_str())).collect();
+    let facilities = auditor
+        .list_facilities(pb::ListFacilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .facilities;
+    let statuses: Vec<(&str, &str)> = facilities
+        .iter()
+        .map(|f| (f.name.as_str(), f.status.as_str()))
+        .collect();
     assert_eq!(statuses, [("embu", "revoked"), ("nyeri", "pending")]);
     let err = auditor
-        .add_facility(pb::AddFacilityRequest { name: "x".into(), coordinator: c.endpoint(), ..Default::default() })
+        .add_facility(pb::AddFacilityRequest {
+            name: "x".into(),
+            coordinator: c.endpoint(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let mut auditor_admin = pb::admin_service_client::AdminServiceClient::new(c.h.channel(Role::Auditor, "moh-audit").await);
-    let seen = auditor_admin.get_round(pb::GetRoundRequest { round_id: round.id }).await.unwrap().into_inner();
+    let mut auditor_admin = pb::admin_service_client::AdminServiceClient::new(
+        c.h.channel(Role::Auditor, "moh-audit").await,
+    );
+    let seen = auditor_admin
+        .get_round(pb::GetRoundRequest { round_id: round.id })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(seen.id, round.id);
-    let err = auditor_admin.start_round(pb::StartRoundRequest { federation: spec.name.clone() }).await.unwrap_err();
+    let err = auditor_admin
+        .start_round(pb::StartRoundRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert_eq!(auditor.list_admin_actions(pb::ListAdminActionsRequest::default()).await.unwrap().into_inner().actions.len(), 5);
+    assert_eq!(
+        auditor
+            .list_admin_actions(pb::ListAdminActionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .actions
+            .len(),
+        5
+    );
 }

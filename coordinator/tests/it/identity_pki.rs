@@ -14,7 +14,13 @@ use rustls::pki_types::pem::PemObject;
 fn issuer_cn(cert_path: &std::path::Path) -> String {
     let der = CertificateDer::from_pem_file(cert_path).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    cert.issuer().iter_common_name().next().unwrap().as_str().unwrap().to_owned()
+    cert.issuer()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,27 +28,55 @@ async fn identity_the_ca_key_can_stay_offline() {
     let mut h = Harness::prepare(None);
     let offline = h.dir.path().join("offline-ca");
     h.pki = h.dir.path().join("pki-online");
-    pki::init_offline(&h.pki, &offline, &["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    pki::init_offline(
+        &h.pki,
+        &offline,
+        &["localhost".to_owned(), "127.0.0.1".to_owned()],
+    )
+    .unwrap();
     let paths = PkiPaths::new(&h.pki);
-    assert!(!paths.ca_key().exists(), "the root key is not on the serving host");
+    assert!(
+        !paths.ca_key().exists(),
+        "the root key is not on the serving host"
+    );
     assert!(PkiPaths::new(&offline).ca_key().exists());
-    assert_eq!(std::fs::read(paths.ca_cert()).unwrap(), std::fs::read(PkiPaths::new(&offline).ca_cert()).unwrap());
-    let server_chain = CertificateDer::pem_file_iter(paths.server_cert()).unwrap().count();
-    assert_eq!(server_chain, 2, "the coordinator sends its certificate and the issuing CA's");
+    assert_eq!(
+        std::fs::read(paths.ca_cert()).unwrap(),
+        std::fs::read(PkiPaths::new(&offline).ca_cert()).unwrap()
+    );
+    let server_chain = CertificateDer::pem_file_iter(paths.server_cert())
+        .unwrap()
+        .count();
+    assert_eq!(
+        server_chain, 2,
+        "the coordinator sends its certificate and the issuing CA's"
+    );
     pki::issue(&h.pki, Role::Operator, "admin", 1).unwrap();
 
     let mut c = Coord::start_on(h, NINETY_DAYS).await;
     let config = c.enrol_agent("remote-site").await;
-    assert_eq!(CertificateDer::pem_file_iter(&config.tls.cert).unwrap().count(), 2);
+    assert_eq!(
+        CertificateDer::pem_file_iter(&config.tls.cert)
+            .unwrap()
+            .count(),
+        2
+    );
     let first_issuer = issuer_cn(&config.tls.cert);
-    assert!(first_issuer.starts_with("Harambee issuing CA "), "{first_issuer}");
+    assert!(
+        first_issuer.starts_with("Harambee issuing CA "),
+        "{first_issuer}"
+    );
     c.spawn_agent(&config);
     let mut admin = c.h.admin().await;
     wait_connected(&mut admin, &["remote-site"]).await;
 
     // The yearly ceremony: the offline root certifies a new issuing CA for the host.
     pki::issue_issuing_ca(&offline, &c.h.pki, 30).unwrap();
-    assert_ne!(issuer_cn(&PkiPaths::new(&c.h.pki).server_cert()), first_issuer, "the server certificate moved too");
+    assert_ne!(
+        issuer_cn(&PkiPaths::new(&c.h.pki).server_cert()),
+        first_issuer,
+        "the server certificate moved too"
+    );
     c.restart().await;
     let second = c.enrol_agent("second-site").await;
     assert_ne!(issuer_cn(&second.tls.cert), first_issuer);
@@ -54,7 +88,11 @@ async fn identity_the_ca_key_can_stay_offline() {
     // Without any CA key, the host refuses to sign and says what to do.
     let bare = c.h.dir.path().join("bare");
     std::fs::create_dir(&bare).unwrap();
-    std::fs::copy(PkiPaths::new(&c.h.pki).ca_cert(), PkiPaths::new(&bare).ca_cert()).unwrap();
+    std::fs::copy(
+        PkiPaths::new(&c.h.pki).ca_cert(),
+        PkiPaths::new(&bare).ca_cert(),
+    )
+    .unwrap();
     let err = pki::issue(&bare, Role::Agent, "x", 1).unwrap_err();
     assert!(matches!(err, PkiError::NoSigningKey(_)), "{err}");
     assert!(err.to_string().contains("pki issuing-ca"), "{err}");

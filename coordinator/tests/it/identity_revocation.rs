@@ -28,28 +28,57 @@ async fn identity_revocation_closes_an_open_task_stream_within_seconds() {
 
     // A task stream held open by hand, to watch it end.
     let mut watched = c.h.raw_agent("watched").await;
-    let mut stream = watched.open_task_stream(pb::OpenTaskStreamRequest::default()).await.unwrap().into_inner();
+    let mut stream = watched
+        .open_task_stream(pb::OpenTaskStreamRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     wait_connected(&mut admin, &["watched"]).await;
     c.revoke("watched").await;
-    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("the open task stream is closed within 5 s");
-    assert!(!matches!(ended, Ok(Some(_))), "no task after revocation: {ended:?}");
-    let err = watched.heartbeat(pb::HeartbeatRequest::default()).await.unwrap_err();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the open task stream is closed within 5 s");
+    assert!(
+        !matches!(ended, Ok(Some(_))),
+        "no task after revocation: {ended:?}"
+    );
+    let err = watched
+        .heartbeat(pb::HeartbeatRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(err.message(), format!("{ACCESS_DENIED}facility \"watched\" has been revoked"));
+    assert_eq!(
+        err.message(),
+        format!("{ACCESS_DENIED}facility \"watched\" has been revoked")
+    );
 
     // The real agent of the enrolled facility: dropped at once and kept out, though it keeps
     // reconnecting; the other facility is untouched.
     let revoked = c.revoke("enrolled-site").await;
     assert_eq!(revoked.status, "revoked");
     assert_eq!(revoked.revoked_by, "harambee://operator/admin");
-    eventually(Duration::from_secs(10), "the revoked agent is disconnected", || async {
-        agents(&c).await.iter().any(|a| a.facility == "enrolled-site" && !a.connected)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the revoked agent is disconnected",
+        || async {
+            agents(&c)
+                .await
+                .iter()
+                .any(|a| a.facility == "enrolled-site" && !a.connected)
+        },
+    )
     .await;
     for _ in 0..30 {
         let now = agents(&c).await;
-        assert!(now.iter().any(|a| a.facility == "enrolled-site" && !a.connected), "{now:?}");
-        assert!(now.iter().any(|a| a.facility == issued && a.connected), "{now:?}");
+        assert!(
+            now.iter()
+                .any(|a| a.facility == "enrolled-site" && !a.connected),
+            "{now:?}"
+        );
+        assert!(
+            now.iter().any(|a| a.facility == issued && a.connected),
+            "{now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -61,19 +90,44 @@ async fn identity_revocation_closes_an_open_task_stream_within_seconds() {
     create_federation(&mut admin, &spec).await;
     let round = run_round(&mut admin, &spec.name).await;
     assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
-    let participants: Vec<&str> = round.participants.iter().map(|p| p.facility.as_str()).collect();
+    let participants: Vec<&str> = round
+        .participants
+        .iter()
+        .map(|p| p.facility.as_str())
+        .collect();
     assert_eq!(participants, [issued.as_str()]);
 
     // Revocation is durable: after a restart the facility is still refused.
     c.h.stop_agents().await;
     c.stop_agents().await;
     c.restart().await;
-    let err = c.h.raw_agent("watched").await.heartbeat(pb::HeartbeatRequest::default()).await.unwrap_err();
+    let err =
+        c.h.raw_agent("watched")
+            .await
+            .heartbeat(pb::HeartbeatRequest::default())
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    let err = c.h.raw_agent("enrolled-site").await.open_task_stream(pb::OpenTaskStreamRequest::default()).await.unwrap_err();
+    let err =
+        c.h.raw_agent("enrolled-site")
+            .await
+            .open_task_stream(pb::OpenTaskStreamRequest::default())
+            .await
+            .unwrap_err();
     assert!(err.message().contains("has been revoked"), "{err:?}");
-    let listed = c.identity(Role::Auditor, "audit").await.list_facilities(pb::ListFacilitiesRequest {}).await.unwrap().into_inner();
-    let revoked: Vec<&str> = listed.facilities.iter().filter(|f| f.status == "revoked").map(|f| f.name.as_str()).collect();
+    let listed = c
+        .identity(Role::Auditor, "audit")
+        .await
+        .list_facilities(pb::ListFacilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked: Vec<&str> = listed
+        .facilities
+        .iter()
+        .filter(|f| f.status == "revoked")
+        .map(|f| f.name.as_str())
+        .collect();
     assert_eq!(revoked, ["enrolled-site", "watched"]);
 }
 
@@ -83,7 +137,10 @@ async fn identity_only_known_facilities_can_be_revoked() {
     let err = c
         .operator()
         .await
-        .revoke_facility(pb::RevokeFacilityRequest { name: "never-heard-of".into(), reason: String::new() })
+        .revoke_facility(pb::RevokeFacilityRequest {
+            name: "never-heard-of".into(),
+            reason: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -92,6 +149,19 @@ async fn identity_only_known_facilities_can_be_revoked() {
     let first = c.revoke("twice").await;
     let second = c.revoke("twice").await;
     assert_eq!(first.revoked_unix_ms, second.revoked_unix_ms);
-    let actions = c.operator().await.list_admin_actions(pb::ListAdminActionsRequest::default()).await.unwrap().into_inner().actions;
-    assert_eq!(actions.iter().filter(|a| a.action == "facility_revoked").count(), 1);
+    let actions = c
+        .operator()
+        .await
+        .list_admin_actions(pb::ListAdminActionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .actions;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| a.action == "facility_revoked")
+            .count(),
+        1
+    );
 }

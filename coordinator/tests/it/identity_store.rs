@@ -5,7 +5,8 @@
 use crate::common;
 
 use harambee_coordinator::store::{
-    AdminActionKind, AdminActionRow, CertificateRow, FacilityStatus, Store, StoreError, TokenRefusal, TokenRow,
+    AdminActionKind, AdminActionRow, CertificateRow, FacilityStatus, Store, StoreError,
+    TokenRefusal, TokenRow,
 };
 
 fn token(id: &str, facility: &str, expires_ms: i64) -> TokenRow {
@@ -47,47 +48,153 @@ fn cert(serial: &str, name: &str, not_after_ms: i64) -> CertificateRow {
 
 async fn identity_tables(store: Store) {
     use AdminActionKind::*;
-    let f = store.add_facility("kisumu", &token("t1", "kisumu", 10_000), false, &action(FacilityAdded, "kisumu", 1_000)).await.unwrap();
+    let f = store
+        .add_facility(
+            "kisumu",
+            &token("t1", "kisumu", 10_000),
+            false,
+            &action(FacilityAdded, "kisumu", 1_000),
+        )
+        .await
+        .unwrap();
     assert_eq!(f.status, FacilityStatus::Pending);
     // A second token withdraws the first.
-    store.add_facility("kisumu", &token("t2", "kisumu", 10_000), false, &action(FacilityAdded, "kisumu", 1_100)).await.unwrap();
-    assert_eq!(store.token("t1").await.unwrap().unwrap().refusal(2_000), Some(TokenRefusal::Withdrawn(1_100)));
-    assert!(matches!(store.use_token("t1", &cert("01", "kisumu", 9), None, 2_000).await, Err(StoreError::TokenUnusable(_))));
+    store
+        .add_facility(
+            "kisumu",
+            &token("t2", "kisumu", 10_000),
+            false,
+            &action(FacilityAdded, "kisumu", 1_100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.token("t1").await.unwrap().unwrap().refusal(2_000),
+        Some(TokenRefusal::Withdrawn(1_100))
+    );
+    assert!(matches!(
+        store
+            .use_token("t1", &cert("01", "kisumu", 9), None, 2_000)
+            .await,
+        Err(StoreError::TokenUnusable(_))
+    ));
     // An expired token cannot be used.
-    assert!(matches!(store.use_token("t2", &cert("02", "kisumu", 9), None, 10_000).await, Err(StoreError::TokenUnusable(_))));
+    assert!(matches!(
+        store
+            .use_token("t2", &cert("02", "kisumu", 9), None, 10_000)
+            .await,
+        Err(StoreError::TokenUnusable(_))
+    ));
 
     // Two enrolments race with one token: exactly one wins.
     let (c3, c4) = (cert("03", "kisumu", 50_000), cert("04", "kisumu", 60_000));
-    let (a, b) = tokio::join!(store.use_token("t2", &c3, None, 3_000), store.use_token("t2", &c4, None, 3_000));
-    assert_eq!(usize::from(a.is_ok()) + usize::from(b.is_ok()), 1, "{a:?} {b:?}");
-    assert_eq!(store.token("t2").await.unwrap().unwrap().refusal(3_001), Some(TokenRefusal::Used(3_000)));
-    assert_eq!(store.facility("kisumu").await.unwrap().unwrap().status, FacilityStatus::Enrolled);
-    let err = store.add_facility("kisumu", &token("t3", "kisumu", 10_000), false, &action(FacilityAdded, "kisumu", 4_000)).await.unwrap_err();
+    let (a, b) = tokio::join!(
+        store.use_token("t2", &c3, None, 3_000),
+        store.use_token("t2", &c4, None, 3_000)
+    );
+    assert_eq!(
+        usize::from(a.is_ok()) + usize::from(b.is_ok()),
+        1,
+        "{a:?} {b:?}"
+    );
+    assert_eq!(
+        store.token("t2").await.unwrap().unwrap().refusal(3_001),
+        Some(TokenRefusal::Used(3_000))
+    );
+    assert_eq!(
+        store.facility("kisumu").await.unwrap().unwrap().status,
+        FacilityStatus::Enrolled
+    );
+    let err = store
+        .add_facility(
+            "kisumu",
+            &token("t3", "kisumu", 10_000),
+            false,
+            &action(FacilityAdded, "kisumu", 4_000),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::FacilityEnrolled(_)), "{err}");
-    store.add_facility("kisumu", &token("t3", "kisumu", 10_000), true, &action(FacilityAdded, "kisumu", 4_000)).await.unwrap();
+    store
+        .add_facility(
+            "kisumu",
+            &token("t3", "kisumu", 10_000),
+            true,
+            &action(FacilityAdded, "kisumu", 4_000),
+        )
+        .await
+        .unwrap();
 
-    store.record_certificate(&CertificateRow { via: "renew".to_owned(), ..cert("05", "kisumu", 90_000) }).await.unwrap();
-    assert_eq!(store.latest_certificate_expiry("agent").await.unwrap()["kisumu"], 90_000);
-    assert_eq!(store.certificates("agent", "kisumu").await.unwrap().len(), 2);
+    store
+        .record_certificate(&CertificateRow {
+            via: "renew".to_owned(),
+            ..cert("05", "kisumu", 90_000)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.latest_certificate_expiry("agent").await.unwrap()["kisumu"],
+        90_000
+    );
+    assert_eq!(
+        store.certificates("agent", "kisumu").await.unwrap().len(),
+        2
+    );
 
     // Revocation: permanent, withdraws tokens, refuses unknown names.
-    let revoked = store.revoke_facility("kisumu", "stolen laptop", &action(FacilityRevoked, "kisumu", 5_000)).await.unwrap();
-    assert_eq!((revoked.status, revoked.revoked_ms), (FacilityStatus::Revoked, Some(5_000)));
-    assert_eq!(store.token("t3").await.unwrap().unwrap().refusal(5_001), Some(TokenRefusal::Withdrawn(5_000)));
-    let err = store.add_facility("kisumu", &token("t4", "kisumu", 10_000), true, &action(FacilityAdded, "kisumu", 6_000)).await.unwrap_err();
+    let revoked = store
+        .revoke_facility(
+            "kisumu",
+            "stolen laptop",
+            &action(FacilityRevoked, "kisumu", 5_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (revoked.status, revoked.revoked_ms),
+        (FacilityStatus::Revoked, Some(5_000))
+    );
+    assert_eq!(
+        store.token("t3").await.unwrap().unwrap().refusal(5_001),
+        Some(TokenRefusal::Withdrawn(5_000))
+    );
+    let err = store
+        .add_facility(
+            "kisumu",
+            &token("t4", "kisumu", 10_000),
+            true,
+            &action(FacilityAdded, "kisumu", 6_000),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::FacilityRevoked(_)), "{err}");
-    assert!(matches!(store.revoke_facility("nobody", "", &action(FacilityRevoked, "nobody", 6_000)).await, Err(StoreError::UnknownFacility(_))));
+    assert!(matches!(
+        store
+            .revoke_facility("nobody", "", &action(FacilityRevoked, "nobody", 6_000))
+            .await,
+        Err(StoreError::UnknownFacility(_))
+    ));
     // A facility that only ever connected (certificate from `pki issue`) can be revoked.
-    store.record_agent_seen("legacy", &"cd".repeat(32), 500).await.unwrap();
-    let legacy = store.revoke_facility("legacy", "", &action(FacilityRevoked, "legacy", 7_000)).await.unwrap();
-    assert_eq!((legacy.status, legacy.created_ms), (FacilityStatus::Revoked, 500));
+    store
+        .record_agent_seen("legacy", &"cd".repeat(32), 500)
+        .await
+        .unwrap();
+    let legacy = store
+        .revoke_facility("legacy", "", &action(FacilityRevoked, "legacy", 7_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (legacy.status, legacy.created_ms),
+        (FacilityStatus::Revoked, 500)
+    );
     let mut revoked = store.revoked_facilities().await.unwrap();
     revoked.sort();
     assert_eq!(revoked, ["kisumu", "legacy"]);
 
     // The log, in order, incrementally; a refused change left no entry.
     let all = store.admin_actions(0, 100).await.unwrap();
-    let kinds: Vec<(AdminActionKind, &str)> = all.iter().map(|a| (a.action, a.subject.as_str())).collect();
+    let kinds: Vec<(AdminActionKind, &str)> =
+        all.iter().map(|a| (a.action, a.subject.as_str())).collect();
     assert_eq!(
         kinds,
         [
@@ -102,8 +209,14 @@ async fn identity_tables(store: Store) {
     let rest = store.admin_actions(all[2].id, 1).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].id, all[3].id);
-    store.record_admin_action(&action(ModelExported, "heart", 8_000)).await.unwrap();
-    assert_eq!(store.admin_actions(all[4].id, 10).await.unwrap()[0].action, ModelExported);
+    store
+        .record_admin_action(&action(ModelExported, "heart", 8_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.admin_actions(all[4].id, 10).await.unwrap()[0].action,
+        ModelExported
+    );
 }
 
 #[tokio::test]

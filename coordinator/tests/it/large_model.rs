@@ -15,14 +15,21 @@ async fn ten_million_parameters_stream_in_chunks() {
     let mut admin = h.admin().await;
     let mut spec = plain(spec(&facilities, 1, 120));
     spec.name = "large".into();
-    spec.model = ModelSection { kind: KindName::Mlp, hidden: vec![4096, 2432] };
+    spec.model = ModelSection {
+        kind: KindName::Mlp,
+        hidden: vec![4096, 2432],
+    };
     spec.facilities = vec!["big-clinic".into()];
     let fed = create_federation(&mut admin, &spec).await;
     let n = fed.config.unwrap().model.unwrap().n_params;
     assert!(n >= 10_000_000, "{n} parameters");
 
     let mut client = h.raw_agent("big-clinic").await;
-    let mut tasks = client.open_task_stream(pb::OpenTaskStreamRequest::default()).await.unwrap().into_inner();
+    let mut tasks = client
+        .open_task_stream(pb::OpenTaskStreamRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let mut hb = client.clone();
     let heartbeat = tokio::spawn(async move {
         loop {
@@ -30,11 +37,22 @@ async fn ten_million_parameters_stream_in_chunks() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     });
-    let round = admin.start_round(pb::StartRoundRequest { federation: "large".into() }).await.unwrap().into_inner();
-    let Some(Kind::Train(task)) = tasks.message().await.unwrap().unwrap().kind else { panic!("expected a train task") };
+    let round = admin
+        .start_round(pb::StartRoundRequest {
+            federation: "large".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Kind::Train(task)) = tasks.message().await.unwrap().unwrap().kind else {
+        panic!("expected a train task")
+    };
 
     let cache = h.dir.path().join("cache");
-    let base = harambee_agent::transfer::download_model(&mut client, task.base.as_ref().unwrap(), &cache).await.unwrap();
+    let base =
+        harambee_agent::transfer::download_model(&mut client, task.base.as_ref().unwrap(), &cache)
+            .await
+            .unwrap();
     assert_eq!(base.len() as u64, n);
     let update: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 1e-4).collect();
     let bytes = harambee_core::params::to_le_bytes(&update);
@@ -47,15 +65,45 @@ async fn ten_million_parameters_stream_in_chunks() {
         masked: false,
         receipt: receipt_for(&h.pki, "big-clinic", "large", task.round_id, &bytes),
     };
-    harambee_agent::transfer::upload_update(&mut client, header, std::sync::Arc::new(bytes)).await.unwrap();
+    harambee_agent::transfer::upload_update(&mut client, header, std::sync::Arc::new(bytes))
+        .await
+        .unwrap();
 
-    let Some(Kind::Evaluate(eval)) = tasks.message().await.unwrap().unwrap().kind else { panic!("expected an evaluate task") };
-    let candidate = harambee_agent::transfer::download_model(&mut client, eval.candidate.as_ref().unwrap(), &cache).await.unwrap();
+    let Some(Kind::Evaluate(eval)) = tasks.message().await.unwrap().unwrap().kind else {
+        panic!("expected an evaluate task")
+    };
+    let candidate = harambee_agent::transfer::download_model(
+        &mut client,
+        eval.candidate.as_ref().unwrap(),
+        &cache,
+    )
+    .await
+    .unwrap();
     for i in [0usize, 1, 4_999_999, n as usize - 1] {
-        assert_eq!(candidate[i], base[i] + update[i], "parameter {i}: a single update is the mean");
+        assert_eq!(
+            candidate[i],
+            base[i] + update[i],
+            "parameter {i}: a single update is the mean"
+        );
     }
-    let metrics = pb::Metrics { n_samples: 5, loss: 0.5, accuracy: 0.5, auc: 0.5, n_positives: 2, sensitivity: 0.5, specificity: 0.5, ece: 0.1 };
-    client.report_metrics(pb::ReportMetricsRequest { round_id: round.id, metrics: Some(metrics), withheld: false }).await.unwrap();
+    let metrics = pb::Metrics {
+        n_samples: 5,
+        loss: 0.5,
+        accuracy: 0.5,
+        auc: 0.5,
+        n_positives: 2,
+        sensitivity: 0.5,
+        specificity: 0.5,
+        ece: 0.1,
+    };
+    client
+        .report_metrics(pb::ReportMetricsRequest {
+            round_id: round.id,
+            metrics: Some(metrics),
+            withheld: false,
+        })
+        .await
+        .unwrap();
     let round = wait_round(&mut admin, round.id).await;
     assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
     assert_eq!(export(&mut admin, "large", 1).await, candidate);

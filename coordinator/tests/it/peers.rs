@@ -21,16 +21,33 @@ fn peer_keys_come_only_from_ca_signed_agent_certificates() {
     let (foreign, _) = pki::issue(&theirs, Role::Agent, "kisumu", 1).unwrap();
     let (operator, _) = pki::issue(&ours, Role::Operator, "kisumu", 1).unwrap();
 
-    let verifier = PeerVerifier::from_ca_pem(&std::fs::read(PkiPaths::new(&ours).ca_cert()).unwrap()).unwrap();
+    let verifier =
+        PeerVerifier::from_ca_pem(&std::fs::read(PkiPaths::new(&ours).ca_cert()).unwrap()).unwrap();
     let verifying = verifier.verify("kisumu", &der(&cert)).unwrap();
     let signing = signing_key_from_pem(&std::fs::read(&key).unwrap()).unwrap();
-    assert_eq!(verifying, signing.verifying_key(), "the certified key is the agent's own signing key");
+    assert_eq!(
+        verifying,
+        signing.verifying_key(),
+        "the certified key is the agent's own signing key"
+    );
 
-    let err = verifier.verify("nakuru", &der(&cert)).unwrap_err().to_string();
-    assert!(err.contains("does not name harambee://agent/nakuru"), "{err}");
-    let err = verifier.verify("kisumu", &der(&foreign)).unwrap_err().to_string();
+    let err = verifier
+        .verify("nakuru", &der(&cert))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not name harambee://agent/nakuru"),
+        "{err}"
+    );
+    let err = verifier
+        .verify("kisumu", &der(&foreign))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not valid for this federation"), "{err}");
-    assert!(verifier.verify("kisumu", &der(&operator)).is_err(), "an operator certificate is not an agent's");
+    assert!(
+        verifier.verify("kisumu", &der(&operator)).is_err(),
+        "an operator certificate is not an agent's"
+    );
     assert!(verifier.verify("kisumu", b"garbage").is_err());
 }
 
@@ -41,14 +58,26 @@ fn keys_issued_under_an_issuing_ca_verify_with_the_chain() {
     let offline = dir.path().join("offline");
     pki::init_offline(&pki_dir, &offline, &[]).unwrap();
     let (cert, _) = pki::issue(&pki_dir, Role::Agent, "kisumu", 1).unwrap();
-    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(&cert).unwrap().map(|c| c.unwrap().to_vec()).collect();
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .map(|c| c.unwrap().to_vec())
+        .collect();
     let root = std::fs::read(PkiPaths::new(&offline).ca_cert()).unwrap();
     let verifier = PeerVerifier::from_ca_pem(&root).unwrap();
-    assert!(verifier.verify("kisumu", &chain[0]).is_err(), "the leaf alone does not reach the root");
+    assert!(
+        verifier.verify("kisumu", &chain[0]).is_err(),
+        "the leaf alone does not reach the root"
+    );
     let intermediates = if chain.len() > 1 {
         chain[1..].to_vec()
     } else {
-        vec![CertificateDer::from_pem_file(PkiPaths::new(&pki_dir).issuing_ca_cert()).unwrap().to_vec()]
+        vec![
+            CertificateDer::from_pem_file(PkiPaths::new(&pki_dir).issuing_ca_cert())
+                .unwrap()
+                .to_vec(),
+        ]
     };
-    verifier.verify_chain("kisumu", &chain[0], &intermediates).unwrap();
+    verifier
+        .verify_chain("kisumu", &chain[0], &intermediates)
+        .unwrap();
 }

@@ -12,7 +12,11 @@ use harambee_proto::pb;
 use tokio::process::{Child, Command};
 
 fn spawn_coordinator(h: &Harness, config: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(h.dir.path().join("coordinator.log")).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(h.dir.path().join("coordinator.log"))
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
         .args(["serve", "--config"])
         .arg(config)
@@ -24,20 +28,32 @@ fn spawn_coordinator(h: &Harness, config: &std::path::Path) -> Child {
         .unwrap()
 }
 
-async fn admin_when_up(h: &Harness) -> pb::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
+async fn admin_when_up(
+    h: &Harness,
+) -> pb::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", h.port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+            .await
+            .is_ok()
+        {
             return h.admin().await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("coordinator did not come up; log:\n{}", std::fs::read_to_string(h.dir.path().join("coordinator.log")).unwrap_or_default());
+    panic!(
+        "coordinator did not come up; log:\n{}",
+        std::fs::read_to_string(h.dir.path().join("coordinator.log")).unwrap_or_default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_coordinator_loses_nothing_and_agents_come_back() {
     let mut h = Harness::prepare(None);
-    h.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    h.port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = h.dir.path().join("coordinator.toml");
     std::fs::write(
         &config,
@@ -70,22 +86,50 @@ async fn killed_coordinator_loses_nothing_and_agents_come_back() {
     let first = run_round(&mut admin, &spec.name).await;
     assert_eq!(first.state(), pb::RoundState::Committed);
     let v1 = export(&mut admin, &spec.name, 1).await;
-    let hanging = admin.start_round(pb::StartRoundRequest { federation: "stuck".into() }).await.unwrap().into_inner();
+    let hanging = admin
+        .start_round(pb::StartRoundRequest {
+            federation: "stuck".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     coordinator.kill().await.unwrap();
     let mut coordinator = spawn_coordinator(&h, &config);
     let mut admin = admin_when_up(&h).await;
 
     // The interrupted round failed cleanly; it does not block the federation.
-    let hanging = admin.get_round(pb::GetRoundRequest { round_id: hanging.id }).await.unwrap().into_inner();
+    let hanging = admin
+        .get_round(pb::GetRoundRequest {
+            round_id: hanging.id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(hanging.state(), pb::RoundState::Failed);
-    assert_eq!(hanging.failure_reason, "coordinator restarted during the round");
+    assert_eq!(
+        hanging.failure_reason,
+        "coordinator restarted during the round"
+    );
     assert!(hanging.result.is_none());
-    let again = admin.start_round(pb::StartRoundRequest { federation: "stuck".into() }).await.unwrap().into_inner();
+    let again = admin
+        .start_round(pb::StartRoundRequest {
+            federation: "stuck".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again.number, 2);
 
     // History and the latest model survived.
-    let rounds = admin.list_rounds(pb::ListRoundsRequest { federation: spec.name.clone() }).await.unwrap().into_inner().rounds;
+    let rounds = admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
     assert_eq!(rounds.len(), 1);
     assert_eq!(rounds[0].state(), pb::RoundState::Committed);
     assert_eq!(export(&mut admin, &spec.name, 1).await, v1);

@@ -54,13 +54,31 @@ async fn round_survives_crashes_during_masked_input_and_unmasking() {
 
     let round = run_round(&mut admin, &spec.name).await;
     assert_eq!(round.state(), pb::RoundState::Committed, "{round:#?}");
-    let status = |name: &str| round.participants.iter().find(|p| p.facility == name).unwrap();
+    let status = |name: &str| {
+        round
+            .participants
+            .iter()
+            .find(|p| p.facility == name)
+            .unwrap()
+    };
     let masked_crash = status("cleveland-1");
-    assert_eq!(masked_crash.status(), pb::ParticipantStatus::Dropped, "{masked_crash:?}");
-    assert!(masked_crash.detail.contains("masked input"), "{}", masked_crash.detail);
+    assert_eq!(
+        masked_crash.status(),
+        pb::ParticipantStatus::Dropped,
+        "{masked_crash:?}"
+    );
+    assert!(
+        masked_crash.detail.contains("masked input"),
+        "{}",
+        masked_crash.detail
+    );
     // Its masked input was in before it crashed: its update is in the sum; it reports no metrics.
     let unmask_crash = status("hungary-1");
-    assert_eq!(unmask_crash.status(), pb::ParticipantStatus::Uploaded, "{unmask_crash:?}");
+    assert_eq!(
+        unmask_crash.status(),
+        pb::ParticipantStatus::Uploaded,
+        "{unmask_crash:?}"
+    );
     assert!(unmask_crash.metrics.is_none());
     let survivors: Vec<&str> = round
         .participants
@@ -74,13 +92,23 @@ async fn round_survives_crashes_during_masked_input_and_unmasking() {
     let base = export(&mut admin, &spec.name, 0).await;
     let committed = export(&mut admin, &spec.name, 1).await;
     let clip = spec.secure_aggregation.clip;
-    let held: Vec<(u64, Vec<f32>)> =
-        configs.iter().filter(|(n, _)| survivors.contains(&n.as_str())).map(|(_, c)| unmasked_of(c, round.id).unwrap()).collect();
+    let held: Vec<(u64, Vec<f32>)> = configs
+        .iter()
+        .filter(|(n, _)| survivors.contains(&n.as_str()))
+        .map(|(_, c)| unmasked_of(c, round.id).unwrap())
+        .collect();
     let total: u64 = held.iter().map(|(n, _)| n).sum();
     for i in 0..base.len() {
-        let sum: f64 = held.iter().map(|(n, u)| *n as f64 * u[i].clamp(-clip, clip) as f64).sum();
+        let sum: f64 = held
+            .iter()
+            .map(|(n, u)| *n as f64 * u[i].clamp(-clip, clip) as f64)
+            .sum();
         let want = base[i] as f64 + sum / total as f64;
-        assert!((committed[i] as f64 - want).abs() < 1e-3, "param {i}: committed {}, expected {want}", committed[i]);
+        assert!(
+            (committed[i] as f64 - want).abs() < 1e-3,
+            "param {i}: committed {}, expected {want}",
+            committed[i]
+        );
     }
     for mut child in children {
         let _ = child.start_kill();

@@ -396,7 +396,9 @@ mod cases {
         let err = store
             .save_participants(
                 round.id,
-                &[participant(round.id, "kisumu", ParticipantStatus::Selected)], 0, Vec::new()
+                &[participant(round.id, "kisumu", ParticipantStatus::Selected)],
+                0,
+                Vec::new(),
             )
             .await
             .unwrap_err();
@@ -414,7 +416,10 @@ mod cases {
             matches!(err, StoreError::UnknownRound(id) if id == missing),
             "{err:?}"
         );
-        let err = store.fail_round(missing, "x", &[], 107, Vec::new()).await.unwrap_err();
+        let err = store
+            .fail_round(missing, "x", &[], 107, Vec::new())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, StoreError::UnknownRound(id) if id == missing),
             "{err:?}"
@@ -433,7 +438,10 @@ mod cases {
             participant(round.id, "kisumu", ParticipantStatus::Selected),
             participant(round.id, "mombasa", ParticipantStatus::Selected),
         ];
-        store.save_participants(round.id, &selected, 0, Vec::new()).await.unwrap();
+        store
+            .save_participants(round.id, &selected, 0, Vec::new())
+            .await
+            .unwrap();
         let before_round = store.round(round.id).await.unwrap().unwrap();
         let final_participants = [
             uploaded(round.id, "kisumu", 500),
@@ -442,7 +450,13 @@ mod cases {
 
         // Version 0 exists already: the whole commit is refused.
         let err = store
-            .commit_round(round.id, &model("malaria", 0), &final_participants, 202, Vec::new())
+            .commit_round(
+                round.id,
+                &model("malaria", 0),
+                &final_participants,
+                202,
+                Vec::new(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -458,7 +472,13 @@ mod cases {
 
         // A version of another federation: refused, nothing written.
         let err = store
-            .commit_round(round.id, &model("anaemia", 1), &final_participants, 202, Vec::new())
+            .commit_round(
+                round.id,
+                &model("anaemia", 1),
+                &final_participants,
+                202,
+                Vec::new(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
@@ -480,7 +500,13 @@ mod cases {
         assert_eq!(store.participants(round.id).await.unwrap(), selected);
 
         store
-            .commit_round(round.id, &model("malaria", 1), &final_participants, 203, Vec::new())
+            .commit_round(
+                round.id,
+                &model("malaria", 1),
+                &final_participants,
+                203,
+                Vec::new(),
+            )
             .await
             .unwrap();
         let after = store.round(round.id).await.unwrap().unwrap();
@@ -508,7 +534,9 @@ mod cases {
         store
             .save_participants(
                 round.id,
-                &[participant(round.id, "kisumu", ParticipantStatus::Selected)], 0, Vec::new()
+                &[participant(round.id, "kisumu", ParticipantStatus::Selected)],
+                0,
+                Vec::new(),
             )
             .await
             .unwrap();
@@ -539,7 +567,8 @@ mod cases {
                 round.id,
                 "too few uploads",
                 &[dropped.clone(), rejected.clone()],
-                302, Vec::new()
+                302,
+                Vec::new(),
             )
             .await
             .unwrap();
@@ -599,7 +628,13 @@ mod cases {
         let round = store.create_round("malaria", 0, 700).await.unwrap();
         let participants = [uploaded(round.id, "kisumu", 120)];
         store
-            .commit_round(round.id, &model("malaria", 1), &participants, 701, Vec::new())
+            .commit_round(
+                round.id,
+                &model("malaria", 1),
+                &participants,
+                701,
+                Vec::new(),
+            )
             .await
             .unwrap();
         let open = store.create_round("malaria", 1, 702).await.unwrap();
@@ -674,7 +709,10 @@ mod cases {
             },
             uploaded(round.id, "d-normal", 10),
         ];
-        store.save_participants(round.id, &rows, 0, Vec::new()).await.unwrap();
+        store
+            .save_participants(round.id, &rows, 0, Vec::new())
+            .await
+            .unwrap();
 
         let stored = store.participants(round.id).await.unwrap();
         assert_eq!(stored.len(), rows.len());
@@ -709,7 +747,10 @@ mod cases {
                 )
             })
             .collect();
-        store.save_participants(round.id, &many, 0, Vec::new()).await.unwrap();
+        store
+            .save_participants(round.id, &many, 0, Vec::new())
+            .await
+            .unwrap();
         assert_eq!(store.participants(round.id).await.unwrap(), many);
 
         // Upsert by (round, facility): replaced, not duplicated.
@@ -717,15 +758,24 @@ mod cases {
             uploaded(round.id, "facility-00007", 77),
             uploaded(round.id, "zanzibar", 5),
         ];
-        store.save_participants(round.id, &update, 0, Vec::new()).await.unwrap();
+        store
+            .save_participants(round.id, &update, 0, Vec::new())
+            .await
+            .unwrap();
         let stored = store.participants(round.id).await.unwrap();
         assert_eq!(stored.len(), 1_235);
         assert_eq!(stored[7], update[0]);
         assert_eq!(stored.last(), Some(&update[1]));
-        store.save_participants(round.id, &[], 0, Vec::new()).await.unwrap();
+        store
+            .save_participants(round.id, &[], 0, Vec::new())
+            .await
+            .unwrap();
 
         let twice = [update[0].clone(), update[0].clone()];
-        let err = store.save_participants(round.id, &twice, 0, Vec::new()).await.unwrap_err();
+        let err = store
+            .save_participants(round.id, &twice, 0, Vec::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
         let elsewhere = [participant(
             round.id + 1,

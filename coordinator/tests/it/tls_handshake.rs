@@ -101,19 +101,31 @@ impl AgentService for Recorder {
         Err(Status::unimplemented("test server"))
     }
 
-    async fn submit_sec_agg(&self, _: Request<pb::SecAggSubmission>) -> Result<Response<pb::SecAggAck>, Status> {
+    async fn submit_sec_agg(
+        &self,
+        _: Request<pb::SecAggSubmission>,
+    ) -> Result<Response<pb::SecAggAck>, Status> {
         Err(Status::unimplemented("test server"))
     }
 
-    async fn decline_task(&self, _: Request<pb::DeclineTaskRequest>) -> Result<Response<pb::DeclineTaskResponse>, Status> {
+    async fn decline_task(
+        &self,
+        _: Request<pb::DeclineTaskRequest>,
+    ) -> Result<Response<pb::DeclineTaskResponse>, Status> {
         Err(Status::unimplemented("test server"))
     }
 
-    async fn get_ledger_proof(&self, _: Request<pb::LedgerProofRequest>) -> Result<Response<pb::LedgerProof>, Status> {
+    async fn get_ledger_proof(
+        &self,
+        _: Request<pb::LedgerProofRequest>,
+    ) -> Result<Response<pb::LedgerProof>, Status> {
         Err(Status::unimplemented("test server"))
     }
 
-    async fn cosign_tree_head(&self, _: Request<pb::CosignTreeHeadRequest>) -> Result<Response<pb::CosignTreeHeadResponse>, Status> {
+    async fn cosign_tree_head(
+        &self,
+        _: Request<pb::CosignTreeHeadRequest>,
+    ) -> Result<Response<pb::CosignTreeHeadResponse>, Status> {
         Err(Status::unimplemented("test server"))
     }
 }
@@ -158,7 +170,10 @@ async fn heartbeat(channel: tonic::transport::Channel) -> Result<pb::HeartbeatRe
     let mut client = AgentServiceClient::new(channel);
     tokio::time::timeout(
         TIMEOUT,
-        client.heartbeat(pb::HeartbeatRequest { busy_round_id: 0, privacy: None }),
+        client.heartbeat(pb::HeartbeatRequest {
+            busy_round_id: 0,
+            privacy: None,
+        }),
     )
     .await
     .expect("heartbeat timed out")

@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use harambee_secagg::ed25519_dalek::VerifyingKey;
 use harambee_secagg::{
-    Aggregate, AfterMaskedInputs, CollectingAdvertisements, CollectingMaskedInputs, CollectingShares, CollectingSignatures,
-    CollectingUnmaskShares, ConsistencyProof, ConsistencySignature, EncryptedShare, MaskedInput, Params, ServerError,
-    ServerRound, SignedAdvertisement, UnmaskRequest, UnmaskShares, Word,
+    AfterMaskedInputs, Aggregate, CollectingAdvertisements, CollectingMaskedInputs,
+    CollectingShares, CollectingSignatures, CollectingUnmaskShares, ConsistencyProof,
+    ConsistencySignature, EncryptedShare, MaskedInput, Params, ServerError, ServerRound,
+    SignedAdvertisement, UnmaskRequest, UnmaskShares, Word,
 };
 
 use super::Stage;
@@ -25,11 +26,17 @@ pub enum SecAggOut {
     Advertise { params: Params, my_id: u32 },
     /// Stage 2: its neighbours' signed advertisements, and who they are (to check their
     /// certificates); answer with encrypted shares.
-    PeerKeys { advertisements: Vec<SignedAdvertisement>, peers: Vec<(u32, AgentId)> },
+    PeerKeys {
+        advertisements: Vec<SignedAdvertisement>,
+        peers: Vec<(u32, AgentId)>,
+    },
     /// Stage 3: the shares addressed to it; answer with the masked input.
     Shares(Vec<EncryptedShare>),
     /// Stage 4: the survivors; answer with unmask shares, or sign the request first.
-    Unmask { request: UnmaskRequest, sign_first: bool },
+    Unmask {
+        request: UnmaskRequest,
+        sign_first: bool,
+    },
     /// Consistency check: every survivor's signature; answer with unmask shares.
     Consistency(ConsistencyProof),
 }
@@ -77,13 +84,19 @@ pub(super) struct SecureRound {
 /// The next step after a stage closed.
 pub(super) enum Advance {
     /// Send these messages; the round is now at `stage`.
-    Next { stage: Stage, messages: Vec<(AgentId, SecAggOut)> },
+    Next {
+        stage: Stage,
+        messages: Vec<(AgentId, SecAggOut)>,
+    },
     Done(Aggregate),
 }
 
 impl std::fmt::Debug for SecureRound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecureRound").field("participants", &self.ids).field("awaiting", &self.awaiting).finish()
+        f.debug_struct("SecureRound")
+            .field("participants", &self.ids)
+            .field("awaiting", &self.awaiting)
+            .finish()
     }
 }
 
@@ -99,10 +112,15 @@ impl SecureRound {
         noise_stddev: f64,
         min_survivors: usize,
     ) -> Result<(SecureRound, Vec<(AgentId, SecAggOut)>), ServerError> {
-        let ids: BTreeMap<AgentId, u32> = trained.keys().zip(1u32..).map(|(a, i)| (a.clone(), i)).collect();
+        let ids: BTreeMap<AgentId, u32> = trained
+            .keys()
+            .zip(1u32..)
+            .map(|(a, i)| (a.clone(), i))
+            .collect();
         let names: BTreeMap<u32, AgentId> = ids.iter().map(|(a, &i)| (i, a.clone())).collect();
         let participants: Vec<u32> = names.keys().copied().collect();
-        let mut params = Params::recommended(round_id, &participants, vector_len, clip, max_weight)?;
+        let mut params =
+            Params::recommended(round_id, &participants, vector_len, clip, max_weight)?;
         params.consistency_check = consistency_check;
         if noise_stddev > 0.0 {
             // Each agent's share, so that `min_survivors` shares carry the full noise.
@@ -113,9 +131,23 @@ impl SecureRound {
         let server = ServerRound::new(params.clone(), keys)?;
         let messages = ids
             .iter()
-            .map(|(agent, &my_id)| (agent.clone(), SecAggOut::Advertise { params: params.clone(), my_id }))
+            .map(|(agent, &my_id)| {
+                (
+                    agent.clone(),
+                    SecAggOut::Advertise {
+                        params: params.clone(),
+                        my_id,
+                    },
+                )
+            })
             .collect();
-        let round = SecureRound { params, awaiting: names.keys().copied().collect(), ids, names, server: Server::Keys(server) };
+        let round = SecureRound {
+            params,
+            awaiting: names.keys().copied().collect(),
+            ids,
+            names,
+            server: Server::Keys(server),
+        };
         Ok((round, messages))
     }
 
@@ -151,7 +183,9 @@ impl SecureRound {
     /// Bytes the server holds from one facility at the current stage (a masked input is
     /// folded into the running sum, so it holds none of it).
     pub(super) fn stored_bytes(&self, agent: &str) -> usize {
-        let Some(id) = self.id_of(agent) else { return 0 };
+        let Some(id) = self.id_of(agent) else {
+            return 0;
+        };
         match &self.server {
             Server::Keys(s) => s.stored_bytes(id),
             Server::Shares(s) => s.stored_bytes(id),
@@ -163,10 +197,18 @@ impl SecureRound {
 
     /// One facility's message. On error the message is refused and the facility is no
     /// longer awaited at this stage.
-    pub(super) fn receive(&mut self, current: Stage, agent: &str, msg: SecAggIn) -> Result<(), SecAggRefusal> {
+    pub(super) fn receive(
+        &mut self,
+        current: Stage,
+        agent: &str,
+        msg: SecAggIn,
+    ) -> Result<(), SecAggRefusal> {
         let from = self.id_of(agent).ok_or(SecAggRefusal::NotParticipant)?;
         if msg.stage() != current {
-            return Err(SecAggRefusal::WrongStage { expected: current, got: msg.stage() });
+            return Err(SecAggRefusal::WrongStage {
+                expected: current,
+                got: msg.stage(),
+            });
         }
         if !self.awaiting.contains(&from) {
             return Err(SecAggRefusal::NotAwaited);
@@ -177,7 +219,12 @@ impl SecureRound {
             (Server::Masked(s), SecAggIn::Masked(input)) => s.receive(from, input),
             (Server::Signatures(s), SecAggIn::Signature(sig)) => s.receive(from, sig),
             (Server::Unmask(s), SecAggIn::Unmask(shares)) => s.receive(from, shares),
-            _ => return Err(SecAggRefusal::WrongStage { expected: current, got: current }),
+            _ => {
+                return Err(SecAggRefusal::WrongStage {
+                    expected: current,
+                    got: current,
+                });
+            }
         };
         self.awaiting.remove(&from);
         result.map_err(SecAggRefusal::Protocol)
@@ -191,7 +238,11 @@ impl SecureRound {
                 let (next, routes) = s.finish()?;
                 // The consistency check has every client verify every survivor's signature,
                 // so then each gets every participant's certificate, not only its neighbours'.
-                let everyone: Vec<(u32, AgentId)> = self.names.iter().map(|(&id, name)| (id, name.clone())).collect();
+                let everyone: Vec<(u32, AgentId)> = self
+                    .names
+                    .iter()
+                    .map(|(&id, name)| (id, name.clone()))
+                    .collect();
                 let consistency = self.params.consistency_check;
                 let messages = routes
                     .into_iter()
@@ -199,37 +250,82 @@ impl SecureRound {
                         let peers = if consistency {
                             everyone.clone()
                         } else {
-                            ads.iter().map(|ad| (ad.sender, self.names[&ad.sender].clone())).collect()
+                            ads.iter()
+                                .map(|ad| (ad.sender, self.names[&ad.sender].clone()))
+                                .collect()
                         };
-                        (id, SecAggOut::PeerKeys { advertisements: ads, peers })
+                        (
+                            id,
+                            SecAggOut::PeerKeys {
+                                advertisements: ads,
+                                peers,
+                            },
+                        )
                     })
                     .collect();
                 (Server::Shares(next), Stage::ShareKeys, messages)
             }
             Server::Shares(s) => {
                 let (next, routes) = s.finish()?;
-                (Server::Masked(next), Stage::MaskedInput, routes.into_iter().map(|(id, sh)| (id, SecAggOut::Shares(sh))).collect())
+                (
+                    Server::Masked(next),
+                    Stage::MaskedInput,
+                    routes
+                        .into_iter()
+                        .map(|(id, sh)| (id, SecAggOut::Shares(sh)))
+                        .collect(),
+                )
             }
             Server::Masked(s) => match s.finish()? {
                 AfterMaskedInputs::Unmask(next, requests) => {
-                    let messages = requests.into_iter().map(|(id, request)| (id, SecAggOut::Unmask { request, sign_first: false }));
+                    let messages = requests.into_iter().map(|(id, request)| {
+                        (
+                            id,
+                            SecAggOut::Unmask {
+                                request,
+                                sign_first: false,
+                            },
+                        )
+                    });
                     (Server::Unmask(next), Stage::Unmasking, messages.collect())
                 }
                 AfterMaskedInputs::ConsistencyCheck(next, requests) => {
-                    let messages = requests.into_iter().map(|(id, request)| (id, SecAggOut::Unmask { request, sign_first: true }));
-                    (Server::Signatures(next), Stage::Unmasking, messages.collect())
+                    let messages = requests.into_iter().map(|(id, request)| {
+                        (
+                            id,
+                            SecAggOut::Unmask {
+                                request,
+                                sign_first: true,
+                            },
+                        )
+                    });
+                    (
+                        Server::Signatures(next),
+                        Stage::Unmasking,
+                        messages.collect(),
+                    )
                 }
             },
             Server::Signatures(s) => {
                 let (next, proofs) = s.finish()?;
-                (Server::Unmask(next), Stage::Unmasking, proofs.into_iter().map(|(id, p)| (id, SecAggOut::Consistency(p))).collect())
+                (
+                    Server::Unmask(next),
+                    Stage::Unmasking,
+                    proofs
+                        .into_iter()
+                        .map(|(id, p)| (id, SecAggOut::Consistency(p)))
+                        .collect(),
+                )
             }
             Server::Unmask(s) => return s.finish().map(Advance::Done),
             Server::Done => unreachable!("advance after the aggregate"),
         };
         self.server = next;
         self.awaiting = messages.iter().map(|(id, _)| *id).collect();
-        let messages = messages.into_iter().map(|(id, m)| (self.names[&id].clone(), m)).collect();
+        let messages = messages
+            .into_iter()
+            .map(|(id, m)| (self.names[&id].clone(), m))
+            .collect();
         Ok(Advance::Next { stage, messages })
     }
 }

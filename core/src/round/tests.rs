@@ -26,7 +26,16 @@ fn drain(round: &mut Round<f64>) -> Vec<Event> {
 }
 
 fn stages(events: &[Event]) -> Vec<Stage> {
-    events.iter().filter_map(|e| if let Event::Stage(s) = e { Some(*s) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Stage(s) = e {
+                Some(*s)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -34,23 +43,43 @@ fn happy_path_commits_the_weighted_mean() {
     let t0 = Instant::now();
     let mut round = Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0).unwrap();
     round.select(t0, &agents(&["a"]));
-    assert_eq!(round.stage(), Stage::Selecting, "one facility is below min_agents");
+    assert_eq!(
+        round.stage(),
+        Stage::Selecting,
+        "one facility is below min_agents"
+    );
     round.select(t0, &agents(&["a", "b"]));
     assert_eq!(round.stage(), Stage::Training);
     let events = drain(&mut round);
     assert_eq!(stages(&events), vec![Stage::Selecting, Stage::Training]);
-    assert!(events.contains(&Event::Train { agents: agents(&["a", "b"]), deadline: t0 + Duration::from_secs(60) }));
+    assert!(events.contains(&Event::Train {
+        agents: agents(&["a", "b"]),
+        deadline: t0 + Duration::from_secs(60)
+    }));
 
-    round.handle_update(t0, "a", 10, "da".into(), &[1.0, 2.0]).unwrap();
-    assert_eq!(round.handle_update(t0, "a", 10, "da".into(), &[1.0, 2.0]), Err(RoundError::Duplicate("a".into())));
-    assert_eq!(round.handle_update(t0, "zz", 10, "d".into(), &[1.0, 2.0]), Err(RoundError::NotSelected("zz".into())));
-    round.handle_update(t0, "b", 30, "db".into(), &[-1.0, 2.0]).unwrap();
+    round
+        .handle_update(t0, "a", 10, "da".into(), &[1.0, 2.0])
+        .unwrap();
+    assert_eq!(
+        round.handle_update(t0, "a", 10, "da".into(), &[1.0, 2.0]),
+        Err(RoundError::Duplicate("a".into()))
+    );
+    assert_eq!(
+        round.handle_update(t0, "zz", 10, "d".into(), &[1.0, 2.0]),
+        Err(RoundError::NotSelected("zz".into()))
+    );
+    round
+        .handle_update(t0, "b", 30, "db".into(), &[-1.0, 2.0])
+        .unwrap();
     assert_eq!(round.stage(), Stage::Evaluating);
     // base + (10*[1,2] + 30*[-1,2]) / 40 = [1 - 0.5, 1 + 2]
     assert_eq!(round.candidate().unwrap(), &[0.5, 3.0]);
 
     round.handle_metrics(t0, "a", 0.8).unwrap();
-    assert_eq!(round.handle_metrics(t0, "a", 0.8), Err(RoundError::Duplicate("a".into())));
+    assert_eq!(
+        round.handle_metrics(t0, "a", 0.8),
+        Err(RoundError::Duplicate("a".into()))
+    );
     round.handle_metrics(t0, "b", 0.9).unwrap();
     assert_eq!(round.stage(), Stage::Committed);
     let events = drain(&mut round);
@@ -64,14 +93,43 @@ fn invalid_update_is_rejected_and_the_round_goes_on() {
     let t0 = Instant::now();
     let mut round = Round::<f64>::new(config(2, 1), vec![0.0, 0.0], t0).unwrap();
     round.select(t0, &agents(&["a", "b"]));
-    let err = round.handle_update(t0, "a", 5, "d".into(), &[f32::NAN, 0.0]).unwrap_err();
-    assert!(matches!(err, RoundError::Invalid { source: UpdateError::NonFinite { index: 0, .. }, .. }));
-    let err = round.handle_update(t0, "a", 5, "d".into(), &[1.0, 1.0]).unwrap_err();
-    assert_eq!(err, RoundError::Duplicate("a".into()), "a rejected facility cannot retry within the round");
-    round.handle_update(t0, "b", 5, "d".into(), &[2.0, 2.0]).unwrap();
-    assert_eq!(round.candidate().unwrap(), &[2.0, 2.0], "the NaN update is not in the sum");
-    assert_eq!(round.participants()["a"].status, ParticipantStatus::Rejected);
-    assert!(round.participants()["a"].detail.as_deref().unwrap().contains("not finite"));
+    let err = round
+        .handle_update(t0, "a", 5, "d".into(), &[f32::NAN, 0.0])
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RoundError::Invalid {
+            source: UpdateError::NonFinite { index: 0, .. },
+            ..
+        }
+    ));
+    let err = round
+        .handle_update(t0, "a", 5, "d".into(), &[1.0, 1.0])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RoundError::Duplicate("a".into()),
+        "a rejected facility cannot retry within the round"
+    );
+    round
+        .handle_update(t0, "b", 5, "d".into(), &[2.0, 2.0])
+        .unwrap();
+    assert_eq!(
+        round.candidate().unwrap(),
+        &[2.0, 2.0],
+        "the NaN update is not in the sum"
+    );
+    assert_eq!(
+        round.participants()["a"].status,
+        ParticipantStatus::Rejected
+    );
+    assert!(
+        round.participants()["a"]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("not finite")
+    );
 }
 
 #[test]
@@ -79,8 +137,19 @@ fn wrong_length_update_is_rejected() {
     let t0 = Instant::now();
     let mut round = Round::<f64>::new(config(3, 1), vec![0.0; 3], t0).unwrap();
     round.select(t0, &agents(&["a", "b"]));
-    let err = round.handle_update(t0, "a", 5, "d".into(), &[1.0]).unwrap_err();
-    assert!(matches!(err, RoundError::Invalid { source: UpdateError::WrongLength { expected: 3, got: 1 }, .. }));
+    let err = round
+        .handle_update(t0, "a", 5, "d".into(), &[1.0])
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RoundError::Invalid {
+            source: UpdateError::WrongLength {
+                expected: 3,
+                got: 1
+            },
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -91,14 +160,21 @@ fn training_deadline_drops_the_late_and_fails_below_min() {
     round.handle_update(t0, "a", 1, "d".into(), &[1.0]).unwrap();
     let deadline = round.poll_timeout().unwrap();
     round.handle_timeout(deadline - Duration::from_millis(1));
-    assert_eq!(round.stage(), Stage::Training, "a timeout before the deadline does nothing");
+    assert_eq!(
+        round.stage(),
+        Stage::Training,
+        "a timeout before the deadline does nothing"
+    );
     drain(&mut round);
     round.handle_timeout(deadline);
     assert_eq!(round.stage(), Stage::Failed);
     assert!(round.failure_reason().unwrap().contains("only 1 of 3"));
     assert_eq!(round.candidate(), None);
     let events = drain(&mut round);
-    assert!(events.contains(&Event::Cancel { agent: "b".into(), reason: "missed the training deadline".into() }));
+    assert!(events.contains(&Event::Cancel {
+        agent: "b".into(),
+        reason: "missed the training deadline".into()
+    }));
     assert!(matches!(events.last(), Some(Event::Fail { .. })));
     assert_eq!(round.participants()["c"].status, ParticipantStatus::Dropped);
 }
@@ -117,9 +193,15 @@ fn dropout_during_training_continues_with_enough_left() {
     round.handle_dropout(t0, "a", "stream closed");
     round.handle_metrics(t0, "b", 0.5).unwrap();
     assert_eq!(round.stage(), Stage::Committed);
-    assert_eq!(round.participants()["a"].status, ParticipantStatus::Uploaded);
+    assert_eq!(
+        round.participants()["a"].status,
+        ParticipantStatus::Uploaded
+    );
     assert_eq!(round.participants()["a"].metrics, None);
-    assert_eq!(round.participants()["c"].detail.as_deref(), Some("heartbeats stopped"));
+    assert_eq!(
+        round.participants()["c"].detail.as_deref(),
+        Some("heartbeats stopped")
+    );
 }
 
 #[test]
@@ -131,7 +213,13 @@ fn evaluation_deadline_commits_without_missing_metrics() {
     let deadline = round.poll_timeout().unwrap();
     round.handle_timeout(deadline);
     assert_eq!(round.stage(), Stage::Committed);
-    assert!(round.participants()["a"].detail.as_deref().unwrap().contains("evaluation deadline"));
+    assert!(
+        round.participants()["a"]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("evaluation deadline")
+    );
 }
 
 #[test]
@@ -142,13 +230,22 @@ fn selection_deadline_fails_cleanly() {
     round.handle_timeout(t0 + Duration::from_secs(10));
     assert_eq!(round.stage(), Stage::Failed);
     assert!(round.failure_reason().unwrap().contains("min_agents (3)"));
-    assert_eq!(round.handle_update(t0, "a", 1, "d".into(), &[1.0]), Err(RoundError::WrongStage(Stage::Failed)));
+    assert_eq!(
+        round.handle_update(t0, "a", 1, "d".into(), &[1.0]),
+        Err(RoundError::WrongStage(Stage::Failed))
+    );
 }
 
 #[test]
 fn base_of_the_wrong_length_is_refused() {
     let err = Round::<f64>::new(config(3, 1), vec![0.0; 2], Instant::now()).unwrap_err();
-    assert_eq!(err, RoundError::BaseLength { expected: 3, got: 2 });
+    assert_eq!(
+        err,
+        RoundError::BaseLength {
+            expected: 3,
+            got: 2
+        }
+    );
 }
 
 proptest! {
@@ -200,21 +297,45 @@ fn update_refused_on_its_header_counts_as_rejected() {
     let t0 = Instant::now();
     let mut round = Round::<f64>::new(config(4, 1), vec![0.0; 4], t0).unwrap();
     round.select(t0, &agents(&["a", "b"]));
-    let err = round.reject_update(t0, "a", UpdateError::WrongLength { expected: 4, got: 9 });
+    let err = round.reject_update(
+        t0,
+        "a",
+        UpdateError::WrongLength {
+            expected: 4,
+            got: 9,
+        },
+    );
     assert!(matches!(err, RoundError::Invalid { .. }));
-    assert_eq!(round.participants()["a"].status, ParticipantStatus::Rejected);
-    round.handle_update(t0, "b", 2, "d".into(), &[1.0; 4]).unwrap();
+    assert_eq!(
+        round.participants()["a"].status,
+        ParticipantStatus::Rejected
+    );
+    round
+        .handle_update(t0, "b", 2, "d".into(), &[1.0; 4])
+        .unwrap();
     assert_eq!(round.stage(), Stage::Evaluating);
 }
 
 #[test]
 fn central_noise_is_added_to_the_sum_before_the_mean() {
     let t0 = Instant::now();
-    let mut round = Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0).unwrap().with_central_noise(vec![0.5, -1.0]).unwrap();
+    let mut round = Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0)
+        .unwrap()
+        .with_central_noise(vec![0.5, -1.0])
+        .unwrap();
     round.select(t0, &agents(&["a", "b"]));
-    round.handle_update(t0, "a", 1, "da".into(), &[1.0, 2.0]).unwrap();
-    round.handle_update(t0, "b", 1, "db".into(), &[-1.0, 2.0]).unwrap();
+    round
+        .handle_update(t0, "a", 1, "da".into(), &[1.0, 2.0])
+        .unwrap();
+    round
+        .handle_update(t0, "b", 1, "db".into(), &[-1.0, 2.0])
+        .unwrap();
     // base + ([1,2] + [-1,2] + [0.5,-1]) / 2
     assert_eq!(round.candidate().unwrap(), &[1.25, 2.5]);
-    assert!(Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0).unwrap().with_central_noise(vec![0.0; 3]).is_err());
+    assert!(
+        Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0)
+            .unwrap()
+            .with_central_noise(vec![0.0; 3])
+            .is_err()
+    );
 }

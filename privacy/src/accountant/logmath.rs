@@ -49,7 +49,10 @@ mod tests {
         assert!((log_add(x, y) - direct).abs() < 1e-15);
         assert_eq!(log_add(f64::NEG_INFINITY, y), y);
         assert_eq!(log_add(x, f64::NEG_INFINITY), x);
-        assert_eq!(log_add(f64::NEG_INFINITY, f64::NEG_INFINITY), f64::NEG_INFINITY);
+        assert_eq!(
+            log_add(f64::NEG_INFINITY, f64::NEG_INFINITY),
+            f64::NEG_INFINITY
+        );
     }
 
     #[test]
@@ -66,7 +69,11 @@ mod tests {
         let above = log_erfc(25.0 + 1e-9);
         assert!((below - above).abs() < 1e-6, "{below} vs {above}");
         // ln erfc(30) = -903.974117 (mpmath: -903.97411711064...).
-        assert!((log_erfc(30.0) - -903.974_117_110_64).abs() < 1e-9, "{}", log_erfc(30.0));
+        assert!(
+            (log_erfc(30.0) - -903.974_117_110_64).abs() < 1e-9,
+            "{}",
+            log_erfc(30.0)
+        );
         // Negative arguments: erfc(-3) = 1.999977909503...
         assert!((log_erfc(-3.0) - 1.999_977_909_503_001_4f64.ln()).abs() < 1e-14);
     }

@@ -125,7 +125,12 @@ pub fn default_orders() -> Vec<f64> {
 
 /// ε at `delta` after `steps` steps of the Poisson-subsampled Gaussian mechanism, on the
 /// default grid of orders. What `harambee-coordinator privacy epsilon` prints.
-pub fn epsilon(noise_multiplier: f64, sampling_rate: f64, steps: u64, delta: f64) -> Result<EpsilonReport, AccountantError> {
+pub fn epsilon(
+    noise_multiplier: f64,
+    sampling_rate: f64,
+    steps: u64,
+    delta: f64,
+) -> Result<EpsilonReport, AccountantError> {
     let mut accountant = RdpAccountant::new();
     accountant.compose(noise_multiplier, sampling_rate, steps)?;
     accountant.epsilon(delta)
@@ -135,19 +140,34 @@ pub fn epsilon(noise_multiplier: f64, sampling_rate: f64, steps: u64, delta: f64
 ///
 /// `+inf` at a fractional order whose series does not converge in 1000 terms (such an order is
 /// then useless, never wrong).
-pub fn rdp_subsampled_gaussian(noise_multiplier: f64, sampling_rate: f64, order: f64) -> Result<f64, AccountantError> {
+pub fn rdp_subsampled_gaussian(
+    noise_multiplier: f64,
+    sampling_rate: f64,
+    order: f64,
+) -> Result<f64, AccountantError> {
     check_mechanism(noise_multiplier, sampling_rate)?;
     check_order(order)?;
-    Ok(rdp::subsampled_gaussian(sampling_rate, noise_multiplier, order))
+    Ok(rdp::subsampled_gaussian(
+        sampling_rate,
+        noise_multiplier,
+        order,
+    ))
 }
 
 /// The tightest ε at `delta` over the given (order, RDP) pairs (see the module docs for the
 /// conversion). Orders at or below 1.01 are skipped, as in `dp-accounting`, because the
 /// conversion is numerically unstable there.
-pub fn epsilon_from_rdp(orders: &[f64], rdp: &[f64], delta: f64) -> Result<EpsilonReport, AccountantError> {
+pub fn epsilon_from_rdp(
+    orders: &[f64],
+    rdp: &[f64],
+    delta: f64,
+) -> Result<EpsilonReport, AccountantError> {
     check_delta(delta)?;
     if orders.len() != rdp.len() {
-        return Err(AccountantError::LengthMismatch { orders: orders.len(), rdp: rdp.len() });
+        return Err(AccountantError::LengthMismatch {
+            orders: orders.len(),
+            rdp: rdp.len(),
+        });
     }
     let mut best: Option<EpsilonReport> = None;
     for (&order, &r) in orders.iter().zip(rdp) {
@@ -165,11 +185,18 @@ pub fn epsilon_from_rdp(orders: &[f64], rdp: &[f64], delta: f64) -> Result<Epsil
         };
         // Strictly smaller: the first order wins ties, like numpy's argmin.
         if epsilon.is_finite() && best.is_none_or(|b| epsilon < b.epsilon) {
-            best = Some(EpsilonReport { epsilon, delta, order });
+            best = Some(EpsilonReport {
+                epsilon,
+                delta,
+                order,
+            });
         }
     }
     let best = best.ok_or(AccountantError::Unbounded)?;
-    Ok(EpsilonReport { epsilon: best.epsilon.max(0.0), ..best })
+    Ok(EpsilonReport {
+        epsilon: best.epsilon.max(0.0),
+        ..best
+    })
 }
 
 /// A running RDP total over a grid of orders: the privacy spent so far by one facility (on its
@@ -197,14 +224,22 @@ impl RdpAccountant {
     pub fn new() -> RdpAccountant {
         let orders = default_orders();
         let rdp = vec![0.0; orders.len()];
-        RdpAccountant { orders, rdp, steps: 0 }
+        RdpAccountant {
+            orders,
+            rdp,
+            steps: 0,
+        }
     }
 
     /// Nothing spent, on the given orders (each finite and above 1).
     pub fn with_orders(orders: Vec<f64>) -> Result<RdpAccountant, AccountantError> {
         orders.iter().try_for_each(|&o| check_order(o))?;
         let rdp = vec![0.0; orders.len()];
-        Ok(RdpAccountant { orders, rdp, steps: 0 })
+        Ok(RdpAccountant {
+            orders,
+            rdp,
+            steps: 0,
+        })
     }
 
     /// An accountant on the [`default_orders`] holding `rdp` (as reported by an agent in its
@@ -213,12 +248,19 @@ impl RdpAccountant {
     pub fn from_rdp(rdp: Vec<f64>) -> Result<RdpAccountant, AccountantError> {
         let orders = default_orders();
         if rdp.len() != orders.len() {
-            return Err(AccountantError::LengthMismatch { orders: orders.len(), rdp: rdp.len() });
+            return Err(AccountantError::LengthMismatch {
+                orders: orders.len(),
+                rdp: rdp.len(),
+            });
         }
         if let Some(&bad) = rdp.iter().find(|x| x.is_nan() || **x < 0.0) {
             return Err(AccountantError::Rdp(bad));
         }
-        Ok(RdpAccountant { orders, rdp, steps: 0 })
+        Ok(RdpAccountant {
+            orders,
+            rdp,
+            steps: 0,
+        })
     }
 
     pub fn orders(&self) -> &[f64] {
@@ -236,7 +278,12 @@ impl RdpAccountant {
     }
 
     /// Adds `steps` steps of the Poisson-subsampled Gaussian mechanism. On error nothing is added.
-    pub fn compose(&mut self, noise_multiplier: f64, sampling_rate: f64, steps: u64) -> Result<(), AccountantError> {
+    pub fn compose(
+        &mut self,
+        noise_multiplier: f64,
+        sampling_rate: f64,
+        steps: u64,
+    ) -> Result<(), AccountantError> {
         self.rdp = self.rdp_after(noise_multiplier, sampling_rate, steps)?;
         self.steps = self.steps.saturating_add(steps);
         Ok(())
@@ -248,13 +295,29 @@ impl RdpAccountant {
     }
 
     /// ε at `delta` as it would be after composing the planned steps, without composing them.
-    pub fn spent_if(&self, noise_multiplier: f64, sampling_rate: f64, steps: u64, delta: f64) -> Result<EpsilonReport, AccountantError> {
-        epsilon_from_rdp(&self.orders, &self.rdp_after(noise_multiplier, sampling_rate, steps)?, delta)
+    pub fn spent_if(
+        &self,
+        noise_multiplier: f64,
+        sampling_rate: f64,
+        steps: u64,
+        delta: f64,
+    ) -> Result<EpsilonReport, AccountantError> {
+        epsilon_from_rdp(
+            &self.orders,
+            &self.rdp_after(noise_multiplier, sampling_rate, steps)?,
+            delta,
+        )
     }
 
     /// Checks planned work against a budget without composing it: the agent calls this before
     /// accepting a task and [`RdpAccountant::compose`] once the update has left.
-    pub fn check(&self, noise_multiplier: f64, sampling_rate: f64, steps: u64, budget: &Budget) -> Result<BudgetCheck, AccountantError> {
+    pub fn check(
+        &self,
+        noise_multiplier: f64,
+        sampling_rate: f64,
+        steps: u64,
+        budget: &Budget,
+    ) -> Result<BudgetCheck, AccountantError> {
         Ok(BudgetCheck {
             spent: self.epsilon(budget.delta)?,
             after: self.spent_if(noise_multiplier, sampling_rate, steps, budget.delta)?,
@@ -262,7 +325,12 @@ impl RdpAccountant {
         })
     }
 
-    fn rdp_after(&self, noise_multiplier: f64, sampling_rate: f64, steps: u64) -> Result<Vec<f64>, AccountantError> {
+    fn rdp_after(
+        &self,
+        noise_multiplier: f64,
+        sampling_rate: f64,
+        steps: u64,
+    ) -> Result<Vec<f64>, AccountantError> {
         check_mechanism(noise_multiplier, sampling_rate)?;
         // u64 → f64 is exact up to 2^53 steps, far beyond any schedule.
         let n = steps as f64;
@@ -270,7 +338,13 @@ impl RdpAccountant {
             .orders
             .iter()
             .zip(&self.rdp)
-            .map(|(&order, &total)| if steps == 0 { total } else { total + n * rdp::subsampled_gaussian(sampling_rate, noise_multiplier, order) })
+            .map(|(&order, &total)| {
+                if steps == 0 {
+                    total
+                } else {
+                    total + n * rdp::subsampled_gaussian(sampling_rate, noise_multiplier, order)
+                }
+            })
             .collect())
     }
 }
@@ -288,7 +362,11 @@ struct AccountantState {
 impl From<RdpAccountant> for AccountantState {
     fn from(a: RdpAccountant) -> AccountantState {
         let rdp = a.rdp.iter().map(|&r| r.is_finite().then_some(r)).collect();
-        AccountantState { orders: a.orders, rdp, steps: a.steps }
+        AccountantState {
+            orders: a.orders,
+            rdp,
+            steps: a.steps,
+        }
     }
 }
 
@@ -296,14 +374,25 @@ impl TryFrom<AccountantState> for RdpAccountant {
     type Error = AccountantError;
     fn try_from(s: AccountantState) -> Result<RdpAccountant, AccountantError> {
         if s.orders.len() != s.rdp.len() {
-            return Err(AccountantError::LengthMismatch { orders: s.orders.len(), rdp: s.rdp.len() });
+            return Err(AccountantError::LengthMismatch {
+                orders: s.orders.len(),
+                rdp: s.rdp.len(),
+            });
         }
         s.orders.iter().try_for_each(|&o| check_order(o))?;
-        let rdp: Vec<f64> = s.rdp.into_iter().map(|r| r.unwrap_or(f64::INFINITY)).collect();
+        let rdp: Vec<f64> = s
+            .rdp
+            .into_iter()
+            .map(|r| r.unwrap_or(f64::INFINITY))
+            .collect();
         if let Some(&bad) = rdp.iter().find(|r| r.is_nan() || **r < 0.0) {
             return Err(AccountantError::Rdp(bad));
         }
-        Ok(RdpAccountant { orders: s.orders, rdp, steps: s.steps })
+        Ok(RdpAccountant {
+            orders: s.orders,
+            rdp,
+            steps: s.steps,
+        })
     }
 }
 
@@ -337,17 +426,44 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_refused_by_name() {
-        assert_eq!(epsilon(0.0, 0.1, 10, 1e-5), Err(AccountantError::NoiseMultiplier(0.0)));
-        assert_eq!(epsilon(-1.0, 0.1, 10, 1e-5), Err(AccountantError::NoiseMultiplier(-1.0)));
-        assert!(matches!(epsilon(f64::NAN, 0.1, 10, 1e-5), Err(AccountantError::NoiseMultiplier(_))));
-        assert_eq!(epsilon(1.0, 1.5, 10, 1e-5), Err(AccountantError::SamplingRate(1.5)));
-        assert_eq!(epsilon(1.0, -0.1, 10, 1e-5), Err(AccountantError::SamplingRate(-0.1)));
-        assert!(matches!(epsilon(1.0, f64::NAN, 10, 1e-5), Err(AccountantError::SamplingRate(_))));
+        assert_eq!(
+            epsilon(0.0, 0.1, 10, 1e-5),
+            Err(AccountantError::NoiseMultiplier(0.0))
+        );
+        assert_eq!(
+            epsilon(-1.0, 0.1, 10, 1e-5),
+            Err(AccountantError::NoiseMultiplier(-1.0))
+        );
+        assert!(matches!(
+            epsilon(f64::NAN, 0.1, 10, 1e-5),
+            Err(AccountantError::NoiseMultiplier(_))
+        ));
+        assert_eq!(
+            epsilon(1.0, 1.5, 10, 1e-5),
+            Err(AccountantError::SamplingRate(1.5))
+        );
+        assert_eq!(
+            epsilon(1.0, -0.1, 10, 1e-5),
+            Err(AccountantError::SamplingRate(-0.1))
+        );
+        assert!(matches!(
+            epsilon(1.0, f64::NAN, 10, 1e-5),
+            Err(AccountantError::SamplingRate(_))
+        ));
         assert_eq!(epsilon(1.0, 0.1, 10, 0.0), Err(AccountantError::Delta(0.0)));
         assert_eq!(epsilon(1.0, 0.1, 10, 1.0), Err(AccountantError::Delta(1.0)));
-        assert_eq!(RdpAccountant::with_orders(vec![2.0, 1.0]), Err(AccountantError::Order(1.0)));
-        assert_eq!(Budget::new(-1.0, 1e-5), Err(AccountantError::MaxEpsilon(-1.0)));
-        assert_eq!(epsilon_from_rdp(&[2.0], &[1.0, 2.0], 1e-5), Err(AccountantError::LengthMismatch { orders: 1, rdp: 2 }));
+        assert_eq!(
+            RdpAccountant::with_orders(vec![2.0, 1.0]),
+            Err(AccountantError::Order(1.0))
+        );
+        assert_eq!(
+            Budget::new(-1.0, 1e-5),
+            Err(AccountantError::MaxEpsilon(-1.0))
+        );
+        assert_eq!(
+            epsilon_from_rdp(&[2.0], &[1.0, 2.0], 1e-5),
+            Err(AccountantError::LengthMismatch { orders: 1, rdp: 2 })
+        );
     }
 
     #[test]
@@ -433,7 +549,10 @@ mod tests {
     #[test]
     fn default_grid_contains_dp_accounting_grid() {
         let ours = default_orders();
-        let theirs = (1..100).map(|x| 1.0 + f64::from(x) / 10.0).chain((11..64).map(f64::from)).chain([128.0, 256.0, 512.0, 1024.0]);
+        let theirs = (1..100)
+            .map(|x| 1.0 + f64::from(x) / 10.0)
+            .chain((11..64).map(f64::from))
+            .chain([128.0, 256.0, 512.0, 1024.0]);
         for order in theirs {
             assert!(ours.contains(&order), "missing order {order}");
         }

@@ -25,11 +25,19 @@ pub(crate) fn subsampled_gaussian(q: f64, sigma: f64, order: f64) -> f64 {
     if q == 1.0 {
         return order / (2.0 * sigma * sigma);
     }
-    let log_a = if order.fract() == 0.0 { log_a_int(q, sigma, order) } else { log_a_frac(q, sigma, order) };
+    let log_a = if order.fract() == 0.0 {
+        log_a_int(q, sigma, order)
+    } else {
+        log_a_frac(q, sigma, order)
+    };
     let rdp = log_a / (order - 1.0);
     // RDP is never negative; rounding can make a vanishing value slightly so. A NaN would only
     // come from overflow: treat that order as unusable rather than as free.
-    if rdp.is_nan() { f64::INFINITY } else { rdp.max(0.0) }
+    if rdp.is_nan() {
+        f64::INFINITY
+    } else {
+        rdp.max(0.0)
+    }
 }
 
 /// `ln A_α` for integer `α`, exactly: the binomial expansion of `(1 - q + q·μ1/μ0)^α` has
@@ -104,7 +112,10 @@ mod tests {
         ];
         for (q, z, order, want) in cases {
             let got = subsampled_gaussian(q, z, order);
-            assert!((got - want).abs() <= 1e-9 * want, "q={q} z={z} order={order}: got {got}, want {want}");
+            assert!(
+                (got - want).abs() <= 1e-9 * want,
+                "q={q} z={z} order={order}: got {got}, want {want}"
+            );
         }
     }
 
@@ -134,7 +145,10 @@ mod tests {
             for order in [2.0, 3.0, 8.0, 20.0] {
                 let exact = subsampled_gaussian(q, sigma, order);
                 let series = subsampled_gaussian(q, sigma, order + 1e-9);
-                assert!((exact - series).abs() < 1e-6 * exact, "q={q} σ={sigma} α={order}: {exact} vs {series}");
+                assert!(
+                    (exact - series).abs() < 1e-6 * exact,
+                    "q={q} σ={sigma} α={order}: {exact} vs {series}"
+                );
             }
         }
     }

@@ -67,7 +67,9 @@ fn write_number(n: &Number, out: &mut String) -> Result<(), LedgerError> {
     } else if let Some(i) = n.as_i64() {
         out.push_str(&i.to_string());
     } else {
-        let x = n.as_f64().ok_or_else(|| LedgerError::Encode(format!("number {n} is not a double")))?;
+        let x = n
+            .as_f64()
+            .ok_or_else(|| LedgerError::Encode(format!("number {n} is not a double")))?;
         write_f64(x, out)?;
     }
     Ok(())
@@ -120,7 +122,10 @@ fn shortest_digits(x: f64) -> (String, i32) {
     let split = |sci: &str| {
         let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
         let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-        (digits, exp.parse::<i32>().expect("`{:e}` exponent is an integer"))
+        (
+            digits,
+            exp.parse::<i32>().expect("`{:e}` exponent is an integer"),
+        )
     };
     // Rust's `{:e}` gives the fewest digits that round-trip, but breaks an exact tie between
     // two such candidates upwards (815227081612558.25 → …558.3, where ECMAScript writes …558.2).
@@ -128,7 +133,11 @@ fn shortest_digits(x: f64) -> (String, i32) {
     // Rounding the exact value to that many digits (ties to even) gives the closest candidate;
     // keep it when it still reads back to `x`.
     let closest = format!("{x:.*e}", digits.len() - 1);
-    if closest.parse::<f64>() == Ok(x) { split(&closest) } else { (digits, exp) }
+    if closest.parse::<f64>() == Ok(x) {
+        split(&closest)
+    } else {
+        (digits, exp)
+    }
 }
 
 fn write_string(s: &str, out: &mut String) {
@@ -161,7 +170,10 @@ mod tests {
     #[test]
     fn sorts_keys_recursively_and_writes_no_whitespace() {
         let v = json!({"b": 1, "a": {"z": [1.5, "x\"y\n\u{1}é", null], "é": true, "A": 1e-5}, "c": 2.0});
-        assert_eq!(text(&v), "{\"a\":{\"A\":0.00001,\"z\":[1.5,\"x\\\"y\\n\\u0001é\",null],\"é\":true},\"b\":1,\"c\":2}");
+        assert_eq!(
+            text(&v),
+            "{\"a\":{\"A\":0.00001,\"z\":[1.5,\"x\\\"y\\n\\u0001é\",null],\"é\":true},\"b\":1,\"c\":2}"
+        );
     }
 
     /// RFC 8785 §3.2.2.3 and Appendix B sample values.
@@ -180,7 +192,10 @@ mod tests {
             (1e20, "100000000000000000000"),
             (123456789012345680000.0, "123456789012345680000"),
             (f64::from_bits(0x0000000000000001), "5e-324"),
-            (f64::from_bits(0x7fefffffffffffff), "1.7976931348623157e+308"),
+            (
+                f64::from_bits(0x7fefffffffffffff),
+                "1.7976931348623157e+308",
+            ),
             (333333333.3333332, "333333333.3333332"),
             (4.50, "4.5"),
             (2e-3, "0.002"),
@@ -199,12 +214,26 @@ mod tests {
     #[test]
     fn keys_sort_by_utf16_code_units() {
         let v = json!({"\u{FB33}": 1, "\u{1F600}": 2, "\r": 3, "1": 4});
-        assert_eq!(text(&v), "{\"\\r\":3,\"1\":4,\"\u{1F600}\":2,\"\u{FB33}\":1}");
+        assert_eq!(
+            text(&v),
+            "{\"\\r\":3,\"1\":4,\"\u{1F600}\":2,\"\u{FB33}\":1}"
+        );
     }
 
     #[test]
     fn floats_read_back_bit_identical() {
-        for x in [0.1, 1e-5, 1.0 / 3.0, 0.30000000000000004, 123456.789e10, f64::MIN_POSITIVE, 5e-324, f64::MAX, 1e21, 1e-7] {
+        for x in [
+            0.1,
+            1e-5,
+            1.0 / 3.0,
+            0.30000000000000004,
+            123456.789e10,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            1e21,
+            1e-7,
+        ] {
             let text = to_vec(&x).unwrap();
             let back: f64 = serde_json::from_slice(&text).unwrap();
             assert_eq!(back.to_bits(), x.to_bits(), "{x}");

@@ -113,9 +113,18 @@ impl Contribution {
             ("round_id", self.round_id == r.round_id),
             ("bytes", self.bytes == r.bytes),
             ("upload_sha256", self.upload_sha256 == r.update_sha256),
-            ("clipping_norm", self.clipping_norm.to_bits() == r.clipping_norm.to_bits()),
-            ("noise_multiplier", self.noise_multiplier.to_bits() == r.noise_multiplier.to_bits()),
-            ("epsilon_spent", self.epsilon_spent.to_bits() == r.epsilon_spent.to_bits()),
+            (
+                "clipping_norm",
+                self.clipping_norm.to_bits() == r.clipping_norm.to_bits(),
+            ),
+            (
+                "noise_multiplier",
+                self.noise_multiplier.to_bits() == r.noise_multiplier.to_bits(),
+            ),
+            (
+                "epsilon_spent",
+                self.epsilon_spent.to_bits() == r.epsilon_spent.to_bits(),
+            ),
         ];
         for (field, same) in checks {
             if !same {
@@ -129,7 +138,11 @@ impl Contribution {
 impl LedgerEvent {
     fn check_finite(&self) -> Result<(), LedgerError> {
         if let LedgerEvent::Contribution(c) = self {
-            for (field, x) in [("clipping_norm", c.clipping_norm), ("noise_multiplier", c.noise_multiplier), ("epsilon_spent", c.epsilon_spent)] {
+            for (field, x) in [
+                ("clipping_norm", c.clipping_norm),
+                ("noise_multiplier", c.noise_multiplier),
+                ("epsilon_spent", c.epsilon_spent),
+            ] {
                 if !x.is_finite() {
                     return Err(LedgerError::NonFinite { field });
                 }
@@ -177,11 +190,20 @@ impl LedgerLine {
     /// The line for an entry, with its leaf hash computed.
     pub fn from_entry(entry: LedgerEntry) -> Result<LedgerLine, LedgerError> {
         let leaf_hash = entry.leaf_hash()?;
-        Ok(LedgerLine { index: entry.index, timestamp_ms: entry.timestamp_ms, event: entry.event, leaf_hash })
+        Ok(LedgerLine {
+            index: entry.index,
+            timestamp_ms: entry.timestamp_ms,
+            event: entry.event,
+            leaf_hash,
+        })
     }
 
     pub fn entry(&self) -> LedgerEntry {
-        LedgerEntry { index: self.index, timestamp_ms: self.timestamp_ms, event: self.event.clone() }
+        LedgerEntry {
+            index: self.index,
+            timestamp_ms: self.timestamp_ms,
+            event: self.event.clone(),
+        }
     }
 
     /// The leaf hash recomputed from the contents (what the verifier trusts, rather than
@@ -199,12 +221,21 @@ impl LedgerLine {
 
     /// Parses one export line; `line_no` (1-based) is used in errors.
     pub fn parse(line_no: usize, text: &str) -> Result<LedgerLine, LedgerError> {
-        let parse_err = |message: String| LedgerError::Parse { line: line_no, message };
+        let parse_err = |message: String| LedgerError::Parse {
+            line: line_no,
+            message,
+        };
         let line: LedgerLine = serde_json::from_str(text).map_err(|e| parse_err(e.to_string()))?;
         let again = line.to_json().map_err(|e| parse_err(e.to_string()))?;
         if again != text {
-            let at = again.bytes().zip(text.bytes()).position(|(a, b)| a != b).unwrap_or(again.len().min(text.len()));
-            return Err(parse_err(format!("not in canonical form (first difference at byte {at})")));
+            let at = again
+                .bytes()
+                .zip(text.bytes())
+                .position(|(a, b)| a != b)
+                .unwrap_or(again.len().min(text.len()));
+            return Err(parse_err(format!(
+                "not in canonical form (first difference at byte {at})"
+            )));
         }
         Ok(line)
     }
@@ -227,7 +258,10 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<LedgerLine>, LedgerError> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
-    body.split('\n').enumerate().map(|(i, line)| LedgerLine::parse(i + 1, line)).collect()
+    body.split('\n')
+        .enumerate()
+        .map(|(i, line)| LedgerLine::parse(i + 1, line))
+        .collect()
 }
 
 /// An in-memory ledger: the lines and the Merkle tree over them. The coordinator keeps one as
@@ -249,11 +283,17 @@ impl Ledger {
         let mut tree = MerkleTree::new();
         for (position, line) in lines.iter().enumerate() {
             if line.index != position as u64 {
-                return Err(LedgerError::BadEntry { index: line.index, message: format!("found at position {position}") });
+                return Err(LedgerError::BadEntry {
+                    index: line.index,
+                    message: format!("found at position {position}"),
+                });
             }
             let computed = line.computed_leaf_hash()?;
             if computed != line.leaf_hash {
-                return Err(LedgerError::BadEntry { index: line.index, message: "contents do not match the recorded leaf hash".into() });
+                return Err(LedgerError::BadEntry {
+                    index: line.index,
+                    message: "contents do not match the recorded leaf hash".into(),
+                });
             }
             tree.push(computed);
         }
@@ -262,8 +302,16 @@ impl Ledger {
 
     /// Appends an event at time `timestamp_ms` and returns its line, to be persisted by the
     /// caller in the same transaction as the state the event describes.
-    pub fn append(&mut self, timestamp_ms: u64, event: LedgerEvent) -> Result<&LedgerLine, LedgerError> {
-        let line = LedgerLine::from_entry(LedgerEntry { index: self.size(), timestamp_ms, event })?;
+    pub fn append(
+        &mut self,
+        timestamp_ms: u64,
+        event: LedgerEvent,
+    ) -> Result<&LedgerLine, LedgerError> {
+        let line = LedgerLine::from_entry(LedgerEntry {
+            index: self.size(),
+            timestamp_ms,
+            event,
+        })?;
         self.tree.push(line.leaf_hash);
         self.lines.push(line);
         Ok(self.lines.last().expect("just pushed"))
@@ -273,10 +321,16 @@ impl Ledger {
     /// refusing one whose index is not the next or whose contents do not hash to its leaf hash.
     pub fn push_line(&mut self, line: LedgerLine) -> Result<(), LedgerError> {
         if line.index != self.size() {
-            return Err(LedgerError::BadEntry { index: line.index, message: format!("expected entry {} next", self.size()) });
+            return Err(LedgerError::BadEntry {
+                index: line.index,
+                message: format!("expected entry {} next", self.size()),
+            });
         }
         if line.computed_leaf_hash()? != line.leaf_hash {
-            return Err(LedgerError::BadEntry { index: line.index, message: "contents do not match the recorded leaf hash".into() });
+            return Err(LedgerError::BadEntry {
+                index: line.index,
+                message: "contents do not match the recorded leaf hash".into(),
+            });
         }
         self.tree.push(line.leaf_hash);
         self.lines.push(line);
@@ -289,7 +343,9 @@ impl Ledger {
 
     /// Lines `start..end` (clamped to the ledger), for paging an export.
     pub fn range(&self, start: u64, end: u64) -> &[LedgerLine] {
-        let end = usize::try_from(end).unwrap_or(usize::MAX).min(self.lines.len());
+        let end = usize::try_from(end)
+            .unwrap_or(usize::MAX)
+            .min(self.lines.len());
         let start = usize::try_from(start).unwrap_or(usize::MAX).min(end);
         &self.lines[start..end]
     }
@@ -308,14 +364,27 @@ impl Ledger {
 
     /// The head of the whole ledger at `timestamp_ms`, signed with the ledger key.
     pub fn sign_head(&self, timestamp_ms: u64, ledger_key: &SigningKey) -> SignedTreeHead {
-        TreeHead { tree_size: self.size(), root_hash: self.root(), timestamp_ms }.sign(ledger_key)
+        TreeHead {
+            tree_size: self.size(),
+            root_hash: self.root(),
+            timestamp_ms,
+        }
+        .sign(ledger_key)
     }
 
-    pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<Vec<Sha256Digest>, LedgerError> {
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<Vec<Sha256Digest>, LedgerError> {
         self.tree.inclusion_proof(index, tree_size)
     }
 
-    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Sha256Digest>, LedgerError> {
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Sha256Digest>, LedgerError> {
         self.tree.consistency_proof(old_size, new_size)
     }
 
@@ -324,7 +393,11 @@ impl Ledger {
         self.lines
             .iter()
             .filter_map(|l| match &l.event {
-                LedgerEvent::Contribution(c) if c.federation == federation && c.round_id == round_id => Some(c.facility.as_str()),
+                LedgerEvent::Contribution(c)
+                    if c.federation == federation && c.round_id == round_id =>
+                {
+                    Some(c.facility.as_str())
+                }
                 _ => None,
             })
             .collect()
@@ -334,11 +407,16 @@ impl Ledger {
 /// The receipt keys recorded by `FacilityEnrolled` entries (the latest per facility wins).
 /// These are the coordinator's claims: an auditor who has the facilities' keys from elsewhere
 /// should prefer those.
-pub fn enrolled_receipt_keys(lines: &[LedgerLine]) -> std::collections::BTreeMap<String, VerifyingKey> {
+pub fn enrolled_receipt_keys(
+    lines: &[LedgerLine],
+) -> std::collections::BTreeMap<String, VerifyingKey> {
     let mut keys = std::collections::BTreeMap::new();
     for line in lines {
         match &line.event {
-            LedgerEvent::FacilityEnrolled { facility, receipt_key: Some(key) } => {
+            LedgerEvent::FacilityEnrolled {
+                facility,
+                receipt_key: Some(key),
+            } => {
                 keys.insert(facility.clone(), *key);
             }
             LedgerEvent::FacilityRevoked { facility, .. } => {
@@ -359,45 +437,97 @@ mod tests {
         let entry = LedgerEntry {
             index: 4,
             timestamp_ms: 1_700_000_000_000,
-            event: LedgerEvent::AdminAction { actor: "op".into(), action: "pause".into(), detail: String::new() },
+            event: LedgerEvent::AdminAction {
+                actor: "op".into(),
+                action: "pause".into(),
+                detail: String::new(),
+            },
         };
         let text = String::from_utf8(entry.leaf_bytes().unwrap()).unwrap();
-        assert_eq!(text, r#"{"event":{"action":"pause","actor":"op","detail":"","type":"admin_action"},"index":4,"timestamp_ms":1700000000000}"#);
+        assert_eq!(
+            text,
+            r#"{"event":{"action":"pause","actor":"op","detail":"","type":"admin_action"},"index":4,"timestamp_ms":1700000000000}"#
+        );
         assert_eq!(entry.leaf_hash().unwrap(), hash_leaf(text.as_bytes()));
     }
 
     #[test]
     fn export_round_trips_and_rejects_non_canonical_lines() {
         let mut ledger = Ledger::new();
-        ledger.append(1, LedgerEvent::FederationCreated { name: "f".into(), privacy: serde_json::json!({"delta": 1e-5, "mechanism": "distributed"}) }).unwrap();
-        ledger.append(2, LedgerEvent::AdminAction { actor: "op".into(), action: "start".into(), detail: "x\ny".into() }).unwrap();
+        ledger
+            .append(
+                1,
+                LedgerEvent::FederationCreated {
+                    name: "f".into(),
+                    privacy: serde_json::json!({"delta": 1e-5, "mechanism": "distributed"}),
+                },
+            )
+            .unwrap();
+        ledger
+            .append(
+                2,
+                LedgerEvent::AdminAction {
+                    actor: "op".into(),
+                    action: "start".into(),
+                    detail: "x\ny".into(),
+                },
+            )
+            .unwrap();
         let text = to_jsonl(ledger.lines()).unwrap();
         assert_eq!(parse_jsonl(&text).unwrap(), ledger.lines());
         assert_eq!(parse_jsonl(text.trim_end()).unwrap(), ledger.lines());
         assert_eq!(parse_jsonl("").unwrap(), vec![]);
 
         let spaced = text.replacen("\"index\":1", "\"index\": 1", 1);
-        assert!(matches!(parse_jsonl(&spaced), Err(LedgerError::Parse { line: 2, .. })), "{:?}", parse_jsonl(&spaced));
+        assert!(
+            matches!(
+                parse_jsonl(&spaced),
+                Err(LedgerError::Parse { line: 2, .. })
+            ),
+            "{:?}",
+            parse_jsonl(&spaced)
+        );
         let garbage = format!("{text}{{not json\n");
-        assert!(matches!(parse_jsonl(&garbage), Err(LedgerError::Parse { line: 3, .. })));
+        assert!(matches!(
+            parse_jsonl(&garbage),
+            Err(LedgerError::Parse { line: 3, .. })
+        ));
         let blank = text.replacen('\n', "\n\n", 1);
-        assert!(matches!(parse_jsonl(&blank), Err(LedgerError::Parse { line: 2, .. })));
+        assert!(matches!(
+            parse_jsonl(&blank),
+            Err(LedgerError::Parse { line: 2, .. })
+        ));
     }
 
     #[test]
     fn from_lines_refuses_corruption() {
         let mut ledger = Ledger::new();
         for t in 0..3 {
-            ledger.append(t, LedgerEvent::AdminAction { actor: "op".into(), action: format!("a{t}"), detail: String::new() }).unwrap();
+            ledger
+                .append(
+                    t,
+                    LedgerEvent::AdminAction {
+                        actor: "op".into(),
+                        action: format!("a{t}"),
+                        detail: String::new(),
+                    },
+                )
+                .unwrap();
         }
         let rebuilt = Ledger::from_lines(ledger.lines().to_vec()).unwrap();
         assert_eq!(rebuilt.root(), ledger.root());
 
         let mut lines = ledger.lines().to_vec();
         lines[1].timestamp_ms += 1;
-        assert!(matches!(Ledger::from_lines(lines), Err(LedgerError::BadEntry { index: 1, .. })));
+        assert!(matches!(
+            Ledger::from_lines(lines),
+            Err(LedgerError::BadEntry { index: 1, .. })
+        ));
         let mut lines = ledger.lines().to_vec();
         lines.swap(0, 2);
-        assert!(matches!(Ledger::from_lines(lines), Err(LedgerError::BadEntry { index: 2, .. })));
+        assert!(matches!(
+            Ledger::from_lines(lines),
+            Err(LedgerError::BadEntry { index: 2, .. })
+        ));
     }
 }

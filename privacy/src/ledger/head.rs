@@ -55,13 +55,19 @@ impl TreeHead {
     /// Signs with the coordinator's ledger key.
     pub fn sign(self, ledger_key: &SigningKey) -> SignedTreeHead {
         let signature = ledger_key.sign(&self.signing_bytes());
-        SignedTreeHead { head: self, signature }
+        SignedTreeHead {
+            head: self,
+            signature,
+        }
     }
 
     /// An agent's countersignature of this head, saying "facility saw this head".
     pub fn cosign(&self, facility: &str, facility_key: &SigningKey) -> Cosignature {
         let signature = facility_key.sign(&cosign_bytes(facility, self));
-        Cosignature { facility: facility.to_string(), signature }
+        Cosignature {
+            facility: facility.to_string(),
+            signature,
+        }
     }
 }
 
@@ -77,7 +83,9 @@ pub struct SignedTreeHead {
 impl SignedTreeHead {
     /// Checks the signature with the coordinator's ledger key (strict Ed25519 verification).
     pub fn verify(&self, ledger_key: &VerifyingKey) -> Result<(), LedgerError> {
-        ledger_key.verify_strict(&self.head.signing_bytes(), &self.signature).map_err(|_| LedgerError::BadSignature("tree head"))
+        ledger_key
+            .verify_strict(&self.head.signing_bytes(), &self.signature)
+            .map_err(|_| LedgerError::BadSignature("tree head"))
     }
 }
 
@@ -93,7 +101,9 @@ pub struct Cosignature {
 impl Cosignature {
     /// Checks that `self.facility`'s key countersigned `head`.
     pub fn verify(&self, head: &TreeHead, facility_key: &VerifyingKey) -> Result<(), LedgerError> {
-        facility_key.verify_strict(&cosign_bytes(&self.facility, head), &self.signature).map_err(|_| LedgerError::BadSignature("tree head countersignature"))
+        facility_key
+            .verify_strict(&cosign_bytes(&self.facility, head), &self.signature)
+            .map_err(|_| LedgerError::BadSignature("tree head countersignature"))
     }
 }
 
@@ -101,7 +111,11 @@ fn cosign_bytes(facility: &str, head: &TreeHead) -> Vec<u8> {
     let mut out = Vec::with_capacity(29 + 4 + facility.len() + 70);
     out.extend_from_slice(COSIGN_DOMAIN);
     // A facility name longer than 4 GiB cannot exist; saturate rather than panic.
-    out.extend_from_slice(&u32::try_from(facility.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(facility.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(facility.as_bytes());
     out.extend_from_slice(&head.signing_bytes());
     out
@@ -116,7 +130,11 @@ mod tests {
     }
 
     fn head() -> TreeHead {
-        TreeHead { tree_size: 3, root_hash: Sha256Digest([7; 32]), timestamp_ms: 1_700_000_000_000 }
+        TreeHead {
+            tree_size: 3,
+            root_hash: Sha256Digest([7; 32]),
+            timestamp_ms: 1_700_000_000_000,
+        }
     }
 
     #[test]
@@ -133,13 +151,23 @@ mod tests {
         let signed = head().sign(&key(1));
         assert!(signed.verify(&key(1).verifying_key()).is_ok());
         assert!(signed.verify(&key(2).verifying_key()).is_err());
-        for change in [|h: &mut TreeHead| h.tree_size += 1, |h: &mut TreeHead| h.timestamp_ms += 1, |h: &mut TreeHead| h.root_hash.0[31] ^= 1] {
+        for change in [
+            |h: &mut TreeHead| h.tree_size += 1,
+            |h: &mut TreeHead| h.timestamp_ms += 1,
+            |h: &mut TreeHead| h.root_hash.0[31] ^= 1,
+        ] {
             let mut bad = signed;
             change(&mut bad.head);
-            assert_eq!(bad.verify(&key(1).verifying_key()), Err(LedgerError::BadSignature("tree head")));
+            assert_eq!(
+                bad.verify(&key(1).verifying_key()),
+                Err(LedgerError::BadSignature("tree head"))
+            );
         }
         let json = serde_json::to_string(&signed).unwrap();
-        assert_eq!(serde_json::from_str::<SignedTreeHead>(&json).unwrap(), signed);
+        assert_eq!(
+            serde_json::from_str::<SignedTreeHead>(&json).unwrap(),
+            signed
+        );
     }
 
     #[test]
@@ -149,10 +177,16 @@ mod tests {
         let mut other = head();
         other.tree_size = 4;
         assert!(c.verify(&other, &key(3).verifying_key()).is_err());
-        let renamed = Cosignature { facility: "clinic-b".into(), ..c.clone() };
+        let renamed = Cosignature {
+            facility: "clinic-b".into(),
+            ..c.clone()
+        };
         assert!(renamed.verify(&head(), &key(3).verifying_key()).is_err());
         // A countersignature is not a head signature, even with the same key.
-        let as_head = SignedTreeHead { head: head(), signature: c.signature };
+        let as_head = SignedTreeHead {
+            head: head(),
+            signature: c.signature,
+        };
         assert!(as_head.verify(&key(3).verifying_key()).is_err());
     }
 }

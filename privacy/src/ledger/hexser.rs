@@ -12,7 +12,8 @@ pub(crate) mod signature {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Signature, D::Error> {
         let text = String::deserialize(d)?;
         let mut bytes = [0u8; 64];
-        hex::decode_to_slice(&text, &mut bytes).map_err(|e| serde::de::Error::custom(format!("bad signature hex: {e}")))?;
+        hex::decode_to_slice(&text, &mut bytes)
+            .map_err(|e| serde::de::Error::custom(format!("bad signature hex: {e}")))?;
         Ok(Signature::from_bytes(&bytes))
     }
 }
@@ -31,14 +32,21 @@ pub(crate) mod opt_verifying_key {
     use ed25519_dalek::VerifyingKey;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn serialize<S: Serializer>(key: &Option<VerifyingKey>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        key: &Option<VerifyingKey>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match key {
             Some(key) => s.serialize_some(&hex::encode(key.as_bytes())),
             None => s.serialize_none(),
         }
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<VerifyingKey>, D::Error> {
-        Option::<String>::deserialize(d)?.map(|text| super::verifying_key::parse(&text).map_err(serde::de::Error::custom)).transpose()
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<VerifyingKey>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| super::verifying_key::parse(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

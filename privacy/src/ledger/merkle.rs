@@ -62,7 +62,9 @@ impl Default for MerkleTree {
 
 impl MerkleTree {
     pub fn new() -> MerkleTree {
-        MerkleTree { levels: vec![Vec::new()] }
+        MerkleTree {
+            levels: vec![Vec::new()],
+        }
     }
 
     /// A tree over these leaf hashes, in order.
@@ -112,7 +114,11 @@ impl MerkleTree {
     }
 
     /// The audit path `PATH(index, D[tree_size])` (RFC 9162 §2.1.3.1), leaf-side first.
-    pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<Vec<Sha256Digest>, LedgerError> {
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<Vec<Sha256Digest>, LedgerError> {
         self.check_size(tree_size)?;
         if index >= tree_size {
             return Err(LedgerError::IndexOutOfRange { index, tree_size });
@@ -124,7 +130,11 @@ impl MerkleTree {
 
     /// The consistency proof `PROOF(old_size, D[new_size])` (RFC 9162 §2.1.4.1); empty when
     /// `old_size` is 0 or equals `new_size`.
-    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Sha256Digest>, LedgerError> {
+    pub fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Sha256Digest>, LedgerError> {
         self.check_size(new_size)?;
         if old_size > new_size {
             return Err(LedgerError::SizesOutOfOrder { old_size, new_size });
@@ -138,7 +148,10 @@ impl MerkleTree {
 
     fn check_size(&self, tree_size: u64) -> Result<(), LedgerError> {
         if tree_size > self.size() {
-            return Err(LedgerError::TreeSizeOutOfRange { tree_size, size: self.size() });
+            return Err(LedgerError::TreeSizeOutOfRange {
+                tree_size,
+                size: self.size(),
+            });
         }
         Ok(())
     }
@@ -198,7 +211,13 @@ fn split(n: u64) -> u64 {
 
 /// Checks that `proof` shows the leaf with hash `leaf_hash` at `index` in the tree of
 /// `tree_size` leaves whose root is `root` (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(leaf_hash: &Sha256Digest, index: u64, tree_size: u64, proof: &[Sha256Digest], root: &Sha256Digest) -> Result<(), LedgerError> {
+pub fn verify_inclusion(
+    leaf_hash: &Sha256Digest,
+    index: u64,
+    tree_size: u64,
+    proof: &[Sha256Digest],
+    root: &Sha256Digest,
+) -> Result<(), LedgerError> {
     if index >= tree_size {
         return Err(LedgerError::IndexOutOfRange { index, tree_size });
     }
@@ -232,27 +251,49 @@ pub fn verify_inclusion(leaf_hash: &Sha256Digest, index: u64, tree_size: u64, pr
 /// Checks that the tree of `new_size` leaves with root `new_root` extends the tree of
 /// `old_size` leaves with root `old_root` (RFC 9162 §2.1.4.2): the old tree is a prefix of the
 /// new one, so nothing that was logged has been changed or removed.
-pub fn verify_consistency(old_size: u64, new_size: u64, old_root: &Sha256Digest, new_root: &Sha256Digest, proof: &[Sha256Digest]) -> Result<(), LedgerError> {
+pub fn verify_consistency(
+    old_size: u64,
+    new_size: u64,
+    old_root: &Sha256Digest,
+    new_root: &Sha256Digest,
+    proof: &[Sha256Digest],
+) -> Result<(), LedgerError> {
     if old_size > new_size {
         return Err(LedgerError::SizesOutOfOrder { old_size, new_size });
     }
     if old_size == new_size {
         if !proof.is_empty() {
-            return Err(LedgerError::InvalidProof("consistency proof between equal sizes must be empty"));
+            return Err(LedgerError::InvalidProof(
+                "consistency proof between equal sizes must be empty",
+            ));
         }
-        return if old_root == new_root { Ok(()) } else { Err(LedgerError::RootMismatch) };
+        return if old_root == new_root {
+            Ok(())
+        } else {
+            Err(LedgerError::RootMismatch)
+        };
     }
     if old_size == 0 {
         if !proof.is_empty() {
-            return Err(LedgerError::InvalidProof("consistency proof from the empty tree must be empty"));
+            return Err(LedgerError::InvalidProof(
+                "consistency proof from the empty tree must be empty",
+            ));
         }
-        return if *old_root == empty_root() { Ok(()) } else { Err(LedgerError::RootMismatch) };
+        return if *old_root == empty_root() {
+            Ok(())
+        } else {
+            Err(LedgerError::RootMismatch)
+        };
     }
     let Some((first, rest)) = proof.split_first() else {
         return Err(LedgerError::InvalidProof("empty consistency proof"));
     };
     // Step 2: when the old tree is complete, its root is the first node of the path.
-    let (seed, rest) = if old_size.is_power_of_two() { (*old_root, proof) } else { (*first, rest) };
+    let (seed, rest) = if old_size.is_power_of_two() {
+        (*old_root, proof)
+    } else {
+        (*first, rest)
+    };
     let (mut fnode, mut snode) = (old_size - 1, new_size - 1);
     while fnode & 1 == 1 {
         fnode >>= 1;
@@ -291,7 +332,17 @@ mod tests {
 
     #[test]
     fn split_is_largest_power_of_two_below() {
-        for (n, k) in [(2, 1), (3, 2), (4, 2), (5, 4), (7, 4), (8, 4), (9, 8), (63, 32), (28937, 16384)] {
+        for (n, k) in [
+            (2, 1),
+            (3, 2),
+            (4, 2),
+            (5, 4),
+            (7, 4),
+            (8, 4),
+            (9, 8),
+            (63, 32),
+            (28937, 16384),
+        ] {
             assert_eq!(split(n), k, "n={n}");
         }
     }

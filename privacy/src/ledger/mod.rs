@@ -42,11 +42,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub use event::{Contribution, Ledger, LedgerEntry, LedgerEvent, LedgerLine, enrolled_receipt_keys, parse_jsonl, to_jsonl};
+pub use event::{
+    Contribution, Ledger, LedgerEntry, LedgerEvent, LedgerLine, enrolled_receipt_keys, parse_jsonl,
+    to_jsonl,
+};
 pub use head::{Cosignature, SignedTreeHead, TreeHead};
 pub use merkle::{MerkleTree, verify_consistency, verify_inclusion};
 pub use receipt::{EgressReceipt, SignedReceipt};
-pub use verify::{CrossCheckReport, Failure, HeadRole, VerificationReport, cross_check, verify_head_consistency, verify_ledger, verify_receipt_inclusion};
+pub use verify::{
+    CrossCheckReport, Failure, HeadRole, VerificationReport, cross_check, verify_head_consistency,
+    verify_ledger, verify_receipt_inclusion,
+};
 
 /// Errors of the ledger: bad proofs, bad signatures, bad input. Verification of a whole ledger
 /// does not fail with these; it returns a [`VerificationReport`] listing every [`Failure`].
@@ -126,7 +132,8 @@ impl Serialize for Sha256Digest {
 impl<'de> Deserialize<'de> for Sha256Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sha256Digest, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|e| serde::de::Error::custom(format!("bad SHA-256 hex: {e}")))
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("bad SHA-256 hex: {e}")))
     }
 }
 
@@ -137,7 +144,10 @@ mod tests {
     #[test]
     fn digest_hex_round_trips() {
         let d = Sha256Digest::of(b"");
-        assert_eq!(d.to_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(d.to_hex().parse::<Sha256Digest>().unwrap(), d);
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Sha256Digest>(&json).unwrap(), d);

@@ -53,7 +53,10 @@ impl EgressReceipt {
     /// Signs with the facility's key.
     pub fn sign(self, facility_key: &SigningKey) -> Result<SignedReceipt, LedgerError> {
         let signature = facility_key.sign(&self.signing_bytes()?);
-        Ok(SignedReceipt { receipt: self, signature })
+        Ok(SignedReceipt {
+            receipt: self,
+            signature,
+        })
     }
 
     pub(crate) fn check_finite(&self) -> Result<(), LedgerError> {
@@ -84,7 +87,9 @@ impl SignedReceipt {
     /// Checks the signature with the facility's key (strict Ed25519 verification).
     pub fn verify(&self, facility_key: &VerifyingKey) -> Result<(), LedgerError> {
         let bytes = self.receipt.signing_bytes()?;
-        facility_key.verify_strict(&bytes, &self.signature).map_err(|_| LedgerError::BadSignature("egress receipt"))
+        facility_key
+            .verify_strict(&bytes, &self.signature)
+            .map_err(|_| LedgerError::BadSignature("egress receipt"))
     }
 }
 
@@ -124,12 +129,22 @@ mod tests {
         let key = SigningKey::from_bytes(&[9; 32]);
         let signed = receipt().sign(&key).unwrap();
         assert!(signed.verify(&key.verifying_key()).is_ok());
-        assert!(signed.verify(&SigningKey::from_bytes(&[8; 32]).verifying_key()).is_err());
+        assert!(
+            signed
+                .verify(&SigningKey::from_bytes(&[8; 32]).verifying_key())
+                .is_err()
+        );
         let mut tampered = signed.clone();
         tampered.receipt.epsilon_spent = 0.41;
-        assert_eq!(tampered.verify(&key.verifying_key()), Err(LedgerError::BadSignature("egress receipt")));
+        assert_eq!(
+            tampered.verify(&key.verifying_key()),
+            Err(LedgerError::BadSignature("egress receipt"))
+        );
         let json = serde_json::to_string(&signed).unwrap();
-        assert_eq!(serde_json::from_str::<SignedReceipt>(&json).unwrap(), signed);
+        assert_eq!(
+            serde_json::from_str::<SignedReceipt>(&json).unwrap(),
+            signed
+        );
     }
 
     #[test]
@@ -137,6 +152,11 @@ mod tests {
         let key = SigningKey::from_bytes(&[9; 32]);
         let mut r = receipt();
         r.epsilon_spent = f64::INFINITY;
-        assert_eq!(r.sign(&key).unwrap_err(), LedgerError::NonFinite { field: "receipt.epsilon_spent" });
+        assert_eq!(
+            r.sign(&key).unwrap_err(),
+            LedgerError::NonFinite {
+                field: "receipt.epsilon_spent"
+            }
+        );
     }
 }

@@ -42,22 +42,45 @@ pub enum Failure {
     /// The entries `head_size..n_entries` are not covered by the signed head.
     Unsigned { head_size: u64, n_entries: u64 },
     /// The first `tree_size` entries do not hash to the signed head's root.
-    RootMismatch { tree_size: u64, head_root: Sha256Digest, computed_root: Sha256Digest },
+    RootMismatch {
+        tree_size: u64,
+        head_root: Sha256Digest,
+        computed_root: Sha256Digest,
+    },
     /// The previous head's tree is not a prefix of this ledger: the history was rewritten, or
     /// different parties were shown different histories.
-    Fork { previous_size: u64, previous_root: Sha256Digest, computed_root: Sha256Digest },
+    Fork {
+        previous_size: u64,
+        previous_root: Sha256Digest,
+        computed_root: Sha256Digest,
+    },
     /// The previous head is larger than the current one: the ledger shrank.
-    Rollback { previous_size: u64, current_size: u64 },
+    Rollback {
+        previous_size: u64,
+        current_size: u64,
+    },
     /// A contribution's receipt does not verify with its facility's key.
     BadReceiptSignature { index: u64, facility: String },
     /// A contribution disagrees with its own receipt in `field`.
     ReceiptMismatch { index: u64, field: &'static str },
     /// A receipt in the facility's log has no contribution in the ledger.
-    MissingFromLedger { federation: String, round_id: u64, update_sha256: Sha256Digest },
+    MissingFromLedger {
+        federation: String,
+        round_id: u64,
+        update_sha256: Sha256Digest,
+    },
     /// A contribution of the facility in the ledger that its log does not hold.
-    ExtraInLedger { index: u64, federation: String, round_id: u64 },
+    ExtraInLedger {
+        index: u64,
+        federation: String,
+        round_id: u64,
+    },
     /// The ledger holds a receipt for this round that differs from the facility's own copy.
-    ReceiptDiffers { index: u64, federation: String, round_id: u64 },
+    ReceiptDiffers {
+        index: u64,
+        federation: String,
+        round_id: u64,
+    },
     /// The facility's log holds a receipt naming another facility.
     ForeignReceipt { facility: String, round_id: u64 },
 }
@@ -82,36 +105,100 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::BadLeafHash { index } => write!(f, "entry {index}: bad hash: contents do not match the recorded leaf hash (entry altered)"),
-            Failure::Reordered { position, index } => write!(f, "entry {index}: reordered: found at position {position}"),
-            Failure::Missing { from, to } if to - from == 1 => write!(f, "entry {from}: missing (deleted)"),
+            Failure::BadLeafHash { index } => write!(
+                f,
+                "entry {index}: bad hash: contents do not match the recorded leaf hash (entry altered)"
+            ),
+            Failure::Reordered { position, index } => {
+                write!(f, "entry {index}: reordered: found at position {position}")
+            }
+            Failure::Missing { from, to } if to - from == 1 => {
+                write!(f, "entry {from}: missing (deleted)")
+            }
             Failure::Missing { from, to } => write!(f, "entries {from}..{to}: missing (deleted)"),
             Failure::Duplicate { index } => write!(f, "entry {index}: duplicated"),
-            Failure::BadHeadSignature { head: HeadRole::Current } => write!(f, "tree head: bad signature"),
-            Failure::BadHeadSignature { head: HeadRole::Previous } => write!(f, "previous tree head: bad signature"),
-            Failure::Unsigned { head_size, n_entries } => write!(f, "entries {head_size}..{n_entries}: not covered by the signed tree head"),
-            Failure::RootMismatch { tree_size, head_root, computed_root } => {
-                write!(f, "tree head: root mismatch: the first {tree_size} entries hash to {computed_root}, the signed head says {head_root}")
+            Failure::BadHeadSignature {
+                head: HeadRole::Current,
+            } => write!(f, "tree head: bad signature"),
+            Failure::BadHeadSignature {
+                head: HeadRole::Previous,
+            } => write!(f, "previous tree head: bad signature"),
+            Failure::Unsigned {
+                head_size,
+                n_entries,
+            } => write!(
+                f,
+                "entries {head_size}..{n_entries}: not covered by the signed tree head"
+            ),
+            Failure::RootMismatch {
+                tree_size,
+                head_root,
+                computed_root,
+            } => {
+                write!(
+                    f,
+                    "tree head: root mismatch: the first {tree_size} entries hash to {computed_root}, the signed head says {head_root}"
+                )
             }
-            Failure::Fork { previous_size, previous_root, computed_root } => write!(
+            Failure::Fork {
+                previous_size,
+                previous_root,
+                computed_root,
+            } => write!(
                 f,
                 "fork: the previous head (size {previous_size}) has root {previous_root}, but this ledger's first {previous_size} entries hash to {computed_root}"
             ),
-            Failure::Rollback { previous_size, current_size } => {
-                write!(f, "fork: the previous head has {previous_size} entries, the current one only {current_size}")
+            Failure::Rollback {
+                previous_size,
+                current_size,
+            } => {
+                write!(
+                    f,
+                    "fork: the previous head has {previous_size} entries, the current one only {current_size}"
+                )
             }
-            Failure::BadReceiptSignature { index, facility } => write!(f, "entry {index}: bad signature on the receipt of facility {facility:?}"),
-            Failure::ReceiptMismatch { index, field } => write!(f, "entry {index}: contribution disagrees with its receipt in {field}"),
-            Failure::MissingFromLedger { federation, round_id, update_sha256 } => {
-                write!(f, "missing: receipt for federation {federation:?} round {round_id} (update {update_sha256}) is not in the ledger")
+            Failure::BadReceiptSignature { index, facility } => write!(
+                f,
+                "entry {index}: bad signature on the receipt of facility {facility:?}"
+            ),
+            Failure::ReceiptMismatch { index, field } => write!(
+                f,
+                "entry {index}: contribution disagrees with its receipt in {field}"
+            ),
+            Failure::MissingFromLedger {
+                federation,
+                round_id,
+                update_sha256,
+            } => {
+                write!(
+                    f,
+                    "missing: receipt for federation {federation:?} round {round_id} (update {update_sha256}) is not in the ledger"
+                )
             }
-            Failure::ExtraInLedger { index, federation, round_id } => {
-                write!(f, "entry {index}: extra: contribution to federation {federation:?} round {round_id} is not in the facility's log")
+            Failure::ExtraInLedger {
+                index,
+                federation,
+                round_id,
+            } => {
+                write!(
+                    f,
+                    "entry {index}: extra: contribution to federation {federation:?} round {round_id} is not in the facility's log"
+                )
             }
-            Failure::ReceiptDiffers { index, federation, round_id } => {
-                write!(f, "entry {index}: the receipt for federation {federation:?} round {round_id} differs from the facility's copy")
+            Failure::ReceiptDiffers {
+                index,
+                federation,
+                round_id,
+            } => {
+                write!(
+                    f,
+                    "entry {index}: the receipt for federation {federation:?} round {round_id} differs from the facility's copy"
+                )
             }
-            Failure::ForeignReceipt { facility, round_id } => write!(f, "the facility's log holds a receipt of facility {facility:?} (round {round_id})"),
+            Failure::ForeignReceipt { facility, round_id } => write!(
+                f,
+                "the facility's log holds a receipt of facility {facility:?} (round {round_id})"
+            ),
         }
     }
 }
@@ -138,8 +225,17 @@ impl VerificationReport {
 
 impl fmt::Display for VerificationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "ledger: {} entries; signed tree head: {} entries", self.n_entries, self.head_size)?;
-        writeln!(f, "receipts: {} verified, {} without a known facility key", self.receipts_verified, self.receipts_unchecked.len())?;
+        writeln!(
+            f,
+            "ledger: {} entries; signed tree head: {} entries",
+            self.n_entries, self.head_size
+        )?;
+        writeln!(
+            f,
+            "receipts: {} verified, {} without a known facility key",
+            self.receipts_verified,
+            self.receipts_unchecked.len()
+        )?;
         if self.is_ok() {
             return writeln!(f, "OK: tree, signatures and receipts verify");
         }
@@ -168,7 +264,11 @@ impl CrossCheckReport {
 
 impl fmt::Display for CrossCheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "facility {:?}: {} receipt(s) found in the ledger", self.facility, self.matched)?;
+        writeln!(
+            f,
+            "facility {:?}: {} receipt(s) found in the ledger",
+            self.facility, self.matched
+        )?;
         if self.is_ok() {
             return writeln!(f, "OK: the ledger and the facility's log agree");
         }
@@ -216,29 +316,47 @@ pub fn verify_ledger(
     }
 
     if head.verify(ledger_key).is_err() {
-        failures.push(Failure::BadHeadSignature { head: HeadRole::Current });
+        failures.push(Failure::BadHeadSignature {
+            head: HeadRole::Current,
+        });
     }
     if n_entries >= head_size {
         let computed_root = tree.root_at(head_size).expect("size checked");
         if computed_root != head.head.root_hash {
-            failures.push(Failure::RootMismatch { tree_size: head_size, head_root: head.head.root_hash, computed_root });
+            failures.push(Failure::RootMismatch {
+                tree_size: head_size,
+                head_root: head.head.root_hash,
+                computed_root,
+            });
         }
         if n_entries > head_size {
-            failures.push(Failure::Unsigned { head_size, n_entries });
+            failures.push(Failure::Unsigned {
+                head_size,
+                n_entries,
+            });
         }
     }
 
     if let Some(previous) = previous_head {
         if previous.verify(ledger_key).is_err() {
-            failures.push(Failure::BadHeadSignature { head: HeadRole::Previous });
+            failures.push(Failure::BadHeadSignature {
+                head: HeadRole::Previous,
+            });
         }
         let previous_size = previous.head.tree_size;
         if previous_size > head_size {
-            failures.push(Failure::Rollback { previous_size, current_size: head_size });
+            failures.push(Failure::Rollback {
+                previous_size,
+                current_size: head_size,
+            });
         } else if previous_size <= n_entries {
             let computed_root = tree.root_at(previous_size).expect("size checked");
             if computed_root != previous.head.root_hash {
-                failures.push(Failure::Fork { previous_size, previous_root: previous.head.root_hash, computed_root });
+                failures.push(Failure::Fork {
+                    previous_size,
+                    previous_root: previous.head.root_hash,
+                    computed_root,
+                });
             }
         }
     }
@@ -246,19 +364,33 @@ pub fn verify_ledger(
     let mut receipts_verified = 0;
     let mut receipts_unchecked = Vec::new();
     for line in entries {
-        let LedgerEvent::Contribution(c) = &line.event else { continue };
+        let LedgerEvent::Contribution(c) = &line.event else {
+            continue;
+        };
         for field in c.receipt_mismatches() {
-            failures.push(Failure::ReceiptMismatch { index: line.index, field });
+            failures.push(Failure::ReceiptMismatch {
+                index: line.index,
+                field,
+            });
         }
         let facility = &c.receipt.receipt.facility;
         match facility_keys.get(facility) {
             Some(key) if c.receipt.verify(key).is_ok() => receipts_verified += 1,
-            Some(_) => failures.push(Failure::BadReceiptSignature { index: line.index, facility: facility.clone() }),
+            Some(_) => failures.push(Failure::BadReceiptSignature {
+                index: line.index,
+                facility: facility.clone(),
+            }),
             None => receipts_unchecked.push((line.index, facility.clone())),
         }
     }
 
-    VerificationReport { n_entries, head_size, receipts_verified, receipts_unchecked, failures }
+    VerificationReport {
+        n_entries,
+        head_size,
+        receipts_verified,
+        receipts_unchecked,
+        failures,
+    }
 }
 
 /// Names reordered, missing and duplicated entries. Indices must be `0, 1, 2, …` in file order
@@ -268,7 +400,10 @@ fn check_order(entries: &[LedgerLine], head_size: u64, failures: &mut Vec<Failur
     if in_place {
         let n = entries.len() as u64;
         if n < head_size {
-            failures.push(Failure::Missing { from: n, to: head_size });
+            failures.push(Failure::Missing {
+                from: n,
+                to: head_size,
+            });
         }
         return;
     }
@@ -281,12 +416,19 @@ fn check_order(entries: &[LedgerLine], head_size: u64, failures: &mut Vec<Failur
         expected_end = expected_end.max(max.saturating_add(1));
     }
     let present: BTreeSet<u64> = counts.keys().copied().collect();
-    let duplicates: Vec<u64> = counts.iter().filter(|(_, c)| **c > 1).map(|(i, _)| *i).collect();
+    let duplicates: Vec<u64> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(i, _)| *i)
+        .collect();
     let mut missing = Vec::new();
     let mut next = 0u64;
     for &i in present.iter().chain(std::iter::once(&expected_end)) {
         if i > next {
-            missing.push(Failure::Missing { from: next, to: i.min(expected_end) });
+            missing.push(Failure::Missing {
+                from: next,
+                to: i.min(expected_end),
+            });
         }
         next = next.max(i.saturating_add(1));
         if next >= expected_end {
@@ -297,17 +439,27 @@ fn check_order(entries: &[LedgerLine], head_size: u64, failures: &mut Vec<Failur
         // A permutation of 0..n: name every entry out of place.
         for (position, line) in entries.iter().enumerate() {
             if line.index != position as u64 {
-                failures.push(Failure::Reordered { position: position as u64, index: line.index });
+                failures.push(Failure::Reordered {
+                    position: position as u64,
+                    index: line.index,
+                });
             }
         }
         return;
     }
     failures.extend(missing);
-    failures.extend(duplicates.into_iter().map(|index| Failure::Duplicate { index }));
+    failures.extend(
+        duplicates
+            .into_iter()
+            .map(|index| Failure::Duplicate { index }),
+    );
     // Beyond gaps and duplicates, the order must still be increasing.
     for (position, pair) in entries.windows(2).enumerate() {
         if pair[1].index < pair[0].index {
-            failures.push(Failure::Reordered { position: position as u64 + 1, index: pair[1].index });
+            failures.push(Failure::Reordered {
+                position: position as u64 + 1,
+                index: pair[1].index,
+            });
         }
     }
 }
@@ -318,16 +470,26 @@ fn check_order(entries: &[LedgerLine], head_size: u64, failures: &mut Vec<Failur
 ///
 /// A log newer than the export shows its latest receipts as missing: export after the last
 /// contribution, or cut the log at the export's time.
-pub fn cross_check(ledger: &[LedgerLine], facility: &str, receipts: &[SignedReceipt]) -> CrossCheckReport {
+pub fn cross_check(
+    ledger: &[LedgerLine],
+    facility: &str,
+    receipts: &[SignedReceipt],
+) -> CrossCheckReport {
     let mut failures = Vec::new();
     let mut in_ledger: BTreeMap<(&str, u64), (u64, &SignedReceipt)> = BTreeMap::new();
     for line in ledger {
-        let LedgerEvent::Contribution(c) = &line.event else { continue };
+        let LedgerEvent::Contribution(c) = &line.event else {
+            continue;
+        };
         if c.facility != facility && c.receipt.receipt.facility != facility {
             continue;
         }
         match in_ledger.entry((c.federation.as_str(), c.round_id)) {
-            Entry::Occupied(_) => failures.push(Failure::ExtraInLedger { index: line.index, federation: c.federation.clone(), round_id: c.round_id }),
+            Entry::Occupied(_) => failures.push(Failure::ExtraInLedger {
+                index: line.index,
+                federation: c.federation.clone(),
+                round_id: c.round_id,
+            }),
             Entry::Vacant(slot) => {
                 slot.insert((line.index, &c.receipt));
             }
@@ -339,24 +501,43 @@ pub fn cross_check(ledger: &[LedgerLine], facility: &str, receipts: &[SignedRece
     for signed in receipts {
         let r = &signed.receipt;
         if r.facility != facility {
-            failures.push(Failure::ForeignReceipt { facility: r.facility.clone(), round_id: r.round_id });
+            failures.push(Failure::ForeignReceipt {
+                facility: r.facility.clone(),
+                round_id: r.round_id,
+            });
             continue;
         }
         let key = (r.federation.as_str(), r.round_id);
         seen.insert(key);
         match in_ledger.get(&key) {
             Some((_, theirs)) if *theirs == signed => matched += 1,
-            Some((index, _)) => failures.push(Failure::ReceiptDiffers { index: *index, federation: r.federation.clone(), round_id: r.round_id }),
-            None => failures.push(Failure::MissingFromLedger { federation: r.federation.clone(), round_id: r.round_id, update_sha256: r.update_sha256 }),
+            Some((index, _)) => failures.push(Failure::ReceiptDiffers {
+                index: *index,
+                federation: r.federation.clone(),
+                round_id: r.round_id,
+            }),
+            None => failures.push(Failure::MissingFromLedger {
+                federation: r.federation.clone(),
+                round_id: r.round_id,
+                update_sha256: r.update_sha256,
+            }),
         }
     }
     for ((federation, round_id), (index, _)) in &in_ledger {
         if !seen.contains(&(*federation, *round_id)) {
-            failures.push(Failure::ExtraInLedger { index: *index, federation: federation.to_string(), round_id: *round_id });
+            failures.push(Failure::ExtraInLedger {
+                index: *index,
+                federation: federation.to_string(),
+                round_id: *round_id,
+            });
         }
     }
     failures.sort_by_key(|f| f.index().unwrap_or(u64::MAX));
-    CrossCheckReport { facility: facility.to_string(), matched, failures }
+    CrossCheckReport {
+        facility: facility.to_string(),
+        matched,
+        failures,
+    }
 }
 
 /// What an agent checks when the coordinator answers its contribution: the head is signed by
@@ -372,16 +553,38 @@ pub fn verify_receipt_inclusion(
     head.verify(ledger_key)?;
     match &line.event {
         LedgerEvent::Contribution(c) if c.receipt == *receipt => {}
-        _ => return Err(LedgerError::BadEntry { index: line.index, message: "is not the contribution of this receipt".into() }),
+        _ => {
+            return Err(LedgerError::BadEntry {
+                index: line.index,
+                message: "is not the contribution of this receipt".into(),
+            });
+        }
     }
     let leaf_hash = line.computed_leaf_hash()?;
-    verify_inclusion(&leaf_hash, line.index, head.head.tree_size, proof, &head.head.root_hash)
+    verify_inclusion(
+        &leaf_hash,
+        line.index,
+        head.head.tree_size,
+        proof,
+        &head.head.root_hash,
+    )
 }
 
 /// What an agent checks on each new head: both heads are signed by the ledger key and `proof`
 /// shows that the new tree extends the old one (no history rewritten or split).
-pub fn verify_head_consistency(old: &SignedTreeHead, new: &SignedTreeHead, proof: &[Sha256Digest], ledger_key: &VerifyingKey) -> Result<(), LedgerError> {
+pub fn verify_head_consistency(
+    old: &SignedTreeHead,
+    new: &SignedTreeHead,
+    proof: &[Sha256Digest],
+    ledger_key: &VerifyingKey,
+) -> Result<(), LedgerError> {
     old.verify(ledger_key)?;
     new.verify(ledger_key)?;
-    verify_consistency(old.head.tree_size, new.head.tree_size, &old.head.root_hash, &new.head.root_hash, proof)
+    verify_consistency(
+        old.head.tree_size,
+        new.head.tree_size,
+        &old.head.root_hash,
+        &new.head.root_hash,
+        proof,
+    )
 }

@@ -14,7 +14,9 @@ use harambee_coordinator::pki::{self, PkiPaths, Role};
 use harambee_coordinator::server::{self, Storage};
 use harambee_coordinator::state::Settings;
 use harambee_coordinator::wire;
-use harambee_proto::pb::{self, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient};
+use harambee_proto::pb::{
+    self, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -23,9 +25,12 @@ pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 pub struct Harness {
@@ -39,7 +44,10 @@ pub struct Harness {
 
 /// Fast liveness so that dropouts show within a second or two.
 pub fn test_settings() -> Settings {
-    Settings { heartbeat_interval: Duration::from_millis(200), liveness_timeout: Duration::from_secs(2) }
+    Settings {
+        heartbeat_interval: Duration::from_millis(200),
+        liveness_timeout: Duration::from_secs(2),
+    }
 }
 
 impl Harness {
@@ -59,19 +67,32 @@ impl Harness {
         pki::init(&pki, &["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         pki::issue(&pki, Role::Operator, "admin", 1).unwrap();
         let storage = Storage {
-            database_url: database_url
-                .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("coordinator.db").display())),
+            database_url: database_url.unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("coordinator.db").display()
+                )
+            }),
             blob_dir: dir.path().join("blobs"),
             ledger_key: dir.path().join("ledger.key"),
         };
-        Harness { dir, pki, storage, port: 0, server: None, agents: Vec::new() }
+        Harness {
+            dir,
+            pki,
+            storage,
+            port: 0,
+            server: None,
+            agents: Vec::new(),
+        }
     }
 
     /// (Re)starts the coordinator on the same storage, on the same port if it had one.
     pub async fn start_coordinator(&mut self) {
         let coord = server::open(&self.storage, test_settings()).await.unwrap();
         let tls = harambee_coordinator::tls::load_server_config(&PkiPaths::new(&self.pki)).unwrap();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
         self.port = listener.local_addr().unwrap().port();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server::serve(coord, listener, tls, async {
@@ -111,7 +132,10 @@ impl Harness {
         let (policy_extra, rest) = match extra_toml.split_once("[policy]\n") {
             Some((before, after)) => {
                 let end = after.find("\n[").map_or(after.len(), |i| i + 1);
-                (after[..end].to_owned(), format!("{before}{}", &after[end..]))
+                (
+                    after[..end].to_owned(),
+                    format!("{before}{}", &after[end..]),
+                )
             }
             None => (String::new(), extra_toml.to_owned()),
         };
@@ -136,9 +160,16 @@ impl Harness {
         if !paths.issued_cert(role, name).exists() {
             pki::issue(&self.pki, role, name, 1).unwrap();
         }
-        let tls = ClientTls::from_files(&paths.ca_cert(), &paths.issued_cert(role, name), &paths.issued_key(role, name), "localhost")
-            .unwrap();
-        harambee_agent::tls::connect(&self.endpoint(), &tls, Duration::from_secs(5)).await.unwrap()
+        let tls = ClientTls::from_files(
+            &paths.ca_cert(),
+            &paths.issued_cert(role, name),
+            &paths.issued_key(role, name),
+            "localhost",
+        )
+        .unwrap();
+        harambee_agent::tls::connect(&self.endpoint(), &tls, Duration::from_secs(5))
+            .await
+            .unwrap()
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
@@ -175,11 +206,20 @@ pub fn open_status() -> pb::PrivacyStatus {
 
 /// A heartbeat of a hand-driven agent whose policy allows everything.
 pub fn open_heartbeat() -> pb::HeartbeatRequest {
-    pb::HeartbeatRequest { busy_round_id: 0, privacy: Some(open_status()) }
+    pb::HeartbeatRequest {
+        busy_round_id: 0,
+        privacy: Some(open_status()),
+    }
 }
 
 /// The egress receipt (JSON) a hand-driven agent `facility` signs for `payload`.
-pub fn receipt_for(pki: &Path, facility: &str, federation: &str, round_id: u64, payload: &[u8]) -> String {
+pub fn receipt_for(
+    pki: &Path,
+    facility: &str,
+    federation: &str,
+    round_id: u64,
+    payload: &[u8],
+) -> String {
     let key_pem = std::fs::read(PkiPaths::new(pki).issued_key(Role::Agent, facility)).unwrap();
     let key = harambee_agent::peers::signing_key_from_pem(&key_pem).unwrap();
     let receipt = harambee_privacy::ledger::EgressReceipt {
@@ -215,9 +255,15 @@ pub fn plain(mut spec: FederationSpec) -> FederationSpec {
     spec
 }
 
-pub async fn create_federation(admin: &mut AdminServiceClient<Channel>, spec: &FederationSpec) -> pb::Federation {
+pub async fn create_federation(
+    admin: &mut AdminServiceClient<Channel>,
+    spec: &FederationSpec,
+) -> pb::Federation {
     admin
-        .create_federation(pb::CreateFederationRequest { config: Some(wire::federation_config(spec, 0)), init_from: None })
+        .create_federation(pb::CreateFederationRequest {
+            config: Some(wire::federation_config(spec, 0)),
+            init_from: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -226,37 +272,71 @@ pub async fn create_federation(admin: &mut AdminServiceClient<Channel>, spec: &F
 pub async fn wait_connected(admin: &mut AdminServiceClient<Channel>, names: &[&str]) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let agents = admin.list_agents(pb::ListAgentsRequest {}).await.unwrap().into_inner().agents;
-        if names.iter().all(|n| agents.iter().any(|a| a.facility == *n && a.connected)) {
+        let agents = admin
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents;
+        if names
+            .iter()
+            .all(|n| agents.iter().any(|a| a.facility == *n && a.connected))
+        {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "agents {names:?} did not connect; known: {agents:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents {names:?} did not connect; known: {agents:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub async fn run_round(admin: &mut AdminServiceClient<Channel>, federation: &str) -> pb::Round {
-    let round = admin.start_round(pb::StartRoundRequest { federation: federation.to_owned() }).await.unwrap().into_inner();
+    let round = admin
+        .start_round(pb::StartRoundRequest {
+            federation: federation.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     wait_round(admin, round.id).await
 }
 
 pub async fn wait_round(admin: &mut AdminServiceClient<Channel>, round_id: u64) -> pb::Round {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let round = admin.get_round(pb::GetRoundRequest { round_id }).await.unwrap().into_inner();
-        if matches!(round.state(), pb::RoundState::Committed | pb::RoundState::Failed) {
+        let round = admin
+            .get_round(pb::GetRoundRequest { round_id })
+            .await
+            .unwrap()
+            .into_inner();
+        if matches!(
+            round.state(),
+            pb::RoundState::Committed | pb::RoundState::Failed
+        ) {
             return round;
         }
-        assert!(tokio::time::Instant::now() < deadline, "round {round_id} did not end: {round:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "round {round_id} did not end: {round:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// A model version's parameters, through the operator's export RPC.
-pub async fn export(admin: &mut AdminServiceClient<Channel>, federation: &str, version: u32) -> Vec<f32> {
+pub async fn export(
+    admin: &mut AdminServiceClient<Channel>,
+    federation: &str,
+    version: u32,
+) -> Vec<f32> {
     use futures::StreamExt;
     let mut stream = admin
-        .export_model(pb::ExportModelRequest { federation: federation.to_owned(), version: Some(version) })
+        .export_model(pb::ExportModelRequest {
+            federation: federation.to_owned(),
+            version: Some(version),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -278,8 +358,12 @@ pub fn uploads_of(config: &AgentConfig, round_id: u64) -> Vec<(u64, Vec<f32>)> {
         .filter(|r| r["kind"] == "update" && r["round_id"] == round_id)
         .map(|r| {
             let sha = r["sha256"].as_str().unwrap();
-            let bytes = std::fs::read(config.state_dir.join("egress").join(format!("{sha}.f32"))).unwrap();
-            (r["n_samples"].as_u64().unwrap(), harambee_core::params::from_le_bytes(&bytes).unwrap())
+            let bytes =
+                std::fs::read(config.state_dir.join("egress").join(format!("{sha}.f32"))).unwrap();
+            (
+                r["n_samples"].as_u64().unwrap(),
+                harambee_core::params::from_le_bytes(&bytes).unwrap(),
+            )
         })
         .collect()
 }
@@ -292,7 +376,13 @@ pub fn unmasked_of(config: &AgentConfig, round_id: u64) -> Option<(u64, Vec<f32>
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|r| r["kind"] == "trained" && r["round_id"] == round_id)?["n_samples"]
         .as_u64()?;
-    let bytes = std::fs::read(config.state_dir.join("egress").join(format!("round-{round_id}-unmasked.f32"))).ok()?;
+    let bytes = std::fs::read(
+        config
+            .state_dir
+            .join("egress")
+            .join(format!("round-{round_id}-unmasked.f32")),
+    )
+    .ok()?;
     Some((n, harambee_core::params::from_le_bytes(&bytes).unwrap()))
 }
 
@@ -306,12 +396,20 @@ pub struct PgDatabase {
 impl PgDatabase {
     pub async fn create() -> PgDatabase {
         use sea_orm::ConnectionTrait;
-        let base = std::env::var("HARAMBEE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+        let base =
+            std::env::var("HARAMBEE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
         let admin = sea_orm::Database::connect(base.as_str())
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL is unreachable at {base}: {e}; start it or set HARAMBEE_TEST_PG_URL"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is unreachable at {base}: {e}; start it or set HARAMBEE_TEST_PG_URL"
+                )
+            });
         let name = format!("harambee_e2e_{:016x}", rand::random::<u64>());
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
         let server = base.rsplit_once('/').map(|(s, _)| s).unwrap_or(&base);
         let url = format!("{server}/{name}");
         PgDatabase { admin, name, url }
@@ -319,7 +417,10 @@ impl PgDatabase {
 
     pub async fn drop_now(self) {
         use sea_orm::ConnectionTrait;
-        self.admin.execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).await.unwrap();
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .unwrap();
     }
 }
 

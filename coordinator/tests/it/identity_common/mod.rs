@@ -10,7 +10,10 @@ use std::time::Duration;
 use harambee_agent::config::AgentConfig;
 use harambee_coordinator::pki::{PkiPaths, Role};
 use harambee_coordinator::server;
-use harambee_proto::pb::{self, enrolment_service_client::EnrolmentServiceClient, identity_service_client::IdentityServiceClient};
+use harambee_proto::pb::{
+    self, enrolment_service_client::EnrolmentServiceClient,
+    identity_service_client::IdentityServiceClient,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -36,16 +39,31 @@ impl Coord {
     }
 
     pub async fn start_on(h: Harness, validity: Duration) -> Coord {
-        let mut c = Coord { h, validity, server: None, agents: Vec::new() };
+        let mut c = Coord {
+            h,
+            validity,
+            server: None,
+            agents: Vec::new(),
+        };
         c.start_server().await;
         c
     }
 
     async fn start_server(&mut self) {
-        let coord = server::open(&self.h.storage, test_settings()).await.unwrap();
-        assert!(coord.enable_issuing(&PkiPaths::new(&self.h.pki), self.validity).unwrap(), "the PKI holds a signing key");
-        let tls = harambee_coordinator::tls::load_server_config(&PkiPaths::new(&self.h.pki)).unwrap();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.h.port)).await.unwrap();
+        let coord = server::open(&self.h.storage, test_settings())
+            .await
+            .unwrap();
+        assert!(
+            coord
+                .enable_issuing(&PkiPaths::new(&self.h.pki), self.validity)
+                .unwrap(),
+            "the PKI holds a signing key"
+        );
+        let tls =
+            harambee_coordinator::tls::load_server_config(&PkiPaths::new(&self.h.pki)).unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.h.port))
+            .await
+            .unwrap();
         self.h.port = listener.local_addr().unwrap().port();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server::serve(coord, listener, tls, async {
@@ -89,20 +107,39 @@ impl Coord {
             coordinator: self.endpoint(),
             server_name: String::new(),
         };
-        self.operator().await.add_facility(request).await.unwrap().into_inner().token
+        self.operator()
+            .await
+            .add_facility(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .token
     }
 
     pub async fn revoke(&self, facility: &str) -> pb::Facility {
-        let request = pb::RevokeFacilityRequest { name: facility.to_owned(), reason: "test".to_owned() };
-        self.operator().await.revoke_facility(request).await.unwrap().into_inner()
+        let request = pb::RevokeFacilityRequest {
+            name: facility.to_owned(),
+            reason: "test".to_owned(),
+        };
+        self.operator()
+            .await
+            .revoke_facility(request)
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// An `EnrolmentService` client on a connection without a client certificate.
     pub async fn enrolment_without_certificate(&self) -> EnrolmentServiceClient<Channel> {
         let ca = std::fs::read(PkiPaths::new(&self.h.pki).ca_cert()).unwrap();
-        let channel = harambee_agent::enroll::connect_without_certificate(&self.endpoint(), &ca, "", Duration::from_secs(5))
-            .await
-            .unwrap();
+        let channel = harambee_agent::enroll::connect_without_certificate(
+            &self.endpoint(),
+            &ca,
+            "",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         EnrolmentServiceClient::new(channel)
     }
 
@@ -118,7 +155,9 @@ impl Coord {
     pub async fn enrol_agent(&self, facility: &str) -> AgentConfig {
         let token = self.add_facility(facility, 3600).await;
         let dir = self.site_dir(facility);
-        harambee_agent::enroll::enroll(&token, &dir, Duration::from_secs(5)).await.unwrap();
+        harambee_agent::enroll::enroll(&token, &dir, Duration::from_secs(5))
+            .await
+            .unwrap();
         agent_config(&dir)
     }
 
@@ -154,7 +193,12 @@ pub fn agent_config(dir: &Path) -> AgentConfig {
 /// The facilities the operator sees, by name: (connected, certificate sha256).
 pub async fn agents(c: &Coord) -> Vec<pb::Agent> {
     let mut admin = c.h.admin().await;
-    admin.list_agents(pb::ListAgentsRequest {}).await.unwrap().into_inner().agents
+    admin
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents
 }
 
 /// Polls `check` every 100 ms until it holds, failing after `within`.
@@ -168,7 +212,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -196,7 +243,11 @@ impl tonic::codec::Encoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
         use bytes::BufMut;
         dst.put_slice(&item);
         Ok(())
@@ -207,7 +258,10 @@ impl tonic::codec::Decoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
 
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
         use bytes::Buf;
         let mut out = vec![0; src.remaining()];
         src.copy_to_slice(&mut out);
@@ -219,9 +273,14 @@ impl tonic::codec::Decoder for RawCodec {
 /// default) as a bidirectional stream, which every kind of method accepts on the wire.
 /// `Ok` if the call got past the server's checks far enough to answer with headers.
 pub async fn raw_call(channel: Channel, rpc: &str) -> Result<(), tonic::Status> {
-    let path: tonic::codegen::http::uri::PathAndQuery = format!("/harambee.v1.{}", rpc.replacen('.', "/", 1)).parse().unwrap();
+    let path: tonic::codegen::http::uri::PathAndQuery =
+        format!("/harambee.v1.{}", rpc.replacen('.', "/", 1))
+            .parse()
+            .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let request = tonic::Request::new(futures::stream::iter(vec![Vec::<u8>::new()]));
     let call = grpc.streaming(request, path, RawCodec);
     match tokio::time::timeout(Duration::from_secs(10), call).await {
