@@ -12,42 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
-use harambee_privacy::ledger::{self, LedgerEvent, SignedTreeHead};
-use serde::{Deserialize, Serialize};
+use harambee_privacy::ledger::export::{HeadFile, head_path_for};
+use harambee_privacy::ledger::{self, LedgerEvent};
 
 use crate::privacy::{self, Record};
-
-/// The file `audit export` writes next to the entries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeadFile {
-    pub signed_tree_head: SignedTreeHead,
-    /// Hex of the coordinator's Ed25519 ledger key, as the coordinator states it.
-    pub ledger_key: String,
-    /// Facilities' countersignatures of heads they checked, as stored by the coordinator.
-    #[serde(default)]
-    pub cosignatures: Vec<CosignedHead>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CosignedHead {
-    pub head: ledger::TreeHead,
-    pub cosignature: ledger::Cosignature,
-}
-
-/// `ledger.jsonl` → `ledger.head.json`.
-pub fn head_path_for(ledger: &Path) -> PathBuf {
-    let stem = ledger
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "ledger".into());
-    ledger.with_file_name(format!("{stem}.head.json"))
-}
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -264,18 +236,6 @@ fn parse_key(hex_key: &str) -> anyhow::Result<VerifyingKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn head_file_sits_next_to_the_export() {
-        assert_eq!(
-            head_path_for(Path::new("/a/ledger.jsonl")),
-            PathBuf::from("/a/ledger.head.json")
-        );
-        assert_eq!(
-            head_path_for(Path::new("out")),
-            PathBuf::from("out.head.json")
-        );
-    }
 
     #[test]
     fn bad_keys_are_refused() {

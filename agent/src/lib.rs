@@ -3,22 +3,19 @@
 //! only parameters (as an update) and aggregate metrics. Patient rows never leave it.
 //!
 //! Map: [`cli`] and [`config`] are the binary's face; [`runtime`] holds the connection loop
-//! and task handling; [`transfer`] moves models and updates in chunks; [`wire`] converts
-//! wire types; [`tls`] builds the mTLS client; [`egress`] is the local log of everything
-//! that left the facility; [`privacy`] is its policy, privacy accountant, egress receipts and
+//! and task handling; [`transfer`] moves models and updates in chunks; [`egress`] is the
+//! local log of everything that left the facility; [`privacy`] is its policy, privacy accountant, egress receipts and
 //! hash-chained privacy log; [`audit`] verifies a ledger export offline; [`enroll`] and
-//! [`renew`] obtain and renew its certificate.
+//! [`renew`] obtain and renew its certificate. What it shares with the coordinator (identity,
+//! mTLS client, wire conversions) is in `harambee-link`.
 
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod enroll;
-pub mod peers;
 pub mod privacy;
 pub mod renew;
 pub mod runtime;
 pub mod secure;
-pub mod tls;
 pub mod transfer;
-pub mod wire;

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
+use harambee_link::tls::{self, ClientTls};
 use harambee_proto::pb::{self, enrolment_service_client::EnrolmentServiceClient};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -28,7 +29,6 @@ use tokio::task::AbortHandle;
 use tracing::{error, info, warn};
 
 use crate::config::AgentConfig;
-use crate::tls::{self, ClientTls};
 
 /// Renew once this share of the lifetime (not_before to not_after) has passed.
 pub const RENEW_AT_NUMERATOR: u32 = 2;

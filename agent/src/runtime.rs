@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use harambee_link::convert as wire;
+use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
+use harambee_link::tls::{self, ClientTls};
 use harambee_models::data::{Dataset, Schema, load_csv, split_holdout};
 use harambee_models::model::ModelSpec;
 use harambee_proto::pb::{self, agent_service_client::AgentServiceClient, task::Kind};
@@ -18,11 +21,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::egress::{EgressLog, EgressRecord};
-use crate::peers::{PeerVerifier, signing_key_from_pem};
 use crate::privacy::{DpSteps, Privacy, Record};
 use crate::secure::{self, Reply, SecureClients};
-use crate::tls::{self, ClientTls};
-use crate::{transfer, wire};
+use crate::transfer;
 
 /// What an agent has sent, for benchmarks.
 #[derive(Debug, Default)]
@@ -60,7 +61,7 @@ pub async fn run_with_stats(
     let verifier = PeerVerifier::from_ca_pem(&std::fs::read(&config.tls.ca)?)?;
     let signing_key = signing_key_from_pem(&std::fs::read(&config.tls.key)?)
         .context("the facility key must be Ed25519: it signs egress receipts and secure-aggregation messages")?;
-    let facility = crate::peers::facility_of_pem(&std::fs::read(&config.tls.cert)?)
+    let facility = harambee_link::identity::facility_of_pem(&std::fs::read(&config.tls.cert)?)
         .context("reading the facility's certificate")?;
     let privacy = Privacy::open(
         &config.state_dir,

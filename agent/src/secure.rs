@@ -7,16 +7,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, bail};
+use harambee_link::convert::params_from_pb;
+use harambee_link::identity::PeerVerifier;
 use harambee_proto::pb;
 use harambee_secagg::ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_secagg::rand_core::SeedableRng;
 use harambee_secagg::{
     AwaitingConsistency, AwaitingPeerKeys, AwaitingShares, AwaitingUnmask, ChaCha20Rng,
-    ClientRound, ConsistencyProof, EncryptedShare, MaskPrg, Message, Params, SignedAdvertisement,
-    UnmaskRequest, Word,
+    ClientRound, ConsistencyProof, EncryptedShare, Message, SignedAdvertisement, UnmaskRequest,
 };
-
-use crate::peers::PeerVerifier;
 
 /// Where one round's client is.
 enum State {
@@ -262,53 +261,4 @@ impl Stage {
             Stage::Consistency(_) => "consistency",
         }
     }
-}
-
-/// The wire form of the round's parameters.
-pub fn params_to_pb(p: &Params) -> pb::SecAggParams {
-    pb::SecAggParams {
-        round_id: p.round_id,
-        participants: p.participants.clone(),
-        vector_len: p.vector_len as u64,
-        neighbours: p.neighbours as u32,
-        threshold: p.threshold as u32,
-        clip: p.clip,
-        quant_bits: p.quant_bits,
-        max_weight: p.max_weight,
-        word_bits: p.word.bits(),
-        prg: match p.prg {
-            MaskPrg::ChaCha20 => "chacha20",
-            MaskPrg::Aes128Ctr => "aes128ctr",
-        }
-        .to_owned(),
-        consistency_check: p.consistency_check,
-        noise_stddev: p.noise_stddev,
-    }
-}
-
-pub fn params_from_pb(p: &pb::SecAggParams) -> anyhow::Result<Params> {
-    let params = Params {
-        round_id: p.round_id,
-        participants: p.participants.clone(),
-        vector_len: usize::try_from(p.vector_len)?,
-        neighbours: p.neighbours as usize,
-        threshold: p.threshold as usize,
-        clip: p.clip,
-        quant_bits: p.quant_bits,
-        max_weight: p.max_weight,
-        word: match p.word_bits {
-            32 => Word::U32,
-            64 => Word::U64,
-            other => bail!("unsupported word size {other}"),
-        },
-        prg: match p.prg.as_str() {
-            "chacha20" => MaskPrg::ChaCha20,
-            "aes128ctr" => MaskPrg::Aes128Ctr,
-            other => bail!("unsupported mask generator {other:?}"),
-        },
-        consistency_check: p.consistency_check,
-        noise_stddev: p.noise_stddev,
-    };
-    params.validate()?;
-    Ok(params)
 }

@@ -38,8 +38,9 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{info, warn};
 
 use crate::enrol::Issuing;
-use crate::pki::{self, PeerIdentity, Role};
+use crate::pki::{self};
 use crate::state::Coordinator;
+use harambee_link::identity::{PeerIdentity, Role};
 
 /// How often each coordinator re-reads the revoked facilities from the database.
 pub const REVOCATION_REFRESH: Duration = Duration::from_secs(10);
@@ -160,8 +161,8 @@ impl Identity {
         let identity = match certs.and_then(|c| c.first()) {
             None => None,
             Some(leaf) => {
-                let identity =
-                    pki::identity_from_cert(leaf).map_err(|e| Denial::NoIdentity(e.to_string()))?;
+                let identity = harambee_link::identity::identity_from_cert(leaf)
+                    .map_err(|e| Denial::NoIdentity(e.to_string()))?;
                 let (_, not_after) =
                     pki::validity(leaf).map_err(|e| Denial::NoIdentity(e.to_string()))?;
                 if SystemTime::from(not_after) < now {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use harambee_agent::audit::{CosignedHead, HeadFile, head_path_for};
 use harambee_privacy::ledger::SignedTreeHead;
+use harambee_privacy::ledger::export::{CosignedHead, HeadFile, head_path_for};
 use harambee_proto::pb::{self, audit_service_client::AuditServiceClient};
 use tonic::transport::Channel;
 

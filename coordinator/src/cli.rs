@@ -7,16 +7,17 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
-use harambee_agent::tls::ClientTls;
+use harambee_link::tls::ClientTls;
 use harambee_proto::pb::{self, admin_service_client::AdminServiceClient};
 use serde::Deserialize;
 use tonic::transport::Channel;
 
 use crate::federation::FederationSpec;
-use crate::pki::{self, PkiPaths, Role};
+use crate::pki::{self, PkiPaths};
 use crate::server::{self, Storage};
 use crate::state::Settings;
 use crate::{demo, wire};
+use harambee_link::identity::Role;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -582,7 +583,7 @@ pub async fn admin_client(args: &AdminArgs) -> anyhow::Result<AdminServiceClient
         &paths.issued_key(Role::Operator, &args.operator),
         &args.server_name,
     )?;
-    let channel = harambee_agent::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
+    let channel = harambee_link::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
         .await
         .with_context(|| format!("connecting to {}", args.coordinator))?;
     Ok(AdminServiceClient::new(channel)
@@ -632,7 +633,7 @@ pub async fn export_safetensors(
     let params = harambee_core::params::from_le_bytes(&std::fs::read(&raw)?)?;
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(raw.with_extension("json"));
-    let (spec, schema) = harambee_agent::wire::model(meta.spec.as_ref())?;
+    let (spec, schema) = harambee_link::convert::model(meta.spec.as_ref())?;
     let checkpoint = harambee_models::checkpoint::Checkpoint {
         spec,
         schema,

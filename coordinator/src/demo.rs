@@ -24,10 +24,11 @@ use crate::cli::{AdminArgs, admin_client, export_safetensors, wait_for_round};
 use crate::federation::{
     Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, TrainSpec,
 };
-use crate::pki::{self, PkiPaths, Role};
+use crate::pki::{self, PkiPaths};
 use crate::server::{self, Storage};
 use crate::state::Settings;
 use crate::wire;
+use harambee_link::identity::Role;
 
 /// The bundled multi-site data set (CC BY 4.0; provenance in data/README.md).
 const HEART_CSV: &str = include_str!("../../data/heart_disease_uci_4sites.csv");
@@ -329,14 +330,14 @@ async fn audit_and_verify(
     facilities: &[Facility],
 ) -> anyhow::Result<serde_json::Value> {
     let paths = PkiPaths::new(&admin.pki);
-    let tls = harambee_agent::tls::ClientTls::from_files(
+    let tls = harambee_link::tls::ClientTls::from_files(
         &paths.ca_cert(),
         &paths.issued_cert(Role::Auditor, "auditor"),
         &paths.issued_key(Role::Auditor, "auditor"),
         &admin.server_name,
     )?;
     let channel =
-        harambee_agent::tls::connect(&admin.coordinator, &tls, Duration::from_secs(10)).await?;
+        harambee_link::tls::connect(&admin.coordinator, &tls, Duration::from_secs(10)).await?;
     // The agents fetch the proof of their last contribution at their next heartbeat.
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!();

@@ -263,7 +263,7 @@ impl Driver {
                     let Some(chain) = self.coord.registry.certificate_chain(facility) else {
                         continue;
                     };
-                    match harambee_agent::peers::ed25519_key_of(&chain[0]) {
+                    match harambee_link::identity::ed25519_key_of(&chain[0]) {
                         Ok(key) => {
                             keys.push((facility.clone(), key));
                             self.certificates.insert(facility.clone(), chain);
@@ -608,7 +608,7 @@ impl Driver {
             SecAggOut::Advertise { params, my_id } => {
                 pb::task::Kind::SecaggAdvertise(pb::SecAggAdvertise {
                     round_id,
-                    params: Some(harambee_agent::secure::params_to_pb(&params)),
+                    params: Some(harambee_link::convert::params_to_pb(&params)),
                     my_id,
                     deadline_unix_ms,
                 })

@@ -5,7 +5,7 @@
 //!
 //! An operator adds a facility (`IdentityService.AddFacility`, `harambee-coordinator
 //! facility add`): the coordinator stores the facility and the SHA-256 of a fresh token's
-//! secret, and returns the token ([`harambee_agent::enroll::Token`]: coordinator address,
+//! secret, and returns the token ([`harambee_link::token::Token`]: coordinator address,
 //! CA fingerprint, facility, id, secret, expiry). The facility's agent presents it once
 //! (`Enrol`, on a connection without a client certificate, see [`crate::tls`]) with a
 //! certificate request for its own Ed25519 key. The coordinator checks, in this order, and
@@ -33,7 +33,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use harambee_agent::enroll::{Token, TokenError};
+use harambee_link::token::{Token, TokenError};
 use harambee_proto::MAX_MESSAGE_BYTES;
 use harambee_proto::pb::{
     self,
@@ -43,7 +43,7 @@ use harambee_proto::pb::{
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use crate::pki::{self, CsrError, IssuedCert, PeerIdentity, PkiPaths, Role, Signer};
+use crate::pki::{self, CsrError, IssuedCert, PkiPaths, Signer};
 use crate::state::{Coordinator, now_ms};
 use crate::store::{
     AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, StoreError, TokenRefusal,
@@ -51,6 +51,7 @@ use crate::store::{
 };
 use crate::tls::{require_any_role, require_role};
 use crate::wire;
+use harambee_link::identity::{PeerIdentity, Role};
 
 /// Lifetime of an enrolment token when the operator does not say.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -262,7 +263,7 @@ impl EnrolmentApi {
         )?;
         let cert = certificate_row(&issued, Role::Agent, &row.facility, "enrol");
         // The key the facility's egress receipts will be signed with, for the ledger.
-        let receipt_key = harambee_agent::peers::ed25519_key_of(&issued.der).ok();
+        let receipt_key = harambee_link::identity::ed25519_key_of(&issued.der).ok();
         match self
             .coord
             .store
@@ -362,7 +363,7 @@ impl IdentityApi {
         peer: &PeerIdentity,
         request: pb::AddFacilityRequest,
     ) -> Result<pb::AddFacilityResponse, EnrolError> {
-        pki::validate_name(&request.name)
+        harambee_link::identity::validate_name(&request.name)
             .map_err(|e| EnrolError::InvalidArgument(e.to_string()))?;
         if !request.coordinator.starts_with("https://") {
             return Err(EnrolError::InvalidArgument(format!(
@@ -439,7 +440,7 @@ impl IdentityApi {
         peer: &PeerIdentity,
         request: pb::RevokeFacilityRequest,
     ) -> Result<pb::Facility, EnrolError> {
-        pki::validate_name(&request.name)
+        harambee_link::identity::validate_name(&request.name)
             .map_err(|e| EnrolError::InvalidArgument(e.to_string()))?;
         let action = admin_action(
             peer,

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use harambee_agent::tls::ClientTls;
+use harambee_link::tls::ClientTls;
 use harambee_proto::pb::{self, identity_service_client::IdentityServiceClient};
 use tonic::transport::Channel;
 
 use crate::cli::AdminArgs;
 use crate::enrol::format_time;
-use crate::pki::{PkiPaths, Role};
+use crate::pki::PkiPaths;
+use harambee_link::identity::Role;
 
 #[derive(Subcommand, Debug)]
 pub enum FacilityCommand {
@@ -280,7 +281,7 @@ async fn channel(args: &AdminArgs, role: Role, name: &str) -> anyhow::Result<Cha
         &paths.issued_key(role, name),
         &args.server_name,
     )?;
-    harambee_agent::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
+    harambee_link::tls::connect(&args.coordinator, &tls, Duration::from_secs(10))
         .await
         .with_context(|| format!("connecting to {}", args.coordinator))
 }

@@ -38,12 +38,9 @@
 //! See [`PkiPaths`]. Private keys are created with mode 0600 (never widened and narrowed
 //! afterwards); the directory and `issued/` are created with mode 0700.
 
-use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -54,91 +51,29 @@ use rustls::pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
+use harambee_link::files;
+use harambee_link::identity::{
+    IDENTITY_SCHEME, IdentityError, Role, has_identity_scheme, parse_identity_uri, validate_name,
+};
+
 /// Validity of the federation CA certificate.
 pub const CA_VALIDITY_DAYS: u32 = 3650;
 /// Default validity of an issuing CA certificate (see [`init_offline`]).
 pub const ISSUING_CA_VALIDITY_DAYS: u32 = 365;
 /// Default validity of leaf (server and client) certificates.
 pub const DEFAULT_LEAF_VALIDITY_DAYS: u32 = 90;
-/// URI scheme of identity SANs.
-pub const IDENTITY_SCHEME: &str = "harambee://";
 
 /// Followed by a random tag, so that two federations' CAs never share a subject name (which
 /// would turn "unknown CA" errors into confusing bad-signature ones).
 const CA_COMMON_NAME: &str = "Harambee federation CA";
 const ISSUING_CA_COMMON_NAME: &str = "Harambee issuing CA";
 const SERVER_COMMON_NAME: &str = "harambee-coordinator";
-const MAX_NAME_LEN: usize = 64;
 /// Leaf certificates start this long before "now", for clock skew.
 const BACKDATE: Duration = Duration::hours(1);
-
-/// What a peer is allowed to do; carried in the URI SAN of its certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// A facility agent (AgentService).
-    Agent,
-    /// A national operator (AdminService).
-    Operator,
-    /// A read-only auditor (AuditService).
-    Auditor,
-}
-
-impl Role {
-    /// All roles, in a fixed order.
-    pub const ALL: [Role; 3] = [Role::Agent, Role::Operator, Role::Auditor];
-
-    /// The lowercase name used in SANs, file names and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Operator => "operator",
-            Role::Auditor => "auditor",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = PkiError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL
-            .into_iter()
-            .find(|role| role.as_str() == s)
-            .ok_or_else(|| PkiError::InvalidRole(s.to_owned()))
-    }
-}
-
-/// Who is on the other end of a verified TLS connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerIdentity {
-    pub role: Role,
-    pub name: String,
-    /// Lowercase hex SHA-256 of the certificate's DER encoding (pins one certificate, e.g.
-    /// in the ledger or audit log).
-    pub cert_sha256: String,
-}
-
-impl fmt::Display for PeerIdentity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{IDENTITY_SCHEME}{}/{}", self.role, self.name)
-    }
-}
 
 /// Errors of PKI file handling and certificate parsing.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error(
-        "invalid name {0:?}: use 1 to 64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
-    )]
-    InvalidName(String),
-    #[error("invalid role {0:?}: expected agent, operator or auditor")]
-    InvalidRole(String),
     #[error("a CA already exists at {0} (refusing to overwrite it)")]
     AlreadyInitialized(PathBuf),
     #[error("invalid server name {name:?}: {reason}")]
@@ -153,16 +88,12 @@ pub enum PkiError {
     },
     #[error("cannot load the CA from {path}: {reason}")]
     LoadCa { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("certificate is not valid DER X.509: {0}")]
     BadCertificate(String),
-    #[error("certificate has no harambee:// URI SAN")]
-    MissingIdentity,
-    #[error("certificate has {0} harambee:// URI SANs, expected exactly one")]
-    AmbiguousIdentity(usize),
-    #[error("malformed identity SAN {0:?}: expected harambee://<role>/<name>")]
-    MalformedIdentity(String),
     #[error(
         "no CA key in {0}: neither issuing-ca.key nor ca.key is there (if the CA key is kept offline, create an issuing CA with `pki issuing-ca`)"
     )]
@@ -188,18 +119,6 @@ pub enum CsrError {
     NotEd25519(String),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-}
-
-/// Checks a facility, operator or auditor name against `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
-pub fn validate_name(name: &str) -> Result<(), PkiError> {
-    let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if first_ok && rest_ok && name.len() <= MAX_NAME_LEN {
-        Ok(())
-    } else {
-        Err(PkiError::InvalidName(name.to_owned()))
-    }
 }
 
 /// The layout of a PKI directory:
@@ -624,62 +543,6 @@ pub fn validity(der: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), PkiError
     Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
 }
 
-/// Reads the identity from a client certificate's DER encoding: exactly one
-/// `harambee://<role>/<name>` URI SAN with a known role and a valid name.
-///
-/// The certificate must already have been verified against the federation CA; this only
-/// parses.
-pub fn identity_from_cert(der: &[u8]) -> Result<PeerIdentity, PkiError> {
-    let (rest, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(PkiError::BadCertificate(format!(
-            "{} trailing bytes after the certificate",
-            rest.len()
-        )));
-    }
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| PkiError::BadCertificate(e.to_string()))?
-        .ok_or(PkiError::MissingIdentity)?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        })
-        .filter(|uri| has_identity_scheme(uri))
-        .collect();
-    let uri = match uris.as_slice() {
-        [] => return Err(PkiError::MissingIdentity),
-        [uri] => *uri,
-        many => return Err(PkiError::AmbiguousIdentity(many.len())),
-    };
-    let (role, name) = parse_identity_uri(uri)?;
-    Ok(PeerIdentity {
-        role,
-        name,
-        cert_sha256: hex::encode(Sha256::digest(der)),
-    })
-}
-
-/// Splits `harambee://<role>/<name>` into a role and a validated name.
-fn parse_identity_uri(uri: &str) -> Result<(Role, String), PkiError> {
-    let malformed = || PkiError::MalformedIdentity(uri.to_owned());
-    let rest = uri.get(IDENTITY_SCHEME.len()..).ok_or_else(malformed)?;
-    let (role, name) = rest.split_once('/').ok_or_else(malformed)?;
-    let role = role.parse::<Role>()?;
-    validate_name(name).map_err(|_| malformed())?;
-    Ok((role, name.to_owned()))
-}
-
-fn has_identity_scheme(uri: &str) -> bool {
-    uri.get(..IDENTITY_SCHEME.len())
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(IDENTITY_SCHEME))
-}
-
 /// A root CA; `path_len` 1 lets it certify an issuing CA.
 fn ca_params(path_len: u8) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
@@ -870,123 +733,49 @@ fn read_to_string(path: &Path) -> Result<String, PkiError> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| PkiError::Io {
-            action: "create directory",
-            path: dir.to_owned(),
-            source,
-        })
+    files::create_private_dir(dir).map_err(|source| PkiError::Io {
+        action: "create directory",
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Creates `path` (which must not exist) with `mode` and writes `bytes`.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let io_err = |action: &'static str| {
-        move |source: io::Error| PkiError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                PkiError::AlreadyInitialized(path.to_owned())
-            } else {
-                io_err("create")(e)
+    files::write_new(path, bytes, mode).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            PkiError::AlreadyInitialized(path.to_owned())
+        } else {
+            PkiError::Io {
+                action: "create",
+                path: path.to_owned(),
+                source,
             }
-        })?;
-    file.write_all(bytes).map_err(io_err("write"))?;
-    file.sync_all().map_err(io_err("sync"))
-}
-
-fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    write_new(path, bytes, 0o600)
-}
-
-fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    write_new(path, bytes, 0o644)
-}
-
-/// Writes `bytes` to a fresh temporary file with `mode` next to `path`, then renames it
-/// over `path`, so readers see the old or the new file and never a partial one.
-fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    // A leftover from a crashed run would make create_new fail; it holds nothing of value.
-    let _ = fs::remove_file(&tmp);
-    write_new(&tmp, bytes, mode)?;
-    fs::rename(&tmp, path).map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        PkiError::Io {
-            action: "replace",
-            path: path.to_owned(),
-            source,
         }
     })
 }
 
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    write_new(path, bytes, files::PRIVATE)
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+    write_new(path, bytes, files::PUBLIC)
+}
+
+/// Replaces `path` whole (see [`files::replace`]).
+fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    files::replace(path, bytes, mode).map_err(|source| PkiError::Io {
+        action: "replace",
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    replace(path, bytes, 0o600)
+    replace(path, bytes, files::PRIVATE)
 }
 
 fn replace_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    replace(path, bytes, 0o644)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        for ok in ["a", "Kisumu-CRH", "site_1.ward-2", &"x".repeat(64)] {
-            assert!(validate_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "-a",
-            ".a",
-            "_a",
-            "a/b",
-            "a b",
-            "é",
-            "a:b",
-            &"x".repeat(65),
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn roles_round_trip() {
-        for role in Role::ALL {
-            assert_eq!(role.to_string().parse::<Role>().unwrap(), role);
-        }
-        assert!("Agent".parse::<Role>().is_err());
-        assert!("admin".parse::<Role>().is_err());
-    }
-
-    #[test]
-    fn identity_uris() {
-        assert_eq!(
-            parse_identity_uri("harambee://agent/kisumu").unwrap(),
-            (Role::Agent, "kisumu".to_owned())
-        );
-        for bad in [
-            "harambee://agent/",
-            "harambee://agent",
-            "harambee://root/x",
-            "harambee://agent/a/b",
-            "harambee://agent/../x",
-        ] {
-            assert!(parse_identity_uri(bad).is_err(), "{bad}");
-        }
-    }
+    replace(path, bytes, files::PUBLIC)
 }

@@ -7,7 +7,7 @@
 //! [`crate::pki`]); services check them with [`peer_identity`] and [`require_role`].
 //!
 //! One exception, for enrolment: an agent that has no certificate yet offers the extra ALPN
-//! protocol `harambee-enrol/1` ([`harambee_agent::enroll::ENROL_ALPN`]) next to `h2`. Such a
+//! protocol `harambee-enrol/1` ([`harambee_link::token::ENROL_ALPN`]) next to `h2`. Such a
 //! connection is served with the same server certificate but no client-certificate request,
 //! and carries no identity; the access layer ([`crate::access`]) lets it call only
 //! `EnrolmentService.GetCaCertificate` and `.Enrol` (the token authenticates), and the
@@ -56,7 +56,8 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::Status;
 
-use crate::pki::{PeerIdentity, PkiPaths, Role, identity_from_cert};
+use crate::pki::PkiPaths;
+use harambee_link::identity::{PeerIdentity, Role, identity_from_cert};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -295,7 +296,7 @@ async fn handshake(
         let enrolling = start
             .client_hello()
             .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == harambee_agent::enroll::ENROL_ALPN));
+            .is_some_and(|mut offered| offered.any(|p| p == harambee_link::token::ENROL_ALPN));
         let config = match (&configs.enrolment, enrolling) {
             (Some(enrolment), true) => {
                 tracing::debug!(%peer, "enrolment connection (no client certificate requested)");

@@ -37,7 +37,7 @@ pub fn schema(schema: &Schema) -> pb::FeatureSchema {
 }
 
 pub fn schema_from_pb(schema: pb::FeatureSchema) -> Schema {
-    harambee_agent::wire::schema(&schema)
+    harambee_link::convert::schema(&schema)
 }
 
 pub fn model_spec(spec: &FederationSpec, n_params: usize) -> pb::ModelSpec {
@@ -214,7 +214,7 @@ pub fn deadline_ms(deadline: Instant) -> i64 {
 }
 
 pub fn metrics(m: &MetricsRow) -> pb::Metrics {
-    harambee_agent::wire::metrics(&metrics_of_row(m))
+    harambee_link::convert::metrics(&metrics_of_row(m))
 }
 
 pub fn metrics_row(m: &Metrics) -> MetricsRow {

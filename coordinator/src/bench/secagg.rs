@@ -26,8 +26,9 @@ use crate::federation::{
     Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, SecureAggregationSpec,
     TrainSpec,
 };
-use crate::pki::{self, PkiPaths, Role};
+use crate::pki::{self, PkiPaths};
 use crate::wire;
+use harambee_link::identity::Role;
 
 #[derive(Args, Debug)]
 pub struct SecaggArgs {

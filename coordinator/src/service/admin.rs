@@ -6,12 +6,12 @@ use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::federation::FederationSpec;
-use crate::pki::Role;
 use crate::state::{Coordinator, now_ms};
 use crate::store::AdminActionKind;
 use crate::store::{FederationRow, ModelVersionRow};
 use crate::tls::{require_any_role, require_role};
 use crate::{driver, wire};
+use harambee_link::identity::Role;
 
 pub struct AdminApi {
     coord: Coordinator,

@@ -13,11 +13,11 @@ use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::driver::RoundInput;
-use crate::pki::Role;
 use crate::state::{Coordinator, now_ms};
 use crate::tls::require_role;
 use crate::wire;
 use ed25519_dalek::VerifyingKey;
+use harambee_link::identity::Role;
 use harambee_privacy::ledger::SignedReceipt;
 
 pub struct AgentApi {
@@ -475,7 +475,7 @@ fn peer_receipt_key(chain: &[Vec<u8>]) -> Result<VerifyingKey, Status> {
     let leaf = chain
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    harambee_agent::peers::ed25519_key_of(leaf).map_err(|e| {
+    harambee_link::identity::ed25519_key_of(leaf).map_err(|e| {
         Status::permission_denied(format!(
             "the client certificate has no Ed25519 key to check receipts with: {e}"
         ))

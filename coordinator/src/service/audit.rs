@@ -8,10 +8,10 @@ use harambee_privacy::ledger::LedgerEvent;
 use harambee_proto::pb::{self, audit_service_server::AuditService};
 use tonic::{Request, Response, Status};
 
-use crate::pki::Role;
 use crate::state::Coordinator;
 use crate::tls::require_role;
 use crate::wire;
+use harambee_link::identity::Role;
 
 /// Entries per `GetEntries` call at most.
 pub const MAX_ENTRIES_PER_CALL: u64 = 1000;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use harambee_agent::transfer::upload_update;
-use harambee_coordinator::pki::Role;
+use harambee_link::identity::Role;
 use harambee_proto::pb::{self, agent_service_client::AgentServiceClient, task::Kind};
 use sha2::{Digest, Sha256};
 use tonic::Code;

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use harambee_agent::tls::{ClientTls, FailureKind};
-use harambee_coordinator::pki::{self, PkiPaths, Role};
+use harambee_coordinator::pki::{self, PkiPaths};
 use harambee_coordinator::wire::ACCESS_DENIED;
+use harambee_link::identity::Role;
+use harambee_link::tls::{ClientTls, FailureKind};
 use harambee_proto::pb;
 use identity_common::*;
 use tonic::Code;
@@ -187,7 +188,7 @@ async fn identity_expired_foreign_and_revoked_certificates_are_refused_for_every
 
     // Expired: refused at the handshake, so no RPC at all.
     let expired = expired_agent(&c.h.pki, "old-clinic");
-    let err = harambee_agent::tls::connect(&c.endpoint(), &expired, timeout)
+    let err = harambee_link::tls::connect(&c.endpoint(), &expired, timeout)
         .await
         .unwrap_err();
     assert_eq!(
@@ -204,7 +205,7 @@ async fn identity_expired_foreign_and_revoked_certificates_are_refused_for_every
     let foreign =
         ClientTls::from_files(&PkiPaths::new(&c.h.pki).ca_cert(), &cert, &key, "localhost")
             .unwrap();
-    let err = harambee_agent::tls::connect(&c.endpoint(), &foreign, timeout)
+    let err = harambee_link::tls::connect(&c.endpoint(), &foreign, timeout)
         .await
         .unwrap_err();
     assert_eq!(

@@ -9,9 +9,11 @@ use crate::identity_common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use harambee_agent::enroll::{self, Token};
-use harambee_agent::peers::{PeerVerifier, signing_key_from_pem};
-use harambee_coordinator::pki::{self, PkiPaths, Role};
+use harambee_agent::enroll;
+use harambee_coordinator::pki::{self, PkiPaths};
+use harambee_link::identity::Role;
+use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
+use harambee_link::token::Token;
 use harambee_proto::pb;
 use identity_common::*;
 use rustls::pki_types::CertificateDer;
@@ -53,7 +55,7 @@ async fn identity_one_token_and_one_command_give_a_working_agent() {
     // An Ed25519 agent certificate for this facility from the federation CA, valid 90 days,
     // whose key is the one the agent signs secure-aggregation advertisements with.
     let der = CertificateDer::from_pem_file(&done.cert).unwrap();
-    let identity = pki::identity_from_cert(&der).unwrap();
+    let identity = harambee_link::identity::identity_from_cert(&der).unwrap();
     assert_eq!(
         (identity.role, identity.name.as_str()),
         (Role::Agent, "kisumu-crh")
@@ -153,7 +155,7 @@ async fn identity_a_tampered_token_is_refused() {
 
     // Damaged in copying: refused before anything is sent.
     let mut damaged = text.clone().into_bytes();
-    let i = enroll::TOKEN_PREFIX.len() + 20;
+    let i = harambee_link::token::TOKEN_PREFIX.len() + 20;
     damaged[i] = if damaged[i] == b'x' { b'y' } else { b'x' };
     let err = enroll_err(std::str::from_utf8(&damaged).unwrap(), &dir).await;
     assert!(err.contains("the enrolment token is damaged"), "{err}");
@@ -269,7 +271,9 @@ async fn identity_a_request_naming_another_facility_is_refused() {
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     assert!(!cert.is_ca());
     assert_eq!(
-        pki::identity_from_cert(&der).unwrap().to_string(),
+        harambee_link::identity::identity_from_cert(&der)
+            .unwrap()
+            .to_string(),
         "harambee://agent/kisumu"
     );
 }

@@ -6,7 +6,8 @@ use crate::common;
 use crate::identity_common;
 
 use common::*;
-use harambee_coordinator::pki::{self, PkiError, PkiPaths, Role};
+use harambee_coordinator::pki::{self, PkiError, PkiPaths};
+use harambee_link::identity::Role;
 use identity_common::*;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;

@@ -7,9 +7,10 @@ use crate::identity_common;
 
 use std::time::Duration;
 
-use harambee_agent::peers::PeerVerifier;
 use harambee_agent::renew;
-use harambee_coordinator::pki::{PkiPaths, Role};
+use harambee_coordinator::pki::PkiPaths;
+use harambee_link::identity::PeerVerifier;
+use harambee_link::identity::Role;
 use harambee_proto::pb::{self, enrolment_service_client::EnrolmentServiceClient};
 use identity_common::*;
 use rustls::pki_types::CertificateDer;

@@ -8,8 +8,8 @@ use crate::identity_common;
 use std::time::Duration;
 
 use common::*;
-use harambee_coordinator::pki::Role;
 use harambee_coordinator::wire::ACCESS_DENIED;
+use harambee_link::identity::Role;
 use harambee_proto::pb;
 use identity_common::*;
 use tonic::Code;

@@ -1,8 +1,9 @@
 //! Agents trust a peer's secure-aggregation signing key only when the federation CA
 //! certified it for that facility.
 
-use harambee_agent::peers::{PeerVerifier, signing_key_from_pem};
-use harambee_coordinator::pki::{self, PkiPaths, Role};
+use harambee_coordinator::pki::{self, PkiPaths};
+use harambee_link::identity::Role;
+use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 

@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use harambee_agent::audit::{HeadFile, VerifyArgs, head_path_for, verify_report};
+use harambee_agent::audit::{VerifyArgs, verify_report};
 use harambee_agent::config::AgentConfig;
 use harambee_agent::privacy::{LOG_FILE, Record, parse_log};
 use harambee_coordinator::demo::Facility;
 use harambee_coordinator::federation::{DpSgdSpec, FederationSpec, Mechanism};
-use harambee_coordinator::pki::Role;
+use harambee_link::identity::Role;
+use harambee_privacy::ledger::export::{HeadFile, head_path_for};
 use harambee_privacy::ledger::{Ledger, LedgerEvent, parse_jsonl};
 use harambee_proto::pb;
 use sea_orm::ConnectionTrait;

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use harambee_agent::tls::{self as client, ClientTls, FailureKind, TlsError};
-use harambee_coordinator::pki::{self, PeerIdentity, PkiError, PkiPaths, Role};
+use harambee_coordinator::pki::{self, PkiError, PkiPaths};
 use harambee_coordinator::tls::{self, require_role};
+use harambee_link::identity::{IdentityError, PeerIdentity, Role};
+use harambee_link::tls::{self as client, ClientTls, FailureKind, TlsError};
 use harambee_proto::pb;
 use harambee_proto::pb::agent_service_client::AgentServiceClient;
 use harambee_proto::pb::agent_service_server::{AgentService, AgentServiceServer};
@@ -489,7 +490,9 @@ async fn tls_incoming_yields_only_established_connections() {
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
     assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
-    let identity = pki::identity_from_cert(&session.peer_certificates().unwrap()[0]).unwrap();
+    let identity =
+        harambee_link::identity::identity_from_cert(&session.peer_certificates().unwrap()[0])
+            .unwrap();
     assert_eq!(
         (identity.role, identity.name.as_str()),
         (Role::Auditor, "auditor-1")
@@ -522,7 +525,7 @@ fn uri(s: &str) -> rcgen::SanType {
 fn tls_identity_from_cert_requires_one_valid_harambee_san() {
     let federation = Federation::new();
     let ok = cert_with_sans(&federation, vec![uri("harambee://operator/moh-ops")]);
-    let identity = pki::identity_from_cert(&ok).unwrap();
+    let identity = harambee_link::identity::identity_from_cert(&ok).unwrap();
     assert_eq!(
         (identity.role, identity.name.as_str()),
         (Role::Operator, "moh-ops")
@@ -530,55 +533,55 @@ fn tls_identity_from_cert_requires_one_valid_harambee_san() {
 
     let no_san = cert_with_sans(&federation, vec![]);
     assert!(matches!(
-        pki::identity_from_cert(&no_san),
-        Err(PkiError::MissingIdentity)
+        harambee_link::identity::identity_from_cert(&no_san),
+        Err(IdentityError::MissingIdentity)
     ));
     let dns_only = cert_with_sans(
         &federation,
         vec![rcgen::SanType::DnsName("kisumu".try_into().unwrap())],
     );
     assert!(matches!(
-        pki::identity_from_cert(&dns_only),
-        Err(PkiError::MissingIdentity)
+        harambee_link::identity::identity_from_cert(&dns_only),
+        Err(IdentityError::MissingIdentity)
     ));
     let other_scheme = cert_with_sans(&federation, vec![uri("spiffe://agent/kisumu")]);
     assert!(matches!(
-        pki::identity_from_cert(&other_scheme),
-        Err(PkiError::MissingIdentity)
+        harambee_link::identity::identity_from_cert(&other_scheme),
+        Err(IdentityError::MissingIdentity)
     ));
 
     let bad_role = cert_with_sans(&federation, vec![uri("harambee://admin/kisumu")]);
     assert!(
-        matches!(pki::identity_from_cert(&bad_role), Err(PkiError::InvalidRole(r)) if r == "admin")
+        matches!(harambee_link::identity::identity_from_cert(&bad_role), Err(IdentityError::InvalidRole(r)) if r == "admin")
     );
     let bad_name = cert_with_sans(&federation, vec![uri("harambee://agent/../etc")]);
     assert!(matches!(
-        pki::identity_from_cert(&bad_name),
-        Err(PkiError::MalformedIdentity(_))
+        harambee_link::identity::identity_from_cert(&bad_name),
+        Err(IdentityError::MalformedIdentity(_))
     ));
     let no_name = cert_with_sans(&federation, vec![uri("harambee://agent")]);
     assert!(matches!(
-        pki::identity_from_cert(&no_name),
-        Err(PkiError::MalformedIdentity(_))
+        harambee_link::identity::identity_from_cert(&no_name),
+        Err(IdentityError::MalformedIdentity(_))
     ));
     let two = cert_with_sans(
         &federation,
         vec![uri("harambee://agent/a"), uri("harambee://operator/a")],
     );
     assert!(matches!(
-        pki::identity_from_cert(&two),
-        Err(PkiError::AmbiguousIdentity(2))
+        harambee_link::identity::identity_from_cert(&two),
+        Err(IdentityError::AmbiguousIdentity(2))
     ));
 
     // The coordinator's own certificate is no client identity.
     let server = first_cert_der(&federation.paths().server_cert());
     assert!(matches!(
-        pki::identity_from_cert(&server),
-        Err(PkiError::MissingIdentity)
+        harambee_link::identity::identity_from_cert(&server),
+        Err(IdentityError::MissingIdentity)
     ));
     assert!(matches!(
-        pki::identity_from_cert(b"not der"),
-        Err(PkiError::BadCertificate(_))
+        harambee_link::identity::identity_from_cert(b"not der"),
+        Err(IdentityError::BadCertificate(_))
     ));
 }
 
@@ -643,7 +646,10 @@ fn tls_client_files_with_a_foreign_key_are_refused_up_front() {
 fn tls_issue_rejects_bad_names_and_missing_ca() {
     let federation = Federation::new();
     let error = pki::issue(federation.dir.path(), Role::Agent, "../ca", 90).unwrap_err();
-    assert!(matches!(error, PkiError::InvalidName(_)), "{error}");
+    assert!(
+        matches!(error, PkiError::Identity(IdentityError::InvalidName(_))),
+        "{error}"
+    );
     let error = pki::issue(federation.dir.path(), Role::Agent, "kisumu", 0).unwrap_err();
     assert!(matches!(error, PkiError::InvalidValidity(0)), "{error}");
     let error = pki::issue(federation.dir.path(), Role::Agent, "kisumu", u32::MAX).unwrap_err();

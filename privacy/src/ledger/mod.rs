@@ -8,6 +8,7 @@
 //! - [`event`]: what the ledger records ([`LedgerEvent`]), the canonical encoding of an entry
 //!   (the bytes the leaf hash covers), the JSON-lines export ([`LedgerLine`]) and [`Ledger`],
 //!   an in-memory ledger that appends entries and answers proofs.
+//! - [`export`]: the file written next to an export: the head, the key, the countersignatures.
 //! - [`verify`]: the offline verifier ([`verify_ledger`]) and the facility-side cross-check
 //!   ([`cross_check`]), which name each failing entry and what broke.
 //!
@@ -27,6 +28,7 @@
 //! [`verify::verify_head_consistency`], then countersign it ([`TreeHead::cosign`]).
 
 pub mod event;
+pub mod export;
 pub mod head;
 pub mod merkle;
 pub mod receipt;

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harambee_agent::config::AgentConfig;
-use harambee_agent::tls::ClientTls;
 use harambee_coordinator::demo::{self, Facility};
 use harambee_coordinator::federation::{FederationSpec, KindName};
-use harambee_coordinator::pki::{self, PkiPaths, Role};
+use harambee_coordinator::pki::{self, PkiPaths};
 use harambee_coordinator::server::{self, Storage};
 use harambee_coordinator::state::Settings;
 use harambee_coordinator::wire;
+use harambee_link::identity::Role;
+use harambee_link::tls::ClientTls;
 use harambee_proto::pb::{
     self, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
 };
@@ -167,7 +168,7 @@ impl Harness {
             "localhost",
         )
         .unwrap();
-        harambee_agent::tls::connect(&self.endpoint(), &tls, Duration::from_secs(5))
+        harambee_link::tls::connect(&self.endpoint(), &tls, Duration::from_secs(5))
             .await
             .unwrap()
     }
@@ -221,7 +222,7 @@ pub fn receipt_for(
     payload: &[u8],
 ) -> String {
     let key_pem = std::fs::read(PkiPaths::new(pki).issued_key(Role::Agent, facility)).unwrap();
-    let key = harambee_agent::peers::signing_key_from_pem(&key_pem).unwrap();
+    let key = harambee_link::identity::signing_key_from_pem(&key_pem).unwrap();
     let receipt = harambee_privacy::ledger::EgressReceipt {
         facility: facility.to_owned(),
         federation: federation.to_owned(),

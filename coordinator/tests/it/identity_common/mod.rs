@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harambee_agent::config::AgentConfig;
-use harambee_coordinator::pki::{PkiPaths, Role};
+use harambee_coordinator::pki::PkiPaths;
 use harambee_coordinator::server;
+use harambee_link::identity::Role;
 use harambee_proto::pb::{
     self, enrolment_service_client::EnrolmentServiceClient,
     identity_service_client::IdentityServiceClient,

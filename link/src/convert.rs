@@ -1,10 +1,13 @@
-//! Conversions from wire types (`harambee_proto::pb`) to the models crate's.
+//! Conversions between wire types (`harambee_proto::pb`) and the types of the pure crates and
+//! `models`, used by both ends of the wire. Anything that arrives malformed becomes a
+//! [`BadTask`] naming what is wrong.
 
 use harambee_models::data::{Feature, Schema};
 use harambee_models::metrics::Metrics;
 use harambee_models::model::{ModelKind, ModelSpec};
 use harambee_models::train::{Optimizer, TrainConfig};
 use harambee_proto::pb;
+use harambee_secagg::{MaskPrg, Params, Word};
 
 /// A task the agent cannot carry out as described.
 #[derive(Debug, thiserror::Error)]
@@ -90,4 +93,58 @@ pub fn metrics(m: &Metrics) -> pb::Metrics {
         specificity: m.specificity,
         ece: m.ece,
     }
+}
+
+/// The wire form of the round's parameters.
+pub fn params_to_pb(p: &Params) -> pb::SecAggParams {
+    pb::SecAggParams {
+        round_id: p.round_id,
+        participants: p.participants.clone(),
+        vector_len: p.vector_len as u64,
+        neighbours: p.neighbours as u32,
+        threshold: p.threshold as u32,
+        clip: p.clip,
+        quant_bits: p.quant_bits,
+        max_weight: p.max_weight,
+        word_bits: p.word.bits(),
+        prg: match p.prg {
+            MaskPrg::ChaCha20 => "chacha20",
+            MaskPrg::Aes128Ctr => "aes128ctr",
+        }
+        .to_owned(),
+        consistency_check: p.consistency_check,
+        noise_stddev: p.noise_stddev,
+    }
+}
+
+/// The round's parameters as the coordinator sent them, checked for consistency (not for
+/// whether this facility accepts them: that is its policy's job).
+pub fn params_from_pb(p: &pb::SecAggParams) -> Result<Params, BadTask> {
+    let params = Params {
+        round_id: p.round_id,
+        participants: p.participants.clone(),
+        vector_len: usize::try_from(p.vector_len)
+            .map_err(|_| BadTask("vector length out of range".into()))?,
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        clip: p.clip,
+        quant_bits: p.quant_bits,
+        max_weight: p.max_weight,
+        word: match p.word_bits {
+            32 => Word::U32,
+            64 => Word::U64,
+            other => return Err(BadTask(format!("unsupported word size {other}"))),
+        },
+        prg: match p.prg.as_str() {
+            "chacha20" => MaskPrg::ChaCha20,
+            "aes128ctr" => MaskPrg::Aes128Ctr,
+            other => return Err(BadTask(format!("unsupported mask generator {other:?}"))),
+        },
+        consistency_check: p.consistency_check,
+        noise_stddev: p.noise_stddev,
+    };
+    params
+        .validate()
+        .map_err(|e| BadTask(format!("secure-aggregation parameters: {e}")))?;
+    Ok(params)
 }

@@ -1,0 +1,18 @@
+//! What both ends of the Harambee wire share: the coordinator and the agent depend on this
+//! crate, never on each other.
+//!
+//! - [`identity`]: the `harambee://<role>/<name>` identity scheme, the Ed25519 key of an
+//!   agent certificate, and the check of a peer facility's certificate against the CA.
+//! - [`token`]: the one-time enrolment token and the enrolment ALPN protocol.
+//! - [`tls`]: the mTLS client (TLS 1.3 only, ring), with failures a facility's IT staff can
+//!   act on; used by the agent and by the operator and auditor CLIs.
+//! - [`files`]: key and certificate files written 0600 / atomically.
+//! - [`convert`]: conversions between wire messages and the pure crates' types.
+//!
+//! It holds no protocol state and no server code.
+
+pub mod convert;
+pub mod files;
+pub mod identity;
+pub mod tls;
+pub mod token;
