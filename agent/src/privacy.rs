@@ -63,7 +63,7 @@ pub enum Record {
     Proof {
         federation: String,
         round_id: u64,
-        entry: LedgerLine,
+        entry: Box<LedgerLine>,
         inclusion_proof: Vec<Sha256Digest>,
         signed_tree_head: SignedTreeHead,
     },
@@ -536,7 +536,7 @@ impl Privacy {
             Record::Proof {
                 federation: federation.to_owned(),
                 round_id,
-                entry,
+                entry: Box::new(entry),
                 inclusion_proof: inclusion,
                 signed_tree_head: head,
             },

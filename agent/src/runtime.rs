@@ -117,9 +117,17 @@ struct Agent {
     stats: Arc<AgentStats>,
     /// Policy, accountant, receipts and the privacy log.
     privacy: Mutex<Privacy>,
-    /// What a held update (secure aggregation) carries into its receipt once it leaves:
-    /// federation, DP-SGD steps, receipt clipping norm and noise multiplier.
-    dp_of_round: Mutex<HashMap<u64, (String, Option<DpSteps>, f64, f64)>>,
+    /// What a held update (secure aggregation) carries into its receipt once it leaves.
+    dp_of_round: Mutex<HashMap<u64, HeldReceipt>>,
+}
+
+/// The receipt terms of an update held for secure aggregation, fixed when it was trained.
+#[derive(Clone, Debug)]
+struct HeldReceipt {
+    federation: String,
+    dp: Option<DpSteps>,
+    clipping_norm: f64,
+    noise_multiplier: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -460,7 +468,7 @@ impl Agent {
                     .await;
             }
         };
-        let dp_sgd = task.privacy.as_ref().and_then(|p| p.dp_sgd.clone());
+        let dp_sgd = task.privacy.as_ref().and_then(|p| p.dp_sgd);
         info!(
             rows = train.n_rows(),
             epochs = config.epochs,
@@ -566,7 +574,12 @@ impl Agent {
         if let Some(secure) = &task.secure {
             self.dp_of_round.lock().unwrap().insert(
                 task.round_id,
-                (task.federation.clone(), dp, clipping_norm, noise_multiplier),
+                HeldReceipt {
+                    federation: task.federation.clone(),
+                    dp,
+                    clipping_norm,
+                    noise_multiplier,
+                },
             );
             // Secure aggregation: the update stays here until it leaves masked.
             let weight = (report.n_samples as u64).min(secure.max_weight.max(1));
@@ -769,7 +782,6 @@ impl Agent {
         };
         retry_until(task.deadline_unix_ms, "metrics report", || {
             let mut client = client.clone();
-            let request = request.clone();
             async move { client.report_metrics(request).await.map(|_| ()) }
         })
         .await
@@ -841,13 +853,23 @@ impl Agent {
                     sha256: Some(&sha256),
                     n_samples: 0,
                 })?;
-                let (federation, dp, clipping_norm, noise_multiplier) = self
+                let HeldReceipt {
+                    federation,
+                    dp,
+                    clipping_norm,
+                    noise_multiplier,
+                } = self
                     .dp_of_round
                     .lock()
                     .unwrap()
                     .get(&round_id)
                     .cloned()
-                    .unwrap_or((federation, None, 0.0, 0.0));
+                    .unwrap_or(HeldReceipt {
+                        federation,
+                        dp: None,
+                        clipping_norm: 0.0,
+                        noise_multiplier: 0.0,
+                    });
                 let receipt = self.privacy.lock().unwrap().sign_egress(
                     &federation,
                     round_id,
@@ -945,7 +967,9 @@ where
 /// federation's L2 clipping norm, the sensitivity the noise on the sum is calibrated to.
 fn clip_for_facility_dp(update: &mut [f32], privacy: Option<&pb::PrivacyConfig>) {
     let Some(p) = privacy else { return };
-    if matches!(p.mechanism.as_str(), "" | "none") || !(p.clip_norm > 0.0) {
+    if matches!(p.mechanism.as_str(), "" | "none")
+        || p.clip_norm.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+    {
         return;
     }
     let norm = update

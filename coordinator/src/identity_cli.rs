@@ -30,6 +30,7 @@ pub enum FacilityCommand {
         reenrol: bool,
         /// The address the facility's agent should use, if not --coordinator (which may be
         /// an internal one), e.g. https://coordinator.health.example:443.
+        #[allow(rustdoc::bare_urls)]
         #[arg(long)]
         advertise: Option<String>,
         /// The name the coordinator's certificate is valid for, as seen from the facility,

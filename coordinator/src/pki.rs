@@ -3,7 +3,7 @@
 //!
 //! This module creates and reads certificate files, signs certificate requests
 //! ([`Signer`], for enrolment and renewal) and turns a verified client certificate into a
-//! [`PeerIdentity`]. It does not verify certificate chains (rustls does that during the
+//! [`PeerIdentity`](harambee_link::identity::PeerIdentity). It does not verify certificate chains (rustls does that during the
 //! handshake, see [`crate::tls`]) and it keeps no revocation list: revocation is by
 //! facility, in the coordinator's database (see [`crate::access`]); otherwise a certificate
 //! stays valid until it expires, which is why leaf certificates are short-lived.
@@ -22,7 +22,7 @@
 //!   `harambee://<role>/<name>`, where `<role>` is `agent`, `operator` or `auditor` and
 //!   `<name>` matches `[A-Za-z0-9][A-Za-z0-9._-]{0,63}` (for agents: the facility name).
 //!   The subject CN equals `<name>`; the extended key usage is client authentication.
-//!   The URI SAN is what counts: [`identity_from_cert`] reads the role and name from it and
+//!   The URI SAN is what counts: [`identity_from_cert`](harambee_link::identity::identity_from_cert) reads the role and name from it and
 //!   ignores the CN.
 //! - The coordinator's server certificate carries the DNS names and IP addresses given to
 //!   [`init`] (default `localhost` and `127.0.0.1`), the server-authentication extended key
@@ -218,8 +218,8 @@ pub fn init(dir: &Path, server_names: &[String]) -> Result<PkiPaths, PkiError> {
     Ok(paths)
 }
 
-/// Like [`init`], but the CA key never touches the serving host: the root CA (path length
-/// 1) goes to `ca_out` (`ca.pem`, `ca.key`; move it offline), and `dir` receives a copy of
+/// Like [`init`], but the CA key never touches the serving host: the root CA (path
+/// length 1) goes to `ca_out` (`ca.pem`, `ca.key`; move it offline), and `dir` receives a copy of
 /// `ca.pem`, an issuing CA certified by the root (`issuing-ca.pem`, `issuing-ca.key`,
 /// valid [`ISSUING_CA_VALIDITY_DAYS`]) and the coordinator's server certificate issued by
 /// it. Everything the coordinator signs later (enrolment, renewal, `pki issue`) uses the

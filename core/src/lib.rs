@@ -7,6 +7,8 @@
 //! model training; they feed inputs into these state machines and act on the events they
 //! emit, persisting every durable step before they act on it.
 
+#![deny(clippy::unwrap_used)]
+
 pub mod aggregate;
 pub mod params;
 pub mod round;

@@ -32,7 +32,7 @@ pub fn to_le_bytes(values: &[f32]) -> Vec<u8> {
 
 /// Decodes little-endian `f32` values.
 pub fn from_le_bytes(bytes: &[u8]) -> Result<Vec<f32>, UpdateError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(UpdateError::RaggedBytes(bytes.len()));
     }
     Ok(bytes

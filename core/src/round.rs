@@ -735,10 +735,7 @@ impl<M: Clone> Round<M> {
             self.config.round_id,
             &trained,
             self.config.n_params,
-            config.clip,
-            config.max_weight,
-            config.consistency_check,
-            config.noise_stddev,
+            config,
             min,
         );
         match started {

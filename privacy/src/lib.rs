@@ -13,5 +13,7 @@
 //! transaction as the state it describes), serving it and printing reports belong to the
 //! coordinator and the agent.
 
+#![deny(clippy::unwrap_used)]
+
 pub mod accountant;
 pub mod ledger;

@@ -5,7 +5,7 @@
 //! types in one module; the pure crates never see generated code.
 
 #[rustfmt::skip]
-#[allow(clippy::all, clippy::pedantic)]
+#[allow(clippy::all, clippy::pedantic, rustdoc::all)]
 mod generated {
     tonic::include_proto!("harambee.v1");
 }

@@ -216,6 +216,8 @@
 //!   [`CollectingUnmaskShares::finish_with_threads`] splits the mask expansion over
 //!   scoped threads (same result).
 
+#![deny(clippy::unwrap_used)]
+
 pub mod client;
 mod crypto;
 pub mod error;

@@ -1,6 +1,6 @@
 //! The gRPC services. Each RPC first authorizes its caller by the role in its certificate
 //! (`agent` for [`AgentService`](agent), `operator` for [`AdminService`](admin), auditors
-//! too for its reads), then does its work through [`Coordinator`](crate::state::Coordinator).
+//! too for its reads), then does its work through [`crate::state::Coordinator`].
 //! The access layer ([`crate::access`]) has already applied the same policy to every call;
 //! `EnrolmentService` and `IdentityService` live in [`crate::enrol`].
 

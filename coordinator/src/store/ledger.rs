@@ -41,11 +41,10 @@ pub(crate) async fn append_in<C: ConnectionTrait>(
             .await?;
     }
     let next = last_index(txn).await?;
-    let mut index = next.map_or(0, |max| max + 1);
     let timestamp_ms = u64::try_from(now_ms)
         .map_err(|_| StoreError::InvalidInput(format!("negative time {now_ms}")))?;
     let mut lines = Vec::with_capacity(events.len());
-    for event in events {
+    for (index, event) in (next.map_or(0, |max| max + 1)..).zip(events) {
         let line = LedgerLine::from_entry(LedgerEntry {
             index: index as u64,
             timestamp_ms,
@@ -64,7 +63,6 @@ pub(crate) async fn append_in<C: ConnectionTrait>(
         .exec_without_returning(txn)
         .await?;
         lines.push(line);
-        index += 1;
     }
     Ok(lines)
 }

@@ -16,7 +16,7 @@ use harambee_secagg::{
     SignedAdvertisement, UnmaskRequest, UnmaskShares, Word,
 };
 
-use super::Stage;
+use super::{SecureConfig, Stage};
 use crate::AgentId;
 
 /// What the coordinator sends a facility at a secure-aggregation stage.
@@ -101,15 +101,13 @@ impl std::fmt::Debug for SecureRound {
 }
 
 impl SecureRound {
-    /// Starts secure aggregation over `trained` (facility → identity key).
+    /// Starts secure aggregation over `trained` (facility → identity key), with the noise
+    /// calibrated so that `min_survivors` shares carry all of it.
     pub(super) fn start(
         round_id: u64,
         trained: &BTreeMap<AgentId, VerifyingKey>,
         vector_len: usize,
-        clip: f32,
-        max_weight: u64,
-        consistency_check: bool,
-        noise_stddev: f64,
+        config: &SecureConfig,
         min_survivors: usize,
     ) -> Result<(SecureRound, Vec<(AgentId, SecAggOut)>), ServerError> {
         let ids: BTreeMap<AgentId, u32> = trained
@@ -119,12 +117,18 @@ impl SecureRound {
             .collect();
         let names: BTreeMap<u32, AgentId> = ids.iter().map(|(a, &i)| (i, a.clone())).collect();
         let participants: Vec<u32> = names.keys().copied().collect();
-        let mut params =
-            Params::recommended(round_id, &participants, vector_len, clip, max_weight)?;
-        params.consistency_check = consistency_check;
-        if noise_stddev > 0.0 {
+        let mut params = Params::recommended(
+            round_id,
+            &participants,
+            vector_len,
+            config.clip,
+            config.max_weight,
+        )?;
+        params.consistency_check = config.consistency_check;
+        if config.noise_stddev > 0.0 {
             // Each agent's share, so that `min_survivors` shares carry the full noise.
-            let share = harambee_secagg::noise_share_levels(noise_stddev, min_survivors, &params);
+            let share =
+                harambee_secagg::noise_share_levels(config.noise_stddev, min_survivors, &params);
             params = params.with_noise(share)?;
         }
         let keys = trained.iter().map(|(a, k)| (ids[a], *k)).collect();
