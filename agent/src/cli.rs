@@ -2,9 +2,22 @@
 
 use std::path::PathBuf;
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 use crate::config::AgentConfig;
+
+/// The `harambee-agent` binary's arguments.
+#[derive(Parser, Debug)]
+#[command(
+    name = "harambee-agent",
+    version,
+    about = "Harambee facility agent: trains locally, sends only parameters and aggregate metrics"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -28,6 +41,18 @@ pub enum AuditCommand {
     /// with the last head this facility saw, and (with --receipts) that the ledger and the
     /// facility's privacy log agree. Prints a report; exits 1 on any failure.
     Verify(crate::audit::VerifyArgs),
+}
+
+/// Runs the command line to completion on its own runtime, logging to stderr, and prints
+/// the error, if any: the whole `harambee-agent` binary.
+pub fn main(cli: Cli) -> std::process::ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    harambee_link::process::run_main(run(cli.command))
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {

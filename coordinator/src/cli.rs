@@ -16,7 +16,7 @@ use crate::federation::FederationSpec;
 use crate::pki::{self, PkiPaths};
 use crate::server::{self, Storage};
 use crate::state::Settings;
-use crate::{demo, wire};
+use crate::wire;
 use harambee_link::identity::Role;
 
 #[derive(Parser, Debug)]
@@ -54,17 +54,9 @@ pub enum Command {
     /// The admin-action log (auditor or operator).
     #[command(subcommand)]
     Audit(crate::identity_cli::AuditCommand),
-    /// A whole local federation on the bundled data: coordinator, PKI and one agent process per facility.
-    Demo(demo::DemoArgs),
     /// Differential-privacy planning.
     #[command(subcommand)]
     Privacy(PrivacyCommand),
-    /// Benchmarks that print figures.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-    /// Run an agent (the demo starts its agents this way; facilities install `harambee-agent`).
-    #[command(hide = true, subcommand)]
-    Agent(harambee_agent::cli::Command),
 }
 
 #[derive(Args, Debug)]
@@ -121,14 +113,6 @@ pub enum PrivacyCommand {
         #[arg(long)]
         delta: f64,
     },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Model quality per facility for each strategy, on the bundled multi-site data, in one process.
-    Quality(crate::bench::quality::QualityArgs),
-    /// Cost of one round's aggregation, secure or plain: coordinator process plus N in-process agents over gRPC.
-    Secagg(crate::bench::secagg::SecaggArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -249,6 +233,12 @@ pub enum ModelCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// Runs the command line to completion on its own runtime and prints the error, if any:
+/// the whole `harambee-coordinator` binary.
+pub fn main(cli: Cli) -> std::process::ExitCode {
+    harambee_link::process::run_main(run(cli))
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -402,7 +392,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Facility(cmd) => crate::identity_cli::facility(cmd).await,
         Command::Audit(cmd) => crate::identity_cli::audit(cmd).await,
-        Command::Demo(args) => demo::run(args).await,
         Command::Privacy(PrivacyCommand::Epsilon {
             noise_multiplier,
             sampling_rate,
@@ -421,12 +410,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{}", report.epsilon);
             Ok(())
-        }
-        Command::Bench(BenchCommand::Quality(args)) => crate::bench::quality::run(args).await,
-        Command::Bench(BenchCommand::Secagg(args)) => crate::bench::secagg::run(args).await,
-        Command::Agent(cmd) => {
-            let _telemetry = crate::telemetry::init("harambee-agent", None, "info")?;
-            harambee_agent::cli::run(cmd).await
         }
     }
 }

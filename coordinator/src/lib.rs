@@ -9,14 +9,12 @@
 //! [`registry`] tracks connected agents; [`store`] and [`blobs`] persist; [`wire`] converts
 //! wire types; [`pki`] and [`tls`] own certificates; [`enrol`] enrols facilities and renews
 //! their certificates; [`access`] authorizes every call; [`cli`], [`identity_cli`] and
-//! [`demo`] are the binary.
+//! [`audit_cli`] are the binary. The demo and the benchmarks live in `harambee-sim`.
 
 pub mod access;
 pub mod audit_cli;
-pub mod bench;
 pub mod blobs;
 pub mod cli;
-pub mod demo;
 pub mod driver;
 pub mod enrol;
 pub mod federation;

@@ -111,8 +111,22 @@ mod tests {
     use harambee_privacy::accountant;
 
     fn spec() -> FederationSpec {
-        let mut spec =
-            crate::demo::federation_spec(crate::federation::KindName::LogisticRegression, 2, &[]);
+        let mut spec = FederationSpec::from_toml(
+            r#"
+            name = "heart-disease"
+            [model]
+            kind = "logistic_regression"
+            [schema]
+            label = "num"
+            features = [{ column = "age", center = 54.0, scale = 9.0 }]
+            [train]
+            epochs = 2
+            batch_size = 16
+            learning_rate = 0.01
+            optimizer = "adam"
+            "#,
+        )
+        .unwrap();
         spec.privacy.dp_sgd = Some(DpSgdSpec {
             clip_norm: 1.0,
             noise_multiplier: 1.0,

@@ -8,11 +8,13 @@
 //!   act on; used by the agent and by the operator and auditor CLIs.
 //! - [`files`]: key and certificate files written 0600 / atomically.
 //! - [`convert`]: conversions between wire messages and the pure crates' types.
+//! - [`process`]: the runtime and error reporting both binaries' `main` share.
 //!
 //! It holds no protocol state and no server code.
 
 pub mod convert;
 pub mod files;
 pub mod identity;
+pub mod process;
 pub mod tls;
 pub mod token;

@@ -194,7 +194,7 @@
 //! server's unmasking (about 400 masks; half that on two threads), plus about 1 ms per
 //! received vector to add it in. 64-bit words double all of it (and the bandwidth).
 //!
-//! End to end (`harambee-coordinator bench secagg --agents 100 --params 1000000 --dropout
+//! End to end (`harambee-sim bench secagg --agents 100 --params 1000000 --dropout
 //! 0.1`, release, coordinator process plus 100 in-process agents over gRPC/mTLS on the same
 //! 2 cores): 2.5–3.0 s per secure round with 1.2–1.3 s of coordinator CPU and 3.6 MB sent
 //! per agent, against 1.6 s for the plain round (`--plain`).

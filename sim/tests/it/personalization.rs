@@ -2,7 +2,7 @@
 //! hidden layers leave a facility and each keeps its own head; a facility may fine-tune the
 //! global model locally; a facility below its minimum cohort never reports metrics.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use common::*;
 use harambee_coordinator::federation::{KindName, ModelSection};

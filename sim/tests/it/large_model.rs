@@ -1,7 +1,7 @@
 //! A model of 10^7 parameters moves through every transfer path (download, chunked upload,
 //! aggregation, candidate download, export) within the 2 MiB message limit.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use common::*;
 use harambee_coordinator::federation::{KindName, ModelSection};

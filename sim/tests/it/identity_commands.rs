@@ -1,5 +1,5 @@
 //! The commands people type, as processes: `pki init --ca-out`, `serve`, `facility add`,
-//! `agent enroll` (the coordinator binary carries the agent's commands), `agent run`,
+//! `agent enroll`, `agent run`,
 //! `facility list`, `audit actions` with an auditor's certificate, `facility revoke`.
 
 use std::path::Path;
@@ -8,11 +8,19 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_harambee-coordinator");
+/// `harambee-sim` runs both command lines: `agent …` as `harambee-agent`, anything else as
+/// `harambee-coordinator`.
+fn command<S: AsRef<str>>(args: &[S]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_harambee-sim"));
+    if args.first().map(AsRef::as_ref) != Some("agent") {
+        command.arg("coordinator");
+    }
+    command.args(args.iter().map(AsRef::as_ref));
+    command
+}
 
 async fn run<S: AsRef<str>>(dir: &Path, args: &[S]) -> Output {
-    Command::new(BIN)
-        .args(args.iter().map(AsRef::as_ref))
+    command(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
@@ -33,8 +41,7 @@ async fn ok<S: AsRef<str> + std::fmt::Debug>(dir: &Path, args: &[S]) -> String {
 
 fn spawn(dir: &Path, args: &[&str], log: &str) -> Child {
     let log = std::fs::File::create(dir.join(log)).unwrap();
-    Command::new(BIN)
-        .args(args)
+    command(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -131,7 +138,7 @@ async fn identity_commands_enrol_list_audit_and_revoke() {
         .to_owned();
 
     // Facility IT enrols into the directory that holds its data, and runs the agent.
-    let sites = harambee_coordinator::demo::write_facilities(&dir.join("sites"), Some(1)).unwrap();
+    let sites = harambee_sim::demo::write_facilities(&dir.join("sites"), Some(1)).unwrap();
     let site = sites[0].dir.to_str().unwrap().to_owned();
     let enrolled = ok(dir, &["agent", "enroll", "--token", &token, "--dir", &site]).await;
     assert!(

@@ -3,8 +3,8 @@
 //! request naming another facility, and a coordinator that is not the pinned one are each
 //! refused with a message that says which.
 
-use crate::common;
-use crate::identity_common;
+use harambee_sim::harness as common;
+use harambee_sim::harness::identity as identity_common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

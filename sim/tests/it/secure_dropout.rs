@@ -2,14 +2,14 @@
 //! over mTLS; one crashes when asked for its masked input, another when asked to help
 //! unmask. The round commits the sum of the survivors and its record names the dropouts.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use std::process::Stdio;
 
 use common::*;
 use harambee_agent::config::AgentConfig;
-use harambee_coordinator::demo;
 use harambee_proto::pb;
+use harambee_sim::demo;
 use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +34,7 @@ async fn round_survives_crashes_during_masked_input_and_unmasking() {
         configs.push((f.name.clone(), AgentConfig::load(&path).unwrap()));
         let log = std::fs::File::create(f.dir.join("agent.log")).unwrap();
         children.push(
-            Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+            Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
                 .args(["agent", "run", "--config"])
                 .arg(&path)
                 .stdin(Stdio::null())

@@ -2,8 +2,8 @@
 //! is refused on every call from then on (also after a coordinator restart), and it is never
 //! selected for a round again.
 
-use crate::common;
-use crate::identity_common;
+use harambee_sim::harness as common;
+use harambee_sim::harness::identity as identity_common;
 
 use std::time::Duration;
 

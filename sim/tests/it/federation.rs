@@ -1,7 +1,7 @@
 //! End to end over real mTLS gRPC on loopback: a coordinator and the real agent runtime on
 //! the bundled multi-site data, on SQLite and on PostgreSQL.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use common::*;
 use harambee_proto::pb;

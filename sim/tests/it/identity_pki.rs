@@ -2,8 +2,8 @@
 //! peers trust only the root, enrolment and mTLS work through the two-level chain, and a new
 //! issuing CA certified later by the offline root leaves existing certificates valid.
 
-use crate::common;
-use crate::identity_common;
+use harambee_sim::harness as common;
+use harambee_sim::harness::identity as identity_common;
 
 use common::*;
 use harambee_coordinator::pki::{self, PkiError, PkiPaths};

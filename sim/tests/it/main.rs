@@ -2,9 +2,6 @@
 //! stack (burn, tonic, sea-orm), so one binary instead of nineteen saves gigabytes of disk
 //! and minutes of linking.
 
-mod common;
-mod identity_common;
-
 mod bad_input;
 mod bench_quality;
 mod demo;

@@ -1,4 +1,4 @@
-//! `harambee-coordinator demo`: a whole federation on one machine, on the bundled
+//! `harambee-sim demo`: a whole federation on one machine, on the bundled
 //! multi-site heart-disease data (UCI, 4 hospitals; see data/README.md).
 //!
 //! It plays every part a real deployment has: a national unit (PKI, federation, rounds),
@@ -20,14 +20,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::cli::{AdminArgs, admin_client, export_safetensors, wait_for_round};
-use crate::federation::{
+use harambee_coordinator::cli::{AdminArgs, admin_client, export_safetensors, wait_for_round};
+use harambee_coordinator::federation::{
     Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, TrainSpec,
 };
-use crate::pki::{self, PkiPaths};
-use crate::server::{self, Storage};
-use crate::state::Settings;
-use crate::wire;
+use harambee_coordinator::pki::{self, PkiPaths};
+use harambee_coordinator::server::{self, Storage};
+use harambee_coordinator::state::Settings;
+use harambee_coordinator::wire;
 use harambee_link::identity::Role;
 
 /// The bundled multi-site data set (CC BY 4.0; provenance in data/README.md).
@@ -76,7 +76,7 @@ pub struct Facility {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let _telemetry = crate::telemetry::init("harambee-coordinator", None, "warn")?;
+    let _telemetry = harambee_coordinator::telemetry::init("harambee-coordinator", None, "warn")?;
     let kind = KindName::parse(&args.model)
         .with_context(|| format!("unknown --model {:?}", args.model))?;
     if args.rounds == 0 {
@@ -114,7 +114,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         liveness_timeout: Duration::from_secs(5),
     };
     let coord = server::open(&storage, settings).await?;
-    let tls = crate::tls::load_server_config(&PkiPaths::new(&pki_dir))?;
+    let tls = harambee_coordinator::tls::load_server_config(&PkiPaths::new(&pki_dir))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -158,7 +158,7 @@ async fn drive(
     let mut client = admin_client(&admin).await?;
     let mut spec = federation_spec(kind, args.epochs, facilities);
     let (clip_norm, noise_multiplier, sampling_rate) = DEMO_DP_SGD;
-    spec.privacy.dp_sgd = Some(crate::federation::DpSgdSpec {
+    spec.privacy.dp_sgd = Some(harambee_coordinator::federation::DpSgdSpec {
         clip_norm,
         noise_multiplier,
         sampling_rate,
@@ -343,7 +343,7 @@ async fn audit_and_verify(
     println!();
     println!("patient-level privacy spent (from the agents' signed receipts in the ledger):");
     let mut spend = serde_json::Map::new();
-    for f in crate::audit_cli::privacy_spend(channel.clone()).await? {
+    for f in harambee_coordinator::audit_cli::privacy_spend(channel.clone()).await? {
         let budget = f
             .max_epsilon
             .map_or_else(|| "none".to_owned(), |m| format!("{m}"));
@@ -354,7 +354,7 @@ async fn audit_and_verify(
         spend.insert(f.facility.clone(), json!({ "epsilon": f.epsilon_spent, "delta": f.delta, "contributions": f.contributions }));
     }
     let ledger_path = dir.join("ledger.jsonl");
-    let exported = crate::audit_cli::export(channel, &ledger_path).await?;
+    let exported = harambee_coordinator::audit_cli::export(channel, &ledger_path).await?;
     println!(
         "privacy ledger: {} entries exported to {}",
         exported.entries,
@@ -470,7 +470,7 @@ fn print_round_table(number: u32, round: &pb::Round, took: Duration) {
             ""
         }
     );
-    crate::cli::print_metrics_table(round);
+    harambee_coordinator::cli::print_metrics_table(round);
 }
 
 async fn wait_for_agents(
@@ -510,7 +510,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(
         dir.join(MARKER),
-        "created by harambee-coordinator demo; safe to delete\n",
+        "created by harambee-sim demo; safe to delete\n",
     )?;
     Ok(std::path::absolute(dir)?)
 }

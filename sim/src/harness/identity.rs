@@ -1,8 +1,6 @@
-//! What the identity tests share on top of `common`: a coordinator that can enrol (the
+//! What the identity tests share on top of the [`super::Harness`]: a coordinator that can enrol (the
 //! harness's own does not load the CA key), clients of the identity services, enrolled
 //! agents, and a raw gRPC call that reaches any method by path.
-
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::common::{Harness, test_settings};
+use super::{Harness, test_settings};
 
 /// Default certificate validity in these tests.
 pub const NINETY_DAYS: Duration = Duration::from_secs(90 * 86_400);
@@ -147,7 +145,7 @@ impl Coord {
     /// A data directory with the bundled CSV of one site, for an enrolled agent.
     pub fn site_dir(&self, name: &str) -> PathBuf {
         let base = self.h.dir.path().join("sites").join(name);
-        let sites = harambee_coordinator::demo::write_facilities(&base, Some(1)).unwrap();
+        let sites = crate::demo::write_facilities(&base, Some(1)).unwrap();
         sites[0].dir.clone()
     }
 

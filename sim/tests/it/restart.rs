@@ -2,7 +2,7 @@
 //! and the latest model are intact, the interrupted round is failed with nothing applied,
 //! and agents reconnect by themselves.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,8 +17,8 @@ fn spawn_coordinator(h: &Harness, config: &std::path::Path) -> Child {
         .append(true)
         .open(h.dir.path().join("coordinator.log"))
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
-        .args(["serve", "--config"])
+    Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+        .args(["coordinator", "serve", "--config"])
         .arg(config)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -58,11 +58,12 @@ async fn killed_coordinator_loses_nothing_and_agents_come_back() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 3\n",
+            "listen = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nledger_key = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 3\n",
             h.port,
             h.storage.database_url,
             path_str(&h.storage.blob_dir),
-            path_str(&h.pki)
+            path_str(&h.pki),
+            path_str(&h.storage.ledger_key)
         ),
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! Bad input over the real wire: each is refused with a clear gRPC status, and the round
 //! goes on without it.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use std::sync::Arc;
 use std::time::Duration;

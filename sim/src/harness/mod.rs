@@ -1,13 +1,13 @@
 //! A real federation in one test process: a coordinator serving mTLS gRPC on a loopback
 //! port, and agents running the real agent runtime on their own CSV files.
 
-#![allow(dead_code)]
+pub mod identity;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::demo::{self, Facility};
 use harambee_agent::config::AgentConfig;
-use harambee_coordinator::demo::{self, Facility};
 use harambee_coordinator::federation::{FederationSpec, KindName};
 use harambee_coordinator::pki::{self, PkiPaths};
 use harambee_coordinator::server::{self, Storage};

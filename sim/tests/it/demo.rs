@@ -7,7 +7,7 @@ use std::process::Command;
 fn demo_runs_and_matches_pooled_training() {
     let dir = tempfile::tempdir().unwrap();
     let summary = dir.path().join("summary.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
         .args(["demo", "--rounds", "3", "--dir"])
         .arg(dir.path().join("demo"))
         .arg("--summary-json")
@@ -63,7 +63,7 @@ fn demo_runs_and_matches_pooled_training() {
     // Patient-level DP: every facility's ε, from the receipts in the ledger, is what its
     // accountant gives for 3 rounds of each of the two federations (5 epochs at q = 0.1:
     // 50 steps a round), within its budget; and the ledger verifies against every log.
-    let (_, z, q) = harambee_coordinator::demo::DEMO_DP_SGD;
+    let (_, z, q) = harambee_sim::demo::DEMO_DP_SGD;
     let expected = harambee_privacy::accountant::epsilon(
         z,
         q,
@@ -94,8 +94,9 @@ fn demo_runs_and_matches_pooled_training() {
 
 #[test]
 fn privacy_epsilon_prints_the_accountant_value_last() {
-    let output = Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
         .args([
+            "coordinator",
             "privacy",
             "epsilon",
             "--noise-multiplier",
@@ -124,8 +125,9 @@ fn privacy_epsilon_prints_the_accountant_value_last() {
         last > 0.5 && last < 2.0,
         "a well-known regime (Abadi et al.: about 1.2) gives {last}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
         .args([
+            "coordinator",
             "privacy",
             "epsilon",
             "--noise-multiplier",

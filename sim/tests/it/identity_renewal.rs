@@ -3,7 +3,7 @@
 //! restart), keeps its key, and is back with the renewed certificate once the old one has
 //! expired; renewal is for one's own name only.
 
-use crate::identity_common;
+use harambee_sim::harness::identity as identity_common;
 
 use std::time::Duration;
 
@@ -118,11 +118,11 @@ async fn identity_renewal_is_for_ones_own_name_and_serves_certificates_from_pki_
     let c = Coord::start(NINETY_DAYS).await;
     let facilities = c.h.facilities(Some(1));
     let name = facilities[0].name.clone();
-    let path = harambee_coordinator::demo::write_agent_config(
+    let path = harambee_sim::demo::write_agent_config(
         &facilities[0],
         &c.endpoint(),
         &c.h.pki,
-        crate::common::OPEN_POLICY,
+        harambee_sim::harness::OPEN_POLICY,
     )
     .unwrap();
     let config = harambee_agent::config::AgentConfig::load(&path).unwrap();

@@ -5,7 +5,7 @@
 //! swapped) and a forked history caught and named; budgets that stop selection; policies
 //! that make an agent decline; facility-level noise, distributed and central.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,12 +14,12 @@ use common::*;
 use harambee_agent::audit::{VerifyArgs, verify_report};
 use harambee_agent::config::AgentConfig;
 use harambee_agent::privacy::{LOG_FILE, Record, parse_log};
-use harambee_coordinator::demo::Facility;
 use harambee_coordinator::federation::{DpSgdSpec, FederationSpec, Mechanism};
 use harambee_link::identity::Role;
 use harambee_privacy::ledger::export::{HeadFile, head_path_for};
 use harambee_privacy::ledger::{Ledger, LedgerEvent, parse_jsonl};
 use harambee_proto::pb;
+use harambee_sim::demo::Facility;
 use sea_orm::ConnectionTrait;
 
 fn dp_spec(facilities: &[Facility], min_agents: u32) -> FederationSpec {
@@ -258,7 +258,7 @@ async fn privacy_tampering_and_forks_are_caught_and_named() {
     assert!(ok, "{report}");
     // The command itself: a report and exit code 0.
     let run_verify = |ledger: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
             .args(["agent", "audit", "verify", "--ledger"])
             .arg(ledger)
             .arg("--receipts")

@@ -18,7 +18,7 @@ const FACILITIES: [&str; 4] = ["cleveland", "hungary", "switzerland", "va-long-b
 fn bench_quality_reports_every_method_per_facility() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("quality.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_harambee-coordinator"))
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
         .args([
             "bench", "quality", "--seeds", "1", "--rounds", "3", "--json",
         ])

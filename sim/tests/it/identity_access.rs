@@ -4,8 +4,8 @@
 //! revoked certificates are refused whatever the call; every admin action is recorded with
 //! who and when.
 
-use crate::common;
-use crate::identity_common;
+use harambee_sim::harness as common;
+use harambee_sim::harness::identity as identity_common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

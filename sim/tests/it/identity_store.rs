@@ -2,7 +2,7 @@
 //! withdrawn by a newer token or a revocation, revocation is permanent, and the admin-action
 //! log reads back in order.
 
-use crate::common;
+use harambee_sim::harness as common;
 
 use harambee_coordinator::store::{
     AdminActionKind, AdminActionRow, CertificateRow, FacilityStatus, Store, StoreError,

@@ -1,4 +1,4 @@
-//! `harambee-coordinator bench secagg`: the cost of a round's aggregation, secure or plain.
+//! `harambee-sim bench secagg`: the cost of a round's aggregation, secure or plain.
 //!
 //! The coordinator runs as its own process (`serve`), so its CPU time and peak RSS are
 //! measured apart from the agents'; N agents run in this process over real gRPC and mTLS
@@ -21,13 +21,13 @@ use harambee_agent::runtime::AgentStats;
 use harambee_proto::pb;
 use serde_json::json;
 
-use crate::cli::{AdminArgs, admin_client, wait_for_round};
-use crate::federation::{
+use harambee_coordinator::cli::{AdminArgs, admin_client, wait_for_round};
+use harambee_coordinator::federation::{
     Deadlines, FederationSpec, KindName, ModelSection, OptimizerName, SecureAggregationSpec,
     TrainSpec,
 };
-use crate::pki::{self, PkiPaths};
-use crate::wire;
+use harambee_coordinator::pki::{self, PkiPaths};
+use harambee_coordinator::wire;
 use harambee_link::identity::Role;
 
 #[derive(Args, Debug)]
@@ -56,7 +56,7 @@ pub struct SecaggArgs {
 }
 
 pub async fn run(args: SecaggArgs) -> anyhow::Result<()> {
-    let _telemetry = crate::telemetry::init("harambee-bench", None, "error")?;
+    let _telemetry = harambee_coordinator::telemetry::init("harambee-bench", None, "error")?;
     if args.agents < 2 || !(0.0..0.5).contains(&args.dropout) || args.params < 10 {
         bail!("need --agents >= 2, --dropout in [0, 0.5), --params >= 10");
     }
@@ -78,15 +78,16 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 10\n",
+            "listen = \"127.0.0.1:{port}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nledger_key = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 10\n",
             format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display()),
             dir.join("blobs").display().to_string(),
             pki_dir.display().to_string(),
+            dir.join("ledger.key").display().to_string(),
         ),
     )?;
     let log = std::fs::File::create(dir.join("coordinator.log"))?;
     let mut coordinator = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--config"])
+        .args(["coordinator", "serve", "--config"])
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

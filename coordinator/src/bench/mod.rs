@@ -1,4 +1,0 @@
-//! `harambee-coordinator bench …`: benchmarks that print figures (never timed tests).
-
-pub mod quality;
-pub mod secagg;

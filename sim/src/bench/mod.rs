@@ -1,0 +1,4 @@
+//! `harambee-sim bench …`: benchmarks that print figures (never timed tests).
+
+pub mod quality;
+pub mod secagg;
