@@ -18,8 +18,7 @@ use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 use harambee_privacy::ledger::export::{HeadFile, head_path_for};
 use harambee_privacy::ledger::{self, LedgerEvent};
-
-use crate::privacy::{self, Record};
+use harambee_privacy::log::{self as privacy, Record};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -158,30 +157,16 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
         let Some(key) = facility_keys.get(&c.cosignature.facility) else {
             continue;
         };
-        if c.cosignature.verify(&c.head, key).is_err() {
-            writeln!(
-                out,
-                "  FAILED: the countersignature of {} on the head of size {} does not verify",
-                c.cosignature.facility, c.head.tree_size
-            )?;
-            ok = false;
-            continue;
-        }
-        let prefix: Vec<_> = entries
-            .iter()
-            .take(c.head.tree_size as usize)
-            .filter_map(|l| l.computed_leaf_hash().ok())
-            .collect();
-        let root = ledger::MerkleTree::from_leaf_hashes(prefix).root();
-        if c.head.tree_size > entries.len() as u64 || root != c.head.root_hash {
-            writeln!(
-                out,
-                "  FAILED: {} countersigned a head of size {} that this ledger does not extend (a split view)",
-                c.cosignature.facility, c.head.tree_size
-            )?;
-            ok = false;
-        } else {
-            cosigned += 1;
+        match ledger::verify_cosignature(&entries, &c.head, &c.cosignature, key) {
+            Ok(()) => cosigned += 1,
+            Err(failure) => {
+                writeln!(
+                    out,
+                    "  FAILED: {} on the head of size {}: {failure}",
+                    c.cosignature.facility, c.head.tree_size
+                )?;
+                ok = false;
+            }
         }
     }
     if !head_file.cosignatures.is_empty() {

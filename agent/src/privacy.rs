@@ -1,24 +1,6 @@
 //! The facility's side of privacy: its policy, its patient-level privacy accountant, the
-//! egress receipts it signs, and its privacy log.
-//!
-//! # The privacy log
-//!
-//! `state_dir/privacy-log.jsonl` is append-only and hash-chained: each line is
-//! `{"hash", "prev", "record", "seq", "unix_ms"}` where `hash = SHA-256(prev || canonical JSON
-//! of {"record", "seq", "unix_ms"})` (keys sorted, no whitespace) and `prev` is the previous
-//! line's hash (32 zero bytes for the first). Changing, removing or reordering a line breaks
-//! the chain at that line ([`PrivacyLog::open`] refuses it and names the line). It records:
-//!
-//! - `receipt`: an update about to leave, the receipt the agent signed for it, and the DP-SGD
-//!   steps behind it (the accountant is rebuilt from these at start-up, so the budget survives
-//!   restarts);
-//! - `accepted`: the coordinator took the upload (only these receipts must be in the ledger);
-//! - `proof`: the ledger entry of a contribution with its inclusion proof and signed head;
-//! - `head`: a tree head checked consistent with the previous one, and this facility's
-//!   countersignature of it;
-//! - `refusal`: a task the facility declined, and why;
-//! - `identity`: the facility's own public key, when the log starts or the key changes;
-//! - `alarm`: an answer of the coordinator about a contribution that did not verify.
+//! egress receipts it signs, and its privacy log (`state_dir/privacy-log.jsonl`, in the
+//! format of [`harambee_privacy::log`]; this module appends to it with fsync).
 //!
 //! The coordinator's ledger key is pinned by the first proof (received over mTLS from the
 //! coordinator the agent trusts); a later head signed by another key is refused.
@@ -31,85 +13,11 @@ use anyhow::{Context, bail};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_privacy::accountant::RdpAccountant;
 use harambee_privacy::ledger::{LedgerLine, Sha256Digest, SignedReceipt, SignedTreeHead};
+use harambee_privacy::log::{self, LogLine, Record};
+use harambee_privacy::policy::{self, DpSteps, TaskDemand};
 use harambee_proto::pb;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::PolicyConfig;
-
-/// The file name of the privacy log inside the state directory.
-pub const LOG_FILE: &str = "privacy-log.jsonl";
-
-/// Patient-level DP-SGD steps behind one update, for the accountant.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DpSteps {
-    pub noise_multiplier: f64,
-    pub sampling_rate: f64,
-    pub steps: u64,
-}
-
-/// One record of the privacy log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Record {
-    Receipt {
-        receipt: SignedReceipt,
-        dp: Option<DpSteps>,
-    },
-    Accepted {
-        federation: String,
-        round_id: u64,
-    },
-    Proof {
-        federation: String,
-        round_id: u64,
-        entry: Box<LedgerLine>,
-        inclusion_proof: Vec<Sha256Digest>,
-        signed_tree_head: SignedTreeHead,
-    },
-    Head {
-        signed_tree_head: SignedTreeHead,
-        ledger_key: String,
-        cosignature: harambee_privacy::ledger::Cosignature,
-    },
-    Refusal {
-        federation: String,
-        round_id: u64,
-        reason: String,
-    },
-    /// The facility's Ed25519 key (hex), the one its receipts and countersignatures verify
-    /// with; recorded when the log starts and whenever the key changes (re-enrolment).
-    Identity {
-        facility: String,
-        key: String,
-    },
-    /// The coordinator's answer about a contribution did not verify: for the auditor.
-    Alarm {
-        federation: String,
-        round_id: u64,
-        problem: String,
-    },
-}
-
-/// One line of the privacy log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogLine {
-    pub seq: u64,
-    pub unix_ms: i64,
-    pub prev: Sha256Digest,
-    pub hash: Sha256Digest,
-    pub record: Record,
-}
-
-fn chain_hash(prev: &Sha256Digest, seq: u64, unix_ms: i64, record: &Record) -> Sha256Digest {
-    // serde_json::Value objects keep keys sorted: the encoding is canonical.
-    let body = serde_json::json!({ "record": record, "seq": seq, "unix_ms": unix_ms });
-    let mut hasher = Sha256::new();
-    hasher.update(prev.0);
-    hasher.update(serde_json::to_vec(&body).expect("a log record serializes"));
-    Sha256Digest(hasher.finalize().into())
-}
 
 /// The privacy log, read and verified at open, appended to with fsync.
 pub struct PrivacyLog {
@@ -122,7 +30,7 @@ impl PrivacyLog {
     pub fn open(path: &Path) -> anyhow::Result<PrivacyLog> {
         let lines = match std::fs::read_to_string(path) {
             Ok(text) => {
-                parse_log(&text).with_context(|| format!("privacy log {}", path.display()))?
+                log::parse_log(&text).with_context(|| format!("privacy log {}", path.display()))?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -139,16 +47,7 @@ impl PrivacyLog {
 
     /// Appends a record and flushes it to disk before returning.
     pub fn append(&mut self, unix_ms: i64, record: Record) -> anyhow::Result<()> {
-        let seq = self.lines.len() as u64;
-        let prev = self.lines.last().map_or(Sha256Digest([0; 32]), |l| l.hash);
-        let hash = chain_hash(&prev, seq, unix_ms, &record);
-        let line = LogLine {
-            seq,
-            unix_ms,
-            prev,
-            hash,
-            record,
-        };
+        let line = LogLine::next(self.lines.last(), unix_ms, record);
         let mut text = serde_json::to_string(&line)?;
         text.push('\n');
         let mut file = OpenOptions::new()
@@ -164,87 +63,13 @@ impl PrivacyLog {
 
     /// Receipts of uploads the coordinator accepted: those the ledger must hold.
     pub fn accepted_receipts(&self) -> Vec<SignedReceipt> {
-        accepted_receipts(&self.lines)
+        log::accepted_receipts(&self.lines)
     }
 
     /// The last head this facility checked and countersigned, and the pinned ledger key.
     pub fn last_head(&self) -> Option<(SignedTreeHead, VerifyingKey)> {
-        last_head(&self.lines)
+        log::last_head(&self.lines)
     }
-}
-
-/// Parses a privacy log and checks its chain; the error names the first bad line (1-based).
-pub fn parse_log(text: &str) -> anyhow::Result<Vec<LogLine>> {
-    let mut lines: Vec<LogLine> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let n = i + 1;
-        let line: LogLine = serde_json::from_str(raw)
-            .with_context(|| format!("line {n} is not a privacy log record"))?;
-        let prev = lines.last().map_or(Sha256Digest([0; 32]), |l| l.hash);
-        if line.seq != i as u64 {
-            bail!(
-                "line {n}: sequence number {} where {i} was expected (a line was removed or moved)",
-                line.seq
-            );
-        }
-        if line.prev != prev {
-            bail!(
-                "line {n}: does not chain to the line before it (a line was removed, moved or altered)"
-            );
-        }
-        if chain_hash(&prev, line.seq, line.unix_ms, &line.record) != line.hash {
-            bail!("line {n}: its contents do not match its hash (the line was altered)");
-        }
-        lines.push(line);
-    }
-    Ok(lines)
-}
-
-pub fn accepted_receipts(lines: &[LogLine]) -> Vec<SignedReceipt> {
-    let mut out = Vec::new();
-    for line in lines {
-        if let Record::Accepted {
-            federation,
-            round_id,
-        } = &line.record
-        {
-            let receipt = lines.iter().rev().find_map(|l| match &l.record {
-                Record::Receipt { receipt, .. }
-                    if receipt.receipt.federation == *federation
-                        && receipt.receipt.round_id == *round_id =>
-                {
-                    Some(receipt)
-                }
-                _ => None,
-            });
-            if let Some(r) = receipt {
-                out.push(r.clone());
-            }
-        }
-    }
-    out
-}
-
-/// The facility's own key (hex) as last recorded in its log.
-pub fn facility_key(lines: &[LogLine], facility: &str) -> Option<String> {
-    lines.iter().rev().find_map(|l| match &l.record {
-        Record::Identity { facility: f, key } if f == facility => Some(key.clone()),
-        _ => None,
-    })
-}
-
-pub fn last_head(lines: &[LogLine]) -> Option<(SignedTreeHead, VerifyingKey)> {
-    lines.iter().rev().find_map(|l| match &l.record {
-        Record::Head {
-            signed_tree_head,
-            ledger_key,
-            ..
-        } => {
-            let bytes: [u8; 32] = hex::decode(ledger_key).ok()?.try_into().ok()?;
-            Some((*signed_tree_head, VerifyingKey::from_bytes(&bytes).ok()?))
-        }
-        _ => None,
-    })
 }
 
 /// The facility's privacy state: its policy, its accountant, its log, its signing key.
@@ -269,7 +94,7 @@ impl Privacy {
         policy: PolicyConfig,
         key: SigningKey,
     ) -> anyhow::Result<Privacy> {
-        let log = PrivacyLog::open(&state_dir.join(LOG_FILE))?;
+        let log = PrivacyLog::open(&state_dir.join(log::LOG_FILE))?;
         let mut accountant = RdpAccountant::new();
         for line in log.lines() {
             if let Record::Receipt { dp: Some(dp), .. } = &line.record {
@@ -288,7 +113,9 @@ impl Privacy {
             log,
         };
         let own = hex::encode(privacy.key.verifying_key().to_bytes());
-        if facility_key(privacy.log.lines(), &privacy.facility).as_deref() != Some(own.as_str()) {
+        if log::facility_key(privacy.log.lines(), &privacy.facility).as_deref()
+            != Some(own.as_str())
+        {
             let record = Record::Identity {
                 facility: privacy.facility.clone(),
                 key: own,
@@ -308,12 +135,7 @@ impl Privacy {
 
     /// Patient-level ε spent so far at the policy's δ (0 before any DP-SGD update left).
     pub fn epsilon_spent(&self) -> f64 {
-        if self.accountant.steps() == 0 {
-            return 0.0;
-        }
-        self.accountant
-            .epsilon(self.policy.delta)
-            .map_or(f64::INFINITY, |r| r.epsilon)
+        self.accountant.epsilon_spent(self.policy.delta)
     }
 
     /// What the heartbeat tells the coordinator.
@@ -339,54 +161,19 @@ impl Privacy {
         epochs: usize,
         privacy: Option<&pb::PrivacyConfig>,
     ) -> Result<Option<DpSteps>, Refusal> {
-        let p = &self.policy;
-        let allows = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
-        if !allows(&p.allowed_federations, federation) {
-            return Err(Refusal(format!(
-                "policy.allowed_federations does not name federation {federation:?}"
-            )));
-        }
-        if !allows(&p.allowed_model_kinds, model_kind) {
-            return Err(Refusal(format!(
-                "policy.allowed_model_kinds does not name model kind {model_kind:?}"
-            )));
-        }
-        if (n_rows as u64) < p.min_samples {
-            return Err(Refusal(format!(
-                "the facility holds {n_rows} training rows, fewer than policy.min_samples = {}",
-                p.min_samples
-            )));
-        }
         let dp = privacy.and_then(|p| p.dp_sgd.as_ref()).map(|d| DpSteps {
             noise_multiplier: d.noise_multiplier,
             sampling_rate: d.sampling_rate,
             steps: harambee_models::dp::dp_steps(epochs, d.sampling_rate),
         });
-        let Some(max_epsilon) = p.max_epsilon else {
-            return Ok(dp);
+        let task = TaskDemand {
+            federation,
+            model_kind,
+            n_rows: Some(n_rows as u64),
+            dp,
         };
-        let Some(dp) = dp else {
-            return Err(Refusal(format!(
-                "the facility has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD"
-            )));
-        };
-        let after = self
-            .accountant
-            .spent_if(dp.noise_multiplier, dp.sampling_rate, dp.steps, p.delta)
-            .map_err(|e| {
-                Refusal(format!(
-                    "the federation's DP-SGD parameters cannot be accounted: {e}"
-                ))
-            })?;
-        if after.epsilon > max_epsilon {
-            return Err(Refusal(format!(
-                "one more round would bring ε to {:.3} at δ = {}, over the budget of {max_epsilon} (spent so far: {:.3})",
-                after.epsilon,
-                p.delta,
-                self.epsilon_spent()
-            )));
-        }
-        Ok(Some(dp))
+        policy::admit(&self.policy.admission(), &self.accountant, &task)
+            .map_err(|refusal| Refusal(refusal.to_string()))
     }
 
     /// Records an update about to leave: composes its DP-SGD steps (checking the budget once
@@ -554,6 +341,17 @@ impl Privacy {
 }
 
 impl PolicyConfig {
+    /// The rules [`policy::admit`] applies.
+    pub fn admission(&self) -> policy::Policy {
+        policy::Policy {
+            allowed_federations: self.allowed_federations.clone(),
+            allowed_model_kinds: self.allowed_model_kinds.clone(),
+            min_samples: self.min_samples,
+            max_epsilon: self.max_epsilon,
+            delta: self.delta,
+        }
+    }
+
     /// SHA-256 of the policy in force (its canonical JSON), stated in every receipt.
     pub fn sha256(&self) -> Sha256Digest {
         let value = serde_json::to_value(self).expect("a policy serializes");
@@ -686,7 +484,7 @@ mod tests {
     #[test]
     fn privacy_log_chain_names_the_altered_removed_or_moved_line() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LOG_FILE);
+        let path = dir.path().join(log::LOG_FILE);
         let mut log = PrivacyLog::open(&path).unwrap();
         for round_id in 1..=3 {
             log.append(

@@ -13,6 +13,8 @@ use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
 use harambee_link::tls::{self, ClientTls};
 use harambee_models::data::{Dataset, Schema, load_csv, split_holdout};
 use harambee_models::model::ModelSpec;
+use harambee_privacy::log::Record;
+use harambee_privacy::policy::DpSteps;
 use harambee_proto::pb::{self, agent_service_client::AgentServiceClient, task::Kind};
 use sha2::{Digest, Sha256};
 use tokio::task::AbortHandle;
@@ -21,7 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::egress::{EgressLog, EgressRecord};
-use crate::privacy::{DpSteps, Privacy, Record};
+use crate::privacy::Privacy;
 use crate::secure::{self, Reply, SecureClients};
 use crate::transfer;
 

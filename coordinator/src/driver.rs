@@ -6,13 +6,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use harambee_core::round::{
-    Event, Participant, ParticipantStatus, RoundError, SecAggIn, SecAggOut, Stage,
-};
+use harambee_core::round::{Event, Participant, ParticipantStatus, RoundError, SecAggIn, Stage};
 use harambee_core::strategy::ServerOptimizer;
 use harambee_core::{Round, UpdateError};
 use harambee_models::metrics::Metrics;
 use harambee_proto::pb;
+use harambee_secagg::rand_core::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -121,7 +120,10 @@ pub fn spawn(
     )?
     .with_optimizer(optimizer);
     if spec.privacy.mechanism == Mechanism::Central {
-        round = round.with_central_noise(central_noise(
+        // One N(0, σ²) draw per parameter, from a CSPRNG seeded by the operating system's.
+        let mut rng = harambee_secagg::ChaCha20Rng::from_seed(rand::random());
+        round = round.with_central_noise(harambee_privacy::mechanism::gaussian_noise(
+            &mut rng,
             n_params,
             spec.privacy.noise_multiplier * spec.privacy.clip_norm,
         ))?;
@@ -433,26 +435,13 @@ impl Driver {
                     }
                 }
                 Event::Train { agents, deadline } => {
-                    let task = pb::Task {
-                        kind: Some(pb::task::Kind::Train(pb::TrainTask {
-                            round_id: self.row.id,
-                            federation: self.spec.name.clone(),
-                            model: Some(wire::model_spec(
-                                &self.spec,
-                                self.round.base().len() + self.head.len(),
-                            )),
-                            base: Some(wire::model_ref(&self.base)),
-                            config: Some(wire::train_config(&self.spec)),
-                            deadline_unix_ms: wire::deadline_ms(deadline),
-                            secure: self.spec.secure_aggregation.enabled.then(|| {
-                                pb::SecureAggregation {
-                                    clip: self.spec.secure_aggregation.clip,
-                                    max_weight: self.spec.effective_max_weight(),
-                                }
-                            }),
-                            privacy: wire::privacy_config(&self.spec.privacy),
-                        })),
-                    };
+                    let task = wire::train_task(
+                        &self.spec,
+                        self.row.id,
+                        self.round.base().len() + self.head.len(),
+                        &self.base,
+                        deadline,
+                    );
                     for agent in agents {
                         self.coord.entitle(&agent, &self.base.digest);
                         self.dispatch(agent, task.clone());
@@ -469,20 +458,18 @@ impl Driver {
                     let digest = self.coord.blobs.put(&bytes).await?;
                     let size = bytes.len() as u64;
                     self.candidate = Some((digest.clone(), size));
-                    let task = pb::Task {
-                        kind: Some(pb::task::Kind::Evaluate(pb::EvaluateTask {
-                            round_id: self.row.id,
-                            federation: self.spec.name.clone(),
-                            model: Some(wire::model_spec(&self.spec, candidate.len())),
-                            candidate: Some(pb::ModelRef {
-                                digest: digest.clone(),
-                                size_bytes: size,
-                                version: self.base.version + 1,
-                            }),
-                            deadline_unix_ms: wire::deadline_ms(deadline),
-                            config: Some(wire::train_config(&self.spec)),
-                        })),
+                    let candidate_ref = pb::ModelRef {
+                        digest: digest.clone(),
+                        size_bytes: size,
+                        version: self.base.version + 1,
                     };
+                    let task = wire::evaluate_task(
+                        &self.spec,
+                        self.row.id,
+                        candidate.len(),
+                        candidate_ref,
+                        deadline,
+                    );
                     for agent in agents {
                         if !self.coord.registry.is_connected(&agent) {
                             // Metrics are optional: do not hold the round for a facility that is gone.
@@ -502,18 +489,14 @@ impl Driver {
                     info!(%stage, n = messages.len(), "secure aggregation stage");
                     let deadline_ms = wire::deadline_ms(deadline);
                     for (agent, out) in messages {
-                        let task = self.secagg_task(out, deadline_ms);
+                        let task =
+                            wire::secagg_task(self.row.id, out, &self.certificates, deadline_ms);
                         self.dispatch(agent, task);
                     }
                 }
                 Event::Cancel { agent, reason } => {
                     self.pending.remove(&agent);
-                    let task = pb::Task {
-                        kind: Some(pb::task::Kind::Cancel(pb::CancelTask {
-                            round_id: self.row.id,
-                            reason,
-                        })),
-                    };
+                    let task = wire::cancel_task(self.row.id, reason);
                     self.coord.registry.send(&agent, task);
                 }
                 Event::Commit => {
@@ -598,69 +581,6 @@ impl Driver {
         };
         self.round
             .handle_secagg(now, agent, SecAggIn::Masked(input))
-    }
-
-    /// Turns one secure-aggregation message into the facility's task.
-    fn secagg_task(&self, out: SecAggOut, deadline_unix_ms: i64) -> pb::Task {
-        use harambee_secagg::Message;
-        let round_id = self.row.id;
-        let kind = match out {
-            SecAggOut::Advertise { params, my_id } => {
-                pb::task::Kind::SecaggAdvertise(pb::SecAggAdvertise {
-                    round_id,
-                    params: Some(harambee_link::convert::params_to_pb(&params)),
-                    my_id,
-                    deadline_unix_ms,
-                })
-            }
-            SecAggOut::PeerKeys {
-                advertisements,
-                peers,
-            } => pb::task::Kind::SecaggShareKeys(pb::SecAggShareKeys {
-                round_id,
-                advertisements: advertisements.iter().map(Message::encode).collect(),
-                peers: peers
-                    .into_iter()
-                    .map(|(id, facility)| {
-                        let chain = self
-                            .certificates
-                            .get(&facility)
-                            .cloned()
-                            .unwrap_or_default();
-                        let mut chain = chain.into_iter();
-                        pb::SecAggPeer {
-                            id,
-                            certificate: chain.next().unwrap_or_default(),
-                            intermediates: chain.collect(),
-                            facility,
-                        }
-                    })
-                    .collect(),
-                deadline_unix_ms,
-            }),
-            SecAggOut::Shares(shares) => pb::task::Kind::SecaggMaskedInput(pb::SecAggMaskedInput {
-                round_id,
-                shares: shares.iter().map(Message::encode).collect(),
-                deadline_unix_ms,
-            }),
-            SecAggOut::Unmask {
-                request,
-                sign_first,
-            } => pb::task::Kind::SecaggUnmask(pb::SecAggUnmask {
-                round_id,
-                request: request.encode(),
-                sign_first,
-                deadline_unix_ms,
-            }),
-            SecAggOut::Consistency(proof) => {
-                pb::task::Kind::SecaggConsistency(pb::SecAggConsistency {
-                    round_id,
-                    proof: proof.encode(),
-                    deadline_unix_ms,
-                })
-            }
-        };
-        pb::Task { kind: Some(kind) }
     }
 
     fn dispatch(&mut self, agent: String, task: pb::Task) {
@@ -765,20 +685,6 @@ impl Driver {
             .map(|(name, p)| participant_row(self.row.id, name, p))
             .collect()
     }
-}
-
-/// Central DP noise: one N(0, σ²) draw per parameter from the operating system's CSPRNG.
-fn central_noise(n_params: usize, sigma: f64) -> Vec<f32> {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..n_params)
-        .map(|_| {
-            // Box–Muller on two uniforms in (0, 1].
-            let u1: f64 = 1.0 - rng.random::<f64>();
-            let u2: f64 = rng.random::<f64>();
-            (sigma * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-        })
-        .collect()
 }
 
 /// Runs CPU-heavy work where the runtime can move other tasks off this thread meanwhile

@@ -1,54 +1,51 @@
 //! Which facilities a round may select, given what their agents report about their own
 //! policy and privacy budget; and the facility-level ε of a federation.
 //!
-//! The agent is the authority on its budget: it refuses a task that would exceed it
-//! (`harambee_agent::policy`). The coordinator uses the same accountant on the RDP curve the
-//! agent reports in its heartbeats so that it does not select a facility that would refuse,
-//! which would only slow the round down to the deadline.
+//! The agent is the authority on its budget: it refuses a task that would exceed it. The
+//! coordinator applies the same rule ([`harambee_privacy::policy::admit`]) to the policy and
+//! the RDP curve the agent reports in its heartbeats, so that it does not select a facility
+//! that would refuse, which would only slow the round down to the deadline.
 
 use std::collections::HashSet;
 
 use harambee_privacy::accountant::RdpAccountant;
 use harambee_privacy::ledger::{LedgerEvent, LedgerLine};
+use harambee_privacy::policy::{self, DpSteps, TaskDemand};
 use harambee_proto::pb;
 
 use crate::federation::{FederationSpec, Mechanism};
 
-/// `Ok` when the facility's policy allows this federation's task and one more round fits
-/// its budget; otherwise why not.
+/// `Ok` when the facility's policy, as its agent reports it, allows this federation's task
+/// and one more round fits its budget ([`policy::admit`], the agent's own rule); otherwise
+/// why not.
 pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), String> {
-    let allows = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
-    if !allows(&status.allowed_federations, &spec.name) {
-        return Err(format!(
-            "its policy does not allow federation {:?}",
-            spec.name
-        ));
-    }
-    let kind = spec.model.kind.as_str();
-    if !allows(&status.allowed_model_kinds, kind) {
-        return Err(format!("its policy does not allow model kind {kind:?}"));
-    }
-    let Some(max_epsilon) = status.max_epsilon else {
-        return Ok(());
+    // The spending only matters against a budget (and a facility without one may not report it).
+    let accountant = match status.max_epsilon {
+        Some(_) => RdpAccountant::from_rdp(status.rdp.clone())
+            .map_err(|e| format!("its reported accountant is unusable: {e}"))?,
+        None => RdpAccountant::new(),
     };
-    let Some(dp) = &spec.privacy.dp_sgd else {
-        return Err(format!(
-            "it has a privacy budget (ε ≤ {max_epsilon}) and the federation trains without DP-SGD"
-        ));
+    let policy = policy::Policy {
+        allowed_federations: status.allowed_federations.clone(),
+        allowed_model_kinds: status.allowed_model_kinds.clone(),
+        // The agent alone knows its rows; it declines if it holds too few.
+        min_samples: 0,
+        max_epsilon: status.max_epsilon,
+        delta: status.delta,
     };
-    let accountant = RdpAccountant::from_rdp(status.rdp.clone())
-        .map_err(|e| format!("its reported accountant is unusable: {e}"))?;
-    let steps = harambee_models::dp::dp_steps(spec.train.epochs as usize, dp.sampling_rate);
-    let after = accountant
-        .spent_if(dp.noise_multiplier, dp.sampling_rate, steps, status.delta)
-        .map_err(|e| format!("its budget cannot be checked: {e}"))?;
-    if after.epsilon > max_epsilon {
-        return Err(format!(
-            "one more round would spend ε = {:.3} of its {max_epsilon} at δ = {} (spent so far: {:.3})",
-            after.epsilon, status.delta, status.epsilon_spent
-        ));
-    }
-    Ok(())
+    let task = TaskDemand {
+        federation: &spec.name,
+        model_kind: spec.model.kind.as_str(),
+        n_rows: None,
+        dp: spec.privacy.dp_sgd.as_ref().map(|dp| DpSteps {
+            noise_multiplier: dp.noise_multiplier,
+            sampling_rate: dp.sampling_rate,
+            steps: harambee_models::dp::dp_steps(spec.train.epochs as usize, dp.sampling_rate),
+        }),
+    };
+    policy::admit(&policy, &accountant, &task)
+        .map(|_| ())
+        .map_err(|refusal| refusal.to_string())
 }
 
 /// Facility-level ε of a federation with the distributed or central mechanism (`None`
@@ -150,6 +147,10 @@ mod tests {
     fn selection_follows_the_facilitys_policy_and_budget() {
         let spec = spec();
         assert_eq!(admits(&spec, &status(None)), Ok(()));
+        // A facility without a budget need not report its spending.
+        let mut silent = status(None);
+        silent.rdp.clear();
+        assert_eq!(admits(&spec, &silent), Ok(()));
         let mut other = status(None);
         other.allowed_federations = vec!["another".into()];
         assert!(admits(&spec, &other).unwrap_err().contains("federation"));

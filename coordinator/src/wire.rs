@@ -1,9 +1,10 @@
 //! Conversions between wire types (`harambee_proto::pb`) and the coordinator's own, and the
 //! one place where errors become gRPC statuses.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use harambee_core::round::RoundError;
+use harambee_core::round::{RoundError, SecAggOut};
 use harambee_models::data::Schema;
 use harambee_models::metrics::Metrics;
 use harambee_proto::pb;
@@ -197,6 +198,126 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, S
         },
         privacy: privacy_spec(config.privacy)?,
     })
+}
+
+/// The train task of a round: the base model, the federation's training configuration and,
+/// where they apply, its secure-aggregation and privacy terms.
+pub fn train_task(
+    spec: &FederationSpec,
+    round_id: u64,
+    n_params: usize,
+    base: &ModelVersionRow,
+    deadline: Instant,
+) -> pb::Task {
+    let task = pb::TrainTask {
+        round_id,
+        federation: spec.name.clone(),
+        model: Some(model_spec(spec, n_params)),
+        base: Some(model_ref(base)),
+        config: Some(train_config(spec)),
+        deadline_unix_ms: deadline_ms(deadline),
+        secure: spec
+            .secure_aggregation
+            .enabled
+            .then(|| pb::SecureAggregation {
+                clip: spec.secure_aggregation.clip,
+                max_weight: spec.effective_max_weight(),
+            }),
+        privacy: privacy_config(&spec.privacy),
+    };
+    pb::Task {
+        kind: Some(pb::task::Kind::Train(task)),
+    }
+}
+
+/// The evaluate task of a round: the candidate model to score on the held-out split.
+pub fn evaluate_task(
+    spec: &FederationSpec,
+    round_id: u64,
+    n_params: usize,
+    candidate: pb::ModelRef,
+    deadline: Instant,
+) -> pb::Task {
+    let task = pb::EvaluateTask {
+        round_id,
+        federation: spec.name.clone(),
+        model: Some(model_spec(spec, n_params)),
+        candidate: Some(candidate),
+        deadline_unix_ms: deadline_ms(deadline),
+        config: Some(train_config(spec)),
+    };
+    pb::Task {
+        kind: Some(pb::task::Kind::Evaluate(task)),
+    }
+}
+
+/// Tells a facility to drop its part in a round.
+pub fn cancel_task(round_id: u64, reason: String) -> pb::Task {
+    pb::Task {
+        kind: Some(pb::task::Kind::Cancel(pb::CancelTask { round_id, reason })),
+    }
+}
+
+/// Turns one secure-aggregation message into the facility's task; `certificates` are the
+/// participants' certificate chains (leaf first), forwarded with their advertisements.
+pub fn secagg_task(
+    round_id: u64,
+    out: SecAggOut,
+    certificates: &HashMap<String, Vec<Vec<u8>>>,
+    deadline_unix_ms: i64,
+) -> pb::Task {
+    use harambee_secagg::Message;
+    let kind = match out {
+        SecAggOut::Advertise { params, my_id } => {
+            pb::task::Kind::SecaggAdvertise(pb::SecAggAdvertise {
+                round_id,
+                params: Some(harambee_link::convert::params_to_pb(&params)),
+                my_id,
+                deadline_unix_ms,
+            })
+        }
+        SecAggOut::PeerKeys {
+            advertisements,
+            peers,
+        } => pb::task::Kind::SecaggShareKeys(pb::SecAggShareKeys {
+            round_id,
+            advertisements: advertisements.iter().map(Message::encode).collect(),
+            peers: peers
+                .into_iter()
+                .map(|(id, facility)| {
+                    let chain = certificates.get(&facility).cloned().unwrap_or_default();
+                    let mut chain = chain.into_iter();
+                    pb::SecAggPeer {
+                        id,
+                        certificate: chain.next().unwrap_or_default(),
+                        intermediates: chain.collect(),
+                        facility,
+                    }
+                })
+                .collect(),
+            deadline_unix_ms,
+        }),
+        SecAggOut::Shares(shares) => pb::task::Kind::SecaggMaskedInput(pb::SecAggMaskedInput {
+            round_id,
+            shares: shares.iter().map(Message::encode).collect(),
+            deadline_unix_ms,
+        }),
+        SecAggOut::Unmask {
+            request,
+            sign_first,
+        } => pb::task::Kind::SecaggUnmask(pb::SecAggUnmask {
+            round_id,
+            request: request.encode(),
+            sign_first,
+            deadline_unix_ms,
+        }),
+        SecAggOut::Consistency(proof) => pb::task::Kind::SecaggConsistency(pb::SecAggConsistency {
+            round_id,
+            proof: proof.encode(),
+            deadline_unix_ms,
+        }),
+    };
+    pb::Task { kind: Some(kind) }
 }
 
 pub fn model_ref(row: &ModelVersionRow) -> pb::ModelRef {

@@ -6,9 +6,13 @@
 //!   inclusion and consistency proofs, Ed25519-signed tree heads, the ledger's events and their
 //!   canonical encoding, agent-signed egress receipts, the JSON-lines export, and an offline
 //!   verifier that recomputes everything and names what broke.
+//! - [`policy`]: the facility's admission policy, one [`policy::admit`] for the agent (the
+//!   authority) and for the coordinator's selection.
+//! - [`log`]: the format of a facility's hash-chained privacy log.
+//! - [`mechanism`]: the central Gaussian mechanism's noise, from an injected RNG.
 //!
 //! What it does not do: no IO of any kind (no files, sockets, clock or async runtime) and no
-//! randomness. Time comes in as `timestamp_ms` arguments; keys come in as `ed25519_dalek`
+//! randomness of its own (an RNG is passed in). Time comes in as `timestamp_ms` arguments; keys come in as `ed25519_dalek`
 //! values that the drivers generate and store. Persisting the ledger (in the same SQL
 //! transaction as the state it describes), serving it and printing reports belong to the
 //! coordinator and the agent.
@@ -17,3 +21,6 @@
 
 pub mod accountant;
 pub mod ledger;
+pub mod log;
+pub mod mechanism;
+pub mod policy;

@@ -9,6 +9,7 @@ use harambee_privacy::ledger::{
     Sha256Digest, SignedReceipt, SignedTreeHead, cross_check, enrolled_receipt_keys, parse_jsonl,
     to_jsonl, verify_ledger,
 };
+use harambee_privacy::ledger::{CosignatureFailure, verify_cosignature};
 
 const FACILITIES: [&str; 3] = ["clinic-a", "clinic-b", "hospital-c"];
 const T0: u64 = 1_700_000_000_000;
@@ -402,6 +403,48 @@ fn fork_between_two_heads_is_named() {
             current_size: 18
         }),
         "{report}"
+    );
+}
+
+#[test]
+fn a_countersigned_head_of_another_history_is_a_split_view() {
+    let (honest, _) = build(30);
+    let mut forked = Ledger::from_lines(honest.lines()[..10].to_vec()).unwrap();
+    for line in &honest.lines()[10..20] {
+        forked
+            .append(line.timestamp_ms + 1, line.event.clone())
+            .unwrap();
+    }
+    let clinic = facility_key("clinic-a");
+    let key = clinic.verifying_key();
+
+    // What the facility was shown is a prefix of what the auditor holds: it holds.
+    let shown = head(&Ledger::from_lines(honest.lines()[..20].to_vec()).unwrap()).head;
+    let cosignature = shown.cosign("clinic-a", &clinic);
+    assert_eq!(
+        verify_cosignature(honest.lines(), &shown, &cosignature, &key),
+        Ok(())
+    );
+
+    // The coordinator showed the facility a forked history and the auditor the honest one.
+    let forked_head = head(&forked).head;
+    let cosignature = forked_head.cosign("clinic-a", &clinic);
+    assert_eq!(
+        verify_cosignature(honest.lines(), &forked_head, &cosignature, &key),
+        Err(CosignatureFailure::SplitView)
+    );
+    // Or a longer history than the export holds (entries withheld from the auditor).
+    let longer = head(&honest).head;
+    let cosignature = longer.cosign("clinic-a", &clinic);
+    assert_eq!(
+        verify_cosignature(&honest.lines()[..25], &longer, &cosignature, &key),
+        Err(CosignatureFailure::SplitView)
+    );
+    // A countersignature the coordinator made up does not verify under the facility's key.
+    let forged = shown.cosign("clinic-a", &facility_key("clinic-b"));
+    assert_eq!(
+        verify_cosignature(honest.lines(), &shown, &forged, &key),
+        Err(CosignatureFailure::BadSignature)
     );
 }
 

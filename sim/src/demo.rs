@@ -366,7 +366,7 @@ async fn audit_and_verify(
             ledger: ledger_path.clone(),
             head: None,
             ledger_key: None,
-            receipts: Some(f.dir.join("state").join(harambee_agent::privacy::LOG_FILE)),
+            receipts: Some(f.dir.join("state").join(harambee_privacy::log::LOG_FILE)),
         };
         let (report, ok) = harambee_agent::audit::verify_report(&args)?;
         if !ok {
@@ -379,7 +379,7 @@ async fn audit_and_verify(
          (harambee-agent audit verify --ledger {} --receipts {}/facilities/NAME/state/{})",
         ledger_path.display(),
         dir.display(),
-        harambee_agent::privacy::LOG_FILE
+        harambee_privacy::log::LOG_FILE
     );
     Ok(
         json!({ "epsilon": spend, "ledger_entries": exported.entries, "facilities_verified": verified }),

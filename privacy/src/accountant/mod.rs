@@ -294,6 +294,15 @@ impl RdpAccountant {
         epsilon_from_rdp(&self.orders, &self.rdp, delta)
     }
 
+    /// ε at `delta` spent so far, as one number for reports: 0 while nothing has been
+    /// spent, infinity when it cannot be computed (a `delta` out of range).
+    pub fn epsilon_spent(&self, delta: f64) -> f64 {
+        if self.rdp.iter().all(|&x| x == 0.0) {
+            return 0.0;
+        }
+        self.epsilon(delta).map_or(f64::INFINITY, |r| r.epsilon)
+    }
+
     /// ε at `delta` as it would be after composing the planned steps, without composing them.
     pub fn spent_if(
         &self,

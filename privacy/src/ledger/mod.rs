@@ -52,8 +52,8 @@ pub use head::{Cosignature, SignedTreeHead, TreeHead};
 pub use merkle::{MerkleTree, verify_consistency, verify_inclusion};
 pub use receipt::{EgressReceipt, SignedReceipt};
 pub use verify::{
-    CrossCheckReport, Failure, HeadRole, VerificationReport, cross_check, verify_head_consistency,
-    verify_ledger, verify_receipt_inclusion,
+    CosignatureFailure, CrossCheckReport, Failure, HeadRole, VerificationReport, cross_check,
+    verify_cosignature, verify_head_consistency, verify_ledger, verify_receipt_inclusion,
 };
 
 /// Errors of the ledger: bad proofs, bad signatures, bad input. Verification of a whole ledger

@@ -588,3 +588,51 @@ pub fn verify_head_consistency(
         proof,
     )
 }
+
+/// Why a facility's countersignature of a tree head does not hold against a ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CosignatureFailure {
+    /// The signature does not verify with the facility's key.
+    BadSignature,
+    /// The facility saw a head that this ledger does not extend: it was shown another
+    /// history (a split view), or this ledger was rewritten since.
+    SplitView,
+}
+
+impl fmt::Display for CosignatureFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CosignatureFailure::BadSignature => f.write_str("the countersignature does not verify"),
+            CosignatureFailure::SplitView => f.write_str(
+                "it countersigned a head that this ledger does not extend (a split view)",
+            ),
+        }
+    }
+}
+
+/// Checks that `cosignature` of `head` verifies with the facility's `key` and that `head` is
+/// the root of a prefix of `entries`: what the facility saw is part of what the auditor sees.
+pub fn verify_cosignature(
+    entries: &[LedgerLine],
+    head: &super::TreeHead,
+    cosignature: &super::Cosignature,
+    key: &VerifyingKey,
+) -> Result<(), CosignatureFailure> {
+    if cosignature.verify(head, key).is_err() {
+        return Err(CosignatureFailure::BadSignature);
+    }
+    let Ok(size) = usize::try_from(head.tree_size) else {
+        return Err(CosignatureFailure::SplitView);
+    };
+    if size > entries.len() {
+        return Err(CosignatureFailure::SplitView);
+    }
+    let prefix: Vec<_> = entries[..size]
+        .iter()
+        .filter_map(|l| l.computed_leaf_hash().ok())
+        .collect();
+    if prefix.len() != size || MerkleTree::from_leaf_hashes(prefix).root() != head.root_hash {
+        return Err(CosignatureFailure::SplitView);
+    }
+    Ok(())
+}

@@ -13,11 +13,11 @@ use std::time::Duration;
 use common::*;
 use harambee_agent::audit::{VerifyArgs, verify_report};
 use harambee_agent::config::AgentConfig;
-use harambee_agent::privacy::{LOG_FILE, Record, parse_log};
 use harambee_coordinator::federation::{DpSgdSpec, FederationSpec, Mechanism};
 use harambee_link::identity::Role;
 use harambee_privacy::ledger::export::{HeadFile, head_path_for};
 use harambee_privacy::ledger::{Ledger, LedgerEvent, parse_jsonl};
+use harambee_privacy::log::{LOG_FILE, Record, parse_log};
 use harambee_proto::pb;
 use harambee_sim::demo::Facility;
 use sea_orm::ConnectionTrait;
@@ -51,7 +51,7 @@ fn verify(ledger: &Path, receipts: Option<&AgentConfig>) -> (String, bool) {
     verify_report(&args).unwrap()
 }
 
-fn privacy_log(config: &AgentConfig) -> Vec<harambee_agent::privacy::LogLine> {
+fn privacy_log(config: &AgentConfig) -> Vec<harambee_privacy::log::LogLine> {
     parse_log(&std::fs::read_to_string(config.state_dir.join(LOG_FILE)).unwrap_or_default())
         .unwrap()
 }

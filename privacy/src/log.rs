@@ -1,0 +1,215 @@
+//! `state_dir/privacy-log.jsonl` is append-only and hash-chained: each line is
+//! `{"hash", "prev", "record", "seq", "unix_ms"}` where `hash = SHA-256(prev || canonical JSON
+//! of {"record", "seq", "unix_ms"})` (keys sorted, no whitespace) and `prev` is the previous
+//! line's hash (32 zero bytes for the first). Changing, removing or reordering a line breaks
+//! the chain at that line ([`parse_log`] refuses it and names the line). It records:
+//!
+//! - `receipt`: an update about to leave, the receipt the agent signed for it, and the DP-SGD
+//!   steps behind it (the accountant is rebuilt from these at start-up, so the budget survives
+//!   restarts);
+//! - `accepted`: the coordinator took the upload (only these receipts must be in the ledger);
+//! - `proof`: the ledger entry of a contribution with its inclusion proof and signed head;
+//! - `head`: a tree head checked consistent with the previous one, and this facility's
+//!   countersignature of it;
+//! - `refusal`: a task the facility declined, and why;
+//! - `identity`: the facility's own public key, when the log starts or the key changes;
+//! - `alarm`: an answer of the coordinator about a contribution that did not verify.
+//!
+//!
+//! This module is the format: records, lines, the chain and the queries an auditor or the
+//! agent makes of a log. Writing the file (append, fsync) is the agent's.
+
+use std::fmt;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ledger::{Cosignature, LedgerLine, Sha256Digest, SignedReceipt, SignedTreeHead};
+use crate::policy::DpSteps;
+
+/// The file name of the privacy log inside an agent's state directory.
+pub const LOG_FILE: &str = "privacy-log.jsonl";
+
+/// One record of the privacy log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Receipt {
+        receipt: SignedReceipt,
+        dp: Option<DpSteps>,
+    },
+    Accepted {
+        federation: String,
+        round_id: u64,
+    },
+    Proof {
+        federation: String,
+        round_id: u64,
+        entry: Box<LedgerLine>,
+        inclusion_proof: Vec<Sha256Digest>,
+        signed_tree_head: SignedTreeHead,
+    },
+    Head {
+        signed_tree_head: SignedTreeHead,
+        ledger_key: String,
+        cosignature: Cosignature,
+    },
+    Refusal {
+        federation: String,
+        round_id: u64,
+        reason: String,
+    },
+    /// The facility's Ed25519 key (hex), the one its receipts and countersignatures verify
+    /// with; recorded when the log starts and whenever the key changes (re-enrolment).
+    Identity {
+        facility: String,
+        key: String,
+    },
+    /// The coordinator's answer about a contribution did not verify: for the auditor.
+    Alarm {
+        federation: String,
+        round_id: u64,
+        problem: String,
+    },
+}
+
+/// One line of the privacy log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    pub seq: u64,
+    pub unix_ms: i64,
+    pub prev: Sha256Digest,
+    pub hash: Sha256Digest,
+    pub record: Record,
+}
+
+/// `SHA-256(prev || canonical JSON of {"record", "seq", "unix_ms"})`.
+fn chain_hash(prev: &Sha256Digest, seq: u64, unix_ms: i64, record: &Record) -> Sha256Digest {
+    // serde_json::Value objects keep keys sorted: the encoding is canonical.
+    let body = serde_json::json!({ "record": record, "seq": seq, "unix_ms": unix_ms });
+    let mut hasher = Sha256::new();
+    hasher.update(prev.0);
+    // A record of plain data always serializes; nothing would be hashed otherwise.
+    hasher.update(serde_json::to_vec(&body).unwrap_or_default());
+    Sha256Digest(hasher.finalize().into())
+}
+
+impl LogLine {
+    /// The line that follows `prev` (the first line when `None`) with `record`.
+    pub fn next(prev: Option<&LogLine>, unix_ms: i64, record: Record) -> LogLine {
+        let seq = prev.map_or(0, |l| l.seq + 1);
+        let prev = prev.map_or(Sha256Digest([0; 32]), |l| l.hash);
+        let hash = chain_hash(&prev, seq, unix_ms, &record);
+        LogLine {
+            seq,
+            unix_ms,
+            prev,
+            hash,
+            record,
+        }
+    }
+}
+
+/// A privacy log whose chain is broken, and where (1-based line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogError {
+    pub line: usize,
+    pub problem: String,
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.problem)
+    }
+}
+
+impl std::error::Error for LogError {}
+
+/// Parses a privacy log and checks its chain; the error names the first bad line (1-based).
+pub fn parse_log(text: &str) -> Result<Vec<LogLine>, LogError> {
+    let mut lines: Vec<LogLine> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line: LogLine = serde_json::from_str(raw).map_err(|e| LogError {
+            line: n,
+            problem: format!("not a privacy log record: {e}"),
+        })?;
+        let prev = lines.last().map_or(Sha256Digest([0; 32]), |l| l.hash);
+        if line.seq != i as u64 {
+            return Err(LogError {
+                line: n,
+                problem: format!(
+                    "sequence number {} where {i} was expected (a line was removed or moved)",
+                    line.seq
+                ),
+            });
+        }
+        if line.prev != prev {
+            return Err(LogError {
+                line: n,
+                problem:
+                    "does not chain to the line before it (a line was removed, moved or altered)"
+                        .to_owned(),
+            });
+        }
+        if chain_hash(&prev, line.seq, line.unix_ms, &line.record) != line.hash {
+            return Err(LogError {
+                line: n,
+                problem: "its contents do not match its hash (the line was altered)".to_owned(),
+            });
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// Receipts of the uploads the coordinator accepted: those the ledger must hold.
+pub fn accepted_receipts(lines: &[LogLine]) -> Vec<SignedReceipt> {
+    let mut out = Vec::new();
+    for line in lines {
+        if let Record::Accepted {
+            federation,
+            round_id,
+        } = &line.record
+        {
+            let receipt = lines.iter().rev().find_map(|l| match &l.record {
+                Record::Receipt { receipt, .. }
+                    if receipt.receipt.federation == *federation
+                        && receipt.receipt.round_id == *round_id =>
+                {
+                    Some(receipt)
+                }
+                _ => None,
+            });
+            if let Some(r) = receipt {
+                out.push(r.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The facility's own key (hex) as last recorded in its log.
+pub fn facility_key(lines: &[LogLine], facility: &str) -> Option<String> {
+    lines.iter().rev().find_map(|l| match &l.record {
+        Record::Identity { facility: f, key } if f == facility => Some(key.clone()),
+        _ => None,
+    })
+}
+
+/// The last head the facility checked and countersigned, and the ledger key it pinned.
+pub fn last_head(lines: &[LogLine]) -> Option<(SignedTreeHead, VerifyingKey)> {
+    lines.iter().rev().find_map(|l| match &l.record {
+        Record::Head {
+            signed_tree_head,
+            ledger_key,
+            ..
+        } => {
+            let bytes: [u8; 32] = hex::decode(ledger_key).ok()?.try_into().ok()?;
+            Some((*signed_tree_head, VerifyingKey::from_bytes(&bytes).ok()?))
+        }
+        _ => None,
+    })
+}
