@@ -39,6 +39,7 @@ use tracing::{info, warn};
 
 use crate::enrol::Issuing;
 use crate::pki::{self};
+use crate::service::error::ServiceError;
 use crate::state::Coordinator;
 use harambee_link::identity::{PeerIdentity, Role};
 
@@ -299,7 +300,7 @@ where
                     .get::<TlsConnectInfo<TcpConnectInfo>>()
                     .and_then(|info| info.get_ref().remote_addr());
                 info!(path, ?remote, reason = %denial, "call refused");
-                let response = crate::wire::access_status(&denial).into_http();
+                let response = ServiceError::from(&denial).into_http();
                 Box::pin(async move { Ok(response) })
             }
         }

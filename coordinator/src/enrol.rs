@@ -44,13 +44,13 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::pki::{self, CsrError, IssuedCert, PkiPaths, Signer};
+use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::store::{
     AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, StoreError, TokenRefusal,
     TokenRow,
 };
 use crate::tls::{require_any_role, require_role};
-use crate::wire;
 use harambee_link::identity::{PeerIdentity, Role};
 
 /// Lifetime of an enrolment token when the operator does not say.
@@ -171,12 +171,12 @@ impl Coordinator {
         action: AdminActionKind,
         subject: &str,
         detail: String,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ServiceError> {
         let row = admin_action(actor, action, subject, detail);
         self.store
             .record_admin_action(&row)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         Ok(())
     }
 
@@ -317,7 +317,7 @@ impl EnrolmentService for EnrolmentApi {
         &self,
         _request: Request<pb::GetCaCertificateRequest>,
     ) -> Result<Response<pb::CaCertificate>, Status> {
-        let issuing = self.coord.issuing().map_err(wire::enrol_status)?;
+        let issuing = self.coord.issuing().map_err(ServiceError::from)?;
         Ok(Response::new(pb::CaCertificate {
             ca_pem: issuing.ca_pem.clone(),
             sha256: issuing.ca_sha256.clone(),
@@ -334,7 +334,7 @@ impl EnrolmentService for EnrolmentApi {
             Ok(issued) => Ok(Response::new(issued)),
             Err(e) => {
                 info!(?remote, reason = %e, "enrolment refused");
-                Err(wire::enrol_status(e))
+                Err(ServiceError::from(e).into())
             }
         }
     }
@@ -349,7 +349,7 @@ impl EnrolmentService for EnrolmentApi {
         self.renew(&peer, request.into_inner())
             .await
             .map(Response::new)
-            .map_err(wire::enrol_status)
+            .map_err(|e| ServiceError::from(e).into())
     }
 }
 
@@ -491,7 +491,7 @@ impl IdentityService for IdentityApi {
         self.add(&peer, request.into_inner())
             .await
             .map(Response::new)
-            .map_err(wire::enrol_status)
+            .map_err(|e| ServiceError::from(e).into())
     }
 
     #[instrument(skip_all, fields(operator))]
@@ -504,7 +504,7 @@ impl IdentityService for IdentityApi {
         self.revoke(&peer, request.into_inner())
             .await
             .map(Response::new)
-            .map_err(wire::enrol_status)
+            .map_err(|e| ServiceError::from(e).into())
     }
 
     async fn list_facilities(
@@ -517,13 +517,13 @@ impl IdentityService for IdentityApi {
             .store
             .facilities()
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let expiry = self
             .coord
             .store
             .latest_certificate_expiry(Role::Agent.as_str())
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let facilities = rows
             .iter()
             .map(|row| self.facility_pb(row, expiry.get(&row.name).copied()))
@@ -546,7 +546,7 @@ impl IdentityService for IdentityApi {
             .store
             .admin_actions(request.after_id, u64::from(limit))
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let actions = rows
             .into_iter()
             .map(|a| pb::AdminAction {

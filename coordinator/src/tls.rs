@@ -54,9 +54,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
-use tonic::Status;
 
 use crate::pki::PkiPaths;
+use crate::service::error::ServiceError;
 use harambee_link::identity::{PeerIdentity, Role, identity_from_cert};
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -172,15 +172,15 @@ pub fn tls_incoming(
 ///
 /// Fails with `Unauthenticated` if the connection carries no client certificate (not
 /// served through [`tls_incoming`]) or the certificate has no valid `harambee://` identity.
-pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<PeerIdentity, Status> {
+pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<PeerIdentity, ServiceError> {
     let certs = request.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("no verified client certificate on this connection")
+        ServiceError::unauthenticated("no verified client certificate on this connection")
     })?;
     let leaf = certs.first().ok_or_else(|| {
-        Status::unauthenticated("no verified client certificate on this connection")
+        ServiceError::unauthenticated("no verified client certificate on this connection")
     })?;
     identity_from_cert(leaf).map_err(|e| {
-        Status::unauthenticated(format!(
+        ServiceError::unauthenticated(format!(
             "client certificate carries no usable identity: {e}"
         ))
     })
@@ -190,13 +190,13 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<PeerIdentity, Sta
 pub fn require_any_role<T>(
     request: &tonic::Request<T>,
     roles: &[Role],
-) -> Result<PeerIdentity, Status> {
+) -> Result<PeerIdentity, ServiceError> {
     let identity = peer_identity(request)?;
     if roles.contains(&identity.role) {
         Ok(identity)
     } else {
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        Err(Status::permission_denied(format!(
+        Err(ServiceError::permission_denied(format!(
             "this call requires one of the roles {}; the client certificate is for {} {:?}",
             names.join(", "),
             identity.role,
@@ -206,12 +206,15 @@ pub fn require_any_role<T>(
 }
 
 /// [`peer_identity`], then `PermissionDenied` unless the caller has `role`.
-pub fn require_role<T>(request: &tonic::Request<T>, role: Role) -> Result<PeerIdentity, Status> {
+pub fn require_role<T>(
+    request: &tonic::Request<T>,
+    role: Role,
+) -> Result<PeerIdentity, ServiceError> {
     let identity = peer_identity(request)?;
     if identity.role == role {
         Ok(identity)
     } else {
-        Err(Status::permission_denied(format!(
+        Err(ServiceError::permission_denied(format!(
             "this call requires the {role} role; the client certificate is for {} {:?}",
             identity.role, identity.name
         )))

@@ -4,21 +4,18 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use harambee_core::round::{RoundError, SecAggOut};
+use harambee_core::round::SecAggOut;
 use harambee_models::data::Schema;
 use harambee_models::metrics::Metrics;
 use harambee_proto::pb;
-use tonic::Status;
 
-use crate::blobs::BlobError;
 use crate::federation::{
     Deadlines, DpSgdSpec, FederationSpec, KindName, Mechanism, ModelSection, OptimizerName,
     PrivacySpec, SecureAggregationSpec, TrainSpec,
 };
+use crate::service::error::ServiceError;
 use crate::state::now_ms;
-use crate::store::{
-    self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState, StoreError,
-};
+use crate::store::{self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
 
 pub fn schema(schema: &Schema) -> pb::FeatureSchema {
     pb::FeatureSchema {
@@ -102,12 +99,12 @@ pub fn privacy_config(p: &PrivacySpec) -> Option<pb::PrivacyConfig> {
     })
 }
 
-fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, Status> {
+fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, ServiceError> {
     let Some(p) = p else {
         return Ok(PrivacySpec::default());
     };
     let mechanism = Mechanism::parse(&p.mechanism).ok_or_else(|| {
-        Status::invalid_argument(format!(
+        ServiceError::invalid_argument(format!(
             "unknown privacy mechanism {:?} (none, distributed or central)",
             p.mechanism
         ))
@@ -130,24 +127,24 @@ fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, Status> {
 }
 
 /// Reads an operator's federation definition; the result still needs `validate()`.
-pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, Status> {
+pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, ServiceError> {
     let model = config
         .model
-        .ok_or_else(|| Status::invalid_argument("federation config has no model"))?;
+        .ok_or_else(|| ServiceError::invalid_argument("federation config has no model"))?;
     let kind = KindName::parse(&model.kind).ok_or_else(|| {
-        Status::invalid_argument(format!(
+        ServiceError::invalid_argument(format!(
             "unknown model kind {:?} (logistic_regression or mlp)",
             model.kind
         ))
     })?;
     let schema = model
         .schema
-        .ok_or_else(|| Status::invalid_argument("federation config has no feature schema"))?;
+        .ok_or_else(|| ServiceError::invalid_argument("federation config has no feature schema"))?;
     let train = config
         .train
-        .ok_or_else(|| Status::invalid_argument("federation config has no train section"))?;
+        .ok_or_else(|| ServiceError::invalid_argument("federation config has no train section"))?;
     let optimizer = OptimizerName::parse(&train.optimizer).ok_or_else(|| {
-        Status::invalid_argument(format!(
+        ServiceError::invalid_argument(format!(
             "unknown optimizer {:?} (adam or sgd)",
             train.optimizer
         ))
@@ -194,7 +191,7 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, S
             Default::default()
         } else {
             serde_json::from_str(&config.strategy)
-                .map_err(|e| Status::invalid_argument(format!("unreadable strategy: {e}")))?
+                .map_err(|e| ServiceError::invalid_argument(format!("unreadable strategy: {e}")))?
         },
         privacy: privacy_spec(config.privacy)?,
     })
@@ -366,7 +363,7 @@ fn metrics_of_row(m: &MetricsRow) -> Metrics {
 
 /// Metrics reported by an agent: only values in range are accepted (a rate may be NaN when
 /// the facility's held-out split lacks a class).
-pub fn metrics_from_pb(m: pb::Metrics) -> Result<Metrics, Status> {
+pub fn metrics_from_pb(m: pb::Metrics) -> Result<Metrics, ServiceError> {
     let rate = |x: f64| x.is_nan() || (0.0..=1.0).contains(&x);
     let ok = m.loss.is_finite()
         && m.loss >= 0.0
@@ -377,7 +374,7 @@ pub fn metrics_from_pb(m: pb::Metrics) -> Result<Metrics, Status> {
         && rate(m.ece)
         && m.n_positives <= m.n_samples;
     if !ok {
-        return Err(Status::invalid_argument(
+        return Err(ServiceError::invalid_argument(
             "metrics out of range: loss >= 0, accuracy in [0, 1], auc, sensitivity, specificity and ece in [0, 1] or NaN, n_positives <= n_samples",
         ));
     }
@@ -457,86 +454,5 @@ pub fn round(
         global_metrics: global,
         secure_aggregation,
         facility_epsilon: None,
-    }
-}
-
-pub fn store_status(e: StoreError) -> Status {
-    match &e {
-        StoreError::AlreadyExists(_) => Status::already_exists(e.to_string()),
-        StoreError::UnknownFederation(_) => Status::not_found(e.to_string()),
-        StoreError::RoundInProgress(_) => Status::failed_precondition(e.to_string()),
-        _ => {
-            tracing::error!(error = %e, "storage error");
-            Status::internal("coordinator storage error")
-        }
-    }
-}
-
-pub fn blob_status(e: BlobError) -> Status {
-    match &e {
-        BlobError::NotFound(_) => Status::not_found(e.to_string()),
-        BlobError::InvalidDigest(..) => Status::invalid_argument(e.to_string()),
-        _ => {
-            tracing::error!(error = %e, "blob store error");
-            Status::internal("coordinator blob store error")
-        }
-    }
-}
-
-pub fn round_status(e: RoundError) -> Status {
-    match &e {
-        RoundError::Invalid { .. } | RoundError::BaseLength { .. } | RoundError::SecAgg { .. } => {
-            Status::invalid_argument(e.to_string())
-        }
-        RoundError::SecureOnly | RoundError::PlainOnly => {
-            Status::failed_precondition(e.to_string())
-        }
-        RoundError::Strategy(_) => Status::invalid_argument(e.to_string()),
-        RoundError::WrongStage(_) => Status::failed_precondition(e.to_string()),
-        RoundError::NotSelected(_) => Status::permission_denied(e.to_string()),
-        RoundError::Duplicate(_) => Status::already_exists(e.to_string()),
-    }
-}
-
-/// Every refusal of the access layer starts with this, so a client (and the access tests)
-/// can tell it from a refusal by the service itself.
-pub const ACCESS_DENIED: &str = "access denied: ";
-
-pub fn access_status(denial: &crate::access::Denial) -> Status {
-    use crate::access::Denial;
-    let message = format!("{ACCESS_DENIED}{denial}");
-    match denial {
-        Denial::NoCertificate | Denial::NoIdentity(_) | Denial::Expired(_) => {
-            Status::unauthenticated(message)
-        }
-        Denial::Revoked(_) | Denial::WrongRole { .. } | Denial::NoRule(_) => {
-            Status::permission_denied(message)
-        }
-    }
-}
-
-pub fn enrol_status(e: crate::enrol::EnrolError) -> Status {
-    use crate::enrol::EnrolError;
-    match &e {
-        EnrolError::NotEnabled => Status::unavailable(e.to_string()),
-        EnrolError::NoSigner | EnrolError::AddRevoked(_) => {
-            Status::failed_precondition(e.to_string())
-        }
-        EnrolError::Token(_) | EnrolError::Csr(_) | EnrolError::InvalidArgument(_) => {
-            Status::invalid_argument(e.to_string())
-        }
-        EnrolError::UnknownToken
-        | EnrolError::WrongSecret
-        | EnrolError::OtherFacility { .. }
-        | EnrolError::Used(_)
-        | EnrolError::Withdrawn(_)
-        | EnrolError::Expired(_) => Status::unauthenticated(e.to_string()),
-        EnrolError::Revoked(_) => Status::permission_denied(e.to_string()),
-        EnrolError::AlreadyEnrolled(_) => Status::already_exists(e.to_string()),
-        EnrolError::UnknownFacility(_) => Status::not_found(e.to_string()),
-        EnrolError::Store(_) => {
-            tracing::error!(error = %e, "storage error");
-            Status::internal("coordinator storage error")
-        }
     }
 }

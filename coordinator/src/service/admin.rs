@@ -6,6 +6,7 @@ use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::federation::FederationSpec;
+use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::store::AdminActionKind;
 use crate::store::{FederationRow, ModelVersionRow};
@@ -22,24 +23,26 @@ impl AdminApi {
         AdminApi { coord }
     }
 
-    async fn spec(&self, federation: &str) -> Result<FederationSpec, Status> {
+    async fn spec(&self, federation: &str) -> Result<FederationSpec, ServiceError> {
         let row = self
             .coord
             .store
             .federation(federation)
             .await
-            .map_err(wire::store_status)?
-            .ok_or_else(|| Status::not_found(format!("no federation named {federation:?}")))?;
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| {
+                ServiceError::not_found(format!("no federation named {federation:?}"))
+            })?;
         serde_json::from_str(&row.config_json).map_err(|e| {
-            Status::internal(format!(
+            ServiceError::Internal(format!(
                 "stored federation {federation:?} is unreadable: {e}"
             ))
         })
     }
 
-    async fn federation_pb(&self, row: &FederationRow) -> Result<pb::Federation, Status> {
+    async fn federation_pb(&self, row: &FederationRow) -> Result<pb::Federation, ServiceError> {
         let spec: FederationSpec = serde_json::from_str(&row.config_json).map_err(|e| {
-            Status::internal(format!(
+            ServiceError::Internal(format!(
                 "stored federation {:?} is unreadable: {e}",
                 row.name
             ))
@@ -49,7 +52,7 @@ impl AdminApi {
             .store
             .latest_model(&row.name)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let n_params = latest.as_ref().map_or(0, |m| m.n_params as usize);
         Ok(pb::Federation {
             config: Some(wire::federation_config(&spec, n_params)),
@@ -63,13 +66,13 @@ impl AdminApi {
         &self,
         spec: &FederationSpec,
         source: pb::model_source::Source,
-    ) -> Result<Vec<f32>, Status> {
+    ) -> Result<Vec<f32>, ServiceError> {
         let model = spec.model_spec();
         match source {
             pb::model_source::Source::FederationVersion(from) => {
                 let other = self.spec(&from.federation).await?;
                 if other.model_spec() != model || other.schema != spec.schema {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(ServiceError::invalid_argument(format!(
                         "federation {:?} has another model or feature schema; cannot start from it",
                         from.federation
                     )));
@@ -79,9 +82,9 @@ impl AdminApi {
                     .store
                     .model_version(&from.federation, from.version)
                     .await
-                    .map_err(wire::store_status)?
+                    .map_err(ServiceError::from)?
                     .ok_or_else(|| {
-                        Status::not_found(format!(
+                        ServiceError::not_found(format!(
                             "federation {:?} has no version {}",
                             from.federation, from.version
                         ))
@@ -91,23 +94,24 @@ impl AdminApi {
                     .blobs
                     .get(&row.digest)
                     .await
-                    .map_err(wire::blob_status)?;
+                    .map_err(ServiceError::from)?;
                 harambee_core::params::from_le_bytes(&bytes)
-                    .map_err(|e| Status::internal(e.to_string()))
+                    .map_err(|e| ServiceError::Internal(e.to_string()))
             }
             pb::model_source::Source::Checkpoint(bytes) => {
-                let checkpoint = harambee_models::checkpoint::load(&bytes)
-                    .map_err(|e| Status::invalid_argument(format!("unreadable checkpoint: {e}")))?;
+                let checkpoint = harambee_models::checkpoint::load(&bytes).map_err(|e| {
+                    ServiceError::invalid_argument(format!("unreadable checkpoint: {e}"))
+                })?;
                 checkpoint
                     .expect_spec(&model)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                    .map_err(|e| ServiceError::invalid_argument(e.to_string()))?;
                 if checkpoint.schema != spec.schema {
-                    return Err(Status::invalid_argument(
+                    return Err(ServiceError::invalid_argument(
                         "the checkpoint's feature schema differs from the federation's",
                     ));
                 }
                 if let Some(i) = checkpoint.params.iter().position(|v| !v.is_finite()) {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(ServiceError::invalid_argument(format!(
                         "checkpoint parameter {i} is not finite"
                     )));
                 }
@@ -116,26 +120,26 @@ impl AdminApi {
         }
     }
 
-    async fn round_pb(&self, round_id: u64) -> Result<pb::Round, Status> {
+    async fn round_pb(&self, round_id: u64) -> Result<pb::Round, ServiceError> {
         let store = &self.coord.store;
         let row = store
             .round(round_id)
             .await
-            .map_err(wire::store_status)?
-            .ok_or_else(|| Status::not_found(format!("no round with id {round_id}")))?;
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::not_found(format!("no round with id {round_id}")))?;
         let participants = store
             .participants(round_id)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let base = store
             .model_version(&row.federation, row.base_version)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let result = match row.result_version {
             Some(v) => store
                 .model_version(&row.federation, v)
                 .await
-                .map_err(wire::store_status)?,
+                .map_err(ServiceError::from)?,
             None => None,
         };
         let spec = self.spec(&row.federation).await?;
@@ -152,7 +156,7 @@ impl AdminApi {
                 .ledger
                 .synced(store)
                 .await
-                .map_err(super::audit::ledger_status)?;
+                .map_err(ServiceError::from)?;
             round.facility_epsilon =
                 crate::privacy::facility_epsilon(&spec, ledger.lines(), row.id);
         }
@@ -174,10 +178,10 @@ impl AdminService for AdminApi {
         let request = request.into_inner();
         let config = request
             .config
-            .ok_or_else(|| Status::invalid_argument("no federation config"))?;
+            .ok_or_else(|| ServiceError::invalid_argument("no federation config"))?;
         let spec = wire::federation_spec(config)?;
         spec.validate()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| ServiceError::invalid_argument(e.to_string()))?;
         let model = spec.model_spec();
         let init = match request.init_from.and_then(|s| s.source) {
             None => model.init_params(spec.init_seed),
@@ -189,7 +193,7 @@ impl AdminService for AdminApi {
             .blobs
             .put(&bytes)
             .await
-            .map_err(wire::blob_status)?;
+            .map_err(ServiceError::from)?;
         let now = now_ms();
         let row = FederationRow {
             name: spec.name.clone(),
@@ -210,7 +214,7 @@ impl AdminService for AdminApi {
             .store
             .create_federation(&row, &initial)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         info!(federation = %spec.name, n_params = init.len(), "federation created");
         self.coord
             .record_admin_action(
@@ -233,7 +237,7 @@ impl AdminService for AdminApi {
             .store
             .federations()
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let mut federations = Vec::with_capacity(rows.len());
         for row in &rows {
             federations.push(self.federation_pb(row).await?);
@@ -256,30 +260,33 @@ impl AdminService for AdminApi {
         let base = store
             .latest_model(&federation)
             .await
-            .map_err(wire::store_status)?
-            .ok_or_else(|| Status::internal(format!("federation {federation:?} has no model")))?;
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| {
+                ServiceError::Internal(format!("federation {federation:?} has no model"))
+            })?;
         let bytes = self
             .coord
             .blobs
             .get(&base.digest)
             .await
-            .map_err(wire::blob_status)?;
+            .map_err(ServiceError::from)?;
         let params = harambee_core::params::from_le_bytes(&bytes)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let row = {
             // Hold the active-round map only to check; the store refuses a second open round.
             if self.coord.active.lock().unwrap().contains_key(&federation) {
-                return Err(Status::failed_precondition(format!(
+                return Err(ServiceError::failed_precondition(format!(
                     "federation {federation:?} already has a running round"
-                )));
+                ))
+                .into());
             }
             store
                 .create_round(&federation, base.version, now_ms())
                 .await
-                .map_err(wire::store_status)?
+                .map_err(ServiceError::from)?
         };
         let round_id = row.id;
-        driver::spawn(self.coord.clone(), spec, row, base, params).map_err(wire::round_status)?;
+        driver::spawn(self.coord.clone(), spec, row, base, params).map_err(ServiceError::from)?;
         info!(round_id, "round started");
         self.coord
             .record_admin_action(
@@ -314,7 +321,7 @@ impl AdminService for AdminApi {
             .store
             .rounds(&federation)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let mut rounds = Vec::with_capacity(rows.len());
         for row in rows {
             rounds.push(self.round_pb(row.id).await?);
@@ -332,7 +339,7 @@ impl AdminService for AdminApi {
             .store
             .agents()
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let agents = rows
             .into_iter()
             .map(|a| {
@@ -367,9 +374,9 @@ impl AdminService for AdminApi {
             Some(v) => store.model_version(&req.federation, v).await,
             None => store.latest_model(&req.federation).await,
         }
-        .map_err(wire::store_status)?
+        .map_err(ServiceError::from)?
         .ok_or_else(|| {
-            Status::not_found(format!(
+            ServiceError::not_found(format!(
                 "federation {:?} has no such model version",
                 req.federation
             ))
@@ -386,17 +393,16 @@ impl AdminService for AdminApi {
         let exported = harambee_privacy::ledger::LedgerEvent::ModelExported {
             federation: req.federation.clone(),
             model_version: u64::from(version.version),
-            model_sha256: version
-                .digest
-                .parse()
-                .map_err(|_| Status::internal("stored model digest is not SHA-256 hex"))?,
+            model_sha256: version.digest.parse().map_err(|_| {
+                ServiceError::Internal("stored model digest is not SHA-256 hex".to_owned())
+            })?,
             actor: format!("harambee://{}/{}", peer.role.as_str(), peer.name),
         };
         self.coord
             .store
             .append_ledger(now_ms(), vec![exported])
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let meta = pb::ExportModelResponse {
             part: Some(Part::Meta(pb::ModelVersion {
                 federation: req.federation.clone(),

@@ -13,6 +13,7 @@ use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::driver::RoundInput;
+use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::tls::require_role;
 use crate::wire;
@@ -46,7 +47,7 @@ impl AgentService for AgentApi {
             .store
             .record_agent_seen(&peer.name, &peer.cert_sha256, now_ms())
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let chain = peer_chain(&request);
         self.record_key(&peer.name, &chain).await?;
         let (conn_id, rx) = self
@@ -63,9 +64,10 @@ impl AgentService for AgentApi {
         };
         let stream = ReceiverStream::new(rx)
             .chain(futures::stream::once(async {
-                Err(Status::unavailable(
-                    "task stream replaced or coordinator shutting down",
-                ))
+                Err(
+                    ServiceError::unavailable("task stream replaced or coordinator shutting down")
+                        .into(),
+                )
             }))
             .map(move |item| {
                 let _ = &guard;
@@ -84,9 +86,10 @@ impl AgentService for AgentApi {
             self.coord.registry.set_privacy(&peer.name, status);
         }
         if !self.coord.registry.heartbeat(&peer.name, Instant::now()) {
-            return Err(Status::failed_precondition(
+            return Err(ServiceError::failed_precondition(
                 "no open task stream for this facility; open one first",
-            ));
+            )
+            .into());
         }
         Ok(Response::new(pb::HeartbeatResponse {
             server_time_unix_ms: now_ms(),
@@ -103,22 +106,24 @@ impl AgentService for AgentApi {
         tracing::Span::current().record("facility", peer.name.as_str());
         let req = request.into_inner();
         if !self.coord.is_entitled(&peer.name, &req.digest) {
-            return Err(Status::permission_denied(format!(
+            return Err(ServiceError::permission_denied(format!(
                 "model {} was not offered to this facility",
                 req.digest
-            )));
+            ))
+            .into());
         }
         let total = self
             .coord
             .blobs
             .size(&req.digest)
             .await
-            .map_err(wire::blob_status)?;
+            .map_err(ServiceError::from)?;
         if req.offset > total {
-            return Err(Status::out_of_range(format!(
+            return Err(ServiceError::out_of_range(format!(
                 "offset {} is past the model's {total} bytes",
                 req.offset
-            )));
+            ))
+            .into());
         }
         Ok(Response::new(blob_chunks(
             self.coord.clone(),
@@ -140,14 +145,21 @@ impl AgentService for AgentApi {
         let mut parts = request.into_inner();
         let header = match parts.message().await?.and_then(|m| m.part) {
             Some(Part::Header(h)) => h,
-            _ => return Err(Status::invalid_argument("an upload starts with its header")),
+            _ => {
+                return Err(
+                    ServiceError::invalid_argument("an upload starts with its header").into(),
+                );
+            }
         };
         span.record("round_id", header.round_id);
         let round = self
             .coord
             .active_round_by_id(header.round_id)
             .ok_or_else(|| {
-                Status::failed_precondition(format!("round {} is not running", header.round_id))
+                ServiceError::failed_precondition(format!(
+                    "round {} is not running",
+                    header.round_id
+                ))
             })?;
         let receipt_key = peer_receipt_key(&peer_chain)?;
         if header.masked {
@@ -167,43 +179,47 @@ impl AgentService for AgentApi {
                 reply,
             };
             round.inputs.send(input).await.map_err(|_| round_gone())?;
-            return Err(wire::round_status(answer.await.map_err(|_| round_gone())?));
+            return Err(ServiceError::from(answer.await.map_err(|_| round_gone())?).into());
         }
         let expected_bytes = round.n_params * 4;
         let mut payload = Vec::with_capacity(expected_bytes);
         let mut hasher = Sha256::new();
         while let Some(message) = parts.message().await? {
             let Some(Part::Data(data)) = message.part else {
-                return Err(Status::invalid_argument(
+                return Err(ServiceError::invalid_argument(
                     "only data chunks may follow the header",
-                ));
+                )
+                .into());
             };
             if data.len() > harambee_proto::CHUNK_BYTES {
-                return Err(Status::invalid_argument(format!(
+                return Err(ServiceError::invalid_argument(format!(
                     "chunk of {} bytes exceeds {}",
                     data.len(),
                     harambee_proto::CHUNK_BYTES
-                )));
+                ))
+                .into());
             }
             if payload.len() + data.len() > expected_bytes {
-                return Err(Status::invalid_argument(format!(
+                return Err(ServiceError::invalid_argument(format!(
                     "update exceeds the model's {expected_bytes} bytes"
-                )));
+                ))
+                .into());
             }
             hasher.update(&data);
             payload.extend_from_slice(&data);
         }
         if payload.len() != expected_bytes {
-            return Err(Status::invalid_argument(format!(
+            return Err(ServiceError::invalid_argument(format!(
                 "update ended after {} of {expected_bytes} bytes",
                 payload.len()
-            )));
+            ))
+            .into());
         }
         let digest = hex::encode(hasher.finalize());
         if !digest.eq_ignore_ascii_case(&header.sha256) {
-            return Err(Status::data_loss(
-                "update checksum mismatch; upload it again",
-            ));
+            return Err(
+                ServiceError::data_loss("update checksum mismatch; upload it again").into(),
+            );
         }
         let receipt = check_receipt(
             &peer.name,
@@ -214,7 +230,7 @@ impl AgentService for AgentApi {
             payload.len(),
         )?;
         let values = harambee_core::params::from_le_bytes(&payload)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| ServiceError::invalid_argument(e.to_string()))?;
         drop(payload);
         let (reply, answer) = oneshot::channel();
         let input = RoundInput::Update {
@@ -229,7 +245,7 @@ impl AgentService for AgentApi {
         answer
             .await
             .map_err(|_| round_gone())?
-            .map_err(wire::round_status)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::UploadUpdateResponse {}))
     }
 
@@ -243,14 +259,14 @@ impl AgentService for AgentApi {
             (true, None) => None,
             (false, Some(m)) => Some(wire::metrics_from_pb(m)?),
             (true, Some(_)) => {
-                return Err(Status::invalid_argument(
-                    "withheld metrics must not be sent",
-                ));
+                return Err(
+                    ServiceError::invalid_argument("withheld metrics must not be sent").into(),
+                );
             }
-            (false, None) => return Err(Status::invalid_argument("no metrics")),
+            (false, None) => return Err(ServiceError::invalid_argument("no metrics").into()),
         };
         let round = self.coord.active_round_by_id(req.round_id).ok_or_else(|| {
-            Status::failed_precondition(format!("round {} is not running", req.round_id))
+            ServiceError::failed_precondition(format!("round {} is not running", req.round_id))
         })?;
         let (reply, answer) = oneshot::channel();
         round
@@ -265,7 +281,7 @@ impl AgentService for AgentApi {
         answer
             .await
             .map_err(|_| round_gone())?
-            .map_err(wire::round_status)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ReportMetricsResponse {}))
     }
 
@@ -285,16 +301,16 @@ impl AgentService for AgentApi {
             .record("facility", peer.name.as_str())
             .record("round_id", req.round_id);
         let round = self.coord.active_round_by_id(req.round_id).ok_or_else(|| {
-            Status::failed_precondition(format!("round {} is not running", req.round_id))
+            ServiceError::failed_precondition(format!("round {} is not running", req.round_id))
         })?;
         let malformed = |e: harambee_secagg::DecodeError| {
-            Status::invalid_argument(format!("malformed secure-aggregation message: {e}"))
+            ServiceError::invalid_argument(format!("malformed secure-aggregation message: {e}"))
         };
         let (reply, answer) = oneshot::channel();
         let agent = peer.name.clone();
         let input = match req
             .part
-            .ok_or_else(|| Status::invalid_argument("empty secure-aggregation submission"))?
+            .ok_or_else(|| ServiceError::invalid_argument("empty secure-aggregation submission"))?
         {
             Part::Trained(t) => RoundInput::Trained {
                 agent,
@@ -334,7 +350,7 @@ impl AgentService for AgentApi {
         answer
             .await
             .map_err(|_| round_gone())?
-            .map_err(wire::round_status)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::SecAggAck {}))
     }
 
@@ -351,7 +367,7 @@ impl AgentService for AgentApi {
         let reason: String = req.reason.chars().take(500).collect();
         info!(%reason, "facility declined its task");
         let round = self.coord.active_round_by_id(req.round_id).ok_or_else(|| {
-            Status::failed_precondition(format!("round {} is not running", req.round_id))
+            ServiceError::failed_precondition(format!("round {} is not running", req.round_id))
         })?;
         let input = RoundInput::Dropout {
             agent: peer.name,
@@ -377,44 +393,45 @@ impl AgentService for AgentApi {
             .store
             .round(req.round_id)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let federation = round
             .map(|r| r.federation)
-            .ok_or_else(|| Status::not_found(format!("no round {}", req.round_id)))?;
+            .ok_or_else(|| ServiceError::not_found(format!("no round {}", req.round_id)))?;
         let ledger = self
             .coord
             .ledger
             .synced(&self.coord.store)
             .await
-            .map_err(super::audit::ledger_status)?;
+            .map_err(ServiceError::from)?;
         let line = ledger
             .lines()
             .iter()
             .rev()
             .find(|l| matches!(&l.event, LedgerEvent::Contribution(c) if c.facility == peer.name && c.federation == federation && c.round_id == req.round_id))
-            .ok_or_else(|| Status::not_found(format!("the ledger holds no contribution of {} to round {}", peer.name, req.round_id)))?;
+            .ok_or_else(|| ServiceError::not_found(format!("the ledger holds no contribution of {} to round {}", peer.name, req.round_id)))?;
         let head = self.coord.ledger.sign(&ledger);
         let size = head.head.tree_size;
         if req.known_tree_size > size {
-            return Err(Status::out_of_range(format!(
+            return Err(ServiceError::out_of_range(format!(
                 "known tree size {} exceeds the ledger's {size} entries",
                 req.known_tree_size
-            )));
+            ))
+            .into());
         }
         let inclusion = ledger
             .inclusion_proof(line.index, size)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let consistency = if req.known_tree_size == 0 {
             Vec::new()
         } else {
             ledger
                 .consistency_proof(req.known_tree_size, size)
-                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| ServiceError::Internal(e.to_string()))?
         };
         Ok(Response::new(pb::LedgerProof {
             entry: line
                 .to_json()
-                .map_err(|e| Status::internal(e.to_string()))?,
+                .map_err(|e| ServiceError::Internal(e.to_string()))?,
             index: line.index,
             inclusion_proof: super::audit::hashes(inclusion),
             signed_tree_head: super::audit::head_json(&head),
@@ -432,23 +449,25 @@ impl AgentService for AgentApi {
         let key = peer_receipt_key(&peer_chain(&request))?;
         let req = request.into_inner();
         let head: SignedTreeHead = serde_json::from_str(&req.signed_tree_head)
-            .map_err(|e| Status::invalid_argument(format!("malformed tree head: {e}")))?;
-        let cosignature: Cosignature = serde_json::from_str(&req.cosignature)
-            .map_err(|e| Status::invalid_argument(format!("malformed countersignature: {e}")))?;
+            .map_err(|e| ServiceError::invalid_argument(format!("malformed tree head: {e}")))?;
+        let cosignature: Cosignature = serde_json::from_str(&req.cosignature).map_err(|e| {
+            ServiceError::invalid_argument(format!("malformed countersignature: {e}"))
+        })?;
         head.verify(&self.coord.ledger.verifying_key())
             .map_err(|_| {
-                Status::invalid_argument(
+                ServiceError::invalid_argument(
                     "the tree head is not signed with this coordinator's ledger key",
                 )
             })?;
         if cosignature.facility != peer.name {
-            return Err(Status::permission_denied(format!(
+            return Err(ServiceError::permission_denied(format!(
                 "a countersignature of {} sent by {}",
                 cosignature.facility, peer.name
-            )));
+            ))
+            .into());
         }
         cosignature.verify(&head.head, &key).map_err(|_| {
-            Status::invalid_argument(
+            ServiceError::invalid_argument(
                 "the countersignature does not verify with the facility's certificate key",
             )
         })?;
@@ -456,7 +475,7 @@ impl AgentService for AgentApi {
             .store
             .record_cosignature(&head.head, &cosignature, now_ms())
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::CosignTreeHeadResponse {}))
     }
 }
@@ -471,22 +490,22 @@ fn peer_chain<T>(request: &Request<T>) -> Vec<Vec<u8>> {
 
 /// The facility's Ed25519 key, from the leaf of the certificate chain it connected with:
 /// the key its egress receipts and countersignatures must verify with.
-fn peer_receipt_key(chain: &[Vec<u8>]) -> Result<VerifyingKey, Status> {
+fn peer_receipt_key(chain: &[Vec<u8>]) -> Result<VerifyingKey, ServiceError> {
     let leaf = chain
         .first()
-        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        .ok_or_else(|| ServiceError::unauthenticated("no client certificate"))?;
     harambee_link::identity::ed25519_key_of(leaf).map_err(|e| {
-        Status::permission_denied(format!(
+        ServiceError::permission_denied(format!(
             "the client certificate has no Ed25519 key to check receipts with: {e}"
         ))
     })
 }
 
 /// A heartbeat's privacy status must be finite and sized for the accountant's orders.
-fn check_privacy_status(status: &pb::PrivacyStatus) -> Result<(), Status> {
+fn check_privacy_status(status: &pb::PrivacyStatus) -> Result<(), ServiceError> {
     let orders = harambee_privacy::accountant::default_orders().len();
     if !status.rdp.is_empty() && status.rdp.len() != orders {
-        return Err(Status::invalid_argument(format!(
+        return Err(ServiceError::invalid_argument(format!(
             "privacy status carries {} RDP values, not {orders}",
             status.rdp.len()
         )));
@@ -497,7 +516,7 @@ fn check_privacy_status(status: &pb::PrivacyStatus) -> Result<(), Status> {
         .all(|x| x.is_finite() && *x >= 0.0);
     // An order at which nothing is bounded carries +inf.
     if !finite || status.rdp.iter().any(|x| x.is_nan() || *x < 0.0) {
-        return Err(Status::invalid_argument(
+        return Err(ServiceError::invalid_argument(
             "privacy status values must be non-negative numbers",
         ));
     }
@@ -515,16 +534,16 @@ fn check_receipt(
     round: &crate::state::ActiveRound,
     digest: &str,
     n_bytes: usize,
-) -> Result<SignedReceipt, Status> {
+) -> Result<SignedReceipt, ServiceError> {
     if header.receipt.is_empty() {
-        return Err(Status::invalid_argument(
+        return Err(ServiceError::invalid_argument(
             "an upload must carry its facility's signed egress receipt",
         ));
     }
     let signed: SignedReceipt = serde_json::from_str(&header.receipt)
-        .map_err(|e| Status::invalid_argument(format!("malformed egress receipt: {e}")))?;
+        .map_err(|e| ServiceError::invalid_argument(format!("malformed egress receipt: {e}")))?;
     signed.verify(key).map_err(|_| {
-        Status::invalid_argument(
+        ServiceError::invalid_argument(
             "the egress receipt's signature does not verify with the facility's certificate key",
         )
     })?;
@@ -549,7 +568,7 @@ fn check_receipt(
         None
     };
     match mismatch {
-        Some(what) => Err(Status::invalid_argument(format!(
+        Some(what) => Err(ServiceError::invalid_argument(format!(
             "the egress receipt does not describe this upload: it {what}"
         ))),
         None => Ok(signed),
@@ -560,7 +579,7 @@ impl AgentApi {
     /// Records in the ledger the key a facility's receipts will be signed with, when the
     /// ledger does not hold it yet (certificates issued by `pki issue` rather than enrolment,
     /// or a new key): an auditor then checks every receipt against a recorded key.
-    async fn record_key(&self, facility: &str, chain: &[Vec<u8>]) -> Result<(), Status> {
+    async fn record_key(&self, facility: &str, chain: &[Vec<u8>]) -> Result<(), ServiceError> {
         use harambee_privacy::ledger::{LedgerEvent, enrolled_receipt_keys};
         let Ok(key) = peer_receipt_key(chain) else {
             return Ok(());
@@ -571,7 +590,7 @@ impl AgentApi {
                 .ledger
                 .synced(&self.coord.store)
                 .await
-                .map_err(super::audit::ledger_status)?;
+                .map_err(ServiceError::from)?;
             enrolled_receipt_keys(ledger.lines()).get(facility) == Some(&key)
         };
         if !known {
@@ -583,7 +602,7 @@ impl AgentApi {
                 .store
                 .append_ledger(now_ms(), vec![event])
                 .await
-                .map_err(wire::store_status)?;
+                .map_err(ServiceError::from)?;
         }
         Ok(())
     }
@@ -601,32 +620,35 @@ impl AgentApi {
         let max_bytes = (round.n_params + 1) * 8;
         let declared = usize::try_from(header.n_params).unwrap_or(usize::MAX);
         if declared > round.n_params + 1 {
-            return Err(Status::invalid_argument(format!(
+            return Err(ServiceError::invalid_argument(format!(
                 "masked input of {declared} words for a model of {} parameters",
                 round.n_params
-            )));
+            ))
+            .into());
         }
         let mut payload = Vec::with_capacity(declared.saturating_mul(8).min(max_bytes));
         let mut hasher = Sha256::new();
         while let Some(message) = parts.message().await? {
             let Some(Part::Data(data)) = message.part else {
-                return Err(Status::invalid_argument(
+                return Err(ServiceError::invalid_argument(
                     "only data chunks may follow the header",
-                ));
+                )
+                .into());
             };
             if data.len() > harambee_proto::CHUNK_BYTES || payload.len() + data.len() > max_bytes {
-                return Err(Status::invalid_argument(
+                return Err(ServiceError::invalid_argument(
                     "masked input larger than the model allows",
-                ));
+                )
+                .into());
             }
             hasher.update(&data);
             payload.extend_from_slice(&data);
         }
         let digest = hex::encode(hasher.finalize());
         if !digest.eq_ignore_ascii_case(&header.sha256) {
-            return Err(Status::data_loss(
-                "masked input checksum mismatch; upload it again",
-            ));
+            return Err(
+                ServiceError::data_loss("masked input checksum mismatch; upload it again").into(),
+            );
         }
         let receipt = check_receipt(
             facility,
@@ -647,7 +669,7 @@ impl AgentApi {
         answer
             .await
             .map_err(|_| round_gone())?
-            .map_err(wire::round_status)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::UploadUpdateResponse {}))
     }
 }
@@ -681,6 +703,6 @@ impl Drop for StreamGuard {
     }
 }
 
-fn round_gone() -> Status {
-    Status::failed_precondition("the round ended")
+fn round_gone() -> ServiceError {
+    ServiceError::failed_precondition("the round ended")
 }

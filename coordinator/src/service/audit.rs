@@ -8,9 +8,9 @@ use harambee_privacy::ledger::LedgerEvent;
 use harambee_proto::pb::{self, audit_service_server::AuditService};
 use tonic::{Request, Response, Status};
 
+use crate::service::error::ServiceError;
 use crate::state::Coordinator;
 use crate::tls::require_role;
-use crate::wire;
 use harambee_link::identity::Role;
 
 /// Entries per `GetEntries` call at most.
@@ -26,23 +26,12 @@ impl AuditApi {
     }
 }
 
-pub(crate) fn ledger_status(e: crate::ledger::LedgerError) -> Status {
-    match e {
-        crate::ledger::LedgerError::Store(e) => wire::store_status(e),
-        e @ crate::ledger::LedgerError::Corrupt(_) => Status::data_loss(e.to_string()),
-    }
-}
-
 pub(crate) fn head_json(head: &harambee_privacy::ledger::SignedTreeHead) -> String {
     serde_json::to_string(head).expect("a signed tree head serializes")
 }
 
 pub(crate) fn hashes(proof: Vec<harambee_privacy::ledger::Sha256Digest>) -> Vec<Vec<u8>> {
     proof.into_iter().map(|h| h.0.to_vec()).collect()
-}
-
-fn proof_status(e: harambee_privacy::ledger::LedgerError) -> Status {
-    Status::out_of_range(e.to_string())
 }
 
 #[tonic::async_trait]
@@ -57,7 +46,7 @@ impl AuditService for AuditApi {
             .ledger
             .synced(&self.coord.store)
             .await
-            .map_err(ledger_status)?;
+            .map_err(ServiceError::from)?;
         let head = self.coord.ledger.sign(&ledger);
         Ok(Response::new(pb::SignedTreeHeadResponse {
             signed_tree_head: head_json(&head),
@@ -74,10 +63,11 @@ impl AuditService for AuditApi {
         require_role(&request, Role::Auditor)?;
         let req = request.into_inner();
         if req.end < req.start {
-            return Err(Status::invalid_argument(format!(
+            return Err(ServiceError::invalid_argument(format!(
                 "end {} is before start {}",
                 req.end, req.start
-            )));
+            ))
+            .into());
         }
         let end = req.end.min(req.start.saturating_add(MAX_ENTRIES_PER_CALL));
         let texts = self
@@ -85,7 +75,7 @@ impl AuditService for AuditApi {
             .store
             .ledger_texts(req.start, end)
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let mut entries = Vec::with_capacity(texts.len());
         let mut bytes = 0;
         for (_, line) in texts {
@@ -110,10 +100,10 @@ impl AuditService for AuditApi {
             .ledger
             .synced(&self.coord.store)
             .await
-            .map_err(ledger_status)?;
+            .map_err(ServiceError::from)?;
         let proof = ledger
             .inclusion_proof(req.index, req.tree_size)
-            .map_err(proof_status)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ProofResponse {
             hashes: hashes(proof),
         }))
@@ -130,10 +120,10 @@ impl AuditService for AuditApi {
             .ledger
             .synced(&self.coord.store)
             .await
-            .map_err(ledger_status)?;
+            .map_err(ServiceError::from)?;
         let proof = ledger
             .consistency_proof(req.old_size, req.new_size)
-            .map_err(proof_status)?;
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ProofResponse {
             hashes: hashes(proof),
         }))
@@ -149,7 +139,7 @@ impl AuditService for AuditApi {
             .ledger
             .synced(&self.coord.store)
             .await
-            .map_err(ledger_status)?;
+            .map_err(ServiceError::from)?;
         let mut spend: BTreeMap<String, pb::PrivacySpend> = BTreeMap::new();
         for line in ledger.lines() {
             if let LedgerEvent::Contribution(c) = &line.event {
@@ -190,7 +180,7 @@ impl AuditService for AuditApi {
             .store
             .cosignatures()
             .await
-            .map_err(wire::store_status)?;
+            .map_err(ServiceError::from)?;
         let cosignatures = rows
             .iter()
             .map(|r| {

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod error;
 
 use std::pin::Pin;
 
@@ -14,6 +15,7 @@ use futures::Stream;
 use harambee_proto::pb;
 use tonic::Status;
 
+use crate::service::error::ServiceError;
 use crate::state::Coordinator;
 
 /// A boxed server stream, as the generated traits want it.
@@ -47,7 +49,7 @@ pub(crate) fn blob_chunks(
                         Some(next),
                     ))
                 }
-                Err(e) => Some((Err(crate::wire::blob_status(e)), None)),
+                Err(e) => Some((Err(ServiceError::from(e).into()), None)),
             }
         }
     });

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use harambee_coordinator::pki::{self, PkiPaths};
-use harambee_coordinator::wire::ACCESS_DENIED;
+use harambee_coordinator::service::error::ACCESS_DENIED;
 use harambee_link::identity::Role;
 use harambee_link::tls::{ClientTls, FailureKind};
 use harambee_proto::pb;

@@ -8,7 +8,7 @@ use harambee_sim::harness::identity as identity_common;
 use std::time::Duration;
 
 use common::*;
-use harambee_coordinator::wire::ACCESS_DENIED;
+use harambee_coordinator::service::error::ACCESS_DENIED;
 use harambee_link::identity::Role;
 use harambee_proto::pb;
 use identity_common::*;
