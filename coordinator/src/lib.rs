@@ -5,28 +5,23 @@
 //! `harambee-core`, and this crate moves its inputs and outputs between the network
 //! (tonic over rustls mTLS), the database (sea-orm) and the blob store.
 //!
-//! Map: [`server`] runs it; [`service`] holds the gRPC services; [`driver`] runs one round;
-//! [`registry`] tracks connected agents; [`store`] and [`blobs`] persist; [`wire`] converts
-//! wire types; [`pki`] and [`tls`] own certificates; [`enrol`] enrols facilities and renews
-//! their certificates; [`access`] authorizes every call; [`cli`], [`identity_cli`] and
-//! [`audit_cli`] are the binary. The demo and the benchmarks live in `harambee-sim`.
+//! Map, by layer (each uses only the ones below it, plus [`state`], [`federation`], [`wire`]
+//! and [`pki`]):
+//! - [`cli`]: the binary's commands (operator, auditor and PKI commands, `serve`);
+//! - [`server`]: opens storage, recovers, serves: rustls mTLS, the access layer, telemetry;
+//! - [`service`]: the gRPC services, enrolment, and the one error-to-status mapper;
+//! - [`round`]: one driver task per running round, the registry of connected agents, and
+//!   which facilities a round may select;
+//! - [`store`]: sea-orm persistence, the blob store, the ledger's in-memory view.
+//!
+//! The demo and the benchmarks live in `harambee-sim`.
 
-pub mod access;
-pub mod audit_cli;
-pub mod blobs;
 pub mod cli;
-pub mod driver;
-pub mod enrol;
 pub mod federation;
-pub mod identity_cli;
-pub mod ledger;
 pub mod pki;
-pub mod privacy;
-pub mod registry;
+pub mod round;
 pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
-pub mod telemetry;
-pub mod tls;
 pub mod wire;

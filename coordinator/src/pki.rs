@@ -4,8 +4,8 @@
 //! This module creates and reads certificate files, signs certificate requests
 //! ([`Signer`], for enrolment and renewal) and turns a verified client certificate into a
 //! [`PeerIdentity`](harambee_link::identity::PeerIdentity). It does not verify certificate chains (rustls does that during the
-//! handshake, see [`crate::tls`]) and it keeps no revocation list: revocation is by
-//! facility, in the coordinator's database (see [`crate::access`]); otherwise a certificate
+//! handshake, see [`crate::server::tls`]) and it keeps no revocation list: revocation is by
+//! facility, in the coordinator's database (see [`crate::server::access`]); otherwise a certificate
 //! stays valid until it expires, which is why leaf certificates are short-lived.
 //!
 //! # Identity scheme

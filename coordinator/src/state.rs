@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use crate::blobs::BlobStore;
-use crate::driver::RoundInput;
-use crate::registry::Registry;
+use crate::round::driver::RoundInput;
+use crate::round::registry::Registry;
 use crate::store::Store;
+use crate::store::blobs::BlobStore;
 
 /// Tunables of a running coordinator.
 #[derive(Clone, Debug)]
@@ -47,10 +47,10 @@ pub struct Inner {
     pub active: Mutex<HashMap<String, ActiveRound>>,
     /// Model blobs each facility may download (those of tasks sent to it).
     pub entitled: Mutex<HashMap<String, HashSet<String>>>,
-    /// Revoked facilities and certificate issuing (`crate::access`, `crate::enrol`).
-    pub identity: crate::access::Identity,
+    /// Revoked facilities and certificate issuing (`crate::server::access`, `crate::service::enrol`).
+    pub identity: crate::server::access::Identity,
     /// The privacy ledger's signing key and proof cache.
-    pub ledger: crate::ledger::LedgerView,
+    pub ledger: crate::store::ledger_view::LedgerView,
 }
 
 /// Cheap to clone; every service and driver holds one.
@@ -69,7 +69,7 @@ impl Coordinator {
         store: Store,
         blobs: BlobStore,
         settings: Settings,
-        ledger: crate::ledger::LedgerView,
+        ledger: crate::store::ledger_view::LedgerView,
     ) -> Coordinator {
         Coordinator(Arc::new(Inner {
             store,
@@ -78,7 +78,7 @@ impl Coordinator {
             settings,
             active: Mutex::new(HashMap::new()),
             entitled: Mutex::new(HashMap::new()),
-            identity: crate::access::Identity::default(),
+            identity: crate::server::access::Identity::default(),
             ledger,
         }))
     }

@@ -76,7 +76,8 @@ pub struct Facility {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let _telemetry = harambee_coordinator::telemetry::init("harambee-coordinator", None, "warn")?;
+    let _telemetry =
+        harambee_coordinator::server::telemetry::init("harambee-coordinator", None, "warn")?;
     let kind = KindName::parse(&args.model)
         .with_context(|| format!("unknown --model {:?}", args.model))?;
     if args.rounds == 0 {
@@ -114,7 +115,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         liveness_timeout: Duration::from_secs(5),
     };
     let coord = server::open(&storage, settings).await?;
-    let tls = harambee_coordinator::tls::load_server_config(&PkiPaths::new(&pki_dir))?;
+    let tls = harambee_coordinator::server::tls::load_server_config(&PkiPaths::new(&pki_dir))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -343,7 +344,7 @@ async fn audit_and_verify(
     println!();
     println!("patient-level privacy spent (from the agents' signed receipts in the ledger):");
     let mut spend = serde_json::Map::new();
-    for f in harambee_coordinator::audit_cli::privacy_spend(channel.clone()).await? {
+    for f in harambee_coordinator::cli::audit::privacy_spend(channel.clone()).await? {
         let budget = f
             .max_epsilon
             .map_or_else(|| "none".to_owned(), |m| format!("{m}"));
@@ -354,7 +355,7 @@ async fn audit_and_verify(
         spend.insert(f.facility.clone(), json!({ "epsilon": f.epsilon_spent, "delta": f.delta, "contributions": f.contributions }));
     }
     let ledger_path = dir.join("ledger.jsonl");
-    let exported = harambee_coordinator::audit_cli::export(channel, &ledger_path).await?;
+    let exported = harambee_coordinator::cli::audit::export(channel, &ledger_path).await?;
     println!(
         "privacy ledger: {} entries exported to {}",
         exported.entries,

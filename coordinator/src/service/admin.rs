@@ -6,12 +6,13 @@ use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::federation::FederationSpec;
+use crate::round::driver;
+use crate::server::tls::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::store::AdminActionKind;
 use crate::store::{FederationRow, ModelVersionRow};
-use crate::tls::{require_any_role, require_role};
-use crate::{driver, wire};
+use crate::wire;
 use harambee_link::identity::Role;
 
 pub struct AdminApi {
@@ -158,7 +159,7 @@ impl AdminApi {
                 .await
                 .map_err(ServiceError::from)?;
             round.facility_epsilon =
-                crate::privacy::facility_epsilon(&spec, ledger.lines(), row.id);
+                crate::round::eligibility::facility_epsilon(&spec, ledger.lines(), row.id);
         }
         Ok(round)
     }

@@ -12,10 +12,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
-use crate::driver::RoundInput;
+use crate::round::driver::RoundInput;
+use crate::server::tls::require_role;
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
-use crate::tls::require_role;
 use crate::wire;
 use ed25519_dalek::VerifyingKey;
 use harambee_link::identity::Role;

@@ -8,9 +8,9 @@ use harambee_privacy::ledger::LedgerEvent;
 use harambee_proto::pb::{self, audit_service_server::AuditService};
 use tonic::{Request, Response, Status};
 
+use crate::server::tls::require_role;
 use crate::service::error::ServiceError;
 use crate::state::Coordinator;
-use crate::tls::require_role;
 use harambee_link::identity::Role;
 
 /// Entries per `GetEntries` call at most.

@@ -9,11 +9,11 @@
 use harambee_core::round::RoundError;
 use tonic::Status;
 
-use crate::access::Denial;
-use crate::blobs::BlobError;
-use crate::enrol::EnrolError;
-use crate::ledger::LedgerError;
+use crate::server::access::Denial;
+use crate::service::enrol::EnrolError;
 use crate::store::StoreError;
+use crate::store::blobs::BlobError;
+use crate::store::ledger_view::LedgerError;
 
 /// Prefix of every access-layer refusal.
 pub const ACCESS_DENIED: &str = "access denied: ";

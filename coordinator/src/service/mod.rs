@@ -1,12 +1,13 @@
 //! The gRPC services. Each RPC first authorizes its caller by the role in its certificate
 //! (`agent` for [`AgentService`](agent), `operator` for [`AdminService`](admin), auditors
 //! too for its reads), then does its work through [`crate::state::Coordinator`].
-//! The access layer ([`crate::access`]) has already applied the same policy to every call;
-//! `EnrolmentService` and `IdentityService` live in [`crate::enrol`].
+//! The access layer ([`crate::server::access`]) has already applied the same policy to every call;
+//! `EnrolmentService` and `IdentityService` live in [`crate::service::enrol`].
 
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod enrol;
 pub mod error;
 
 use std::pin::Pin;

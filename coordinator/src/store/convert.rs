@@ -80,7 +80,7 @@ pub(crate) fn model_version_from_model(
 pub(crate) fn model_version_to_active(
     row: &ModelVersionRow,
 ) -> Result<model_version::ActiveModel, StoreError> {
-    if !crate::blobs::is_valid_digest(&row.digest) {
+    if !crate::store::blobs::is_valid_digest(&row.digest) {
         return Err(StoreError::InvalidInput(format!(
             "model version {} of federation {:?}: digest is not 64 lowercase hex characters",
             row.version, row.federation

@@ -7,7 +7,7 @@
 //! row structs; sea-orm types stay inside this module.
 //!
 //! What the store does not do: it has no clock (callers pass Unix
-//! milliseconds), holds no model bytes (those live in `crate::blobs`, named by
+//! milliseconds), holds no model bytes (those live in `crate::store::blobs`, named by
 //! digest), and does not decide which round transitions are legal beyond two
 //! rules: a terminal round (`Committed`, `Failed`) never moves again, and only
 //! `commit_round` / `fail_round` reach a terminal state, each in one
@@ -19,11 +19,13 @@
 //! unfinished round (a partial unique index), so two coordinators racing to
 //! start a round cannot both succeed.
 
+pub mod blobs;
 mod convert;
 mod entity;
 mod error;
 mod identity;
 mod ledger;
+pub mod ledger_view;
 mod migration;
 mod migration_identity;
 mod migration_ledger;

@@ -56,7 +56,8 @@ pub struct SecaggArgs {
 }
 
 pub async fn run(args: SecaggArgs) -> anyhow::Result<()> {
-    let _telemetry = harambee_coordinator::telemetry::init("harambee-bench", None, "error")?;
+    let _telemetry =
+        harambee_coordinator::server::telemetry::init("harambee-bench", None, "error")?;
     if args.agents < 2 || !(0.0..0.5).contains(&args.dropout) || args.params < 10 {
         bail!("need --agents >= 2, --dropout in [0, 0.5), --params >= 10");
     }

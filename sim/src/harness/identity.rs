@@ -59,7 +59,8 @@ impl Coord {
             "the PKI holds a signing key"
         );
         let tls =
-            harambee_coordinator::tls::load_server_config(&PkiPaths::new(&self.h.pki)).unwrap();
+            harambee_coordinator::server::tls::load_server_config(&PkiPaths::new(&self.h.pki))
+                .unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.h.port))
             .await
             .unwrap();

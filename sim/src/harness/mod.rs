@@ -90,7 +90,8 @@ impl Harness {
     /// (Re)starts the coordinator on the same storage, on the same port if it had one.
     pub async fn start_coordinator(&mut self) {
         let coord = server::open(&self.storage, test_settings()).await.unwrap();
-        let tls = harambee_coordinator::tls::load_server_config(&PkiPaths::new(&self.pki)).unwrap();
+        let tls = harambee_coordinator::server::tls::load_server_config(&PkiPaths::new(&self.pki))
+            .unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .unwrap();

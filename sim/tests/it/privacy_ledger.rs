@@ -35,7 +35,7 @@ fn dp_spec(facilities: &[Facility], min_agents: u32) -> FederationSpec {
 /// Exports the ledger as an auditor into `dir/name`.
 async fn export_ledger(h: &Harness, name: &str) -> PathBuf {
     let out = h.dir.path().join(name);
-    harambee_coordinator::audit_cli::export(h.channel(Role::Auditor, "auditor").await, &out)
+    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &out)
         .await
         .unwrap();
     out
@@ -187,7 +187,7 @@ async fn dp_federation_is_ledgered_and_verifies(database_url: Option<String>) {
 
     // ε per facility is queryable by an auditor.
     let spend =
-        harambee_coordinator::audit_cli::privacy_spend(h.channel(Role::Auditor, "auditor").await)
+        harambee_coordinator::cli::audit::privacy_spend(h.channel(Role::Auditor, "auditor").await)
             .await
             .unwrap();
     assert_eq!(spend.len(), 3, "{spend:?}");

@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
-use harambee_coordinator::blobs::{BlobError, BlobStore, sha256_hex};
+use harambee_coordinator::store::blobs::{BlobError, BlobStore, sha256_hex};
 use harambee_coordinator::store::{
     FederationRow, MetricsRow, ModelVersionRow, ParticipantRow, ParticipantStatus, RoundState,
     Store, StoreError,

@@ -1,4 +1,8 @@
-//! The `harambee-coordinator` command line.
+//! The `harambee-coordinator` command line: [`identity`] holds the facility and admin-log
+//! commands, [`audit`] the auditor's ledger reads.
+
+pub mod audit;
+pub mod identity;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,10 +54,10 @@ pub enum Command {
     Model(ModelCommand),
     /// Facilities: enrolment tokens, revocation (operator; auditors may list).
     #[command(subcommand)]
-    Facility(crate::identity_cli::FacilityCommand),
+    Facility(crate::cli::identity::FacilityCommand),
     /// The admin-action log (auditor or operator).
     #[command(subcommand)]
-    Audit(crate::identity_cli::AuditCommand),
+    Audit(crate::cli::identity::AuditCommand),
     /// Differential-privacy planning.
     #[command(subcommand)]
     Privacy(PrivacyCommand),
@@ -390,8 +394,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Facility(cmd) => crate::identity_cli::facility(cmd).await,
-        Command::Audit(cmd) => crate::identity_cli::audit(cmd).await,
+        Command::Facility(cmd) => crate::cli::identity::facility(cmd).await,
+        Command::Audit(cmd) => crate::cli::identity::audit(cmd).await,
         Command::Privacy(PrivacyCommand::Epsilon {
             noise_multiplier,
             sampling_rate,
@@ -424,7 +428,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => ServeFile::default(),
     };
     let otlp = args.otlp_endpoint.or(file.otlp_endpoint);
-    let _telemetry = crate::telemetry::init("harambee-coordinator", otlp.as_deref(), "info")?;
+    let _telemetry =
+        crate::server::telemetry::init("harambee-coordinator", otlp.as_deref(), "info")?;
     let listen = args
         .listen
         .or(file.listen)
@@ -464,10 +469,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .pki
         .or(file.pki)
         .unwrap_or_else(|| PathBuf::from("pki"));
-    let tls = crate::tls::load_server_config(&PkiPaths::new(&pki_dir))
+    let tls = crate::server::tls::load_server_config(&PkiPaths::new(&pki_dir))
         .with_context(|| format!("loading the TLS identity from {}", pki_dir.display()))?;
     let coord = server::open(&storage, settings).await?;
-    crate::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir))?;
+    crate::service::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -500,7 +505,7 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
             let (cert, _key) = pki::issue(&dir, Role::Operator, "admin", 90)?;
             println!(
                 "{}\noperator certificate: {}",
-                crate::identity_cli::describe_offline_init(&dir, &ca_out),
+                crate::cli::identity::describe_offline_init(&dir, &ca_out),
                 cert.display()
             );
             Ok(())

@@ -12,8 +12,8 @@ use harambee_proto::pb::{self, identity_service_client::IdentityServiceClient};
 use tonic::transport::Channel;
 
 use crate::cli::AdminArgs;
-use crate::enrol::format_time;
 use crate::pki::PkiPaths;
+use crate::service::enrol::format_time;
 use harambee_link::identity::Role;
 
 #[derive(Subcommand, Debug)]
@@ -202,7 +202,7 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             admin,
         } => {
             let channel = channel(&admin, Role::Auditor, &auditor).await?;
-            let done = crate::audit_cli::export(channel, &out).await?;
+            let done = crate::cli::audit::export(channel, &out).await?;
             println!(
                 "{} entries written to {}; signed tree head in {}",
                 done.entries,
@@ -214,7 +214,7 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Privacy { auditor, admin } => {
             let channel = channel(&admin, Role::Auditor, &auditor).await?;
             println!("facility\tepsilon_spent\tdelta\tcontributions\tmax_epsilon");
-            for f in crate::audit_cli::privacy_spend(channel).await? {
+            for f in crate::cli::audit::privacy_spend(channel).await? {
                 let max = f
                     .max_epsilon
                     .map_or_else(|| "-".to_owned(), |m| m.to_string());

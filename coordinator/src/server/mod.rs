@@ -1,5 +1,9 @@
 //! Running a coordinator: open storage, recover from a crash, serve both services over mTLS.
 
+pub mod access;
+pub mod telemetry;
+pub mod tls;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,11 +15,11 @@ use harambee_proto::pb::agent_service_server::AgentServiceServer;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::blobs::BlobStore;
 use crate::service::admin::AdminApi;
 use crate::service::agent::AgentApi;
 use crate::state::{Coordinator, Settings, now_ms};
 use crate::store::Store;
+use crate::store::blobs::BlobStore;
 
 /// Where a coordinator keeps its state.
 #[derive(Clone, Debug)]
@@ -43,12 +47,12 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
     if !failed.is_empty() {
         warn!(rounds = ?failed, "rounds left unfinished by a previous run were marked failed");
     }
-    let ledger_key = crate::ledger::load_or_create_key(&storage.ledger_key)?;
+    let ledger_key = crate::store::ledger_view::load_or_create_key(&storage.ledger_key)?;
     let coord = Coordinator::new(
         store,
         blobs,
         settings,
-        crate::ledger::LedgerView::new(ledger_key),
+        crate::store::ledger_view::LedgerView::new(ledger_key),
     );
     // Refuses to start on a ledger whose stored entries do not match their leaf hashes.
     drop(
@@ -69,7 +73,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let _revocations = crate::access::watch_revocations(&coord).await?;
+    let _revocations = crate::server::access::watch_revocations(&coord).await?;
     let reaper = tokio::spawn(reap_dead_agents(coord.clone()));
     let agent = AgentServiceServer::new(AgentApi::new(coord.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -83,11 +87,11 @@ pub async fn serve(
         // Keeps idle task streams alive through hospital NATs and firewalls.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .layer(crate::access::AccessLayer::new(coord.clone()))
+        .layer(crate::server::access::AccessLayer::new(coord.clone()))
         .add_service(agent)
         .add_service(admin)
-        .add_service(crate::enrol::enrolment_service(coord.clone()))
-        .add_service(crate::enrol::identity_service(coord.clone()))
+        .add_service(crate::service::enrol::enrolment_service(coord.clone()))
+        .add_service(crate::service::enrol::identity_service(coord.clone()))
         .add_service(
             harambee_proto::pb::audit_service_server::AuditServiceServer::new(
                 crate::service::audit::AuditApi::new(coord.clone()),
@@ -95,7 +99,7 @@ pub async fn serve(
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(crate::tls::tls_incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(crate::server::tls::tls_incoming(listener, tls), shutdown)
         .await;
     reaper.abort();
     for round in coord.active_rounds() {

@@ -79,7 +79,7 @@ enum DriverError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Blob(#[from] crate::blobs::BlobError),
+    Blob(#[from] crate::store::blobs::BlobError),
 }
 
 /// How often selection is retried while waiting for facilities to connect.
@@ -231,7 +231,7 @@ impl Driver {
                 "it has not reported its privacy policy yet".to_owned(),
             );
         };
-        if let Err(reason) = crate::privacy::admits(&self.spec, &status) {
+        if let Err(reason) = crate::round::eligibility::admits(&self.spec, &status) {
             return self.refuse_selection(facility, reason);
         }
         true

@@ -21,7 +21,7 @@
 //! database at start-up and refreshed every [`REVOCATION_REFRESH`] (so coordinator replicas
 //! sharing a database converge); the replica that revokes applies it at once, closes the
 //! facility's task stream and drops it from running rounds. The services still check roles
-//! themselves ([`crate::tls::require_role`]); this layer is the one place that knows the
+//! themselves ([`crate::server::tls::require_role`]); this layer is the one place that knows the
 //! whole policy.
 
 use std::collections::HashSet;
@@ -37,8 +37,8 @@ use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{info, warn};
 
-use crate::enrol::Issuing;
 use crate::pki::{self};
+use crate::service::enrol::Issuing;
 use crate::service::error::ServiceError;
 use crate::state::Coordinator;
 use harambee_link::identity::{PeerIdentity, Role};
@@ -133,7 +133,7 @@ pub enum Denial {
 }
 
 /// The coordinator's identity state: revoked facilities and, when enabled, its certificate
-/// issuing (see [`crate::enrol`]).
+/// issuing (see [`crate::service::enrol`]).
 #[derive(Default)]
 pub struct Identity {
     revoked: RwLock<HashSet<String>>,
@@ -167,7 +167,7 @@ impl Identity {
                 let (_, not_after) =
                     pki::validity(leaf).map_err(|e| Denial::NoIdentity(e.to_string()))?;
                 if SystemTime::from(not_after) < now {
-                    return Err(Denial::Expired(crate::enrol::format_time(
+                    return Err(Denial::Expired(crate::service::enrol::format_time(
                         not_after.unix_timestamp() * 1000,
                     )));
                 }

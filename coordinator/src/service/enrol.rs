@@ -7,7 +7,7 @@
 //! facility add`): the coordinator stores the facility and the SHA-256 of a fresh token's
 //! secret, and returns the token ([`harambee_link::token::Token`]: coordinator address,
 //! CA fingerprint, facility, id, secret, expiry). The facility's agent presents it once
-//! (`Enrol`, on a connection without a client certificate, see [`crate::tls`]) with a
+//! (`Enrol`, on a connection without a client certificate, see [`crate::server::tls`]) with a
 //! certificate request for its own Ed25519 key. The coordinator checks, in this order, and
 //! refuses with a message naming the problem: the token parses and is intact; its id is
 //! known; its secret matches; the facility it names is the one it was issued for; it is
@@ -25,7 +25,7 @@
 //! # Revocation and the admin-action log
 //!
 //! `RevokeFacility` marks the facility revoked in the database with the admin action, then
-//! in memory ([`crate::access::Identity`]), closes its task stream and drops it from running
+//! in memory ([`crate::server::access::Identity`]), closes its task stream and drops it from running
 //! rounds. Every admin action (facility added or revoked here; federation created, round
 //! started, model exported in [`crate::service::admin`]) goes to the `admin_actions` table
 //! with the caller's identity and certificate fingerprint and the time.
@@ -44,13 +44,13 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::pki::{self, CsrError, IssuedCert, PkiPaths, Signer};
+use crate::server::tls::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::store::{
     AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, StoreError, TokenRefusal,
     TokenRow,
 };
-use crate::tls::{require_any_role, require_role};
 use harambee_link::identity::{PeerIdentity, Role};
 
 /// Lifetime of an enrolment token when the operator does not say.

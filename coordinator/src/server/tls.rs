@@ -9,7 +9,7 @@
 //! One exception, for enrolment: an agent that has no certificate yet offers the extra ALPN
 //! protocol `harambee-enrol/1` ([`harambee_link::token::ENROL_ALPN`]) next to `h2`. Such a
 //! connection is served with the same server certificate but no client-certificate request,
-//! and carries no identity; the access layer ([`crate::access`]) lets it call only
+//! and carries no identity; the access layer ([`crate::server::access`]) lets it call only
 //! `EnrolmentService.GetCaCertificate` and `.Enrol` (the token authenticates), and the
 //! services refuse it too since [`peer_identity`] finds no certificate. This keeps one port
 //! for everything (hospital firewalls open one outbound port, see DESIGN.md), keeps every
