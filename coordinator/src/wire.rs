@@ -13,9 +13,19 @@ use crate::federation::{
     Deadlines, DpSgdSpec, FederationSpec, KindName, Mechanism, ModelSection, OptimizerName,
     PrivacySpec, SecureAggregationSpec, TrainSpec,
 };
-use crate::service::error::ServiceError;
 use crate::state::now_ms;
 use crate::store::{self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
+
+/// A wire message that does not make a valid value: what is wrong with it, for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+impl WireError {
+    pub fn new(message: impl Into<String>) -> Self {
+        WireError(message.into())
+    }
+}
 
 pub fn schema(schema: &Schema) -> pb::FeatureSchema {
     pb::FeatureSchema {
@@ -99,12 +109,12 @@ pub fn privacy_config(p: &PrivacySpec) -> Option<pb::PrivacyConfig> {
     })
 }
 
-fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, ServiceError> {
+fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, WireError> {
     let Some(p) = p else {
         return Ok(PrivacySpec::default());
     };
     let mechanism = Mechanism::parse(&p.mechanism).ok_or_else(|| {
-        ServiceError::invalid_argument(format!(
+        WireError::new(format!(
             "unknown privacy mechanism {:?} (none, distributed or central)",
             p.mechanism
         ))
@@ -127,24 +137,24 @@ fn privacy_spec(p: Option<pb::PrivacyConfig>) -> Result<PrivacySpec, ServiceErro
 }
 
 /// Reads an operator's federation definition; the result still needs `validate()`.
-pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, ServiceError> {
+pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, WireError> {
     let model = config
         .model
-        .ok_or_else(|| ServiceError::invalid_argument("federation config has no model"))?;
+        .ok_or_else(|| WireError::new("federation config has no model"))?;
     let kind = KindName::parse(&model.kind).ok_or_else(|| {
-        ServiceError::invalid_argument(format!(
+        WireError::new(format!(
             "unknown model kind {:?} (logistic_regression or mlp)",
             model.kind
         ))
     })?;
     let schema = model
         .schema
-        .ok_or_else(|| ServiceError::invalid_argument("federation config has no feature schema"))?;
+        .ok_or_else(|| WireError::new("federation config has no feature schema"))?;
     let train = config
         .train
-        .ok_or_else(|| ServiceError::invalid_argument("federation config has no train section"))?;
+        .ok_or_else(|| WireError::new("federation config has no train section"))?;
     let optimizer = OptimizerName::parse(&train.optimizer).ok_or_else(|| {
-        ServiceError::invalid_argument(format!(
+        WireError::new(format!(
             "unknown optimizer {:?} (adam or sgd)",
             train.optimizer
         ))
@@ -191,7 +201,7 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, S
             Default::default()
         } else {
             serde_json::from_str(&config.strategy)
-                .map_err(|e| ServiceError::invalid_argument(format!("unreadable strategy: {e}")))?
+                .map_err(|e| WireError::new(format!("unreadable strategy: {e}")))?
         },
         privacy: privacy_spec(config.privacy)?,
     })
@@ -363,7 +373,7 @@ fn metrics_of_row(m: &MetricsRow) -> Metrics {
 
 /// Metrics reported by an agent: only values in range are accepted (a rate may be NaN when
 /// the facility's held-out split lacks a class).
-pub fn metrics_from_pb(m: pb::Metrics) -> Result<Metrics, ServiceError> {
+pub fn metrics_from_pb(m: pb::Metrics) -> Result<Metrics, WireError> {
     let rate = |x: f64| x.is_nan() || (0.0..=1.0).contains(&x);
     let ok = m.loss.is_finite()
         && m.loss >= 0.0
@@ -374,7 +384,7 @@ pub fn metrics_from_pb(m: pb::Metrics) -> Result<Metrics, ServiceError> {
         && rate(m.ece)
         && m.n_positives <= m.n_samples;
     if !ok {
-        return Err(ServiceError::invalid_argument(
+        return Err(WireError::new(
             "metrics out of range: loss >= 0, accuracy in [0, 1], auc, sensitivity, specificity and ece in [0, 1] or NaN, n_positives <= n_samples",
         ));
     }

@@ -21,7 +21,7 @@
 //! database at start-up and refreshed every [`REVOCATION_REFRESH`] (so coordinator replicas
 //! sharing a database converge); the replica that revokes applies it at once, closes the
 //! facility's task stream and drops it from running rounds. The services still check roles
-//! themselves ([`crate::server::tls::require_role`]); this layer is the one place that knows the
+//! themselves ([`crate::service::caller::require_role`]); this layer is the one place that knows the
 //! whole policy.
 
 use std::collections::HashSet;
@@ -38,6 +38,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{info, warn};
 
 use crate::pki::{self};
+use crate::service::caller::Denial;
 use crate::service::enrol::Issuing;
 use crate::service::error::ServiceError;
 use crate::state::Coordinator;
@@ -109,27 +110,6 @@ pub fn rule(path: &str) -> Option<Rule> {
                 .find(|(prefix, _)| path.starts_with(prefix) && !path[prefix.len()..].contains('/'))
         })
         .map(|(_, rule)| *rule)
-}
-
-/// Why a call was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Denial {
-    #[error("this call requires a client certificate")]
-    NoCertificate,
-    #[error("the client certificate carries no usable identity: {0}")]
-    NoIdentity(String),
-    #[error("the client certificate expired at {0}; reconnect with a renewed certificate")]
-    Expired(String),
-    #[error("facility {0:?} has been revoked")]
-    Revoked(String),
-    #[error("{identity} may not call {path} (allowed: {allowed})")]
-    WrongRole {
-        identity: String,
-        path: String,
-        allowed: String,
-    },
-    #[error("no access rule allows {0}")]
-    NoRule(String),
 }
 
 /// The coordinator's identity state: revoked facilities and, when enabled, its certificate

@@ -1,17 +1,17 @@
 //! The coordinator's side of mutual TLS: the rustls server configuration, a TLS-accepting
-//! connection stream for tonic, and the caller's identity inside an RPC.
+//! connection stream for tonic.
 //!
 //! Every connection is TLS 1.3 (ring provider, no other version), offers ALPN `h2`, and must
 //! present a client certificate that chains to the federation CA. The caller's role and
 //! name then come from that certificate's `harambee://<role>/<name>` SAN (see
-//! [`crate::pki`]); services check them with [`peer_identity`] and [`require_role`].
+//! [`crate::pki`]); services check them with [`peer_identity`](crate::service::caller::peer_identity) and [`require_role`](crate::service::caller::require_role).
 //!
 //! One exception, for enrolment: an agent that has no certificate yet offers the extra ALPN
 //! protocol `harambee-enrol/1` ([`harambee_link::token::ENROL_ALPN`]) next to `h2`. Such a
 //! connection is served with the same server certificate but no client-certificate request,
 //! and carries no identity; the access layer ([`crate::server::access`]) lets it call only
 //! `EnrolmentService.GetCaCertificate` and `.Enrol` (the token authenticates), and the
-//! services refuse it too since [`peer_identity`] finds no certificate. This keeps one port
+//! services refuse it too since [`peer_identity`](crate::service::caller::peer_identity) finds no certificate. This keeps one port
 //! for everything (hospital firewalls open one outbound port, see DESIGN.md), keeps every
 //! ordinary connection's certificate checked during the handshake (a misconfigured agent
 //! still gets a TLS `certificate_required` alert, not a later RPC error), and makes the
@@ -56,8 +56,6 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::pki::PkiPaths;
-use crate::service::error::ServiceError;
-use harambee_link::identity::{PeerIdentity, Role, identity_from_cert};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -166,59 +164,6 @@ pub fn tls_incoming(
         let stream = state.next().await;
         Some((Ok(stream), state))
     })
-}
-
-/// The identity of the caller of an RPC, from its verified client certificate.
-///
-/// Fails with `Unauthenticated` if the connection carries no client certificate (not
-/// served through [`tls_incoming`]) or the certificate has no valid `harambee://` identity.
-pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<PeerIdentity, ServiceError> {
-    let certs = request.peer_certs().ok_or_else(|| {
-        ServiceError::unauthenticated("no verified client certificate on this connection")
-    })?;
-    let leaf = certs.first().ok_or_else(|| {
-        ServiceError::unauthenticated("no verified client certificate on this connection")
-    })?;
-    identity_from_cert(leaf).map_err(|e| {
-        ServiceError::unauthenticated(format!(
-            "client certificate carries no usable identity: {e}"
-        ))
-    })
-}
-
-/// [`peer_identity`], then `PermissionDenied` unless the caller has one of `roles`.
-pub fn require_any_role<T>(
-    request: &tonic::Request<T>,
-    roles: &[Role],
-) -> Result<PeerIdentity, ServiceError> {
-    let identity = peer_identity(request)?;
-    if roles.contains(&identity.role) {
-        Ok(identity)
-    } else {
-        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        Err(ServiceError::permission_denied(format!(
-            "this call requires one of the roles {}; the client certificate is for {} {:?}",
-            names.join(", "),
-            identity.role,
-            identity.name
-        )))
-    }
-}
-
-/// [`peer_identity`], then `PermissionDenied` unless the caller has `role`.
-pub fn require_role<T>(
-    request: &tonic::Request<T>,
-    role: Role,
-) -> Result<PeerIdentity, ServiceError> {
-    let identity = peer_identity(request)?;
-    if identity.role == role {
-        Ok(identity)
-    } else {
-        Err(ServiceError::permission_denied(format!(
-            "this call requires the {role} role; the client certificate is for {} {:?}",
-            identity.role, identity.name
-        )))
-    }
 }
 
 struct Incoming {

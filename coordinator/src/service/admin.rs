@@ -7,7 +7,7 @@ use tracing::{info, instrument};
 use super::{BoxStream, blob_chunks};
 use crate::federation::FederationSpec;
 use crate::round::driver;
-use crate::server::tls::{require_any_role, require_role};
+use crate::service::caller::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::store::AdminActionKind;

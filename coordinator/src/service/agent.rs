@@ -13,7 +13,7 @@ use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::round::driver::RoundInput;
-use crate::server::tls::require_role;
+use crate::service::caller::require_role;
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::wire;
@@ -409,7 +409,7 @@ impl AgentService for AgentApi {
             .rev()
             .find(|l| matches!(&l.event, LedgerEvent::Contribution(c) if c.facility == peer.name && c.federation == federation && c.round_id == req.round_id))
             .ok_or_else(|| ServiceError::not_found(format!("the ledger holds no contribution of {} to round {}", peer.name, req.round_id)))?;
-        let head = self.coord.ledger.sign(&ledger);
+        let head = self.coord.ledger.sign(&ledger, now_ms());
         let size = head.head.tree_size;
         if req.known_tree_size > size {
             return Err(ServiceError::out_of_range(format!(

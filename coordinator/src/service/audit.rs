@@ -8,9 +8,9 @@ use harambee_privacy::ledger::LedgerEvent;
 use harambee_proto::pb::{self, audit_service_server::AuditService};
 use tonic::{Request, Response, Status};
 
-use crate::server::tls::require_role;
+use crate::service::caller::require_role;
 use crate::service::error::ServiceError;
-use crate::state::Coordinator;
+use crate::state::{Coordinator, now_ms};
 use harambee_link::identity::Role;
 
 /// Entries per `GetEntries` call at most.
@@ -47,7 +47,7 @@ impl AuditService for AuditApi {
             .synced(&self.coord.store)
             .await
             .map_err(ServiceError::from)?;
-        let head = self.coord.ledger.sign(&ledger);
+        let head = self.coord.ledger.sign(&ledger, now_ms());
         Ok(Response::new(pb::SignedTreeHeadResponse {
             signed_tree_head: head_json(&head),
             ledger_key: self.coord.ledger.verifying_key().to_bytes().to_vec(),

@@ -44,7 +44,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::pki::{self, CsrError, IssuedCert, PkiPaths, Signer};
-use crate::server::tls::{require_any_role, require_role};
+use crate::service::caller::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::store::{

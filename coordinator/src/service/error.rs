@@ -9,11 +9,12 @@
 use harambee_core::round::RoundError;
 use tonic::Status;
 
-use crate::server::access::Denial;
+use crate::service::caller::Denial;
 use crate::service::enrol::EnrolError;
 use crate::store::StoreError;
 use crate::store::blobs::BlobError;
 use crate::store::ledger_view::LedgerError;
+use crate::wire::WireError;
 
 /// Prefix of every access-layer refusal.
 pub const ACCESS_DENIED: &str = "access denied: ";
@@ -197,6 +198,12 @@ impl From<LedgerError> for ServiceError {
     }
 }
 
+impl From<WireError> for ServiceError {
+    fn from(e: WireError) -> Self {
+        ServiceError::InvalidArgument(e.0)
+    }
+}
+
 /// A bad proof request (sizes past the ledger, reversed ranges).
 impl From<harambee_privacy::ledger::LedgerError> for ServiceError {
     fn from(e: harambee_privacy::ledger::LedgerError) -> Self {
@@ -215,4 +222,4 @@ macro_rules! into_status {
     )*};
 }
 
-into_status!(StoreError, BlobError, EnrolError, LedgerError);
+into_status!(StoreError, BlobError, EnrolError, LedgerError, WireError);

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod caller;
 pub mod enrol;
 pub mod error;
 

@@ -60,9 +60,9 @@ impl LedgerView {
         }
     }
 
-    /// The head of the whole ledger, signed now.
-    pub fn sign(&self, ledger: &Ledger) -> SignedTreeHead {
-        ledger.sign_head(crate::state::now_ms().max(0) as u64, &self.key)
+    /// The head of the whole ledger, signed at `now_ms`.
+    pub fn sign(&self, ledger: &Ledger, now_ms: i64) -> SignedTreeHead {
+        ledger.sign_head(now_ms.max(0) as u64, &self.key)
     }
 }
 

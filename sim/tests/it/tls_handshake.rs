@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use harambee_coordinator::pki::{self, PkiError, PkiPaths};
-use harambee_coordinator::server::tls::{self, require_role};
+use harambee_coordinator::server::tls;
+use harambee_coordinator::service::caller::require_role;
 use harambee_link::identity::{IdentityError, PeerIdentity, Role};
 use harambee_link::tls::{self as client, ClientTls, FailureKind, TlsError};
 use harambee_proto::pb;
