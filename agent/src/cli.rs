@@ -29,7 +29,8 @@ pub enum Command {
     },
     /// Enrol this facility with a one-time token from the federation's operator: generates
     /// the key here, obtains the certificate, writes agent.toml.
-    Enroll(crate::enroll::EnrollArgs),
+    #[command(alias = "enroll")]
+    Enrol(crate::enrol::EnrolArgs),
     /// Auditing the privacy ledger.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -61,7 +62,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let config = AgentConfig::load(&config)?;
             crate::runtime::run(config, shutdown_signal()).await
         }
-        Command::Enroll(args) => crate::enroll::run(args).await,
+        Command::Enrol(args) => crate::enrol::run(args).await,
         Command::Audit(AuditCommand::Verify(args)) => {
             if crate::audit::verify(&args)? {
                 Ok(())

@@ -5,7 +5,7 @@
 //! Map: [`cli`] and [`config`] are the binary's face; [`runtime`] holds the connection loop
 //! and task handling; [`transfer`] moves models and updates in chunks; [`egress`] is the
 //! local log of everything that left the facility; [`privacy`] is its policy, privacy accountant, egress receipts and
-//! hash-chained privacy log; [`audit`] verifies a ledger export offline; [`enroll`] and
+//! hash-chained privacy log; [`audit`] verifies a ledger export offline; [`enrol`] and
 //! [`renew`] obtain and renew its certificate. What it shares with the coordinator (identity,
 //! mTLS client, wire conversions) is in `harambee-link`.
 
@@ -13,7 +13,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod egress;
-pub mod enroll;
+pub mod enrol;
 pub mod privacy;
 pub mod renew;
 pub mod runtime;

@@ -115,7 +115,7 @@ pub async fn renew(config: &AgentConfig) -> anyhow::Result<CertInfo> {
         .with_context(|| format!("reading {}", config.tls.key.display()))?;
     let key = rcgen::KeyPair::from_pem(&key_pem)
         .with_context(|| format!("reading the key {}", config.tls.key.display()))?;
-    let csr_der = crate::enroll::certificate_request(&key, &current.facility)?;
+    let csr_der = crate::enrol::certificate_request(&key, &current.facility)?;
     let channel = tls::connect(
         &config.coordinator,
         &current_tls(config)?,
@@ -153,13 +153,13 @@ pub async fn renew(config: &AgentConfig) -> anyhow::Result<CertInfo> {
     // Write, then check the file as the runtime will read it.
     let previous = std::fs::read(&config.tls.cert)
         .with_context(|| format!("reading {}", config.tls.cert.display()))?;
-    crate::enroll::write_file(&config.tls.cert, issued.certificate_pem.as_bytes(), 0o644)?;
+    crate::enrol::write_file(&config.tls.cert, issued.certificate_pem.as_bytes(), 0o644)?;
     let renewed = match read_certificate(&config.tls.cert)
         .and_then(|info| current_tls(config).map(|_| info))
     {
         Ok(info) if info.facility == current.facility => info,
         Ok(info) => {
-            crate::enroll::write_file(&config.tls.cert, &previous, 0o644)?;
+            crate::enrol::write_file(&config.tls.cert, &previous, 0o644)?;
             bail!(
                 "the renewed certificate names {:?}, not {:?}; kept the old one",
                 info.facility,
@@ -167,7 +167,7 @@ pub async fn renew(config: &AgentConfig) -> anyhow::Result<CertInfo> {
             );
         }
         Err(e) => {
-            crate::enroll::write_file(&config.tls.cert, &previous, 0o644)?;
+            crate::enrol::write_file(&config.tls.cert, &previous, 0o644)?;
             return Err(e.context("the renewed certificate is unusable; kept the old one"));
         }
     };
@@ -209,7 +209,7 @@ async fn renewal_loop(config: AgentConfig) {
         if now >= info.not_after {
             error!(
                 facility = %info.facility,
-                "the agent certificate has expired and can no longer be renewed; ask the operator for a new enrolment token and run `harambee-agent enroll` again"
+                "the agent certificate has expired and can no longer be renewed; ask the operator for a new enrolment token and run `harambee-agent enrol` again"
             );
             tokio::time::sleep(MAX_SLEEP).await;
             continue;

@@ -205,7 +205,7 @@ pub async fn connect(
 }
 
 /// [`connect`] with a client configuration of the caller's, e.g. one without a client
-/// certificate for enrolment (the agent's `enroll`). `server_name` empty means the host
+/// certificate for enrolment (the agent's `enrol`). `server_name` empty means the host
 /// of the endpoint.
 pub async fn connect_with_config(
     endpoint: &str,

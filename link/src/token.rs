@@ -2,7 +2,7 @@
 //! of the enrolment connections it opens.
 //!
 //! The coordinator mints tokens (`facility add`) and checks them (it stores only the SHA-256
-//! of the secret); the agent reads them (`enroll --token`). Both sides share this format.
+//! of the secret); the agent reads them (`enrol --token`). Both sides share this format.
 
 use std::fmt;
 

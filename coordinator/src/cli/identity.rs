@@ -149,7 +149,7 @@ pub async fn facility(command: FacilityCommand) -> anyhow::Result<()> {
                 "give it to the facility's IT over a trusted channel; on the facility's machine:"
             );
             println!(
-                "  harambee-agent enroll --token '{}' --dir /etc/harambee",
+                "  harambee-agent enrol --token '{}' --dir /etc/harambee",
                 response.token
             );
             Ok(())

@@ -132,7 +132,7 @@ impl Coord {
     /// An `EnrolmentService` client on a connection without a client certificate.
     pub async fn enrolment_without_certificate(&self) -> EnrolmentServiceClient<Channel> {
         let ca = std::fs::read(PkiPaths::new(&self.h.pki).ca_cert()).unwrap();
-        let channel = harambee_agent::enroll::connect_without_certificate(
+        let channel = harambee_agent::enrol::connect_without_certificate(
             &self.endpoint(),
             &ca,
             "",
@@ -155,7 +155,7 @@ impl Coord {
     pub async fn enrol_agent(&self, facility: &str) -> AgentConfig {
         let token = self.add_facility(facility, 3600).await;
         let dir = self.site_dir(facility);
-        harambee_agent::enroll::enroll(&token, &dir, Duration::from_secs(5))
+        harambee_agent::enrol::enrol(&token, &dir, Duration::from_secs(5))
             .await
             .unwrap();
         agent_config(&dir)
@@ -178,7 +178,7 @@ impl Coord {
     }
 }
 
-/// Loads the `agent.toml` that `enroll` wrote in `dir`, after adding the harness's fast
+/// Loads the `agent.toml` that `enrol` wrote in `dir`, after adding the harness's fast
 /// network settings.
 pub fn agent_config(dir: &Path) -> AgentConfig {
     let path = dir.join("agent.toml");

@@ -1,6 +1,6 @@
 //! Who may call what, over real mTLS: every RPC of the .proto files, called by an agent, an
 //! operator, an auditor and a connection without a certificate, is allowed or refused
-//! exactly as the "Access matrix" table of ARCHITECTURE.md says; expired, foreign and
+//! exactly as the "Access matrix" table of docs/access-matrix.md says; expired, foreign and
 //! revoked certificates are refused whatever the call; every admin action is recorded with
 //! who and when.
 
@@ -23,7 +23,7 @@ const PROTOS: [&str; 2] = [
     include_str!("../../../proto/proto/harambee/v1/harambee.proto"),
     include_str!("../../../proto/proto/harambee/v1/enrolment.proto"),
 ];
-const ARCHITECTURE: &str = include_str!("../../../ARCHITECTURE.md");
+const ACCESS_DOC: &str = include_str!("../../../docs/access-matrix.md");
 
 /// The callers of the matrix, in the table's column order.
 const CALLERS: [&str; 4] = ["agent", "operator", "auditor", "no certificate"];
@@ -50,10 +50,10 @@ fn rpcs() -> Vec<String> {
 
 /// The "Access matrix" table: RPC -> allowed, per caller.
 fn documented_matrix() -> BTreeMap<String, [bool; 4]> {
-    let table = ARCHITECTURE
-        .split("### Access matrix")
+    let table = ACCESS_DOC
+        .split("## Access matrix")
         .nth(1)
-        .expect("ARCHITECTURE.md has an \"Access matrix\" section");
+        .expect("docs/access-matrix.md has an \"Access matrix\" section");
     let mut rows = table.lines().skip_while(|l| !l.starts_with('|'));
     let header: Vec<String> = rows
         .next()
@@ -95,7 +95,7 @@ fn identity_matrix_documents_every_rpc() {
     rpcs.sort();
     assert_eq!(
         documented, rpcs,
-        "ARCHITECTURE.md's access matrix must list exactly the RPCs of the .proto files"
+        "docs/access-matrix.md must list exactly the RPCs of the .proto files"
     );
 }
 
@@ -108,7 +108,7 @@ async fn identity_every_rpc_by_every_role_is_allowed_or_refused_as_documented() 
         c.h.channel(Role::Auditor, "matrix-auditor").await,
         {
             let ca = std::fs::read(PkiPaths::new(&c.h.pki).ca_cert()).unwrap();
-            harambee_agent::enroll::connect_without_certificate(
+            harambee_agent::enrol::connect_without_certificate(
                 &c.endpoint(),
                 &ca,
                 "",
@@ -143,7 +143,7 @@ async fn identity_every_rpc_by_every_role_is_allowed_or_refused_as_documented() 
     }
     assert!(
         mismatches.is_empty(),
-        "calls that do not match ARCHITECTURE.md:\n{}",
+        "calls that do not match docs/access-matrix.md:\n{}",
         mismatches.join("\n")
     );
 }

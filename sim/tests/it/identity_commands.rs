@@ -1,5 +1,5 @@
 //! The commands people type, as processes: `pki init --ca-out`, `serve`, `facility add`,
-//! `agent enroll`, `agent run`,
+//! `agent enrol`, `agent run`,
 //! `facility list`, `audit actions` with an auditor's certificate, `facility revoke`.
 
 use std::path::Path;
@@ -140,7 +140,7 @@ async fn identity_commands_enrol_list_audit_and_revoke() {
     // Facility IT enrols into the directory that holds its data, and runs the agent.
     let sites = harambee_sim::demo::write_facilities(&dir.join("sites"), Some(1)).unwrap();
     let site = sites[0].dir.to_str().unwrap().to_owned();
-    let enrolled = ok(dir, &["agent", "enroll", "--token", &token, "--dir", &site]).await;
+    let enrolled = ok(dir, &["agent", "enrol", "--token", &token, "--dir", &site]).await;
     assert!(
         enrolled.contains("enrolled facility nakuru-level5"),
         "{enrolled}"
@@ -212,7 +212,7 @@ async fn identity_commands_enrol_list_audit_and_revoke() {
     until_output(dir, &list, "nakuru-level5\trevoked\toffline").await;
     let again = run(
         dir,
-        &["agent", "enroll", "--token", &token, "--dir", "elsewhere"],
+        &["agent", "enrol", "--token", &token, "--dir", "elsewhere"],
     )
     .await;
     let stderr = String::from_utf8_lossy(&again.stderr);

@@ -9,7 +9,7 @@ use harambee_sim::harness::identity as identity_common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use harambee_agent::enroll;
+use harambee_agent::enrol;
 use harambee_coordinator::pki::{self, PkiPaths};
 use harambee_link::identity::Role;
 use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
@@ -22,11 +22,8 @@ use tonic::Code;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn enroll_err(token: &str, dir: &std::path::Path) -> String {
-    format!(
-        "{:#}",
-        enroll::enroll(token, dir, TIMEOUT).await.unwrap_err()
-    )
+async fn enrol_err(token: &str, dir: &std::path::Path) -> String {
+    format!("{:#}", enrol::enrol(token, dir, TIMEOUT).await.unwrap_err())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +40,7 @@ async fn identity_one_token_and_one_command_give_a_working_agent() {
     );
 
     let dir = c.site_dir("kisumu-crh");
-    let done = enroll::enroll(&text, &dir, TIMEOUT).await.unwrap();
+    let done = enrol::enrol(&text, &dir, TIMEOUT).await.unwrap();
     assert!(done.wrote_config);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&done.key), 0o600);
@@ -97,7 +94,7 @@ async fn identity_one_token_and_one_command_give_a_working_agent() {
     assert_eq!(facilities[0].created_by, "harambee://operator/admin");
 
     // Enrolling the same directory again is refused before anything is sent.
-    let err = enroll_err(&c.add_facility("other", 3600).await, &dir).await;
+    let err = enrol_err(&c.add_facility("other", 3600).await, &dir).await;
     assert!(err.contains("already enrolled"), "{err}");
     c.stop_agents().await;
 }
@@ -106,10 +103,10 @@ async fn identity_one_token_and_one_command_give_a_working_agent() {
 async fn identity_a_token_works_once() {
     let c = Coord::start(NINETY_DAYS).await;
     let token = c.add_facility("nakuru", 3600).await;
-    enroll::enroll(&token, &c.h.dir.path().join("first"), TIMEOUT)
+    enrol::enrol(&token, &c.h.dir.path().join("first"), TIMEOUT)
         .await
         .unwrap();
-    let err = enroll_err(&token, &c.h.dir.path().join("second")).await;
+    let err = enrol_err(&token, &c.h.dir.path().join("second")).await;
     assert!(
         err.contains(
             "the coordinator refused the enrolment: this enrolment token was already used (at "
@@ -125,7 +122,7 @@ async fn identity_an_expired_token_is_refused() {
     let c = Coord::start(NINETY_DAYS).await;
     let token = c.add_facility("garissa", 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let err = enroll_err(&token, &c.h.dir.path().join("site")).await;
+    let err = enrol_err(&token, &c.h.dir.path().join("site")).await;
     assert!(err.contains("this enrolment token expired at "), "{err}");
 }
 
@@ -136,13 +133,13 @@ async fn identity_a_token_for_another_facility_is_refused() {
     let kisumu = Token::parse(&c.add_facility("kisumu", 3600).await).unwrap();
     // A forger edits the facility and recomputes the checksum.
     let forged = kisumu.with_facility("nakuru");
-    let err = enroll_err(&forged.text, &c.h.dir.path().join("site")).await;
+    let err = enrol_err(&forged.text, &c.h.dir.path().join("site")).await;
     assert!(
         err.contains("this enrolment token was issued for facility \"kisumu\", not \"nakuru\""),
         "{err}"
     );
     // The genuine token still works.
-    enroll::enroll(&kisumu.text, &c.h.dir.path().join("kisumu"), TIMEOUT)
+    enrol::enrol(&kisumu.text, &c.h.dir.path().join("kisumu"), TIMEOUT)
         .await
         .unwrap();
 }
@@ -157,7 +154,7 @@ async fn identity_a_tampered_token_is_refused() {
     let mut damaged = text.clone().into_bytes();
     let i = harambee_link::token::TOKEN_PREFIX.len() + 20;
     damaged[i] = if damaged[i] == b'x' { b'y' } else { b'x' };
-    let err = enroll_err(std::str::from_utf8(&damaged).unwrap(), &dir).await;
+    let err = enrol_err(std::str::from_utf8(&damaged).unwrap(), &dir).await;
     assert!(err.contains("the enrolment token is damaged"), "{err}");
     assert!(
         !dir.join("agent.key").exists(),
@@ -166,7 +163,7 @@ async fn identity_a_tampered_token_is_refused() {
 
     // Forged with a valid checksum: the coordinator finds the secret wrong.
     let forged = Token::parse(&text).unwrap().with_secret([7; 32]);
-    let err = enroll_err(&forged.text, &dir).await;
+    let err = enrol_err(&forged.text, &dir).await;
     assert!(
         err.contains("this enrolment token is not valid: its secret does not match"),
         "{err}"
@@ -180,14 +177,14 @@ async fn identity_a_tampered_token_is_refused() {
         &Token::parse(&text).unwrap().ca_sha256,
         i64::MAX,
     );
-    let err = enroll_err(&stranger.text, &dir).await;
+    let err = enrol_err(&stranger.text, &dir).await;
     assert!(
         err.contains("this enrolment token was not issued by this coordinator"),
         "{err}"
     );
 
     // None of that burnt the real token (the key of the failed attempts is reused).
-    let done = enroll::enroll(&text, &dir, TIMEOUT).await.unwrap();
+    let done = enrol::enrol(&text, &dir, TIMEOUT).await.unwrap();
     assert_eq!(done.facility, "meru");
 }
 
@@ -198,7 +195,7 @@ async fn identity_a_request_naming_another_facility_is_refused() {
     let mut client = c.enrolment_without_certificate().await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
 
-    let csr_der = enroll::certificate_request(&key, "nakuru").unwrap();
+    let csr_der = enrol::certificate_request(&key, "nakuru").unwrap();
     let err = client
         .enrol(pb::EnrolRequest {
             token: token.clone(),
@@ -231,7 +228,7 @@ async fn identity_a_request_naming_another_facility_is_refused() {
         "{err:?}"
     );
     let p256 = rcgen::KeyPair::generate().unwrap();
-    let csr_der = enroll::certificate_request(&p256, "kisumu").unwrap();
+    let csr_der = enrol::certificate_request(&p256, "kisumu").unwrap();
     let err = client
         .enrol(pb::EnrolRequest {
             token: token.clone(),
@@ -283,12 +280,12 @@ async fn identity_reissued_and_revoked_tokens_are_withdrawn() {
     let c = Coord::start(NINETY_DAYS).await;
     let first = c.add_facility("kitui", 3600).await;
     let second = c.add_facility("kitui", 3600).await;
-    let err = enroll_err(&first, &c.h.dir.path().join("a")).await;
+    let err = enrol_err(&first, &c.h.dir.path().join("a")).await;
     assert!(
         err.contains("this enrolment token was withdrawn at "),
         "{err}"
     );
-    enroll::enroll(&second, &c.h.dir.path().join("b"), TIMEOUT)
+    enrol::enrol(&second, &c.h.dir.path().join("b"), TIMEOUT)
         .await
         .unwrap();
 
@@ -316,7 +313,7 @@ async fn identity_reissued_and_revoked_tokens_are_withdrawn() {
 
     // Revoked: its tokens are withdrawn and it cannot be added again.
     c.revoke("kitui").await;
-    let err = enroll_err(&third, &c.h.dir.path().join("c")).await;
+    let err = enrol_err(&third, &c.h.dir.path().join("c")).await;
     assert!(
         err.contains("withdrawn") || err.contains("revoked"),
         "{err}"
@@ -338,7 +335,7 @@ async fn identity_an_agent_sends_nothing_to_a_coordinator_that_is_not_the_pinned
     let genuine = Token::parse(&c.add_facility("lamu", 3600).await).unwrap();
     // A token pinning another CA, as if the address led somewhere else.
     let other = Token::generate(&c.endpoint(), None, "lamu", &"ab".repeat(32), i64::MAX);
-    let err = enroll_err(&other.text, &c.h.dir.path().join("site")).await;
+    let err = enrol_err(&other.text, &c.h.dir.path().join("site")).await;
     assert!(
         err.contains(&format!(
             "presented a CA certificate with SHA-256 {}, but the token pins {}",

@@ -136,7 +136,7 @@ async fn identity_renewal_is_for_ones_own_name_and_serves_certificates_from_pki_
 
     // Asking for another facility's certificate is refused.
     let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&config.tls.key).unwrap()).unwrap();
-    let csr_der = harambee_agent::enroll::certificate_request(&key, "someone-else").unwrap();
+    let csr_der = harambee_agent::enrol::certificate_request(&key, "someone-else").unwrap();
     let mut client = EnrolmentServiceClient::new(c.h.channel(Role::Agent, &name).await);
     let err = client
         .renew_certificate(pb::RenewCertificateRequest { csr_der })

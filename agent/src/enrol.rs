@@ -1,4 +1,4 @@
-//! `harambee-agent enroll --token TOKEN`: one command turns the operator's one-time token
+//! `harambee-agent enrol --token TOKEN`: one command turns the operator's one-time token
 //! into a working agent identity, with no certificate handled by hand.
 //!
 //! 1. The token ([`Token`]) names the coordinator, the facility, and the SHA-256 of the
@@ -36,15 +36,15 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-/// File names [`enroll`] writes in its directory.
+/// File names [`enrol`] writes in its directory.
 pub const KEY_FILE: &str = "agent.key";
 pub const CERT_FILE: &str = "agent.pem";
 pub const CA_FILE: &str = "ca.pem";
 pub const CONFIG_FILE: &str = "agent.toml";
 
-/// `harambee-agent enroll` arguments.
+/// `harambee-agent enrol` arguments.
 #[derive(clap::Args, Debug)]
-pub struct EnrollArgs {
+pub struct EnrolArgs {
     /// The one-time token printed by `harambee-coordinator facility add`.
     #[arg(long, env = "HARAMBEE_ENROLMENT_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -56,9 +56,9 @@ pub struct EnrollArgs {
     pub connect_timeout_s: u64,
 }
 
-/// Runs `harambee-agent enroll`.
-pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
-    let done = enroll(
+/// Runs `harambee-agent enrol`.
+pub async fn run(args: EnrolArgs) -> anyhow::Result<()> {
+    let done = enrol(
         &args.token,
         &args.dir,
         Duration::from_secs(args.connect_timeout_s.max(1)),
@@ -92,7 +92,7 @@ pub async fn run(args: EnrollArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What [`enroll`] wrote.
+/// What [`enrol`] wrote.
 #[derive(Clone, Debug)]
 pub struct Enrolled {
     pub facility: String,
@@ -109,11 +109,7 @@ pub struct Enrolled {
 /// Enrols with `token`, writing the key, certificate, CA and an `agent.toml` skeleton into
 /// `dir` (created if needed). Refuses if `dir` already holds a certificate. A key left by an
 /// attempt that failed later is reused.
-pub async fn enroll(
-    token: &str,
-    dir: &Path,
-    connect_timeout: Duration,
-) -> anyhow::Result<Enrolled> {
+pub async fn enrol(token: &str, dir: &Path, connect_timeout: Duration) -> anyhow::Result<Enrolled> {
     let token = Token::parse(token)?;
     let paths = EnrolPaths::new(dir);
     if paths.cert.exists() {
@@ -356,7 +352,7 @@ fn config_skeleton(token: &Token) -> String {
         _ => format!("{setting:<36}# {comment}\n"),
     };
     let mut out = format!(
-        "# Written by `harambee-agent enroll` for facility {}.\n# Set [data] csv, then: harambee-agent run --config agent.toml\n",
+        "# Written by `harambee-agent enrol` for facility {}.\n# Set [data] csv, then: harambee-agent run --config agent.toml\n",
         token.facility
     );
     out += &line(format!("coordinator = {:?}", token.coordinator), "");
