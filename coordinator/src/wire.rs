@@ -292,13 +292,16 @@ pub fn secagg_task(
             peers: peers
                 .into_iter()
                 .map(|(id, facility)| {
-                    let chain = certificates.get(&facility).cloned().unwrap_or_default();
+                    let chain = certificates
+                        .get(facility.as_str())
+                        .cloned()
+                        .unwrap_or_default();
                     let mut chain = chain.into_iter();
                     pb::SecAggPeer {
                         id,
                         certificate: chain.next().unwrap_or_default(),
                         intermediates: chain.collect(),
-                        facility,
+                        facility: facility.into_string(),
                     }
                 })
                 .collect(),

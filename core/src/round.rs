@@ -29,7 +29,7 @@ use thiserror::Error;
 
 use self::secure::{Advance, SecureRound};
 pub use self::secure::{SecAggIn, SecAggOut, SecAggRefusal};
-use crate::AgentId;
+use crate::FacilityId;
 use crate::aggregate::FedAvg;
 use crate::params::{UpdateError, validate_update};
 use crate::strategy::{ServerOptimizer, StrategyConfig};
@@ -137,24 +137,24 @@ pub enum Event {
     Stage(Stage),
     /// Send these facilities the training task, to be uploaded by `deadline`.
     Train {
-        agents: Vec<AgentId>,
+        agents: Vec<FacilityId>,
         deadline: Instant,
     },
     /// The aggregate is ready ([`Round::candidate`]): store it, then ask these facilities to
     /// evaluate it by `deadline`.
     Evaluate {
-        agents: Vec<AgentId>,
+        agents: Vec<FacilityId>,
         deadline: Instant,
     },
     /// Secure aggregation: the round entered `stage` (persisted by the preceding
     /// `Stage` event); send each facility its message, to be answered by `deadline`.
     SecAgg {
         stage: Stage,
-        messages: Vec<(AgentId, SecAggOut)>,
+        messages: Vec<(FacilityId, SecAggOut)>,
         deadline: Instant,
     },
     /// Tell a facility to stop working on this round.
-    Cancel { agent: AgentId, reason: String },
+    Cancel { agent: FacilityId, reason: String },
     /// Write the candidate as the new model version, with the participants and their
     /// metrics, in one transaction. Follows `Stage(Committed)`.
     Commit,
@@ -168,12 +168,15 @@ pub enum RoundError {
     #[error("round is {0}, not accepting this message")]
     WrongStage(Stage),
     #[error("facility {0} is not part of this round")]
-    NotSelected(AgentId),
+    NotSelected(FacilityId),
     #[error("facility {0} already submitted")]
-    Duplicate(AgentId),
+    Duplicate(FacilityId),
     /// The facility is now `Rejected`; the round continues without it.
     #[error("update from {agent} rejected: {source}")]
-    Invalid { agent: AgentId, source: UpdateError },
+    Invalid {
+        agent: FacilityId,
+        source: UpdateError,
+    },
     #[error("base model has {got} parameters, the round expects {expected}")]
     BaseLength { expected: usize, got: usize },
     #[error("invalid server strategy: {0}")]
@@ -184,7 +187,7 @@ pub enum RoundError {
     PlainOnly,
     #[error("secure-aggregation message from {agent} refused: {source}")]
     SecAgg {
-        agent: AgentId,
+        agent: FacilityId,
         source: SecAggRefusal,
     },
 }
@@ -198,12 +201,12 @@ pub struct Round<M> {
     base: Vec<f32>,
     aggregate: FedAvg,
     candidate: Option<Vec<f32>>,
-    participants: BTreeMap<AgentId, Participant<M>>,
-    awaiting_metrics: BTreeSet<AgentId>,
+    participants: BTreeMap<FacilityId, Participant<M>>,
+    awaiting_metrics: BTreeSet<FacilityId>,
     failure: Option<String>,
     events: VecDeque<Event>,
     /// Certified identity keys of the facilities (secure aggregation).
-    keys: BTreeMap<AgentId, VerifyingKey>,
+    keys: BTreeMap<FacilityId, VerifyingKey>,
     secure: Option<SecureRound>,
     /// Turns the weighted mean update into the new model (FedAvg, FedAdam, …).
     optimizer: ServerOptimizer,
@@ -281,7 +284,7 @@ impl<M: Clone> Round<M> {
     /// The facilities' identity keys, taken by the driver from their CA-signed certificates.
     /// Secure aggregation needs them to check signatures; a facility without one cannot
     /// take part in a secure round.
-    pub fn provide_keys(&mut self, keys: impl IntoIterator<Item = (AgentId, VerifyingKey)>) {
+    pub fn provide_keys(&mut self, keys: impl IntoIterator<Item = (FacilityId, VerifyingKey)>) {
         self.keys.extend(keys);
     }
 
@@ -322,7 +325,7 @@ impl<M: Clone> Round<M> {
         self.candidate.as_deref()
     }
 
-    pub fn participants(&self) -> &BTreeMap<AgentId, Participant<M>> {
+    pub fn participants(&self) -> &BTreeMap<FacilityId, Participant<M>> {
         &self.participants
     }
 
@@ -341,11 +344,11 @@ impl<M: Clone> Round<M> {
 
     /// Offers the facilities that are connected and eligible now. Once at least
     /// `min_agents` are, all of them are selected and training starts.
-    pub fn select(&mut self, now: Instant, connected: &[AgentId]) {
+    pub fn select(&mut self, now: Instant, connected: &[FacilityId]) {
         if self.stage != Stage::Selecting {
             return;
         }
-        let candidates: BTreeSet<&AgentId> = connected.iter().collect();
+        let candidates: BTreeSet<&FacilityId> = connected.iter().collect();
         if candidates.len() < self.config.min_agents.max(1) {
             return;
         }
@@ -386,9 +389,9 @@ impl<M: Clone> Round<M> {
         let participant = self
             .participants
             .get_mut(agent)
-            .ok_or_else(|| RoundError::NotSelected(agent.to_owned()))?;
+            .ok_or_else(|| RoundError::NotSelected(agent.into()))?;
         if participant.status != ParticipantStatus::Selected {
-            return Err(RoundError::Duplicate(agent.to_owned()));
+            return Err(RoundError::Duplicate(agent.into()));
         }
         let checked = validate_update(
             self.config.n_params,
@@ -408,7 +411,7 @@ impl<M: Clone> Round<M> {
                 participant.status = ParticipantStatus::Rejected;
                 participant.detail = Some(source.to_string());
                 Err(RoundError::Invalid {
-                    agent: agent.to_owned(),
+                    agent: agent.into(),
                     source,
                 })
             }
@@ -434,9 +437,9 @@ impl<M: Clone> Round<M> {
         let participant = self
             .participants
             .get_mut(agent)
-            .ok_or_else(|| RoundError::NotSelected(agent.to_owned()))?;
+            .ok_or_else(|| RoundError::NotSelected(agent.into()))?;
         if participant.status != ParticipantStatus::Selected {
-            return Err(RoundError::Duplicate(agent.to_owned()));
+            return Err(RoundError::Duplicate(agent.into()));
         }
         let bad = if n_samples == 0 {
             Some(UpdateError::NoSamples(0))
@@ -453,7 +456,7 @@ impl<M: Clone> Round<M> {
             participant.detail = Some(source.to_string());
             self.close_training_if_done(now);
             return Err(RoundError::Invalid {
-                agent: agent.to_owned(),
+                agent: agent.into(),
                 source,
             });
         }
@@ -498,7 +501,7 @@ impl<M: Clone> Round<M> {
             self.advance_secure(now);
         }
         result.map_err(|source| RoundError::SecAgg {
-            agent: agent.to_owned(),
+            agent: agent.into(),
             source,
         })
     }
@@ -507,16 +510,16 @@ impl<M: Clone> Round<M> {
     /// declared the wrong length). The facility is `Rejected`; the round continues.
     pub fn reject_update(&mut self, now: Instant, agent: &str, source: UpdateError) -> RoundError {
         let err = RoundError::Invalid {
-            agent: agent.to_owned(),
+            agent: agent.into(),
             source: source.clone(),
         };
         if self.stage != Stage::Training {
             return RoundError::WrongStage(self.stage);
         }
         match self.participants.get_mut(agent) {
-            None => return RoundError::NotSelected(agent.to_owned()),
+            None => return RoundError::NotSelected(agent.into()),
             Some(p) if p.status != ParticipantStatus::Selected => {
-                return RoundError::Duplicate(agent.to_owned());
+                return RoundError::Duplicate(agent.into());
             }
             Some(p) => {
                 p.status = ParticipantStatus::Rejected;
@@ -539,8 +542,8 @@ impl<M: Clone> Round<M> {
         }
         if !self.awaiting_metrics.remove(agent) {
             return match self.participants.get(agent) {
-                Some(p) if p.metrics.is_some() => Err(RoundError::Duplicate(agent.to_owned())),
-                _ => Err(RoundError::NotSelected(agent.to_owned())),
+                Some(p) if p.metrics.is_some() => Err(RoundError::Duplicate(agent.into())),
+                _ => Err(RoundError::NotSelected(agent.into())),
             };
         }
         if let Some(p) = self.participants.get_mut(agent) {
@@ -556,7 +559,7 @@ impl<M: Clone> Round<M> {
             return Err(RoundError::WrongStage(self.stage));
         }
         if !self.awaiting_metrics.remove(agent) {
-            return Err(RoundError::NotSelected(agent.to_owned()));
+            return Err(RoundError::NotSelected(agent.into()));
         }
         if let Some(p) = self.participants.get_mut(agent) {
             p.detail =
@@ -623,7 +626,7 @@ impl<M: Clone> Round<M> {
                 self.fail(reason);
             }
             Stage::Training => {
-                let late: Vec<AgentId> = self
+                let late: Vec<FacilityId> = self
                     .participants
                     .iter()
                     .filter(|(_, p)| p.status == ParticipantStatus::Selected)
@@ -676,7 +679,7 @@ impl<M: Clone> Round<M> {
             self.start_secure(now, &secure);
             return;
         }
-        let contributed: Vec<AgentId> = self
+        let contributed: Vec<FacilityId> = self
             .participants
             .iter()
             .filter(|(_, p)| p.status == ParticipantStatus::Uploaded)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use harambee_core::round::{Event, Participant, ParticipantStatus, RoundError, SecAggIn, Stage};
 use harambee_core::strategy::ServerOptimizer;
-use harambee_core::{Round, UpdateError};
+use harambee_core::{FacilityId, Round, UpdateError};
 use harambee_models::metrics::Metrics;
 use harambee_proto::pb;
 use harambee_secagg::rand_core::SeedableRng;
@@ -254,9 +254,10 @@ impl Driver {
                 .into_iter()
                 .filter(|f| self.spec.admits(f))
                 .collect();
-            let eligible: Vec<String> = connected
+            let eligible: Vec<FacilityId> = connected
                 .into_iter()
                 .filter(|f| self.would_accept(f))
+                .map(FacilityId::from)
                 .collect();
             self.eligible = eligible.len() as u64;
             if self.round.is_secure() {
@@ -268,7 +269,7 @@ impl Driver {
                     match harambee_link::identity::ed25519_key_of(&chain[0]) {
                         Ok(key) => {
                             keys.push((facility.clone(), key));
-                            self.certificates.insert(facility.clone(), chain);
+                            self.certificates.insert(facility.to_string(), chain);
                         }
                         Err(e) => {
                             warn!(%facility, error = %e, "no Ed25519 identity key; cannot take part in secure aggregation")
@@ -376,7 +377,7 @@ impl Driver {
                 let result = self
                     .accept_receipt(&agent, words, receipt)
                     .map_err(|source| RoundError::Invalid {
-                        agent: agent.clone(),
+                        agent: agent.clone().into(),
                         source,
                     })
                     .and_then(|()| self.masked_input(now, &agent, &bytes));
@@ -390,7 +391,7 @@ impl Driver {
                 let _ = reply.send(result);
             }
             RoundInput::Dropout { agent, reason } => {
-                if self.round.participants().contains_key(&agent) {
+                if self.round.participants().contains_key(agent.as_str()) {
                     info!(facility = %agent, %reason, "facility dropped");
                 }
                 self.round.handle_dropout(now, &agent, &reason);
@@ -412,7 +413,12 @@ impl Driver {
                                 vec![LedgerEvent::RoundStarted {
                                     federation: self.spec.name.clone(),
                                     round_id: self.row.id,
-                                    selected: self.round.participants().keys().cloned().collect(),
+                                    selected: self
+                                        .round
+                                        .participants()
+                                        .keys()
+                                        .map(FacilityId::to_string)
+                                        .collect(),
                                     eligible: self.eligible,
                                 }]
                             } else {
@@ -495,7 +501,7 @@ impl Driver {
                     }
                 }
                 Event::Cancel { agent, reason } => {
-                    self.pending.remove(&agent);
+                    self.pending.remove(agent.as_str());
                     let task = wire::cancel_task(self.row.id, reason);
                     self.coord.registry.send(&agent, task);
                 }
@@ -562,7 +568,7 @@ impl Driver {
     fn masked_input(&mut self, now: Instant, agent: &str, bytes: &[u8]) -> Result<(), RoundError> {
         use harambee_core::round::{SecAggIn, SecAggRefusal};
         let refuse = |e: harambee_secagg::DecodeError| RoundError::SecAgg {
-            agent: agent.to_owned(),
+            agent: agent.into(),
             source: SecAggRefusal::Malformed(e.to_string()),
         };
         let (word, _) = self
@@ -572,7 +578,7 @@ impl Driver {
         let sender = self
             .round
             .secagg_id(agent)
-            .ok_or_else(|| RoundError::NotSelected(agent.to_owned()))?;
+            .ok_or_else(|| RoundError::NotSelected(agent.into()))?;
         let words = harambee_secagg::MaskedWords::from_le_bytes(word, bytes).map_err(refuse)?;
         let input = harambee_secagg::MaskedInput {
             round_id: self.row.id,
@@ -583,11 +589,11 @@ impl Driver {
             .handle_secagg(now, agent, SecAggIn::Masked(input))
     }
 
-    fn dispatch(&mut self, agent: String, task: pb::Task) {
+    fn dispatch(&mut self, agent: FacilityId, task: pb::Task) {
         if !self.coord.registry.send(&agent, task.clone()) {
             info!(facility = %agent, "task queued until the facility reconnects");
         }
-        self.pending.insert(agent, task);
+        self.pending.insert(agent.into_string(), task);
     }
 
     /// Central mechanism on a plain round: the coordinator sees each update, so it checks
@@ -669,7 +675,7 @@ impl Driver {
             .map(|(name, p)| LedgerEvent::Dropout {
                 federation: self.spec.name.clone(),
                 round_id: self.row.id,
-                facility: name.clone(),
+                facility: name.to_string(),
                 stage: p
                     .detail
                     .clone()

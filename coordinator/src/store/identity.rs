@@ -7,8 +7,6 @@
 //! concurrent enrolments with one token exactly one succeeds.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -22,47 +20,15 @@ use harambee_privacy::ledger::LedgerEvent;
 use super::entity::{admin_action, agent, certificate, enrolment_token, facility};
 use super::{ParseEnumError, Store, StoreError, finish};
 
-/// Where a facility is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FacilityStatus {
-    /// Added; its token has not been used yet.
-    Pending,
-    /// Enrolled with a token at least once.
-    Enrolled,
-    /// Revoked for good.
-    Revoked,
-}
-
-impl FacilityStatus {
-    pub const ALL: [FacilityStatus; 3] = [
-        FacilityStatus::Pending,
-        FacilityStatus::Enrolled,
-        FacilityStatus::Revoked,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FacilityStatus::Pending => "pending",
-            FacilityStatus::Enrolled => "enrolled",
-            FacilityStatus::Revoked => "revoked",
-        }
-    }
-}
-
-impl fmt::Display for FacilityStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for FacilityStatus {
-    type Err = ParseEnumError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| ParseEnumError::new("facility status", s))
+string_enum! {
+    /// Where a facility is in its life.
+    pub enum FacilityStatus ("facility status") {
+        /// Added; its token has not been used yet.
+        Pending = "pending",
+        /// Enrolled with a token at least once.
+        Enrolled = "enrolled",
+        /// Revoked for good.
+        Revoked = "revoked",
     }
 }
 
@@ -107,50 +73,14 @@ pub struct CertificateRow {
     pub via: String,
 }
 
-/// What an operator did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AdminActionKind {
-    FacilityAdded,
-    FacilityRevoked,
-    FederationCreated,
-    RoundStarted,
-    ModelExported,
-}
-
-impl AdminActionKind {
-    pub const ALL: [AdminActionKind; 5] = [
-        AdminActionKind::FacilityAdded,
-        AdminActionKind::FacilityRevoked,
-        AdminActionKind::FederationCreated,
-        AdminActionKind::RoundStarted,
-        AdminActionKind::ModelExported,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminActionKind::FacilityAdded => "facility_added",
-            AdminActionKind::FacilityRevoked => "facility_revoked",
-            AdminActionKind::FederationCreated => "federation_created",
-            AdminActionKind::RoundStarted => "round_started",
-            AdminActionKind::ModelExported => "model_exported",
-        }
-    }
-}
-
-impl fmt::Display for AdminActionKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AdminActionKind {
-    type Err = ParseEnumError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| ParseEnumError::new("admin action", s))
+string_enum! {
+    /// What an operator did.
+    pub enum AdminActionKind ("admin action") {
+        FacilityAdded = "facility_added",
+        FacilityRevoked = "facility_revoked",
+        FederationCreated = "federation_created",
+        RoundStarted = "round_started",
+        ModelExported = "model_exported",
     }
 }
 

@@ -1,8 +1,5 @@
 //! Plain row types passed in and out of the store.
 
-use std::fmt;
-use std::str::FromStr;
-
 /// A federation and its configuration (opaque JSON owned by the caller).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FederationRow {
@@ -26,53 +23,25 @@ pub struct ModelVersionRow {
     pub server_state: Option<String>,
 }
 
-/// Where a round is. `Committed` and `Failed` are terminal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RoundState {
-    Created,
-    Selecting,
-    Training,
-    AdvertiseKeys,
-    ShareKeys,
-    MaskedInput,
-    Unmasking,
-    Evaluating,
-    Committed,
-    Failed,
+string_enum! {
+    /// Where a round is. `Committed` and `Failed` are terminal.
+    pub enum RoundState ("round state") {
+        Created = "created",
+        Selecting = "selecting",
+        Training = "training",
+        AdvertiseKeys = "advertise_keys",
+        ShareKeys = "share_keys",
+        MaskedInput = "masked_input",
+        Unmasking = "unmasking",
+        Evaluating = "evaluating",
+        Committed = "committed",
+        Failed = "failed",
+    }
 }
 
 impl RoundState {
-    pub const ALL: [RoundState; 10] = [
-        RoundState::Created,
-        RoundState::Selecting,
-        RoundState::Training,
-        RoundState::AdvertiseKeys,
-        RoundState::ShareKeys,
-        RoundState::MaskedInput,
-        RoundState::Unmasking,
-        RoundState::Evaluating,
-        RoundState::Committed,
-        RoundState::Failed,
-    ];
-
     pub fn is_terminal(self) -> bool {
         matches!(self, RoundState::Committed | RoundState::Failed)
-    }
-
-    /// The text stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoundState::Created => "created",
-            RoundState::Selecting => "selecting",
-            RoundState::Training => "training",
-            RoundState::AdvertiseKeys => "advertise_keys",
-            RoundState::ShareKeys => "share_keys",
-            RoundState::MaskedInput => "masked_input",
-            RoundState::Unmasking => "unmasking",
-            RoundState::Evaluating => "evaluating",
-            RoundState::Committed => "committed",
-            RoundState::Failed => "failed",
-        }
     }
 
     pub(crate) fn terminal_strs() -> impl Iterator<Item = &'static str> {
@@ -83,75 +52,15 @@ impl RoundState {
     }
 }
 
-impl fmt::Display for RoundState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RoundState {
-    type Err = ParseEnumError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| ParseEnumError {
-                kind: "round state",
-                text: s.to_owned(),
-            })
-    }
-}
-
-/// A facility's part in one round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ParticipantStatus {
-    Selected,
-    /// Secure aggregation: trained, holding its update for the masked stages.
-    Trained,
-    Uploaded,
-    Rejected,
-    Dropped,
-}
-
-impl ParticipantStatus {
-    pub const ALL: [ParticipantStatus; 5] = [
-        ParticipantStatus::Selected,
-        ParticipantStatus::Trained,
-        ParticipantStatus::Uploaded,
-        ParticipantStatus::Rejected,
-        ParticipantStatus::Dropped,
-    ];
-
-    /// The text stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParticipantStatus::Selected => "selected",
-            ParticipantStatus::Trained => "trained",
-            ParticipantStatus::Uploaded => "uploaded",
-            ParticipantStatus::Rejected => "rejected",
-            ParticipantStatus::Dropped => "dropped",
-        }
-    }
-}
-
-impl fmt::Display for ParticipantStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ParticipantStatus {
-    type Err = ParseEnumError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| ParseEnumError {
-                kind: "participant status",
-                text: s.to_owned(),
-            })
+string_enum! {
+    /// A facility's part in one round.
+    pub enum ParticipantStatus ("participant status") {
+        Selected = "selected",
+        /// Secure aggregation: trained, holding its update for the masked stages.
+        Trained = "trained",
+        Uploaded = "uploaded",
+        Rejected = "rejected",
+        Dropped = "dropped",
     }
 }
 

@@ -17,7 +17,7 @@ use harambee_secagg::{
 };
 
 use super::{SecureConfig, Stage};
-use crate::AgentId;
+use crate::FacilityId;
 
 /// What the coordinator sends a facility at a secure-aggregation stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +28,7 @@ pub enum SecAggOut {
     /// certificates); answer with encrypted shares.
     PeerKeys {
         advertisements: Vec<SignedAdvertisement>,
-        peers: Vec<(u32, AgentId)>,
+        peers: Vec<(u32, FacilityId)>,
     },
     /// Stage 3: the shares addressed to it; answer with the masked input.
     Shares(Vec<EncryptedShare>),
@@ -74,8 +74,8 @@ enum Server {
 /// The server side of one round's secure aggregation.
 pub(super) struct SecureRound {
     params: Params,
-    ids: BTreeMap<AgentId, u32>,
-    names: BTreeMap<u32, AgentId>,
+    ids: BTreeMap<FacilityId, u32>,
+    names: BTreeMap<u32, FacilityId>,
     server: Server,
     /// Facilities still owed an answer at this stage.
     awaiting: BTreeSet<u32>,
@@ -86,7 +86,7 @@ pub(super) enum Advance {
     /// Send these messages; the round is now at `stage`.
     Next {
         stage: Stage,
-        messages: Vec<(AgentId, SecAggOut)>,
+        messages: Vec<(FacilityId, SecAggOut)>,
     },
     Done(Aggregate),
 }
@@ -105,17 +105,17 @@ impl SecureRound {
     /// calibrated so that `min_survivors` shares carry all of it.
     pub(super) fn start(
         round_id: u64,
-        trained: &BTreeMap<AgentId, VerifyingKey>,
+        trained: &BTreeMap<FacilityId, VerifyingKey>,
         vector_len: usize,
         config: &SecureConfig,
         min_survivors: usize,
-    ) -> Result<(SecureRound, Vec<(AgentId, SecAggOut)>), ServerError> {
-        let ids: BTreeMap<AgentId, u32> = trained
+    ) -> Result<(SecureRound, Vec<(FacilityId, SecAggOut)>), ServerError> {
+        let ids: BTreeMap<FacilityId, u32> = trained
             .keys()
             .zip(1u32..)
             .map(|(a, i)| (a.clone(), i))
             .collect();
-        let names: BTreeMap<u32, AgentId> = ids.iter().map(|(a, &i)| (i, a.clone())).collect();
+        let names: BTreeMap<u32, FacilityId> = ids.iter().map(|(a, &i)| (i, a.clone())).collect();
         let participants: Vec<u32> = names.keys().copied().collect();
         let mut params = Params::recommended(
             round_id,
@@ -163,7 +163,7 @@ impl SecureRound {
         self.ids.get(agent).copied()
     }
 
-    pub(super) fn name_of(&self, id: u32) -> &AgentId {
+    pub(super) fn name_of(&self, id: u32) -> &FacilityId {
         &self.names[&id]
     }
 
@@ -242,7 +242,7 @@ impl SecureRound {
                 let (next, routes) = s.finish()?;
                 // The consistency check has every client verify every survivor's signature,
                 // so then each gets every participant's certificate, not only its neighbours'.
-                let everyone: Vec<(u32, AgentId)> = self
+                let everyone: Vec<(u32, FacilityId)> = self
                     .names
                     .iter()
                     .map(|(&id, name)| (id, name.clone()))

@@ -17,8 +17,8 @@ fn config(n_params: usize, min_agents: usize) -> RoundConfig {
     }
 }
 
-fn agents(names: &[&str]) -> Vec<AgentId> {
-    names.iter().map(|s| s.to_string()).collect()
+fn agents(names: &[&str]) -> Vec<FacilityId> {
+    names.iter().map(|&s| FacilityId::from(s)).collect()
 }
 
 fn drain(round: &mut Round<f64>) -> Vec<Event> {
@@ -260,7 +260,7 @@ proptest! {
         let t0 = Instant::now();
         let base: Vec<f32> = (0..n_params).map(|i| i as f32).collect();
         let mut round = Round::<f64>::new(config(n_params, min_agents), base.clone(), t0).unwrap();
-        let names: Vec<AgentId> = (0..facilities.len()).map(|i| format!("f{i}")).collect();
+        let names: Vec<FacilityId> = (0..facilities.len()).map(|i| FacilityId::new(format!("f{i}"))).collect();
         round.select(t0, &names);
         if facilities.len() < min_agents {
             prop_assert_eq!(round.stage(), Stage::Selecting);
@@ -270,9 +270,9 @@ proptest! {
         let mut weight = 0.0f64;
         for (name, (n, drops, values)) in names.iter().zip(&facilities) {
             if *drops {
-                round.handle_dropout(t0, name, "gone");
+                round.handle_dropout(t0, name.as_str(), "gone");
             } else {
-                round.handle_update(t0, name, *n, String::new(), &values[..n_params]).unwrap();
+                round.handle_update(t0, name.as_str(), *n, String::new(), &values[..n_params]).unwrap();
                 for (e, v) in expected.iter_mut().zip(&values[..n_params]) { *e += *n as f64 * *v as f64; }
                 weight += *n as f64;
             }
