@@ -82,6 +82,16 @@ pub struct Privacy {
     pub log: PrivacyLog,
 }
 
+/// What an update's receipt states besides the update itself: its federation, the DP-SGD
+/// steps behind it (for the accountant), and the clipping and noise it was made with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiptTerms {
+    pub federation: String,
+    pub dp: Option<DpSteps>,
+    pub clipping_norm: f64,
+    pub noise_multiplier: f64,
+}
+
 /// Why a task is refused.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal(pub String);
@@ -176,25 +186,28 @@ impl Privacy {
             .map_err(|refusal| Refusal(refusal.to_string()))
     }
 
-    /// Records an update about to leave: composes its DP-SGD steps (checking the budget once
-    /// more), signs its egress receipt with the running ε, and logs both. Nothing is logged
-    /// or composed when it is refused.
-    #[allow(clippy::too_many_arguments)]
+    /// Records an update of `round_id` about to leave: composes its DP-SGD steps (checking
+    /// the budget once more), signs its egress receipt with the running ε, and logs both.
+    /// Nothing is logged or composed when it is refused.
     pub fn sign_egress(
         &mut self,
-        federation: &str,
+        terms: &ReceiptTerms,
         round_id: u64,
         payload: &[u8],
-        dp: Option<DpSteps>,
-        clipping_norm: f64,
-        noise_multiplier: f64,
     ) -> anyhow::Result<SignedReceipt> {
+        let ReceiptTerms {
+            federation,
+            dp,
+            clipping_norm,
+            noise_multiplier,
+        } = terms;
+        let (dp, clipping_norm, noise_multiplier) = (*dp, *clipping_norm, *noise_multiplier);
         // The same bytes sent again (a retried step after a reconnect): same receipt, no
         // second charge to the budget.
         let digest = Sha256Digest::of(payload);
         let earlier = self.log.lines().iter().rev().find_map(|l| match &l.record {
             Record::Receipt { receipt, .. }
-                if receipt.receipt.federation == federation
+                if receipt.receipt.federation == *federation
                     && receipt.receipt.round_id == round_id
                     && receipt.receipt.update_sha256 == digest =>
             {
@@ -223,7 +236,7 @@ impl Privacy {
         }
         let receipt = harambee_privacy::ledger::EgressReceipt {
             facility: self.facility.clone(),
-            federation: federation.to_owned(),
+            federation: federation.clone(),
             round_id,
             update_sha256: Sha256Digest::of(payload),
             bytes: payload.len() as u64,
@@ -380,6 +393,15 @@ mod tests {
         }
     }
 
+    fn terms(dp: Option<DpSteps>) -> ReceiptTerms {
+        ReceiptTerms {
+            federation: "sepsis".into(),
+            dp,
+            clipping_norm: 1.0,
+            noise_multiplier: 1.0,
+        }
+    }
+
     fn dp_config() -> pb::PrivacyConfig {
         pb::PrivacyConfig {
             dp_sgd: Some(pb::DpSgdConfig {
@@ -451,21 +473,18 @@ mod tests {
             .admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
             .unwrap();
         assert_eq!(dp.unwrap().steps, steps);
-        let receipt = p.sign_egress("sepsis", 1, b"update", dp, 1.0, 1.0).unwrap();
+        let receipt = p.sign_egress(&terms(dp), 1, b"update").unwrap();
         assert!((receipt.receipt.epsilon_spent - one).abs() < 1e-12);
         assert!(receipt.verify(&p.verifying_key()).is_ok());
         // The same bytes again (a retried step): the same receipt, no second charge.
-        assert_eq!(
-            p.sign_egress("sepsis", 1, b"update", dp, 1.0, 1.0).unwrap(),
-            receipt
-        );
+        assert_eq!(p.sign_egress(&terms(dp), 1, b"update").unwrap(), receipt);
         assert!((p.epsilon_spent() - one).abs() < 1e-12);
         let refusal = p
             .admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
             .unwrap_err();
         assert!(refusal.0.contains("over the budget"), "{}", refusal.0);
         assert!(
-            p.sign_egress("sepsis", 2, b"other", dp, 1.0, 1.0).is_err(),
+            p.sign_egress(&terms(dp), 2, b"other").is_err(),
             "the budget is checked again at egress"
         );
         // The accountant is rebuilt from the log.

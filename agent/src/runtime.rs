@@ -23,7 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::AgentConfig;
 use crate::egress::{EgressLog, EgressRecord};
-use crate::privacy::Privacy;
+use crate::privacy::{Privacy, ReceiptTerms};
 use crate::secure::{self, Reply, SecureClients};
 use crate::transfer;
 
@@ -88,7 +88,7 @@ pub async fn run_with_stats(
         crashed: tokio::sync::Notify::new(),
         stats,
         privacy: Mutex::new(privacy),
-        dp_of_round: Mutex::default(),
+        held_terms: Mutex::default(),
     });
     info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
@@ -119,17 +119,9 @@ struct Agent {
     stats: Arc<AgentStats>,
     /// Policy, accountant, receipts and the privacy log.
     privacy: Mutex<Privacy>,
-    /// What a held update (secure aggregation) carries into its receipt once it leaves.
-    dp_of_round: Mutex<HashMap<u64, HeldReceipt>>,
-}
-
-/// The receipt terms of an update held for secure aggregation, fixed when it was trained.
-#[derive(Clone, Debug)]
-struct HeldReceipt {
-    federation: String,
-    dp: Option<DpSteps>,
-    clipping_norm: f64,
-    noise_multiplier: f64,
+    /// The receipt terms of an update held for secure aggregation, fixed when it was
+    /// trained, by round.
+    held_terms: Mutex<HashMap<u64, ReceiptTerms>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -570,19 +562,17 @@ impl Agent {
             .as_ref()
             .and_then(|p| p.dp_sgd.as_ref())
             .map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier));
+        let terms = ReceiptTerms {
+            federation: task.federation.clone(),
+            dp,
+            clipping_norm,
+            noise_multiplier,
+        };
         // The training loss is computed on the raw rows, outside DP-SGD's guarantee: under
         // DP it does not leave.
         let train_loss = if dp.is_some() { 0.0 } else { report.mean_loss };
         if let Some(secure) = &task.secure {
-            self.dp_of_round.lock().unwrap().insert(
-                task.round_id,
-                HeldReceipt {
-                    federation: task.federation.clone(),
-                    dp,
-                    clipping_norm,
-                    noise_multiplier,
-                },
-            );
+            self.held_terms.lock().unwrap().insert(task.round_id, terms);
             // Secure aggregation: the update stays here until it leaves masked.
             let weight = (report.n_samples as u64).min(secure.max_weight.max(1));
             self.egress.keep_unmasked(task.round_id, &update)?;
@@ -636,14 +626,11 @@ impl Agent {
             sha256: Some(&sha256),
             n_samples: report.n_samples as u64,
         })?;
-        let receipt = self.privacy.lock().unwrap().sign_egress(
-            &task.federation,
-            task.round_id,
-            &payload,
-            dp,
-            clipping_norm,
-            noise_multiplier,
-        )?;
+        let receipt = self
+            .privacy
+            .lock()
+            .unwrap()
+            .sign_egress(&terms, task.round_id, &payload)?;
         let header = pb::UpdateHeader {
             round_id: task.round_id,
             n_params: update.len() as u64,
@@ -855,31 +842,23 @@ impl Agent {
                     sha256: Some(&sha256),
                     n_samples: 0,
                 })?;
-                let HeldReceipt {
-                    federation,
-                    dp,
-                    clipping_norm,
-                    noise_multiplier,
-                } = self
-                    .dp_of_round
+                let terms = self
+                    .held_terms
                     .lock()
                     .unwrap()
                     .get(&round_id)
                     .cloned()
-                    .unwrap_or(HeldReceipt {
+                    .unwrap_or(ReceiptTerms {
                         federation,
                         dp: None,
                         clipping_norm: 0.0,
                         noise_multiplier: 0.0,
                     });
-                let receipt = self.privacy.lock().unwrap().sign_egress(
-                    &federation,
-                    round_id,
-                    &words,
-                    dp,
-                    clipping_norm,
-                    noise_multiplier,
-                )?;
+                let receipt = self
+                    .privacy
+                    .lock()
+                    .unwrap()
+                    .sign_egress(&terms, round_id, &words)?;
                 let header = pb::UpdateHeader {
                     round_id,
                     n_params: n_words as u64,
@@ -902,7 +881,7 @@ impl Agent {
                 self.privacy.lock().unwrap().log.append(
                     now_ms(),
                     Record::Accepted {
-                        federation,
+                        federation: terms.federation,
                         round_id,
                     },
                 )?;
