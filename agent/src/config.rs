@@ -39,8 +39,9 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Evaluation metrics are withheld when the held-out cohort has fewer rows than this.
-    #[serde(default)]
+    /// Evaluation metrics are withheld when the held-out cohort has fewer rows than this
+    /// (20 by default: metrics of a handful of patients say too much about each).
+    #[serde(default = "default_min_cohort")]
     pub min_cohort: u64,
     /// Federations this facility trains for; `"*"` means any. None by default.
     #[serde(default)]
@@ -48,6 +49,31 @@ pub struct PolicyConfig {
     /// Model kinds it trains (`logistic_regression`, `mlp`, `personalized`); `"*"`: any.
     #[serde(default)]
     pub allowed_model_kinds: Vec<String>,
+    /// Label columns it trains and evaluates models for; `"*"`: any. None by default.
+    #[serde(default)]
+    pub allowed_labels: Vec<String>,
+    /// Updates leave only masked, through secure aggregation (default): a task asking for
+    /// a plain upload is declined.
+    #[serde(default = "yes")]
+    pub require_secure_aggregation: bool,
+    /// The fewest facilities whose sum this facility's update may be hidden in: secure
+    /// aggregation with fewer participants, or with fewer survivors needed to unmask, is
+    /// declined. 3 by default (with 2, each learns the other's update from the sum).
+    #[serde(default = "default_min_contributors")]
+    pub min_contributors: u64,
+    /// Take part only in rounds that run SecAgg+'s consistency check (the variant that
+    /// holds against a coordinator that lies about who dropped out).
+    #[serde(default)]
+    pub require_consistency_check: bool,
+    /// The smallest Shamir threshold accepted, as a fraction of a client's neighbours:
+    /// below one half, a coordinator could reconstruct both secrets of a client from two
+    /// disjoint groups of its neighbours.
+    #[serde(default = "default_threshold_fraction")]
+    pub min_threshold_fraction: f64,
+    /// When the federation declares the distributed DP mechanism, the round's parameters
+    /// must carry this facility's noise share, calibrated to the survivors needed to unmask.
+    #[serde(default = "yes")]
+    pub require_distributed_noise: bool,
     /// It does not train on fewer training rows than this.
     #[serde(default)]
     pub min_samples: u64,
@@ -63,12 +89,34 @@ fn default_delta() -> f64 {
     1e-5
 }
 
+fn default_min_cohort() -> u64 {
+    20
+}
+
+fn default_min_contributors() -> u64 {
+    3
+}
+
+fn default_threshold_fraction() -> f64 {
+    0.5
+}
+
+fn yes() -> bool {
+    true
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
-            min_cohort: 0,
+            min_cohort: default_min_cohort(),
             allowed_federations: Vec::new(),
             allowed_model_kinds: Vec::new(),
+            allowed_labels: Vec::new(),
+            require_secure_aggregation: true,
+            min_contributors: default_min_contributors(),
+            require_consistency_check: false,
+            min_threshold_fraction: default_threshold_fraction(),
+            require_distributed_noise: true,
             min_samples: 0,
             max_epsilon: None,
             delta: default_delta(),
@@ -179,6 +227,18 @@ impl AgentConfig {
         let p = &self.policy;
         if !(p.delta > 0.0 && p.delta < 1.0) {
             anyhow::bail!("policy.delta must be between 0 and 1, not {}", p.delta);
+        }
+        if !(0.5..=1.0).contains(&p.min_threshold_fraction) {
+            anyhow::bail!(
+                "policy.min_threshold_fraction must be between 0.5 and 1, not {}",
+                p.min_threshold_fraction
+            );
+        }
+        if p.min_contributors < 2 {
+            anyhow::bail!(
+                "policy.min_contributors must be at least 2, not {}",
+                p.min_contributors
+            );
         }
         if let Some(max) = p.max_epsilon
             && !(max.is_finite() && max >= 0.0)

@@ -2,8 +2,9 @@
 //! receives tasks on a long-lived stream, trains on the facility's own data and sends back
 //! only parameters (as an update) and aggregate metrics. Patient rows never leave it.
 //!
-//! Map: [`cli`] and [`config`] are the binary's face; [`runtime`] holds the connection loop
-//! and task handling; [`transfer`] moves models and updates in chunks; [`egress`] is the
+//! Map: [`cli`] and [`config`] are the binary's face; [`core`] makes every decision (policy,
+//! de-duplication, held updates, secure-aggregation clients, privacy state) without IO, and
+//! [`runtime`] carries them out: the connection loop, training, uploads; [`transfer`] moves models and updates in chunks; [`egress`] is the
 //! local log of everything that left the facility; [`privacy`] is its policy, privacy accountant, egress receipts and
 //! hash-chained privacy log; [`audit`] verifies a ledger export offline; [`enrol`] and
 //! [`renew`] obtain and renew its certificate. What it shares with the coordinator (identity,
@@ -12,6 +13,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod egress;
 pub mod enrol;
 pub mod privacy;

@@ -99,6 +99,7 @@ pub struct Refusal(pub String);
 impl Privacy {
     /// Loads the log and rebuilds the accountant from the receipts in it.
     pub fn open(
+        now_ms: i64,
         state_dir: &Path,
         facility: String,
         policy: PolicyConfig,
@@ -130,7 +131,7 @@ impl Privacy {
                 facility: privacy.facility.clone(),
                 key: own,
             };
-            privacy.log.append(now_ms(), record)?;
+            privacy.log.append(now_ms, record)?;
         }
         Ok(privacy)
     }
@@ -160,29 +161,53 @@ impl Privacy {
         }
     }
 
-    /// Whether the facility's policy lets it take this training task: the federation and
-    /// model kind are allowed, it holds enough rows, and (with a budget) the task uses
-    /// DP-SGD and one more round fits the budget. Returns the DP steps the task will take.
+    /// Whether the facility's policy lets it take this training task: the federation,
+    /// model kind and label are allowed, the update leaves as the policy requires, it holds
+    /// enough rows (when known: `None` before the data is read), and (with a budget) the
+    /// task uses DP-SGD and one more round fits the budget. Returns the DP steps the task
+    /// will take.
     pub fn admit(
         &self,
-        federation: &str,
-        model_kind: &str,
-        n_rows: usize,
+        task: &pb::TrainTask,
+        n_rows: Option<usize>,
         epochs: usize,
-        privacy: Option<&pb::PrivacyConfig>,
     ) -> Result<Option<DpSteps>, Refusal> {
+        let privacy = task.privacy.as_ref();
         let dp = privacy.and_then(|p| p.dp_sgd.as_ref()).map(|d| DpSteps {
             noise_multiplier: d.noise_multiplier,
             sampling_rate: d.sampling_rate,
             steps: harambee_models::dp::dp_steps(epochs, d.sampling_rate),
         });
-        let task = TaskDemand {
-            federation,
-            model_kind,
-            n_rows: Some(n_rows as u64),
+        let model = task.model.as_ref();
+        let demand = TaskDemand {
+            federation: &task.federation,
+            model_kind: model.map_or("", |m| m.kind.as_str()),
+            label: Some(model_label(model)),
+            secure: Some(task.secure.is_some()),
+            n_rows: n_rows.map(|n| n as u64),
             dp,
         };
-        policy::admit(&self.policy.admission(), &self.accountant, &task)
+        policy::admit(&self.policy.admission(), &self.accountant, &demand)
+            .map_err(|refusal| Refusal(refusal.to_string()))
+    }
+
+    /// Whether the facility's policy lets it evaluate for this task: a federation, model
+    /// kind and label it trains for (nothing is spent: metrics carry no DP guarantee, and
+    /// `min_cohort` bounds what they say).
+    pub fn admit_evaluation(&self, task: &pb::EvaluateTask) -> Result<(), Refusal> {
+        let model = task.model.as_ref();
+        let demand = TaskDemand {
+            federation: &task.federation,
+            model_kind: model.map_or("", |m| m.kind.as_str()),
+            label: Some(model_label(model)),
+            secure: None,
+            n_rows: None,
+            dp: None,
+        };
+        let mut rules = self.policy.admission();
+        rules.max_epsilon = None;
+        policy::admit(&rules, &self.accountant, &demand)
+            .map(|_| ())
             .map_err(|refusal| Refusal(refusal.to_string()))
     }
 
@@ -191,6 +216,7 @@ impl Privacy {
     /// Nothing is logged or composed when it is refused.
     pub fn sign_egress(
         &mut self,
+        now_ms: i64,
         terms: &ReceiptTerms,
         round_id: u64,
         payload: &[u8],
@@ -248,7 +274,7 @@ impl Privacy {
         }
         .sign(&self.key)?;
         self.log.append(
-            now_ms(),
+            now_ms,
             Record::Receipt {
                 receipt: receipt.clone(),
                 dp,
@@ -279,6 +305,7 @@ impl Privacy {
     /// proof and the head, and returns the countersignature to send back.
     pub fn accept_proof(
         &mut self,
+        now_ms: i64,
         federation: &str,
         round_id: u64,
         answer: &pb::LedgerProof,
@@ -330,7 +357,7 @@ impl Privacy {
                 .context("the new tree head is not consistent with the last one this facility saw (a forked or rewritten ledger)")?;
         }
         let cosignature = head.head.cosign(&self.facility, &self.key);
-        let now = now_ms();
+        let now = now_ms;
         self.log.append(
             now,
             Record::Proof {
@@ -353,12 +380,21 @@ impl Privacy {
     }
 }
 
+/// The label column a task's model predicts ("" when it names none).
+fn model_label(model: Option<&pb::ModelSpec>) -> &str {
+    model
+        .and_then(|m| m.schema.as_ref())
+        .map_or("", |s| s.label.as_str())
+}
+
 impl PolicyConfig {
     /// The rules [`policy::admit`] applies.
     pub fn admission(&self) -> policy::Policy {
         policy::Policy {
             allowed_federations: self.allowed_federations.clone(),
             allowed_model_kinds: self.allowed_model_kinds.clone(),
+            allowed_labels: self.allowed_labels.clone(),
+            require_secure_aggregation: self.require_secure_aggregation,
             min_samples: self.min_samples,
             max_epsilon: self.max_epsilon,
             delta: self.delta,
@@ -372,13 +408,6 @@ impl PolicyConfig {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +416,7 @@ mod tests {
         PolicyConfig {
             allowed_federations: vec!["sepsis".into()],
             allowed_model_kinds: vec!["mlp".into()],
+            allowed_labels: vec!["death".into()],
             min_samples: 10,
             max_epsilon,
             ..PolicyConfig::default()
@@ -413,8 +443,32 @@ mod tests {
         }
     }
 
+    fn admit(
+        p: &Privacy,
+        kind: &str,
+        n_rows: usize,
+        privacy: Option<&pb::PrivacyConfig>,
+    ) -> Result<Option<DpSteps>, Refusal> {
+        let task = pb::TrainTask {
+            federation: "sepsis".into(),
+            model: Some(pb::ModelSpec {
+                kind: kind.into(),
+                schema: Some(pb::FeatureSchema {
+                    label: "death".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            secure: Some(pb::SecureAggregation::default()),
+            privacy: privacy.cloned(),
+            ..Default::default()
+        };
+        p.admit(&task, Some(n_rows), 1)
+    }
+
     fn open(dir: &Path, max_epsilon: Option<f64>) -> Privacy {
         Privacy::open(
+            1_000,
             dir,
             "clinic-a".into(),
             policy(max_epsilon),
@@ -427,28 +481,29 @@ mod tests {
     fn privacy_policy_denies_by_default_and_names_the_rule() {
         let dir = tempfile::tempdir().unwrap();
         let p = Privacy::open(
+            1_000,
             dir.path(),
             "clinic-a".into(),
             PolicyConfig::default(),
             SigningKey::from_bytes(&[7; 32]),
         )
         .unwrap();
-        let err = p.admit("sepsis", "mlp", 100, 1, None).unwrap_err();
+        let err = admit(&p, "mlp", 100, None).unwrap_err();
         assert!(err.0.contains("allowed_federations"), "{}", err.0);
         let p = open(dir.path(), None);
         assert!(
-            p.admit("sepsis", "logistic_regression", 100, 1, None)
+            admit(&p, "logistic_regression", 100, None)
                 .unwrap_err()
                 .0
                 .contains("model kind")
         );
         assert!(
-            p.admit("sepsis", "mlp", 9, 1, None)
+            admit(&p, "mlp", 9, None)
                 .unwrap_err()
                 .0
                 .contains("min_samples")
         );
-        assert_eq!(p.admit("sepsis", "mlp", 10, 1, None), Ok(None));
+        assert_eq!(admit(&p, "mlp", 10, None), Ok(None));
     }
 
     #[test]
@@ -464,36 +519,32 @@ mod tests {
         let mut p = open(dir.path(), Some((one + two) / 2.0));
         // A budget means DP-SGD only.
         assert!(
-            p.admit("sepsis", "mlp", 100, 1, None)
+            admit(&p, "mlp", 100, None)
                 .unwrap_err()
                 .0
                 .contains("without DP-SGD")
         );
-        let dp = p
-            .admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
-            .unwrap();
+        let dp = admit(&p, "mlp", 100, Some(&dp_config())).unwrap();
         assert_eq!(dp.unwrap().steps, steps);
-        let receipt = p.sign_egress(&terms(dp), 1, b"update").unwrap();
+        let receipt = p.sign_egress(2_000, &terms(dp), 1, b"update").unwrap();
         assert!((receipt.receipt.epsilon_spent - one).abs() < 1e-12);
         assert!(receipt.verify(&p.verifying_key()).is_ok());
         // The same bytes again (a retried step): the same receipt, no second charge.
-        assert_eq!(p.sign_egress(&terms(dp), 1, b"update").unwrap(), receipt);
+        assert_eq!(
+            p.sign_egress(2_000, &terms(dp), 1, b"update").unwrap(),
+            receipt
+        );
         assert!((p.epsilon_spent() - one).abs() < 1e-12);
-        let refusal = p
-            .admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
-            .unwrap_err();
+        let refusal = admit(&p, "mlp", 100, Some(&dp_config())).unwrap_err();
         assert!(refusal.0.contains("over the budget"), "{}", refusal.0);
         assert!(
-            p.sign_egress(&terms(dp), 2, b"other").is_err(),
+            p.sign_egress(2_000, &terms(dp), 2, b"other").is_err(),
             "the budget is checked again at egress"
         );
         // The accountant is rebuilt from the log.
         let p = open(dir.path(), Some((one + two) / 2.0));
         assert!((p.epsilon_spent() - one).abs() < 1e-12);
-        assert!(
-            p.admit("sepsis", "mlp", 100, 1, Some(&dp_config()))
-                .is_err()
-        );
+        assert!(admit(&p, "mlp", 100, Some(&dp_config())).is_err());
         assert_eq!(
             p.status().rdp.len(),
             harambee_privacy::accountant::default_orders().len()

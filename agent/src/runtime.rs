@@ -1,27 +1,34 @@
 //! The agent's life: connect out, hold the task stream, heartbeat, carry out tasks, and
 //! reconnect with backoff whenever the link drops. Training runs on a blocking thread so the
 //! stream and heartbeats stay responsive however long it takes.
+//!
+//! Every decision is the [`Core`]'s. It has one owner, a task that applies calls to it in
+//! the order they arrive ([`Agent::with_core`]); the rest of this module is IO: it feeds the
+//! core tasks and outcomes with the time from its [`Clock`], and carries out the core's
+//! [`Action`]s. Nobody holds the core across an await.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use harambee_link::clock::Clock;
 use harambee_link::convert as wire;
 use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
 use harambee_link::tls::{self, ClientTls};
 use harambee_models::data::{Dataset, Schema, load_csv, split_holdout};
 use harambee_models::model::ModelSpec;
-use harambee_privacy::log::Record;
 use harambee_privacy::policy::DpSteps;
-use harambee_proto::pb::{self, agent_service_client::AgentServiceClient, task::Kind};
+use harambee_proto::pb::{self, agent_service_client::AgentServiceClient};
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tonic::transport::Channel;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::AgentConfig;
+use crate::core::{Action, Core, TaskKind};
 use crate::egress::{EgressLog, EgressRecord};
 use crate::privacy::{Privacy, ReceiptTerms};
 use crate::secure::{self, Reply, SecureClients};
@@ -54,6 +61,7 @@ pub async fn run_with_stats(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let clock = Clock::system();
     let tls = ClientTls::from_files(
         &config.tls.ca,
         &config.tls.cert,
@@ -66,6 +74,7 @@ pub async fn run_with_stats(
     let facility = harambee_link::identity::facility_of_pem(&std::fs::read(&config.tls.cert)?)
         .context("reading the facility's certificate")?;
     let privacy = Privacy::open(
+        clock.unix_ms(),
         &config.state_dir,
         facility,
         config.policy.clone(),
@@ -78,24 +87,28 @@ pub async fn run_with_stats(
         allowed_federations = ?privacy.policy.allowed_federations,
         "privacy policy loaded"
     );
-    let signing_key = Some(signing_key);
+    let core = Core::new(
+        privacy,
+        SecureClients::new(Some(signing_key), verifier),
+        config.testing.crash_at.clone(),
+    );
+    let (calls, owner) = spawn_owner(core);
     let agent = Arc::new(Agent {
         egress: EgressLog::new(&config.state_dir, config.egress.keep_payloads),
         config,
         tls,
-        work: Mutex::default(),
-        secure: Arc::new(Mutex::new(SecureClients::new(signing_key, verifier))),
+        clock,
+        calls,
         crashed: tokio::sync::Notify::new(),
         stats,
-        privacy: Mutex::new(privacy),
-        held_terms: Mutex::default(),
     });
     info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
+    let _owner = AbortOnDrop(owner.abort_handle());
     tokio::select! {
         result = agent.connection_loop() => result,
         () = agent.crashed.notified() => {
-            agent.abort_all_work();
+            agent.with_owner(Owner::abort_all).await;
             Err(anyhow::anyhow!("simulated crash (testing.crash_at)"))
         }
         () = shutdown => {
@@ -105,39 +118,88 @@ pub async fn run_with_stats(
     }
 }
 
+/// The core and the tasks carrying out its work, owned by one task.
+struct Owner {
+    core: Core,
+    /// Running work by round, to abort on a cancel or a crash.
+    jobs: HashMap<u64, Vec<AbortHandle>>,
+}
+
+impl Owner {
+    fn abort_round(&mut self, round_id: u64) {
+        for job in self.jobs.remove(&round_id).unwrap_or_default() {
+            job.abort();
+        }
+    }
+
+    fn abort_all(&mut self) {
+        for (_, jobs) in self.jobs.drain() {
+            for job in jobs {
+                job.abort();
+            }
+        }
+    }
+}
+
+type Call = Box<dyn FnOnce(&mut Owner) + Send>;
+
+/// Starts the core's owner: it applies calls in order until every sender is gone.
+fn spawn_owner(core: Core) -> (mpsc::UnboundedSender<Call>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Call>();
+    let owner = tokio::spawn(async move {
+        let mut owner = Owner {
+            core,
+            jobs: HashMap::new(),
+        };
+        while let Some(call) = rx.recv().await {
+            call(&mut owner);
+        }
+    });
+    (tx, owner)
+}
+
 struct Agent {
     config: AgentConfig,
     tls: ClientTls,
     egress: EgressLog,
-    /// Tasks running or finished, by (round, kind): a task resent after a reconnect is not
-    /// done twice. Failed tasks are forgotten so that a resend retries them.
-    work: Mutex<HashMap<(u64, TaskKind), Work>>,
-    /// Secure-aggregation clients by round.
-    secure: Arc<Mutex<SecureClients>>,
+    clock: Arc<Clock>,
+    /// To the core's owner.
+    calls: mpsc::UnboundedSender<Call>,
     /// Signalled by `testing.crash_at`.
     crashed: tokio::sync::Notify,
     stats: Arc<AgentStats>,
-    /// Policy, accountant, receipts and the privacy log.
-    privacy: Mutex<Privacy>,
-    /// The receipt terms of an update held for secure aggregation, fixed when it was
-    /// trained, by round.
-    held_terms: Mutex<HashMap<u64, ReceiptTerms>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum TaskKind {
-    Train,
-    Evaluate,
-}
-
-enum Work {
-    Running(AbortHandle),
-    Done,
 }
 
 type Client = AgentServiceClient<Channel>;
 
 impl Agent {
+    /// Runs `f` on the owner, after every call sent before it.
+    async fn with_owner<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Owner) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        let call: Call = Box::new(move |owner| {
+            let _ = tx.send(f(owner));
+        });
+        if self.calls.send(call).is_err() {
+            // The owner stops only when the agent does.
+            std::future::pending::<()>().await;
+        }
+        match rx.await {
+            Ok(value) => value,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Runs `f` on the core (see [`Agent::with_owner`]).
+    async fn with_core<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> T + Send + 'static,
+    ) -> T {
+        self.with_owner(move |owner| f(&mut owner.core)).await
+    }
+
     async fn connection_loop(self: &Arc<Self>) -> anyhow::Result<()> {
         let mut backoff = Duration::from_secs(1);
         loop {
@@ -175,7 +237,22 @@ impl Agent {
         let proofs = tokio::spawn(self.clone().proof_loop(client.clone()));
         let _stop_proofs = AbortOnDrop(proofs.abort_handle());
         while let Some(task) = tasks.message().await? {
-            self.dispatch(client.clone(), task);
+            let now = self.clock.unix_ms();
+            let actions = self
+                .with_core(move |core| {
+                    let handled = core.handle_task(now, task);
+                    (
+                        handled,
+                        std::iter::from_fn(|| core.poll_action()).collect::<Vec<_>>(),
+                    )
+                })
+                .await;
+            let (handled, actions) = actions;
+            // The privacy log could not be written: stop rather than act unrecorded.
+            handled.context("writing the privacy log")?;
+            for action in actions {
+                self.carry_out(&client, action).await;
+            }
         }
         Ok(())
     }
@@ -184,8 +261,9 @@ impl Agent {
     async fn heartbeat_loop(self: Arc<Self>, mut client: Client) {
         let mut interval = Duration::from_secs(5);
         loop {
-            let busy_round_id = self.busy_round();
-            let privacy = Some(self.privacy.lock().unwrap().status());
+            let (busy_round_id, privacy) = self
+                .with_core(|core| (core.busy_round(), Some(core.privacy_status())))
+                .await;
             match client
                 .heartbeat(pb::HeartbeatRequest {
                     busy_round_id,
@@ -216,15 +294,10 @@ impl Agent {
     /// countersigns the head. A round not committed yet answers "not found": asked again at
     /// the next heartbeat.
     async fn fetch_ledger_proofs(&self, client: &mut Client) {
-        let awaiting = self.privacy.lock().unwrap().awaiting_proof();
+        let (awaiting, _) = self.with_core(|core| core.awaiting_proof()).await;
         for (federation, round_id) in awaiting {
-            let known_tree_size = self
-                .privacy
-                .lock()
-                .unwrap()
-                .log
-                .last_head()
-                .map_or(0, |(h, _)| h.head.tree_size);
+            // The head checked last, which the one answered must extend.
+            let (_, known_tree_size) = self.with_core(|core| core.awaiting_proof()).await;
             let answer = match client
                 .get_ledger_proof(pb::LedgerProofRequest {
                     round_id,
@@ -239,13 +312,12 @@ impl Agent {
                     continue;
                 }
             };
+            let now = self.clock.unix_ms();
             let checked = self
-                .privacy
-                .lock()
-                .unwrap()
-                .accept_proof(&federation, round_id, &answer);
+                .with_core(move |core| core.handle_proof(now, &federation, round_id, &answer))
+                .await;
             match checked {
-                Ok((head, cosignature)) => {
+                Ok(Ok((head, cosignature))) => {
                     info!(
                         round_id,
                         tree_size = head.head.tree_size,
@@ -259,162 +331,133 @@ impl Agent {
                         warn!(round_id, %status, "sending the countersignature failed");
                     }
                 }
-                Err(e) => {
-                    let problem = format!("{e:#}");
-                    error!(round_id, %problem, "the coordinator's ledger proof does not verify");
-                    let alarm = Record::Alarm {
-                        federation: federation.clone(),
-                        round_id,
-                        problem,
-                    };
-                    if let Err(e) = self.privacy.lock().unwrap().log.append(now_ms(), alarm) {
-                        error!("could not write the privacy log: {e:#}");
-                    }
-                }
+                // Logged as an alarm by the core.
+                Ok(Err(_)) => {}
+                Err(e) => error!("could not write the privacy log: {e:#}"),
             }
         }
     }
 
-    /// Declines a task the facility's policy forbids: says why in the log and the privacy
-    /// log, and tells the coordinator so that the round does not wait for it.
-    async fn decline(
+    /// Asks the core whether the facility's policy admits training for `task` on `n_rows`
+    /// rows; when it does not (the core logs why), tells the coordinator, so that the round
+    /// does not wait for this facility. `None`: declined.
+    async fn admit(
         &self,
         client: &mut Client,
-        federation: &str,
-        round_id: u64,
-        reason: String,
-    ) -> anyhow::Result<()> {
-        warn!(round_id, federation, %reason, "task refused by the facility's policy");
-        self.privacy.lock().unwrap().log.append(
-            now_ms(),
-            Record::Refusal {
-                federation: federation.to_owned(),
-                round_id,
-                reason: reason.clone(),
-            },
-        )?;
-        client
-            .decline_task(pb::DeclineTaskRequest { round_id, reason })
+        task: &pb::TrainTask,
+        n_rows: usize,
+        epochs: usize,
+    ) -> anyhow::Result<Option<Option<DpSteps>>> {
+        let now = self.clock.unix_ms();
+        let asked = task.clone();
+        let admitted = self
+            .with_core(move |core| core.admit_training(now, &asked, n_rows, epochs))
             .await?;
-        Ok(())
+        match admitted {
+            Ok(dp) => Ok(Some(dp)),
+            Err(refusal) => {
+                client
+                    .decline_task(pb::DeclineTaskRequest {
+                        round_id: task.round_id,
+                        reason: refusal.0,
+                    })
+                    .await?;
+                Ok(None)
+            }
+        }
     }
 
-    fn busy_round(&self) -> u64 {
-        let work = self.work.lock().unwrap();
-        work.iter()
-            .filter(|(_, w)| matches!(w, Work::Running(_)))
-            .map(|((round, _), _)| *round)
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn dispatch(self: &Arc<Self>, client: Client, task: pb::Task) {
-        match task.kind {
-            Some(Kind::Train(t)) => {
+    /// Carries out one of the core's actions.
+    async fn carry_out(self: &Arc<Self>, client: &Client, action: Action) {
+        match action {
+            Action::Train(t) => {
                 let round_id = t.round_id;
                 let span = info_span!("train", round_id, federation = %t.federation);
                 let agent = self.clone();
+                let client = client.clone();
                 self.start(
                     round_id,
                     TaskKind::Train,
                     async move { agent.train(client, t).await }.instrument(span),
-                );
+                )
+                .await;
             }
-            Some(Kind::Evaluate(t)) => {
+            Action::Evaluate(t) => {
                 let round_id = t.round_id;
                 let span = info_span!("evaluate", round_id, federation = %t.federation);
                 let agent = self.clone();
+                let client = client.clone();
                 self.start(
                     round_id,
                     TaskKind::Evaluate,
                     async move { agent.evaluate(client, t).await }.instrument(span),
-                );
+                )
+                .await;
             }
-            Some(Kind::SecaggAdvertise(t)) => self.secure_step(client, secure::Stage::Advertise(t)),
-            Some(Kind::SecaggShareKeys(t)) => self.secure_step(client, secure::Stage::ShareKeys(t)),
-            Some(Kind::SecaggMaskedInput(t)) => {
-                self.secure_step(client, secure::Stage::MaskedInput(t))
-            }
-            Some(Kind::SecaggUnmask(t)) => self.secure_step(client, secure::Stage::Unmask(t)),
-            Some(Kind::SecaggConsistency(t)) => {
-                self.secure_step(client, secure::Stage::Consistency(t))
-            }
-            Some(Kind::Cancel(c)) => {
-                info!(round_id = c.round_id, reason = %c.reason, "coordinator cancelled the round's work");
-                self.secure.lock().unwrap().forget(c.round_id);
-                let mut work = self.work.lock().unwrap();
-                for ((round, _), w) in work.iter_mut() {
-                    if *round == c.round_id
-                        && let Work::Running(handle) = w
+            Action::Secure(stage) => self.secure_step(client.clone(), stage),
+            Action::Decline { round_id, reason } => {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    if let Err(status) = client
+                        .decline_task(pb::DeclineTaskRequest { round_id, reason })
+                        .await
                     {
-                        handle.abort();
-                        *w = Work::Done;
+                        warn!(round_id, %status, "telling the coordinator of the refusal failed");
                     }
-                }
+                });
             }
-            None => warn!("ignoring a task of a kind this agent does not know"),
+            Action::Abort { round_id } => {
+                self.with_owner(move |owner| owner.abort_round(round_id))
+                    .await;
+            }
+            Action::Crash { round_id, stage } => {
+                error!(
+                    round_id,
+                    stage, "testing.crash_at: stopping dead as a crash would"
+                );
+                self.crashed.notify_one();
+            }
         }
     }
 
-    fn start(
+    /// Runs a task's work; tells the core when it ends.
+    async fn start(
         self: &Arc<Self>,
         round_id: u64,
         kind: TaskKind,
         job: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
-        let key = (round_id, kind);
-        let mut work = self.work.lock().unwrap();
-        if work.contains_key(&key) {
-            return;
-        }
         let agent = self.clone();
         let handle = tokio::spawn(async move {
             let result = job.await;
-            let mut work = agent.work.lock().unwrap();
-            match result {
-                Ok(()) => {
-                    work.insert(key, Work::Done);
-                }
-                Err(e) => {
-                    error!(round_id, task = ?kind, "task failed: {e:#}");
-                    work.remove(&key);
-                }
+            if let Err(e) = &result {
+                error!(round_id, task = ?kind, "task failed: {e:#}");
             }
+            let succeeded = result.is_ok();
+            agent
+                .with_core(move |core| core.finished(round_id, kind, succeeded))
+                .await;
         });
-        work.insert(key, Work::Running(handle.abort_handle()));
-    }
-
-    fn abort_all_work(&self) {
-        for work in self.work.lock().unwrap().values() {
-            if let Work::Running(handle) = work {
-                handle.abort();
-            }
-        }
+        let abort = handle.abort_handle();
+        self.with_owner(move |owner| {
+            owner.jobs.retain(|_, jobs| {
+                jobs.retain(|j| !j.is_finished());
+                !jobs.is_empty()
+            });
+            owner.jobs.entry(round_id).or_default().push(abort);
+        })
+        .await;
     }
 
     async fn train(self: Arc<Self>, mut client: Client, task: pb::TrainTask) -> anyhow::Result<()> {
         let (model, schema) = wire::model(task.model.as_ref())?;
-        let kind = task
-            .model
-            .as_ref()
-            .map(|m| m.kind.clone())
-            .unwrap_or_default();
         let epochs = task.config.as_ref().map_or(1, |c| c.epochs as usize);
         if let Some(synthetic) = self.config.testing.synthetic.clone() {
-            let admitted = self.privacy.lock().unwrap().admit(
-                &task.federation,
-                &kind,
-                synthetic.n_samples as usize,
-                epochs,
-                task.privacy.as_ref(),
-            );
-            let dp = match admitted {
-                Ok(dp) => dp,
-                Err(refusal) => {
-                    return self
-                        .decline(&mut client, &task.federation, task.round_id, refusal.0)
-                        .await;
-                }
+            let Some(dp) = self
+                .admit(&mut client, &task, synthetic.n_samples as usize, epochs)
+                .await?
+            else {
+                return Ok(());
             };
             let n = model.shared_len();
             let update = tokio::task::spawn_blocking(move || {
@@ -427,7 +470,7 @@ impl Agent {
                 n_samples: synthetic.n_samples as usize,
             };
             return self
-                .send_update(client, &task, update, report, dp, std::time::Instant::now())
+                .send_update(client, &task, update, report, dp, self.clock.now())
                 .await;
         }
         let mut config = wire::train_config(task.config.as_ref())?;
@@ -447,20 +490,11 @@ impl Agent {
         // With a personalized model, train the global body under this facility's own head.
         let start = self.with_own_head(&model, &task.federation, &base)?;
         let (train, _) = self.load_split(schema).await?;
-        let admitted = self.privacy.lock().unwrap().admit(
-            &task.federation,
-            &kind,
-            train.n_rows(),
-            config.epochs,
-            task.privacy.as_ref(),
-        );
-        let dp = match admitted {
-            Ok(dp) => dp,
-            Err(refusal) => {
-                return self
-                    .decline(&mut client, &task.federation, task.round_id, refusal.0)
-                    .await;
-            }
+        let Some(dp) = self
+            .admit(&mut client, &task, train.n_rows(), config.epochs)
+            .await?
+        else {
+            return Ok(());
         };
         let dp_sgd = task.privacy.as_ref().and_then(|p| p.dp_sgd);
         info!(
@@ -469,7 +503,7 @@ impl Agent {
             dp_sgd = dp_sgd.is_some(),
             "training"
         );
-        let started = std::time::Instant::now();
+        let started = self.clock.now();
         let (report, model) = tokio::task::spawn_blocking({
             let start = start.clone();
             move || -> anyhow::Result<_> {
@@ -572,21 +606,19 @@ impl Agent {
         // DP it does not leave.
         let train_loss = if dp.is_some() { 0.0 } else { report.mean_loss };
         if let Some(secure) = &task.secure {
-            self.held_terms.lock().unwrap().insert(task.round_id, terms);
             // Secure aggregation: the update stays here until it leaves masked.
             let weight = (report.n_samples as u64).min(secure.max_weight.max(1));
             self.egress.keep_unmasked(task.round_id, &update)?;
-            self.secure
-                .lock()
-                .unwrap()
-                .trained(task.round_id, &task.federation, update, weight);
+            let round_id = task.round_id;
+            self.with_core(move |core| core.hold(round_id, terms, update, weight))
+                .await;
             info!(
                 loss = report.mean_loss,
                 secs = started.elapsed().as_secs_f32(),
                 "trained; holding the update for secure aggregation"
             );
             self.egress.append(&EgressRecord {
-                unix_ms: now_ms(),
+                unix_ms: self.clock.unix_ms(),
                 kind: "trained",
                 federation: &task.federation,
                 round_id: task.round_id,
@@ -602,11 +634,16 @@ impl Agent {
                 round_id: task.round_id,
                 part: Some(pb::sec_agg_submission::Part::Trained(trained)),
             };
-            return retry_until(task.deadline_unix_ms, "training report", || {
-                let mut client = client.clone();
-                let submission = submission.clone();
-                async move { client.submit_sec_agg(submission).await.map(|_| ()) }
-            })
+            return retry_until(
+                &self.clock,
+                task.deadline_unix_ms,
+                "training report",
+                || {
+                    let mut client = client.clone();
+                    let submission = submission.clone();
+                    async move { client.submit_sec_agg(submission).await.map(|_| ()) }
+                },
+            )
             .await;
         }
         let payload = harambee_core::params::to_le_bytes(&update);
@@ -618,7 +655,7 @@ impl Agent {
         );
         self.egress.keep_payload(&sha256, &payload)?;
         self.egress.append(&EgressRecord {
-            unix_ms: now_ms(),
+            unix_ms: self.clock.unix_ms(),
             kind: "update",
             federation: &task.federation,
             round_id: task.round_id,
@@ -626,11 +663,12 @@ impl Agent {
             sha256: Some(&sha256),
             n_samples: report.n_samples as u64,
         })?;
-        let receipt = self
-            .privacy
-            .lock()
-            .unwrap()
-            .sign_egress(&terms, task.round_id, &payload)?;
+        let receipt = {
+            let now = self.clock.unix_ms();
+            let (round_id, payload) = (task.round_id, payload.clone());
+            self.with_core(move |core| core.sign_egress(now, &terms, round_id, &payload))
+                .await?
+        };
         let header = pb::UpdateHeader {
             round_id: task.round_id,
             n_params: update.len() as u64,
@@ -642,7 +680,7 @@ impl Agent {
         };
         self.stats.add(payload.len());
         let payload = Arc::new(payload);
-        retry_until(task.deadline_unix_ms, "upload", || {
+        retry_until(&self.clock, task.deadline_unix_ms, "upload", || {
             let mut client = client.clone();
             let header = header.clone();
             let payload = payload.clone();
@@ -650,14 +688,10 @@ impl Agent {
         })
         .await?;
         info!("update accepted");
-        self.privacy.lock().unwrap().log.append(
-            now_ms(),
-            Record::Accepted {
-                federation: task.federation.clone(),
-                round_id: task.round_id,
-            },
-        )?;
-        Ok(())
+        let now = self.clock.unix_ms();
+        let (federation, round_id) = (task.federation.clone(), task.round_id);
+        self.with_core(move |core| core.accepted(now, &federation, round_id))
+            .await
     }
 
     async fn evaluate(
@@ -755,7 +789,7 @@ impl Agent {
             );
         } else {
             self.egress.append(&EgressRecord {
-                unix_ms: now_ms(),
+                unix_ms: self.clock.unix_ms(),
                 kind: "metrics",
                 federation: &task.federation,
                 round_id: task.round_id,
@@ -769,7 +803,7 @@ impl Agent {
             metrics: (!withheld).then(|| wire::metrics(&metrics)),
             withheld,
         };
-        retry_until(task.deadline_unix_ms, "metrics report", || {
+        retry_until(&self.clock, task.deadline_unix_ms, "metrics report", || {
             let mut client = client.clone();
             async move { client.report_metrics(request).await.map(|_| ()) }
         })
@@ -778,18 +812,8 @@ impl Agent {
 
     /// One secure-aggregation step: advance the round's client, send its answer.
     fn secure_step(self: &Arc<Self>, client: Client, stage: secure::Stage) {
-        let round_id = stage.round_id();
-        if self.config.testing.crash_at.as_deref() == Some(stage.name()) {
-            error!(
-                round_id,
-                stage = stage.name(),
-                "testing.crash_at: stopping dead as a crash would"
-            );
-            self.crashed.notify_one();
-            return;
-        }
         let agent = self.clone();
-        let span = info_span!("secagg", round_id, stage = stage.name());
+        let span = info_span!("secagg", round_id = stage.round_id(), stage = stage.name());
         tokio::spawn(
             async move {
                 if let Err(e) = agent.run_secure_step(client, stage).await {
@@ -802,22 +826,31 @@ impl Agent {
 
     async fn run_secure_step(
         self: Arc<Self>,
-        mut client: Client,
+        client: Client,
         stage: secure::Stage,
     ) -> anyhow::Result<()> {
         let round_id = stage.round_id();
         let deadline = stage.deadline_unix_ms();
-        let clients = self.secure.clone();
-        let reply =
-            tokio::task::spawn_blocking(move || clients.lock().unwrap().step(stage)).await??;
-        match reply {
+        // The step (mask expansion) runs away from the core, on a blocking thread.
+        let mut clients = self
+            .with_core(move |core| core.detach_secure(round_id))
+            .await;
+        let (clients, reply) = tokio::task::spawn_blocking(move || {
+            let reply = clients.step(stage);
+            (clients, reply)
+        })
+        .await?;
+        let federation = clients.federation_of(round_id).unwrap_or_default();
+        self.with_core(move |core| core.attach_secure(clients))
+            .await;
+        match reply? {
             Reply::Submit(part) => {
                 let submission = pb::SecAggSubmission {
                     round_id,
                     part: Some(part),
                 };
                 self.stats.add(prost::Message::encoded_len(&submission));
-                retry_until(deadline, "secure-aggregation message", || {
+                retry_until(&self.clock, deadline, "secure-aggregation message", || {
                     let mut client = client.clone();
                     let submission = submission.clone();
                     async move { client.submit_sec_agg(submission).await.map(|_| ()) }
@@ -827,14 +860,8 @@ impl Agent {
             Reply::Masked { words, n_words } => {
                 let sha256 = hex::encode(Sha256::digest(&words));
                 self.egress.keep_payload(&sha256, &words)?;
-                let federation = self
-                    .secure
-                    .lock()
-                    .unwrap()
-                    .federation_of(round_id)
-                    .unwrap_or_default();
                 self.egress.append(&EgressRecord {
-                    unix_ms: now_ms(),
+                    unix_ms: self.clock.unix_ms(),
                     kind: "masked-update",
                     federation: &federation,
                     round_id,
@@ -842,23 +869,21 @@ impl Agent {
                     sha256: Some(&sha256),
                     n_samples: 0,
                 })?;
-                let terms = self
-                    .held_terms
-                    .lock()
-                    .unwrap()
-                    .get(&round_id)
-                    .cloned()
-                    .unwrap_or(ReceiptTerms {
-                        federation,
-                        dp: None,
-                        clipping_norm: 0.0,
-                        noise_multiplier: 0.0,
-                    });
-                let receipt = self
-                    .privacy
-                    .lock()
-                    .unwrap()
-                    .sign_egress(&terms, round_id, &words)?;
+                let now = self.clock.unix_ms();
+                let words = Arc::new(words);
+                let signed = words.clone();
+                let (receipt, federation) = self
+                    .with_core(move |core| {
+                        let terms = core.held_terms(round_id).unwrap_or(ReceiptTerms {
+                            federation,
+                            dp: None,
+                            clipping_norm: 0.0,
+                            noise_multiplier: 0.0,
+                        });
+                        core.sign_egress(now, &terms, round_id, &signed)
+                            .map(|receipt| (receipt, terms.federation))
+                    })
+                    .await?;
                 let header = pb::UpdateHeader {
                     round_id,
                     n_params: n_words as u64,
@@ -869,24 +894,17 @@ impl Agent {
                     receipt: serde_json::to_string(&receipt)?,
                 };
                 self.stats.add(words.len());
-                let payload = Arc::new(words);
-                retry_until(deadline, "masked upload", || {
+                retry_until(&self.clock, deadline, "masked upload", || {
                     let mut client = client.clone();
                     let header = header.clone();
-                    let payload = payload.clone();
+                    let payload = words.clone();
                     async move { transfer::upload_update(&mut client, header, payload).await }
                 })
                 .await?;
                 info!("masked update accepted");
-                self.privacy.lock().unwrap().log.append(
-                    now_ms(),
-                    Record::Accepted {
-                        federation: terms.federation,
-                        round_id,
-                    },
-                )?;
-                let _ = &mut client;
-                Ok(())
+                let now = self.clock.unix_ms();
+                self.with_core(move |core| core.accepted(now, &federation, round_id))
+                    .await
             }
         }
     }
@@ -910,7 +928,12 @@ impl Agent {
 
 /// Retries a call on transient failures (the link, a checksum) until the task's deadline;
 /// gives up at once when the coordinator refuses it for good.
-async fn retry_until<F, Fut>(deadline_unix_ms: i64, what: &str, mut call: F) -> anyhow::Result<()>
+async fn retry_until<F, Fut>(
+    clock: &Clock,
+    deadline_unix_ms: i64,
+    what: &str,
+    mut call: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), tonic::Status>>,
@@ -932,7 +955,7 @@ where
         if !transient {
             bail!("coordinator refused the {what}: {}", status.message());
         }
-        if now_ms() + pause.as_millis() as i64 > deadline_unix_ms {
+        if clock.unix_ms() + pause.as_millis() as i64 > deadline_unix_ms {
             bail!(
                 "{what} failed and the task's deadline has passed: {}",
                 status.message()
@@ -984,11 +1007,4 @@ impl Drop for AbortOnDrop {
 
 fn jitter(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::random::<f64>() * 0.25)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

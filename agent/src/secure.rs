@@ -77,6 +77,29 @@ impl SecureClients {
         self.federations.get(&round_id).cloned()
     }
 
+    /// Moves `round_id`'s client into a set of its own, to step it away from the others
+    /// (a step can take a while); [`SecureClients::attach`] puts it back.
+    pub fn detach(&mut self, round_id: u64) -> SecureClients {
+        let mut one = SecureClients::new(self.signing_key.clone(), self.verifier.clone());
+        if let Some(state) = self.rounds.remove(&round_id) {
+            one.rounds.insert(round_id, state);
+        }
+        if let Some(federation) = self.federations.get(&round_id) {
+            one.federations.insert(round_id, federation.clone());
+        }
+        one
+    }
+
+    /// Puts back what [`SecureClients::detach`] took, unless the round was forgotten
+    /// (cancelled) in the meantime.
+    pub fn attach(&mut self, other: SecureClients) {
+        for (round_id, state) in other.rounds {
+            if self.federations.contains_key(&round_id) {
+                self.rounds.insert(round_id, state);
+            }
+        }
+    }
+
     pub fn forget(&mut self, round_id: u64) {
         self.rounds.remove(&round_id);
         self.federations.remove(&round_id);
@@ -223,6 +246,7 @@ impl SecureClients {
 }
 
 /// A secure-aggregation task.
+#[derive(Debug)]
 pub enum Stage {
     Advertise(pb::SecAggAdvertise),
     ShareKeys(pb::SecAggShareKeys),

@@ -51,6 +51,8 @@ pub struct Inner {
     pub identity: crate::server::access::Identity,
     /// The privacy ledger's signing key and proof cache.
     pub ledger: crate::store::ledger_view::LedgerView,
+    /// What every service and driver reads the time from.
+    pub clock: Arc<harambee_link::clock::Clock>,
 }
 
 /// Cheap to clone; every service and driver holds one.
@@ -80,6 +82,7 @@ impl Coordinator {
             entitled: Mutex::new(HashMap::new()),
             identity: crate::server::access::Identity::default(),
             ledger,
+            clock: harambee_link::clock::Clock::system(),
         }))
     }
 

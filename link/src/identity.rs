@@ -193,6 +193,7 @@ pub enum PeerError {
 }
 
 /// The federation CA, as this agent trusts it.
+#[derive(Clone)]
 pub struct PeerVerifier {
     ca_der: CertificateDer<'static>,
 }

@@ -6,12 +6,14 @@
 //! - [`token`]: the one-time enrolment token and the enrolment ALPN protocol.
 //! - [`tls`]: the mTLS client (TLS 1.3 only, ring), with failures a facility's IT staff can
 //!   act on; used by the agent and by the operator and auditor CLIs.
+//! - [`clock`]: the time both drivers read (follows tokio's clock, so paused time pauses it).
 //! - [`files`]: key and certificate files written 0600 / atomically.
 //! - [`convert`]: conversions between wire messages and the pure crates' types.
 //! - [`process`]: the runtime and error reporting both binaries' `main` share.
 //!
 //! It holds no protocol state and no server code.
 
+pub mod clock;
 pub mod convert;
 pub mod files;
 pub mod identity;

@@ -19,6 +19,13 @@ pub struct Policy {
     pub allowed_federations: Vec<String>,
     /// Model kinds it trains; `"*"`: any.
     pub allowed_model_kinds: Vec<String>,
+    /// Label columns it trains and evaluates on; `"*"`: any. A model's metrics and updates
+    /// say something about its label, so a coordinator must not pick one the facility has
+    /// not agreed to.
+    pub allowed_labels: Vec<String>,
+    /// Updates leave only through secure aggregation: a task asking for a plain upload is
+    /// refused.
+    pub require_secure_aggregation: bool,
     /// It does not train on fewer rows than this.
     pub min_samples: u64,
     /// Patient-level budget: the most ε at `delta` all its updates may spend together. With
@@ -40,6 +47,10 @@ pub struct DpSteps {
 pub struct TaskDemand<'a> {
     pub federation: &'a str,
     pub model_kind: &'a str,
+    /// The model's label column, when the one deciding knows it.
+    pub label: Option<&'a str>,
+    /// Whether the update would leave through secure aggregation, when known.
+    pub secure: Option<bool>,
     /// Rows the facility would train on, when the one deciding knows them (the agent does;
     /// the coordinator does not).
     pub n_rows: Option<u64>,
@@ -52,6 +63,9 @@ pub struct TaskDemand<'a> {
 pub enum Refusal {
     FederationNotAllowed(String),
     ModelKindNotAllowed(String),
+    LabelNotAllowed(String),
+    PlainUpload,
+    UnsafeFederationName(String),
     TooFewRows {
         n_rows: u64,
         min_samples: u64,
@@ -78,6 +92,18 @@ impl fmt::Display for Refusal {
             Refusal::ModelKindNotAllowed(kind) => write!(
                 f,
                 "policy.allowed_model_kinds does not name model kind {kind:?}"
+            ),
+            Refusal::LabelNotAllowed(label) => write!(
+                f,
+                "policy.allowed_labels does not name label column {label:?}"
+            ),
+            Refusal::PlainUpload => write!(
+                f,
+                "the task asks for the update in plain and policy.require_secure_aggregation is set: updates leave only through secure aggregation"
+            ),
+            Refusal::UnsafeFederationName(name) => write!(
+                f,
+                "federation name {name:?} is not a plain name (letters, digits, '.', '_', '-'; at most 64; not starting with '.')"
             ),
             Refusal::TooFewRows {
                 n_rows,
@@ -118,11 +144,22 @@ pub fn admit(
     task: &TaskDemand<'_>,
 ) -> Result<Option<DpSteps>, Refusal> {
     let allows = |list: &[String], item: &str| list.iter().any(|x| x == "*" || x == item);
+    if !is_plain_name(task.federation) {
+        return Err(Refusal::UnsafeFederationName(task.federation.to_owned()));
+    }
     if !allows(&policy.allowed_federations, task.federation) {
         return Err(Refusal::FederationNotAllowed(task.federation.to_owned()));
     }
     if !allows(&policy.allowed_model_kinds, task.model_kind) {
         return Err(Refusal::ModelKindNotAllowed(task.model_kind.to_owned()));
+    }
+    if let Some(label) = task.label
+        && !allows(&policy.allowed_labels, label)
+    {
+        return Err(Refusal::LabelNotAllowed(label.to_owned()));
+    }
+    if task.secure == Some(false) && policy.require_secure_aggregation {
+        return Err(Refusal::PlainUpload);
     }
     if let Some(n_rows) = task.n_rows
         && n_rows < policy.min_samples
@@ -157,6 +194,16 @@ pub fn admit(
     Ok(Some(dp))
 }
 
+/// Whether a federation name is safe to use as a file name: letters, digits, `.`, `_` and
+/// `-`, 1 to 64 of them, not starting with `.` (so never `..` or a hidden file).
+pub fn is_plain_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +212,8 @@ mod tests {
         Policy {
             allowed_federations: vec!["heart".into()],
             allowed_model_kinds: vec!["*".into()],
+            allowed_labels: vec!["disease".into()],
+            require_secure_aggregation: true,
             min_samples: 20,
             max_epsilon,
             delta: 1e-5,
@@ -175,6 +224,8 @@ mod tests {
         TaskDemand {
             federation: "heart",
             model_kind: "mlp",
+            label: Some("disease"),
+            secure: Some(true),
             n_rows: Some(100),
             dp,
         }
@@ -207,6 +258,49 @@ mod tests {
         // The coordinator does not know the row count: that rule is the agent's alone.
         t.n_rows = None;
         assert_eq!(admit(&policy(None), &none, &t), Ok(None));
+    }
+
+    #[test]
+    fn a_coordinator_cannot_pick_the_label_the_upload_mode_or_a_path() {
+        let none = RdpAccountant::new();
+        let mut t = task(None);
+        t.label = Some("hiv_status");
+        let err = admit(&policy(None), &none, &t).unwrap_err();
+        assert_eq!(err, Refusal::LabelNotAllowed("hiv_status".into()));
+        assert!(err.to_string().contains("policy.allowed_labels"), "{err}");
+
+        let mut t = task(None);
+        t.secure = Some(false);
+        let err = admit(&policy(None), &none, &t).unwrap_err();
+        assert_eq!(err, Refusal::PlainUpload);
+        assert!(
+            err.to_string().contains("require_secure_aggregation"),
+            "{err}"
+        );
+        let mut plain_ok = policy(None);
+        plain_ok.require_secure_aggregation = false;
+        assert_eq!(admit(&plain_ok, &none, &t), Ok(None));
+
+        let mut p = policy(None);
+        p.allowed_federations = vec!["*".into()];
+        for name in [
+            "../heart",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "",
+            &"x".repeat(65),
+        ] {
+            let mut t = task(None);
+            t.federation = name;
+            assert_eq!(
+                admit(&p, &none, &t),
+                Err(Refusal::UnsafeFederationName(name.to_owned())),
+                "{name:?}"
+            );
+        }
+        assert!(is_plain_name("heart-v2.1_test"));
     }
 
     #[test]

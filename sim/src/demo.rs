@@ -35,9 +35,11 @@ const HEART_CSV: &str = include_str!("../../data/heart_disease_uci_4sites.csv");
 /// Share of each facility's rows held out for evaluation, and the split's seed.
 pub const HOLDOUT: f64 = 0.25;
 pub const SPLIT_SEED: u64 = 7;
-/// Each demo facility's own policy: the two demo federations, linear and MLP models, at
-/// least 20 training rows, and a patient-level budget of ε = 10 at δ = 1e-5.
-pub const DEMO_POLICY: &str = "allowed_federations = [\"heart-disease\", \"heart-disease-plain\"]\nallowed_model_kinds = [\"logistic_regression\", \"mlp\"]\nmin_samples = 20\nmax_epsilon = 10.0\ndelta = 1e-5\n";
+/// Each demo facility's own policy: the two demo federations, linear and MLP models, the
+/// data set's label, at least 20 training rows, and a patient-level budget of ε = 10 at
+/// δ = 1e-5. Plain uploads are allowed only because the demo runs a plain federation as the
+/// baseline the secure one is compared with; a facility keeps the default (refuse them).
+pub const DEMO_POLICY: &str = "allowed_federations = [\"heart-disease\", \"heart-disease-plain\"]\nallowed_model_kinds = [\"logistic_regression\", \"mlp\"]\nallowed_labels = [\"target\"]\nrequire_secure_aggregation = false\nmin_samples = 20\nmax_epsilon = 10.0\ndelta = 1e-5\n";
 /// The demo federation's patient-level DP-SGD: per-example clipping norm, noise multiplier,
 /// Poisson sampling rate.
 pub const DEMO_DP_SGD: (f64, f64, f64) = (1.0, 1.5, 0.1);

@@ -116,7 +116,7 @@ pub fn spawn(
     let mut round = Round::<Metrics>::new(
         spec.round_config(row.id, n_params),
         base_params,
-        Instant::now(),
+        coord.clock.now(),
     )?
     .with_optimizer(optimizer);
     if spec.privacy.mechanism == Mechanism::Central {
@@ -200,7 +200,7 @@ impl Driver {
                 .poll_timeout()
                 .expect("non-terminal round has a deadline");
             let wake = if self.round.stage() == Stage::Selecting {
-                deadline.min(Instant::now() + SELECT_RETRY)
+                deadline.min(self.coord.clock.now() + SELECT_RETRY)
             } else {
                 deadline
             };
@@ -213,7 +213,8 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {
                     self.select_now();
-                    off_the_workers(|| self.round.handle_timeout(Instant::now()));
+                    let now = self.coord.clock.now();
+                    off_the_workers(|| self.round.handle_timeout(now));
                 }
             }
         }
@@ -278,12 +279,13 @@ impl Driver {
                 }
                 self.round.provide_keys(keys);
             }
-            self.round.select(Instant::now(), &eligible);
+            let now = self.coord.clock.now();
+            self.round.select(now, &eligible);
         }
     }
 
     fn handle(&mut self, input: RoundInput) {
-        let now = Instant::now();
+        let now = self.coord.clock.now();
         match input {
             RoundInput::Connected { agent } => {
                 self.select_now();
@@ -479,8 +481,11 @@ impl Driver {
                     for agent in agents {
                         if !self.coord.registry.is_connected(&agent) {
                             // Metrics are optional: do not hold the round for a facility that is gone.
-                            self.round
-                                .handle_dropout(Instant::now(), &agent, "not connected");
+                            self.round.handle_dropout(
+                                self.coord.clock.now(),
+                                &agent,
+                                "not connected",
+                            );
                             continue;
                         }
                         self.coord.entitle(&agent, &digest);

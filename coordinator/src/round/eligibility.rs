@@ -28,7 +28,10 @@ pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), S
     let policy = policy::Policy {
         allowed_federations: status.allowed_federations.clone(),
         allowed_model_kinds: status.allowed_model_kinds.clone(),
-        // The agent alone knows its rows; it declines if it holds too few.
+        // Rules the agent does not report (labels, upload mode, rows) are its alone: it
+        // declines a task they forbid.
+        allowed_labels: vec!["*".into()],
+        require_secure_aggregation: false,
         min_samples: 0,
         max_epsilon: status.max_epsilon,
         delta: status.delta,
@@ -36,6 +39,8 @@ pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), S
     let task = TaskDemand {
         federation: &spec.name,
         model_kind: spec.model.kind.as_str(),
+        label: None,
+        secure: None,
         n_rows: None,
         dp: spec.privacy.dp_sgd.as_ref().map(|dp| DpSteps {
             noise_multiplier: dp.noise_multiplier,

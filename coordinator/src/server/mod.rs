@@ -7,7 +7,6 @@ pub mod tls;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use harambee_proto::MAX_MESSAGE_BYTES;
 use harambee_proto::pb::admin_service_server::AdminServiceServer;
@@ -120,7 +119,7 @@ async fn reap_dead_agents(coord: Coordinator) {
         tick.tick().await;
         for facility in coord
             .registry
-            .reap(Instant::now(), coord.settings.liveness_timeout)
+            .reap(coord.clock.now(), coord.settings.liveness_timeout)
         {
             info!(%facility, "heartbeats stopped; facility considered gone");
             coord

@@ -1,7 +1,5 @@
 //! `AgentService`: task streams, liveness, model download, update upload, metrics.
 
-use std::time::Instant;
-
 use futures::StreamExt;
 use harambee_core::UpdateError;
 use harambee_proto::pb::{self, agent_service_server::AgentService, upload_update_request::Part};
@@ -53,7 +51,7 @@ impl AgentService for AgentApi {
         let (conn_id, rx) = self
             .coord
             .registry
-            .connect(&peer.name, chain, Instant::now());
+            .connect(&peer.name, chain, self.coord.clock.now());
         info!(agent_version = %request.get_ref().agent_version, "task stream opened");
         self.coord.broadcast_connected(&peer.name).await;
         // When the agent goes away, tonic drops this stream and the guard with it.
@@ -85,7 +83,11 @@ impl AgentService for AgentApi {
             check_privacy_status(&status)?;
             self.coord.registry.set_privacy(&peer.name, status);
         }
-        if !self.coord.registry.heartbeat(&peer.name, Instant::now()) {
+        if !self
+            .coord
+            .registry
+            .heartbeat(&peer.name, self.coord.clock.now())
+        {
             return Err(ServiceError::failed_precondition(
                 "no open task stream for this facility; open one first",
             )

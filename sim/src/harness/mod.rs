@@ -193,8 +193,9 @@ impl Harness {
     }
 }
 
-/// The policy of test agents: any federation, any model kind, no privacy budget.
-pub const OPEN_POLICY: &str = "allowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\n";
+/// The policy of test agents: any federation, model kind and label, plain uploads allowed,
+/// sums of two, no privacy budget. The adversarial tests use the defaults instead.
+pub const OPEN_POLICY: &str = "allowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\nallowed_labels = [\"*\"]\nrequire_secure_aggregation = false\nmin_contributors = 2\n";
 
 /// The privacy status a hand-driven agent reports: its policy allows everything.
 pub fn open_status() -> pb::PrivacyStatus {
