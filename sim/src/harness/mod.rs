@@ -2,6 +2,7 @@
 //! port, and agents running the real agent runtime on their own CSV files.
 
 pub mod identity;
+pub mod rogue;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -146,6 +147,22 @@ impl Harness {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("\n[egress]\nkeep_payloads = true\n");
         text.push_str(&rest);
+        std::fs::write(&path, text).unwrap();
+        let config = AgentConfig::load(&path).unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(harambee_agent::runtime::run(config.clone(), async {
+            let _ = rx.await;
+        }));
+        self.agents.push((tx, task));
+        config
+    }
+
+    /// Runs a real agent for `f` against the coordinator at `endpoint` with exactly
+    /// `policy` as its `[policy]` table (no open test policy), keeping copies of its uploads.
+    pub fn spawn_agent_at(&mut self, f: &Facility, endpoint: &str, policy: &str) -> AgentConfig {
+        let path = demo::write_agent_config(f, endpoint, &self.pki, policy).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n[egress]\nkeep_payloads = true\n");
         std::fs::write(&path, text).unwrap();
         let config = AgentConfig::load(&path).unwrap();
         let (tx, rx) = oneshot::channel();

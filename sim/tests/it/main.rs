@@ -2,6 +2,7 @@
 //! stack (burn, tonic, sea-orm), so one binary instead of nineteen saves gigabytes of disk
 //! and minutes of linking.
 
+mod adversary;
 mod bad_input;
 mod bench_quality;
 mod demo;
