@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_privacy::accountant::RdpAccountant;
-use harambee_privacy::ledger::{LedgerLine, Sha256Digest, SignedReceipt, SignedTreeHead};
+use harambee_privacy::ledger::{
+    Aggregation, LedgerLine, Sha256Digest, SignedReceipt, SignedTreeHead,
+};
 use harambee_privacy::log::{self, LogLine, Record};
 use harambee_privacy::policy::{self, DpSteps, TaskDemand};
 use harambee_proto::pb;
@@ -82,11 +84,15 @@ pub struct Privacy {
     pub log: PrivacyLog,
 }
 
-/// What an update's receipt states besides the update itself: its federation, the DP-SGD
-/// steps behind it (for the accountant), and the clipping and noise it was made with.
+/// What an update's receipt states besides the update itself: its federation, how it
+/// leaves, the DP-SGD steps behind it (for the accountant), and the clipping and noise it
+/// was made with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiptTerms {
     pub federation: String,
+    pub aggregation: Aggregation,
+    /// SHA-256 of the secure-aggregation parameters accepted, once they are.
+    pub secagg_params: Option<Sha256Digest>,
     pub dp: Option<DpSteps>,
     pub clipping_norm: f64,
     pub noise_multiplier: f64,
@@ -223,6 +229,8 @@ impl Privacy {
     ) -> anyhow::Result<SignedReceipt> {
         let ReceiptTerms {
             federation,
+            aggregation,
+            secagg_params,
             dp,
             clipping_norm,
             noise_multiplier,
@@ -271,6 +279,9 @@ impl Privacy {
             noise_multiplier,
             epsilon_spent,
             delta: self.policy.delta,
+            aggregation: Some(*aggregation),
+            secagg_params: *secagg_params,
+            dp_sgd: dp,
         }
         .sign(&self.key)?;
         self.log.append(
@@ -426,6 +437,8 @@ mod tests {
     fn terms(dp: Option<DpSteps>) -> ReceiptTerms {
         ReceiptTerms {
             federation: "sepsis".into(),
+            aggregation: Aggregation::Secure,
+            secagg_params: None,
             dp,
             clipping_norm: 1.0,
             noise_multiplier: 1.0,

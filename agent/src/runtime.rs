@@ -19,6 +19,7 @@ use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
 use harambee_link::tls::{self, ClientTls};
 use harambee_models::data::{Dataset, Schema, load_csv, split_holdout};
 use harambee_models::model::ModelSpec;
+use harambee_privacy::ledger::Aggregation;
 use harambee_privacy::policy::DpSteps;
 use harambee_proto::pb::{self, agent_service_client::AgentServiceClient};
 use sha2::{Digest, Sha256};
@@ -598,6 +599,12 @@ impl Agent {
             .map_or((0.0, 0.0), |d| (d.clip_norm, d.noise_multiplier));
         let terms = ReceiptTerms {
             federation: task.federation.clone(),
+            aggregation: if task.secure.is_some() {
+                Aggregation::Secure
+            } else {
+                Aggregation::Plain
+            },
+            secagg_params: None,
             dp,
             clipping_norm,
             noise_multiplier,
@@ -876,6 +883,8 @@ impl Agent {
                     .with_core(move |core| {
                         let terms = core.held_terms(round_id).unwrap_or(ReceiptTerms {
                             federation,
+                            aggregation: Aggregation::Secure,
+                            secagg_params: None,
                             dp: None,
                             clipping_norm: 0.0,
                             noise_multiplier: 0.0,

@@ -45,6 +45,9 @@ fn receipt(facility: &str, round_id: u64, epsilon: f64) -> SignedReceipt {
         noise_multiplier: 1.1,
         epsilon_spent: epsilon,
         delta: 1e-5,
+        aggregation: None,
+        secagg_params: None,
+        dp_sgd: None,
     }
     .sign(&facility_key(facility))
     .unwrap()

@@ -50,7 +50,7 @@ pub use event::{
 };
 pub use head::{Cosignature, SignedTreeHead, TreeHead};
 pub use merkle::{MerkleTree, verify_consistency, verify_inclusion};
-pub use receipt::{EgressReceipt, SignedReceipt};
+pub use receipt::{Aggregation, EgressReceipt, SignedReceipt};
 pub use verify::{
     CosignatureFailure, CrossCheckReport, Failure, HeadRole, VerificationReport, cross_check,
     verify_cosignature, verify_head_consistency, verify_ledger, verify_receipt_inclusion,

@@ -11,13 +11,19 @@
 //!  "update_sha256":"…"}
 //! ```
 //!
-//! (one line, no spaces). The agent keeps the signed receipt in its privacy log; the
+//! (one line, no spaces). Receipts since the facility-trust release also carry
+//! `"aggregation":"secure"|"plain"`, the SHA-256 of the SecAgg+ parameters the agent accepted
+//! (`"secagg_params"`) and the DP-SGD terms behind the update (`"dp_sgd":{"noise_multiplier",
+//! "sampling_rate","steps"}`), so that an auditor can tell how each update left and recompute
+//! the facility's ε from the ledger alone; older receipts omit them (absent, not null), so
+//! their signatures still verify. The agent keeps the signed receipt in its privacy log; the
 //! coordinator records it in the ledger inside the [`Contribution`](super::Contribution).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::{LedgerError, Sha256Digest, canonical, hexser};
+use crate::policy::DpSteps;
 
 const RECEIPT_DOMAIN: &[u8; 27] = b"harambee/egress-receipt/v1\n";
 
@@ -39,6 +45,25 @@ pub struct EgressReceipt {
     /// The facility's total ε at `delta` after this contribution, from its agent's accountant.
     pub epsilon_spent: f64,
     pub delta: f64,
+    /// How the update left the facility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation: Option<Aggregation>,
+    /// SHA-256 of the secure-aggregation parameters the agent accepted (`Params::digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secagg_params: Option<Sha256Digest>,
+    /// The patient-level DP-SGD steps behind the update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp_sgd: Option<DpSteps>,
+}
+
+/// How an update left its facility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// Masked, through secure aggregation: the coordinator sees only the sum.
+    Secure,
+    /// As it is: the coordinator sees this facility's update.
+    Plain,
 }
 
 impl EgressReceipt {
@@ -65,6 +90,14 @@ impl EgressReceipt {
             ("receipt.noise_multiplier", self.noise_multiplier),
             ("receipt.epsilon_spent", self.epsilon_spent),
             ("receipt.delta", self.delta),
+            (
+                "receipt.dp_sgd.noise_multiplier",
+                self.dp_sgd.map_or(0.0, |d| d.noise_multiplier),
+            ),
+            (
+                "receipt.dp_sgd.sampling_rate",
+                self.dp_sgd.map_or(0.0, |d| d.sampling_rate),
+            ),
         ] {
             if !x.is_finite() {
                 return Err(LedgerError::NonFinite { field });
@@ -109,7 +142,42 @@ mod tests {
             noise_multiplier: 1.1,
             epsilon_spent: 0.42,
             delta: 1e-5,
+            aggregation: None,
+            secagg_params: None,
+            dp_sgd: None,
         }
+    }
+
+    #[test]
+    fn the_aggregation_mode_and_dp_terms_are_signed_and_absent_when_unset() {
+        let mut r = receipt();
+        r.aggregation = Some(Aggregation::Secure);
+        r.secagg_params = Some(Sha256Digest::of(b"params"));
+        r.dp_sgd = Some(DpSteps {
+            noise_multiplier: 1.5,
+            sampling_rate: 0.1,
+            steps: 30,
+        });
+        let text = String::from_utf8(r.signing_bytes().unwrap()).unwrap();
+        assert!(text.contains("\"aggregation\":\"secure\""), "{text}");
+        assert!(
+            text.contains(
+                "\"dp_sgd\":{\"noise_multiplier\":1.5,\"sampling_rate\":0.1,\"steps\":30}"
+            ),
+            "{text}"
+        );
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let mut signed = r.sign(&key).unwrap();
+        signed.receipt.aggregation = Some(Aggregation::Plain);
+        assert!(
+            signed.verify(&key.verifying_key()).is_err(),
+            "a receipt cannot be relabelled plain or secure"
+        );
+        let old = String::from_utf8(receipt().signing_bytes().unwrap()).unwrap();
+        assert!(
+            !old.contains("aggregation") && !old.contains("dp_sgd"),
+            "{old}"
+        );
     }
 
     #[test]

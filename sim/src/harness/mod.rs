@@ -253,6 +253,9 @@ pub fn receipt_for(
         noise_multiplier: 0.0,
         epsilon_spent: 0.0,
         delta: 1e-5,
+        aggregation: None,
+        secagg_params: None,
+        dp_sgd: None,
     }
     .sign(&key)
     .unwrap();
