@@ -397,7 +397,8 @@ impl AwaitingUnmask {
     /// each surviving neighbour's self-mask secret and of each dropped neighbour's mask
     /// key. Refuses a request that names a peer as both survivor and dropout
     /// ([`ClientError::WouldRevealBothMasks`]), leaves a live neighbour unclassified,
-    /// claims this client dropped, or has fewer than t survivors.
+    /// claims this client dropped, or has fewer than t or fewer than [`Params::n_min`]
+    /// survivors ([`ClientError::BelowMinSurvivors`]).
     pub fn handle_unmask(self, request: &UnmaskRequest) -> Result<UnmaskShares, ClientError> {
         if self.common.params.consistency_check {
             return Err(ClientError::ConsistencyCheckRequired);
@@ -451,6 +452,15 @@ impl AwaitingUnmask {
             return Err(ClientError::BelowThreshold {
                 live: survivors.len(),
                 needed: t,
+            });
+        }
+        // The noise target holds, and each input hides among enough others, only with at
+        // least n_min survivors: below that, reveal nothing (t <= n_min, so this is the
+        // stronger floor).
+        if survivors.len() < c.params.n_min {
+            return Err(ClientError::BelowMinSurvivors {
+                survivors: survivors.len(),
+                n_min: c.params.n_min,
             });
         }
         for &peer in survivors.iter().chain(&dropouts) {
