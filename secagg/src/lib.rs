@@ -221,6 +221,7 @@
 pub mod client;
 mod crypto;
 pub mod error;
+pub mod expect;
 mod graph;
 pub mod messages;
 pub mod noise;
@@ -235,6 +236,7 @@ pub use client::{
 };
 pub use crypto::SHARE_CIPHERTEXT_BYTES;
 pub use error::{ClientError, DecodeError, ParamsError, ServerError, Stage};
+pub use expect::{Expectation, ParamsField, ParamsMismatch, ParamsPolicy};
 pub use messages::{
     ConsistencyProof, ConsistencySignature, EncryptedShare, MaskedInput, MaskedWords, Message,
     RevealedShare, SignedAdvertisement, UnmaskRequest, UnmaskShares, decode_list, encode_list,
