@@ -576,10 +576,14 @@ impl Agent {
             // Secure aggregation: the update stays here until it leaves masked.
             let weight = (report.n_samples as u64).min(secure.max_weight.max(1));
             self.egress.keep_unmasked(task.round_id, &update)?;
-            self.secure
-                .lock()
-                .unwrap()
-                .trained(task.round_id, &task.federation, update, weight);
+            let expectation = secure::expectation(task, secure, update.len());
+            self.secure.lock().unwrap().trained(
+                task.round_id,
+                &task.federation,
+                update,
+                weight,
+                expectation,
+            )?;
             info!(
                 loss = report.mean_loss,
                 secs = started.elapsed().as_secs_f32(),

@@ -4,7 +4,7 @@
 //! client state machine by one step; its answer goes back through `SubmitSecAgg` (or, for
 //! the masked input, `UploadUpdate`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, bail};
 use harambee_link::convert::params_from_pb;
@@ -14,15 +14,18 @@ use harambee_secagg::ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_secagg::rand_core::SeedableRng;
 use harambee_secagg::{
     AwaitingConsistency, AwaitingPeerKeys, AwaitingShares, AwaitingUnmask, ChaCha20Rng,
-    ClientRound, ConsistencyProof, EncryptedShare, Message, SignedAdvertisement, UnmaskRequest,
+    ClientRound, ConsistencyProof, EncryptedShare, Expectation, Message, ParamsPolicy,
+    SignedAdvertisement, UnmaskRequest,
 };
 
 /// Where one round's client is.
 enum State {
-    /// Trained; waiting for the round's parameters.
+    /// Trained; waiting for the round's parameters, which must be what `expectation`
+    /// recomputes.
     Trained {
         update: Vec<f32>,
         weight: u64,
+        expectation: Expectation,
     },
     Keys {
         next: AwaitingPeerKeys,
@@ -54,6 +57,9 @@ pub struct SecureClients {
     verifier: PeerVerifier,
     rounds: HashMap<u64, State>,
     federations: HashMap<u64, String>,
+    /// Rounds whose client this agent started (it advertised keys): each round gets one
+    /// client, so one update is never masked under two sets of secrets.
+    advertised: HashSet<u64>,
 }
 
 impl SecureClients {
@@ -63,14 +69,37 @@ impl SecureClients {
             verifier,
             rounds: HashMap::new(),
             federations: HashMap::new(),
+            advertised: HashSet::new(),
         }
     }
 
-    /// Keeps a trained update for the masked stages of `round_id`.
-    pub fn trained(&mut self, round_id: u64, federation: &str, update: Vec<f32>, weight: u64) {
-        self.rounds
-            .insert(round_id, State::Trained { update, weight });
+    /// Keeps a trained update for the masked stages of `round_id`; the round's parameters
+    /// will be checked against `expectation` ([`expectation`] builds it from the train
+    /// task). Refused once this agent has advertised keys for the round: a second client
+    /// would mask the same update again under new secrets.
+    pub fn trained(
+        &mut self,
+        round_id: u64,
+        federation: &str,
+        update: Vec<f32>,
+        weight: u64,
+        expectation: Expectation,
+    ) -> anyhow::Result<()> {
+        if self.advertised.contains(&round_id) {
+            bail!(
+                "round {round_id}: this agent already took part in its secure aggregation; a second update is refused"
+            );
+        }
+        self.rounds.insert(
+            round_id,
+            State::Trained {
+                update,
+                weight,
+                expectation,
+            },
+        );
         self.federations.insert(round_id, federation.to_owned());
+        Ok(())
     }
 
     pub fn federation_of(&self, round_id: u64) -> Option<String> {
@@ -91,20 +120,26 @@ impl SecureClients {
             .with_context(|| format!("no secure-aggregation state for round {round_id}"))?;
         let mut rng = ChaCha20Rng::from_seed(rand::random());
         let (state, reply) = match (state, task) {
-            (State::Trained { update, weight }, Stage::Advertise(t)) => {
+            (
+                State::Trained {
+                    update,
+                    weight,
+                    expectation,
+                },
+                Stage::Advertise(t),
+            ) => {
                 let params = params_from_pb(t.params.as_ref().context("no parameters")?)?;
-                if params.round_id != round_id || params.vector_len != update.len() {
-                    bail!(
-                        "secure-aggregation parameters do not match the round (round {}, {} values)",
-                        params.round_id,
-                        params.vector_len
-                    );
-                }
+                // Recomputed from what this facility admitted; any difference and nothing
+                // leaves (the round's state is dropped with the error).
+                expectation.check(&params).with_context(|| {
+                    format!("refusing round {round_id}'s secure-aggregation parameters")
+                })?;
                 let key = self
                     .signing_key
                     .clone()
                     .context("this agent's key is not Ed25519; re-issue its certificate")?;
                 let (next, ad) = ClientRound::new(params, t.my_id, key, &mut rng)?;
+                self.advertised.insert(round_id);
                 (
                     Some(State::Keys {
                         next,
@@ -222,7 +257,40 @@ impl SecureClients {
     }
 }
 
+/// What this facility expects of the secure-aggregation parameters of the round of `task`
+/// (which carries `secure`), for an update of `vector_len` values: the task's clip, weight
+/// cap and minimum survivors; the noise target noise_multiplier × clip_norm when the task
+/// declares the distributed mechanism. Policy knobs: a strict majority threshold (0.5),
+/// consistency check not required, distributed noise required when the task declares it,
+/// at least 2 contributors. These knobs are defaults until the facility's `[policy]`
+/// sets them.
+pub fn expectation(
+    task: &pb::TrainTask,
+    secure: &pb::SecureAggregation,
+    vector_len: usize,
+) -> Expectation {
+    let distributed = task
+        .privacy
+        .as_ref()
+        .filter(|p| p.mechanism == "distributed");
+    Expectation {
+        round_id: task.round_id,
+        vector_len,
+        clip: secure.clip,
+        max_weight: secure.max_weight,
+        noise_stddev: distributed.map_or(0.0, |p| p.noise_multiplier * p.clip_norm),
+        min_survivors: (secure.min_survivors as usize).max(1),
+        policy: ParamsPolicy {
+            min_threshold_fraction: 0.5,
+            require_consistency_check: false,
+            require_distributed_noise: distributed.is_some(),
+            min_contributors: 2,
+        },
+    }
+}
+
 /// A secure-aggregation task.
+#[derive(Debug)]
 pub enum Stage {
     Advertise(pb::SecAggAdvertise),
     ShareKeys(pb::SecAggShareKeys),
@@ -260,5 +328,114 @@ impl Stage {
             Stage::Unmask(_) => "unmasking",
             Stage::Consistency(_) => "consistency",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use harambee_link::convert::params_to_pb;
+    use harambee_secagg::Params;
+
+    use super::*;
+
+    const ROUND: u64 = 5;
+
+    fn clients() -> SecureClients {
+        let ca = rcgen::generate_simple_self_signed(vec!["test-ca".to_owned()]).unwrap();
+        let verifier = PeerVerifier::from_ca_pem(ca.cert.pem().as_bytes()).unwrap();
+        SecureClients::new(Some(SigningKey::from_bytes(&[7; 32])), verifier)
+    }
+
+    /// A train task of a federation with the distributed mechanism: S = 0.5 · 0.6.
+    fn task(round_id: u64) -> pb::TrainTask {
+        pb::TrainTask {
+            round_id,
+            federation: "f".into(),
+            secure: Some(pb::SecureAggregation {
+                clip: 1.0,
+                max_weight: 1,
+                min_survivors: 3,
+            }),
+            privacy: Some(pb::PrivacyConfig {
+                mechanism: "distributed".into(),
+                clip_norm: 0.6,
+                noise_multiplier: 0.5,
+                delta: 1e-5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// What an honest coordinator offers six participants for `task`.
+    fn honest(round_id: u64) -> Params {
+        let ids: Vec<u32> = (1..=6).collect();
+        Params::for_round(round_id, &ids, 4, 1.0, 1, 0.5 * 0.6, 3).unwrap()
+    }
+
+    fn advertise(params: &Params) -> Stage {
+        Stage::Advertise(pb::SecAggAdvertise {
+            round_id: params.round_id,
+            params: Some(params_to_pb(params)),
+            my_id: 1,
+            deadline_unix_ms: 0,
+        })
+    }
+
+    fn hold(c: &mut SecureClients, round_id: u64) -> anyhow::Result<()> {
+        let t = task(round_id);
+        let expectation = expectation(&t, t.secure.as_ref().unwrap(), 4);
+        c.trained(round_id, "f", vec![0.1; 4], 1, expectation)
+    }
+
+    fn refusal(c: &mut SecureClients, params: &Params) -> String {
+        match c.step(advertise(params)) {
+            Ok(_) => panic!("parameters accepted: {params:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn parameters_the_agent_does_not_recompute_are_refused_and_nothing_is_sent() {
+        let mut bad = honest(ROUND);
+        bad.threshold = 1;
+        let mut noiseless = honest(ROUND);
+        noiseless.noise_stddev = 0.0;
+        let mut heavy = honest(ROUND);
+        heavy.max_weight = 2;
+        for (params, why) in [
+            (&bad, "threshold 1 is not a strict majority of 5 neighbours"),
+            (&noiseless, "requires distributed noise"),
+            (&heavy, "weight cap: offered 2, expected 1"),
+        ] {
+            let mut c = clients();
+            hold(&mut c, ROUND).unwrap();
+            let e = refusal(&mut c, params);
+            assert!(
+                e.contains("refusing round 5's secure-aggregation parameters") && e.contains(why),
+                "{e}"
+            );
+            // The round's client is gone with its update: nothing more can leave for it.
+            let e = refusal(&mut c, &honest(ROUND));
+            assert!(e.contains("no secure-aggregation state for round 5"), "{e}");
+        }
+    }
+
+    #[test]
+    fn honest_parameters_are_answered_once_per_round() {
+        let mut c = clients();
+        hold(&mut c, ROUND).unwrap();
+        let reply = c.step(advertise(&honest(ROUND))).unwrap();
+        assert!(matches!(
+            reply,
+            Reply::Submit(pb::sec_agg_submission::Part::Advertise(_))
+        ));
+        // A second update for a round this agent advertised in is refused (it would be
+        // masked again under fresh secrets); another round is fine.
+        let e = hold(&mut c, ROUND).unwrap_err();
+        assert!(e.to_string().contains("already took part"), "{e}");
+        c.forget(ROUND);
+        assert!(hold(&mut c, ROUND).is_err());
+        hold(&mut c, ROUND + 1).unwrap();
     }
 }
