@@ -334,7 +334,15 @@ impl Stage {
 #[cfg(test)]
 mod tests {
     use harambee_link::convert::params_to_pb;
-    use harambee_secagg::Params;
+    use harambee_link::identity::{IDENTITY_SCHEME, signing_key_from_pem};
+    use harambee_secagg::{
+        AfterMaskedInputs, CollectingUnmaskShares, ConsistencySignature, MaskedInput, MaskedWords,
+        Params, ServerRound, UnmaskShares,
+    };
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
 
     use super::*;
 
@@ -437,5 +445,244 @@ mod tests {
         c.forget(ROUND);
         assert!(hold(&mut c, ROUND).is_err());
         hold(&mut c, ROUND + 1).unwrap();
+    }
+
+    /// A CA and one Ed25519 agent certificate per participant, as the coordinator's PKI
+    /// issues them: the agents' clients and the peers' certificates.
+    struct Facilities {
+        clients: BTreeMap<u32, SecureClients>,
+        peers: Vec<pb::SecAggPeer>,
+        keys: BTreeMap<u32, VerifyingKey>,
+    }
+
+    fn facilities(ids: &[u32]) -> Facilities {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let (mut clients, mut peers, mut keys) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
+        for &id in ids {
+            let facility = format!("site-{id}");
+            let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+            let mut params = CertificateParams::default();
+            let uri = format!("{IDENTITY_SCHEME}agent/{facility}");
+            params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            let signing = signing_key_from_pem(key.serialize_pem().as_bytes()).unwrap();
+            keys.insert(id, signing.verifying_key());
+            let verifier = PeerVerifier::from_ca_pem(ca.pem().as_bytes()).unwrap();
+            clients.insert(id, SecureClients::new(Some(signing), verifier));
+            peers.push(pb::SecAggPeer {
+                id,
+                facility,
+                certificate: cert.der().to_vec(),
+                intermediates: Vec::new(),
+            });
+        }
+        Facilities {
+            clients,
+            peers,
+            keys,
+        }
+    }
+
+    fn submitted(reply: Reply) -> pb::sec_agg_submission::Part {
+        match reply {
+            Reply::Submit(part) => part,
+            Reply::Masked { .. } => panic!("a masked input, expected a submission"),
+        }
+    }
+
+    /// Runs four agents and a SecAgg+ server up to the unmask request: returns the agents,
+    /// the server and the request each survivor got.
+    fn up_to_unmask(consistency_check: bool) -> (Facilities, AfterMaskedInputs, Params) {
+        let ids = [1, 2, 3, 4];
+        let mut f = facilities(&ids);
+        let mut params = Params::for_round(ROUND, &ids, 4, 1.0, 1, 0.0, 3).unwrap();
+        params.consistency_check = consistency_check;
+        let mut server = ServerRound::new(params.clone(), f.keys.clone()).unwrap();
+        for (&id, c) in &mut f.clients {
+            let t = pb::TrainTask {
+                privacy: None,
+                ..task(ROUND)
+            };
+            c.trained(
+                ROUND,
+                "f",
+                vec![0.25; 4],
+                1,
+                expectation(&t, t.secure.as_ref().unwrap(), 4),
+            )
+            .unwrap();
+            let reply = c
+                .step(Stage::Advertise(pb::SecAggAdvertise {
+                    round_id: ROUND,
+                    params: Some(params_to_pb(&params)),
+                    my_id: id,
+                    deadline_unix_ms: 0,
+                }))
+                .unwrap();
+            let pb::sec_agg_submission::Part::Advertise(ad) = submitted(reply) else {
+                panic!("an advertisement expected")
+            };
+            server
+                .receive(id, SignedAdvertisement::decode(&ad).unwrap())
+                .unwrap();
+        }
+        let (mut server, routes) = server.finish().unwrap();
+        for (&id, c) in &mut f.clients {
+            let reply = c
+                .step(Stage::ShareKeys(pb::SecAggShareKeys {
+                    round_id: ROUND,
+                    advertisements: routes[&id].iter().map(Message::encode).collect(),
+                    peers: f.peers.clone(),
+                    deadline_unix_ms: 0,
+                }))
+                .unwrap();
+            let pb::sec_agg_submission::Part::Shares(shares) = submitted(reply) else {
+                panic!("shares expected")
+            };
+            let shares = shares
+                .shares
+                .iter()
+                .map(|b| EncryptedShare::decode(b).unwrap())
+                .collect();
+            server.receive(id, shares).unwrap();
+        }
+        let (mut server, routes) = server.finish().unwrap();
+        for (&id, c) in &mut f.clients {
+            let reply = c
+                .step(Stage::MaskedInput(pb::SecAggMaskedInput {
+                    round_id: ROUND,
+                    shares: routes[&id].iter().map(Message::encode).collect(),
+                    deadline_unix_ms: 0,
+                }))
+                .unwrap();
+            let Reply::Masked { words, .. } = reply else {
+                panic!("a masked input expected")
+            };
+            let words = MaskedWords::from_le_bytes(params.word, &words).unwrap();
+            let input = MaskedInput {
+                round_id: ROUND,
+                sender: id,
+                words,
+            };
+            server.receive(id, input).unwrap();
+        }
+        (f, server.finish().unwrap(), params)
+    }
+
+    fn unmask(request: &UnmaskRequest, sign_first: bool) -> Stage {
+        Stage::Unmask(pb::SecAggUnmask {
+            round_id: ROUND,
+            request: request.encode(),
+            sign_first,
+            deadline_unix_ms: 0,
+        })
+    }
+
+    /// Every agent's answer to `request`; the server adds them up.
+    fn answer_all(
+        f: &mut Facilities,
+        mut server: CollectingUnmaskShares,
+        stage: impl Fn(u32) -> Stage,
+    ) -> CollectingUnmaskShares {
+        for (&id, c) in &mut f.clients {
+            let pb::sec_agg_submission::Part::Unmask(shares) =
+                submitted(c.step(stage(id)).unwrap())
+            else {
+                panic!("unmask shares expected")
+            };
+            server
+                .receive(id, UnmaskShares::decode(&shares).unwrap())
+                .unwrap();
+        }
+        server
+    }
+
+    #[test]
+    fn an_agent_answers_one_unmask_request_per_round_whatever_arrives() {
+        let (mut f, after, params) = up_to_unmask(false);
+        let AfterMaskedInputs::Unmask(server, requests) = after else {
+            panic!("no consistency check in this round")
+        };
+        let request = requests[&1].clone();
+        let server = answer_all(&mut f, server, |_| unmask(&request, false));
+        let sum = server.finish().unwrap();
+        assert_eq!(sum.total_weight, 4);
+        // Asked again, or told that someone else dropped: nothing more leaves.
+        let conflicting = UnmaskRequest {
+            round_id: ROUND,
+            survivors: vec![1, 2, 3],
+            dropouts: vec![4],
+        };
+        for c in f.clients.values_mut() {
+            for again in [&request, &conflicting] {
+                let e = c.step(unmask(again, false)).err().expect("refused");
+                assert!(e.to_string().contains("no secure-aggregation state"), "{e}");
+            }
+        }
+        assert_eq!(params.n_min, 3);
+    }
+
+    #[test]
+    fn after_signing_an_agent_reveals_only_against_the_proof_of_that_set() {
+        let (mut f, after, _) = up_to_unmask(true);
+        let AfterMaskedInputs::ConsistencyCheck(mut server, requests) = after else {
+            panic!("a consistency round")
+        };
+        for (&id, c) in &mut f.clients {
+            let reply = c.step(unmask(&requests[&id], true)).unwrap();
+            let pb::sec_agg_submission::Part::ConsistencySignature(sig) = submitted(reply) else {
+                panic!("a signature expected")
+            };
+            server
+                .receive(id, ConsistencySignature::decode(&sig).unwrap())
+                .unwrap();
+        }
+        // Before the proof, a plain unmask request (the same set, or another) is ignored:
+        // the agent waits for the proof of the set it signed, and reveals nothing.
+        let other = UnmaskRequest {
+            round_id: ROUND,
+            survivors: vec![1, 2, 3],
+            dropouts: vec![4],
+        };
+        for c in f.clients.values_mut() {
+            for request in [&requests[&1], &other] {
+                let e = c.step(unmask(request, false)).err().expect("refused");
+                assert!(
+                    e.to_string().contains("waiting for a consistency proof"),
+                    "{e}"
+                );
+            }
+        }
+        let (server, proofs) = server.finish().unwrap();
+        let server = answer_all(&mut f, server, |id| {
+            Stage::Consistency(pb::SecAggConsistency {
+                round_id: ROUND,
+                proof: proofs[&id].encode(),
+                deadline_unix_ms: 0,
+            })
+        });
+        assert_eq!(server.finish().unwrap().total_weight, 4);
+        // And then nothing more, whatever arrives.
+        for (&id, c) in &mut f.clients {
+            let proof = Stage::Consistency(pb::SecAggConsistency {
+                round_id: ROUND,
+                proof: proofs[&id].encode(),
+                deadline_unix_ms: 0,
+            });
+            for stage in [proof, unmask(&other, false), unmask(&other, true)] {
+                let e = c.step(stage).err().expect("refused");
+                assert!(e.to_string().contains("no secure-aggregation state"), "{e}");
+            }
+        }
     }
 }
