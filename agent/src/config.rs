@@ -61,9 +61,9 @@ pub struct PolicyConfig {
     /// declined. 3 by default (with 2, each learns the other's update from the sum).
     #[serde(default = "default_min_contributors")]
     pub min_contributors: u64,
-    /// Take part only in rounds that run SecAgg+'s consistency check (the variant that
-    /// holds against a coordinator that lies about who dropped out).
-    #[serde(default)]
+    /// Take part only in rounds that run SecAgg+'s consistency check (default): without
+    /// it, a coordinator that lies about who dropped out can unmask this facility's update.
+    #[serde(default = "yes")]
     pub require_consistency_check: bool,
     /// The smallest Shamir threshold accepted, as a fraction of a client's neighbours:
     /// below one half, a coordinator could reconstruct both secrets of a client from two
@@ -114,7 +114,7 @@ impl Default for PolicyConfig {
             allowed_labels: Vec::new(),
             require_secure_aggregation: true,
             min_contributors: default_min_contributors(),
-            require_consistency_check: false,
+            require_consistency_check: true,
             min_threshold_fraction: default_threshold_fraction(),
             require_distributed_noise: true,
             min_samples: 0,

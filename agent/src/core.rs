@@ -226,6 +226,20 @@ impl Core {
         }
     }
 
+    /// Logs a refusal of the round's secure-aggregation parameters and forgets the update
+    /// held for it; the caller tells the coordinator.
+    pub fn refuse_secure(
+        &mut self,
+        now_ms: i64,
+        federation: &str,
+        round_id: u64,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        self.held.remove(&round_id);
+        self.secure.forget(round_id);
+        self.log_refusal(now_ms, federation, round_id, reason)
+    }
+
     /// Logs a refusal in the privacy log.
     fn log_refusal(
         &mut self,
@@ -248,10 +262,20 @@ impl Core {
 
     /// Holds a trained update for the masked stages of `round_id`, with the terms its
     /// receipt will state.
-    pub fn hold(&mut self, round_id: u64, terms: ReceiptTerms, update: Vec<f32>, weight: u64) {
+    /// The secure-aggregation parameters the coordinator offers must match `expectation`
+    /// (recomputed from the task and the facility's policy), or the update never leaves.
+    pub fn hold(
+        &mut self,
+        round_id: u64,
+        terms: ReceiptTerms,
+        update: Vec<f32>,
+        weight: u64,
+        expectation: harambee_secagg::Expectation,
+    ) -> anyhow::Result<()> {
         self.secure
-            .trained(round_id, &terms.federation, update, weight);
+            .trained(round_id, &terms.federation, update, weight, expectation)?;
         self.held.insert(round_id, terms);
+        Ok(())
     }
 
     /// Takes the round's secure-aggregation client out, to step it off this owner (a step

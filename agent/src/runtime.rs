@@ -617,8 +617,9 @@ impl Agent {
             let weight = (report.n_samples as u64).min(secure.max_weight.max(1));
             self.egress.keep_unmasked(task.round_id, &update)?;
             let round_id = task.round_id;
-            self.with_core(move |core| core.hold(round_id, terms, update, weight))
-                .await;
+            let expectation = secure::expectation(task, secure, update.len(), &self.config.policy);
+            self.with_core(move |core| core.hold(round_id, terms, update, weight, expectation))
+                .await?;
             info!(
                 loss = report.mean_loss,
                 secs = started.elapsed().as_secs_f32(),
@@ -850,7 +851,31 @@ impl Agent {
         let federation = clients.federation_of(round_id).unwrap_or_default();
         self.with_core(move |core| core.attach_secure(clients))
             .await;
-        match reply? {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                let refused = e.chain().any(|c| {
+                    c.downcast_ref::<harambee_secagg::ParamsMismatch>()
+                        .is_some()
+                });
+                if refused {
+                    // The facility's policy, not a fault: say so in the privacy log and to
+                    // the coordinator, so that the round does not wait for this facility.
+                    let reason = format!("{e:#}");
+                    warn!(round_id, %reason, "secure-aggregation parameters refused");
+                    let now = self.clock.unix_ms();
+                    let (f, r) = (federation.clone(), reason.clone());
+                    self.with_core(move |core| core.refuse_secure(now, &f, round_id, &r))
+                        .await?;
+                    let mut client = client.clone();
+                    client
+                        .decline_task(pb::DeclineTaskRequest { round_id, reason })
+                        .await?;
+                }
+                return Err(e);
+            }
+        };
+        match reply {
             Reply::Submit(part) => {
                 let submission = pb::SecAggSubmission {
                     round_id,

@@ -229,6 +229,7 @@ pub fn train_task(
             .then(|| pb::SecureAggregation {
                 clip: spec.secure_aggregation.clip,
                 max_weight: spec.effective_max_weight(),
+                min_survivors: spec.min_agents,
             }),
         privacy: privacy_config(&spec.privacy),
     };

@@ -65,8 +65,9 @@ pub struct SecureConfig {
     /// The consistency-check round of the active-adversary variant.
     pub consistency_check: bool,
     /// Distributed DP: standard deviation (in update units) of the discrete Gaussian noise
-    /// the sum must carry; each agent adds a share calibrated to `min_agents` survivors.
-    /// 0: none.
+    /// the sum must carry; each agent adds a share calibrated to n_min = max(`min_agents`,
+    /// threshold) survivors, and no sum of fewer survivors is unmasked (server and agents
+    /// refuse: `Params::n_min`). 0: none.
     pub noise_stddev: f64,
 }
 

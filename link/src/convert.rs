@@ -114,6 +114,7 @@ pub fn params_to_pb(p: &Params) -> pb::SecAggParams {
         .to_owned(),
         consistency_check: p.consistency_check,
         noise_stddev: p.noise_stddev,
+        n_min: p.n_min as u64,
     }
 }
 
@@ -142,6 +143,7 @@ pub fn params_from_pb(p: &pb::SecAggParams) -> Result<Params, BadTask> {
         },
         consistency_check: p.consistency_check,
         noise_stddev: p.noise_stddev,
+        n_min: usize::try_from(p.n_min).map_err(|_| BadTask("n_min out of range".into()))?,
     };
     params
         .validate()

@@ -175,6 +175,7 @@ fn round(n: usize, k: usize, d: usize, reps: usize, noise_stddev: f64) {
     let mut params = Params::recommended(1, &ids, d, 1.0, 100).unwrap();
     params.neighbours = k;
     params.threshold = k.min(n - 1) / 2 + 1;
+    params.n_min = params.threshold;
     let params = params.with_noise(noise_stddev).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let signing: BTreeMap<u32, SigningKey> = ids

@@ -397,7 +397,25 @@ impl AwaitingUnmask {
     /// each surviving neighbour's self-mask secret and of each dropped neighbour's mask
     /// key. Refuses a request that names a peer as both survivor and dropout
     /// ([`ClientError::WouldRevealBothMasks`]), leaves a live neighbour unclassified,
-    /// claims this client dropped, or has fewer than t survivors.
+    /// claims this client dropped, or has fewer than t or fewer than [`Params::n_min`]
+    /// survivors ([`ClientError::BelowMinSurvivors`]).
+    ///
+    /// A client answers once per round: the stage is consumed, so a second request (or a
+    /// conflicting one) cannot even be put to it, and no copy of the shares is left
+    /// anywhere to answer it from. One call compiles, two do not:
+    ///
+    /// ```no_run
+    /// # fn ask_once(c: harambee_secagg::AwaitingUnmask, r: &harambee_secagg::UnmaskRequest) {
+    /// let first = c.handle_unmask(r);
+    /// # }
+    /// ```
+    ///
+    /// ```compile_fail,E0382
+    /// # fn ask_twice(c: harambee_secagg::AwaitingUnmask, r: &harambee_secagg::UnmaskRequest) {
+    /// let first = c.handle_unmask(r);
+    /// let second = c.handle_unmask(r); // use of moved value: `c`
+    /// # }
+    /// ```
     pub fn handle_unmask(self, request: &UnmaskRequest) -> Result<UnmaskShares, ClientError> {
         if self.common.params.consistency_check {
             return Err(ClientError::ConsistencyCheckRequired);
@@ -451,6 +469,15 @@ impl AwaitingUnmask {
             return Err(ClientError::BelowThreshold {
                 live: survivors.len(),
                 needed: t,
+            });
+        }
+        // The noise target holds, and each input hides among enough others, only with at
+        // least n_min survivors: below that, reveal nothing (t <= n_min, so this is the
+        // stronger floor).
+        if survivors.len() < c.params.n_min {
+            return Err(ClientError::BelowMinSurvivors {
+                survivors: survivors.len(),
+                n_min: c.params.n_min,
             });
         }
         for &peer in survivors.iter().chain(&dropouts) {
@@ -515,7 +542,16 @@ fn sorted_set(ids: &[u32]) -> Result<BTreeSet<u32>, ClientError> {
 }
 
 /// Consistency check, second half: this client signed one survivor set and waits for
-/// proof that a quorum of participants signed the same one.
+/// proof that a quorum of participants signed the same one. It reveals shares for that
+/// set only, once ([`AwaitingConsistency::handle_consistency`]); an unmask request can no
+/// longer be put to it (the call that compiles on [`AwaitingUnmask`] does not compile
+/// here):
+///
+/// ```compile_fail,E0599
+/// # fn after_signing(c: harambee_secagg::AwaitingConsistency, r: &harambee_secagg::UnmaskRequest) {
+/// let shares = c.handle_unmask(r); // no method `handle_unmask`
+/// # }
+/// ```
 pub struct AwaitingConsistency {
     inner: AwaitingUnmask,
     request: UnmaskRequest,

@@ -21,6 +21,10 @@ pub enum ParamsError {
     Neighbours { k: usize, n: usize },
     #[error("threshold t must be between 1 and the graph degree {degree}, got {t}")]
     Threshold { t: usize, degree: usize },
+    #[error(
+        "minimum survivors n_min must be between the threshold {t} and the number of participants {n}, got {n_min}"
+    )]
+    MinSurvivors { n_min: usize, t: usize, n: usize },
     #[error("clipping range must be finite and positive, got {0}")]
     Clip(f32),
     #[error("quantization bits must be between 2 and {max} for this word size, got {got}")]
@@ -86,8 +90,8 @@ impl std::fmt::Display for Stage {
 ///
 /// Variants with a `peer` field reject one message and leave the stage as it was: the
 /// driver may log the peer's fault and keep collecting. [`ServerError::BelowThreshold`],
-/// [`ServerError::ReconstructionFailed`] and [`ServerError::CorruptAggregate`] come from
-/// `finish` and end the round.
+/// [`ServerError::BelowMinSurvivors`], [`ServerError::ReconstructionFailed`] and
+/// [`ServerError::CorruptAggregate`] come from `finish` and end the round.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ServerError {
     #[error("invalid parameters: {0}")]
@@ -134,6 +138,14 @@ pub enum ServerError {
         needed: usize,
         live: usize,
         unrecoverable: Vec<u32>,
+    },
+    #[error(
+        "only {survivors} clients left at {stage}: this round unmasks no sum of fewer than n_min = {n_min}"
+    )]
+    BelowMinSurvivors {
+        stage: Stage,
+        survivors: usize,
+        n_min: usize,
     },
     #[error("consistency check: {signed} signatures, need {needed}")]
     ConsistencyQuorum { signed: usize, needed: usize },
@@ -205,6 +217,10 @@ pub enum ClientError {
     WouldRevealBothMasks { peer: u32 },
     #[error("unmask request is inconsistent about peer {peer} ({reason})")]
     InconsistentUnmaskRequest { peer: u32, reason: &'static str },
+    #[error(
+        "the unmask request names {survivors} survivors: this round reveals nothing for fewer than n_min = {n_min}"
+    )]
+    BelowMinSurvivors { survivors: usize, n_min: usize },
     #[error("the unmask request says this client dropped out")]
     NotASurvivor,
     #[error("this round requires the consistency check before unmasking")]

@@ -97,18 +97,65 @@
 //! deterministic guarantee stands). With a complete graph the random-placement caveat
 //! disappears: exposure needs t colluders, period.
 //!
-//! **Active server (consistency check).** With `consistency_check = true`, survivors sign
-//! the survivor and dropout sets before revealing anything and reveal only after seeing
-//! [`Params::consistency_quorum`] = ⌊(n + t − 1)/2⌋ + 1 valid signatures on the same sets.
-//! Any two quorums share t clients, so a server with fewer than t colluders cannot show two
-//! honest clients different sets, and so cannot obtain both the self-mask secret and the
-//! mask key of an honest client. Key substitution is prevented by the Ed25519 signatures
-//! (clients check them against certificate keys, not against what the server says), and
-//! replay across rounds or parameter sets by the digest in every signature, KDF and AEAD.
-//! This is the consistency round of Bonawitz et al.'s active variant; the other
-//! active-adversary measures of Bell et al. (e.g. a graph the server cannot influence, and
-//! input validity proofs) are not implemented, and an active server can always make the
-//! round fail or its result wrong — it cannot make it reveal one client's input.
+//! **Active server.** A server that deviates from the protocol chooses the parameters, the
+//! routes and every unmask request. What holds against it, each with the test that shows
+//! it (`tests::split_unmask` is this crate's internal suite; it plays such a server with
+//! real clients, keeps every masked vector and every revealed share, and tries to strip
+//! the masks off one client's vector):
+//!
+//! - *Parameters.* [`Params::validate`] only checks that a round can run; it accepts
+//!   t = 1, with which every Shamir share is the secret, so a server that tells one
+//!   neighbour "X survived" and another "X dropped" reads X's input
+//!   (`with_threshold_one_the_same_split_reads_the_input_and_the_check_refuses_it`). A
+//!   client that checks the offer with [`Expectation::check`] takes part only when graph,
+//!   threshold, word, quantization, weight cap, clip, noise share and n_min are exactly
+//!   what [`Params::for_round`] derives from its own task for the offered participants,
+//!   the threshold is a strict majority of its neighbours, and its [`ParamsPolicy`]
+//!   (consistency check, distributed noise, minimum contributors) is met (`expect::tests`,
+//!   one test per refusal).
+//! - *Never both secrets of one client.* Per peer, a client reveals the share of its
+//!   self-mask secret b or of its mask key s, never both, and it answers one request per
+//!   round: `handle_unmask`, `sign_survivors` and `handle_consistency` consume the stage,
+//!   so a repeated or conflicting request cannot even be put to it (compile-fail examples
+//!   on [`AwaitingUnmask::handle_unmask`] and [`AwaitingConsistency`]), and after signing
+//!   a set it reveals only for that set
+//!   (`a_client_answers_once_and_after_signing_only_for_the_set_it_signed`). With
+//!   t > k/2 the k neighbours of X hold at most k < 2t shares between them, so however the
+//!   server splits its requests it never holds t shares of both of X's secrets
+//!   (`split_requests_never_yield_both_secrets_of_a_client_at_the_recommended_threshold`,
+//!   every split of X's neighbours).
+//! - *Without the consistency check that is not enough.* A server that also lies about
+//!   X's *neighbours* (each neighbour Y is "dropped" in the requests of t others, X is
+//!   "survived" in all) collects b_X and the mask key of every neighbour, and strips every
+//!   mask off X's own vector, with no colluder and every request valid on its own
+//!   (`without_the_consistency_check_lying_about_the_neighbours_reads_the_input`). So
+//!   without the check the protocol protects against an honest-but-curious server only: a
+//!   facility that does not trust the coordinator requires it
+//!   ([`ParamsPolicy::require_consistency_check`]).
+//! - *With the consistency check* (`consistency_check = true`), survivors sign the
+//!   survivor and dropout sets before revealing anything and reveal only after seeing
+//!   [`Params::consistency_quorum`] = ⌊(n + t − 1)/2⌋ + 1 valid signatures on the same
+//!   sets. Any two quorums share t clients, so a server with fewer than t colluders
+//!   cannot get two honest clients to answer for different sets: all honest answers come
+//!   from one set, in which each client is either a survivor or a dropout, and X's vector
+//!   keeps the pairwise masks of its surviving neighbours
+//!   (`with_the_consistency_check_split_requests_reveal_at_most_one_story`; the
+//!   neighbours' attack above gets nothing at all).
+//! - *n_min.* The server refuses to unmask ([`ServerError::BelowMinSurvivors`]) and every
+//!   client refuses to reveal or sign ([`ClientError::BelowMinSurvivors`]) for fewer than
+//!   [`Params::n_min`] survivors, so no sum of fewer contributors than the round promised
+//!   is unmasked and the distributed noise never falls below its target because of
+//!   dropouts (`tests/min_survivors.rs`).
+//!
+//! Key substitution is prevented by the Ed25519 signatures (clients check them against
+//! certificate keys, not against what the server says; that is only as strong as the CA:
+//! whoever can issue certificates can substitute keys), and replay across rounds or
+//! parameter sets by the digest in every signature, KDF and AEAD. This is the consistency
+//! round of Bonawitz et al.'s active variant; the other active-adversary measures of Bell
+//! et al. (e.g. a graph the server cannot influence, and input validity proofs) are not
+//! implemented. An active server can always make the round fail or its result wrong; with
+//! the consistency check, checked parameters and fewer than t colluders it cannot make
+//! the round reveal one client's input, only the sum over at least n_min survivors.
 //!
 //! **Quantization and modulus.** Values are clipped to [−c, c], scaled to
 //! L = 2^(q−1) − 1 levels and stochastically rounded (unbiased, within one level), then
@@ -136,8 +183,10 @@
 //!
 //! - **Choosing σ_q.** For a total standard deviation S (value units) with at least n_min
 //!   survivors, σ_q = S·scale / sqrt(n_min): [`noise_share_levels`]. Dropouts take their
-//!   noise with them, so with fewer than n_min survivors the noise is below S; pick
-//!   n_min = the smallest number of survivors the round accepts. Then
+//!   noise with them, so with fewer than n_min survivors the noise would be below S:
+//!   [`Params::n_min`] makes server and clients refuse to unmask such a sum, and
+//!   [`Params::for_round`] calibrates σ_q to it. The target assumes the survivors add
+//!   their shares: clients colluding with the server can leave theirs out. Then
 //!   [`Params::with_noise`] sets σ_q and re-derives the quantization so the sum still
 //!   cannot wrap (rescaling σ_q to keep S if it has to lower q).
 //! - **Clamping.** Each sample is clamped to ±τ, τ = ⌈10·σ_q⌉ ([`Params::noise_clamp`]),
@@ -221,6 +270,7 @@
 pub mod client;
 mod crypto;
 pub mod error;
+pub mod expect;
 mod graph;
 pub mod messages;
 pub mod noise;
@@ -229,12 +279,15 @@ pub mod prg;
 mod quant;
 pub mod server;
 mod shamir;
+#[cfg(test)]
+mod tests;
 
 pub use client::{
     AwaitingConsistency, AwaitingPeerKeys, AwaitingShares, AwaitingUnmask, ClientRound,
 };
 pub use crypto::SHARE_CIPHERTEXT_BYTES;
 pub use error::{ClientError, DecodeError, ParamsError, ServerError, Stage};
+pub use expect::{Expectation, ParamsField, ParamsMismatch, ParamsPolicy};
 pub use messages::{
     ConsistencyProof, ConsistencySignature, EncryptedShare, MaskedInput, MaskedWords, Message,
     RevealedShare, SignedAdvertisement, UnmaskRequest, UnmaskShares, decode_list, encode_list,

@@ -188,6 +188,17 @@ pub struct Params {
     /// See "Distributed noise" in the crate docs, [`crate::noise_share_levels`] to
     /// derive it from a target in value units, and [`Params::with_noise`] to set it.
     pub noise_stddev: f64,
+    /// n_min: the fewest survivors whose inputs the round may unmask, which is the number
+    /// of noise shares the noise target was calibrated to (see "Distributed noise" in the
+    /// crate docs). The server refuses to unmask ([`crate::ServerError::BelowMinSurvivors`])
+    /// and every client refuses to reveal any share
+    /// ([`crate::ClientError::BelowMinSurvivors`]) when fewer clients survive.
+    ///
+    /// Invariant: t <= n_min <= n. At most n clients can survive; and a sum of fewer than
+    /// t survivors can never be unmasked anyway (each survivor needs t surviving
+    /// neighbours to recover its self mask), so t is the floor that costs nothing.
+    /// [`Params::recommended`] sets n_min = t; [`Params::with_min_survivors`] raises it.
+    pub n_min: usize,
 }
 
 impl Params {
@@ -205,7 +216,11 @@ impl Params {
     ///   wrapping, else 64-bit; q: as many bits as fit, at most
     ///   [`MAX_USEFUL_QUANT_BITS`].
     /// - prg: AES-128-CTR; no consistency check (semi-honest server); no noise (set it
-    ///   with [`Params::with_noise`]).
+    ///   with [`Params::with_noise`]); n_min = t (raise it with
+    ///   [`Params::with_min_survivors`]).
+    ///
+    /// [`Params::for_round`] does all of it the way the coordinator does and an agent
+    /// recomputes it.
     pub fn recommended(
         round_id: u64,
         participants: &[u32],
@@ -243,13 +258,14 @@ impl Params {
         }
         let neighbours = targets.neighbours(n);
         let degree = neighbours.min(n - 1);
+        let threshold = degree / 2 + 1;
         let (word, quant_bits) = recommended_quantization(n, max_weight);
         let params = Params {
             round_id,
             participants: ids,
             vector_len,
             neighbours,
-            threshold: degree / 2 + 1,
+            threshold,
             clip,
             quant_bits,
             max_weight,
@@ -257,9 +273,49 @@ impl Params {
             prg: MaskPrg::Aes128Ctr,
             consistency_check: false,
             noise_stddev: 0.0,
+            n_min: threshold,
         };
         params.validate()?;
         Ok(params)
+    }
+
+    /// The parameters of a round as the coordinator derives them and as each agent
+    /// recomputes them to check what it is offered ([`crate::Expectation`]):
+    /// [`Params::recommended`], then n_min = max(`min_survivors`, t)
+    /// ([`Params::with_min_survivors`]), then, if `noise_stddev` (the standard deviation
+    /// the sum must carry, in value units) is positive, each client's noise share
+    /// calibrated so that n_min shares carry it ([`crate::noise_share_levels`],
+    /// [`Params::with_noise`]). The consistency check stays off: it is the caller's
+    /// choice (and the facility's policy), not derived.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_round(
+        round_id: u64,
+        participants: &[u32],
+        vector_len: usize,
+        clip: f32,
+        max_weight: u64,
+        noise_stddev: f64,
+        min_survivors: usize,
+    ) -> Result<Params, ParamsError> {
+        let params = Params::recommended(round_id, participants, vector_len, clip, max_weight)?
+            .with_min_survivors(min_survivors)?;
+        if noise_stddev == 0.0 {
+            return Ok(params);
+        }
+        if !(noise_stddev.is_finite() && noise_stddev > 0.0) {
+            return Err(ParamsError::NoiseStddev(noise_stddev));
+        }
+        let share = crate::noise::noise_share_levels(noise_stddev, params.n_min, &params);
+        params.with_noise(share)
+    }
+
+    /// These parameters with n_min = max(`min_survivors`, t): fewer survivors than that
+    /// and nothing is unmasked. Fails ([`ParamsError::MinSurvivors`]) when that exceeds
+    /// the number of participants.
+    pub fn with_min_survivors(mut self, min_survivors: usize) -> Result<Params, ParamsError> {
+        self.n_min = min_survivors.max(self.threshold);
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks every constraint the protocol relies on.
@@ -286,6 +342,13 @@ impl Params {
             return Err(ParamsError::Threshold {
                 t: self.threshold,
                 degree,
+            });
+        }
+        if self.n_min < self.threshold || self.n_min > n {
+            return Err(ParamsError::MinSurvivors {
+                n_min: self.n_min,
+                t: self.threshold,
+                n,
             });
         }
         if !(self.clip.is_finite() && self.clip > 0.0) {
@@ -458,8 +521,9 @@ impl Params {
             self.prg.tag(),
             u8::from(self.consistency_check),
         ]);
-        // Appended only when set, so noiseless parameters keep their earlier digest (the
-        // encoding stays unambiguous: every other field has a fixed or prefixed length).
+        h.update((self.n_min as u64).to_le_bytes());
+        // Noise is appended only when set (the encoding stays unambiguous: every other
+        // field has a fixed or prefixed length, and this one comes last).
         if self.noise_stddev != 0.0 {
             h.update(self.noise_stddev.to_bits().to_le_bytes());
         }
@@ -599,6 +663,20 @@ mod tests {
         check(&|p| p.threshold = 10, |e| {
             matches!(e, ParamsError::Threshold { .. })
         });
+        // t = 5 here (complete graph of 10): n_min must lie in t..=n.
+        check(&|p| p.n_min = 4, |e| {
+            matches!(
+                e,
+                ParamsError::MinSurvivors {
+                    n_min: 4,
+                    t: 5,
+                    n: 10
+                }
+            )
+        });
+        check(&|p| p.n_min = 11, |e| {
+            matches!(e, ParamsError::MinSurvivors { n_min: 11, .. })
+        });
         check(&|p| p.clip = f32::NAN, |e| {
             matches!(e, ParamsError::Clip(_))
         });
@@ -688,6 +766,35 @@ mod tests {
         let mut r = q.clone();
         r.noise_stddev = 1.25;
         assert_ne!(q.digest(), r.digest());
+        let mut q = p.clone();
+        q.n_min += 1;
+        assert_ne!(p.digest(), q.digest());
         assert_eq!(p.digest(), p.clone().digest());
+    }
+
+    #[test]
+    fn for_round_raises_n_min_to_the_round_minimum_and_calibrates_noise_to_it() {
+        let ids: Vec<u32> = (1..=10).collect();
+        let p = Params::recommended(1, &ids, 10, 1.0, 1).unwrap();
+        assert_eq!((p.threshold, p.n_min), (5, 5), "recommended: n_min = t");
+        // A minimum below t counts as t; above it, it is kept; above n, refused.
+        assert_eq!(p.clone().with_min_survivors(2).unwrap().n_min, 5);
+        assert_eq!(p.clone().with_min_survivors(8).unwrap().n_min, 8);
+        assert!(matches!(
+            p.clone().with_min_survivors(11),
+            Err(ParamsError::MinSurvivors { n_min: 11, .. })
+        ));
+        // The noise: n_min shares of sigma_q levels carry S value units.
+        let q = Params::for_round(1, &ids, 10, 1.0, 1, 0.5, 8).unwrap();
+        assert_eq!(q.n_min, 8);
+        let total = (q.n_min as f64).sqrt() * q.noise_stddev / q.scale();
+        assert!((total / 0.5 - 1.0).abs() < 1e-12, "{total}");
+        // Without noise it is recommended + n_min, nothing else.
+        let r = Params::for_round(1, &ids, 10, 1.0, 1, 0.0, 8).unwrap();
+        assert_eq!(r, p.with_min_survivors(8).unwrap());
+        assert!(matches!(
+            Params::for_round(1, &ids, 10, 1.0, 1, -1.0, 8),
+            Err(ParamsError::NoiseStddev(_))
+        ));
     }
 }

@@ -193,6 +193,20 @@ impl Core {
     fn dropouts(&self) -> Vec<u32> {
         self.dropped_at.keys().copied().collect()
     }
+
+    /// Refuses to go on when fewer than n_min clients are left (live, or survivors from
+    /// the masked input on): their noise shares would not reach the target, and their sum
+    /// would hide each of them among fewer than the round promised.
+    fn check_min_survivors(&self, stage: Stage, left: &BTreeSet<u32>) -> Result<(), ServerError> {
+        if left.len() < self.params.n_min {
+            return Err(ServerError::BelowMinSurvivors {
+                stage,
+                survivors: left.len(),
+                n_min: self.params.n_min,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn is_low_order(public: &[u8; 32]) -> bool {
@@ -264,6 +278,7 @@ impl CollectingAdvertisements {
                 .core
                 .below_threshold(Stage::AdvertiseKeys, &live, pruned));
         }
+        self.core.check_min_survivors(Stage::AdvertiseKeys, &live)?;
         self.ads.retain(|id, _| live.contains(id));
         let mut routes = BTreeMap::new();
         let mut expected = BTreeMap::new();
@@ -388,6 +403,7 @@ impl CollectingShares {
                 answered.into_iter().collect(),
             ));
         }
+        self.core.check_min_survivors(Stage::ShareKeys, &live)?;
         let mut routes: BTreeMap<u32, Vec<EncryptedShare>> =
             live.iter().map(|&u| (u, Vec::new())).collect();
         for (sender, bundle) in std::mem::take(&mut self.bundles) {
@@ -496,7 +512,8 @@ impl CollectingMaskedInputs {
 
     /// Closes the stage. Fails with [`ServerError::BelowThreshold`] if some survivor, or
     /// some dropout whose masks are in the sum, has fewer than t surviving neighbours:
-    /// its masks could never be removed.
+    /// its masks could never be removed; and with [`ServerError::BelowMinSurvivors`] if
+    /// fewer than [`Params::n_min`] clients survived (nothing is asked of anyone then).
     pub fn finish(mut self) -> Result<AfterMaskedInputs, ServerError> {
         let survivors = self.received.clone();
         let dropped: Vec<u32> = self
@@ -513,6 +530,8 @@ impl CollectingMaskedInputs {
                 .core
                 .below_threshold(Stage::MaskedInput, &survivors, unrecoverable));
         }
+        self.core
+            .check_min_survivors(Stage::MaskedInput, &survivors)?;
         let request = UnmaskRequest {
             round_id: self.core.round_id(),
             survivors: survivors.iter().copied().collect(),
@@ -755,6 +774,9 @@ impl CollectingUnmaskShares {
     pub fn finish_with_threads(self, threads: usize) -> Result<Aggregate, ServerError> {
         let core = &self.core;
         let survivors: BTreeSet<u32> = self.request.survivors.iter().copied().collect();
+        // The masked-input stage already refused fewer; checked again where the masks come
+        // off, so no path unmasks a sum of fewer than n_min inputs.
+        core.check_min_survivors(Stage::Unmasking, &survivors)?;
         let unrecoverable =
             unrecoverable(core, &survivors, &self.request.dropouts, &self.responded);
         if !unrecoverable.is_empty() {
@@ -918,6 +940,7 @@ mod tests {
         let mut params = Params::recommended(3, &ids, 4, 1.0, 1).unwrap();
         params.neighbours = 4;
         params.threshold = 2;
+        params.n_min = 2;
         let key = SigningKey::from_bytes(&[5u8; 32]);
         let keys = ids.iter().map(|&id| (id, key.verifying_key())).collect();
         let mut core = ServerRound::new(params.clone(), keys).unwrap().core;

@@ -95,6 +95,7 @@ fn noisy_round_still_recovers_dropouts() {
     let mut params = Params::recommended(6, &ids, D, 1.0, 10).unwrap();
     params.neighbours = 6;
     params.threshold = 3;
+    params.n_min = 3;
     let sigma = noise_share_levels(0.01, 9, &params);
     let params = params.with_noise(sigma).unwrap();
     // Two drop after sharing keys (their pairwise masks must be removed, their noise is
@@ -159,6 +160,7 @@ fn out_of_range_words_are_refused_with_noise_too() {
     let mut params = Params::recommended(9, &ids, 8, 1.0, 10).unwrap();
     params.neighbours = 4;
     params.threshold = 3;
+    params.n_min = 3;
     let params = params.with_noise(1000.0).unwrap();
     let tau = params.noise_clamp();
     assert_eq!(tau, 10_000);

@@ -38,6 +38,7 @@ impl Case {
             Params::recommended(self.seed, &self.ids, self.d, 0.5, self.max_weight).unwrap();
         p.neighbours = self.k;
         p.threshold = self.t;
+        p.n_min = self.t;
         p.prg = self.prg;
         p.consistency_check = self.consistency_check;
         if self.word != p.word {

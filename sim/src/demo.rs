@@ -410,7 +410,12 @@ pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> 
             seed: 1,
             frozen_layers: 0,
         },
-        min_agents: (facilities.len() as u32).div_ceil(2).max(1),
+        // Sums of at least 3 (the facilities' default policy.min_contributors), one
+        // dropout tolerated among 4.
+        min_agents: (facilities.len() as u32 * 3)
+            .div_ceil(4)
+            .max(3)
+            .min(facilities.len() as u32),
         facilities: facilities.iter().map(|f| f.name.clone()).collect(),
         deadlines: Deadlines {
             selecting_s: 60,

@@ -102,7 +102,8 @@ impl std::fmt::Debug for SecureRound {
 
 impl SecureRound {
     /// Starts secure aggregation over `trained` (facility → identity key), with the noise
-    /// calibrated so that `min_survivors` shares carry all of it.
+    /// calibrated so that `min_survivors` shares carry all of it and nothing unmasked for
+    /// fewer survivors ([`Params::for_round`]; n_min is at least the threshold).
     pub(super) fn start(
         round_id: u64,
         trained: &BTreeMap<FacilityId, VerifyingKey>,
@@ -117,20 +118,19 @@ impl SecureRound {
             .collect();
         let names: BTreeMap<u32, FacilityId> = ids.iter().map(|(a, &i)| (i, a.clone())).collect();
         let participants: Vec<u32> = names.keys().copied().collect();
-        let mut params = Params::recommended(
+        // Exactly what each agent recomputes (`harambee_secagg::Expectation`): n_min =
+        // max(min_survivors, t), each agent's noise share calibrated so that n_min shares
+        // carry the full noise; the server and every client refuse to unmask fewer.
+        let mut params = Params::for_round(
             round_id,
             &participants,
             vector_len,
             config.clip,
             config.max_weight,
+            config.noise_stddev,
+            min_survivors,
         )?;
         params.consistency_check = config.consistency_check;
-        if config.noise_stddev > 0.0 {
-            // Each agent's share, so that `min_survivors` shares carry the full noise.
-            let share =
-                harambee_secagg::noise_share_levels(config.noise_stddev, min_survivors, &params);
-            params = params.with_noise(share)?;
-        }
         let keys = trained.iter().map(|(a, k)| (ids[a], *k)).collect();
         let server = ServerRound::new(params.clone(), keys)?;
         let messages = ids
@@ -347,4 +347,72 @@ pub enum SecAggRefusal {
     Malformed(String),
     #[error(transparent)]
     Protocol(ServerError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use harambee_secagg::ed25519_dalek::SigningKey;
+    use harambee_secagg::{Expectation, ParamsPolicy};
+
+    use super::*;
+
+    fn trained(n: u8) -> BTreeMap<FacilityId, VerifyingKey> {
+        (1..=n)
+            .map(|i| {
+                let key = SigningKey::from_bytes(&[i; 32]).verifying_key();
+                (FacilityId::from(format!("site-{i:02}")), key)
+            })
+            .collect()
+    }
+
+    fn config(noise_stddev: f64) -> SecureConfig {
+        SecureConfig {
+            clip: 1.0,
+            max_weight: 1,
+            stage_timeout: Duration::from_secs(10),
+            consistency_check: true,
+            noise_stddev,
+        }
+    }
+
+    fn offered(min_survivors: usize, noise_stddev: f64) -> Params {
+        let (round, _) =
+            SecureRound::start(7, &trained(10), 50, &config(noise_stddev), min_survivors).unwrap();
+        round.params().clone()
+    }
+
+    #[test]
+    fn the_round_sets_n_min_to_its_min_survivors_and_calibrates_the_noise_to_it() {
+        // Ten facilities: complete graph, t = 5.
+        let p = offered(8, 0.3);
+        assert_eq!((p.threshold, p.n_min), (5, 8));
+        assert!(p.consistency_check);
+        // n_min shares carry the full target: sqrt(8) · sigma_q · c / L = 0.3.
+        let total = (p.n_min as f64).sqrt() * p.noise_stddev * p.quant_step();
+        assert!((total / 0.3 - 1.0).abs() < 1e-9, "{total}");
+        // A minimum below the threshold: n_min is the threshold.
+        assert_eq!(offered(2, 0.0).n_min, 5);
+    }
+
+    #[test]
+    fn an_agent_recomputes_exactly_what_the_round_offers() {
+        let expectation = |min_survivors| Expectation {
+            round_id: 7,
+            vector_len: 50,
+            clip: 1.0,
+            max_weight: 1,
+            noise_stddev: 0.3,
+            min_survivors,
+            policy: ParamsPolicy {
+                require_distributed_noise: true,
+                require_consistency_check: true,
+                ..ParamsPolicy::default()
+            },
+        };
+        expectation(8).check(&offered(8, 0.3)).unwrap();
+        // Calibrated to another minimum than the task declared: refused.
+        assert!(expectation(8).check(&offered(6, 0.3)).is_err());
+    }
 }

@@ -47,6 +47,7 @@ pub fn params(round_id: u64, ids: &[u32], d: usize, k: usize, t: usize) -> Param
     let mut p = Params::recommended(round_id, ids, d, 1.0, 10).unwrap();
     p.neighbours = k;
     p.threshold = t;
+    p.n_min = t;
     p.validate().unwrap();
     p
 }
@@ -214,11 +215,11 @@ pub fn expected(params: &Params, drops: &Drops) -> Result<BTreeSet<u32>, Stage> 
     };
     let all: BTreeSet<u32> = params.participants.iter().copied().collect();
     let live1 = core(answering(&all, Stage::AdvertiseKeys));
-    if live1.is_empty() {
+    if live1.is_empty() || live1.len() < params.n_min {
         return Err(Stage::AdvertiseKeys);
     }
     let live2 = core(answering(&live1, Stage::ShareKeys));
-    if live2.is_empty() {
+    if live2.is_empty() || live2.len() < params.n_min {
         return Err(Stage::ShareKeys);
     }
     let survivors = answering(&live2, Stage::MaskedInput);
@@ -229,7 +230,7 @@ pub fn expected(params: &Params, drops: &Drops) -> Result<BTreeSet<u32>, Stage> 
                 .iter()
                 .all(|&v| deg(v, &survivors) == 0 || deg(v, holders) >= t)
     };
-    if survivors.is_empty() || !recoverable(&survivors) {
+    if survivors.is_empty() || !recoverable(&survivors) || survivors.len() < params.n_min {
         return Err(Stage::MaskedInput);
     }
     let mut asked = survivors.clone();
@@ -249,7 +250,8 @@ pub fn expected(params: &Params, drops: &Drops) -> Result<BTreeSet<u32>, Stage> 
 /// The stage a server error reports, for comparing with [`expected`].
 pub fn error_stage(e: &ServerError) -> Option<Stage> {
     match e {
-        ServerError::BelowThreshold { stage, .. } => Some(*stage),
+        ServerError::BelowThreshold { stage, .. }
+        | ServerError::BelowMinSurvivors { stage, .. } => Some(*stage),
         ServerError::ConsistencyQuorum { .. } => Some(Stage::ConsistencyCheck),
         _ => None,
     }

@@ -119,7 +119,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             ""
         };
         let text = format!(
-            "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[policy]\nallowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\nallowed_labels = [\"*\"]\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
+            "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[policy]\nallowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\nallowed_labels = [\"*\"]\nrequire_consistency_check = false\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
             dir.join("agents").join(&name).display().to_string(),
             PkiPaths::new(&pki_dir).ca_cert().display().to_string(),
             cert.display().to_string(),
@@ -177,6 +177,8 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             enabled: !args.plain,
             stage_s: 600,
             max_weight: args.max_weight,
+            // The semi-honest variant, as the reference Python framework runs it.
+            consistency_check: false,
             ..Default::default()
         },
         strategy: Default::default(),

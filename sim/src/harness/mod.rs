@@ -210,9 +210,10 @@ impl Harness {
     }
 }
 
-/// The policy of test agents: any federation, model kind and label, plain uploads allowed,
-/// sums of two, no privacy budget. The adversarial tests use the defaults instead.
-pub const OPEN_POLICY: &str = "allowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\nallowed_labels = [\"*\"]\nrequire_secure_aggregation = false\nmin_contributors = 2\n";
+/// The policy of test agents: any federation, model kind and label, plain uploads and
+/// rounds without the consistency check allowed, sums of two, no privacy budget. The
+/// adversarial tests use the defaults instead.
+pub const OPEN_POLICY: &str = "allowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\nallowed_labels = [\"*\"]\nrequire_secure_aggregation = false\nrequire_consistency_check = false\nmin_contributors = 2\n";
 
 /// The privacy status a hand-driven agent reports: its policy allows everything.
 pub fn open_status() -> pb::PrivacyStatus {

@@ -57,6 +57,7 @@ impl Setup {
             secure: secure.then(|| pb::SecureAggregation {
                 clip: spec.secure_aggregation.clip,
                 max_weight: spec.effective_max_weight(),
+                min_survivors: spec.min_agents,
             }),
             privacy: wire::privacy_config(&spec.privacy),
         };

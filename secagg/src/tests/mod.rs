@@ -1,0 +1,3 @@
+//! Tests that need the crate's internals (shares, masks, quantization).
+
+mod split_unmask;
