@@ -119,6 +119,7 @@ pub async fn open_key(store: &Store, path: &Path, now_ms: i64) -> anyhow::Result
             tracing::info!(%fingerprint, "ledger key recorded");
         }
     }
+    tracing::info!(%fingerprint, path = %path.display(), "ledger key");
     Ok(key)
 }
 

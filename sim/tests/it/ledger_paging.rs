@@ -75,7 +75,7 @@ async fn audit_export_pages_through_thousands_of_countersignatures() {
         .unwrap()
         .into_inner();
     assert_eq!(small.cosignatures.len(), 10);
-    assert_eq!(small.cosignatures[0].contains("\"tree_size\":1001"), true);
+    assert!(small.cosignatures[0].contains("\"tree_size\":1001"));
     let err = client
         .list_cosignatures(pb::ListCosignaturesRequest {
             page_size: 10,
