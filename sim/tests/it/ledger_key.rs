@@ -200,3 +200,82 @@ async fn a_key_rotation_is_ledgered_and_auditors_follow_it_from_the_old_key() {
         assert!(report.trim_end().ends_with("VERIFIED"), "{report}");
     }
 }
+
+/// The store's record of ledger keys, on both backends: first key, refusal to replace it on a
+/// non-empty ledger, and a rotation written with its ledger entry.
+async fn keys_are_recorded_and_rotated(url: &str) {
+    use harambee_coordinator::store::Store;
+    use harambee_privacy::ledger::KeyHistory;
+    let store = Store::connect(url).await.unwrap();
+    let (a, b, c) = (
+        ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        ed25519_dalek::SigningKey::from_bytes(&[2; 32]),
+        ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+    );
+    assert_eq!(store.ledger_key().await.unwrap(), None);
+    store
+        .record_first_ledger_key(&a.verifying_key(), 1)
+        .await
+        .unwrap();
+    // Nothing signed yet: another first key may replace it.
+    store
+        .record_first_ledger_key(&b.verifying_key(), 2)
+        .await
+        .unwrap();
+    let recorded = store.ledger_key().await.unwrap().unwrap();
+    assert_eq!(recorded.fingerprint, key_fingerprint(&b.verifying_key()));
+    store
+        .append_ledger(
+            3,
+            vec![LedgerEvent::AdminAction {
+                actor: "op".into(),
+                action: "test".into(),
+                detail: String::new(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .record_first_ledger_key(&a.verifying_key(), 4)
+            .await
+            .is_err(),
+        "a ledger with entries keeps its key"
+    );
+    let err = store
+        .rotate_ledger_key(&a, &c.verifying_key(), 5)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&key_fingerprint(&b.verifying_key())), "{err}");
+    let line = store
+        .rotate_ledger_key(&b, &c.verifying_key(), 6)
+        .await
+        .unwrap();
+    assert_eq!(line.index, 1);
+    let recorded = store.ledger_key().await.unwrap().unwrap();
+    assert_eq!(recorded.fingerprint, key_fingerprint(&c.verifying_key()));
+    assert_eq!(recorded.rotation_index, Some(1));
+    let lines = store.ledger_lines(0, 10).await.unwrap();
+    let (history, failures) = KeyHistory::follow(&lines, &b.verifying_key());
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(history.key_at(2), Some(c.verifying_key()));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn ledger_keys_are_recorded_and_rotated_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    keys_are_recorded_and_rotated(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("store.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn ledger_keys_are_recorded_and_rotated_on_postgres() {
+    let pg = PgDatabase::create().await;
+    keys_are_recorded_and_rotated(&pg.url).await;
+    pg.drop_now().await;
+}
