@@ -204,4 +204,53 @@ mod tests {
         let (_, failures) = KeyHistory::follow(ledger.lines(), &a.verifying_key());
         assert_eq!(failures, [RotationFailure::BadSignature { index: 0 }]);
     }
+
+    #[test]
+    fn the_verifier_follows_a_signed_rotation_and_names_a_forged_one() {
+        use crate::ledger::verify::{Failure, verify_ledger};
+        use std::collections::BTreeMap;
+        let (old, new, intruder) = (key(1), key(2), key(3));
+        let mut ledger = Ledger::new();
+        admin(&mut ledger, 0);
+        ledger
+            .append(1, rotation_event(&old, &new.verifying_key()))
+            .unwrap();
+        admin(&mut ledger, 2);
+        let head = ledger.sign_head(3, &new);
+        let report = verify_ledger(
+            ledger.lines(),
+            &head,
+            &old.verifying_key(),
+            None,
+            &BTreeMap::new(),
+        );
+        assert!(report.is_ok(), "{report}");
+
+        // A coordinator that lost (or never had) the old key cannot hand over by itself.
+        let mut forged = Ledger::new();
+        admin(&mut forged, 0);
+        forged
+            .append(1, rotation_event(&intruder, &new.verifying_key()))
+            .unwrap();
+        let head = forged.sign_head(3, &new);
+        let report = verify_ledger(
+            forged.lines(),
+            &head,
+            &old.verifying_key(),
+            None,
+            &BTreeMap::new(),
+        );
+        assert!(
+            report
+                .failures
+                .contains(&Failure::KeyRotation(RotationFailure::NotFromCurrentKey {
+                    index: 1
+                })),
+            "{report}"
+        );
+        assert!(
+            report.to_string().contains("tree head: bad signature"),
+            "{report}"
+        );
+    }
 }
