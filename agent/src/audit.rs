@@ -3,7 +3,9 @@
 //! Inputs: the export (`ledger.jsonl`, one canonical entry per line), its signed tree head
 //! (`ledger.head.json`, written next to it by `harambee-coordinator audit export`), the
 //! coordinator's ledger key (`--ledger-key`, or the key pinned in the facility's privacy
-//! log), and optionally the facility's privacy log (`--receipts`). It checks the whole tree
+//! log; without either the result is UNVERIFIED, never VERIFIED), and optionally the
+//! facility's privacy log (`--receipts`), whose own key is the only one its receipts are
+//! checked with. It checks the whole tree
 //! and every signature, that the ledger extends the last head the facility saw (no fork, no
 //! rollback), that every receipt the coordinator accepted from the facility is in the ledger
 //! exactly as signed, and that the ledger claims no contribution of the facility that its log
@@ -16,8 +18,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
-use harambee_privacy::ledger::export::{HeadFile, head_path_for};
-use harambee_privacy::ledger::{self, LedgerEvent};
+use harambee_privacy::ledger::export::{HeadFile, KeyPin, head_path_for};
+use harambee_privacy::ledger::{self, LedgerEvent, key_fingerprint};
 use harambee_privacy::log::{self as privacy, Record};
 
 #[derive(clap::Args, Debug)]
@@ -28,9 +30,10 @@ pub struct VerifyArgs {
     /// Its signed tree head (default: `<ledger stem>.head.json` next to it).
     #[arg(long)]
     pub head: Option<PathBuf>,
-    /// The coordinator's ledger key (64 hex digits), obtained independently of the export.
-    /// Default: the key pinned in `--receipts`; without either, the export's own claim is
-    /// used and the report says so.
+    /// The coordinator's ledger key (64 hex digits) or its fingerprint (`sha256:` and 64 hex
+    /// digits), obtained independently of the export. Default: the key pinned in
+    /// `--receipts`. Without either the result is UNVERIFIED: anyone can re-sign a rewritten
+    /// export with a key of their own.
     #[arg(long)]
     pub ledger_key: Option<String>,
     /// The facility's privacy log (`state_dir/privacy-log.jsonl`): cross-check its receipts
@@ -89,26 +92,70 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
     let pinned = log.as_deref().and_then(privacy::last_head);
 
     let mut ok_key = true;
-    let (ledger_key, key_source) = match (&args.ledger_key, &pinned) {
-        (Some(hex_key), _) => (
-            parse_key(hex_key).context("--ledger-key")?,
-            "given on the command line",
-        ),
-        (None, Some((_, key))) => (*key, "pinned in the facility's privacy log"),
-        (None, None) => (
-            parse_key(&head_file.ledger_key).context("the head file's ledger_key")?,
-            "taken from the export itself (not independently pinned)",
-        ),
+    let stated = parse_key(&head_file.ledger_key).context("the head file's ledger_key")?;
+    let pin = match (&args.ledger_key, &pinned) {
+        (Some(text), _) => {
+            let pin = KeyPin::parse(text)
+                .map_err(anyhow::Error::msg)
+                .context("--ledger-key")?;
+            match pin.resolve(&head_file, &entries) {
+                Some(key) => Some((key, "given on the command line")),
+                None => {
+                    writeln!(
+                        out,
+                        "FAILED: no ledger key in the export has the pinned fingerprint {text}; the export states key {} (fingerprint {}): it is signed with another key",
+                        hex::encode(stated.to_bytes()),
+                        key_fingerprint(&stated)
+                    )?;
+                    return Ok((out, false));
+                }
+            }
+        }
+        (None, Some((_, key))) => Some((*key, "pinned in the facility's privacy log")),
+        (None, None) => None,
     };
-    writeln!(
-        out,
-        "ledger key {} ({key_source})",
-        hex::encode(ledger_key.to_bytes())
-    )?;
+    let ledger_key = match pin {
+        Some((key, source)) => {
+            writeln!(
+                out,
+                "ledger key {} ({}, {source})",
+                hex::encode(key.to_bytes()),
+                key_fingerprint(&key)
+            )?;
+            // The key the pin leads to (through recorded rotations) must be the one the
+            // export says signed it: otherwise the export was re-signed with another key.
+            let head_size = head_file.signed_tree_head.head.tree_size;
+            let (history, _) = ledger::KeyHistory::follow(&entries, &key);
+            if history.key_at(head_size) != Some(stated) {
+                writeln!(
+                    out,
+                    "  FAILED: the export states ledger key {} (fingerprint {}), not the pinned key's: it was signed with another key",
+                    hex::encode(stated.to_bytes()),
+                    key_fingerprint(&stated)
+                )?;
+                ok_key = false;
+            }
+            key
+        }
+        None => {
+            writeln!(
+                out,
+                "ledger key {} ({}): taken from the export itself, not pinned",
+                hex::encode(stated.to_bytes()),
+                key_fingerprint(&stated)
+            )?;
+            stated
+        }
+    };
 
-    // Receipt keys: those the ledger's enrolment entries state; the facility's own key from
-    // its log wins for itself.
-    let mut facility_keys: BTreeMap<String, VerifyingKey> = ledger::enrolled_receipt_keys(&entries);
+    // Receipt keys: with the facility's own log, only the facility's key from that log (the
+    // ledger's enrolment entries are the coordinator's own claims); without it, the keys
+    // the ledger states, signed under the ledger key.
+    let mut facility_keys: BTreeMap<String, VerifyingKey> = if log.is_some() {
+        BTreeMap::new()
+    } else {
+        ledger::enrolled_receipt_keys(&entries)
+    };
     let mut facility = None;
     if let Some(lines) = &log {
         for line in lines {
@@ -121,7 +168,7 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
     if let (Some(lines), Some(name)) = (&log, &facility)
         && let Some(own) = privacy::facility_key(lines, name).and_then(|k| parse_key(&k).ok())
     {
-        if let Some(claimed) = facility_keys.get(name)
+        if let Some(claimed) = ledger::enrolled_receipt_keys(&entries).get(name)
             && *claimed != own
         {
             writeln!(
@@ -198,15 +245,17 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
             "the privacy log holds no receipts yet: nothing to cross-check"
         )?;
     }
-    writeln!(
-        out,
-        "{}",
-        if ok {
-            "VERIFIED"
-        } else {
-            "VERIFICATION FAILED"
-        }
-    )?;
+    if !ok {
+        writeln!(out, "VERIFICATION FAILED")?;
+    } else if pin.is_none() {
+        writeln!(
+            out,
+            "UNVERIFIED: no ledger key pinned out of band; the checks above used the key the export states about itself, and anyone can re-sign a rewritten ledger with a key of their own. Give --ledger-key (the coordinator's public key or its sha256: fingerprint, obtained independently) or --receipts (the facility's privacy log, which pins the key of the heads it countersigned)"
+        )?;
+        ok = false;
+    } else {
+        writeln!(out, "VERIFIED")?;
+    }
     Ok((out, ok))
 }
 

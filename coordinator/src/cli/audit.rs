@@ -19,7 +19,8 @@ pub struct Exported {
 
 /// Writes the ledger up to the current signed head to `out` (one canonical line per entry,
 /// exactly as stored) and the head, the ledger key and the countersignatures to
-/// `<stem>.head.json` next to it. Files are written whole, then renamed into place.
+/// `<stem>.head.json` next to it, both read page by page. Files are written whole, then
+/// renamed into place.
 pub async fn export(channel: Channel, out: &Path) -> anyhow::Result<Exported> {
     let mut client = AuditServiceClient::new(channel)
         .max_decoding_message_size(harambee_proto::MAX_MESSAGE_BYTES)
@@ -60,15 +61,33 @@ pub async fn export(channel: Channel, out: &Path) -> anyhow::Result<Exported> {
             text.push('\n');
         }
     }
-    let cosignatures = client
-        .list_cosignatures(pb::ListCosignaturesRequest {})
-        .await?
-        .into_inner()
-        .cosignatures
-        .iter()
-        .map(|c| serde_json::from_str::<CosignedHead>(c))
-        .collect::<Result<Vec<_>, _>>()
-        .context("the coordinator sent a malformed countersignature")?;
+    let mut cosignatures = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_cosignatures(pb::ListCosignaturesRequest {
+                page_size: 0,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        for c in &page.cosignatures {
+            cosignatures.push(
+                serde_json::from_str::<CosignedHead>(c)
+                    .context("the coordinator sent a malformed countersignature")?,
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == page_token || page.cosignatures.is_empty() {
+            bail!(
+                "the coordinator's countersignature pages do not advance (token {:?})",
+                page.next_page_token
+            );
+        }
+        page_token = page.next_page_token;
+    }
     let head_file = HeadFile {
         signed_tree_head: signed,
         ledger_key: hex::encode(&head.ledger_key),

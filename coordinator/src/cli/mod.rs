@@ -61,6 +61,27 @@ pub enum Command {
     /// Differential-privacy planning.
     #[command(subcommand)]
     Privacy(PrivacyCommand),
+    /// The privacy ledger's signing key (run with the coordinator stopped).
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Hand the ledger over to a new signing key: appends an entry in which the old key
+    /// signs the new public key (auditors follow it from the key they pinned), and records
+    /// the new key's fingerprint. Then restart `serve` with `--ledger-key` the new file.
+    RotateKey {
+        /// `sqlite://PATH` or `postgres://USER@HOST/DB` (the coordinator's database).
+        #[arg(long, env = "HARAMBEE_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The key in force (PKCS#8 PEM, mode 0600).
+        #[arg(long)]
+        old_key: PathBuf,
+        /// The new key: created (mode 0600) if the file does not exist.
+        #[arg(long)]
+        new_key: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -80,7 +101,9 @@ pub struct ServeArgs {
     /// PKI directory made by `pki init`.
     #[arg(long, env = "HARAMBEE_PKI")]
     pub pki: Option<PathBuf>,
-    /// The privacy ledger's Ed25519 signing key (PKCS#8 PEM; created if absent).
+    /// The privacy ledger's Ed25519 signing key (PKCS#8 PEM, mode 0600; required, no
+    /// default). Created only for an empty ledger; a ledger with entries needs the key the
+    /// database records.
     #[arg(long, env = "HARAMBEE_LEDGER_KEY")]
     pub ledger_key: Option<PathBuf>,
     /// Export traces over OTLP/gRPC to this endpoint.
@@ -394,6 +417,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Ledger(LedgerCommand::RotateKey {
+            database_url,
+            old_key,
+            new_key,
+        }) => {
+            let rotated = rotate_ledger_key(&database_url, &old_key, &new_key).await?;
+            println!(
+                "ledger key rotated at entry {}: {} -> {}; restart serve with --ledger-key {}",
+                rotated.index,
+                rotated.old_fingerprint,
+                rotated.new_fingerprint,
+                new_key.display()
+            );
+            Ok(())
+        }
         Command::Facility(cmd) => crate::cli::identity::facility(cmd).await,
         Command::Audit(cmd) => crate::cli::identity::audit(cmd).await,
         Command::Privacy(PrivacyCommand::Epsilon {
@@ -416,6 +454,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `ledger rotate-key` did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The index of the rotation entry.
+    pub index: u64,
+    pub old_fingerprint: String,
+    pub new_fingerprint: String,
+}
+
+/// `ledger rotate-key`: hands the ledger of the database at `database_url` over from the key
+/// in `old_key` (which must be the one the database records) to the key in `new_key`
+/// (created, mode 0600, if absent), in one transaction.
+pub async fn rotate_ledger_key(
+    database_url: &str,
+    old_key: &Path,
+    new_key: &Path,
+) -> anyhow::Result<Rotated> {
+    use crate::store::ledger_view;
+    use harambee_privacy::ledger::key_fingerprint;
+    let old = ledger_view::read_key(old_key)?
+        .with_context(|| format!("the old ledger key {} does not exist", old_key.display()))?;
+    let new = match ledger_view::read_key(new_key)? {
+        Some(key) => key,
+        None => ledger_view::create_key(new_key)?,
+    };
+    let store = crate::store::Store::connect(database_url)
+        .await
+        .with_context(|| format!("opening the database {}", server::redact_url(database_url)))?;
+    let line = store
+        .rotate_ledger_key(&old, &new.verifying_key(), crate::state::now_ms())
+        .await
+        .context("rotating the ledger key")?;
+    store.close().await?;
+    Ok(Rotated {
+        index: line.index,
+        old_fingerprint: key_fingerprint(&old.verifying_key()),
+        new_fingerprint: key_fingerprint(&new.verifying_key()),
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -443,10 +521,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .blob_dir
             .or(file.blob_dir)
             .unwrap_or_else(|| PathBuf::from("harambee-data/blobs")),
-        ledger_key: args
-            .ledger_key
-            .or(file.ledger_key)
-            .unwrap_or_else(|| PathBuf::from("harambee-data/ledger.key")),
+        ledger_key: args.ledger_key.or(file.ledger_key).context(
+            "no ledger key given: pass --ledger-key PATH (or ledger_key in the serve file, or HARAMBEE_LEDGER_KEY); key material has no default path",
+        )?,
     };
     if let Some(path) = storage
         .database_url

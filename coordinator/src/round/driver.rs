@@ -153,6 +153,7 @@ pub fn spawn(
         contributions: HashMap::new(),
         declined: Vec::new(),
         eligible: 0,
+        revealed: false,
     };
     tokio::spawn(driver.run(rx).instrument(span));
     Ok(())
@@ -178,6 +179,11 @@ struct Driver {
     declined: Vec<String>,
     /// How many facilities could have been selected at the last selection attempt.
     eligible: u64,
+    /// Whether anything computed from the contributions may have left the round's secrecy:
+    /// the coordinator asked for unmasking shares (it may reconstruct the sum), or a
+    /// candidate model went to evaluators. A failed round then still counts in the
+    /// facility-level ε.
+    revealed: bool,
 }
 
 impl Driver {
@@ -301,23 +307,27 @@ impl Driver {
                 receipt,
                 reply,
             } => {
+                if let Some(answer) = self.repeated_upload(&agent, &receipt) {
+                    let _ = reply.send(answer);
+                    return;
+                }
                 let checked = self
                     .check_plain_update(&values)
-                    .and_then(|()| self.accept_receipt(&agent, values.len() as u64, receipt));
+                    .and_then(|()| self.check_receipt(&agent, values.len() as u64, receipt));
                 let weight = if self.spec.privacy.mechanism == Mechanism::None {
                     n_samples
                 } else {
                     1
                 };
                 let result = match checked {
-                    Ok(()) => self
+                    Ok(contribution) => self
                         .round
-                        .handle_update(now, &agent, weight, digest, &values),
+                        .handle_update(now, &agent, weight, digest, &values)
+                        .map(|()| {
+                            self.contributions.insert(agent.clone(), contribution);
+                        }),
                     Err(e) => Err(self.round.reject_update(now, &agent, e)),
                 };
-                if result.is_err() {
-                    self.contributions.remove(&agent);
-                }
                 match &result {
                     Ok(()) => info!(facility = %agent, n_samples, "update accepted"),
                     Err(e) => warn!(facility = %agent, error = %e, "update refused"),
@@ -375,17 +385,22 @@ impl Driver {
                 receipt,
                 reply,
             } => {
+                if let Some(answer) = self.repeated_upload(&agent, &receipt) {
+                    let _ = reply.send(answer);
+                    return;
+                }
                 let words = self.round.masked_input_shape().map_or(0, |(_, n)| n as u64);
                 let result = self
-                    .accept_receipt(&agent, words, receipt)
+                    .check_receipt(&agent, words, receipt)
                     .map_err(|source| RoundError::Invalid {
                         agent: agent.clone().into(),
                         source,
                     })
-                    .and_then(|()| self.masked_input(now, &agent, &bytes));
-                if result.is_err() {
-                    self.contributions.remove(&agent);
-                }
+                    .and_then(|contribution| {
+                        self.masked_input(now, &agent, &bytes)?;
+                        self.contributions.insert(agent.clone(), contribution);
+                        Ok(())
+                    });
                 if let Err(e) = &result {
                     warn!(facility = %agent, error = %e, "masked input refused");
                 }
@@ -406,6 +421,9 @@ impl Driver {
             match event {
                 Event::Stage(stage) => {
                     info!(%stage, "stage");
+                    if matches!(stage, Stage::Unmasking | Stage::Evaluating) {
+                        self.revealed = true;
+                    }
                     if let Some(state) = persisted_state(stage) {
                         if matches!(
                             stage,
@@ -466,6 +484,7 @@ impl Driver {
                     let digest = self.coord.blobs.put(&bytes).await?;
                     let size = bytes.len() as u64;
                     self.candidate = Some((digest.clone(), size));
+                    self.revealed = true;
                     let candidate_ref = pb::ModelRef {
                         digest: digest.clone(),
                         size_bytes: size,
@@ -552,6 +571,12 @@ impl Driver {
                 Event::Fail { reason } => {
                     let mut ledger = self.contribution_events();
                     ledger.extend(self.dropout_events());
+                    ledger.push(LedgerEvent::RoundFailed {
+                        federation: self.spec.name.clone(),
+                        round_id: self.row.id,
+                        reason: reason.clone(),
+                        revealed: self.revealed,
+                    });
                     self.coord
                         .store
                         .fail_round(
@@ -622,14 +647,34 @@ impl Driver {
         Ok(())
     }
 
-    /// Checks that an upload's receipt states the federation's privacy parameters, and keeps
-    /// it for the ledger. (Its signature and byte-level fields were checked on arrival.)
-    fn accept_receipt(
-        &mut self,
+    /// An upload from a facility whose update this round already accepted: the same bytes
+    /// (a retry after a lost response) are answered OK and change nothing; other bytes are
+    /// refused as a duplicate. Either way the accepted contribution stays, because it is in
+    /// the sum. `None` when the facility has no accepted update yet.
+    fn repeated_upload(
+        &self,
+        agent: &str,
+        receipt: &SignedReceipt,
+    ) -> Option<Result<(), RoundError>> {
+        let accepted = self.contributions.get(agent)?;
+        if accepted.upload_sha256 == receipt.receipt.update_sha256 {
+            info!(facility = %agent, "the same upload again (a retry); already accepted");
+            Some(Ok(()))
+        } else {
+            warn!(facility = %agent, "another upload after an accepted one; refused");
+            Some(Err(RoundError::Duplicate(agent.into())))
+        }
+    }
+
+    /// Checks that an upload's receipt states the federation's privacy parameters, and
+    /// returns the contribution the ledger records once the round accepts the upload. (Its
+    /// signature and byte-level fields were checked on arrival.)
+    fn check_receipt(
+        &self,
         agent: &str,
         n_params: u64,
         signed: SignedReceipt,
-    ) -> Result<(), UpdateError> {
+    ) -> Result<Contribution, UpdateError> {
         let (clip, noise) = self.spec.privacy.receipt_clip_and_noise();
         let r = &signed.receipt;
         if r.clipping_norm.to_bits() != clip.to_bits()
@@ -652,8 +697,7 @@ impl Driver {
             epsilon_spent: r.epsilon_spent,
             receipt: signed,
         };
-        self.contributions.insert(agent.to_owned(), contribution);
-        Ok(())
+        Ok(contribution)
     }
 
     /// Every update the round accepted (plain, or masked and so in the sum), by facility:

@@ -54,8 +54,10 @@ pub fn admits(spec: &FederationSpec, status: &pb::PrivacyStatus) -> Result<(), S
 }
 
 /// Facility-level ε of a federation with the distributed or central mechanism (`None`
-/// without one, or before any round committed), at its δ, over its committed rounds up to
-/// and including `up_to_round`, read from the ledger: each round composes one subsampled
+/// without one, or before any round revealed anything), at its δ, over its rounds up to and
+/// including `up_to_round` that revealed something computed from the updates: committed
+/// rounds, and failed rounds whose `RoundFailed` entry says an unmasked sum or a candidate
+/// model may have been seen. Read from the ledger: each such round composes one subsampled
 /// Gaussian step with sampling rate `selected / eligible` from its `RoundStarted` entry (the
 /// usual Poisson approximation of a fixed-size cohort), and noise standard deviation
 /// `noise_multiplier × clip_norm` on a sum of updates of L2 norm at most `clip_norm` (for the
@@ -75,6 +77,12 @@ pub fn facility_epsilon(
             LedgerEvent::RoundCommitted {
                 federation,
                 round_id,
+                ..
+            }
+            | LedgerEvent::RoundFailed {
+                federation,
+                round_id,
+                revealed: true,
                 ..
             } if *federation == spec.name => Some(*round_id),
             _ => None,
@@ -185,5 +193,58 @@ mod tests {
                 .unwrap_err()
                 .contains("without DP-SGD")
         );
+    }
+
+    #[test]
+    fn failed_rounds_that_revealed_a_sum_count_in_the_facility_level_epsilon() {
+        use harambee_privacy::ledger::Ledger;
+        let mut spec = spec();
+        spec.privacy.mechanism = Mechanism::Central;
+        spec.privacy.noise_multiplier = 1.0;
+        let mut ledger = Ledger::new();
+        let round = |ledger: &mut Ledger, round_id: u64, revealed: Option<bool>| {
+            ledger
+                .append(
+                    round_id,
+                    LedgerEvent::RoundStarted {
+                        federation: spec.name.clone(),
+                        round_id,
+                        selected: vec!["a".into(), "b".into()],
+                        eligible: 2,
+                    },
+                )
+                .unwrap();
+            let end = match revealed {
+                Some(revealed) => LedgerEvent::RoundFailed {
+                    federation: spec.name.clone(),
+                    round_id,
+                    reason: "evaluation deadline".into(),
+                    revealed,
+                },
+                None => LedgerEvent::RoundCommitted {
+                    federation: spec.name.clone(),
+                    round_id,
+                    model_version: round_id,
+                    model_sha256: harambee_privacy::ledger::Sha256Digest([0; 32]),
+                },
+            };
+            ledger.append(round_id, end).unwrap();
+        };
+        // A round that failed before anything left its secrecy does not count.
+        round(&mut ledger, 1, Some(false));
+        assert_eq!(facility_epsilon(&spec, ledger.lines(), 1), None);
+        // One that failed after its candidate was sent to evaluators does.
+        round(&mut ledger, 2, Some(true));
+        let one = accountant::epsilon(1.0, 1.0, 1, spec.privacy.delta)
+            .unwrap()
+            .epsilon;
+        let eps = facility_epsilon(&spec, ledger.lines(), 2).unwrap();
+        assert!((eps - one).abs() < 1e-9, "{eps} vs {one}");
+        round(&mut ledger, 3, None);
+        let two = accountant::epsilon(1.0, 1.0, 2, spec.privacy.delta)
+            .unwrap()
+            .epsilon;
+        let eps = facility_epsilon(&spec, ledger.lines(), 3).unwrap();
+        assert!((eps - two).abs() < 1e-9, "{eps} vs {two}");
     }
 }

@@ -26,7 +26,8 @@ pub struct Storage {
     /// `sqlite://...` or `postgres://...`.
     pub database_url: String,
     pub blob_dir: PathBuf,
-    /// The Ed25519 key that signs the privacy ledger's tree heads (created if absent).
+    /// The Ed25519 key that signs the privacy ledger's tree heads (created, mode 0600, only
+    /// for an empty ledger; see `store::ledger_view::open_key`).
     pub ledger_key: PathBuf,
 }
 
@@ -46,7 +47,8 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
     if !failed.is_empty() {
         warn!(rounds = ?failed, "rounds left unfinished by a previous run were marked failed");
     }
-    let ledger_key = crate::store::ledger_view::load_or_create_key(&storage.ledger_key)?;
+    let ledger_key =
+        crate::store::ledger_view::open_key(&store, &storage.ledger_key, now_ms()).await?;
     let coord = Coordinator::new(
         store,
         blobs,

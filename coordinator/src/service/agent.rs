@@ -154,15 +154,11 @@ impl AgentService for AgentApi {
             }
         };
         span.record("round_id", header.round_id);
-        let round = self
-            .coord
-            .active_round_by_id(header.round_id)
-            .ok_or_else(|| {
-                ServiceError::failed_precondition(format!(
-                    "round {} is not running",
-                    header.round_id
-                ))
-            })?;
+        let Some(round) = self.coord.active_round_by_id(header.round_id) else {
+            // A retry whose first attempt was accepted, but whose answer was lost, may
+            // arrive after the round ended: the ledger holds it, and the answer is OK.
+            return self.repeated_upload(&peer.name, &header, parts).await;
+        };
         let receipt_key = peer_receipt_key(&peer_chain)?;
         if header.masked {
             return self
@@ -607,6 +603,66 @@ impl AgentApi {
                 .map_err(ServiceError::from)?;
         }
         Ok(())
+    }
+
+    /// An upload to a round that is no longer running: OK when the ledger holds this
+    /// facility's contribution to the round with the same SHA-256 and the bytes sent are
+    /// those (a retry after a lost response); otherwise the round is simply not running.
+    async fn repeated_upload(
+        &self,
+        facility: &str,
+        header: &pb::UpdateHeader,
+        mut parts: Streaming<pb::UploadUpdateRequest>,
+    ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
+        use harambee_privacy::ledger::LedgerEvent;
+        let not_running = || {
+            ServiceError::failed_precondition(format!("round {} is not running", header.round_id))
+        };
+        let accepted_bytes = {
+            let ledger = self
+                .coord
+                .ledger
+                .synced(&self.coord.store)
+                .await
+                .map_err(ServiceError::from)?;
+            ledger.lines().iter().rev().find_map(|l| match &l.event {
+                LedgerEvent::Contribution(c)
+                    if c.facility == facility
+                        && c.round_id == header.round_id
+                        && c.upload_sha256
+                            .to_hex()
+                            .eq_ignore_ascii_case(&header.sha256) =>
+                {
+                    Some(c.bytes)
+                }
+                _ => None,
+            })
+        };
+        let Some(expected) = accepted_bytes else {
+            return Err(not_running().into());
+        };
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        while let Some(message) = parts.message().await? {
+            let Some(Part::Data(data)) = message.part else {
+                return Err(ServiceError::invalid_argument(
+                    "only data chunks may follow the header",
+                )
+                .into());
+            };
+            received += data.len() as u64;
+            if received > expected {
+                return Err(not_running().into());
+            }
+            hasher.update(&data);
+        }
+        if received != expected
+            || !hex::encode(hasher.finalize()).eq_ignore_ascii_case(&header.sha256)
+        {
+            return Err(not_running().into());
+        }
+        info!("the same upload again after the round ended (a retry); the ledger holds it");
+        Ok(Response::new(pb::UploadUpdateResponse {}))
     }
 
     /// A secure-aggregation masked input: at most one word (of up to 8 bytes) per parameter

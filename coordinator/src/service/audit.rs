@@ -16,6 +16,9 @@ use harambee_link::identity::Role;
 /// Entries per `GetEntries` call at most.
 pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
 
+/// Countersignatures per `ListCosignatures` page at most (each is about 300 bytes).
+pub const MAX_COSIGNATURES_PER_PAGE: u32 = 1000;
+
 pub struct AuditApi {
     coord: Coordinator,
 }
@@ -175,19 +178,40 @@ impl AuditService for AuditApi {
         request: Request<pb::ListCosignaturesRequest>,
     ) -> Result<Response<pb::ListCosignaturesResponse>, Status> {
         require_role(&request, Role::Auditor)?;
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            0 => MAX_COSIGNATURES_PER_PAGE,
+            n => n.min(MAX_COSIGNATURES_PER_PAGE),
+        };
+        let after_id = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse::<u64>().map_err(|_| {
+                ServiceError::invalid_argument(format!(
+                    "page_token {:?} is not one this service issued",
+                    req.page_token.chars().take(40).collect::<String>()
+                ))
+            })?
+        };
         let rows = self
             .coord
             .store
-            .cosignatures()
+            .cosignatures_page(after_id, u64::from(page_size))
             .await
             .map_err(ServiceError::from)?;
+        let next_page_token = match rows.last() {
+            Some((id, _)) if rows.len() == page_size as usize => id.to_string(),
+            _ => String::new(),
+        };
         let cosignatures = rows
             .iter()
-            .map(|r| {
+            .map(|(_, r)| {
                 serde_json::json!({ "head": r.head, "cosignature": r.cosignature }).to_string()
             })
-            .take(10_000)
             .collect();
-        Ok(Response::new(pb::ListCosignaturesResponse { cosignatures }))
+        Ok(Response::new(pb::ListCosignaturesResponse {
+            cosignatures,
+            next_page_token,
+        }))
     }
 }

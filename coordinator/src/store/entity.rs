@@ -232,6 +232,26 @@ pub(crate) mod ledger_entry {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub(crate) mod ledger_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "ledger_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub fingerprint: String,
+        pub public_key: String,
+        pub rotation_idx: Option<i64>,
+        pub recorded_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub(crate) mod ledger_cosignature {
     use sea_orm::entity::prelude::*;
 

@@ -8,14 +8,17 @@
 //! takes a table lock that is held until the transaction ends, so two transactions never
 //! claim the same index and the ledger order is the commit order.
 
-use harambee_privacy::ledger::{Cosignature, LedgerEntry, LedgerEvent, LedgerLine, TreeHead};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use harambee_privacy::ledger::{
+    Cosignature, LedgerEntry, LedgerEvent, LedgerLine, TreeHead, key_fingerprint, rotation_event,
+};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
 };
 
-use super::entity::{ledger_cosignature, ledger_entry};
+use super::entity::{ledger_cosignature, ledger_entry, ledger_key};
 use super::{Store, StoreError, finish};
 
 /// A countersignature as stored.
@@ -24,6 +27,18 @@ pub struct CosignatureRow {
     pub head: TreeHead,
     pub cosignature: Cosignature,
     pub received_ms: i64,
+}
+
+/// A ledger key the database records: the first one, or one introduced by a rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerKeyRow {
+    /// `sha256:` and 64 hex digits (`harambee_privacy::ledger::key_fingerprint`).
+    pub fingerprint: String,
+    /// The public key, 64 hex digits.
+    pub public_key: String,
+    /// The index of the rotation entry that introduced it.
+    pub rotation_index: Option<u64>,
+    pub recorded_ms: i64,
 }
 
 /// Appends `events` at `now_ms` as the next entries, inside `txn`; returns their lines.
@@ -184,8 +199,26 @@ impl Store {
 
     /// Every countersignature, oldest first.
     pub async fn cosignatures(&self) -> Result<Vec<CosignatureRow>, StoreError> {
+        Ok(self
+            .cosignatures_page(0, u64::MAX)
+            .await?
+            .into_iter()
+            .map(|(_, row)| row)
+            .collect())
+    }
+
+    /// At most `limit` countersignatures stored after the one with id `after_id` (0: from
+    /// the first), oldest first, each with its id (the next page starts after the last).
+    pub async fn cosignatures_page(
+        &self,
+        after_id: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, CosignatureRow)>, StoreError> {
+        let clamp = |x: u64| x.min(i64::MAX as u64) as i64;
         let rows = ledger_cosignature::Entity::find()
+            .filter(ledger_cosignature::Column::Id.gt(clamp(after_id)))
             .order_by_asc(ledger_cosignature::Column::Id)
+            .limit(limit)
             .all(&self.db)
             .await?;
         rows.into_iter()
@@ -203,12 +236,120 @@ impl Store {
                     serde_json::json!({"facility": row.facility, "signature": row.signature}),
                 )
                 .map_err(|_| corrupt("signature"))?;
-                Ok(CosignatureRow {
-                    head,
-                    cosignature,
-                    received_ms: row.received_ms,
-                })
+                Ok((
+                    row.id as u64,
+                    CosignatureRow {
+                        head,
+                        cosignature,
+                        received_ms: row.received_ms,
+                    },
+                ))
             })
             .collect()
     }
+
+    /// The ledger key in force: the last one recorded, if any.
+    pub async fn ledger_key(&self) -> Result<Option<LedgerKeyRow>, StoreError> {
+        let row = ledger_key::Entity::find()
+            .order_by_desc(ledger_key::Column::Id)
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|row| LedgerKeyRow {
+            fingerprint: row.fingerprint,
+            public_key: row.public_key,
+            rotation_index: row.rotation_idx.map(|i| i as u64),
+            recorded_ms: row.recorded_ms,
+        }))
+    }
+
+    /// Records `key` as the ledger key of a ledger that has none recorded yet, or whose
+    /// ledger is still empty (nothing was signed that a new key would orphan). Refuses
+    /// otherwise: a non-empty ledger changes key only by [`Store::rotate_ledger_key`].
+    pub async fn record_first_ledger_key(
+        &self,
+        key: &VerifyingKey,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        let result = async {
+            let recorded = ledger_key::Entity::find().one(&txn).await?.is_some();
+            if recorded && last_index(&txn).await?.is_some() {
+                return Err(StoreError::InvalidInput(
+                    "the ledger already has entries signed with a recorded key; rotate the key instead"
+                        .to_owned(),
+                ));
+            }
+            ledger_key::Entity::delete_many().exec(&txn).await?;
+            insert_key(&txn, key, None, now_ms).await
+        }
+        .await;
+        finish(txn, result).await
+    }
+
+    /// Hands the ledger over from `old` (which must be the key in force) to `new`, in one
+    /// transaction: the rotation entry (the new public key signed by the old key) and the
+    /// new key's record. Returns the rotation's ledger line.
+    pub async fn rotate_ledger_key(
+        &self,
+        old: &SigningKey,
+        new: &VerifyingKey,
+        now_ms: i64,
+    ) -> Result<LedgerLine, StoreError> {
+        let old_fingerprint = key_fingerprint(&old.verifying_key());
+        let txn = self.db.begin().await?;
+        let result = async {
+            if txn.get_database_backend() == DbBackend::Postgres {
+                txn.execute_unprepared("LOCK TABLE ledger_keys IN SHARE ROW EXCLUSIVE MODE")
+                    .await?;
+            }
+            let current = ledger_key::Entity::find()
+                .order_by_desc(ledger_key::Column::Id)
+                .one(&txn)
+                .await?;
+            match current {
+                Some(row) if row.fingerprint == old_fingerprint => {}
+                Some(row) => {
+                    return Err(StoreError::InvalidInput(format!(
+                        "the ledger is signed with key {}, not with the old key given ({old_fingerprint})",
+                        row.fingerprint
+                    )));
+                }
+                None => {
+                    return Err(StoreError::InvalidInput(
+                        "the database records no ledger key yet: start `serve` once first"
+                            .to_owned(),
+                    ));
+                }
+            }
+            if *new == old.verifying_key() {
+                return Err(StoreError::InvalidInput(
+                    "the new ledger key is the old one".to_owned(),
+                ));
+            }
+            let mut lines = append_in(&txn, now_ms, vec![rotation_event(old, new)]).await?;
+            let line = lines.pop().expect("one event appended");
+            insert_key(&txn, new, Some(line.index), now_ms).await?;
+            Ok(line)
+        }
+        .await;
+        finish(txn, result).await
+    }
+}
+
+async fn insert_key<C: ConnectionTrait>(
+    db: &C,
+    key: &VerifyingKey,
+    rotation_index: Option<u64>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    ledger_key::Entity::insert(ledger_key::ActiveModel {
+        id: NotSet,
+        fingerprint: Set(key_fingerprint(key)),
+        public_key: Set(hex::encode(key.as_bytes())),
+        rotation_idx: Set(rotation_index.map(|i| i as i64)),
+        recorded_ms: Set(now_ms),
+    })
+    .exec_without_returning(db)
+    .await?;
+    Ok(())
 }

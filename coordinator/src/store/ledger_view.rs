@@ -11,7 +11,7 @@ use std::path::Path;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use harambee_privacy::ledger::{Ledger, SignedTreeHead};
+use harambee_privacy::ledger::{Ledger, SignedTreeHead, key_fingerprint};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::store::{Store, StoreError};
@@ -66,39 +66,108 @@ impl LedgerView {
     }
 }
 
-/// Loads the coordinator's Ed25519 ledger key (PKCS#8 PEM), creating it (mode 0600) if the
-/// file does not exist. The key is the coordinator's identity towards auditors: keep it, and
-/// back it up, with the database; a new key makes every earlier head unverifiable with it.
-pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
-    use anyhow::Context;
-    match std::fs::read_to_string(path) {
-        Ok(pem) => SigningKey::from_pkcs8_pem(&pem)
-            .with_context(|| format!("reading the ledger key {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-            let pem = key
-                .to_pkcs8_pem(Default::default())
-                .context("encoding the ledger key")?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+/// Opens the coordinator's Ed25519 ledger key (PKCS#8 PEM at `path`) against the key the
+/// database records, at start-up:
+///
+/// - the file must be readable by its owner only (mode 0600 or stricter);
+/// - a ledger with entries needs the key that signed them: a missing file, or a key whose
+///   fingerprint is not the recorded one, is refused with both fingerprints, never
+///   replaced by a new key (change keys with `harambee-coordinator ledger rotate-key`);
+/// - a fresh ledger creates the key (mode 0600) if the file does not exist, and the
+///   database records its fingerprint.
+pub async fn open_key(store: &Store, path: &Path, now_ms: i64) -> anyhow::Result<SigningKey> {
+    use anyhow::{Context, bail};
+    let recorded = store
+        .ledger_key()
+        .await
+        .context("reading the recorded ledger key")?;
+    let n_entries = store.ledger_size().await?;
+    let key = match read_key(path)? {
+        Some(key) => key,
+        None => {
+            match (&recorded, n_entries) {
+                (Some(row), 1..) => bail!(
+                    "the ledger key file {} does not exist, but the ledger's {n_entries} entries are signed with key {}: restore that key from its backup (a new key would leave every head that facilities and auditors hold unverifiable)",
+                    path.display(),
+                    row.fingerprint
+                ),
+                (None, 1..) => bail!(
+                    "the ledger key file {} does not exist, and the ledger already holds {n_entries} entries signed with another key: restore that key from its backup",
+                    path.display()
+                ),
+                _ => {}
             }
-            write_private(path, pem.as_bytes())
-                .with_context(|| format!("writing the ledger key {}", path.display()))?;
-            tracing::info!(path = %path.display(), "created the ledger signing key");
-            Ok(key)
+            create_key(path)?
         }
-        Err(e) => Err(e).with_context(|| format!("reading the ledger key {}", path.display())),
+    };
+    let fingerprint = key_fingerprint(&key.verifying_key());
+    match recorded {
+        Some(row) if row.fingerprint == fingerprint => {}
+        Some(row) if n_entries > 0 => bail!(
+            "the ledger key {} has fingerprint {fingerprint}, but the ledger's {n_entries} entries are signed with key {}: start with that key, or hand the ledger over with `harambee-coordinator ledger rotate-key`",
+            path.display(),
+            row.fingerprint
+        ),
+        _ => {
+            if n_entries > 0 {
+                tracing::warn!(%fingerprint, n_entries, "no ledger key recorded for an existing ledger; recording this one");
+            }
+            store
+                .record_first_ledger_key(&key.verifying_key(), now_ms)
+                .await
+                .context("recording the ledger key's fingerprint")?;
+            tracing::info!(%fingerprint, "ledger key recorded");
+        }
     }
+    tracing::info!(%fingerprint, path = %path.display(), "ledger key");
+    Ok(key)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+/// Reads a ledger key file, `None` if it does not exist. Refuses a file that others than
+/// its owner may read or write, naming the file and its mode.
+pub fn read_key(path: &Path) -> anyhow::Result<Option<SigningKey>> {
+    use anyhow::{Context, bail};
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading the ledger key {}", path.display()));
+        }
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "the ledger key {} has mode {mode:04o}; a key file must be readable by its owner only (chmod 600 {})",
+            path.display(),
+            path.display()
+        );
     }
-    options.open(path)?.write_all(bytes)
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the ledger key {}", path.display()))?;
+    SigningKey::from_pkcs8_pem(&pem).map(Some).with_context(|| {
+        format!(
+            "the ledger key {} is not a PKCS#8 Ed25519 key",
+            path.display()
+        )
+    })
+}
+
+/// Creates a new ledger key at `path` (which must not exist), mode 0600.
+pub fn create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    use anyhow::Context;
+    let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let pem = key
+        .to_pkcs8_pem(Default::default())
+        .context("encoding the ledger key")?;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        harambee_link::files::create_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    harambee_link::files::write_new(path, pem.as_bytes(), harambee_link::files::PRIVATE)
+        .with_context(|| format!("writing the ledger key {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created a ledger signing key");
+    Ok(key)
 }

@@ -74,6 +74,7 @@ pub mod ledger_view;
 mod migration;
 mod migration_identity;
 mod migration_ledger;
+mod migration_ledger_key;
 mod migration_quality;
 mod rows;
 
@@ -97,7 +98,7 @@ pub use identity::{
     AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, FacilityStatus, TokenRefusal,
     TokenRow,
 };
-pub use ledger::CosignatureRow;
+pub use ledger::{CosignatureRow, LedgerKeyRow};
 pub use rows::{
     AgentRow, FederationRow, MetricsRow, ModelVersionRow, ParseEnumError, ParticipantRow,
     ParticipantStatus, RoundRow, RoundState,
@@ -515,17 +516,32 @@ impl Store {
     ) -> Result<Vec<u64>, StoreError> {
         let txn = self.db.begin().await?;
         let result = async {
-            let ids: Vec<i64> = round::Entity::find()
+            let unfinished: Vec<(i64, String, String)> = round::Entity::find()
                 .select_only()
                 .column(round::Column::Id)
+                .column(round::Column::Federation)
+                .column(round::Column::State)
                 .filter(round::Column::State.is_not_in(RoundState::terminal_strs()))
                 .order_by_asc(round::Column::Id)
                 .into_tuple()
                 .all(&txn)
                 .await?;
-            if ids.is_empty() {
+            if unfinished.is_empty() {
                 return Ok(Vec::new());
             }
+            let ids: Vec<i64> = unfinished.iter().map(|(id, _, _)| *id).collect();
+            // A round cut short while unmasking or evaluating may have revealed its sum.
+            let ledger_events = unfinished
+                .iter()
+                .map(|(id, federation, state)| LedgerEvent::RoundFailed {
+                    federation: federation.clone(),
+                    round_id: *id as u64,
+                    reason: reason.to_owned(),
+                    revealed: [RoundState::Unmasking, RoundState::Evaluating]
+                        .iter()
+                        .any(|s| s.as_str() == state),
+                })
+                .collect();
             round::Entity::update_many()
                 .col_expr(
                     round::Column::State,
@@ -537,6 +553,7 @@ impl Store {
                 .filter(round::Column::State.is_not_in(RoundState::terminal_strs()))
                 .exec(&txn)
                 .await?;
+            ledger::append_in(&txn, now_ms, ledger_events).await?;
             ids.into_iter()
                 .map(|id| {
                     u64::try_from(id).map_err(|_| StoreError::CorruptRow {

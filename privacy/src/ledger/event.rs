@@ -70,6 +70,26 @@ pub enum LedgerEvent {
         model_version: u64,
         model_sha256: Sha256Digest,
     },
+    /// A round ended without a model version. `revealed` says whether anything computed from
+    /// the contributions left the round's secrecy before it failed (an unmasked sum at the
+    /// coordinator, or a candidate model sent to evaluators): such a round counts in the
+    /// facility-level privacy accounting like a committed one.
+    RoundFailed {
+        federation: String,
+        round_id: u64,
+        reason: String,
+        revealed: bool,
+    },
+    /// The coordinator's ledger key changed: heads covering this entry are signed with
+    /// `new_key`; `signature` is `old_key`'s over the handover (see `rotation`).
+    LedgerKeyRotated {
+        #[serde(with = "hexser::verifying_key")]
+        old_key: VerifyingKey,
+        #[serde(with = "hexser::verifying_key")]
+        new_key: VerifyingKey,
+        #[serde(with = "hexser::signature")]
+        signature: ed25519_dalek::Signature,
+    },
     ModelExported {
         federation: String,
         model_version: u64,

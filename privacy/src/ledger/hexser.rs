@@ -20,6 +20,15 @@ pub(crate) mod signature {
 
 pub(crate) mod verifying_key {
     use ed25519_dalek::VerifyingKey;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(key: &VerifyingKey, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(key.as_bytes()))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VerifyingKey, D::Error> {
+        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 
     pub(crate) fn parse(text: &str) -> Result<VerifyingKey, String> {
         let mut bytes = [0u8; 32];

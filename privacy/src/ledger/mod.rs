@@ -9,6 +9,8 @@
 //!   (the bytes the leaf hash covers), the JSON-lines export ([`LedgerLine`]) and [`Ledger`],
 //!   an in-memory ledger that appends entries and answers proofs.
 //! - [`export`]: the file written next to an export: the head, the key, the countersignatures.
+//! - [`rotation`]: the ledger key's fingerprint and its rotations, recorded in the ledger and
+//!   signed by the key they replace.
 //! - [`verify`]: the offline verifier ([`verify_ledger`]) and the facility-side cross-check
 //!   ([`cross_check`]), which name each failing entry and what broke.
 //!
@@ -32,6 +34,7 @@ pub mod export;
 pub mod head;
 pub mod merkle;
 pub mod receipt;
+pub mod rotation;
 pub mod verify;
 
 mod canonical;
@@ -51,6 +54,7 @@ pub use event::{
 pub use head::{Cosignature, SignedTreeHead, TreeHead};
 pub use merkle::{MerkleTree, verify_consistency, verify_inclusion};
 pub use receipt::{Aggregation, EgressReceipt, SignedReceipt};
+pub use rotation::{KeyHistory, RotationFailure, key_fingerprint, rotation_event};
 pub use verify::{
     CosignatureFailure, CrossCheckReport, Failure, HeadRole, VerificationReport, cross_check,
     verify_cosignature, verify_head_consistency, verify_ledger, verify_receipt_inclusion,

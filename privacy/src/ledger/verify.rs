@@ -17,6 +17,7 @@ use ed25519_dalek::VerifyingKey;
 use super::event::{LedgerEvent, LedgerLine};
 use super::merkle::{MerkleTree, verify_consistency, verify_inclusion};
 use super::receipt::SignedReceipt;
+use super::rotation::{KeyHistory, RotationFailure};
 use super::{LedgerError, Sha256Digest, SignedTreeHead};
 
 /// Which of the two heads given to [`verify_ledger`].
@@ -83,6 +84,10 @@ pub enum Failure {
     },
     /// The facility's log holds a receipt naming another facility.
     ForeignReceipt { facility: String, round_id: u64 },
+    /// A ledger key rotation recorded in the ledger does not follow from the pinned key.
+    KeyRotation(RotationFailure),
+    /// The pinned ledger key became current after this head: the head cannot be checked.
+    HeadBeforePinnedKey { head: HeadRole, tree_size: u64 },
 }
 
 impl Failure {
@@ -95,7 +100,9 @@ impl Failure {
             | Failure::BadReceiptSignature { index, .. }
             | Failure::ReceiptMismatch { index, .. }
             | Failure::ExtraInLedger { index, .. }
-            | Failure::ReceiptDiffers { index, .. } => Some(*index),
+            | Failure::ReceiptDiffers { index, .. }
+            | Failure::KeyRotation(RotationFailure::BadSignature { index })
+            | Failure::KeyRotation(RotationFailure::NotFromCurrentKey { index }) => Some(*index),
             Failure::Missing { from, to } if to - from == 1 => Some(*from),
             _ => None,
         }
@@ -119,10 +126,29 @@ impl fmt::Display for Failure {
             Failure::Duplicate { index } => write!(f, "entry {index}: duplicated"),
             Failure::BadHeadSignature {
                 head: HeadRole::Current,
-            } => write!(f, "tree head: bad signature"),
+            } => write!(
+                f,
+                "tree head: bad signature: it does not verify with the pinned ledger key (or the key a recorded rotation led to)"
+            ),
             Failure::BadHeadSignature {
                 head: HeadRole::Previous,
             } => write!(f, "previous tree head: bad signature"),
+            Failure::KeyRotation(RotationFailure::BadSignature { index }) => write!(
+                f,
+                "entry {index}: ledger key rotation not signed by the key it replaces"
+            ),
+            Failure::KeyRotation(RotationFailure::NotFromCurrentKey { index }) => write!(
+                f,
+                "entry {index}: ledger key rotation from a key that was not in force (not the pinned key's chain)"
+            ),
+            Failure::HeadBeforePinnedKey { head, tree_size } => write!(
+                f,
+                "{} tree head of size {tree_size}: signed before the pinned ledger key was in force",
+                match head {
+                    HeadRole::Current => "the",
+                    HeadRole::Previous => "the previous",
+                }
+            ),
             Failure::Unsigned {
                 head_size,
                 n_entries,
@@ -284,7 +310,8 @@ impl fmt::Display for CrossCheckReport {
 ///
 /// Checks, collecting every failure: each entry's index is its position (else reordered,
 /// missing or duplicated entries are named); each entry's contents hash to its recorded leaf
-/// hash; the head's signature (coordinator's `ledger_key`); the root of the first `tree_size`
+/// hash; the head's signature (with `ledger_key`, the key pinned out of band, or the key that
+/// the ledger's recorded rotations lead to from it, each signed by its predecessor); the root of the first `tree_size`
 /// entries, recomputed from their contents, equals the head's; no entry lies beyond the head;
 /// with `previous_head` (one seen earlier, e.g. kept by an agent), its signature and that its
 /// tree is a prefix of this one (a fork or rollback is named); each contribution agrees with its
@@ -315,11 +342,9 @@ pub fn verify_ledger(
         tree.push(computed.unwrap_or(line.leaf_hash));
     }
 
-    if head.verify(ledger_key).is_err() {
-        failures.push(Failure::BadHeadSignature {
-            head: HeadRole::Current,
-        });
-    }
+    let (keys, rotation_failures) = KeyHistory::follow(entries, ledger_key);
+    failures.extend(rotation_failures.into_iter().map(Failure::KeyRotation));
+    check_head_signature(&keys, head, HeadRole::Current, &mut failures);
     if n_entries >= head_size {
         let computed_root = tree.root_at(head_size).expect("size checked");
         if computed_root != head.head.root_hash {
@@ -338,11 +363,7 @@ pub fn verify_ledger(
     }
 
     if let Some(previous) = previous_head {
-        if previous.verify(ledger_key).is_err() {
-            failures.push(Failure::BadHeadSignature {
-                head: HeadRole::Previous,
-            });
-        }
+        check_head_signature(&keys, previous, HeadRole::Previous, &mut failures);
         let previous_size = previous.head.tree_size;
         if previous_size > head_size {
             failures.push(Failure::Rollback {
@@ -390,6 +411,23 @@ pub fn verify_ledger(
         receipts_verified,
         receipts_unchecked,
         failures,
+    }
+}
+
+/// Checks `head`'s signature with the key in force at its size.
+fn check_head_signature(
+    keys: &KeyHistory,
+    head: &SignedTreeHead,
+    role: HeadRole,
+    failures: &mut Vec<Failure>,
+) {
+    match keys.key_at(head.head.tree_size) {
+        Some(key) if head.verify(&key).is_ok() => {}
+        Some(_) => failures.push(Failure::BadHeadSignature { head: role }),
+        None => failures.push(Failure::HeadBeforePinnedKey {
+            head: role,
+            tree_size: head.head.tree_size,
+        }),
     }
 }
 

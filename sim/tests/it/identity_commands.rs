@@ -106,7 +106,7 @@ async fn identity_commands_enrol_list_audit_and_revoke() {
     .await;
     std::fs::write(
         dir.join("coordinator.toml"),
-        format!("listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://data/c.db?mode=rwc\"\nblob_dir = \"data/blobs\"\npki = \"pki\"\nheartbeat_interval_s = 1\nliveness_timeout_s = 3\n"),
+        format!("listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://data/c.db?mode=rwc\"\nblob_dir = \"data/blobs\"\nledger_key = \"data/ledger.key\"\npki = \"pki\"\nheartbeat_interval_s = 1\nliveness_timeout_s = 3\n"),
     )
     .unwrap();
     let _server = spawn(

@@ -41,14 +41,36 @@ async fn export_ledger(h: &Harness, name: &str) -> PathBuf {
     out
 }
 
-fn verify(ledger: &Path, receipts: Option<&AgentConfig>) -> (String, bool) {
+/// `audit verify` of an export, with the facility's log and the ledger key (or its
+/// fingerprint) an auditor pinned out of band, if given.
+fn verify_with(
+    ledger: &Path,
+    receipts: Option<&AgentConfig>,
+    ledger_key: Option<&str>,
+) -> (String, bool) {
     let args = VerifyArgs {
         ledger: ledger.to_owned(),
         head: None,
-        ledger_key: None,
+        ledger_key: ledger_key.map(str::to_owned),
         receipts: receipts.map(|c| c.state_dir.join(LOG_FILE)),
     };
     verify_report(&args).unwrap()
+}
+
+/// `audit verify` with the facility's log, or without a pinned key at all.
+fn verify(ledger: &Path, receipts: Option<&AgentConfig>) -> (String, bool) {
+    verify_with(ledger, receipts, None)
+}
+
+/// The coordinator's ledger key, as an operator would hand it to auditors out of band.
+fn ledger_signing_key(h: &Harness) -> ed25519_dalek::SigningKey {
+    let pem = std::fs::read_to_string(&h.storage.ledger_key).unwrap();
+    <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&pem)
+        .unwrap()
+}
+
+fn ledger_key_hex(h: &Harness) -> String {
+    hex::encode(ledger_signing_key(h).verifying_key().as_bytes())
 }
 
 fn privacy_log(config: &AgentConfig) -> Vec<harambee_privacy::log::LogLine> {
@@ -153,7 +175,7 @@ async fn dp_federation_is_ledgered_and_verifies(database_url: Option<String>) {
     }
 
     // The whole ledger verifies, and agrees with every facility's own log.
-    let (report, ok) = verify(&ledger, None);
+    let (report, ok) = verify_with(&ledger, None, Some(&ledger_key_hex(&h)));
     assert!(ok, "{report}");
     // Every facility's key is in the ledger, so every receipt's signature was checked.
     assert!(
@@ -418,12 +440,7 @@ async fn privacy_tampering_and_forks_are_caught_and_named() {
         }
         forked.append(line.timestamp_ms, event).unwrap();
     }
-    let key_pem = std::fs::read_to_string(&h.storage.ledger_key).unwrap();
-    let key =
-        <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(
-            &key_pem,
-        )
-        .unwrap();
+    let key = ledger_signing_key(&h);
     let fork_path = h.dir.path().join("fork.jsonl");
     std::fs::write(
         &fork_path,
@@ -439,7 +456,7 @@ async fn privacy_tampering_and_forks_are_caught_and_named() {
         serde_json::to_string(&head).unwrap(),
     )
     .unwrap();
-    let (report, ok) = verify(&fork_path, None);
+    let (report, ok) = verify_with(&fork_path, None, Some(&ledger_key_hex(&h)));
     assert!(
         ok,
         "on its own a rewritten history is well formed: {report}"
@@ -447,6 +464,95 @@ async fn privacy_tampering_and_forks_are_caught_and_named() {
     let (report, ok) = verify(&fork_path, Some(&configs[0]));
     assert!(!ok, "{report}");
     assert!(report.contains("fork: the previous head"), "{report}");
+    h.stop_agents().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privacy_audit_verify_fails_closed_and_names_a_swapped_ledger_key() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(Some(2));
+    let configs: Vec<_> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
+    let mut admin = h.admin().await;
+    let spec = plain(spec(&facilities, 2, 60));
+    create_federation(&mut admin, &spec).await;
+    wait_connected(&mut admin, &["group-1", "group-2"]).await;
+    assert_eq!(
+        run_round(&mut admin, &spec.name).await.state(),
+        pb::RoundState::Committed
+    );
+    wait_for_proofs(&configs, 1).await;
+    let good = export_ledger(&h, "good.jsonl").await;
+    let key = ledger_signing_key(&h);
+    let fingerprint = harambee_privacy::ledger::key_fingerprint(&key.verifying_key());
+
+    // Without a key pinned out of band, an intact export is not VERIFIED, and the command
+    // exits non-zero.
+    let (report, ok) = verify(&good, None);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("UNVERIFIED: no ledger key pinned"),
+        "{report}"
+    );
+    assert!(!report.trim_end().ends_with("\nVERIFIED"), "{report}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+        .args(["agent", "audit", "verify", "--ledger"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an unpinned verification exits 1"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("UNVERIFIED"));
+    // Pinned by the key, by its fingerprint, or by the facility's own log: VERIFIED.
+    for pin in [ledger_key_hex(&h), fingerprint.clone()] {
+        let (report, ok) = verify_with(&good, None, Some(&pin));
+        assert!(ok, "{report}");
+        assert!(report.trim_end().ends_with("VERIFIED"), "{report}");
+    }
+    let (report, ok) = verify(&good, Some(&configs[0]));
+    assert!(ok, "{report}");
+    // With the facility's log, receipts are checked with the facility's own key only, not
+    // with the keys the coordinator wrote into its ledger.
+    assert!(
+        report.contains("receipts: 1 verified, 1 without a known facility key"),
+        "{report}"
+    );
+
+    // The same entries re-signed with another key, the head file stating that key.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let swapped = h.dir.path().join("swapped.jsonl");
+    std::fs::copy(&good, &swapped).unwrap();
+    let mut head: HeadFile =
+        serde_json::from_str(&std::fs::read_to_string(head_path_for(&good)).unwrap()).unwrap();
+    head.signed_tree_head = head.signed_tree_head.head.sign(&other);
+    head.ledger_key = hex::encode(other.verifying_key().as_bytes());
+    std::fs::write(
+        head_path_for(&swapped),
+        serde_json::to_string(&head).unwrap(),
+    )
+    .unwrap();
+    for (receipts, pin) in [(Some(&configs[0]), None), (None, Some(ledger_key_hex(&h)))] {
+        let (report, ok) = verify_with(&swapped, receipts, pin.as_deref());
+        assert!(!ok, "{report}");
+        assert!(
+            report.contains("it was signed with another key"),
+            "{report}"
+        );
+        assert!(report.contains("VERIFICATION FAILED"), "{report}");
+    }
+    let (report, ok) = verify_with(&swapped, None, Some(&fingerprint));
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains(&format!(
+            "no ledger key in the export has the pinned fingerprint {fingerprint}"
+        )),
+        "{report}"
+    );
+    // Unpinned, the swap goes unnoticed by the signatures: which is why it is not VERIFIED.
+    let (report, ok) = verify(&swapped, None);
+    assert!(!ok && report.contains("UNVERIFIED"), "{report}");
     h.stop_agents().await;
 }
 
