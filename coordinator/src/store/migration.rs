@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(super::migration_identity::M0002Identity),
             Box::new(super::migration_quality::M0003Quality),
             Box::new(super::migration_ledger::M0004Ledger),
+            Box::new(super::migration_revocation::M0005Revocation),
         ]
     }
 }
