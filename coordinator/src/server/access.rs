@@ -27,12 +27,12 @@
 //! replica that revokes applies it at once, closes the task stream of an agent connected
 //! with what was revoked and drops it from running rounds. Revoking a certificate also
 //! refuses its key: a certificate renewed from it before the revocation (renewal keeps the
-//! key) dies with it.
+//! key) dies with it. The services still check roles themselves
+//! ([`crate::service::caller::require_role`]); this layer is the one place that knows the
+//! whole policy.
 //!
 //! [`Identity`] also holds the rate limiter of `Enrol` attempts (see
-//! [`crate::service::enrol`]). The services still check roles
-//! themselves ([`crate::service::caller::require_role`]); this layer is the one place that knows the
-//! whole policy.
+//! [`crate::service::enrol`]).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -19,7 +19,7 @@ async fn identity_enrol_attempts_are_limited_per_token_and_per_source() {
     let token = Token::parse(&text).unwrap();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let csr_der = enrol::certificate_request(&key, "guessed").unwrap();
-    let mut client = c.enrolment_without_certificate().await;
+    let client = c.enrolment_without_certificate().await;
     let attempt = |token: String| {
         let mut client = client.clone();
         let csr_der = csr_der.clone();
@@ -92,6 +92,4 @@ async fn identity_enrol_attempts_are_limited_per_token_and_per_source() {
         ),
         "{err}"
     );
-    drop(client.clone());
-    let _ = &mut client;
 }

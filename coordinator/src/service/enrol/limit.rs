@@ -7,13 +7,16 @@
 //! (per token, whatever the source) and the signing work one address can cause (per
 //! source, whatever the token); a refusal says which limit and when to try again.
 //!
+//! An IPv6 source counts by its /64 prefix (one host usually holds a whole /64), an
+//! IPv4-mapped IPv6 address as the IPv4 address.
+//!
 //! Memory is bounded: at most `max_keys` keys per limiter; full buckets are forgotten when
 //! that is reached, and while it stays full, attempts from new keys are refused (an attacker
 //! with that many addresses slows enrolment down, but cannot exhaust memory).
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 /// `burst` attempts at once, then one per `refill`.
@@ -66,7 +69,8 @@ pub enum Limited {
         "too many enrolment attempts from {address} (at most {burst}, then one every {refill_s} s); try again in {retry_s} s"
     )]
     Source {
-        address: IpAddr,
+        /// The address, or its /64 prefix for IPv6.
+        address: String,
         burst: u32,
         refill_s: u64,
         retry_s: u64,
@@ -106,13 +110,16 @@ impl EnrolLimiter {
         source: Option<IpAddr>,
         now: Instant,
     ) -> Result<(), Limited> {
-        if let Some(source) = source {
+        if let Some(source) = source.map(source_key) {
             self.per_source
                 .check(&source, now)
                 .map_err(|wait| match wait {
                     None => Limited::Full,
                     Some(wait) => Limited::Source {
-                        address: source,
+                        address: match source {
+                            IpAddr::V4(v4) => v4.to_string(),
+                            IpAddr::V6(v6) => format!("{v6}/64"),
+                        },
                         burst: self.limits.per_source.burst,
                         refill_s: self.limits.per_source.refill.as_secs(),
                         retry_s: whole_seconds(wait),
@@ -132,6 +139,17 @@ impl EnrolLimiter {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// What a source address counts as: an IPv6 address by its /64 prefix.
+fn source_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -222,6 +240,35 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         assert_eq!(keyed.check(&3, later), Ok(()));
         assert!(keyed.full_at.len() <= 2);
+    }
+
+    #[test]
+    fn an_ipv6_source_counts_by_its_prefix() {
+        let limits = EnrolLimits {
+            per_source: RateLimit {
+                burst: 1,
+                refill: Duration::from_secs(60),
+            },
+            ..EnrolLimits::default()
+        };
+        let mut limiter = EnrolLimiter::new(limits);
+        let t0 = Instant::now();
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_prefix: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_prefix: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limiter.attempt(None, Some(one), t0), Ok(()));
+        let refused = limiter.attempt(None, Some(same_prefix), t0).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("too many enrolment attempts from 2001:db8:1:2::/64 "),
+            "{refused}"
+        );
+        assert_eq!(limiter.attempt(None, Some(other_prefix), t0), Ok(()));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(limiter.attempt(None, Some(mapped), t0), Ok(()));
+        let plain: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(limiter.attempt(None, Some(plain), t0).is_err());
     }
 
     #[test]
