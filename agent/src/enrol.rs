@@ -6,12 +6,17 @@
 //! 2. The agent generates its Ed25519 key here (`agent.key`, mode 0600); it never leaves
 //!    the facility.
 //! 3. It fetches the CA certificate over TLS without verifying the server (it has no trust
-//!    anchor yet) and accepts it only if its SHA-256 equals the token's; nothing secret
-//!    travels on that connection. (kubeadm's `--discovery-token-ca-cert-hash` works the
-//!    same way.)
+//!    anchor yet) and accepts it only if the answer is exactly one certificate whose DER
+//!    encoding hashes (SHA-256) to the token's fingerprint ([`pinned_ca`]); a bundle of
+//!    several certificates is refused, even if one of them is the pinned one, since every
+//!    certificate in it would otherwise become a trust anchor. Nothing secret travels on
+//!    that connection. (kubeadm's `--discovery-token-ca-cert-hash` works the same way.)
 //! 4. It connects again, now verifying the coordinator against that CA, and sends the
 //!    token and a certificate request; the coordinator answers with the certificate.
-//! 5. It writes `ca.pem`, `agent.pem` and, unless one exists, an `agent.toml` skeleton.
+//! 5. It writes `ca.pem` (re-encoded from the pinned DER, never the server's text),
+//!    `agent.pem` and, unless one exists, an `agent.toml` skeleton.
+//!
+//! Nothing is written, not even the key, until the CA certificate has passed the pin.
 //!
 //! The agent has no certificate during enrolment, so its connections announce themselves
 //! with the extra ALPN protocol [`ENROL_ALPN`] (next to `h2`); the coordinator then does not
@@ -118,6 +123,9 @@ pub async fn enrol(token: &str, dir: &Path, connect_timeout: Duration) -> anyhow
             paths.cert.display()
         );
     }
+    // The pin first: a coordinator that fails it gets nothing and leaves nothing behind.
+    let ca = fetch_ca(&token, connect_timeout).await?;
+    let ca_pem = pem_of_certificate(&ca)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -125,7 +133,6 @@ pub async fn enrol(token: &str, dir: &Path, connect_timeout: Duration) -> anyhow
         .with_context(|| format!("creating {}", dir.display()))?;
     let key = load_or_create_key(&paths.key)?;
 
-    let ca_pem = fetch_ca(&token, connect_timeout).await?;
     let channel = connect_without_certificate(
         &token.coordinator,
         ca_pem.as_bytes(),
@@ -150,7 +157,7 @@ pub async fn enrol(token: &str, dir: &Path, connect_timeout: Duration) -> anyhow
         .into_inner();
     check_issued(&issued, &key, &token.facility, &token.ca_sha256)?;
 
-    write_file(&paths.ca, issued.ca_pem.as_bytes(), 0o644)?;
+    write_file(&paths.ca, ca_pem.as_bytes(), 0o644)?;
     write_file(&paths.cert, issued.certificate_pem.as_bytes(), 0o644)?;
     let wrote_config = !paths.config.exists();
     if wrote_config {
@@ -235,8 +242,11 @@ impl EnrolPaths {
 }
 
 /// Fetches the CA certificate without trusting the server, and accepts it only if it is
-/// the one the token pins.
-async fn fetch_ca(token: &Token, connect_timeout: Duration) -> anyhow::Result<String> {
+/// the one the token pins (see [`pinned_ca`]).
+async fn fetch_ca(
+    token: &Token,
+    connect_timeout: Duration,
+) -> anyhow::Result<CertificateDer<'static>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -263,17 +273,44 @@ async fn fetch_ca(token: &Token, connect_timeout: Duration) -> anyhow::Result<St
             )
         })?
         .into_inner();
-    let der = CertificateDer::from_pem_slice(ca.ca_pem.as_bytes())
-        .map_err(|e| anyhow!("the coordinator sent an unreadable CA certificate: {e}"))?;
+    pinned_ca(&ca.ca_pem, &token.ca_sha256).with_context(|| {
+        format!(
+            "refusing the coordinator at {} (nothing was sent to it and nothing was written)",
+            token.coordinator
+        )
+    })
+}
+
+/// The one CA certificate in `pem`, if `pem` holds exactly one certificate and its DER
+/// encoding has the SHA-256 `pinned_sha256` (lowercase hex). Any other answer is refused:
+/// no certificate, an unreadable one, another one, or several (a bundle would make every
+/// certificate in it a trust anchor, for enrolment and forever after in `ca.pem`).
+pub fn pinned_ca(pem: &str, pinned_sha256: &str) -> anyhow::Result<CertificateDer<'static>> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("the server presented an unreadable CA certificate: {e}"))?;
+    let der = match <[_; 1]>::try_from(certs) {
+        Ok([der]) => der,
+        Err(certs) if certs.is_empty() => bail!("the server presented no CA certificate"),
+        Err(certs) => bail!(
+            "the server presented a CA bundle of {} certificates, but the token pins exactly one CA certificate (SHA-256 {pinned_sha256}); a bundle would make every certificate in it a trust anchor",
+            certs.len()
+        ),
+    };
     let got = hex::encode(Sha256::digest(&der));
-    if got != token.ca_sha256 {
+    if got != pinned_sha256 {
         bail!(
-            "the server at {} presented a CA certificate with SHA-256 {got}, but the token pins {}: it is not this federation's coordinator, or something in the network intercepts TLS (nothing was sent to it)",
-            token.coordinator,
-            token.ca_sha256
+            "the server presented a CA certificate with SHA-256 {got}, but the token pins {pinned_sha256}: it is not this federation's coordinator, or something in the network intercepts TLS"
         );
     }
-    Ok(ca.ca_pem)
+    Ok(der)
+}
+
+/// `der` as one PEM `CERTIFICATE` block.
+fn pem_of_certificate(der: &CertificateDer<'_>) -> anyhow::Result<String> {
+    use ed25519_dalek::pkcs8::spki::der::pem::{self, LineEnding};
+    pem::encode_string("CERTIFICATE", LineEnding::LF, der.as_ref())
+        .map_err(|e| anyhow!("encoding the CA certificate as PEM: {e}"))
 }
 
 /// Checks that the coordinator issued what was asked: our key, our facility, the pinned CA.
@@ -283,11 +320,8 @@ fn check_issued(
     facility: &str,
     ca_sha256: &str,
 ) -> anyhow::Result<()> {
-    let ca = CertificateDer::from_pem_slice(issued.ca_pem.as_bytes())
-        .map_err(|e| anyhow!("issued CA certificate is unreadable: {e}"))?;
-    if hex::encode(Sha256::digest(&ca)) != ca_sha256 {
-        bail!("the coordinator answered with another CA certificate than the pinned one");
-    }
+    pinned_ca(&issued.ca_pem, ca_sha256)
+        .context("the coordinator answered the enrolment with another CA than the pinned one")?;
     let leaf = CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes())
         .map_err(|e| anyhow!("the issued certificate is unreadable: {e}"))?;
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf)

@@ -135,14 +135,14 @@ pub async fn renew(config: &AgentConfig) -> anyhow::Result<CertInfo> {
 
     let ca_on_disk = CertificateDer::from_pem_file(&config.tls.ca)
         .map_err(|e| anyhow!("reading {}: {e}", config.tls.ca.display()))?;
-    let ca_sent = CertificateDer::from_pem_slice(issued.ca_pem.as_bytes())
-        .map_err(|e| anyhow!("the coordinator sent an unreadable CA: {e}"))?;
-    if ca_on_disk != ca_sent {
-        bail!(
-            "the coordinator renewed under another CA than {}; refusing the certificate",
-            config.tls.ca.display()
-        );
-    }
+    // Exactly the CA this agent pinned at enrolment, alone (as `enrol` checks it).
+    crate::enrol::pinned_ca(&issued.ca_pem, &hex::encode(Sha256::digest(&ca_on_disk)))
+        .with_context(|| {
+            format!(
+                "the coordinator renewed under another CA than {}; refusing the certificate",
+                config.tls.ca.display()
+            )
+        })?;
     let leaf = CertificateDer::from_pem_slice(issued.certificate_pem.as_bytes())
         .map_err(|e| anyhow!("the renewed certificate is unreadable: {e}"))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)

@@ -4,9 +4,11 @@
 //! This module creates and reads certificate files, signs certificate requests
 //! ([`Signer`], for enrolment and renewal) and turns a verified client certificate into a
 //! [`PeerIdentity`](harambee_link::identity::PeerIdentity). It does not verify certificate chains (rustls does that during the
-//! handshake, see [`crate::server::tls`]) and it keeps no revocation list: revocation is by
-//! facility, in the coordinator's database (see [`crate::server::access`]); otherwise a certificate
-//! stays valid until it expires, which is why leaf certificates are short-lived.
+//! handshake, see [`crate::server::tls`]) and it keeps no revocation list: revocation (of a
+//! facility, or of one certificate by serial and with it its key) is in the coordinator's
+//! database and checked on every call (see [`crate::server::access`]); otherwise a
+//! certificate stays valid until it expires, which is why leaf certificates are short-lived.
+//! [`CertFacts`] reads what revocation and renewal need from a certificate.
 //!
 //! # Identity scheme
 //!
@@ -44,7 +46,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -88,12 +90,16 @@ pub enum PkiError {
     },
     #[error("cannot load the CA from {path}: {reason}")]
     LoadCa { path: PathBuf, reason: String },
+    #[error("cannot use the coordinator's key {path}: {reason}")]
+    ServerKey { path: PathBuf, reason: String },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("certificate is not valid DER X.509: {0}")]
     BadCertificate(String),
+    #[error("invalid serial number {serial:?}: {reason}")]
+    BadSerial { serial: String, reason: String },
     #[error(
         "no CA key in {0}: neither issuing-ca.key nor ca.key is there (if the CA key is kept offline, create an issuing CA with `pki issuing-ca`)"
     )]
@@ -117,6 +123,10 @@ pub enum CsrError {
         "agent keys must be Ed25519 (they sign secure-aggregation advertisements); the request's key is {0}"
     )]
     NotEd25519(String),
+    #[error(
+        "a renewal must keep the key: the certificate request's key differs from the key of the certificate it renews (a new key means enrolling again)"
+    )]
+    OtherKey,
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -342,6 +352,64 @@ pub fn issue_server(
     Ok((paths.server_cert(), paths.server_key()))
 }
 
+/// Whether `pki renew-server` keeps the coordinator's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKey {
+    /// The new certificate certifies the key in `coordinator.key` (routine renewal).
+    Keep,
+    /// A new key replaces `coordinator.key` (the old one may have leaked; revoke the old
+    /// certificate's serial too, which refuses its key).
+    New,
+}
+
+/// Renews the coordinator's server certificate in `dir` with the signing CA there (the
+/// issuing CA, or the CA): the same DNS names and IP addresses unless `server_names` gives
+/// others, valid `validity_days`, for the current key or a new one. Replaces
+/// `coordinator.pem` (and, with [`ServerKey::New`], `coordinator.key`); the coordinator
+/// uses them from its next start. Returns the facts of the old and of the new certificate.
+pub fn renew_server(
+    dir: &Path,
+    server_names: &[String],
+    key: ServerKey,
+    validity_days: u32,
+) -> Result<(CertFacts, CertFacts), PkiError> {
+    let paths = PkiPaths::new(dir);
+    // Read and check everything before writing anything.
+    let old = CertFacts::of_pem_file(&paths.server_cert())?;
+    let names = if server_names.is_empty() {
+        server_names_of(&paths.server_cert())?
+    } else {
+        server_names.to_vec()
+    };
+    let sans = server_sans(&names)?;
+    leaf_params(validity_days)?;
+    let issuer = load_signing_ca(&paths)?;
+    let key = match key {
+        ServerKey::New => KeyPair::generate()?,
+        ServerKey::Keep => {
+            let path = paths.server_key();
+            let pem = read_to_string(&path)?;
+            let key = KeyPair::from_pem(&pem).map_err(|e| PkiError::ServerKey {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            if hex::encode(Sha256::digest(key.public_key_raw())) != old.key_sha256 {
+                return Err(PkiError::ServerKey {
+                    path,
+                    reason: format!(
+                        "this key does not belong to {}; renew with a new key instead",
+                        paths.server_cert().display()
+                    ),
+                });
+            }
+            key
+        }
+    };
+    issue_server_for_key(&paths, &issuer, sans, validity_days, key)?;
+    let new = CertFacts::of_pem_file(&paths.server_cert())?;
+    Ok((old, new))
+}
+
 /// Issues a client certificate for `harambee://<role>/<name>` from the CA in `dir` (the
 /// issuing CA when there is one) and writes it to `issued/<role>-<name>.pem` (followed by
 /// the issuing CA's certificate, if any) and `.key`, replacing an earlier pair for the same
@@ -395,8 +463,10 @@ pub struct IssuedCert {
     pub der: Vec<u8>,
     /// Lowercase hex SHA-256 of `der`.
     pub sha256: String,
-    /// Lowercase hex serial number.
+    /// Lowercase hex serial number (see [`serial_hex`]).
     pub serial: String,
+    /// Lowercase hex SHA-256 of the public key bits (see [`CertFacts::key_sha256`]).
+    pub key_sha256: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
 }
@@ -426,6 +496,25 @@ impl Signer {
     /// Lowercase hex SHA-256 of the root's DER encoding.
     pub fn ca_sha256(&self) -> &str {
         &self.ca_sha256
+    }
+
+    /// [`Signer::sign_request`] for a renewal: refuses ([`CsrError::OtherKey`]) unless the
+    /// request's public key is the one whose SHA-256 is `key_sha256` (the certificate being
+    /// renewed), so a renewal never moves an identity to a new key.
+    pub fn sign_renewal(
+        &self,
+        csr_der: &[u8],
+        role: Role,
+        name: &str,
+        validity: std::time::Duration,
+        key_sha256: &str,
+    ) -> Result<IssuedCert, CsrError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_der(&csr_der.into())
+            .map_err(|e| CsrError::Invalid(e.to_string()))?;
+        if hex::encode(Sha256::digest(csr.public_key.der_bytes())) != key_sha256 {
+            return Err(CsrError::OtherKey);
+        }
+        self.sign_request(csr_der, role, name, validity)
     }
 
     /// Signs a DER PKCS#10 request for `harambee://<role>/<name>`, valid for `validity`.
@@ -490,7 +579,8 @@ impl Signer {
             chain_pem: format!("{}{}", cert.pem(), self.ca.chain_pem),
             sha256: hex::encode(Sha256::digest(cert.der())),
             der: cert.der().to_vec(),
-            serial: hex::encode(serial.as_ref()),
+            serial: serial_hex(serial.as_ref()),
+            key_sha256: hex::encode(Sha256::digest(csr.public_key.der_bytes())),
             // The encoding keeps whole seconds.
             not_before: params
                 .not_before
@@ -543,6 +633,95 @@ pub fn validity(der: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), PkiError
     Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
 }
 
+/// What revocation and renewal need to know about a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Lowercase hex serial number (see [`serial_hex`]).
+    pub serial: String,
+    /// Lowercase hex SHA-256 of the public key bits (the BIT STRING of the
+    /// SubjectPublicKeyInfo): the same for a certificate and the request it was issued for,
+    /// and for every renewal of it.
+    pub key_sha256: String,
+    /// `harambee://<role>/<name>` for a client certificate, `server` for one with the
+    /// server-authentication extended key usage and no identity, else empty.
+    pub identity: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl CertFacts {
+    /// Reads a certificate's DER encoding.
+    pub fn of(der: &[u8]) -> Result<CertFacts, PkiError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        let identity = match harambee_link::identity::identity_from_cert(der) {
+            Ok(identity) => identity.to_string(),
+            Err(_) => {
+                let server = cert
+                    .extended_key_usage()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|eku| eku.value.server_auth);
+                if server { "server" } else { "" }.to_owned()
+            }
+        };
+        Ok(CertFacts {
+            serial: serial_hex(cert.raw_serial()),
+            key_sha256: hex::encode(Sha256::digest(
+                cert.public_key().subject_public_key.data.as_ref(),
+            )),
+            identity,
+            not_after: cert.validity().not_after.to_datetime(),
+        })
+    }
+
+    /// Reads the first certificate of a PEM file.
+    pub fn of_pem_file(path: &Path) -> Result<CertFacts, PkiError> {
+        let der = CertificateDer::from_pem_file(path)
+            .map_err(|e| PkiError::BadCertificate(format!("{}: {e}", path.display())))?;
+        CertFacts::of(&der)
+    }
+}
+
+/// A serial number's canonical text: lowercase hex of its octets without leading zero
+/// octets (`00` for zero).
+pub fn serial_hex(octets: &[u8]) -> String {
+    let start = octets
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(octets.len().saturating_sub(1));
+    hex::encode(&octets[start..])
+}
+
+/// Parses a serial number as an operator types it (hex, any case, optionally `0x`-prefixed
+/// or with `:` between octets, as openssl prints it) into [`serial_hex`] form.
+pub fn parse_serial(text: &str) -> Result<String, PkiError> {
+    let bad = |reason: &str| PkiError::BadSerial {
+        serial: text.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let trimmed = text.trim();
+    let digits: String = trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+        .unwrap_or(trimmed)
+        .chars()
+        .filter(|&c| c != ':')
+        .collect();
+    if digits.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if digits.len() > 40 {
+        return Err(bad("a serial number has at most 20 octets (40 hex digits)"));
+    }
+    let padded = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits
+    };
+    let octets = hex::decode(padded).map_err(|_| bad("not hexadecimal"))?;
+    Ok(serial_hex(&octets))
+}
+
 /// A root CA; `path_len` 1 lets it certify an issuing CA.
 fn ca_params(path_len: u8) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
@@ -590,11 +769,21 @@ fn issue_server_with(
     sans: Vec<SanType>,
     validity_days: u32,
 ) -> Result<(), PkiError> {
+    issue_server_for_key(paths, issuer, sans, validity_days, KeyPair::generate()?)
+}
+
+/// Issues the server certificate for `key` and replaces `coordinator.{pem,key}`.
+fn issue_server_for_key(
+    paths: &PkiPaths,
+    issuer: &SigningCa,
+    sans: Vec<SanType>,
+    validity_days: u32,
+    key: KeyPair,
+) -> Result<(), PkiError> {
     let mut params = leaf_params(validity_days)?;
     params.distinguished_name = common_name(SERVER_COMMON_NAME);
     params.subject_alt_names = sans;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer.issuer)?;
     replace_private(&paths.server_key(), key.serialize_pem().as_bytes())?;
     replace_public(

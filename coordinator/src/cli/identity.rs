@@ -1,6 +1,7 @@
-//! `harambee-coordinator facility ...` and `audit ...`: facilities, enrolment tokens,
-//! revocation and the admin-action log, through `IdentityService` with an operator's (or,
-//! for reading, an auditor's) certificate.
+//! `harambee-coordinator facility ...`, `certificate ...` and `audit ...`: facilities,
+//! enrolment tokens, revocation and the admin-action log, through `IdentityService` with an
+//! operator's (or, for reading, an auditor's) certificate; and `pki renew-server`, which
+//! works on the PKI directory alone.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use harambee_proto::pb::{self, identity_service_client::IdentityServiceClient};
 use tonic::transport::Channel;
 
 use crate::cli::AdminArgs;
-use crate::pki::PkiPaths;
+use crate::pki::{self, PkiPaths, ServerKey};
 use crate::service::enrol::format_time;
 use harambee_link::identity::Role;
 
@@ -51,6 +52,122 @@ pub enum FacilityCommand {
     },
     /// Facilities, their status and certificate expiry (operator or auditor).
     List(ReaderArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertificateCommand {
+    /// Revoke one certificate for good, whatever its role (agent, operator, auditor, or the
+    /// coordinator's server certificate), and with it its key: every certificate for that
+    /// key is refused on every call and cannot be renewed (operator).
+    Revoke {
+        /// Its serial number in hex (as `openssl x509 -serial` or this tool prints it).
+        #[arg(long, required_unless_present = "cert")]
+        serial: Option<String>,
+        /// Or the certificate file itself (PEM): also tells the coordinator its identity and
+        /// key when the coordinator did not issue it (`pki issue`, the server certificate).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Why, for the record.
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `pki renew-server` arguments.
+#[derive(Args, Debug)]
+pub struct RenewServerArgs {
+    #[arg(long, default_value = "pki")]
+    pub dir: PathBuf,
+    /// Generate a new key (the old one may have leaked); by default the current
+    /// `coordinator.key` is kept and certified again.
+    #[arg(long)]
+    pub new_key: bool,
+    /// DNS names or IP addresses for the new certificate; by default those of the current one.
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    #[arg(long, default_value_t = crate::pki::DEFAULT_LEAF_VALIDITY_DAYS)]
+    pub days: u32,
+}
+
+/// Runs `pki renew-server`.
+pub fn renew_server(args: &RenewServerArgs) -> anyhow::Result<()> {
+    let key = if args.new_key {
+        ServerKey::New
+    } else {
+        ServerKey::Keep
+    };
+    let paths = PkiPaths::new(&args.dir);
+    let (old, new) = pki::renew_server(&args.dir, &args.sans, key, args.days)
+        .with_context(|| format!("renewing the server certificate in {}", args.dir.display()))?;
+    println!(
+        "server certificate {} renewed: serial {} (was {}), valid until {}, {}",
+        paths.server_cert().display(),
+        new.serial,
+        old.serial,
+        format_time(new.not_after.unix_timestamp() * 1000),
+        match key {
+            ServerKey::Keep => "same key",
+            ServerKey::New => "new key",
+        }
+    );
+    println!("restart the coordinator to use it");
+    if key == ServerKey::New {
+        println!(
+            "if the old key may have leaked, revoke the old certificate (and with it its key):\n  harambee-coordinator certificate revoke --serial {} --reason \"key compromise\"",
+            old.serial
+        );
+    }
+    Ok(())
+}
+
+/// Runs `certificate ...`.
+pub async fn certificate(command: CertificateCommand) -> anyhow::Result<()> {
+    match command {
+        CertificateCommand::Revoke {
+            serial,
+            cert,
+            reason,
+            admin,
+        } => {
+            let certificate_pem = match &cert {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                None => String::new(),
+            };
+            let mut client = client(&admin, Role::Operator, &admin.operator).await?;
+            let revoked = client
+                .revoke_certificate(pb::RevokeCertificateRequest {
+                    serial: serial.unwrap_or_default(),
+                    reason,
+                    certificate_pem,
+                })
+                .await?
+                .into_inner();
+            let identity = match revoked.identity.as_str() {
+                "" => "an unknown identity".to_owned(),
+                identity => identity.to_owned(),
+            };
+            println!(
+                "certificate {} of {identity} revoked at {} by {}",
+                revoked.serial,
+                format_time(revoked.revoked_unix_ms),
+                revoked.revoked_by
+            );
+            if revoked.key_sha256.is_empty() {
+                println!(
+                    "its key is unknown to the coordinator: pass --cert to refuse the key as well"
+                );
+            } else {
+                println!(
+                    "every certificate for its key (SHA-256 {}) is refused too",
+                    revoked.key_sha256
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -55,6 +55,9 @@ pub enum Command {
     /// Facilities: enrolment tokens, revocation (operator; auditors may list).
     #[command(subcommand)]
     Facility(crate::cli::identity::FacilityCommand),
+    /// One certificate: revoke it by serial, whatever its role (operator).
+    #[command(subcommand)]
+    Certificate(crate::cli::identity::CertificateCommand),
     /// The admin-action log (auditor or operator).
     #[command(subcommand)]
     Audit(crate::cli::identity::AuditCommand),
@@ -167,6 +170,8 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = crate::pki::ISSUING_CA_VALIDITY_DAYS)]
         days: u32,
     },
+    /// Renew the coordinator's own server certificate, for its key or a new one.
+    RenewServer(crate::cli::identity::RenewServerArgs),
     /// Issue a certificate for a facility's agent or for a person.
     Issue {
         #[arg(long, default_value = "pki")]
@@ -433,6 +438,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Facility(cmd) => crate::cli::identity::facility(cmd).await,
+        Command::Certificate(cmd) => crate::cli::identity::certificate(cmd).await,
         Command::Audit(cmd) => crate::cli::identity::audit(cmd).await,
         Command::Privacy(PrivacyCommand::Epsilon {
             noise_multiplier,
@@ -549,7 +555,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tls = crate::server::tls::load_server_config(&PkiPaths::new(&pki_dir))
         .with_context(|| format!("loading the TLS identity from {}", pki_dir.display()))?;
     let coord = server::open(&storage, settings).await?;
-    crate::service::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir))?;
+    crate::service::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir)).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -616,6 +622,7 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        PkiCommand::RenewServer(args) => crate::cli::identity::renew_server(&args),
         PkiCommand::Issue {
             dir,
             facility,

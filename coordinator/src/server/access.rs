@@ -1,6 +1,7 @@
 //! Who may call what: one tower layer in front of every service authorizes each call (a
 //! unary call, or the opening of a stream) by the role in the caller's certificate, refuses
-//! revoked facilities and expired certificates, and denies any RPC it has no rule for.
+//! revoked facilities, revoked certificates and expired certificates, and denies any RPC it
+//! has no rule for.
 //!
 //! The rules ([`rule`]) are per method where they differ from their service's default: the
 //! `AgentService` takes agents only, `AdminService` and `IdentityService` operators, except
@@ -13,21 +14,30 @@
 //! 1. A presented certificate must carry a valid `harambee://` identity and must not have
 //!    expired since the connection was made (TLS checked it at the handshake; connections
 //!    live for days).
-//! 2. An agent certificate of a revoked facility is refused, whatever the call.
+//! 2. A certificate whose serial has been revoked, or whose public key is that of a revoked
+//!    certificate, is refused, whatever its role and the call. So is an agent certificate of
+//!    a revoked facility.
 //! 3. The method's rule: no certificate is enough for the enrolment calls only; otherwise
 //!    the certificate's role must be among the rule's.
 //!
-//! Revocation is by facility, permanent, and held in memory ([`Identity`]), loaded from the
-//! database at start-up and refreshed every [`REVOCATION_REFRESH`] (so coordinator replicas
-//! sharing a database converge); the replica that revokes applies it at once, closes the
-//! facility's task stream and drops it from running rounds. The services still check roles
-//! themselves ([`crate::service::caller::require_role`]); this layer is the one place that knows the
+//! Revocation, of a facility or of one certificate (by serial; every role, and the
+//! coordinator's own server certificate, which `serve` then refuses to use), is permanent
+//! and held in memory ([`Identity`]), loaded from the database at start-up and refreshed
+//! every [`REVOCATION_REFRESH`] (so coordinator replicas sharing a database converge); the
+//! replica that revokes applies it at once, closes the task stream of an agent connected
+//! with what was revoked and drops it from running rounds. Revoking a certificate also
+//! refuses its key: a certificate renewed from it before the revocation (renewal keeps the
+//! key) dies with it. The services still check roles themselves
+//! ([`crate::service::caller::require_role`]); this layer is the one place that knows the
 //! whole policy.
+//!
+//! [`Identity`] also holds the rate limiter of `Enrol` attempts (see
+//! [`crate::service::enrol`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -37,11 +47,13 @@ use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{info, warn};
 
-use crate::pki::{self};
+use crate::pki::CertFacts;
 use crate::service::caller::Denial;
 use crate::service::enrol::Issuing;
+use crate::service::enrol::limit::EnrolLimiter;
 use crate::service::error::ServiceError;
 use crate::state::Coordinator;
+use crate::store::RevokedCertificateRow;
 use harambee_link::identity::{PeerIdentity, Role};
 
 /// How often each coordinator re-reads the revoked facilities from the database.
@@ -112,12 +124,32 @@ pub fn rule(path: &str) -> Option<Rule> {
         .map(|(_, rule)| *rule)
 }
 
-/// The coordinator's identity state: revoked facilities and, when enabled, its certificate
-/// issuing (see [`crate::service::enrol`]).
+/// The coordinator's identity state: revoked facilities and certificates, the `Enrol` rate
+/// limiter and, when enabled, its certificate issuing (see [`crate::service::enrol`]).
 #[derive(Default)]
 pub struct Identity {
     revoked: RwLock<HashSet<String>>,
+    revoked_certificates: RwLock<RevokedCertificates>,
+    pub(crate) enrol_limiter: Mutex<EnrolLimiter>,
     pub(crate) issuing: RwLock<Option<Arc<Issuing>>>,
+}
+
+/// Certificates revoked by serial, and their keys.
+#[derive(Default)]
+struct RevokedCertificates {
+    /// Serial to the key recorded with it (empty if unknown).
+    serials: HashMap<String, String>,
+    /// Key SHA-256 to the serial whose revocation refused it.
+    keys: HashMap<String, String>,
+}
+
+/// Why a certificate is refused although the CA signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// Its serial was revoked.
+    Serial(String),
+    /// Its key is the key of this revoked serial.
+    Key(String),
 }
 
 impl Identity {
@@ -128,6 +160,44 @@ impl Identity {
     /// Marks facilities revoked (revocation is permanent, so this only ever adds).
     pub fn add_revoked(&self, facilities: impl IntoIterator<Item = String>) {
         self.revoked.write().unwrap().extend(facilities);
+    }
+
+    /// Whether a certificate with `serial` and key `key_sha256` (see [`CertFacts`]) has
+    /// been revoked, and how.
+    pub fn certificate_revocation(&self, serial: &str, key_sha256: &str) -> Option<Revoked> {
+        let revoked = self.revoked_certificates.read().unwrap();
+        if revoked.serials.contains_key(serial) {
+            return Some(Revoked::Serial(serial.to_owned()));
+        }
+        revoked
+            .keys
+            .get(key_sha256)
+            .map(|serial| Revoked::Key(serial.clone()))
+    }
+
+    /// Marks certificates (and their keys) revoked; returns those that were not yet.
+    pub fn add_revoked_certificates(
+        &self,
+        rows: impl IntoIterator<Item = RevokedCertificateRow>,
+    ) -> Vec<RevokedCertificateRow> {
+        let mut revoked = self.revoked_certificates.write().unwrap();
+        let mut new = Vec::new();
+        for row in rows {
+            if revoked.serials.contains_key(&row.serial) {
+                continue;
+            }
+            revoked
+                .serials
+                .insert(row.serial.clone(), row.key_sha256.clone());
+            if !row.key_sha256.is_empty() {
+                revoked
+                    .keys
+                    .entry(row.key_sha256.clone())
+                    .or_insert_with(|| row.serial.clone());
+            }
+            new.push(row);
+        }
+        new
     }
 
     /// Decides a call to `path` by a connection with client certificates `certs` (leaf
@@ -144,12 +214,20 @@ impl Identity {
             Some(leaf) => {
                 let identity = harambee_link::identity::identity_from_cert(leaf)
                     .map_err(|e| Denial::NoIdentity(e.to_string()))?;
-                let (_, not_after) =
-                    pki::validity(leaf).map_err(|e| Denial::NoIdentity(e.to_string()))?;
-                if SystemTime::from(not_after) < now {
+                let facts = CertFacts::of(leaf).map_err(|e| Denial::NoIdentity(e.to_string()))?;
+                if SystemTime::from(facts.not_after) < now {
                     return Err(Denial::Expired(crate::service::enrol::format_time(
-                        not_after.unix_timestamp() * 1000,
+                        facts.not_after.unix_timestamp() * 1000,
                     )));
+                }
+                match self.certificate_revocation(&facts.serial, &facts.key_sha256) {
+                    Some(Revoked::Serial(serial)) => {
+                        return Err(Denial::CertificateRevoked(serial));
+                    }
+                    Some(Revoked::Key(serial)) => {
+                        return Err(Denial::KeyRevoked(serial));
+                    }
+                    None => {}
                 }
                 if identity.role == Role::Agent && self.is_revoked(&identity.name) {
                     return Err(Denial::Revoked(identity.name));
@@ -182,6 +260,8 @@ impl Identity {
 pub async fn watch_revocations(coord: &Coordinator) -> anyhow::Result<RefreshTask> {
     let revoked = coord.store.revoked_facilities().await?;
     coord.identity.add_revoked(revoked);
+    let certificates = coord.store.revoked_certificates().await?;
+    coord.identity.add_revoked_certificates(certificates);
     let coord = coord.clone();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(REVOCATION_REFRESH);
@@ -202,6 +282,15 @@ pub async fn watch_revocations(coord: &Coordinator) -> anyhow::Result<RefreshTas
                     coord.identity.add_revoked(new);
                 }
                 Err(error) => warn!(%error, "re-reading revoked facilities failed"),
+            }
+            match coord.store.revoked_certificates().await {
+                Ok(rows) => {
+                    for row in coord.identity.add_revoked_certificates(rows) {
+                        info!(serial = %row.serial, identity = %row.identity, "certificate revoked (by another coordinator)");
+                        coord.disconnect_revoked_certificate(&row).await;
+                    }
+                }
+                Err(error) => warn!(%error, "re-reading revoked certificates failed"),
             }
         }
     });

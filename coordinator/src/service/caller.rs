@@ -70,6 +70,12 @@ pub enum Denial {
     Expired(String),
     #[error("facility {0:?} has been revoked")]
     Revoked(String),
+    #[error("the client certificate (serial {0}) has been revoked")]
+    CertificateRevoked(String),
+    #[error(
+        "the client certificate's key has been revoked (with the certificate of serial {0}); enrol again with a new key"
+    )]
+    KeyRevoked(String),
     #[error("{identity} may not call {path} (allowed: {allowed})")]
     WrongRole {
         identity: String,

@@ -17,21 +17,34 @@
 //! transaction, marks the token used (only if it still is unused: of two concurrent uses
 //! one wins) and the facility enrolled, and records the certificate.
 //!
+//! `Enrol` attempts are rate-limited per token and per source address ([`limit`]), before
+//! any other check: beyond the limit the answer is `RESOURCE_EXHAUSTED` with the time to
+//! wait. An enrolment for a key that has been revoked is refused.
+//!
 //! # Renewal
 //!
 //! `RenewCertificate` issues a new certificate for the caller's own identity, on its mTLS
-//! connection: nothing about it is kept in memory, so it works across restarts.
+//! connection, for the same key only (the request's key must be the key of the certificate
+//! the caller connects with; a new key means enrolling again), and never for a revoked
+//! certificate or key. The new certificate and a ledger entry are recorded in one
+//! transaction that re-checks the revocation. Nothing about it is kept in memory, so it
+//! works across restarts.
 //!
 //! # Revocation and the admin-action log
 //!
 //! `RevokeFacility` marks the facility revoked in the database with the admin action, then
 //! in memory ([`crate::server::access::Identity`]), closes its task stream and drops it from running
-//! rounds. Every admin action (facility added or revoked here; federation created, round
+//! rounds. `RevokeCertificate` does the same for one certificate by serial (any role, and
+//! the server's), and with it its key; a ledger entry records it. Every admin action
+//! (facility added or revoked, certificate revoked here; federation created, round
 //! started, model exported in [`crate::service::admin`]) goes to the `admin_actions` table
 //! with the caller's identity and certificate fingerprint and the time.
 
+pub mod limit;
+
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harambee_link::token::{Token, TokenError};
 use harambee_proto::MAX_MESSAGE_BYTES;
@@ -43,13 +56,14 @@ use harambee_proto::pb::{
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
-use crate::pki::{self, CsrError, IssuedCert, PkiPaths, Signer};
+use crate::pki::{self, CertFacts, CsrError, IssuedCert, PkiPaths, Signer};
+use crate::server::access::Revoked;
 use crate::service::caller::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
 use crate::store::{
-    AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, StoreError, TokenRefusal,
-    TokenRow,
+    AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, RevokedCertificateRow,
+    StoreError, TokenRefusal, TokenRow,
 };
 use harambee_link::identity::{PeerIdentity, Role};
 
@@ -109,6 +123,16 @@ pub enum EnrolError {
     #[error("no facility named {0:?} has been added or has connected")]
     UnknownFacility(String),
     #[error(transparent)]
+    RateLimited(limit::Limited),
+    #[error("certificate {0} has been revoked: it cannot be renewed")]
+    CertificateRevoked(String),
+    #[error(
+        "this key has been revoked (with the certificate of serial {0}): generate a new key and enrol again"
+    )]
+    KeyRevoked(String),
+    #[error("the certificate to revoke is unreadable: {0}")]
+    BadCertificate(String),
+    #[error(transparent)]
     Csr(#[from] CsrError),
     #[error("{0}")]
     InvalidArgument(String),
@@ -122,6 +146,8 @@ impl From<StoreError> for EnrolError {
             StoreError::FacilityRevoked(name) => EnrolError::Revoked(name),
             StoreError::FacilityEnrolled(name) => EnrolError::AlreadyEnrolled(name),
             StoreError::UnknownFacility(name) => EnrolError::UnknownFacility(name),
+            StoreError::CertificateRevoked(serial) => EnrolError::CertificateRevoked(serial),
+            StoreError::KeyRevoked(key) => EnrolError::KeyRevoked(key),
             other => EnrolError::Store(other),
         }
     }
@@ -187,11 +213,61 @@ impl Coordinator {
         self.registry.remove(facility);
         self.broadcast_dropout(facility, "facility revoked").await;
     }
+
+    /// Closes the task stream of every agent connected with the revoked certificate (or
+    /// another one for its key) and drops it from running rounds. The access layer refuses
+    /// its next calls; an agent connected with another certificate reconnects at once.
+    pub async fn disconnect_revoked_certificate(&self, revoked: &RevokedCertificateRow) {
+        for facility in self.registry.connected() {
+            let Some(leaf) = self
+                .registry
+                .certificate_chain(&facility)
+                .and_then(|chain| chain.into_iter().next())
+            else {
+                continue;
+            };
+            let Ok(facts) = CertFacts::of(&leaf) else {
+                continue;
+            };
+            let same_key = !revoked.key_sha256.is_empty() && facts.key_sha256 == revoked.key_sha256;
+            if facts.serial == revoked.serial || same_key {
+                info!(%facility, serial = %revoked.serial, "closing the task stream of a revoked certificate");
+                self.registry.remove(&facility);
+                self.broadcast_dropout(&facility, "certificate revoked")
+                    .await;
+            }
+        }
+    }
+
+    /// Refuses to serve with a server certificate that has been revoked (by serial or key).
+    pub async fn check_server_certificate(&self, pki: &PkiPaths) -> anyhow::Result<()> {
+        let facts = CertFacts::of_pem_file(&pki.server_cert())?;
+        let revoked = self.store.revoked_certificates().await?;
+        if let Some(row) = revoked.iter().find(|row| {
+            row.serial == facts.serial
+                || (!row.key_sha256.is_empty() && row.key_sha256 == facts.key_sha256)
+        }) {
+            anyhow::bail!(
+                "the server certificate {} (serial {}) has been revoked{} (certificate {}, by {}): renew it with `harambee-coordinator pki renew-server --new-key` (see deploy/PKI.md)",
+                pki.server_cert().display(),
+                facts.serial,
+                if row.serial == facts.serial {
+                    ""
+                } else {
+                    " with its key"
+                },
+                row.serial,
+                row.revoked_by
+            );
+        }
+        Ok(())
+    }
 }
 
 /// [`Coordinator::enable_issuing`] for `serve`: certificates valid
 /// [`pki::DEFAULT_LEAF_VALIDITY_DAYS`]; logs what is possible.
-pub fn enable_from_pki(coord: &Coordinator, pki: &PkiPaths) -> anyhow::Result<()> {
+pub async fn enable_from_pki(coord: &Coordinator, pki: &PkiPaths) -> anyhow::Result<()> {
+    coord.check_server_certificate(pki).await?;
     let validity = Duration::from_secs(u64::from(pki::DEFAULT_LEAF_VALIDITY_DAYS) * 86_400);
     if coord.enable_issuing(pki, validity)? {
         info!(
@@ -226,9 +302,26 @@ pub struct EnrolmentApi {
 }
 
 impl EnrolmentApi {
-    async fn enrol(&self, request: pb::EnrolRequest) -> Result<pb::IssuedCertificate, EnrolError> {
+    async fn enrol(
+        &self,
+        request: pb::EnrolRequest,
+        source: Option<IpAddr>,
+    ) -> Result<pb::IssuedCertificate, EnrolError> {
+        // Counted first: every attempt counts, whatever it is refused for later.
+        let token = Token::parse(&request.token);
+        self.coord
+            .identity
+            .enrol_limiter
+            .lock()
+            .unwrap()
+            .attempt(
+                token.as_ref().ok().map(|t| t.id.as_str()),
+                source,
+                Instant::now(),
+            )
+            .map_err(EnrolError::RateLimited)?;
+        let token = token.map_err(EnrolError::Token)?;
         let issuing = self.coord.issuing()?;
-        let token = Token::parse(&request.token).map_err(EnrolError::Token)?;
         let row = self
             .coord
             .store
@@ -261,6 +354,14 @@ impl EnrolmentApi {
             &row.facility,
             issuing.validity,
         )?;
+        if let Some(revoked) = self
+            .coord
+            .identity
+            .certificate_revocation(&issued.serial, &issued.key_sha256)
+        {
+            let (Revoked::Serial(serial) | Revoked::Key(serial)) = revoked;
+            return Err(EnrolError::KeyRevoked(serial));
+        }
         let cert = certificate_row(&issued, Role::Agent, &row.facility, "enrol");
         // The key the facility's egress receipts will be signed with, for the ledger.
         let receipt_key = harambee_link::identity::ed25519_key_of(&issued.der).ok();
@@ -290,23 +391,43 @@ impl EnrolmentApi {
         Ok(issued_pb(&issued, &issuing, &row.facility))
     }
 
+    /// Renews the certificate `current` that `peer` connects with.
     async fn renew(
         &self,
         peer: &PeerIdentity,
+        current: &CertFacts,
         request: pb::RenewCertificateRequest,
     ) -> Result<pb::IssuedCertificate, EnrolError> {
         let issuing = self.coord.issuing()?;
         if self.coord.identity.is_revoked(&peer.name) {
             return Err(EnrolError::Revoked(peer.name.clone()));
         }
+        match self
+            .coord
+            .identity
+            .certificate_revocation(&current.serial, &current.key_sha256)
+        {
+            Some(Revoked::Serial(serial)) => return Err(EnrolError::CertificateRevoked(serial)),
+            Some(Revoked::Key(serial)) => return Err(EnrolError::KeyRevoked(serial)),
+            None => {}
+        }
         let signer = issuing.signer.as_ref().ok_or(EnrolError::NoSigner)?;
-        let issued =
-            signer.sign_request(&request.csr_der, peer.role, &peer.name, issuing.validity)?;
+        let issued = signer.sign_renewal(
+            &request.csr_der,
+            peer.role,
+            &peer.name,
+            issuing.validity,
+            &current.key_sha256,
+        )?;
         self.coord
             .store
-            .record_certificate(&certificate_row(&issued, peer.role, &peer.name, "renew"))
+            .record_renewal(
+                &certificate_row(&issued, peer.role, &peer.name, "renew"),
+                &current.serial,
+                &peer.to_string(),
+            )
             .await?;
-        info!(identity = %peer, sha256 = %issued.sha256, "certificate renewed");
+        info!(identity = %peer, sha256 = %issued.sha256, renewed = %current.serial, "certificate renewed");
         Ok(issued_pb(&issued, &issuing, &peer.name))
     }
 }
@@ -330,7 +451,10 @@ impl EnrolmentService for EnrolmentApi {
         request: Request<pb::EnrolRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         let remote = request.remote_addr();
-        match self.enrol(request.into_inner()).await {
+        match self
+            .enrol(request.into_inner(), remote.map(|addr| addr.ip()))
+            .await
+        {
             Ok(issued) => Ok(Response::new(issued)),
             Err(e) => {
                 info!(?remote, reason = %e, "enrolment refused");
@@ -346,7 +470,16 @@ impl EnrolmentService for EnrolmentApi {
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         let peer = require_role(&request, Role::Agent)?;
         tracing::Span::current().record("facility", peer.name.as_str());
-        self.renew(&peer, request.into_inner())
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| {
+                ServiceError::unauthenticated("no verified client certificate on this connection")
+            })?;
+        let current = CertFacts::of(&leaf).map_err(|e| {
+            ServiceError::unauthenticated(format!("the client certificate is unreadable: {e}"))
+        })?;
+        self.renew(&peer, &current, request.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| ServiceError::from(e).into())
@@ -463,6 +596,83 @@ impl IdentityApi {
         Ok(self.facility_pb(&facility, expiry.get(&facility.name).copied()))
     }
 
+    async fn revoke_certificate(
+        &self,
+        peer: &PeerIdentity,
+        request: pb::RevokeCertificateRequest,
+    ) -> Result<pb::RevokedCertificate, EnrolError> {
+        let given = match request.serial.trim() {
+            "" => None,
+            text => Some(
+                pki::parse_serial(text).map_err(|e| EnrolError::InvalidArgument(e.to_string()))?,
+            ),
+        };
+        let facts = match request.certificate_pem.trim() {
+            "" => None,
+            pem => {
+                let der = <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(
+                    pem.as_bytes(),
+                )
+                    .map_err(|e| EnrolError::BadCertificate(e.to_string()))?;
+                Some(CertFacts::of(&der).map_err(|e| EnrolError::BadCertificate(e.to_string()))?)
+            }
+        };
+        let serial = match (&given, &facts) {
+            (None, None) => {
+                return Err(EnrolError::InvalidArgument(
+                    "name the certificate to revoke: its serial number, or the certificate itself"
+                        .to_owned(),
+                ));
+            }
+            (Some(given), Some(facts)) if *given != facts.serial => {
+                return Err(EnrolError::InvalidArgument(format!(
+                    "serial {given} is not the serial of the certificate given ({})",
+                    facts.serial
+                )));
+            }
+            (Some(serial), _) => serial.clone(),
+            (None, Some(facts)) => facts.serial.clone(),
+        };
+        let now = now_ms();
+        let row = RevokedCertificateRow {
+            serial,
+            identity: facts
+                .as_ref()
+                .map(|f| f.identity.clone())
+                .unwrap_or_default(),
+            key_sha256: facts
+                .as_ref()
+                .map(|f| f.key_sha256.clone())
+                .unwrap_or_default(),
+            revoked_ms: now,
+            revoked_by: peer.to_string(),
+            reason: request.reason.clone(),
+        };
+        let action = AdminActionRow {
+            at_ms: now,
+            ..admin_action(
+                peer,
+                AdminActionKind::CertificateRevoked,
+                &row.serial,
+                request.reason,
+            )
+        };
+        let revoked = self.coord.store.revoke_certificate(&row, &action).await?;
+        self.coord
+            .identity
+            .add_revoked_certificates([revoked.clone()]);
+        self.coord.disconnect_revoked_certificate(&revoked).await;
+        info!(serial = %revoked.serial, identity = %revoked.identity, operator = %peer.name, reason = %revoked.reason, "certificate revoked");
+        Ok(pb::RevokedCertificate {
+            serial: revoked.serial,
+            identity: revoked.identity,
+            key_sha256: revoked.key_sha256,
+            revoked_unix_ms: revoked.revoked_ms,
+            revoked_by: revoked.revoked_by,
+            reason: revoked.reason,
+        })
+    }
+
     fn facility_pb(&self, row: &FacilityRow, cert_not_after_ms: Option<i64>) -> pb::Facility {
         pb::Facility {
             name: row.name.clone(),
@@ -502,6 +712,19 @@ impl IdentityService for IdentityApi {
         let peer = require_role(&request, Role::Operator)?;
         tracing::Span::current().record("operator", peer.name.as_str());
         self.revoke(&peer, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| ServiceError::from(e).into())
+    }
+
+    #[instrument(skip_all, fields(operator))]
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokedCertificate>, Status> {
+        let peer = require_role(&request, Role::Operator)?;
+        tracing::Span::current().record("operator", peer.name.as_str());
+        self.revoke_certificate(&peer, request.into_inner())
             .await
             .map(Response::new)
             .map_err(|e| ServiceError::from(e).into())
@@ -598,6 +821,7 @@ fn certificate_row(issued: &IssuedCert, role: Role, name: &str, via: &str) -> Ce
         not_after_ms: issued.not_after.unix_timestamp() * 1000,
         issued_ms: now_ms(),
         via: via.to_owned(),
+        key_sha256: Some(issued.key_sha256.clone()),
     }
 }
 

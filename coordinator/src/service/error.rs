@@ -48,6 +48,9 @@ pub enum ServiceError {
     /// Not served now (enrolment off); may work later.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many attempts (the `Enrol` rate limit); the message says when to try again.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The coordinator's own failure; the message names only the component.
     #[error("{0}")]
     Internal(String),
@@ -107,6 +110,7 @@ impl From<ServiceError> for Status {
             ServiceError::OutOfRange(m) => Status::out_of_range(m),
             ServiceError::DataLoss(m) => Status::data_loss(m),
             ServiceError::Unavailable(m) => Status::unavailable(m),
+            ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ServiceError::Internal(m) => Status::internal(m),
         }
     }
@@ -157,9 +161,11 @@ impl From<&Denial> for ServiceError {
             Denial::NoCertificate | Denial::NoIdentity(_) | Denial::Expired(_) => {
                 ServiceError::Unauthenticated(message)
             }
-            Denial::Revoked(_) | Denial::WrongRole { .. } | Denial::NoRule(_) => {
-                ServiceError::PermissionDenied(message)
-            }
+            Denial::Revoked(_)
+            | Denial::CertificateRevoked(_)
+            | Denial::KeyRevoked(_)
+            | Denial::WrongRole { .. }
+            | Denial::NoRule(_) => ServiceError::PermissionDenied(message),
         }
     }
 }
@@ -172,8 +178,13 @@ impl From<EnrolError> for ServiceError {
             EnrolError::NoSigner | EnrolError::AddRevoked(_) => {
                 ServiceError::FailedPrecondition(message)
             }
-            EnrolError::Token(_) | EnrolError::Csr(_) | EnrolError::InvalidArgument(_) => {
-                ServiceError::InvalidArgument(message)
+            EnrolError::Token(_)
+            | EnrolError::Csr(_)
+            | EnrolError::InvalidArgument(_)
+            | EnrolError::BadCertificate(_) => ServiceError::InvalidArgument(message),
+            EnrolError::RateLimited(_) => ServiceError::ResourceExhausted(message),
+            EnrolError::CertificateRevoked(_) | EnrolError::KeyRevoked(_) => {
+                ServiceError::PermissionDenied(message)
             }
             EnrolError::UnknownToken
             | EnrolError::WrongSecret

@@ -183,6 +183,8 @@ pub(crate) mod certificate {
         pub not_after_ms: i64,
         pub issued_ms: i64,
         pub via: String,
+        /// Added by `m0006_revocation`; `None` for certificates issued before it.
+        pub key_sha256: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -266,6 +268,27 @@ pub(crate) mod ledger_cosignature {
         pub head_timestamp_ms: i64,
         pub signature: String,
         pub received_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub(crate) mod revoked_certificate {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "revoked_certificates")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub serial: String,
+        pub identity: String,
+        pub key_sha256: String,
+        pub revoked_ms: i64,
+        pub revoked_by: String,
+        pub reason: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -48,4 +48,8 @@ pub enum StoreError {
     UnknownFacility(String),
     #[error("enrolment token {0} is used, withdrawn or expired")]
     TokenUnusable(String),
+    #[error("certificate {0} has been revoked")]
+    CertificateRevoked(String),
+    #[error("the key of this certificate was revoked with certificate {0}")]
+    KeyRevoked(String),
 }

@@ -1,5 +1,6 @@
 //! Identity and access in the store: facilities and their enrolment tokens, the
-//! certificates the coordinator issued, and the admin-action log.
+//! certificates the coordinator issued, the certificates revoked one by one, and the
+//! admin-action log.
 //!
 //! Each change that an operator makes is written in one transaction with its admin-action
 //! record, so the log never misses a change that happened. Tokens are stored as the
@@ -16,8 +17,11 @@ use sea_orm::{
 };
 
 use harambee_privacy::ledger::LedgerEvent;
+use harambee_privacy::ledger::event::CertificateChange;
 
-use super::entity::{admin_action, agent, certificate, enrolment_token, facility};
+use super::entity::{
+    admin_action, agent, certificate, enrolment_token, facility, revoked_certificate,
+};
 use super::{ParseEnumError, Store, StoreError, finish};
 
 string_enum! {
@@ -71,6 +75,25 @@ pub struct CertificateRow {
     pub issued_ms: i64,
     /// `"enrol"` or `"renew"`.
     pub via: String,
+    /// Lowercase hex SHA-256 of the public key bits; `None` for certificates recorded
+    /// before the coordinator kept it.
+    pub key_sha256: Option<String>,
+}
+
+/// A certificate revoked by its serial number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedCertificateRow {
+    /// Lowercase hex, no leading zero octets.
+    pub serial: String,
+    /// `harambee://<role>/<name>`, `server`, or empty when only the serial is known.
+    pub identity: String,
+    /// Lowercase hex SHA-256 of the public key bits, empty when unknown. Every certificate
+    /// for this key is refused too.
+    pub key_sha256: String,
+    pub revoked_ms: i64,
+    /// `harambee://operator/<name>` of whoever revoked it.
+    pub revoked_by: String,
+    pub reason: String,
 }
 
 string_enum! {
@@ -78,6 +101,7 @@ string_enum! {
     pub enum AdminActionKind ("admin action") {
         FacilityAdded = "facility_added",
         FacilityRevoked = "facility_revoked",
+        CertificateRevoked = "certificate_revoked",
         FederationCreated = "federation_created",
         RoundStarted = "round_started",
         ModelExported = "model_exported",
@@ -248,9 +272,124 @@ impl Store {
         finish(txn, result).await
     }
 
-    /// Records a certificate issued by renewal.
-    pub async fn record_certificate(&self, cert: &CertificateRow) -> Result<(), StoreError> {
-        insert_certificate(&self.db, cert).await
+    /// Records a certificate issued by renewal of certificate `renewed_serial`, and its ledger
+    /// entry, in one transaction. Refuses (`CertificateRevoked`, `KeyRevoked`) if the renewed
+    /// serial or the key has been revoked meanwhile (by another coordinator, say).
+    pub async fn record_renewal(
+        &self,
+        cert: &CertificateRow,
+        renewed_serial: &str,
+        identity: &str,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        let result = async {
+            if revoked_certificate::Entity::find_by_id(renewed_serial.to_owned())
+                .one(&txn)
+                .await?
+                .is_some()
+            {
+                return Err(StoreError::CertificateRevoked(renewed_serial.to_owned()));
+            }
+            let key = cert.key_sha256.clone().unwrap_or_default();
+            if !key.is_empty()
+                && let Some(revoked) = revoked_certificate::Entity::find()
+                    .filter(revoked_certificate::Column::KeySha256.eq(key.as_str()))
+                    .one(&txn)
+                    .await?
+            {
+                return Err(StoreError::KeyRevoked(revoked.serial));
+            }
+            insert_certificate(&txn, cert).await?;
+            let event = LedgerEvent::Certificate {
+                change: CertificateChange::Renewed,
+                identity: identity.to_owned(),
+                serial: cert.serial.clone(),
+                key_sha256: key,
+                detail: renewed_serial.to_owned(),
+            };
+            super::ledger::append_in(&txn, cert.issued_ms, vec![event]).await?;
+            Ok(())
+        }
+        .await;
+        finish(txn, result).await
+    }
+
+    /// Revokes the certificate `revoked.serial`, recording `action` and a ledger entry, in
+    /// one transaction. What the caller does not know (identity, key) is filled in from the
+    /// certificates this coordinator issued. Revoking a revoked serial changes nothing and
+    /// returns the first revocation.
+    pub async fn revoke_certificate(
+        &self,
+        revoked: &RevokedCertificateRow,
+        action: &AdminActionRow,
+    ) -> Result<RevokedCertificateRow, StoreError> {
+        let txn = self.db.begin().await?;
+        let result = async {
+            if let Some(existing) = revoked_certificate::Entity::find_by_id(revoked.serial.clone())
+                .one(&txn)
+                .await?
+            {
+                return Ok(revoked_from_model(existing));
+            }
+            let mut row = revoked.clone();
+            if let Some(issued) = certificate::Entity::find_by_id(revoked.serial.clone())
+                .one(&txn)
+                .await?
+            {
+                if row.identity.is_empty() {
+                    row.identity = format!(
+                        "{}{}/{}",
+                        harambee_link::identity::IDENTITY_SCHEME,
+                        issued.role,
+                        issued.name
+                    );
+                }
+                if row.key_sha256.is_empty() {
+                    row.key_sha256 = issued.key_sha256.unwrap_or_default();
+                }
+            }
+            revoked_certificate::Entity::insert(revoked_certificate::ActiveModel {
+                serial: Set(row.serial.clone()),
+                identity: Set(row.identity.clone()),
+                key_sha256: Set(row.key_sha256.clone()),
+                revoked_ms: Set(row.revoked_ms),
+                revoked_by: Set(row.revoked_by.clone()),
+                reason: Set(row.reason.clone()),
+            })
+            .exec_without_returning(&txn)
+            .await?;
+            let action = AdminActionRow {
+                subject: if row.identity.is_empty() {
+                    format!("serial {}", row.serial)
+                } else {
+                    format!("{} serial {}", row.identity, row.serial)
+                },
+                ..action.clone()
+            };
+            insert_action(&txn, &action).await?;
+            let event = LedgerEvent::Certificate {
+                change: CertificateChange::Revoked,
+                identity: row.identity.clone(),
+                serial: row.serial.clone(),
+                key_sha256: row.key_sha256.clone(),
+                detail: row.reason.clone(),
+            };
+            super::ledger::append_in(&txn, row.revoked_ms, vec![event]).await?;
+            Ok(row)
+        }
+        .await;
+        finish(txn, result).await
+    }
+
+    /// Every certificate revoked by serial, oldest first.
+    pub async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificateRow>, StoreError> {
+        Ok(revoked_certificate::Entity::find()
+            .order_by_asc(revoked_certificate::Column::RevokedMs)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(revoked_from_model)
+            .collect())
     }
 
     /// Revokes facility `name` for good and withdraws its unused tokens, recording
@@ -398,6 +537,7 @@ impl Store {
                 not_after_ms: m.not_after_ms,
                 issued_ms: m.issued_ms,
                 via: m.via,
+                key_sha256: m.key_sha256,
             })
             .collect())
     }
@@ -489,6 +629,7 @@ async fn insert_certificate(
         not_after_ms: Set(cert.not_after_ms),
         issued_ms: Set(cert.issued_ms),
         via: Set(cert.via.clone()),
+        key_sha256: Set(cert.key_sha256.clone()),
     })
     .exec_without_returning(db)
     .await?;
@@ -525,6 +666,17 @@ async fn insert_action(
         table: "admin_actions",
         detail: format!("id = {}", inserted.last_insert_id),
     })
+}
+
+fn revoked_from_model(m: revoked_certificate::Model) -> RevokedCertificateRow {
+    RevokedCertificateRow {
+        serial: m.serial,
+        identity: m.identity,
+        key_sha256: m.key_sha256,
+        revoked_ms: m.revoked_ms,
+        revoked_by: m.revoked_by,
+        reason: m.reason,
+    }
 }
 
 fn facility_from_model(m: facility::Model) -> Result<FacilityRow, StoreError> {

@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(super::migration_quality::M0003Quality),
             Box::new(super::migration_ledger::M0004Ledger),
             Box::new(super::migration_ledger_key::M0005LedgerKey),
+            Box::new(super::migration_revocation::M0006Revocation),
         ]
     }
 }

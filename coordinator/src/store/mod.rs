@@ -76,6 +76,7 @@ mod migration_identity;
 mod migration_ledger;
 mod migration_ledger_key;
 mod migration_quality;
+mod migration_revocation;
 mod rows;
 
 use std::collections::HashSet;
@@ -95,8 +96,8 @@ use entity::{agent, federation, model_version, participant, round};
 pub use error::StoreError;
 use harambee_privacy::ledger::LedgerEvent;
 pub use identity::{
-    AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, FacilityStatus, TokenRefusal,
-    TokenRow,
+    AdminActionKind, AdminActionRow, CertificateRow, FacilityRow, FacilityStatus,
+    RevokedCertificateRow, TokenRefusal, TokenRow,
 };
 pub use ledger::{CosignatureRow, LedgerKeyRow};
 pub use rows::{

@@ -101,6 +101,30 @@ pub enum LedgerEvent {
         action: String,
         detail: String,
     },
+    /// One certificate changed: revoked by its serial (refused on every connection from
+    /// then on), or issued by renewal for the same key as the one it replaces.
+    Certificate {
+        change: CertificateChange,
+        /// `harambee://<role>/<name>`, `server` for the coordinator's own certificate, or
+        /// empty when only the serial is known.
+        identity: String,
+        /// Lowercase hex serial number, without leading zero octets.
+        serial: String,
+        /// Lowercase hex SHA-256 of the certificate's public key (the bits of its
+        /// SubjectPublicKeyInfo), empty when unknown. A revoked key is refused in any
+        /// certificate.
+        key_sha256: String,
+        /// Revoked: the operator's reason. Renewed: the serial of the certificate renewed.
+        detail: String,
+    },
+}
+
+/// What happened to the certificate of a [`LedgerEvent::Certificate`] entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateChange {
+    Renewed,
+    Revoked,
 }
 
 /// One facility's update in one round, as the coordinator received it, with the agent's signed

@@ -1,6 +1,7 @@
 //! The commands people type, as processes: `pki init --ca-out`, `serve`, `facility add`,
 //! `agent enrol`, `agent run`,
-//! `facility list`, `audit actions` with an auditor's certificate, `facility revoke`.
+//! `facility list`, `audit actions` with an auditor's certificate, `facility revoke`,
+//! `certificate revoke`.
 
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -218,6 +219,31 @@ async fn identity_commands_enrol_list_audit_and_revoke() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
         stderr.contains("error: the coordinator refused the enrolment"),
+        "{stderr}"
+    );
+
+    // The auditor leaves: its certificate is revoked by file, and refused from then on.
+    let out = ok(
+        dir,
+        &admin(&[
+            "certificate",
+            "revoke",
+            "--cert",
+            "pki/issued/auditor-moh-audit.pem",
+            "--reason",
+            "left",
+        ]),
+    )
+    .await;
+    assert!(
+        out.contains("of harambee://auditor/moh-audit revoked at")
+            && out.contains("every certificate for its key"),
+        "{out}"
+    );
+    let out = run(dir, &list).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("has been revoked"),
         "{stderr}"
     );
 }

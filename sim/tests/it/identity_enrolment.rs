@@ -346,3 +346,42 @@ async fn identity_an_agent_sends_nothing_to_a_coordinator_that_is_not_the_pinned
     );
     assert!(err.contains("nothing was sent"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_a_ca_bundle_of_two_certificates_is_refused_and_nothing_is_written() {
+    let mut c = Coord::start(NINETY_DAYS).await;
+    let text = c.add_facility("bundled", 3600).await;
+    let token = Token::parse(&text).unwrap();
+    let ca_path = PkiPaths::new(&c.h.pki).ca_cert();
+    let genuine = std::fs::read_to_string(&ca_path).unwrap();
+
+    // The coordinator answers with the pinned CA followed by a CA of its own choosing, which
+    // would then vouch for any coordinator, and for any peer, at this facility.
+    let elsewhere = tempfile::tempdir().unwrap();
+    pki::init(elsewhere.path(), &[]).unwrap();
+    let extra = std::fs::read_to_string(PkiPaths::new(elsewhere.path()).ca_cert()).unwrap();
+    std::fs::write(&ca_path, format!("{genuine}{extra}")).unwrap();
+    c.restart().await;
+    let dir = c.h.dir.path().join("bundled-site");
+    let err = enrol_err(&text, &dir).await;
+    assert!(
+        err.contains(&format!(
+            "the server presented a CA bundle of 2 certificates, but the token pins exactly one CA certificate (SHA-256 {})",
+            token.ca_sha256
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(!dir.exists(), "nothing is written, not even the key");
+
+    // Text around the one certificate is not copied: ca.pem is written from the DER the
+    // token pins. The token was not used by the refused attempt.
+    std::fs::write(
+        &ca_path,
+        format!("Federation CA, see https://example.org/evil\n{genuine}"),
+    )
+    .unwrap();
+    c.restart().await;
+    let done = enrol::enrol(&text, &dir, TIMEOUT).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&done.ca).unwrap(), genuine);
+}

@@ -99,3 +99,62 @@ async fn identity_the_ca_key_can_stay_offline() {
     assert!(err.to_string().contains("pki issuing-ca"), "{err}");
     assert!(pki::Signer::load(&PkiPaths::new(&bare)).unwrap().is_none());
 }
+
+/// `harambee-coordinator pki renew-server`, as a process, in the offline layout: the issuing
+/// CA signs; the key stays unless `--new-key`; a key that does not belong to the certificate
+/// is refused with a message saying so.
+#[test]
+fn identity_pki_renew_server_keeps_or_replaces_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+            .arg("coordinator")
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["pki", "init", "--dir", "pki", "--ca-out", "offline"]);
+    assert!(ok, "{text}");
+    let paths = PkiPaths::new(tmp.path().join("pki"));
+    let first = pki::CertFacts::of_pem_file(&paths.server_cert()).unwrap();
+    let key = std::fs::read(paths.server_key()).unwrap();
+
+    let (ok, text) = run(&["pki", "renew-server", "--dir", "pki"]);
+    assert!(ok, "{text}");
+    let same = pki::CertFacts::of_pem_file(&paths.server_cert()).unwrap();
+    assert!(
+        text.contains(&format!(
+            "renewed: serial {} (was {})",
+            same.serial, first.serial
+        )) && text.contains("same key"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read(paths.server_key()).unwrap(), key);
+    assert_eq!(same.key_sha256, first.key_sha256);
+    assert!(issuer_cn(&paths.server_cert()).starts_with("Harambee issuing CA"));
+
+    let (ok, text) = run(&["pki", "renew-server", "--dir", "pki", "--new-key"]);
+    assert!(ok, "{text}");
+    let renewed = pki::CertFacts::of_pem_file(&paths.server_cert()).unwrap();
+    assert_ne!(renewed.key_sha256, first.key_sha256);
+    assert!(
+        text.contains(&format!(
+            "certificate revoke --serial {} --reason",
+            same.serial
+        )),
+        "{text}"
+    );
+
+    // A key file that is not the certificate's is not certified by mistake.
+    std::fs::write(paths.server_key(), &key).unwrap();
+    let (ok, text) = run(&["pki", "renew-server", "--dir", "pki"]);
+    assert!(!ok);
+    assert!(
+        text.contains("this key does not belong to") && text.contains("renew with a new key"),
+        "{text}"
+    );
+}

@@ -5,8 +5,8 @@
 use harambee_sim::harness as common;
 
 use harambee_coordinator::store::{
-    AdminActionKind, AdminActionRow, CertificateRow, FacilityStatus, Store, StoreError,
-    TokenRefusal, TokenRow,
+    AdminActionKind, AdminActionRow, CertificateRow, FacilityStatus, RevokedCertificateRow, Store,
+    StoreError, TokenRefusal, TokenRow,
 };
 
 fn token(id: &str, facility: &str, expires_ms: i64) -> TokenRow {
@@ -43,6 +43,7 @@ fn cert(serial: &str, name: &str, not_after_ms: i64) -> CertificateRow {
         not_after_ms,
         issued_ms: 2_000,
         via: "enrol".to_owned(),
+        key_sha256: Some("ee".repeat(32)),
     }
 }
 
@@ -126,10 +127,14 @@ async fn identity_tables(store: Store) {
         .unwrap();
 
     store
-        .record_certificate(&CertificateRow {
-            via: "renew".to_owned(),
-            ..cert("05", "kisumu", 90_000)
-        })
+        .record_renewal(
+            &CertificateRow {
+                via: "renew".to_owned(),
+                ..cert("05", "kisumu", 90_000)
+            },
+            "04",
+            "harambee://agent/kisumu",
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -139,6 +144,71 @@ async fn identity_tables(store: Store) {
     assert_eq!(
         store.certificates("agent", "kisumu").await.unwrap().len(),
         2
+    );
+
+    // A certificate revoked by serial: its identity and key come from what was issued; a
+    // second revocation changes nothing; neither it nor its key can be renewed from then on.
+    let revoked_cert = store
+        .revoke_certificate(
+            &RevokedCertificateRow {
+                serial: "05".to_owned(),
+                identity: String::new(),
+                key_sha256: String::new(),
+                revoked_ms: 4_500,
+                revoked_by: "harambee://operator/admin".to_owned(),
+                reason: "laptop stolen".to_owned(),
+            },
+            &action(CertificateRevoked, "05", 4_500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            revoked_cert.identity.as_str(),
+            revoked_cert.key_sha256.as_str()
+        ),
+        ("harambee://agent/kisumu", "ee".repeat(32).as_str())
+    );
+    let again = store
+        .revoke_certificate(
+            &RevokedCertificateRow {
+                revoked_ms: 4_600,
+                ..revoked_cert.clone()
+            },
+            &action(CertificateRevoked, "05", 4_600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, revoked_cert);
+    assert_eq!(store.revoked_certificates().await.unwrap(), [revoked_cert]);
+    let renewal = CertificateRow {
+        via: "renew".to_owned(),
+        key_sha256: Some("ff".repeat(32)),
+        ..cert("06", "kisumu", 99_000)
+    };
+    assert!(matches!(
+        store
+            .record_renewal(&renewal, "05", "harambee://agent/kisumu")
+            .await,
+        Err(StoreError::CertificateRevoked(serial)) if serial == "05"
+    ));
+    assert!(matches!(
+        store
+            .record_renewal(
+                &CertificateRow {
+                    via: "renew".to_owned(),
+                    ..cert("07", "kisumu", 99_000)
+                },
+                "04",
+                "harambee://agent/kisumu",
+            )
+            .await,
+        Err(StoreError::KeyRevoked(serial)) if serial == "05"
+    ));
+    assert_eq!(
+        store.certificates("agent", "kisumu").await.unwrap().len(),
+        2,
+        "refused renewals left nothing behind"
     );
 
     // Revocation: permanent, withdraws tokens, refuses unknown names.
@@ -201,6 +271,7 @@ async fn identity_tables(store: Store) {
             (FacilityAdded, "kisumu"),
             (FacilityAdded, "kisumu"),
             (FacilityAdded, "kisumu"),
+            (CertificateRevoked, "harambee://agent/kisumu serial 05"),
             (FacilityRevoked, "kisumu"),
             (FacilityRevoked, "legacy"),
         ]
@@ -214,7 +285,7 @@ async fn identity_tables(store: Store) {
         .await
         .unwrap();
     assert_eq!(
-        store.admin_actions(all[4].id, 10).await.unwrap()[0].action,
+        store.admin_actions(all[5].id, 10).await.unwrap()[0].action,
         ModelExported
     );
 }
