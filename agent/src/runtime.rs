@@ -849,6 +849,9 @@ impl Agent {
         })
         .await?;
         let federation = clients.federation_of(round_id).unwrap_or_default();
+        let accepted = clients
+            .accepted_params(round_id)
+            .map(harambee_privacy::ledger::Sha256Digest);
         self.with_core(move |core| core.attach_secure(clients))
             .await;
         let reply = match reply {
@@ -906,7 +909,7 @@ impl Agent {
                 let signed = words.clone();
                 let (receipt, federation) = self
                     .with_core(move |core| {
-                        let terms = core.held_terms(round_id).unwrap_or(ReceiptTerms {
+                        let mut terms = core.held_terms(round_id).unwrap_or(ReceiptTerms {
                             federation,
                             aggregation: Aggregation::Secure,
                             secagg_params: None,
@@ -914,6 +917,7 @@ impl Agent {
                             clipping_norm: 0.0,
                             noise_multiplier: 0.0,
                         });
+                        terms.secagg_params = accepted;
                         core.sign_egress(now, &terms, round_id, &signed)
                             .map(|receipt| (receipt, terms.federation))
                     })

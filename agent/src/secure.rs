@@ -4,7 +4,7 @@
 //! client state machine by one step; its answer goes back through `SubmitSecAgg` (or, for
 //! the masked input, `UploadUpdate`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, bail};
 use harambee_link::convert::params_from_pb;
@@ -58,8 +58,9 @@ pub struct SecureClients {
     rounds: HashMap<u64, State>,
     federations: HashMap<u64, String>,
     /// Rounds whose client this agent started (it advertised keys): each round gets one
-    /// client, so one update is never masked under two sets of secrets.
-    advertised: HashSet<u64>,
+    /// client, so one update is never masked under two sets of secrets. With the digest
+    /// of the parameters it accepted, which the masked update's receipt states.
+    advertised: HashMap<u64, [u8; 32]>,
 }
 
 impl SecureClients {
@@ -69,7 +70,7 @@ impl SecureClients {
             verifier,
             rounds: HashMap::new(),
             federations: HashMap::new(),
-            advertised: HashSet::new(),
+            advertised: HashMap::new(),
         }
     }
 
@@ -85,7 +86,7 @@ impl SecureClients {
         weight: u64,
         expectation: Expectation,
     ) -> anyhow::Result<()> {
-        if self.advertised.contains(&round_id) {
+        if self.advertised.contains_key(&round_id) {
             bail!(
                 "round {round_id}: this agent already took part in its secure aggregation; a second update is refused"
             );
@@ -100,6 +101,11 @@ impl SecureClients {
         );
         self.federations.insert(round_id, federation.to_owned());
         Ok(())
+    }
+
+    /// The digest of the parameters this agent accepted for `round_id` (`Params::digest`).
+    pub fn accepted_params(&self, round_id: u64) -> Option<[u8; 32]> {
+        self.advertised.get(&round_id).copied()
     }
 
     pub fn federation_of(&self, round_id: u64) -> Option<String> {
@@ -163,8 +169,9 @@ impl SecureClients {
                     .signing_key
                     .clone()
                     .context("this agent's key is not Ed25519; re-issue its certificate")?;
+                let params_digest = params.digest();
                 let (next, ad) = ClientRound::new(params, t.my_id, key, &mut rng)?;
-                self.advertised.insert(round_id);
+                self.advertised.insert(round_id, params_digest);
                 (
                     Some(State::Keys {
                         next,

@@ -151,6 +151,23 @@ async fn dp_federation_is_ledgered_and_verifies(database_url: Option<String>) {
             .filter_map(|l| match &l.event {
                 LedgerEvent::Contribution(c) if c.facility == f.name => {
                     assert_eq!((c.clipping_norm, c.noise_multiplier), (1.0, 1.0));
+                    // The signed receipt says how the update left and under which terms:
+                    // masked, under the SecAgg+ parameters the agent checked, with the
+                    // DP-SGD steps an auditor needs to recompute ε.
+                    let r = &c.receipt.receipt;
+                    assert_eq!(
+                        r.aggregation,
+                        Some(harambee_privacy::ledger::Aggregation::Secure)
+                    );
+                    assert!(r.secagg_params.is_some(), "{r:?}");
+                    assert_eq!(
+                        r.dp_sgd,
+                        Some(harambee_privacy::policy::DpSteps {
+                            noise_multiplier: 1.0,
+                            sampling_rate: 0.2,
+                            steps: harambee_models::dp::dp_steps(2, 0.2),
+                        })
+                    );
                     Some(c.epsilon_spent)
                 }
                 _ => None,
