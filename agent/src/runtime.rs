@@ -1046,3 +1046,44 @@ impl Drop for AbortOnDrop {
 fn jitter(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::random::<f64>() * 0.25)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Under paused time: the backoff runs on the injected clock, so a minute of retries
+    /// takes no real time, and the deadline on the task is honoured to the backoff step.
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_until_the_task_deadline_then_give_up() {
+        let clock = Clock::system();
+        let started = clock.unix_ms();
+        let calls = AtomicUsize::new(0);
+        let err = retry_until(&clock, started + 60_000, "upload", || {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Err(tonic::Status::unavailable("link down")) }
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("deadline has passed"),
+            "{err:#}"
+        );
+        let waited = clock.unix_ms() - started;
+        // 0.5 + 1 + 2 + 4 + 8 + 16 s of backoff; the next pause (30 s) would pass it.
+        assert_eq!(waited, 31_500);
+        assert_eq!(calls.load(Ordering::Relaxed), 7);
+
+        // A refusal for good is not retried.
+        let calls = AtomicUsize::new(0);
+        let err = retry_until(&clock, clock.unix_ms() + 60_000, "upload", || {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async { Err(tonic::Status::permission_denied("revoked")) }
+        })
+        .await
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("refused the upload"), "{err:#}");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}
