@@ -2,8 +2,13 @@
 //! real server certificate and CA (a compromised or dishonest coordinator host would), serves
 //! the agent service over the same mTLS, sends whatever tasks a test scripts, and records
 //! everything the agents send it. Real agents connect to it as to the real coordinator.
+//!
+//! [`RogueRound`] drives a round's secure aggregation with the real SecAgg+ server
+//! (`harambee_secagg::ServerRound`) the way the honest coordinator does, up to the unmask
+//! request, and then lets the test write each agent whatever unmask request or consistency
+//! proof it likes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -12,8 +17,14 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use harambee_coordinator::pki::PkiPaths;
 use harambee_coordinator::server::tls::{load_server_config, tls_incoming};
-use harambee_link::identity::identity_from_cert;
-use harambee_proto::pb::{self, agent_service_server::AgentService};
+use harambee_coordinator::wire;
+use harambee_core::round::SecAggOut;
+use harambee_link::identity::{ed25519_key_of, identity_from_cert};
+use harambee_proto::pb::{self, agent_service_server::AgentService, sec_agg_submission::Part};
+use harambee_secagg::{
+    AfterMaskedInputs, ConsistencySignature, EncryptedShare, MaskedInput, MaskedWords, Message,
+    Params, ServerRound, SignedAdvertisement, UnmaskShares,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
@@ -31,6 +42,7 @@ pub enum Seen {
         facility: String,
         header: pb::UpdateHeader,
         bytes: usize,
+        payload: Vec<u8>,
     },
     SecAgg {
         facility: String,
@@ -58,6 +70,8 @@ struct State {
     seen: Mutex<Vec<Seen>>,
     streams: Mutex<HashMap<String, mpsc::UnboundedSender<Result<pb::Task, Status>>>>,
     models: Mutex<HashMap<String, Vec<u8>>>,
+    /// Each agent's certificate chain (leaf first), as its task stream presented it.
+    certificates: Mutex<HashMap<String, Vec<Vec<u8>>>>,
 }
 
 /// The rogue coordinator, serving on a loopback port until dropped.
@@ -132,6 +146,25 @@ impl Rogue {
         }
     }
 
+    /// Each connected agent's certificate chain (leaf first), by facility.
+    pub fn certificates(&self) -> HashMap<String, Vec<Vec<u8>>> {
+        self.state.certificates.lock().unwrap().clone()
+    }
+
+    /// The secure-aggregation messages `facility` sent for `round_id`, in order.
+    pub fn secagg_of(&self, round_id: u64, facility: &str) -> Vec<Part> {
+        self.seen()
+            .into_iter()
+            .filter_map(|s| match s {
+                Seen::SecAgg {
+                    facility: f,
+                    submission,
+                } if f == facility && submission.round_id == round_id => submission.part,
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Everything the agents sent so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
@@ -186,6 +219,15 @@ impl AgentService for Service {
         request: Request<pb::OpenTaskStreamRequest>,
     ) -> Result<Response<Self::OpenTaskStreamStream>, Status> {
         let facility = Self::facility(&request)?;
+        let chain: Vec<Vec<u8>> = request
+            .peer_certs()
+            .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+            .unwrap_or_default();
+        self.0
+            .certificates
+            .lock()
+            .unwrap()
+            .insert(facility.clone(), chain);
         let (tx, rx) = mpsc::unbounded_channel();
         self.0.streams.lock().unwrap().insert(facility, tx);
         let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -233,11 +275,11 @@ impl AgentService for Service {
         let facility = Self::facility(&request)?;
         let mut parts = request.into_inner();
         let mut header = None;
-        let mut bytes = 0;
+        let mut payload = Vec::new();
         while let Some(part) = parts.next().await {
             match part?.part {
                 Some(pb::upload_update_request::Part::Header(h)) => header = Some(h),
-                Some(pb::upload_update_request::Part::Data(d)) => bytes += d.len(),
+                Some(pb::upload_update_request::Part::Data(d)) => payload.extend_from_slice(&d),
                 None => {}
             }
         }
@@ -245,7 +287,8 @@ impl AgentService for Service {
         self.record(Seen::Upload {
             facility,
             header,
-            bytes,
+            bytes: payload.len(),
+            payload,
         });
         Ok(Response::new(pb::UploadUpdateResponse::default()))
     }
@@ -301,4 +344,213 @@ impl AgentService for Service {
     ) -> Result<Response<pb::CosignTreeHeadResponse>, Status> {
         Ok(Response::new(pb::CosignTreeHeadResponse::default()))
     }
+}
+
+/// One round's secure aggregation driven by the rogue over real agents that hold a trained
+/// update for it: the participants get ids 1.. in facility-name order (as the coordinator
+/// numbers them), and [`RogueRound::up_to_unmask`] runs the stages honestly with the real
+/// SecAgg+ server. What it asks at the unmask stage is the test's.
+pub struct RogueRound<'r> {
+    rogue: &'r Rogue,
+    pub round_id: u64,
+    pub params: Params,
+    /// Facility → id.
+    pub ids: BTreeMap<String, u32>,
+}
+
+/// How long an agent gets to answer one stage.
+const STAGE_MS: i64 = 60_000;
+
+impl<'r> RogueRound<'r> {
+    /// `facilities` take part with the parameters `params_for` derives for their ids.
+    pub fn new(
+        rogue: &'r Rogue,
+        round_id: u64,
+        facilities: &[String],
+        params_for: impl FnOnce(&[u32]) -> Params,
+    ) -> RogueRound<'r> {
+        let mut names = facilities.to_vec();
+        names.sort();
+        let ids: BTreeMap<String, u32> = names.into_iter().zip(1u32..).collect();
+        let participants: Vec<u32> = ids.values().copied().collect();
+        RogueRound {
+            rogue,
+            round_id,
+            params: params_for(&participants),
+            ids,
+        }
+    }
+
+    pub fn name_of(&self, id: u32) -> &str {
+        self.ids
+            .iter()
+            .find(|(_, i)| **i == id)
+            .map(|(name, _)| name.as_str())
+            .expect("a participant")
+    }
+
+    /// Sends participant `id` the stage message `out`, encoded as the coordinator does.
+    pub async fn send(&self, id: u32, out: SecAggOut) {
+        let deadline = now_ms() + STAGE_MS;
+        let task = wire::secagg_task(self.round_id, out, &self.rogue.certificates(), deadline);
+        self.rogue.send(self.name_of(id), task).await;
+    }
+
+    /// The first secure-aggregation message of participant `id` in this round that `pick`
+    /// takes, waiting up to a minute for it.
+    pub async fn answer(&self, id: u32, what: &str, pick: impl Fn(&Part) -> bool) -> Part {
+        let name = self.name_of(id).to_owned();
+        let round_id = self.round_id;
+        let seen = self
+            .rogue
+            .wait_for(&format!("{what} of {name} in round {round_id}"), |s| {
+                matches!(s, Seen::SecAgg { facility, submission }
+                    if *facility == name && submission.round_id == round_id
+                        && submission.part.as_ref().is_some_and(&pick))
+            })
+            .await;
+        match seen {
+            Seen::SecAgg { submission, .. } => submission.part.expect("picked"),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Advertise keys, share keys and masked input, as the honest coordinator runs them,
+    /// with the real SecAgg+ server; returns the server after the masked inputs, with the
+    /// unmask request (or the request to sign) that it would send each survivor.
+    pub async fn up_to_unmask(&self) -> AfterMaskedInputs {
+        let certificates = self.rogue.certificates();
+        let keys = self
+            .ids
+            .iter()
+            .map(|(name, &id)| {
+                let leaf = &certificates[name][0];
+                (
+                    id,
+                    ed25519_key_of(leaf).expect("an Ed25519 agent certificate"),
+                )
+            })
+            .collect();
+        let mut server = ServerRound::new(self.params.clone(), keys).expect("valid parameters");
+        for &id in self.ids.values() {
+            let params = self.params.clone();
+            self.send(id, SecAggOut::Advertise { params, my_id: id })
+                .await;
+        }
+        for &id in self.ids.values() {
+            let Part::Advertise(ad) = self
+                .answer(id, "the advertisement", |p| matches!(p, Part::Advertise(_)))
+                .await
+            else {
+                unreachable!()
+            };
+            server
+                .receive(id, SignedAdvertisement::decode(&ad).unwrap())
+                .unwrap();
+        }
+        let (mut server, routes) = server.finish().unwrap();
+        // Every participant's certificate, as the coordinator sends under the consistency
+        // check (each client verifies every survivor's signature).
+        let everyone: Vec<(u32, harambee_core::FacilityId)> = self
+            .ids
+            .iter()
+            .map(|(name, &id)| (id, name.as_str().into()))
+            .collect();
+        for (id, advertisements) in routes {
+            let peers = everyone.clone();
+            self.send(
+                id,
+                SecAggOut::PeerKeys {
+                    advertisements,
+                    peers,
+                },
+            )
+            .await;
+        }
+        for &id in self.ids.values() {
+            let Part::Shares(shares) = self
+                .answer(id, "the key shares", |p| matches!(p, Part::Shares(_)))
+                .await
+            else {
+                unreachable!()
+            };
+            let shares = shares
+                .shares
+                .iter()
+                .map(|b| EncryptedShare::decode(b).unwrap())
+                .collect();
+            server.receive(id, shares).unwrap();
+        }
+        let (mut server, routes) = server.finish().unwrap();
+        for (id, shares) in routes {
+            self.send(id, SecAggOut::Shares(shares)).await;
+        }
+        for (name, &id) in &self.ids {
+            let round_id = self.round_id;
+            let seen = self
+                .rogue
+                .wait_for(&format!("the masked input of {name}"), |s| {
+                    matches!(s, Seen::Upload { facility, header, .. }
+                        if facility == name && header.round_id == round_id && header.masked)
+                })
+                .await;
+            let Seen::Upload { payload, .. } = seen else {
+                unreachable!()
+            };
+            let words = MaskedWords::from_le_bytes(self.params.word, &payload).unwrap();
+            let input = MaskedInput {
+                round_id,
+                sender: id,
+                words,
+            };
+            server.receive(id, input).unwrap();
+        }
+        server.finish().unwrap()
+    }
+
+    /// Participant `id`'s consistency signature (waiting up to a minute).
+    pub async fn signature_of(&self, id: u32) -> ConsistencySignature {
+        let Part::ConsistencySignature(sig) = self
+            .answer(id, "the consistency signature", |p| {
+                matches!(p, Part::ConsistencySignature(_))
+            })
+            .await
+        else {
+            unreachable!()
+        };
+        ConsistencySignature::decode(&sig).unwrap()
+    }
+
+    /// Participant `id`'s unmask shares (waiting up to a minute).
+    pub async fn unmask_of(&self, id: u32) -> UnmaskShares {
+        let Part::Unmask(shares) = self
+            .answer(id, "the unmask shares", |p| matches!(p, Part::Unmask(_)))
+            .await
+        else {
+            unreachable!()
+        };
+        UnmaskShares::decode(&shares).unwrap()
+    }
+
+    /// What the participants sent at the unmask stage of this round so far: consistency
+    /// signatures and unmask shares, by id.
+    pub fn unmask_stage(&self) -> Vec<(u32, Part)> {
+        self.ids
+            .iter()
+            .flat_map(|(name, &id)| {
+                self.rogue
+                    .secagg_of(self.round_id, name)
+                    .into_iter()
+                    .filter(|p| matches!(p, Part::ConsistencySignature(_) | Part::Unmask(_)))
+                    .map(move |p| (id, p))
+            })
+            .collect()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
 }
