@@ -3,7 +3,7 @@
 //! stream and heartbeats stay responsive however long it takes.
 //!
 //! Every decision is the [`Core`]'s. It has one owner, a task that applies calls to it in
-//! the order they arrive ([`Agent::with_core`]); the rest of this module is IO: it feeds the
+//! the order they arrive (`Agent::with_core`); the rest of this module is IO: it feeds the
 //! core tasks and outcomes with the time from its [`Clock`], and carries out the core's
 //! [`Action`]s. Nobody holds the core across an await.
 
@@ -193,7 +193,7 @@ impl Agent {
         }
     }
 
-    /// Runs `f` on the core (see [`Agent::with_owner`]).
+    /// Runs `f` on the core (see `Agent::with_owner`).
     async fn with_core<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Core) -> T + Send + 'static,
@@ -857,15 +857,18 @@ impl Agent {
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
+                // Parameters the facility does not accept, or a request its client will not
+                // answer (below n_min, a set it did not sign, a bad proof): the facility's
+                // rule, not a fault. Say so in the privacy log and to the coordinator, so
+                // that the round does not wait for this facility.
                 let refused = e.chain().any(|c| {
                     c.downcast_ref::<harambee_secagg::ParamsMismatch>()
                         .is_some()
+                        || c.downcast_ref::<harambee_secagg::ClientError>().is_some()
                 });
                 if refused {
-                    // The facility's policy, not a fault: say so in the privacy log and to
-                    // the coordinator, so that the round does not wait for this facility.
                     let reason = format!("{e:#}");
-                    warn!(round_id, %reason, "secure-aggregation parameters refused");
+                    warn!(round_id, %reason, "secure-aggregation step refused");
                     let now = self.clock.unix_ms();
                     let (f, r) = (federation.clone(), reason.clone());
                     self.with_core(move |core| core.refuse_secure(now, &f, round_id, &r))

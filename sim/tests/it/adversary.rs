@@ -625,7 +625,6 @@ async fn an_unmask_request_below_n_min_gets_no_signature_and_no_share() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the agent refuses an unmask request below n_min silently: no Refusal in its privacy log and no DeclineTask (agent/src/runtime.rs run_secure_step says why only for a ParamsMismatch)"]
 async fn an_unmask_request_below_n_min_is_declined_with_the_reason() {
     let s = setup_agents(4, 4, POLICY).await;
     let p = ask_below_n_min(&s).await.params;
@@ -640,7 +639,7 @@ async fn an_unmask_request_below_n_min_is_declined_with_the_reason() {
             Seen::Declined { reason, .. } => reason,
             _ => unreachable!(),
         };
-        assert!(reason.contains(&format!("n_min {}", p.n_min)), "{reason}");
+        assert!(reason.contains(&format!("n_min = {}", p.n_min)), "{reason}");
     }
     for agent in &s.agents {
         let text = std::fs::read_to_string(agent.state_dir.join(LOG_FILE)).unwrap();
