@@ -11,7 +11,9 @@ use serde::Serialize;
 #[derive(Debug, Serialize)]
 pub struct EgressRecord<'a> {
     pub unix_ms: i64,
-    /// `update` or `metrics`.
+    /// `update` (plain), `trained` (held for secure aggregation), `masked-update`,
+    /// `metrics`, or a secure-aggregation message: `secagg-advertisement`,
+    /// `secagg-key-shares`, `secagg-signature`, `secagg-unmask-shares`.
     pub kind: &'a str,
     pub federation: &'a str,
     pub round_id: u64,

@@ -883,6 +883,26 @@ impl Agent {
         };
         match reply {
             Reply::Submit(part) => {
+                use pb::sec_agg_submission::Part;
+                let (kind, encoded) = match &part {
+                    Part::Advertise(b) => ("secagg-advertisement", b.clone()),
+                    Part::ConsistencySignature(b) => ("secagg-signature", b.clone()),
+                    Part::Unmask(b) => ("secagg-unmask-shares", b.clone()),
+                    Part::Shares(s) => ("secagg-key-shares", prost::Message::encode_to_vec(s)),
+                    Part::Trained(t) => ("trained", prost::Message::encode_to_vec(t)),
+                };
+                // Every protocol message that leaves is in the egress log too, with the
+                // digest of its bytes: a facility can tell what it revealed in each round.
+                let sha256 = hex::encode(Sha256::digest(&encoded));
+                self.egress.append(&EgressRecord {
+                    unix_ms: self.clock.unix_ms(),
+                    kind,
+                    federation: &federation,
+                    round_id,
+                    bytes: encoded.len() as u64,
+                    sha256: Some(&sha256),
+                    n_samples: 0,
+                })?;
                 let submission = pb::SecAggSubmission {
                     round_id,
                     part: Some(part),

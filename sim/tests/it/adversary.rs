@@ -612,13 +612,16 @@ async fn an_unmask_request_below_n_min_gets_no_signature_and_no_share() {
         "a sum of two was asked for and {:?} left",
         kinds(&answered)
     );
-    // What left in round 2 is each agent's masked input, nothing after it.
+    // What left in round 2, by each agent's own egress log: the key exchange and the
+    // masked input, nothing after it.
     let mut kinds = s.egress_kinds(2);
     kinds.sort();
     assert_eq!(
         kinds,
         ["masked-update"; 4]
             .into_iter()
+            .chain(["secagg-advertisement"; 4])
+            .chain(["secagg-key-shares"; 4])
             .chain(["trained"; 4])
             .collect::<Vec<_>>()
     );
@@ -736,12 +739,16 @@ async fn split_unmask_requests_across_neighbours_reveal_nothing_under_the_consis
         answered, signatures,
         "shares left for an inconsistent story"
     );
+    // The agents' own egress logs agree: signatures on their survivor sets, no shares.
     let mut kinds = s.egress_kinds(2);
     kinds.sort();
     assert_eq!(
         kinds,
         ["masked-update"; 6]
             .into_iter()
+            .chain(["secagg-advertisement"; 6])
+            .chain(["secagg-key-shares"; 6])
+            .chain(["secagg-signature"; 6])
             .chain(["trained"; 6])
             .collect::<Vec<_>>()
     );
