@@ -3,7 +3,10 @@
 //! format of [`harambee_privacy::log`]; this module appends to it with fsync).
 //!
 //! The coordinator's ledger key is pinned by the first proof (received over mTLS from the
-//! coordinator the agent trusts); a later head signed by another key is refused.
+//! coordinator the agent trusts). A later head signed by another key is accepted only with
+//! the ledger's proof of the rotation (`LedgerKeyRotated` entries chaining from the pinned
+//! key, each signed by the key before it and included in the new head, which must extend
+//! the last head seen); the rotation is then recorded in the log and the new key pinned.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -32,7 +35,11 @@ impl PrivacyLog {
     pub fn open(path: &Path) -> anyhow::Result<PrivacyLog> {
         let lines = match std::fs::read_to_string(path) {
             Ok(text) => {
-                log::parse_log(&text).with_context(|| format!("privacy log {}", path.display()))?
+                let lines = log::parse_log(&text)
+                    .with_context(|| format!("privacy log {}", path.display()))?;
+                log::check_ledger_keys(&lines)
+                    .with_context(|| format!("privacy log {}", path.display()))?;
+                lines
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -312,8 +319,9 @@ impl Privacy {
 
     /// Checks the coordinator's answer for one contribution: the entry carries exactly the
     /// receipt this facility signed, the inclusion proof leads to the signed head, the head
-    /// is signed by the pinned ledger key and consistent with the last head seen. Logs the
-    /// proof and the head, and returns the countersignature to send back.
+    /// is signed by the pinned ledger key (or by a key the ledger proves the pinned one
+    /// rotated to, see the module docs) and consistent with the last head seen. Logs the
+    /// rotation if any, the proof and the head, and returns the countersignature to send back.
     pub fn accept_proof(
         &mut self,
         now_ms: i64,
@@ -321,7 +329,10 @@ impl Privacy {
         round_id: u64,
         answer: &pb::LedgerProof,
     ) -> anyhow::Result<(SignedTreeHead, harambee_privacy::ledger::Cosignature)> {
-        use harambee_privacy::ledger::{verify_head_consistency, verify_receipt_inclusion};
+        use harambee_privacy::ledger::rotation::follow_proven_rotations;
+        use harambee_privacy::ledger::{
+            key_fingerprint, verify_consistency, verify_receipt_inclusion,
+        };
         let receipt = self
             .log
             .accepted_receipts()
@@ -340,13 +351,6 @@ impl Privacy {
         let offered =
             VerifyingKey::from_bytes(&key_bytes).context("the ledger key is not an Ed25519 key")?;
         let previous = self.log.last_head();
-        let ledger_key = match &previous {
-            Some((_, pinned)) if *pinned != offered => bail!(
-                "the coordinator signs with another ledger key than the one pinned in the privacy log"
-            ),
-            Some((_, pinned)) => *pinned,
-            None => offered,
-        };
         let digests = |hashes: &[Vec<u8>]| -> anyhow::Result<Vec<Sha256Digest>> {
             hashes
                 .iter()
@@ -359,13 +363,53 @@ impl Privacy {
                 })
                 .collect()
         };
+        // A head under another key than the pinned one is followed only through rotations
+        // the pinned key signed, each included in the new head.
+        let rotation = match &previous {
+            Some((seen, pinned)) if *pinned != offered => {
+                let proofs = answer
+                    .key_rotations
+                    .iter()
+                    .map(|r| Ok((r.entry.as_str(), digests(&r.inclusion_proof)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let rotations =
+                    follow_proven_rotations(pinned, &offered, seen.head.tree_size, &proofs, &head)?;
+                Some(Record::KeyRotation {
+                    old_key: hex::encode(pinned.to_bytes()),
+                    new_key: hex::encode(offered.to_bytes()),
+                    rotations,
+                    inclusion_proofs: proofs.into_iter().map(|(_, p)| p).collect(),
+                    signed_tree_head: head,
+                })
+            }
+            _ => None,
+        };
+        let ledger_key = offered;
         let inclusion = digests(&answer.inclusion_proof)?;
         verify_receipt_inclusion(&entry, &receipt, &inclusion, &head, &ledger_key)
             .context("the ledger's inclusion proof does not verify")?;
-        if let Some((old, _)) = &previous {
+        if let Some((old, pinned)) = &previous {
             let consistency = digests(&answer.consistency_proof)?;
-            verify_head_consistency(old, &head, &consistency, &ledger_key)
+            old.verify(pinned)
+                .and_then(|()| head.verify(&ledger_key))
+                .and_then(|()| {
+                    verify_consistency(
+                        old.head.tree_size,
+                        head.head.tree_size,
+                        &old.head.root_hash,
+                        &head.head.root_hash,
+                        &consistency,
+                    )
+                })
                 .context("the new tree head is not consistent with the last one this facility saw (a forked or rewritten ledger)")?;
+        }
+        if let Some(record) = rotation {
+            tracing::warn!(
+                from = %key_fingerprint(&previous.as_ref().map_or(offered, |(_, k)| *k)),
+                to = %key_fingerprint(&offered),
+                "following a ledger key rotation proven by the ledger"
+            );
+            self.log.append(now_ms, record)?;
         }
         let cosignature = head.head.cosign(&self.facility, &self.key);
         let now = now_ms;
