@@ -640,4 +640,221 @@ mod tests {
         let err = format!("{:#}", PrivacyLog::open(&path).err().unwrap());
         assert!(err.contains("line 1"), "{err}");
     }
+
+    /// A coordinator's ledger, signing with `key`, answering proofs as the service does.
+    struct FakeLedger {
+        ledger: harambee_privacy::ledger::Ledger,
+        key: SigningKey,
+    }
+
+    impl FakeLedger {
+        /// Records the contribution of `receipt`.
+        fn contribute(&mut self, receipt: &SignedReceipt) -> u64 {
+            use harambee_privacy::ledger::{Contribution, LedgerEvent};
+            let r = &receipt.receipt;
+            let event = LedgerEvent::Contribution(Contribution {
+                facility: r.facility.clone(),
+                federation: r.federation.clone(),
+                round_id: r.round_id,
+                n_params: 1,
+                bytes: r.bytes,
+                upload_sha256: r.update_sha256,
+                clipping_norm: r.clipping_norm,
+                noise_multiplier: r.noise_multiplier,
+                epsilon_spent: r.epsilon_spent,
+                receipt: receipt.clone(),
+            });
+            self.ledger.append(1, event).unwrap().index
+        }
+
+        fn rotation_proof(&self, index: u64) -> pb::LedgerKeyRotationProof {
+            let size = self.ledger.size();
+            pb::LedgerKeyRotationProof {
+                entry: self.ledger.lines()[index as usize].to_json().unwrap(),
+                inclusion_proof: bytes(self.ledger.inclusion_proof(index, size).unwrap()),
+            }
+        }
+
+        /// The answer for the contribution at `index`, to an agent that saw `known` entries.
+        fn proof(
+            &self,
+            index: u64,
+            known: u64,
+            rotations: Vec<pb::LedgerKeyRotationProof>,
+        ) -> pb::LedgerProof {
+            let size = self.ledger.size();
+            let head = self.ledger.sign_head(2, &self.key);
+            pb::LedgerProof {
+                entry: self.ledger.lines()[index as usize].to_json().unwrap(),
+                index,
+                inclusion_proof: bytes(self.ledger.inclusion_proof(index, size).unwrap()),
+                signed_tree_head: serde_json::to_string(&head).unwrap(),
+                consistency_proof: if known == 0 {
+                    Vec::new()
+                } else {
+                    bytes(self.ledger.consistency_proof(known, size).unwrap())
+                },
+                ledger_key: self.key.verifying_key().to_bytes().to_vec(),
+                key_rotations: rotations,
+            }
+        }
+    }
+
+    fn bytes(hashes: Vec<Sha256Digest>) -> Vec<Vec<u8>> {
+        hashes.into_iter().map(|h| h.0.to_vec()).collect()
+    }
+
+    /// Signs and has the coordinator accept the update of `round_id`.
+    fn contribute(p: &mut Privacy, ledger: &mut FakeLedger, round_id: u64) -> u64 {
+        let receipt = p
+            .sign_egress(2_000, &terms(None), round_id, &round_id.to_le_bytes())
+            .unwrap();
+        p.log
+            .append(
+                2_000,
+                Record::Accepted {
+                    federation: "sepsis".into(),
+                    round_id,
+                },
+            )
+            .unwrap();
+        ledger.contribute(&receipt)
+    }
+
+    fn refusal_of(p: &mut Privacy, round_id: u64, answer: &pb::LedgerProof) -> String {
+        let err = p
+            .accept_proof(3_000, "sepsis", round_id, answer)
+            .unwrap_err();
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn ledger_key_rotation_is_followed_only_when_the_pinned_key_signed_it_in_the_tree() {
+        use harambee_privacy::ledger::{key_fingerprint, rotation_event};
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = open(dir.path(), None);
+        let (old, new, intruder) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        let mut ledger = FakeLedger {
+            ledger: harambee_privacy::ledger::Ledger::new(),
+            key: old.clone(),
+        };
+        let first = contribute(&mut p, &mut ledger, 1);
+        p.accept_proof(3_000, "sepsis", 1, &ledger.proof(first, 0, Vec::new()))
+            .unwrap();
+        let seen = ledger.ledger.size();
+        assert_eq!(p.log.last_head().unwrap().1, old.verifying_key());
+
+        // The coordinator switches keys without any rotation in the ledger.
+        let second = contribute(&mut p, &mut ledger, 2);
+        let mut switched = FakeLedger {
+            ledger: ledger.ledger.clone(),
+            key: new.clone(),
+        };
+        let err = refusal_of(&mut p, 2, &switched.proof(second, seen, Vec::new()));
+        assert!(err.contains("proves no rotation"), "{err}");
+        assert!(
+            err.contains(&key_fingerprint(&old.verifying_key())),
+            "{err}"
+        );
+
+        // A rotation to the new key signed by a key other than the pinned one: forged.
+        let forged = switched
+            .ledger
+            .append(1, rotation_event(&intruder, &new.verifying_key()))
+            .unwrap()
+            .index;
+        let answer = switched.proof(second, seen, vec![switched.rotation_proof(forged)]);
+        let err = refusal_of(&mut p, 2, &answer);
+        assert!(err.contains("forged ledger key rotation"), "{err}");
+        assert!(err.contains("not from the key in force"), "{err}");
+
+        // Claiming the pinned key as its old key, signed by another: forged.
+        let claimed = harambee_privacy::ledger::LedgerEvent::LedgerKeyRotated {
+            old_key: old.verifying_key(),
+            new_key: new.verifying_key(),
+            signature: ed25519_dalek::Signer::sign(
+                &intruder,
+                &harambee_privacy::ledger::rotation::rotation_bytes(
+                    &old.verifying_key(),
+                    &new.verifying_key(),
+                ),
+            ),
+        };
+        let mut claiming = FakeLedger {
+            ledger: ledger.ledger.clone(),
+            key: new.clone(),
+        };
+        let at = claiming.ledger.append(1, claimed).unwrap().index;
+        let answer = claiming.proof(second, seen, vec![claiming.rotation_proof(at)]);
+        let err = refusal_of(&mut p, 2, &answer);
+        assert!(err.contains("not signed by the old key"), "{err}");
+
+        // A rightly signed rotation that is not in the tree of the head it comes with.
+        let mut elsewhere = ledger.ledger.clone();
+        let at = elsewhere
+            .append(1, rotation_event(&old, &new.verifying_key()))
+            .unwrap()
+            .index;
+        let outside = FakeLedger {
+            ledger: elsewhere,
+            key: new.clone(),
+        }
+        .rotation_proof(at);
+        let answer = switched.proof(second, seen, vec![outside]);
+        let err = refusal_of(&mut p, 2, &answer);
+        assert!(err.contains("is not in the signed tree head"), "{err}");
+        assert_eq!(
+            p.log.last_head().unwrap().1,
+            old.verifying_key(),
+            "nothing refused changes the pin"
+        );
+
+        // The rotation the pinned key signed, in the tree: followed, recorded, pinned.
+        let mut rotated = FakeLedger {
+            ledger: ledger.ledger.clone(),
+            key: old.clone(),
+        };
+        let at = rotated
+            .ledger
+            .append(1, rotation_event(&old, &new.verifying_key()))
+            .unwrap()
+            .index;
+        rotated.key = new.clone();
+        let answer = rotated.proof(second, seen, vec![rotated.rotation_proof(at)]);
+        p.accept_proof(3_000, "sepsis", 2, &answer).unwrap();
+        assert!(matches!(
+            p.log.lines()[p.log.lines().len() - 3].record,
+            Record::KeyRotation { .. }
+        ));
+        let path = dir.path().join(log::LOG_FILE);
+        let reopened = PrivacyLog::open(&path).unwrap();
+        assert_eq!(reopened.last_head().unwrap().1, new.verifying_key());
+
+        // A log whose head changes key without the rotation record is refused at open.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = log::parse_log(&text).unwrap();
+        let removed = lines
+            .iter()
+            .position(|l| matches!(l.record, Record::KeyRotation { .. }))
+            .unwrap();
+        lines.remove(removed);
+        let mut rewritten: Vec<LogLine> = Vec::new();
+        for line in lines {
+            rewritten.push(LogLine::next(rewritten.last(), line.unix_ms, line.record));
+        }
+        let text: String = rewritten
+            .iter()
+            .map(|l| serde_json::to_string(l).unwrap() + "\n")
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", PrivacyLog::open(&path).err().unwrap());
+        assert!(
+            err.contains("no recorded rotation hands the pinned key"),
+            "{err}"
+        );
+    }
 }
