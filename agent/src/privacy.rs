@@ -405,7 +405,6 @@ impl Privacy {
         }
         if let Some(record) = rotation {
             tracing::warn!(
-                from = %key_fingerprint(&previous.as_ref().map_or(offered, |(_, k)| *k)),
                 to = %key_fingerprint(&offered),
                 "following a ledger key rotation proven by the ledger"
             );

@@ -365,4 +365,66 @@ mod tests {
             "{report}"
         );
     }
+
+    #[test]
+    fn a_proven_chain_of_two_rotations_is_followed_to_the_key_of_the_head() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut ledger = Ledger::new();
+        admin(&mut ledger, 0);
+        let seen = ledger.size();
+        ledger
+            .append(1, rotation_event(&a, &b.verifying_key()))
+            .unwrap();
+        admin(&mut ledger, 2);
+        ledger
+            .append(3, rotation_event(&b, &c.verifying_key()))
+            .unwrap();
+        let head = ledger.sign_head(4, &c);
+        let proofs: Vec<(String, Vec<crate::ledger::Sha256Digest>)> = [1, 3]
+            .iter()
+            .map(|&i| {
+                (
+                    ledger.lines()[i as usize].to_json().unwrap(),
+                    ledger.inclusion_proof(i, ledger.size()).unwrap(),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, Vec<crate::ledger::Sha256Digest>)> = proofs
+            .iter()
+            .map(|(t, p)| (t.as_str(), p.clone()))
+            .collect();
+        let lines =
+            follow_proven_rotations(&a.verifying_key(), &c.verifying_key(), seen, &refs, &head)
+                .unwrap();
+        assert_eq!(lines.len(), 2);
+        // Half the chain does not reach the head's key.
+        let err = follow_proven_rotations(
+            &a.verifying_key(),
+            &c.verifying_key(),
+            seen,
+            &refs[..1],
+            &head,
+        )
+        .unwrap_err();
+        assert!(matches!(err, RotationProofError::WrongEnd { .. }), "{err}");
+        // The same rotation twice (not in ledger order).
+        let swapped = [refs[0].clone(), refs[0].clone()];
+        let err = follow_proven_rotations(
+            &a.verifying_key(),
+            &c.verifying_key(),
+            seen,
+            &swapped,
+            &head,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, RotationProofError::OutOfOrder { .. }),
+            "{err}"
+        );
+        // Starting from b skips the rotation b already covers.
+        let err =
+            follow_proven_rotations(&b.verifying_key(), &c.verifying_key(), seen, &refs, &head)
+                .unwrap_err();
+        assert!(err.to_string().contains("forged"), "{err}");
+    }
 }
