@@ -3,7 +3,10 @@
 //! format of [`harambee_privacy::log`]; this module appends to it with fsync).
 //!
 //! The coordinator's ledger key is pinned by the first proof (received over mTLS from the
-//! coordinator the agent trusts); a later head signed by another key is refused.
+//! coordinator the agent trusts). A later head signed by another key is accepted only with
+//! the ledger's proof of the rotation (`LedgerKeyRotated` entries chaining from the pinned
+//! key, each signed by the key before it and included in the new head, which must extend
+//! the last head seen); the rotation is then recorded in the log and the new key pinned.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -32,7 +35,11 @@ impl PrivacyLog {
     pub fn open(path: &Path) -> anyhow::Result<PrivacyLog> {
         let lines = match std::fs::read_to_string(path) {
             Ok(text) => {
-                log::parse_log(&text).with_context(|| format!("privacy log {}", path.display()))?
+                let lines = log::parse_log(&text)
+                    .with_context(|| format!("privacy log {}", path.display()))?;
+                log::check_ledger_keys(&lines)
+                    .with_context(|| format!("privacy log {}", path.display()))?;
+                lines
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -312,8 +319,9 @@ impl Privacy {
 
     /// Checks the coordinator's answer for one contribution: the entry carries exactly the
     /// receipt this facility signed, the inclusion proof leads to the signed head, the head
-    /// is signed by the pinned ledger key and consistent with the last head seen. Logs the
-    /// proof and the head, and returns the countersignature to send back.
+    /// is signed by the pinned ledger key (or by a key the ledger proves the pinned one
+    /// rotated to, see the module docs) and consistent with the last head seen. Logs the
+    /// rotation if any, the proof and the head, and returns the countersignature to send back.
     pub fn accept_proof(
         &mut self,
         now_ms: i64,
@@ -321,7 +329,10 @@ impl Privacy {
         round_id: u64,
         answer: &pb::LedgerProof,
     ) -> anyhow::Result<(SignedTreeHead, harambee_privacy::ledger::Cosignature)> {
-        use harambee_privacy::ledger::{verify_head_consistency, verify_receipt_inclusion};
+        use harambee_privacy::ledger::rotation::follow_proven_rotations;
+        use harambee_privacy::ledger::{
+            key_fingerprint, verify_consistency, verify_receipt_inclusion,
+        };
         let receipt = self
             .log
             .accepted_receipts()
@@ -340,13 +351,6 @@ impl Privacy {
         let offered =
             VerifyingKey::from_bytes(&key_bytes).context("the ledger key is not an Ed25519 key")?;
         let previous = self.log.last_head();
-        let ledger_key = match &previous {
-            Some((_, pinned)) if *pinned != offered => bail!(
-                "the coordinator signs with another ledger key than the one pinned in the privacy log"
-            ),
-            Some((_, pinned)) => *pinned,
-            None => offered,
-        };
         let digests = |hashes: &[Vec<u8>]| -> anyhow::Result<Vec<Sha256Digest>> {
             hashes
                 .iter()
@@ -359,13 +363,52 @@ impl Privacy {
                 })
                 .collect()
         };
+        // A head under another key than the pinned one is followed only through rotations
+        // the pinned key signed, each included in the new head.
+        let rotation = match &previous {
+            Some((seen, pinned)) if *pinned != offered => {
+                let proofs = answer
+                    .key_rotations
+                    .iter()
+                    .map(|r| Ok((r.entry.as_str(), digests(&r.inclusion_proof)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let rotations =
+                    follow_proven_rotations(pinned, &offered, seen.head.tree_size, &proofs, &head)?;
+                Some(Record::KeyRotation {
+                    old_key: hex::encode(pinned.to_bytes()),
+                    new_key: hex::encode(offered.to_bytes()),
+                    rotations,
+                    inclusion_proofs: proofs.into_iter().map(|(_, p)| p).collect(),
+                    signed_tree_head: head,
+                })
+            }
+            _ => None,
+        };
+        let ledger_key = offered;
         let inclusion = digests(&answer.inclusion_proof)?;
         verify_receipt_inclusion(&entry, &receipt, &inclusion, &head, &ledger_key)
             .context("the ledger's inclusion proof does not verify")?;
-        if let Some((old, _)) = &previous {
+        if let Some((old, pinned)) = &previous {
             let consistency = digests(&answer.consistency_proof)?;
-            verify_head_consistency(old, &head, &consistency, &ledger_key)
+            old.verify(pinned)
+                .and_then(|()| head.verify(&ledger_key))
+                .and_then(|()| {
+                    verify_consistency(
+                        old.head.tree_size,
+                        head.head.tree_size,
+                        &old.head.root_hash,
+                        &head.head.root_hash,
+                        &consistency,
+                    )
+                })
                 .context("the new tree head is not consistent with the last one this facility saw (a forked or rewritten ledger)")?;
+        }
+        if let Some(record) = rotation {
+            tracing::warn!(
+                to = %key_fingerprint(&offered),
+                "following a ledger key rotation proven by the ledger"
+            );
+            self.log.append(now_ms, record)?;
         }
         let cosignature = head.head.cosign(&self.facility, &self.key);
         let now = now_ms;
@@ -595,5 +638,222 @@ mod tests {
         std::fs::write(&path, format!("{}\n{}\n{}\n", lines[1], lines[0], lines[2])).unwrap();
         let err = format!("{:#}", PrivacyLog::open(&path).err().unwrap());
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    /// A coordinator's ledger, signing with `key`, answering proofs as the service does.
+    struct FakeLedger {
+        ledger: harambee_privacy::ledger::Ledger,
+        key: SigningKey,
+    }
+
+    impl FakeLedger {
+        /// Records the contribution of `receipt`.
+        fn contribute(&mut self, receipt: &SignedReceipt) -> u64 {
+            use harambee_privacy::ledger::{Contribution, LedgerEvent};
+            let r = &receipt.receipt;
+            let event = LedgerEvent::Contribution(Contribution {
+                facility: r.facility.clone(),
+                federation: r.federation.clone(),
+                round_id: r.round_id,
+                n_params: 1,
+                bytes: r.bytes,
+                upload_sha256: r.update_sha256,
+                clipping_norm: r.clipping_norm,
+                noise_multiplier: r.noise_multiplier,
+                epsilon_spent: r.epsilon_spent,
+                receipt: receipt.clone(),
+            });
+            self.ledger.append(1, event).unwrap().index
+        }
+
+        fn rotation_proof(&self, index: u64) -> pb::LedgerKeyRotationProof {
+            let size = self.ledger.size();
+            pb::LedgerKeyRotationProof {
+                entry: self.ledger.lines()[index as usize].to_json().unwrap(),
+                inclusion_proof: bytes(self.ledger.inclusion_proof(index, size).unwrap()),
+            }
+        }
+
+        /// The answer for the contribution at `index`, to an agent that saw `known` entries.
+        fn proof(
+            &self,
+            index: u64,
+            known: u64,
+            rotations: Vec<pb::LedgerKeyRotationProof>,
+        ) -> pb::LedgerProof {
+            let size = self.ledger.size();
+            let head = self.ledger.sign_head(2, &self.key);
+            pb::LedgerProof {
+                entry: self.ledger.lines()[index as usize].to_json().unwrap(),
+                index,
+                inclusion_proof: bytes(self.ledger.inclusion_proof(index, size).unwrap()),
+                signed_tree_head: serde_json::to_string(&head).unwrap(),
+                consistency_proof: if known == 0 {
+                    Vec::new()
+                } else {
+                    bytes(self.ledger.consistency_proof(known, size).unwrap())
+                },
+                ledger_key: self.key.verifying_key().to_bytes().to_vec(),
+                key_rotations: rotations,
+            }
+        }
+    }
+
+    fn bytes(hashes: Vec<Sha256Digest>) -> Vec<Vec<u8>> {
+        hashes.into_iter().map(|h| h.0.to_vec()).collect()
+    }
+
+    /// Signs and has the coordinator accept the update of `round_id`.
+    fn contribute(p: &mut Privacy, ledger: &mut FakeLedger, round_id: u64) -> u64 {
+        let receipt = p
+            .sign_egress(2_000, &terms(None), round_id, &round_id.to_le_bytes())
+            .unwrap();
+        p.log
+            .append(
+                2_000,
+                Record::Accepted {
+                    federation: "sepsis".into(),
+                    round_id,
+                },
+            )
+            .unwrap();
+        ledger.contribute(&receipt)
+    }
+
+    fn refusal_of(p: &mut Privacy, round_id: u64, answer: &pb::LedgerProof) -> String {
+        let err = p
+            .accept_proof(3_000, "sepsis", round_id, answer)
+            .unwrap_err();
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn ledger_key_rotation_is_followed_only_when_the_pinned_key_signed_it_in_the_tree() {
+        use harambee_privacy::ledger::{key_fingerprint, rotation_event};
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = open(dir.path(), None);
+        let (old, new, intruder) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        let mut ledger = FakeLedger {
+            ledger: harambee_privacy::ledger::Ledger::new(),
+            key: old.clone(),
+        };
+        let first = contribute(&mut p, &mut ledger, 1);
+        p.accept_proof(3_000, "sepsis", 1, &ledger.proof(first, 0, Vec::new()))
+            .unwrap();
+        let seen = ledger.ledger.size();
+        assert_eq!(p.log.last_head().unwrap().1, old.verifying_key());
+
+        // The coordinator switches keys without any rotation in the ledger.
+        let second = contribute(&mut p, &mut ledger, 2);
+        let mut switched = FakeLedger {
+            ledger: ledger.ledger.clone(),
+            key: new.clone(),
+        };
+        let err = refusal_of(&mut p, 2, &switched.proof(second, seen, Vec::new()));
+        assert!(err.contains("proves no rotation"), "{err}");
+        assert!(
+            err.contains(&key_fingerprint(&old.verifying_key())),
+            "{err}"
+        );
+
+        // A rotation to the new key signed by a key other than the pinned one: forged.
+        let forged = switched
+            .ledger
+            .append(1, rotation_event(&intruder, &new.verifying_key()))
+            .unwrap()
+            .index;
+        let answer = switched.proof(second, seen, vec![switched.rotation_proof(forged)]);
+        let err = refusal_of(&mut p, 2, &answer);
+        assert!(err.contains("forged ledger key rotation"), "{err}");
+        assert!(err.contains("not from the key in force"), "{err}");
+
+        // Claiming the pinned key as its old key, signed by another: forged.
+        let claimed = harambee_privacy::ledger::LedgerEvent::LedgerKeyRotated {
+            old_key: old.verifying_key(),
+            new_key: new.verifying_key(),
+            signature: ed25519_dalek::Signer::sign(
+                &intruder,
+                &harambee_privacy::ledger::rotation::rotation_bytes(
+                    &old.verifying_key(),
+                    &new.verifying_key(),
+                ),
+            ),
+        };
+        let mut claiming = FakeLedger {
+            ledger: ledger.ledger.clone(),
+            key: new.clone(),
+        };
+        let at = claiming.ledger.append(1, claimed).unwrap().index;
+        let answer = claiming.proof(second, seen, vec![claiming.rotation_proof(at)]);
+        let err = refusal_of(&mut p, 2, &answer);
+        assert!(err.contains("not signed by the old key"), "{err}");
+
+        // A rightly signed rotation that is not in the tree of the head it comes with.
+        let mut elsewhere = ledger.ledger.clone();
+        let at = elsewhere
+            .append(1, rotation_event(&old, &new.verifying_key()))
+            .unwrap()
+            .index;
+        let outside = FakeLedger {
+            ledger: elsewhere,
+            key: new.clone(),
+        }
+        .rotation_proof(at);
+        let answer = switched.proof(second, seen, vec![outside]);
+        let err = refusal_of(&mut p, 2, &answer);
+        assert!(err.contains("is not in the signed tree head"), "{err}");
+        assert_eq!(
+            p.log.last_head().unwrap().1,
+            old.verifying_key(),
+            "nothing refused changes the pin"
+        );
+
+        // The rotation the pinned key signed, in the tree: followed, recorded, pinned.
+        let mut rotated = FakeLedger {
+            ledger: ledger.ledger.clone(),
+            key: old.clone(),
+        };
+        let at = rotated
+            .ledger
+            .append(1, rotation_event(&old, &new.verifying_key()))
+            .unwrap()
+            .index;
+        rotated.key = new.clone();
+        let answer = rotated.proof(second, seen, vec![rotated.rotation_proof(at)]);
+        p.accept_proof(3_000, "sepsis", 2, &answer).unwrap();
+        assert!(matches!(
+            p.log.lines()[p.log.lines().len() - 3].record,
+            Record::KeyRotation { .. }
+        ));
+        let path = dir.path().join(log::LOG_FILE);
+        let reopened = PrivacyLog::open(&path).unwrap();
+        assert_eq!(reopened.last_head().unwrap().1, new.verifying_key());
+
+        // A log whose head changes key without the rotation record is refused at open.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = log::parse_log(&text).unwrap();
+        let removed = lines
+            .iter()
+            .position(|l| matches!(l.record, Record::KeyRotation { .. }))
+            .unwrap();
+        lines.remove(removed);
+        let mut rewritten: Vec<LogLine> = Vec::new();
+        for line in lines {
+            rewritten.push(LogLine::next(rewritten.last(), line.unix_ms, line.record));
+        }
+        let text: String = rewritten
+            .iter()
+            .map(|l| serde_json::to_string(l).unwrap() + "\n")
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        let err = format!("{:#}", PrivacyLog::open(&path).err().unwrap());
+        assert!(
+            err.contains("no recorded rotation hands the pinned key"),
+            "{err}"
+        );
     }
 }

@@ -13,8 +13,14 @@
 //!   countersignature of it;
 //! - `refusal`: a task the facility declined, and why;
 //! - `identity`: the facility's own public key, when the log starts or the key changes;
-//! - `alarm`: an answer of the coordinator about a contribution that did not verify.
+//! - `alarm`: an answer of the coordinator about a contribution that did not verify;
+//! - `key_rotation`: the coordinator's ledger key changed: the `LedgerKeyRotated` entries
+//!   from the pinned key to the new one, each with its inclusion proof in the first head
+//!   signed by the new key (written before that head's `head` record).
 //!
+//! The pinned ledger key is the one of the last `head` ([`last_head`]); a `head` under
+//! another key than the one before it must follow a `key_rotation` to that key
+//! ([`check_ledger_keys`]). Logs written before rotations were followed hold one key only.
 //!
 //! This module is the format: records, lines, the chain and the queries an auditor or the
 //! agent makes of a log. Writing the file (append, fsync) is the agent's.
@@ -71,6 +77,16 @@ pub enum Record {
         federation: String,
         round_id: u64,
         problem: String,
+    },
+    /// The ledger key changed from `old_key` to `new_key` (hex): the rotation entries that
+    /// chain them, each with its audit path in `signed_tree_head`, the first head seen under
+    /// the new key.
+    KeyRotation {
+        old_key: String,
+        new_key: String,
+        rotations: Vec<LedgerLine>,
+        inclusion_proofs: Vec<Vec<Sha256Digest>>,
+        signed_tree_head: SignedTreeHead,
     },
 }
 
@@ -212,4 +228,96 @@ pub fn last_head(lines: &[LogLine]) -> Option<(SignedTreeHead, VerifyingKey)> {
         }
         _ => None,
     })
+}
+
+fn parse_key(hex_key: &str) -> Option<VerifyingKey> {
+    let bytes: [u8; 32] = hex::decode(hex_key).ok()?.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// Checks the ledger keys of a log's heads: every `head` is under the key of the head before
+/// it, or under the key a `key_rotation` after that head hands over to; every `key_rotation`
+/// starts from the key then pinned and proves its chain (see
+/// [`crate::ledger::rotation::follow_proven_rotations`]). The error names the line (1-based).
+pub fn check_ledger_keys(lines: &[LogLine]) -> Result<(), LogError> {
+    let bad = |i: usize, problem: String| LogError {
+        line: i + 1,
+        problem,
+    };
+    let mut pinned: Option<(SignedTreeHead, VerifyingKey)> = None;
+    let mut handed_to: Option<VerifyingKey> = None;
+    for (i, line) in lines.iter().enumerate() {
+        match &line.record {
+            Record::Head {
+                signed_tree_head,
+                ledger_key,
+                ..
+            } => {
+                let key = parse_key(ledger_key)
+                    .ok_or_else(|| bad(i, "the head's ledger key is not an Ed25519 key".into()))?;
+                if let Some((_, old)) = &pinned
+                    && *old != key
+                    && handed_to != Some(key)
+                {
+                    return Err(bad(
+                        i,
+                        format!(
+                            "a tree head under ledger key {}, but no recorded rotation hands the pinned key {} over to it",
+                            crate::ledger::key_fingerprint(&key),
+                            crate::ledger::key_fingerprint(old)
+                        ),
+                    ));
+                }
+                pinned = Some((*signed_tree_head, key));
+                handed_to = None;
+            }
+            Record::KeyRotation {
+                old_key,
+                new_key,
+                rotations,
+                inclusion_proofs,
+                signed_tree_head,
+            } => {
+                let (Some(old), Some(new)) = (parse_key(old_key), parse_key(new_key)) else {
+                    return Err(bad(i, "a rotation's key is not an Ed25519 key".into()));
+                };
+                let Some((seen, pinned_key)) = &pinned else {
+                    return Err(bad(i, "a key rotation before any head".into()));
+                };
+                if old != *pinned_key {
+                    return Err(bad(
+                        i,
+                        "a key rotation from another key than the pinned one".into(),
+                    ));
+                }
+                let texts = rotations
+                    .iter()
+                    .map(LedgerLine::to_json)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(i, format!("a rotation entry: {e}")))?;
+                if texts.len() != inclusion_proofs.len() {
+                    return Err(bad(
+                        i,
+                        "a rotation entry without its inclusion proof".into(),
+                    ));
+                }
+                let proven: Vec<(&str, Vec<Sha256Digest>)> = texts
+                    .iter()
+                    .map(String::as_str)
+                    .zip(inclusion_proofs.iter().cloned())
+                    .collect();
+                crate::ledger::rotation::follow_proven_rotations(
+                    &old,
+                    &new,
+                    seen.head.tree_size,
+                    &proven,
+                    signed_tree_head,
+                )
+                .map_err(|e| bad(i, e.to_string()))?;
+                handed_to = Some(new);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ use crate::round::driver::RoundInput;
 use crate::service::caller::require_role;
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
+use crate::store::ledger_view;
 use crate::wire;
 use ed25519_dalek::VerifyingKey;
 use harambee_link::identity::Role;
@@ -426,6 +427,8 @@ impl AgentService for AgentApi {
                 .consistency_proof(req.known_tree_size, size)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?
         };
+        let key_rotations = ledger_view::rotation_proofs(&ledger, req.known_tree_size, size)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Response::new(pb::LedgerProof {
             entry: line
                 .to_json()
@@ -435,6 +438,13 @@ impl AgentService for AgentApi {
             signed_tree_head: super::audit::head_json(&head),
             consistency_proof: super::audit::hashes(consistency),
             ledger_key: self.coord.ledger.verifying_key().to_bytes().to_vec(),
+            key_rotations: key_rotations
+                .into_iter()
+                .map(|(entry, proof)| pb::LedgerKeyRotationProof {
+                    entry,
+                    inclusion_proof: super::audit::hashes(proof),
+                })
+                .collect(),
         }))
     }
 

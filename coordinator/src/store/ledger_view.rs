@@ -11,7 +11,9 @@ use std::path::Path;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use harambee_privacy::ledger::{Ledger, SignedTreeHead, key_fingerprint};
+use harambee_privacy::ledger::{
+    Ledger, LedgerEvent, Sha256Digest, SignedTreeHead, key_fingerprint,
+};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::store::{Store, StoreError};
@@ -64,6 +66,24 @@ impl LedgerView {
     pub fn sign(&self, ledger: &Ledger, now_ms: i64) -> SignedTreeHead {
         ledger.sign_head(now_ms.max(0) as u64, &self.key)
     }
+}
+
+/// The ledger key rotations an agent that last saw a head of `known_tree_size` entries has
+/// not seen (every `LedgerKeyRotated` entry at that index or later), each as its export line
+/// with its inclusion proof in the tree of `tree_size` entries, in ledger order.
+pub fn rotation_proofs(
+    ledger: &Ledger,
+    known_tree_size: u64,
+    tree_size: u64,
+) -> Result<Vec<(String, Vec<Sha256Digest>)>, harambee_privacy::ledger::LedgerError> {
+    ledger
+        .lines()
+        .iter()
+        .skip(usize::try_from(known_tree_size).unwrap_or(usize::MAX))
+        .take_while(|l| l.index < tree_size)
+        .filter(|l| matches!(l.event, LedgerEvent::LedgerKeyRotated { .. }))
+        .map(|l| Ok((l.to_json()?, ledger.inclusion_proof(l.index, tree_size)?)))
+        .collect()
 }
 
 /// Opens the coordinator's Ed25519 ledger key (PKCS#8 PEM at `path`) against the key the

@@ -57,6 +57,118 @@ pub fn verify_rotation(
         .map_err(|_| LedgerError::BadSignature("ledger key rotation"))
 }
 
+/// Why a facility does not follow the rotations a coordinator offers with a head signed by
+/// another key than the one it pinned (see [`follow_proven_rotations`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RotationProofError {
+    #[error(
+        "the coordinator signs with another ledger key ({offered}) than the one pinned in the privacy log ({pinned}) and proves no rotation to it"
+    )]
+    NoRotation { pinned: String, offered: String },
+    #[error("ledger key rotation {n}: {source}")]
+    Malformed { n: usize, source: LedgerError },
+    #[error("ledger entry {index} is not a ledger key rotation")]
+    NotARotation { index: u64 },
+    #[error(
+        "the ledger key rotation at index {index} is not after the last head this facility saw ({seen_size} entries) or not in ledger order"
+    )]
+    OutOfOrder { index: u64, seen_size: u64 },
+    #[error("the ledger key rotation at index {index} is not in the signed tree head: {source}")]
+    NotIncluded { index: u64, source: LedgerError },
+    #[error(
+        "forged ledger key rotation at index {index}: it hands over from key {from}, not from the key in force {current}"
+    )]
+    NotFromCurrentKey {
+        index: u64,
+        from: String,
+        current: String,
+    },
+    #[error(
+        "forged ledger key rotation at index {index}: the new key is not signed by the old key {from}"
+    )]
+    BadSignature { index: u64, from: String },
+    #[error(
+        "the ledger key rotations lead to key {reached}, but the tree head is signed with {offered}"
+    )]
+    WrongEnd { reached: String, offered: String },
+    #[error("the tree head does not verify with the rotated-to key: {0}")]
+    BadHead(LedgerError),
+}
+
+/// What a facility checks before it follows a ledger key rotation: `rotations` (export
+/// lines and their audit paths, in ledger order) are `LedgerKeyRotated` entries at index
+/// `seen_size` or later, each included in `head`'s tree; they chain from `pinned`, each signed
+/// by the key before it, to `offered`; and `head` is signed with `offered`. Returns the
+/// parsed rotation lines. The consistency of `head` with the last head seen is the caller's.
+pub fn follow_proven_rotations(
+    pinned: &VerifyingKey,
+    offered: &VerifyingKey,
+    seen_size: u64,
+    rotations: &[(&str, Vec<crate::ledger::Sha256Digest>)],
+    head: &crate::ledger::SignedTreeHead,
+) -> Result<Vec<LedgerLine>, RotationProofError> {
+    if rotations.is_empty() {
+        return Err(RotationProofError::NoRotation {
+            pinned: key_fingerprint(pinned),
+            offered: key_fingerprint(offered),
+        });
+    }
+    let mut lines = Vec::with_capacity(rotations.len());
+    let mut current = *pinned;
+    let mut next_index = seen_size;
+    for (n, (text, proof)) in rotations.iter().enumerate() {
+        let line = LedgerLine::parse(n + 1, text)
+            .map_err(|source| RotationProofError::Malformed { n: n + 1, source })?;
+        let index = line.index;
+        let LedgerEvent::LedgerKeyRotated {
+            old_key,
+            new_key,
+            signature,
+        } = &line.event
+        else {
+            return Err(RotationProofError::NotARotation { index });
+        };
+        if index < next_index {
+            return Err(RotationProofError::OutOfOrder { index, seen_size });
+        }
+        next_index = index.saturating_add(1);
+        let leaf = line
+            .computed_leaf_hash()
+            .map_err(|source| RotationProofError::NotIncluded { index, source })?;
+        super::verify_inclusion(
+            &leaf,
+            index,
+            head.head.tree_size,
+            proof,
+            &head.head.root_hash,
+        )
+        .map_err(|source| RotationProofError::NotIncluded { index, source })?;
+        if *old_key != current {
+            return Err(RotationProofError::NotFromCurrentKey {
+                index,
+                from: key_fingerprint(old_key),
+                current: key_fingerprint(&current),
+            });
+        }
+        verify_rotation(old_key, new_key, signature).map_err(|_| {
+            RotationProofError::BadSignature {
+                index,
+                from: key_fingerprint(old_key),
+            }
+        })?;
+        current = *new_key;
+        lines.push(line);
+    }
+    if current != *offered {
+        return Err(RotationProofError::WrongEnd {
+            reached: key_fingerprint(&current),
+            offered: key_fingerprint(offered),
+        });
+    }
+    head.verify(offered).map_err(RotationProofError::BadHead)?;
+    Ok(lines)
+}
+
 /// Why a recorded rotation cannot be followed from the pinned key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotationFailure {
@@ -252,5 +364,67 @@ mod tests {
             report.to_string().contains("tree head: bad signature"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn a_proven_chain_of_two_rotations_is_followed_to_the_key_of_the_head() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let mut ledger = Ledger::new();
+        admin(&mut ledger, 0);
+        let seen = ledger.size();
+        ledger
+            .append(1, rotation_event(&a, &b.verifying_key()))
+            .unwrap();
+        admin(&mut ledger, 2);
+        ledger
+            .append(3, rotation_event(&b, &c.verifying_key()))
+            .unwrap();
+        let head = ledger.sign_head(4, &c);
+        let proofs: Vec<(String, Vec<crate::ledger::Sha256Digest>)> = [1, 3]
+            .iter()
+            .map(|&i| {
+                (
+                    ledger.lines()[i as usize].to_json().unwrap(),
+                    ledger.inclusion_proof(i, ledger.size()).unwrap(),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, Vec<crate::ledger::Sha256Digest>)> = proofs
+            .iter()
+            .map(|(t, p)| (t.as_str(), p.clone()))
+            .collect();
+        let lines =
+            follow_proven_rotations(&a.verifying_key(), &c.verifying_key(), seen, &refs, &head)
+                .unwrap();
+        assert_eq!(lines.len(), 2);
+        // Half the chain does not reach the head's key.
+        let err = follow_proven_rotations(
+            &a.verifying_key(),
+            &c.verifying_key(),
+            seen,
+            &refs[..1],
+            &head,
+        )
+        .unwrap_err();
+        assert!(matches!(err, RotationProofError::WrongEnd { .. }), "{err}");
+        // The same rotation twice (not in ledger order).
+        let swapped = [refs[0].clone(), refs[0].clone()];
+        let err = follow_proven_rotations(
+            &a.verifying_key(),
+            &c.verifying_key(),
+            seen,
+            &swapped,
+            &head,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, RotationProofError::OutOfOrder { .. }),
+            "{err}"
+        );
+        // Starting from b skips the rotation b already covers.
+        let err =
+            follow_proven_rotations(&b.verifying_key(), &c.verifying_key(), seen, &refs, &head)
+                .unwrap_err();
+        assert!(err.to_string().contains("forged"), "{err}");
     }
 }

@@ -20,6 +20,7 @@ mod identity_store;
 mod large_model;
 mod ledger_key;
 mod ledger_paging;
+mod ledger_rotation_agent;
 mod peers;
 mod personalization;
 mod privacy_ledger;
