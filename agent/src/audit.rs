@@ -75,7 +75,11 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            match privacy::parse_log(&text) {
+            // The chain of lines, and every change of ledger key proven by a rotation the
+            // old key signed (`check_ledger_keys`).
+            match privacy::parse_log(&text)
+                .and_then(|lines| privacy::check_ledger_keys(&lines).map(|()| lines))
+            {
                 Ok(lines) => Some(lines),
                 Err(e) => {
                     writeln!(
