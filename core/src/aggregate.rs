@@ -51,6 +51,12 @@ impl FedAvg {
         self.total_weight
     }
 
+    /// The weighted sum of the updates, one `f64` per parameter.
+    pub fn sum(&self) -> &[f64] {
+        // A freshly allocated one-dimensional array is contiguous.
+        self.sum.as_slice().unwrap_or(&[])
+    }
+
     /// The sample-weighted mean update, `sum / total_weight`. `None` when no update was added.
     pub fn mean(&self) -> Option<Vec<f32>> {
         if self.n_updates == 0 {

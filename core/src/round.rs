@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use harambee_privacy::mechanism::LatticeNoise;
 use harambee_secagg::ed25519_dalek::VerifyingKey;
 use harambee_secagg::{ServerError, Word};
 use thiserror::Error;
@@ -212,7 +213,7 @@ pub struct Round<M> {
     /// Turns the weighted mean update into the new model (FedAvg, FedAdam, …).
     optimizer: ServerOptimizer,
     /// Central DP: noise to add to the sum of the updates before the mean is taken.
-    central_noise: Option<Vec<f32>>,
+    central_noise: Option<LatticeNoise>,
 }
 
 impl<M: Clone> Round<M> {
@@ -245,11 +246,13 @@ impl<M: Clone> Round<M> {
         })
     }
 
-    /// Central differential privacy: `noise` (one value per parameter, drawn by the driver
-    /// from N(0, σ²), σ = noise multiplier × clipping norm) is added to the sum of the
-    /// updates, plain or unmasked, before it is divided by the total weight. The round stays
-    /// free of randomness; the driver owns the RNG. Fails on a wrong length.
-    pub fn with_central_noise(mut self, noise: Vec<f32>) -> Result<Round<M>, RoundError> {
+    /// Central differential privacy: `noise` (one discrete Gaussian draw per parameter on the
+    /// lattice Gaussian's grid, drawn by the driver with
+    /// `harambee_privacy::mechanism::central_noise`) is added to the sum of the updates, plain
+    /// or unmasked, after the sum is snapped to the grid and before it is divided by the total
+    /// weight. The round stays free of randomness; the driver owns the RNG. Fails on a wrong
+    /// length.
+    pub fn with_central_noise(mut self, noise: LatticeNoise) -> Result<Round<M>, RoundError> {
         if noise.len() != self.config.n_params {
             return Err(RoundError::BaseLength {
                 expected: self.config.n_params,
@@ -260,15 +263,18 @@ impl<M: Clone> Round<M> {
         Ok(self)
     }
 
-    /// The mean update plus the central noise divided by the total weight (when set).
-    fn noised(&self, mut mean: Vec<f32>, total_weight: f64) -> Vec<f32> {
-        if let Some(noise) = &self.central_noise {
-            let inv = 1.0 / total_weight;
-            for (m, z) in mean.iter_mut().zip(noise) {
-                *m = (f64::from(*m) + f64::from(*z) * inv) as f32;
-            }
+    /// The mean update `sum / total_weight`; with central noise, the sum is first released
+    /// by the lattice Gaussian (snapped, noised in integers, then converted).
+    fn noised(&self, sum: &[f64], total_weight: f64) -> Vec<f32> {
+        let inv = 1.0 / total_weight;
+        match &self.central_noise {
+            Some(noise) => noise
+                .release(sum)
+                .into_iter()
+                .map(|s| (s * inv) as f32)
+                .collect(),
+            None => sum.iter().map(|&s| (s * inv) as f32).collect(),
         }
-        mean
     }
 
     /// The server optimizer (with its state from earlier rounds); FedAvg by default.
@@ -695,8 +701,7 @@ impl<M: Clone> Round<M> {
             ));
             return;
         }
-        let mean = self.aggregate.mean().expect("at least min_agents updates");
-        let mean = self.noised(mean, self.aggregate.total_weight());
+        let mean = self.noised(self.aggregate.sum(), self.aggregate.total_weight());
         self.candidate = Some(self.optimizer.step(&self.base, &mean));
         self.awaiting_metrics = contributed.iter().cloned().collect();
         self.enter(Stage::Evaluating, now + self.config.evaluating_timeout);
@@ -813,13 +818,8 @@ impl<M: Clone> Round<M> {
             ));
             return;
         }
-        let inv = 1.0 / aggregate.total_weight as f64;
-        let mean: Vec<f32> = aggregate
-            .sum
-            .iter()
-            .map(|&s| (s as f64 * inv) as f32)
-            .collect();
-        let mean = self.noised(mean, aggregate.total_weight as f64);
+        let sum: Vec<f64> = aggregate.sum.iter().map(|&s| f64::from(s)).collect();
+        let mean = self.noised(&sum, aggregate.total_weight as f64);
         self.candidate = Some(self.optimizer.step(&self.base, &mean));
         self.awaiting_metrics = survivors.iter().cloned().collect();
         self.enter(Stage::Evaluating, now + self.config.evaluating_timeout);

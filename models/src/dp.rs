@@ -24,11 +24,23 @@
 //! value that the accountant does not cover. The normaliser uses the row count `n`, which is
 //! treated as public (the agent reports it, like Opacus's `expected_batch_size`).
 //!
+//! # The noise, against floating-point attacks
+//!
+//! The noise is not a floating-point Gaussian sample added to a floating-point sum, whose set of
+//! possible results depends on the sum's low bits (Mironov 2012). Each step uses the lattice
+//! Gaussian of [`harambee_privacy::mechanism`]: every clipped per-example gradient is snapped
+//! to a grid of spacing `γ` (a power of two with `γ√d ≤ C / 4096`, `d` the trainable
+//! coordinates), the snapped gradients are summed in integers, an exact discrete Gaussian draw
+//! (Canonne, Kamath, Steinke 2020) is added to each coordinate in integers, and only then is the
+//! sum converted to floating point. The snapped sum's L2 sensitivity is at most `C + γ√d/2`;
+//! the noise's standard deviation is `z (C + γ√d)`, so the accountant's `z` stays exact and the
+//! price is at most `2^-12` more noise. The module docs of [`harambee_privacy::mechanism`] give
+//! the argument and what it rests on.
+//!
 //! Not covered by the guarantee: [`TrainReport::mean_loss`] and [`TrainReport::n_samples`] in
-//! the report are computed from the raw data without noise, for local logging only. The
-//! Gaussian draws are textbook floating-point samples (ziggurat over the caller's CSPRNG, added
-//! in `f64`, rounded to `f32`), not hardened against floating-point attacks (Mironov 2012), and
-//! the running time grows with the sampled batch sizes.
+//! the report are computed from the raw data without noise, for local logging only; and the
+//! running time grows with the sampled batch sizes. With `z = 0` there is no noise, no
+//! guarantee and no snapping: the sum stays in `f64`.
 //!
 //! Like [`train()`](crate::train::train), everything here is synchronous and CPU-bound. Given a
 //! seeded RNG, results are deterministic; in production the RNG must be a cryptographically
@@ -38,8 +50,8 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
+use harambee_privacy::mechanism::LatticeGaussian;
 use rand_core::{CryptoRng, Rng};
-use rand_distr::{Distribution, StandardNormal};
 
 use crate::data::Dataset;
 use crate::model::{Classifier, ModelError, ModelSpec, cpu_device};
@@ -155,15 +167,15 @@ pub fn train_dp<R: CryptoRng + ?Sized>(
     let steps = dp_steps(config.epochs, dp.sampling_rate);
     let last_epoch_start = steps.saturating_sub(dp_steps(1, dp.sampling_rate));
     let expected_batch_size = dp.sampling_rate * n_rows as f64;
-    let noise_std = dp.noise_multiplier * dp.clip_norm;
 
-    let mut grad_sum = vec![0.0f64; n_trainable];
+    let mut grad_sum = GradSum::new(dp, n_trainable)?;
+    let mut noisy_sum = vec![0.0f64; n_trainable];
     let mut example_grad = Vec::with_capacity(n_trainable);
     let mut step_grad = vec![0.0f32; n_trainable];
     let mut n_sampled_total = 0u64;
     let (mut last_epoch_loss, mut last_epoch_rows) = (0.0, 0u64);
     for step_idx in 0..steps {
-        grad_sum.fill(0.0);
+        grad_sum.clear();
         for row_idx in 0..n_rows {
             if unit_f64(rng) >= dp.sampling_rate {
                 continue;
@@ -174,20 +186,15 @@ pub fn train_dp<R: CryptoRng + ?Sized>(
                 last_epoch_loss += loss;
                 last_epoch_rows += 1;
             }
-            accumulate_clipped(&mut grad_sum, &example_grad, dp.clip_norm);
+            grad_sum.add_clipped(&example_grad, dp.clip_norm);
         }
-        if noise_std > 0.0 {
-            for value in &mut grad_sum {
-                let draw: f64 = StandardNormal.sample(rng);
-                *value += noise_std * draw;
-            }
-        }
+        grad_sum.release(rng, &mut noisy_sum);
         let current = if config.proximal_mu > 0.0 {
             model.to_params().split_off(n_frozen)
         } else {
             Vec::new()
         };
-        for (coord_idx, (grad, sum)) in step_grad.iter_mut().zip(&grad_sum).enumerate() {
+        for (coord_idx, (grad, sum)) in step_grad.iter_mut().zip(&noisy_sum).enumerate() {
             let mut value = sum / expected_batch_size;
             if config.proximal_mu > 0.0 {
                 value += config.proximal_mu * f64::from(current[coord_idx] - start[coord_idx]);
@@ -275,20 +282,82 @@ fn example_gradient(
     Ok(value)
 }
 
-/// Adds `grad`, scaled down to L2 norm `clip_norm` if it is longer, to `sum`.
-fn accumulate_clipped(sum: &mut [f64], grad: &[f32], clip_norm: f64) {
-    let norm = grad
-        .iter()
-        .map(|&value| f64::from(value).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let scale = if norm > clip_norm {
-        clip_norm / norm
-    } else {
-        1.0
-    };
-    for (total, &value) in sum.iter_mut().zip(grad) {
-        *total += scale * f64::from(value);
+/// One step's sum of clipped per-example gradients, and its noisy release.
+///
+/// With noise (`z > 0`), the lattice Gaussian: each clipped gradient is snapped to the grid and
+/// summed in integers, and [`GradSum::release`] adds discrete Gaussian draws in integers before
+/// converting. Without noise, a plain `f64` sum.
+struct GradSum {
+    lattice: Option<LatticeGaussian>,
+    /// The snapped sum in grid steps (with noise).
+    steps: Vec<i128>,
+    /// The sum (without noise).
+    plain: Vec<f64>,
+}
+
+impl GradSum {
+    fn new(dp: &DpSgdConfig, n_trainable: usize) -> Result<GradSum, ModelError> {
+        if dp.noise_multiplier == 0.0 || n_trainable == 0 {
+            return Ok(GradSum {
+                lattice: None,
+                steps: Vec::new(),
+                plain: vec![0.0; n_trainable],
+            });
+        }
+        let lattice = LatticeGaussian::new(dp.clip_norm, dp.noise_multiplier, n_trainable)
+            .map_err(|e| ModelError::InvalidConfig {
+                reason: format!("dp noise: {e}"),
+            })?;
+        Ok(GradSum {
+            lattice: Some(lattice),
+            steps: vec![0; n_trainable],
+            plain: Vec::new(),
+        })
+    }
+
+    fn clear(&mut self) {
+        self.steps.fill(0);
+        self.plain.fill(0.0);
+    }
+
+    /// Adds `grad`, scaled down to L2 norm `clip_norm` if it is longer (and snapped to the
+    /// grid, with noise).
+    fn add_clipped(&mut self, grad: &[f32], clip_norm: f64) {
+        let norm = grad
+            .iter()
+            .map(|&value| f64::from(value).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let scale = if norm > clip_norm {
+            clip_norm / norm
+        } else {
+            1.0
+        };
+        match &self.lattice {
+            Some(lattice) => {
+                for (total, &value) in self.steps.iter_mut().zip(grad) {
+                    *total += i128::from(lattice.snap(scale * f64::from(value)));
+                }
+            }
+            None => {
+                for (total, &value) in self.plain.iter_mut().zip(grad) {
+                    *total += scale * f64::from(value);
+                }
+            }
+        }
+    }
+
+    /// Writes the noisy sum into `out`: one discrete Gaussian draw per coordinate added in
+    /// grid steps, then converted (with noise); the plain sum (without).
+    fn release<R: CryptoRng + ?Sized>(&self, rng: &mut R, out: &mut [f64]) {
+        match &self.lattice {
+            Some(lattice) => {
+                for (value, &steps) in out.iter_mut().zip(&self.steps) {
+                    *value = lattice.value(steps + i128::from(lattice.sample(rng)));
+                }
+            }
+            None => out.copy_from_slice(&self.plain),
+        }
     }
 }
 
@@ -363,14 +432,69 @@ impl ModuleVisitor for GradImporter<'_> {
 mod tests {
     use super::*;
 
+    use chacha20::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn dp(noise_multiplier: f64) -> DpSgdConfig {
+        DpSgdConfig {
+            clip_norm: 1.0,
+            noise_multiplier,
+            sampling_rate: 1.0,
+        }
+    }
+
     #[test]
     fn clipping_scales_long_gradients_only() {
-        let mut sum = vec![0.0; 2];
-        accumulate_clipped(&mut sum, &[3.0, 4.0], 1.0);
-        assert!((sum[0] - 0.6).abs() < 1e-12 && (sum[1] - 0.8).abs() < 1e-12);
-        accumulate_clipped(&mut sum, &[0.1, -0.1], 1.0);
-        assert!((sum[0] - 0.7).abs() < 1e-6 && (sum[1] - 0.7).abs() < 1e-6);
-        accumulate_clipped(&mut sum, &[0.0, 0.0], 1.0);
-        assert!(sum.iter().all(|value| value.is_finite()));
+        let mut sum = GradSum::new(&dp(0.0), 2).unwrap();
+        let mut out = vec![0.0; 2];
+        let mut rng = ChaCha20Rng::seed_from_u64(0);
+        sum.add_clipped(&[3.0, 4.0], 1.0);
+        sum.release(&mut rng, &mut out);
+        assert!((out[0] - 0.6).abs() < 1e-12 && (out[1] - 0.8).abs() < 1e-12);
+        sum.add_clipped(&[0.1, -0.1], 1.0);
+        sum.release(&mut rng, &mut out);
+        assert!((out[0] - 0.7).abs() < 1e-6 && (out[1] - 0.7).abs() < 1e-6);
+        sum.add_clipped(&[0.0, 0.0], 1.0);
+        sum.release(&mut rng, &mut out);
+        assert!(out.iter().all(|value| value.is_finite()));
+    }
+
+    #[test]
+    fn noisy_sums_are_grid_multiples_that_forget_the_bits_below_the_grid() {
+        let lattice = LatticeGaussian::new(1.0, 1.5, 3).unwrap();
+        let grid = lattice.grid();
+        // Two batches whose gradients differ only below the grid (and not across a rounding
+        // boundary), as two neighbouring inputs' low bits would.
+        let a = [[0.25f32, -0.125, 0.5], [0.0625, 0.0, -0.25]];
+        let below = (grid / 8.0) as f32;
+        let b = a.map(|row| row.map(|value| value + below));
+        let release = |batch: &[[f32; 3]; 2]| {
+            let mut sum = GradSum::new(&dp(1.5), 3).unwrap();
+            for grad in batch {
+                sum.add_clipped(grad, 1.0);
+            }
+            let mut out = vec![0.0; 3];
+            sum.release(&mut ChaCha20Rng::seed_from_u64(11), &mut out);
+            out
+        };
+        let (ra, rb) = (release(&a), release(&b));
+        assert_eq!(ra, rb, "low bits changed the release");
+        for value in ra {
+            assert_eq!(
+                value / grid,
+                (value / grid).round(),
+                "{value} is off the grid"
+            );
+        }
+        // The noise is there: the release is not the (grid-aligned) plain sum.
+        assert_ne!(release(&a), vec![0.3125, -0.125, 0.25]);
+    }
+
+    #[test]
+    fn noise_the_sampler_cannot_reach_is_a_config_error() {
+        assert!(matches!(
+            GradSum::new(&dp(1e12), 3),
+            Err(ModelError::InvalidConfig { .. })
+        ));
     }
 }

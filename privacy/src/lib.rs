@@ -9,7 +9,9 @@
 //! - [`policy`]: the facility's admission policy, one [`policy::admit`] for the agent (the
 //!   authority) and for the coordinator's selection.
 //! - [`log`]: the format of a facility's hash-chained privacy log.
-//! - [`mechanism`]: the central Gaussian mechanism's noise, from an injected RNG.
+//! - [`mechanism`]: the lattice Gaussian mechanism (snap to a power-of-two grid, add exact
+//!   discrete Gaussian draws in integers) behind DP-SGD's and the central mechanism's noise,
+//!   so released floats leak no low bits (Mironov 2012); randomness from an injected RNG.
 //!
 //! What it does not do: no IO of any kind (no files, sockets, clock or async runtime) and no
 //! randomness of its own (an RNG is passed in). Time comes in as `timestamp_ms` arguments; keys come in as `ed25519_dalek`

@@ -120,13 +120,16 @@ pub fn spawn(
     )?
     .with_optimizer(optimizer);
     if spec.privacy.mechanism == Mechanism::Central {
-        // One N(0, σ²) draw per parameter, from a CSPRNG seeded by the operating system's.
+        // One lattice Gaussian draw per parameter, from a CSPRNG seeded by the operating system's.
         let mut rng = harambee_secagg::ChaCha20Rng::from_seed(rand::random());
-        round = round.with_central_noise(harambee_privacy::mechanism::gaussian_noise(
+        let noise = harambee_privacy::mechanism::central_noise(
             &mut rng,
             n_params,
-            spec.privacy.noise_multiplier * spec.privacy.clip_norm,
-        ))?;
+            spec.privacy.clip_norm,
+            spec.privacy.noise_multiplier,
+        )
+        .map_err(|e| RoundError::Strategy(format!("central mechanism: {e}")))?;
+        round = round.with_central_noise(noise)?;
     }
     let (tx, rx) = mpsc::channel(256);
     coord.active.lock().unwrap().insert(

@@ -317,11 +317,19 @@ fn update_refused_on_its_header_counts_as_rejected() {
 }
 
 #[test]
-fn central_noise_is_added_to_the_sum_before_the_mean() {
+fn central_noise_is_added_to_the_snapped_sum_before_the_mean() {
+    use harambee_privacy::mechanism::LatticeGaussian;
+    use harambee_secagg::ChaCha20Rng;
+    use harambee_secagg::rand_core::SeedableRng;
+
     let t0 = Instant::now();
+    let mechanism = LatticeGaussian::new(1.0, 2.0, 2).unwrap();
+    let noise = mechanism.draw(&mut ChaCha20Rng::from_seed([5; 32]));
+    // The release the round must take the mean of: the sum [0, 4], snapped, plus the noise.
+    let released = noise.release(&[0.0, 4.0]);
     let mut round = Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0)
         .unwrap()
-        .with_central_noise(vec![0.5, -1.0])
+        .with_central_noise(noise)
         .unwrap();
     round.select(t0, &agents(&["a", "b"]));
     round
@@ -330,12 +338,17 @@ fn central_noise_is_added_to_the_sum_before_the_mean() {
     round
         .handle_update(t0, "b", 1, "db".into(), &[-1.0, 2.0])
         .unwrap();
-    // base + ([1,2] + [-1,2] + [0.5,-1]) / 2
-    assert_eq!(round.candidate().unwrap(), &[1.25, 2.5]);
+    let grid = mechanism.grid();
+    let expected: Vec<f32> = released.iter().map(|s| (1.0 + s / 2.0) as f32).collect();
+    assert_eq!(round.candidate().unwrap(), &expected[..]);
+    for s in released {
+        assert_eq!(s / grid, (s / grid).round(), "{s} is off the grid");
+    }
+    let wrong = LatticeGaussian::new(1.0, 2.0, 3).unwrap();
     assert!(
         Round::<f64>::new(config(2, 2), vec![1.0, 1.0], t0)
             .unwrap()
-            .with_central_noise(vec![0.0; 3])
+            .with_central_noise(wrong.draw(&mut ChaCha20Rng::from_seed([5; 32])))
             .is_err()
     );
 }

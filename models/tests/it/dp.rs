@@ -10,6 +10,7 @@ use harambee_models::{
     Dataset, DpSgdConfig, ModelError, ModelKind, ModelSpec, Optimizer, TrainConfig, dp_steps,
     evaluate, load_csv, presets, split_holdout, train, train_dp,
 };
+use harambee_privacy::mechanism::LatticeGaussian;
 use rand_core::SeedableRng;
 
 fn heart() -> Dataset {
@@ -241,6 +242,39 @@ fn models_dp_noise_has_standard_deviation_z_c_over_n() {
             (std / expected_std - 1.0).abs() < 0.3,
             "coordinate {coord_idx}: std {std} vs {expected_std}"
         );
+    }
+}
+
+#[test]
+fn models_dp_noise_is_lattice_gaussian_on_a_power_of_two_grid() {
+    // One full-batch SGD step at lr 1 from zero parameters on 32 rows: the parameters are
+    // -(snapped sum + discrete Gaussian) * γ / 32, exact in f32, so every parameter times 32 is
+    // an integer multiple of γ, whatever the data's low bits. A floating-point Gaussian added
+    // to the floating-point sum (the old noise) lands on such a point with probability ~0.
+    let data = rows(&heart(), 720..752);
+    let spec = logistic(data.n_inputs);
+    let start = vec![0.0; spec.n_params()];
+    let (clip_norm, noise_multiplier) = (0.05, 1.5);
+    let lattice = LatticeGaussian::new(clip_norm, noise_multiplier, spec.n_params()).unwrap();
+    let grid = lattice.grid();
+    assert!(grid * (spec.n_params() as f64).sqrt() <= clip_norm / 4096.0);
+    for seed in 0..5 {
+        let params = train_dp(
+            &spec,
+            &start,
+            &data,
+            &config(Optimizer::Sgd, 1, 1.0),
+            &dp(clip_norm, noise_multiplier, 1.0),
+            &mut rng(seed),
+        )
+        .unwrap()
+        .train
+        .params;
+        for (idx, &value) in params.iter().enumerate() {
+            let steps = -f64::from(value) * 32.0 / grid;
+            assert_eq!(steps, steps.round(), "seed {seed}, param {idx}: {value}");
+            assert!(steps.abs() < f64::from(1u32 << 24), "{steps}");
+        }
     }
 }
 
