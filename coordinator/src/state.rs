@@ -1,11 +1,9 @@
 //! State shared by the coordinator's services and round drivers.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
-
+use crate::round::context::{ActiveRound, ActiveRounds, Entitlements, RoundContext};
 use crate::round::driver::RoundInput;
 use crate::round::registry::Registry;
 use crate::store::Store;
@@ -29,24 +27,15 @@ impl Default for Settings {
     }
 }
 
-/// The handle of a round whose driver is running.
-#[derive(Clone)]
-pub struct ActiveRound {
-    pub round_id: u64,
-    pub federation: String,
-    pub n_params: usize,
-    pub inputs: mpsc::Sender<RoundInput>,
-}
-
 pub struct Inner {
     pub store: Store,
     pub blobs: BlobStore,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub settings: Settings,
     /// Running rounds, at most one per federation.
-    pub active: Mutex<HashMap<String, ActiveRound>>,
+    pub active: ActiveRounds,
     /// Model blobs each facility may download (those of tasks sent to it).
-    pub entitled: Mutex<HashMap<String, HashSet<String>>>,
+    pub entitled: Entitlements,
     /// Revoked facilities and certificate issuing (`crate::server::access`, `crate::service::enrol`).
     pub identity: crate::server::access::Identity,
     /// The privacy ledger's signing key and proof cache.
@@ -76,44 +65,38 @@ impl Coordinator {
         Coordinator(Arc::new(Inner {
             store,
             blobs,
-            registry: Registry::default(),
+            registry: Arc::default(),
             settings,
-            active: Mutex::new(HashMap::new()),
-            entitled: Mutex::new(HashMap::new()),
+            active: ActiveRounds::default(),
+            entitled: Entitlements::default(),
             identity: crate::server::access::Identity::default(),
             ledger,
             clock: harambee_link::clock::Clock::system(),
         }))
     }
 
+    /// The handles a round driver gets: not the whole coordinator.
+    pub fn round_context(&self) -> RoundContext {
+        RoundContext {
+            store: self.store.clone(),
+            blobs: self.blobs.clone(),
+            registry: self.registry.clone(),
+            clock: self.clock.clone(),
+            active: self.active.clone(),
+            entitlements: self.entitled.clone(),
+        }
+    }
+
     pub fn active_round_by_id(&self, round_id: u64) -> Option<ActiveRound> {
-        self.active
-            .lock()
-            .unwrap()
-            .values()
-            .find(|r| r.round_id == round_id)
-            .cloned()
+        self.active.by_id(round_id)
     }
 
     pub fn active_rounds(&self) -> Vec<ActiveRound> {
-        self.active.lock().unwrap().values().cloned().collect()
-    }
-
-    pub fn entitle(&self, facility: &str, digest: &str) {
-        self.entitled
-            .lock()
-            .unwrap()
-            .entry(facility.to_owned())
-            .or_default()
-            .insert(digest.to_owned());
+        self.active.all()
     }
 
     pub fn is_entitled(&self, facility: &str, digest: &str) -> bool {
-        self.entitled
-            .lock()
-            .unwrap()
-            .get(facility)
-            .is_some_and(|s| s.contains(digest))
+        self.entitled.is_entitled(facility, digest)
     }
 
     /// Tells every running round that `facility` is gone.

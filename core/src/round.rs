@@ -183,6 +183,8 @@ pub enum RoundError {
     BaseLength { expected: usize, got: usize },
     #[error("invalid server strategy: {0}")]
     Strategy(String),
+    #[error("invalid privacy mechanism: {0}")]
+    Mechanism(String),
     #[error("this round uses secure aggregation: updates are sent masked, never in plain")]
     SecureOnly,
     #[error("this round does not use secure aggregation")]

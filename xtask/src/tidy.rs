@@ -54,6 +54,7 @@ pub fn all(root: &Path) -> Vec<String> {
     let mut offences = pure_crates_stay_pure(root);
     offences.extend(drivers_do_not_depend_on_each_other(root));
     offences.extend(statuses_are_made_in_one_place(root));
+    offences.extend(layers_look_only_down(root));
     offences.extend(no_private_key_is_tracked(root));
     offences
 }
@@ -137,6 +138,39 @@ pub fn statuses_are_made_in_one_place(root: &Path) -> Vec<String> {
                     "{name}:{}: builds a gRPC status outside {STATUS_MAPPER}",
                     i + 1
                 ));
+            }
+        }
+    }
+    offences
+}
+
+/// The coordinator's lower layers do not reach up: `round/` and `store/` name none of
+/// `state`, `service`, `server` or `cli` (a round driver gets a `RoundContext`, not the
+/// whole `Coordinator`).
+pub fn layers_look_only_down(root: &Path) -> Vec<String> {
+    let mut offences = Vec::new();
+    for layer in ["round", "store"] {
+        let dir = root.join("coordinator").join("src").join(layer);
+        for file in rust_files(&dir) {
+            let name = relative(root, &file);
+            for (i, line) in read(&file).lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("//") {
+                    continue;
+                }
+                for upper in [
+                    "crate::state",
+                    "crate::service",
+                    "crate::server",
+                    "crate::cli",
+                ] {
+                    if code.contains(upper) {
+                        offences.push(format!(
+                            "{name}:{}: the {layer} layer names {upper}, a layer above it",
+                            i + 1
+                        ));
+                    }
+                }
             }
         }
     }
@@ -285,6 +319,11 @@ mod tests {
     }
 
     #[test]
+    fn coordinator_layers_look_only_down() {
+        assert_none(layers_look_only_down(&workspace_root()));
+    }
+
+    #[test]
     fn no_tracked_file_holds_a_private_key() {
         assert_none(no_private_key_is_tracked(&workspace_root()));
     }
@@ -320,6 +359,10 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("id.key"), "-----BEGIN PRIVATE KEY-----\nMC4=\n").unwrap();
+        let round = dir.join("coordinator").join("src").join("round");
+        std::fs::create_dir_all(&round).unwrap();
+        std::fs::write(round.join("driver.rs"), "use crate::state::Coordinator;\n").unwrap();
+        let layers = layers_look_only_down(&dir);
         let pure = pure_crates_stay_pure(&dir);
         let drivers = drivers_do_not_depend_on_each_other(&dir);
         let keys = all_files(&dir, &dir)
@@ -328,6 +371,7 @@ mod tests {
             .count();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(pure.len(), 2, "{pure:?}");
+        assert_eq!(layers.len(), 1, "{layers:?}");
         assert_eq!(drivers.len(), 1, "{drivers:?}");
         assert_eq!(keys, 1);
     }

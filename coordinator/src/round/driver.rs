@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::federation::{FederationSpec, Mechanism};
-use crate::state::{ActiveRound, Coordinator, now_ms};
+use crate::round::context::{ActiveRound, RoundContext};
 use crate::store::{self, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
 use crate::wire;
 use harambee_privacy::ledger::{Contribution, LedgerEvent, Sha256Digest, SignedReceipt};
@@ -87,7 +87,7 @@ const SELECT_RETRY: Duration = Duration::from_secs(1);
 
 /// Registers the round as active and spawns its driver.
 pub fn spawn(
-    coord: Coordinator,
+    coord: RoundContext,
     spec: FederationSpec,
     row: RoundRow,
     base: ModelVersionRow,
@@ -128,19 +128,16 @@ pub fn spawn(
             spec.privacy.clip_norm,
             spec.privacy.noise_multiplier,
         )
-        .map_err(|e| RoundError::Strategy(format!("central mechanism: {e}")))?;
+        .map_err(|e| RoundError::Mechanism(format!("central noise: {e}")))?;
         round = round.with_central_noise(noise)?;
     }
     let (tx, rx) = mpsc::channel(256);
-    coord.active.lock().unwrap().insert(
-        spec.name.clone(),
-        ActiveRound {
-            round_id: row.id,
-            federation: spec.name.clone(),
-            n_params,
-            inputs: tx,
-        },
-    );
+    coord.active.insert(ActiveRound {
+        round_id: row.id,
+        federation: spec.name.clone(),
+        n_params,
+        inputs: tx,
+    });
     // A root span: the round outlives the StartRound RPC that began it.
     let span = info_span!(parent: None, "round", round_id = row.id, federation = %spec.name, number = row.number);
     let driver = Driver {
@@ -163,7 +160,7 @@ pub fn spawn(
 }
 
 struct Driver {
-    coord: Coordinator,
+    coord: RoundContext,
     spec: FederationSpec,
     row: RoundRow,
     base: ModelVersionRow,
@@ -227,7 +224,7 @@ impl Driver {
                 }
             }
         }
-        self.coord.active.lock().unwrap().remove(&self.spec.name);
+        self.coord.active.remove(&self.spec.name);
         info!(stage = %self.round.stage(), "round ended");
     }
 
@@ -452,14 +449,14 @@ impl Driver {
                                 .save_participants(
                                     self.row.id,
                                     &self.participant_rows(),
-                                    now_ms(),
+                                    self.coord.clock.unix_ms(),
                                     ledger,
                                 )
                                 .await?;
                         }
                         self.coord
                             .store
-                            .set_round_state(self.row.id, state, now_ms())
+                            .set_round_state(self.row.id, state, self.coord.clock.unix_ms())
                             .await?;
                     }
                 }
@@ -472,7 +469,7 @@ impl Driver {
                         deadline,
                     );
                     for agent in agents {
-                        self.coord.entitle(&agent, &self.base.digest);
+                        self.coord.entitlements.entitle(&agent, &self.base.digest);
                         self.dispatch(agent, task.clone());
                     }
                 }
@@ -510,7 +507,7 @@ impl Driver {
                             );
                             continue;
                         }
-                        self.coord.entitle(&agent, &digest);
+                        self.coord.entitlements.entitle(&agent, &digest);
                         self.dispatch(agent, task.clone());
                     }
                 }
@@ -542,7 +539,7 @@ impl Driver {
                         size_bytes,
                         n_params: (self.round.base().len() + self.head.len()) as u64,
                         round_id: Some(self.row.id),
-                        created_ms: now_ms(),
+                        created_ms: self.coord.clock.unix_ms(),
                         server_state: Some(
                             serde_json::to_string(self.round.optimizer())
                                 .expect("optimizer state serializes"),
@@ -564,7 +561,7 @@ impl Driver {
                             self.row.id,
                             &version,
                             &self.participant_rows(),
-                            now_ms(),
+                            self.coord.clock.unix_ms(),
                             ledger,
                         )
                         .await?;
@@ -586,7 +583,7 @@ impl Driver {
                             self.row.id,
                             &reason,
                             &self.participant_rows(),
-                            now_ms(),
+                            self.coord.clock.unix_ms(),
                             ledger,
                         )
                         .await?;

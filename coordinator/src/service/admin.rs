@@ -275,7 +275,7 @@ impl AdminService for AdminApi {
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let row = {
             // Hold the active-round map only to check; the store refuses a second open round.
-            if self.coord.active.lock().unwrap().contains_key(&federation) {
+            if self.coord.active.contains(&federation) {
                 return Err(ServiceError::failed_precondition(format!(
                     "federation {federation:?} already has a running round"
                 ))
@@ -287,7 +287,8 @@ impl AdminService for AdminApi {
                 .map_err(ServiceError::from)?
         };
         let round_id = row.id;
-        driver::spawn(self.coord.clone(), spec, row, base, params).map_err(ServiceError::from)?;
+        driver::spawn(self.coord.round_context(), spec, row, base, params)
+            .map_err(ServiceError::from)?;
         info!(round_id, "round started");
         self.coord
             .record_admin_action(

@@ -539,7 +539,7 @@ fn check_receipt(
     facility: &str,
     key: &VerifyingKey,
     header: &pb::UpdateHeader,
-    round: &crate::state::ActiveRound,
+    round: &crate::round::context::ActiveRound,
     digest: &str,
     n_bytes: usize,
 ) -> Result<SignedReceipt, ServiceError> {
@@ -683,7 +683,7 @@ impl AgentApi {
         receipt_key: &VerifyingKey,
         header: pb::UpdateHeader,
         mut parts: Streaming<pb::UploadUpdateRequest>,
-        round: crate::state::ActiveRound,
+        round: crate::round::context::ActiveRound,
     ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
         let max_bytes = (round.n_params + 1) * 8;
         let declared = usize::try_from(header.n_params).unwrap_or(usize::MAX);

@@ -144,7 +144,8 @@ impl From<RoundError> for ServiceError {
             RoundError::Invalid { .. }
             | RoundError::BaseLength { .. }
             | RoundError::SecAgg { .. }
-            | RoundError::Strategy(_) => ServiceError::InvalidArgument(message),
+            | RoundError::Strategy(_)
+            | RoundError::Mechanism(_) => ServiceError::InvalidArgument(message),
             RoundError::SecureOnly | RoundError::PlainOnly | RoundError::WrongStage(_) => {
                 ServiceError::FailedPrecondition(message)
             }
