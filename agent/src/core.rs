@@ -68,7 +68,16 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(privacy: Privacy, secure: SecureClients, crash_at: Option<String>) -> Core {
+    pub fn new(privacy: Privacy, mut secure: SecureClients, crash_at: Option<String>) -> Core {
+        // The peers' keys the log pinned on first sight.
+        secure.pin_peers(privacy.log.lines().iter().filter_map(|l| match &l.record {
+            Record::PeerKey { facility, key } => {
+                let bytes: [u8; 32] = hex::decode(key).ok()?.try_into().ok()?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
+                Some((facility.clone(), key))
+            }
+            _ => None,
+        }));
         Core {
             privacy,
             secure,
@@ -284,8 +293,19 @@ impl Core {
         self.secure.detach(round_id)
     }
 
-    pub fn attach_secure(&mut self, clients: SecureClients) {
+    /// Puts a stepped client back; the peer keys it pinned on first sight go to the privacy
+    /// log before its answer leaves.
+    pub fn attach_secure(&mut self, now_ms: i64, clients: SecureClients) -> anyhow::Result<()> {
         self.secure.attach(clients);
+        let pins = self
+            .secure
+            .take_new_peer_keys()
+            .into_iter()
+            .map(|(facility, key)| Record::PeerKey {
+                facility,
+                key: hex::encode(key.to_bytes()),
+            });
+        self.privacy.log.append_all(now_ms, pins)
     }
 
     /// The receipt terms of the update held for `round_id`.

@@ -56,9 +56,26 @@ impl PrivacyLog {
 
     /// Appends a record and flushes it to disk before returning.
     pub fn append(&mut self, unix_ms: i64, record: Record) -> anyhow::Result<()> {
-        let line = LogLine::next(self.lines.last(), unix_ms, record);
-        let mut text = serde_json::to_string(&line)?;
-        text.push('\n');
+        self.append_all(unix_ms, [record])
+    }
+
+    /// Appends records in order with one write and one flush to disk.
+    pub fn append_all(
+        &mut self,
+        unix_ms: i64,
+        records: impl IntoIterator<Item = Record>,
+    ) -> anyhow::Result<()> {
+        let mut text = String::new();
+        let mut lines = Vec::new();
+        for record in records {
+            let line = LogLine::next(lines.last().or(self.lines.last()), unix_ms, record);
+            text.push_str(&serde_json::to_string(&line)?);
+            text.push('\n');
+            lines.push(line);
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -66,7 +83,7 @@ impl PrivacyLog {
             .with_context(|| format!("opening {}", self.path.display()))?;
         file.write_all(text.as_bytes())?;
         file.sync_data()?;
-        self.lines.push(line);
+        self.lines.extend(lines);
         Ok(())
     }
 

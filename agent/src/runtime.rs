@@ -852,8 +852,9 @@ impl Agent {
         let accepted = clients
             .accepted_params(round_id)
             .map(harambee_privacy::ledger::Sha256Digest);
-        self.with_core(move |core| core.attach_secure(clients))
-            .await;
+        let now = self.clock.unix_ms();
+        self.with_core(move |core| core.attach_secure(now, clients))
+            .await?;
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
@@ -865,6 +866,7 @@ impl Agent {
                     c.downcast_ref::<harambee_secagg::ParamsMismatch>()
                         .is_some()
                         || c.downcast_ref::<harambee_secagg::ClientError>().is_some()
+                        || c.downcast_ref::<secure::PeerKeyChanged>().is_some()
                 });
                 if refused {
                     let reason = format!("{e:#}");
@@ -894,15 +896,23 @@ impl Agent {
                 // Every protocol message that leaves is in the egress log too, with the
                 // digest of its bytes: a facility can tell what it revealed in each round.
                 let sha256 = hex::encode(Sha256::digest(&encoded));
-                self.egress.append(&EgressRecord {
-                    unix_ms: self.clock.unix_ms(),
-                    kind,
-                    federation: &federation,
-                    round_id,
-                    bytes: encoded.len() as u64,
-                    sha256: Some(&sha256),
-                    n_samples: 0,
-                })?;
+                let (unix_ms, bytes) = (self.clock.unix_ms(), encoded.len() as u64);
+                // Flushed to disk before the message leaves, off the async workers (many
+                // agents in one process would otherwise queue behind each other's fsyncs).
+                let agent = self.clone();
+                let federation = federation.clone();
+                tokio::task::spawn_blocking(move || {
+                    agent.egress.append(&EgressRecord {
+                        unix_ms,
+                        kind,
+                        federation: &federation,
+                        round_id,
+                        bytes,
+                        sha256: Some(&sha256),
+                        n_samples: 0,
+                    })
+                })
+                .await??;
                 let submission = pb::SecAggSubmission {
                     round_id,
                     part: Some(part),

@@ -57,6 +57,12 @@ pub struct SecureClients {
     verifier: PeerVerifier,
     rounds: HashMap<u64, State>,
     federations: HashMap<u64, String>,
+    /// Each peer facility's signing key as first seen (from the privacy log, then from
+    /// certificates that verified): a certificate with another key for a facility is
+    /// refused, whoever issued it.
+    peer_keys: HashMap<String, VerifyingKey>,
+    /// Keys pinned since the last [`SecureClients::take_new_peer_keys`], to be logged.
+    new_peer_keys: Vec<(String, VerifyingKey)>,
     /// Rounds whose client this agent started (it advertised keys): each round gets one
     /// client, so one update is never masked under two sets of secrets. With the digest
     /// of the parameters it accepted, which the masked update's receipt states.
@@ -71,6 +77,36 @@ impl SecureClients {
             rounds: HashMap::new(),
             federations: HashMap::new(),
             advertised: HashMap::new(),
+            peer_keys: HashMap::new(),
+            new_peer_keys: Vec::new(),
+        }
+    }
+
+    /// Pins the keys the privacy log already knows for these facilities.
+    pub fn pin_peers(&mut self, keys: impl IntoIterator<Item = (String, VerifyingKey)>) {
+        self.peer_keys.extend(keys);
+    }
+
+    /// Keys pinned on first sight since the last call, for the privacy log.
+    pub fn take_new_peer_keys(&mut self) -> Vec<(String, VerifyingKey)> {
+        std::mem::take(&mut self.new_peer_keys)
+    }
+
+    /// A peer's certificate must carry the key pinned for its facility; a facility seen
+    /// for the first time is pinned now.
+    fn check_pinned(&mut self, facility: &str, key: VerifyingKey) -> Result<(), PeerKeyChanged> {
+        match self.peer_keys.get(facility) {
+            Some(pinned) if *pinned != key => Err(PeerKeyChanged {
+                facility: facility.to_owned(),
+                pinned: hex::encode(pinned.to_bytes()),
+                offered: hex::encode(key.to_bytes()),
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.peer_keys.insert(facility.to_owned(), key);
+                self.new_peer_keys.push((facility.to_owned(), key));
+                Ok(())
+            }
         }
     }
 
@@ -123,6 +159,7 @@ impl SecureClients {
             one.federations.insert(round_id, federation.clone());
         }
         one.advertised = self.advertised.clone();
+        one.peer_keys = self.peer_keys.clone();
         one
     }
 
@@ -130,6 +167,12 @@ impl SecureClients {
     /// (cancelled) in the meantime.
     pub fn attach(&mut self, other: SecureClients) {
         self.advertised.extend(other.advertised);
+        for (facility, key) in other.new_peer_keys {
+            if !self.peer_keys.contains_key(&facility) {
+                self.peer_keys.insert(facility.clone(), key);
+                self.new_peer_keys.push((facility, key));
+            }
+        }
         for (round_id, state) in other.rounds {
             if self.federations.contains_key(&round_id) {
                 self.rounds.insert(round_id, state);
@@ -191,14 +234,13 @@ impl SecureClients {
             ) => {
                 let mut keys: BTreeMap<u32, VerifyingKey> = BTreeMap::new();
                 for peer in &t.peers {
-                    keys.insert(
-                        peer.id,
-                        self.verifier.verify_chain(
-                            &peer.facility,
-                            &peer.certificate,
-                            &peer.intermediates,
-                        )?,
-                    );
+                    let key = self.verifier.verify_chain(
+                        &peer.facility,
+                        &peer.certificate,
+                        &peer.intermediates,
+                    )?;
+                    self.check_pinned(&peer.facility, key)?;
+                    keys.insert(peer.id, key);
                 }
                 let ads = t
                     .advertisements
@@ -321,6 +363,27 @@ pub fn expectation(
         },
     }
 }
+
+/// A peer's certificate carries another key than the one this agent pinned for its
+/// facility: a certificate minted for it by whoever holds a CA key, refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerKeyChanged {
+    pub facility: String,
+    pub pinned: String,
+    pub offered: String,
+}
+
+impl std::fmt::Display for PeerKeyChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "peer {:?} presents signing key {}, but this agent pinned {} for it (a second certificate for a known facility is refused)",
+            self.facility, self.offered, self.pinned
+        )
+    }
+}
+
+impl std::error::Error for PeerKeyChanged {}
 
 /// A secure-aggregation task.
 #[derive(Debug)]
@@ -470,6 +533,53 @@ mod tests {
         }
     }
 
+    /// Whoever holds a CA key can mint a valid certificate for a real facility; an agent
+    /// that has seen the facility's key refuses the new one before anything leaves.
+    #[test]
+    fn a_second_certificate_for_a_known_facility_is_refused() {
+        let (mut f, _, _) = up_to_unmask(false);
+        let pinned = f.clients.get_mut(&1).unwrap().take_new_peer_keys();
+        assert_eq!(
+            pinned.len(),
+            4,
+            "every peer is pinned on first sight: {pinned:?}"
+        );
+        let (minted, _) = agent_certificate(&f.issuer, "site-2");
+        let mut peers = f.peers.clone();
+        peers[1].certificate = minted;
+        let round = ROUND + 1;
+        let ids = [1, 2, 3, 4];
+        let params = Params::for_round(round, &ids, 4, 1.0, 1, 0.0, 3).unwrap();
+        let c = f.clients.get_mut(&1).unwrap();
+        let t = pb::TrainTask {
+            privacy: None,
+            ..task(round)
+        };
+        let expect = expectation(&t, t.secure.as_ref().unwrap(), 4, &semi_honest_policy());
+        c.trained(round, "f", vec![0.25; 4], 1, expect).unwrap();
+        c.step(Stage::Advertise(pb::SecAggAdvertise {
+            round_id: round,
+            params: Some(params_to_pb(&params)),
+            my_id: 1,
+            deadline_unix_ms: 0,
+        }))
+        .unwrap();
+        let e = match c.step(Stage::ShareKeys(pb::SecAggShareKeys {
+            round_id: round,
+            advertisements: Vec::new(),
+            peers,
+            deadline_unix_ms: 0,
+        })) {
+            Ok(_) => panic!("key shares sent to a peer under a minted certificate"),
+            Err(e) => e,
+        };
+        let changed = e
+            .downcast_ref::<PeerKeyChanged>()
+            .expect("a pinning refusal");
+        assert_eq!(changed.facility, "site-2");
+        assert!(c.take_new_peer_keys().is_empty());
+    }
+
     #[test]
     fn honest_parameters_are_answered_once_per_round() {
         let mut c = clients();
@@ -494,6 +604,19 @@ mod tests {
         clients: BTreeMap<u32, SecureClients>,
         peers: Vec<pb::SecAggPeer>,
         keys: BTreeMap<u32, VerifyingKey>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    /// A valid agent certificate for `facility` with a fresh key, from the same CA.
+    fn agent_certificate(issuer: &Issuer<'static, KeyPair>, facility: &str) -> (Vec<u8>, KeyPair) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut params = CertificateParams::default();
+        let uri = format!("{IDENTITY_SCHEME}agent/{facility}");
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, issuer).unwrap();
+        (cert.der().to_vec(), key)
     }
 
     fn facilities(ids: &[u32]) -> Facilities {
@@ -509,13 +632,7 @@ mod tests {
         let (mut clients, mut peers, mut keys) = (BTreeMap::new(), Vec::new(), BTreeMap::new());
         for &id in ids {
             let facility = format!("site-{id}");
-            let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-            let mut params = CertificateParams::default();
-            let uri = format!("{IDENTITY_SCHEME}agent/{facility}");
-            params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            let cert = params.signed_by(&key, &issuer).unwrap();
+            let (certificate, key) = agent_certificate(&issuer, &facility);
             let signing = signing_key_from_pem(key.serialize_pem().as_bytes()).unwrap();
             keys.insert(id, signing.verifying_key());
             let verifier = PeerVerifier::from_ca_pem(ca.pem().as_bytes()).unwrap();
@@ -523,7 +640,7 @@ mod tests {
             peers.push(pb::SecAggPeer {
                 id,
                 facility,
-                certificate: cert.der().to_vec(),
+                certificate,
                 intermediates: Vec::new(),
             });
         }
@@ -531,6 +648,7 @@ mod tests {
             clients,
             peers,
             keys,
+            issuer,
         }
     }
 

@@ -72,6 +72,12 @@ pub enum Record {
         facility: String,
         key: String,
     },
+    /// A peer facility's Ed25519 key (hex), pinned the first time its certificate verified:
+    /// a later certificate with another key for it is refused.
+    PeerKey {
+        facility: String,
+        key: String,
+    },
     /// The coordinator's answer about a contribution did not verify: for the auditor.
     Alarm {
         federation: String,
