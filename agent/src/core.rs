@@ -412,6 +412,28 @@ mod tests {
         )
     }
 
+    #[test]
+    fn peer_keys_pinned_in_the_log_are_pinned_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = SigningKey::from_bytes(&[5; 32]).verifying_key();
+        let mut first = core(dir.path(), None);
+        assert_eq!(first.secure.pinned_key("site-2"), None);
+        first
+            .privacy
+            .log
+            .append(
+                2_000,
+                Record::PeerKey {
+                    facility: "site-2".into(),
+                    key: hex::encode(peer.to_bytes()),
+                },
+            )
+            .unwrap();
+        drop(first);
+        let again = core(dir.path(), None);
+        assert_eq!(again.secure.pinned_key("site-2"), Some(peer));
+    }
+
     fn train(round_id: u64, federation: &str) -> pb::Task {
         pb::Task {
             kind: Some(Kind::Train(pb::TrainTask {

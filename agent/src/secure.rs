@@ -87,6 +87,11 @@ impl SecureClients {
         self.peer_keys.extend(keys);
     }
 
+    /// The key pinned for `facility`, if it has been seen.
+    pub fn pinned_key(&self, facility: &str) -> Option<VerifyingKey> {
+        self.peer_keys.get(facility).copied()
+    }
+
     /// Keys pinned on first sight since the last call, for the privacy log.
     pub fn take_new_peer_keys(&mut self) -> Vec<(String, VerifyingKey)> {
         std::mem::take(&mut self.new_peer_keys)
