@@ -342,14 +342,17 @@ impl Core {
         self.privacy.status()
     }
 
-    /// Contributions whose ledger proof is due, and the tree size this facility last saw.
-    pub fn awaiting_proof(&self) -> (Vec<(String, u64)>, u64) {
-        let known = self
-            .privacy
+    /// Contributions whose ledger proof is due.
+    pub fn awaiting_proof(&self) -> Vec<(String, u64)> {
+        self.privacy.awaiting_proof()
+    }
+
+    /// The size of the last tree head this facility checked and countersigned (0: none).
+    pub fn known_tree_size(&self) -> u64 {
+        self.privacy
             .log
             .last_head()
-            .map_or(0, |(h, _)| h.head.tree_size);
-        (self.privacy.awaiting_proof(), known)
+            .map_or(0, |(h, _)| h.head.tree_size)
     }
 
     /// Checks a ledger proof (see [`Privacy::accept_proof`]); a proof that does not verify

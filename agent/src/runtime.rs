@@ -295,10 +295,10 @@ impl Agent {
     /// countersigns the head. A round not committed yet answers "not found": asked again at
     /// the next heartbeat.
     async fn fetch_ledger_proofs(&self, client: &mut Client) {
-        let (awaiting, _) = self.with_core(|core| core.awaiting_proof()).await;
+        let awaiting = self.with_core(|core| core.awaiting_proof()).await;
         for (federation, round_id) in awaiting {
             // The head checked last, which the one answered must extend.
-            let (_, known_tree_size) = self.with_core(|core| core.awaiting_proof()).await;
+            let known_tree_size = self.with_core(|core| core.known_tree_size()).await;
             let answer = match client
                 .get_ledger_proof(pb::LedgerProofRequest {
                     round_id,
