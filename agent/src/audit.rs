@@ -181,6 +181,17 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
             )?;
             ok_key = false;
         }
+        // Any enrolment under a key the facility never held: peers accept a key the ledger
+        // records, so a coordinator that minted one for this facility had to ledger it.
+        let held = privacy::facility_keys(lines, name);
+        for (index, key) in ledger::foreign_enrolments(&entries, name, &held) {
+            writeln!(
+                out,
+                "  FAILED: entry {index}: the ledger enrols {name} under key {}, which this facility never held (a substituted key: peers may have run secure aggregation with whoever holds it)",
+                key_fingerprint(&key)
+            )?;
+            ok_key = false;
+        }
         facility_keys.insert(name.clone(), own);
     }
     let previous = pinned.as_ref().map(|(head, _)| head);

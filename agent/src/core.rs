@@ -9,6 +9,7 @@
 //! reads no clock and spawns nothing; the one thing it writes is the privacy log, which must
 //! be on disk before anything it records leaves.
 
+use anyhow::Context as _;
 use std::collections::{HashMap, VecDeque};
 
 use harambee_privacy::ledger::{Cosignature, SignedReceipt, SignedTreeHead};
@@ -353,6 +354,39 @@ impl Core {
             .log
             .last_head()
             .map_or(0, |(h, _)| h.head.tree_size)
+    }
+
+    /// Checks the ledger evidence for the peers of a secure round's key stage (see
+    /// [`Privacy::accept_peer_keys`]) before the client sees their keys. A refusal forgets
+    /// the round's client and update (nothing more leaves for it), is logged, and its reason
+    /// returned for the coordinator.
+    pub fn check_peer_keys(
+        &mut self,
+        now_ms: i64,
+        task: &pb::SecAggShareKeys,
+    ) -> anyhow::Result<Result<(SignedTreeHead, Cosignature), String>> {
+        let peers = task
+            .peers
+            .iter()
+            .map(|p| {
+                harambee_link::identity::ed25519_key_of(&p.certificate)
+                    .map(|key| (p.facility.clone(), key, p))
+                    .with_context(|| format!("{}'s certificate carries no Ed25519 key", p.facility))
+            })
+            .collect::<anyhow::Result<Vec<_>>>();
+        let checked = peers.and_then(|peers| {
+            self.privacy
+                .accept_peer_keys(now_ms, task.ledger.as_ref(), &peers)
+        });
+        match checked {
+            Ok(cosigned) => Ok(Ok(cosigned)),
+            Err(e) => {
+                let reason = format!("peer keys not proven by the ledger: {e:#}");
+                let federation = self.secure.federation_of(task.round_id).unwrap_or_default();
+                self.refuse_secure(now_ms, &federation, task.round_id, &reason)?;
+                Ok(Err(reason))
+            }
+        }
     }
 
     /// Checks a ledger proof (see [`Privacy::accept_proof`]); a proof that does not verify

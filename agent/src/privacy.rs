@@ -346,10 +346,7 @@ impl Privacy {
         round_id: u64,
         answer: &pb::LedgerProof,
     ) -> anyhow::Result<(SignedTreeHead, harambee_privacy::ledger::Cosignature)> {
-        use harambee_privacy::ledger::rotation::follow_proven_rotations;
-        use harambee_privacy::ledger::{
-            key_fingerprint, verify_consistency, verify_receipt_inclusion,
-        };
+        use harambee_privacy::ledger::verify_receipt_inclusion;
         let receipt = self
             .log
             .accepted_receipts()
@@ -358,42 +355,120 @@ impl Privacy {
             .find(|r| r.receipt.federation == federation && r.receipt.round_id == round_id)
             .context("no accepted receipt for this round in the privacy log")?;
         let entry = LedgerLine::parse(1, &answer.entry).context("the ledger entry is malformed")?;
-        let head: SignedTreeHead = serde_json::from_str(&answer.signed_tree_head)
+        let offered = OfferedHead {
+            signed_tree_head: &answer.signed_tree_head,
+            ledger_key: &answer.ledger_key,
+            from_tree_size: self.log.last_head().map_or(0, |(h, _)| h.head.tree_size),
+            consistency_proof: &answer.consistency_proof,
+            key_rotations: &answer.key_rotations,
+        };
+        let checked = self.check_head(&offered)?;
+        let inclusion = digests(&answer.inclusion_proof)?;
+        verify_receipt_inclusion(
+            &entry,
+            &receipt,
+            &inclusion,
+            &checked.head,
+            &checked.ledger_key,
+        )
+        .context("the ledger's inclusion proof does not verify")?;
+        let head = checked.head;
+        let proof = Record::Proof {
+            federation: federation.to_owned(),
+            round_id,
+            entry: Box::new(entry),
+            inclusion_proof: inclusion,
+            signed_tree_head: head,
+        };
+        let cosignature = self.countersign(now_ms, checked, Some(proof))?;
+        Ok((head, cosignature))
+    }
+
+    /// Checks the ledger evidence of a secure round's peer-key stage: the offered head as in
+    /// [`Privacy::accept_proof`], and for each peer (facility, key of its certificate) a
+    /// `FacilityEnrolled` entry recording that key, included in the head. A key the CA
+    /// certified but the ledger does not record for that facility is refused, so a
+    /// certificate minted behind the ledger's back is useless. Logs the head (and a
+    /// rotation if any) and returns the countersignature to send back.
+    pub fn accept_peer_keys(
+        &mut self,
+        now_ms: i64,
+        ledger: Option<&pb::LedgerHead>,
+        peers: &[(String, VerifyingKey, &pb::SecAggPeer)],
+    ) -> anyhow::Result<(SignedTreeHead, harambee_privacy::ledger::Cosignature)> {
+        use harambee_privacy::ledger::verify_enrolment;
+        let ledger = ledger.context(
+            "the coordinator sent no ledger head with the peers' keys, so they cannot be checked against the ledger",
+        )?;
+        let known = self.log.last_head().map_or(0, |(h, _)| h.head.tree_size);
+        if ledger.from_tree_size != known {
+            bail!(
+                "the ledger head is proven from a tree of {} entries; this facility last saw {known}",
+                ledger.from_tree_size
+            );
+        }
+        let offered = OfferedHead {
+            signed_tree_head: &ledger.signed_tree_head,
+            ledger_key: &ledger.ledger_key,
+            from_tree_size: known,
+            consistency_proof: &ledger.consistency_proof,
+            key_rotations: &ledger.key_rotations,
+        };
+        let checked = self.check_head(&offered)?;
+        for (facility, key, peer) in peers {
+            let fingerprint = harambee_privacy::ledger::key_fingerprint(key);
+            if peer.enrolment.is_empty() {
+                bail!(
+                    "the ledger holds no enrolment of {facility} under the key in its certificate ({fingerprint})"
+                );
+            }
+            let entry = LedgerLine::parse(1, &peer.enrolment)
+                .with_context(|| format!("{facility}'s ledgered enrolment is malformed"))?;
+            let proof = digests(&peer.enrolment_proof)?;
+            verify_enrolment(&entry, facility, key, &proof, &checked.head).with_context(|| {
+                format!(
+                    "the key in {facility}'s certificate ({fingerprint}) is not the one the ledger enrolled"
+                )
+            })?;
+        }
+        let head = checked.head;
+        let cosignature = self.countersign(now_ms, checked, None)?;
+        Ok((head, cosignature))
+    }
+
+    /// Checks an offered head against the last one this facility saw: signed by the pinned
+    /// ledger key or a key the ledger proves it rotated to, and extending the last head.
+    fn check_head(&self, offered: &OfferedHead<'_>) -> anyhow::Result<CheckedHead> {
+        use harambee_privacy::ledger::rotation::follow_proven_rotations;
+        use harambee_privacy::ledger::verify_consistency;
+        let head: SignedTreeHead = serde_json::from_str(offered.signed_tree_head)
             .context("the signed tree head is malformed")?;
-        let key_bytes: [u8; 32] = answer
+        let key_bytes: [u8; 32] = offered
             .ledger_key
-            .as_slice()
             .try_into()
             .context("the ledger key is not 32 bytes")?;
-        let offered =
+        let ledger_key =
             VerifyingKey::from_bytes(&key_bytes).context("the ledger key is not an Ed25519 key")?;
         let previous = self.log.last_head();
-        let digests = |hashes: &[Vec<u8>]| -> anyhow::Result<Vec<Sha256Digest>> {
-            hashes
-                .iter()
-                .map(|h| {
-                    Ok(Sha256Digest(
-                        h.as_slice()
-                            .try_into()
-                            .context("a proof hash is not 32 bytes")?,
-                    ))
-                })
-                .collect()
-        };
         // A head under another key than the pinned one is followed only through rotations
         // the pinned key signed, each included in the new head.
         let rotation = match &previous {
-            Some((seen, pinned)) if *pinned != offered => {
-                let proofs = answer
+            Some((seen, pinned)) if *pinned != ledger_key => {
+                let proofs = offered
                     .key_rotations
                     .iter()
                     .map(|r| Ok((r.entry.as_str(), digests(&r.inclusion_proof)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let rotations =
-                    follow_proven_rotations(pinned, &offered, seen.head.tree_size, &proofs, &head)?;
+                let rotations = follow_proven_rotations(
+                    pinned,
+                    &ledger_key,
+                    seen.head.tree_size,
+                    &proofs,
+                    &head,
+                )?;
                 Some(Record::KeyRotation {
                     old_key: hex::encode(pinned.to_bytes()),
-                    new_key: hex::encode(offered.to_bytes()),
+                    new_key: hex::encode(ledger_key.to_bytes()),
                     rotations,
                     inclusion_proofs: proofs.into_iter().map(|(_, p)| p).collect(),
                     signed_tree_head: head,
@@ -401,14 +476,18 @@ impl Privacy {
             }
             _ => None,
         };
-        let ledger_key = offered;
-        let inclusion = digests(&answer.inclusion_proof)?;
-        verify_receipt_inclusion(&entry, &receipt, &inclusion, &head, &ledger_key)
-            .context("the ledger's inclusion proof does not verify")?;
+        head.verify(&ledger_key)
+            .context("the tree head's signature does not verify")?;
         if let Some((old, pinned)) = &previous {
-            let consistency = digests(&answer.consistency_proof)?;
+            if offered.from_tree_size != old.head.tree_size {
+                bail!(
+                    "the consistency proof starts at {} entries; this facility last saw {}",
+                    offered.from_tree_size,
+                    old.head.tree_size
+                );
+            }
+            let consistency = digests(offered.consistency_proof)?;
             old.verify(pinned)
-                .and_then(|()| head.verify(&ledger_key))
                 .and_then(|()| {
                     verify_consistency(
                         old.head.tree_size,
@@ -420,35 +499,75 @@ impl Privacy {
                 })
                 .context("the new tree head is not consistent with the last one this facility saw (a forked or rewritten ledger)")?;
         }
-        if let Some(record) = rotation {
+        Ok(CheckedHead {
+            head,
+            ledger_key,
+            rotation,
+        })
+    }
+
+    /// Logs a checked head (after its rotation, if any, and `proof`, if any) with this
+    /// facility's countersignature, which it returns.
+    fn countersign(
+        &mut self,
+        now_ms: i64,
+        checked: CheckedHead,
+        proof: Option<Record>,
+    ) -> anyhow::Result<harambee_privacy::ledger::Cosignature> {
+        use harambee_privacy::ledger::key_fingerprint;
+        if let Some(record) = checked.rotation {
             tracing::warn!(
-                to = %key_fingerprint(&offered),
+                to = %key_fingerprint(&checked.ledger_key),
                 "following a ledger key rotation proven by the ledger"
             );
             self.log.append(now_ms, record)?;
         }
-        let cosignature = head.head.cosign(&self.facility, &self.key);
-        let now = now_ms;
+        if let Some(proof) = proof {
+            self.log.append(now_ms, proof)?;
+        }
+        let cosignature = checked.head.head.cosign(&self.facility, &self.key);
         self.log.append(
-            now,
-            Record::Proof {
-                federation: federation.to_owned(),
-                round_id,
-                entry: Box::new(entry),
-                inclusion_proof: inclusion,
-                signed_tree_head: head,
-            },
-        )?;
-        self.log.append(
-            now,
+            now_ms,
             Record::Head {
-                signed_tree_head: head,
-                ledger_key: hex::encode(ledger_key.to_bytes()),
+                signed_tree_head: checked.head,
+                ledger_key: hex::encode(checked.ledger_key.to_bytes()),
                 cosignature: cosignature.clone(),
             },
         )?;
-        Ok((head, cosignature))
+        Ok(cosignature)
     }
+}
+
+/// A tree head as the coordinator offers it, before any check.
+struct OfferedHead<'a> {
+    signed_tree_head: &'a str,
+    ledger_key: &'a [u8],
+    /// The size of the head the consistency proof starts from.
+    from_tree_size: u64,
+    consistency_proof: &'a [Vec<u8>],
+    key_rotations: &'a [pb::LedgerKeyRotationProof],
+}
+
+/// A head that passed [`Privacy::check_head`], with the key it verified under and the
+/// rotation record to log when that key is new.
+struct CheckedHead {
+    head: SignedTreeHead,
+    ledger_key: VerifyingKey,
+    rotation: Option<Record>,
+}
+
+/// Proof hashes from the wire.
+fn digests(hashes: &[Vec<u8>]) -> anyhow::Result<Vec<Sha256Digest>> {
+    hashes
+        .iter()
+        .map(|h| {
+            Ok(Sha256Digest(
+                h.as_slice()
+                    .try_into()
+                    .context("a proof hash is not 32 bytes")?,
+            ))
+        })
+        .collect()
 }
 
 /// The label column a task's model predicts ("" when it names none).
@@ -872,5 +991,112 @@ mod tests {
             err.contains("no recorded rotation hands the pinned key"),
             "{err}"
         );
+    }
+
+    impl FakeLedger {
+        /// The peer-key stage's evidence for `facility` enrolled at `index`, to an agent
+        /// that saw `known` entries.
+        fn peer_keys(&self, known: u64, index: u64) -> (pb::LedgerHead, pb::SecAggPeer) {
+            let size = self.ledger.size();
+            let head = pb::LedgerHead {
+                signed_tree_head: serde_json::to_string(&self.ledger.sign_head(2, &self.key))
+                    .unwrap(),
+                ledger_key: self.key.verifying_key().to_bytes().to_vec(),
+                from_tree_size: known,
+                consistency_proof: bytes(self.ledger.consistency_proof(known, size).unwrap()),
+                key_rotations: Vec::new(),
+            };
+            let peer = pb::SecAggPeer {
+                enrolment: self.ledger.lines()[index as usize].to_json().unwrap(),
+                enrolment_proof: bytes(self.ledger.inclusion_proof(index, size).unwrap()),
+                ..pb::SecAggPeer::default()
+            };
+            (head, peer)
+        }
+    }
+
+    #[test]
+    fn peer_keys_are_accepted_only_as_the_ledger_enrolled_them_in_a_head_that_extends_the_last() {
+        use harambee_privacy::ledger::LedgerEvent;
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = open(dir.path(), None);
+        let (real, minted) = (
+            SigningKey::from_bytes(&[4; 32]).verifying_key(),
+            SigningKey::from_bytes(&[5; 32]).verifying_key(),
+        );
+        let mut ledger = FakeLedger {
+            ledger: harambee_privacy::ledger::Ledger::new(),
+            key: SigningKey::from_bytes(&[1; 32]),
+        };
+        let enrolled = |key| LedgerEvent::FacilityEnrolled {
+            facility: "clinic-b".into(),
+            receipt_key: Some(key),
+        };
+        let b = ledger.ledger.append(1, enrolled(real)).unwrap().index;
+        let first = contribute(&mut p, &mut ledger, 1);
+        p.accept_proof(3_000, "sepsis", 1, &ledger.proof(first, 0, Vec::new()))
+            .unwrap();
+        let seen = ledger.ledger.size();
+        let heads = |p: &Privacy| {
+            p.log
+                .lines()
+                .iter()
+                .filter(|l| matches!(l.record, Record::Head { .. }))
+                .count()
+        };
+        let refusal = |p: &mut Privacy, head: &pb::LedgerHead, key, peer: &pb::SecAggPeer| {
+            let peers = [("clinic-b".to_owned(), key, peer)];
+            format!(
+                "{:#}",
+                p.accept_peer_keys(4_000, Some(head), &peers).unwrap_err()
+            )
+        };
+
+        // The CA's certificate for clinic-b with a key the ledger never enrolled.
+        let (head, peer) = ledger.peer_keys(seen, b);
+        let err = refusal(&mut p, &head, minted, &peer);
+        assert!(err.contains("is not the one the ledger enrolled"), "{err}");
+        let none = pb::SecAggPeer::default();
+        let err = refusal(&mut p, &head, minted, &none);
+        assert!(err.contains("holds no enrolment of clinic-b"), "{err}");
+        // No head at all.
+        let peers = [("clinic-b".to_owned(), real, &peer)];
+        let err = format!("{:#}", p.accept_peer_keys(4_000, None, &peers).unwrap_err());
+        assert!(err.contains("sent no ledger head"), "{err}");
+
+        // A ledgered enrolment of the minted key, but in a history that is not the one this
+        // facility saw (the contribution it countersigned is gone): a fork.
+        let mut fork = FakeLedger {
+            ledger: harambee_privacy::ledger::Ledger::new(),
+            key: ledger.key.clone(),
+        };
+        fork.ledger.append(1, enrolled(real)).unwrap();
+        fork.ledger.append(1, enrolled(minted)).unwrap();
+        let at = fork.ledger.append(1, enrolled(minted)).unwrap().index;
+        let (head, peer) = fork.peer_keys(seen, at);
+        let err = refusal(&mut p, &head, minted, &peer);
+        assert!(err.contains("not consistent with the last one"), "{err}");
+        // A proof from another size than the one this facility saw.
+        let (head, peer) = ledger.peer_keys(1, b);
+        let err = refusal(&mut p, &head, real, &peer);
+        assert!(err.contains("last saw 2"), "{err}");
+        // An entry proven in another tree than the head's.
+        let (head, _) = ledger.peer_keys(seen, b);
+        let (_, elsewhere) = fork.peer_keys(0, 0);
+        let err = refusal(&mut p, &head, real, &elsewhere);
+        assert!(err.contains("is not the one the ledger enrolled"), "{err}");
+        assert_eq!(heads(&p), 1, "nothing refused is logged as a head");
+
+        // The real key, ledgered, in a head that extends the last one: accepted, the head
+        // logged and countersigned.
+        ledger.ledger.append(1, enrolled(real)).unwrap();
+        let (head, peer) = ledger.peer_keys(seen, b);
+        let peers = [("clinic-b".to_owned(), real, &peer)];
+        let (signed, cosignature) = p.accept_peer_keys(4_000, Some(&head), &peers).unwrap();
+        assert_eq!(heads(&p), 2);
+        assert_eq!(p.log.last_head().unwrap().0, signed);
+        cosignature
+            .verify(&signed.head, &p.key.verifying_key())
+            .unwrap();
     }
 }

@@ -641,6 +641,7 @@ impl Agent {
             let submission = pb::SecAggSubmission {
                 round_id: task.round_id,
                 part: Some(pb::sec_agg_submission::Part::Trained(trained)),
+                known_tree_size: 0,
             };
             return retry_until(
                 &self.clock,
@@ -839,6 +840,39 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let round_id = stage.round_id();
         let deadline = stage.deadline_unix_ms();
+        if let secure::Stage::ShareKeys(task) = &stage {
+            // Every peer's key must be the one the ledger enrolled, in a head this facility
+            // checks and countersigns, before its client sees any of them.
+            let (task, now) = (task.clone(), self.clock.unix_ms());
+            let checked = self
+                .with_core(move |core| core.check_peer_keys(now, &task))
+                .await?;
+            match checked {
+                Ok((head, cosignature)) => {
+                    let request = pb::CosignTreeHeadRequest {
+                        signed_tree_head: serde_json::to_string(&head).expect("serializes"),
+                        cosignature: serde_json::to_string(&cosignature).expect("serializes"),
+                    };
+                    let mut client = client.clone();
+                    tokio::spawn(async move {
+                        if let Err(status) = client.cosign_tree_head(request).await {
+                            warn!(%status, "sending the countersignature failed");
+                        }
+                    });
+                }
+                Err(reason) => {
+                    warn!(round_id, %reason, "secure-aggregation step refused");
+                    let mut client = client.clone();
+                    client
+                        .decline_task(pb::DeclineTaskRequest {
+                            round_id,
+                            reason: reason.clone(),
+                        })
+                        .await?;
+                    anyhow::bail!(reason);
+                }
+            }
+        }
         // The step (mask expansion) runs away from the core, on a blocking thread.
         let mut clients = self
             .with_core(move |core| core.detach_secure(round_id))
@@ -913,9 +947,16 @@ impl Agent {
                     })
                 })
                 .await??;
+                // With the advertisement, the ledger head the peer-key stage must extend.
+                let known_tree_size = if matches!(part, Part::Advertise(_)) {
+                    self.with_core(|core| core.known_tree_size()).await
+                } else {
+                    0
+                };
                 let submission = pb::SecAggSubmission {
                     round_id,
                     part: Some(part),
+                    known_tree_size,
                 };
                 self.stats.add(prost::Message::encoded_len(&submission));
                 retry_until(&self.clock, deadline, "secure-aggregation message", || {

@@ -574,6 +574,7 @@ mod tests {
             advertisements: Vec::new(),
             peers,
             deadline_unix_ms: 0,
+            ledger: None,
         })) {
             Ok(_) => panic!("key shares sent to a peer under a minted certificate"),
             Err(e) => e,
@@ -646,7 +647,7 @@ mod tests {
                 id,
                 facility,
                 certificate,
-                intermediates: Vec::new(),
+                ..pb::SecAggPeer::default()
             });
         }
         Facilities {
@@ -708,6 +709,7 @@ mod tests {
                     advertisements: routes[&id].iter().map(Message::encode).collect(),
                     peers: f.peers.clone(),
                     deadline_unix_ms: 0,
+                    ledger: None,
                 }))
                 .unwrap();
             let pb::sec_agg_submission::Part::Shares(shares) = submitted(reply) else {

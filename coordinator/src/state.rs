@@ -39,7 +39,7 @@ pub struct Inner {
     /// Revoked facilities and certificate issuing (`crate::server::access`, `crate::service::enrol`).
     pub identity: crate::server::access::Identity,
     /// The privacy ledger's signing key and proof cache.
-    pub ledger: crate::store::ledger_view::LedgerView,
+    pub ledger: Arc<crate::store::ledger_view::LedgerView>,
     /// What every service and driver reads the time from.
     pub clock: Arc<harambee_link::clock::Clock>,
 }
@@ -70,7 +70,7 @@ impl Coordinator {
             active: ActiveRounds::default(),
             entitled: Entitlements::default(),
             identity: crate::server::access::Identity::default(),
-            ledger,
+            ledger: Arc::new(ledger),
             clock: harambee_link::clock::Clock::system(),
         }))
     }
@@ -84,6 +84,7 @@ impl Coordinator {
             clock: self.clock.clone(),
             active: self.active.clone(),
             entitlements: self.entitled.clone(),
+            ledger: self.ledger.clone(),
         }
     }
 

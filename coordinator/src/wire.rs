@@ -7,6 +7,7 @@ use std::time::Instant;
 use harambee_core::round::SecAggOut;
 use harambee_models::data::Schema;
 use harambee_models::metrics::Metrics;
+use harambee_privacy::ledger::Sha256Digest;
 use harambee_proto::pb;
 
 use crate::federation::{
@@ -266,12 +267,27 @@ pub fn cancel_task(round_id: u64, reason: String) -> pb::Task {
     }
 }
 
+/// The ledger evidence a peer-key stage carries: each participant's `FacilityEnrolled`
+/// entry (export line) with its audit path, and the signed head they lead to, proven to
+/// extend the head the receiving agent saw last.
+pub struct PeerLedger<'a> {
+    pub head: pb::LedgerHead,
+    pub enrolments: &'a HashMap<String, (String, Vec<Sha256Digest>)>,
+}
+
+/// Proof hashes for the wire.
+pub fn hashes(hashes: Vec<Sha256Digest>) -> Vec<Vec<u8>> {
+    hashes.into_iter().map(|h| h.0.to_vec()).collect()
+}
+
 /// Turns one secure-aggregation message into the facility's task; `certificates` are the
-/// participants' certificate chains (leaf first), forwarded with their advertisements.
+/// participants' certificate chains (leaf first), forwarded with their advertisements and,
+/// in `ledger`, the ledger's record of their keys.
 pub fn secagg_task(
     round_id: u64,
     out: SecAggOut,
     certificates: &HashMap<String, Vec<Vec<u8>>>,
+    ledger: Option<PeerLedger<'_>>,
     deadline_unix_ms: i64,
 ) -> pb::Task {
     use harambee_secagg::Message;
@@ -298,15 +314,23 @@ pub fn secagg_task(
                         .cloned()
                         .unwrap_or_default();
                     let mut chain = chain.into_iter();
+                    let (enrolment, enrolment_proof) = ledger
+                        .as_ref()
+                        .and_then(|l| l.enrolments.get(facility.as_str()))
+                        .map(|(entry, proof)| (entry.clone(), hashes(proof.clone())))
+                        .unwrap_or_default();
                     pb::SecAggPeer {
                         id,
                         certificate: chain.next().unwrap_or_default(),
                         intermediates: chain.collect(),
                         facility: facility.into_string(),
+                        enrolment,
+                        enrolment_proof,
                     }
                 })
                 .collect(),
             deadline_unix_ms,
+            ledger: ledger.map(|l| l.head),
         }),
         SecAggOut::Shares(shares) => pb::task::Kind::SecaggMaskedInput(pb::SecAggMaskedInput {
             round_id,

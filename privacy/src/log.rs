@@ -221,6 +221,17 @@ pub fn facility_key(lines: &[LogLine], facility: &str) -> Option<String> {
     })
 }
 
+/// Every key the facility's log records as its own (hex parsed), oldest first.
+pub fn facility_keys(lines: &[LogLine], facility: &str) -> Vec<VerifyingKey> {
+    lines
+        .iter()
+        .filter_map(|l| match &l.record {
+            Record::Identity { facility: f, key } if f == facility => parse_key(key),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The last head the facility checked and countersigned, and the ledger key it pinned.
 pub fn last_head(lines: &[LogLine]) -> Option<(SignedTreeHead, VerifyingKey)> {
     lines.iter().rev().find_map(|l| match &l.record {

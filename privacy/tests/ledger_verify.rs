@@ -724,3 +724,46 @@ fn agent_checks_its_contribution_and_heads() {
         .verify(&h.head, &facility_key("clinic-a").verifying_key())
         .unwrap();
 }
+
+/// An enrolment proof holds for exactly its facility and key, in the head it was made for;
+/// a key enrolled under a facility's name that the facility never held is named.
+#[test]
+fn enrolments_prove_one_facility_and_key_and_a_foreign_key_is_named() {
+    use harambee_privacy::ledger::{foreign_enrolments, verify_enrolment};
+    let (real, minted) = (
+        facility_key("clinic-b").verifying_key(),
+        SigningKey::from_bytes(&[0x77; 32]).verifying_key(),
+    );
+    let mut ledger = Ledger::new();
+    let enrolled = |facility: &str, key| LedgerEvent::FacilityEnrolled {
+        facility: facility.into(),
+        receipt_key: Some(key),
+    };
+    ledger.append(T0, enrolled("clinic-a", real)).unwrap();
+    let b = ledger
+        .append(T0, enrolled("clinic-b", real))
+        .unwrap()
+        .clone();
+    ledger.append(T0, enrolled("clinic-b", minted)).unwrap();
+    ledger.append(T0, enrolled("clinic-b", real)).unwrap();
+    let head = ledger.sign_head(T0, &ledger_key());
+    let proof = ledger.inclusion_proof(b.index, ledger.size()).unwrap();
+
+    verify_enrolment(&b, "clinic-b", &real, &proof, &head).unwrap();
+    for (facility, key) in [("clinic-a", real), ("clinic-b", minted)] {
+        let err = verify_enrolment(&b, facility, &key, &proof, &head).unwrap_err();
+        assert!(err.to_string().contains("is not the enrolment of"), "{err}");
+    }
+    // The same entry under a head of another tree.
+    let mut other = ledger.clone();
+    other.append(T0, enrolled("clinic-a", minted)).unwrap();
+    let other_head = other.sign_head(T0, &ledger_key());
+    assert!(verify_enrolment(&b, "clinic-b", &real, &proof, &other_head).is_err());
+
+    assert_eq!(
+        foreign_enrolments(ledger.lines(), "clinic-b", &[real]),
+        [(2, minted)]
+    );
+    assert!(foreign_enrolments(ledger.lines(), "clinic-b", &[real, minted]).is_empty());
+    assert!(foreign_enrolments(ledger.lines(), "clinic-a", &[real]).is_empty());
+}

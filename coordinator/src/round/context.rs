@@ -1,6 +1,6 @@
 //! What a round driver may touch, and nothing more: the store and blobs it persists to, the
-//! registry it sends tasks through, the clock, the map of running rounds and the model
-//! entitlements. The services hold the same handles inside `Coordinator`; the round layer
+//! ledger view it proves facilities' enrolments with, the registry it sends tasks through,
+//! the clock, the map of running rounds and the model entitlements. The services hold the same handles inside `Coordinator`; the round layer
 //! does not know that type.
 
 use std::collections::{HashMap, HashSet};
@@ -13,6 +13,7 @@ use crate::round::driver::RoundInput;
 use crate::round::registry::Registry;
 use crate::store::Store;
 use crate::store::blobs::BlobStore;
+use crate::store::ledger_view::LedgerView;
 
 /// A round driver's view of the coordinator.
 #[derive(Clone)]
@@ -23,6 +24,7 @@ pub struct RoundContext {
     pub clock: Arc<Clock>,
     pub active: ActiveRounds,
     pub entitlements: Entitlements,
+    pub ledger: Arc<LedgerView>,
 }
 
 /// The handle of a round whose driver is running.

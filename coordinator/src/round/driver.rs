@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use harambee_core::round::{Event, Participant, ParticipantStatus, RoundError, SecAggIn, Stage};
+use harambee_core::round::{
+    Event, Participant, ParticipantStatus, RoundError, SecAggIn, SecAggOut, Stage,
+};
 use harambee_core::strategy::ServerOptimizer;
 use harambee_core::{FacilityId, Round, UpdateError};
 use harambee_models::metrics::Metrics;
@@ -62,6 +64,8 @@ pub enum RoundInput {
     SecAgg {
         agent: String,
         msg: SecAggIn,
+        /// With an advertisement: the size of the last ledger head the agent checked.
+        known_tree_size: u64,
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
     /// Secure aggregation: a masked input (little-endian words).
@@ -73,6 +77,13 @@ pub enum RoundInput {
     },
 }
 
+/// Per agent, the ledger head of the peer-key stage; per facility, its enrolment entry and
+/// audit path.
+type PeerLedgerParts = (
+    HashMap<String, pb::LedgerHead>,
+    HashMap<String, (String, Vec<Sha256Digest>)>,
+);
+
 /// Storage faults that end a round as failed.
 #[derive(Debug, thiserror::Error)]
 enum DriverError {
@@ -80,6 +91,8 @@ enum DriverError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Blob(#[from] crate::store::blobs::BlobError),
+    #[error(transparent)]
+    Ledger(#[from] crate::store::ledger_view::LedgerError),
 }
 
 /// How often selection is retried while waiting for facilities to connect.
@@ -150,6 +163,7 @@ pub fn spawn(
         pending: HashMap::new(),
         candidate: None,
         certificates: HashMap::new(),
+        known_tree_sizes: HashMap::new(),
         contributions: HashMap::new(),
         declined: Vec::new(),
         eligible: 0,
@@ -173,6 +187,9 @@ struct Driver {
     candidate: Option<(String, u64)>,
     /// Certificate chains of the selected facilities (secure aggregation forwards them).
     certificates: HashMap<String, Vec<Vec<u8>>>,
+    /// The ledger head size each facility reported with its advertisement: the peer-key
+    /// stage proves its head extends that one.
+    known_tree_sizes: HashMap<String, u64>,
     /// Each accepted upload as the ledger will record it, with its facility's receipt.
     contributions: HashMap<String, Contribution>,
     /// Facilities left out of selection, and why (their policy or budget), logged once.
@@ -371,7 +388,15 @@ impl Driver {
                 self.pending.remove(&agent);
                 let _ = reply.send(result);
             }
-            RoundInput::SecAgg { agent, msg, reply } => {
+            RoundInput::SecAgg {
+                agent,
+                msg,
+                known_tree_size,
+                reply,
+            } => {
+                if matches!(msg, SecAggIn::Advertise(_)) {
+                    self.known_tree_sizes.insert(agent.clone(), known_tree_size);
+                }
                 let result = self.round.handle_secagg(now, &agent, msg);
                 if let Err(e) = &result {
                     warn!(facility = %agent, error = %e, "secure-aggregation message refused");
@@ -518,9 +543,27 @@ impl Driver {
                 } => {
                     info!(%stage, n = messages.len(), "secure aggregation stage");
                     let deadline_ms = wire::deadline_ms(deadline);
+                    let peer_keys = messages
+                        .iter()
+                        .any(|(_, out)| matches!(out, SecAggOut::PeerKeys { .. }));
+                    let (mut heads, enrolments) = if peer_keys {
+                        let agents: Vec<&str> = messages.iter().map(|(a, _)| a.as_str()).collect();
+                        self.peer_ledger(&agents).await?
+                    } else {
+                        Default::default()
+                    };
                     for (agent, out) in messages {
-                        let task =
-                            wire::secagg_task(self.row.id, out, &self.certificates, deadline_ms);
+                        let ledger = heads.remove(agent.as_str()).map(|head| wire::PeerLedger {
+                            head,
+                            enrolments: &enrolments,
+                        });
+                        let task = wire::secagg_task(
+                            self.row.id,
+                            out,
+                            &self.certificates,
+                            ledger,
+                            deadline_ms,
+                        );
                         self.dispatch(agent, task);
                     }
                 }
@@ -617,6 +660,59 @@ impl Driver {
         };
         self.round
             .handle_secagg(now, agent, SecAggIn::Masked(input))
+    }
+
+    /// The ledger evidence of the peer-key stage: a head signed now; each participant's
+    /// enrolment entry recording the key of its certificate, with its audit path in that
+    /// head; and for each of `agents`, the head as it must see it: proven to extend the head
+    /// it reported with its advertisement, with any ledger key rotations since.
+    async fn peer_ledger(
+        &self,
+        agents: &[&str],
+    ) -> Result<PeerLedgerParts, crate::store::ledger_view::LedgerError> {
+        use crate::store::ledger_view::{enrolment_proofs, rotation_proofs};
+        let keys: Vec<(String, ed25519_dalek::VerifyingKey)> = self
+            .certificates
+            .iter()
+            .filter_map(|(facility, chain)| {
+                let key = harambee_link::identity::ed25519_key_of(chain.first()?).ok()?;
+                Some((facility.clone(), key))
+            })
+            .collect();
+        let ledger = self.coord.ledger.synced(&self.coord.store).await?;
+        let head = self.coord.ledger.sign(&ledger, self.coord.clock.unix_ms());
+        let size = head.head.tree_size;
+        let enrolments = enrolment_proofs(&ledger, &keys, size)?;
+        let mut heads = HashMap::new();
+        for &agent in agents {
+            let known = self.known_tree_sizes.get(agent).copied().unwrap_or(0);
+            // A size beyond the ledger's gets no proof: the agent refuses the head.
+            let (consistency, rotations) = if known > size {
+                (Vec::new(), Vec::new())
+            } else {
+                (
+                    ledger.consistency_proof(known, size)?,
+                    rotation_proofs(&ledger, known, size)?,
+                )
+            };
+            heads.insert(
+                agent.to_owned(),
+                pb::LedgerHead {
+                    signed_tree_head: serde_json::to_string(&head).expect("a head serializes"),
+                    ledger_key: self.coord.ledger.verifying_key().to_bytes().to_vec(),
+                    from_tree_size: known,
+                    consistency_proof: wire::hashes(consistency),
+                    key_rotations: rotations
+                        .into_iter()
+                        .map(|(entry, proof)| pb::LedgerKeyRotationProof {
+                            entry,
+                            inclusion_proof: wire::hashes(proof),
+                        })
+                        .collect(),
+                },
+            );
+        }
+        Ok((heads, enrolments))
     }
 
     fn dispatch(&mut self, agent: FacilityId, task: pb::Task) {

@@ -319,6 +319,7 @@ impl AgentService for AgentApi {
             Part::Advertise(b) => RoundInput::SecAgg {
                 agent,
                 msg: SecAggIn::Advertise(SignedAdvertisement::decode(&b).map_err(malformed)?),
+                known_tree_size: req.known_tree_size,
                 reply,
             },
             Part::Shares(s) => {
@@ -331,17 +332,20 @@ impl AgentService for AgentApi {
                 RoundInput::SecAgg {
                     agent,
                     msg: SecAggIn::Shares(shares),
+                    known_tree_size: 0,
                     reply,
                 }
             }
             Part::ConsistencySignature(b) => RoundInput::SecAgg {
                 agent,
                 msg: SecAggIn::Signature(ConsistencySignature::decode(&b).map_err(malformed)?),
+                known_tree_size: 0,
                 reply,
             },
             Part::Unmask(b) => RoundInput::SecAgg {
                 agent,
                 msg: SecAggIn::Unmask(UnmaskShares::decode(&b).map_err(malformed)?),
+                known_tree_size: 0,
                 reply,
             },
         };

@@ -7,12 +7,13 @@
 //! its leaf hash, so a row altered in the database is refused here instead of being served
 //! and signed.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_privacy::ledger::{
-    Ledger, LedgerEvent, Sha256Digest, SignedTreeHead, key_fingerprint,
+    Ledger, LedgerEvent, LedgerLine, Sha256Digest, SignedTreeHead, key_fingerprint,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -83,6 +84,43 @@ pub fn rotation_proofs(
         .take_while(|l| l.index < tree_size)
         .filter(|l| matches!(l.event, LedgerEvent::LedgerKeyRotated { .. }))
         .map(|l| Ok((l.to_json()?, ledger.inclusion_proof(l.index, tree_size)?)))
+        .collect()
+}
+
+/// For each (facility, key), the latest `FacilityEnrolled` entry that records that key for
+/// that facility, as its export line with its audit path in the tree of `tree_size` entries.
+/// A pair the ledger does not record is left out: its peers will refuse it.
+pub fn enrolment_proofs(
+    ledger: &Ledger,
+    keys: &[(String, VerifyingKey)],
+    tree_size: u64,
+) -> Result<HashMap<String, (String, Vec<Sha256Digest>)>, harambee_privacy::ledger::LedgerError> {
+    let mut latest: HashMap<&str, &LedgerLine> = HashMap::new();
+    for line in ledger
+        .lines()
+        .iter()
+        .take(usize::try_from(tree_size).unwrap_or(usize::MAX))
+    {
+        if let LedgerEvent::FacilityEnrolled {
+            facility,
+            receipt_key: Some(key),
+        } = &line.event
+            && keys.iter().any(|(f, k)| f == facility && k == key)
+        {
+            latest.insert(facility.as_str(), line);
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(facility, line)| {
+            Ok((
+                facility.to_owned(),
+                (
+                    line.to_json()?,
+                    ledger.inclusion_proof(line.index, tree_size)?,
+                ),
+            ))
+        })
         .collect()
 }
 

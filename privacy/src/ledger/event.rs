@@ -472,6 +472,27 @@ pub fn enrolled_receipt_keys(
     keys
 }
 
+/// The `FacilityEnrolled` entries that record `facility` under a key not among `own_keys`
+/// (every key the facility's own log says it held), as (index, key). A coordinator that
+/// certified a second key for a facility and ledgered it, so that peers would accept it in
+/// secure aggregation, leaves such an entry for good; the facility's auditor finds it here.
+pub fn foreign_enrolments(
+    lines: &[LedgerLine],
+    facility: &str,
+    own_keys: &[VerifyingKey],
+) -> Vec<(u64, VerifyingKey)> {
+    lines
+        .iter()
+        .filter_map(|line| match &line.event {
+            LedgerEvent::FacilityEnrolled {
+                facility: f,
+                receipt_key: Some(key),
+            } if f == facility && !own_keys.contains(key) => Some((line.index, *key)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,8 +48,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 pub use event::{
-    Contribution, Ledger, LedgerEntry, LedgerEvent, LedgerLine, enrolled_receipt_keys, parse_jsonl,
-    to_jsonl,
+    Contribution, Ledger, LedgerEntry, LedgerEvent, LedgerLine, enrolled_receipt_keys,
+    foreign_enrolments, parse_jsonl, to_jsonl,
 };
 pub use head::{Cosignature, SignedTreeHead, TreeHead};
 pub use merkle::{MerkleTree, verify_consistency, verify_inclusion};
@@ -57,7 +57,8 @@ pub use receipt::{Aggregation, EgressReceipt, SignedReceipt};
 pub use rotation::{KeyHistory, RotationFailure, key_fingerprint, rotation_event};
 pub use verify::{
     CosignatureFailure, CrossCheckReport, Failure, HeadRole, VerificationReport, cross_check,
-    verify_cosignature, verify_head_consistency, verify_ledger, verify_receipt_inclusion,
+    verify_cosignature, verify_enrolment, verify_head_consistency, verify_ledger,
+    verify_receipt_inclusion,
 };
 
 /// Errors of the ledger: bad proofs, bad signatures, bad input. Verification of a whole ledger

@@ -608,6 +608,41 @@ pub fn verify_receipt_inclusion(
     )
 }
 
+/// What an agent checks before it trusts a peer's key in a secure round: `line` is a
+/// `FacilityEnrolled` entry recording `facility` under `key`, and `proof` shows that line in
+/// the tree of `head`. The caller has checked `head` itself (signature under the pinned
+/// ledger key, consistency with the last head it saw). A key the CA certified without a
+/// ledgered enrolment fails here; one with a ledgered enrolment is in the ledger for good,
+/// where [`cross_check`] shows it to the facility it names.
+pub fn verify_enrolment(
+    line: &LedgerLine,
+    facility: &str,
+    key: &VerifyingKey,
+    proof: &[Sha256Digest],
+    head: &SignedTreeHead,
+) -> Result<(), LedgerError> {
+    match &line.event {
+        LedgerEvent::FacilityEnrolled {
+            facility: enrolled,
+            receipt_key: Some(recorded),
+        } if enrolled == facility && recorded == key => {}
+        _ => {
+            return Err(LedgerError::BadEntry {
+                index: line.index,
+                message: format!("is not the enrolment of {facility} under this key"),
+            });
+        }
+    }
+    let leaf_hash = line.computed_leaf_hash()?;
+    verify_inclusion(
+        &leaf_hash,
+        line.index,
+        head.head.tree_size,
+        proof,
+        &head.head.root_hash,
+    )
+}
+
 /// What an agent checks on each new head: both heads are signed by the ledger key and `proof`
 /// shows that the new tree extends the old one (no history rewritten or split).
 pub fn verify_head_consistency(

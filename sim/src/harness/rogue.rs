@@ -17,10 +17,15 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use harambee_coordinator::pki::PkiPaths;
 use harambee_coordinator::server::tls::{load_server_config, tls_incoming};
+use harambee_coordinator::store::ledger_view::enrolment_proofs;
 use harambee_coordinator::wire;
 use harambee_core::round::SecAggOut;
 use harambee_link::identity::{ed25519_key_of, identity_from_cert};
+use harambee_privacy::ledger::{
+    Ledger, LedgerEvent, LedgerLine, Sha256Digest, enrolled_receipt_keys,
+};
 use harambee_proto::pb::{self, agent_service_server::AgentService, sec_agg_submission::Part};
+use harambee_secagg::ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_secagg::{
     AfterMaskedInputs, ConsistencySignature, EncryptedShare, MaskedInput, MaskedWords, Message,
     Params, ServerRound, SignedAdvertisement, UnmaskShares,
@@ -65,13 +70,41 @@ impl Seen {
     }
 }
 
-#[derive(Default)]
 struct State {
     seen: Mutex<Vec<Seen>>,
     streams: Mutex<HashMap<String, mpsc::UnboundedSender<Result<pb::Task, Status>>>>,
     models: Mutex<HashMap<String, Vec<u8>>>,
-    /// Each agent's certificate chain (leaf first), as its task stream presented it.
+    /// Each agent's certificate chain (leaf first), as its task stream presented it, or as
+    /// a test presents it instead ([`Rogue::present`]).
     certificates: Mutex<HashMap<String, Vec<Vec<u8>>>>,
+    /// The rogue's own privacy ledger: it records each agent's key when its task stream
+    /// opens, as the honest coordinator does, and whatever a test adds ([`Rogue::enrol`]).
+    ledger: Mutex<Ledger>,
+    ledger_key: SigningKey,
+}
+
+impl State {
+    fn new() -> State {
+        State {
+            seen: Mutex::default(),
+            streams: Mutex::default(),
+            models: Mutex::default(),
+            certificates: Mutex::default(),
+            ledger: Mutex::default(),
+            ledger_key: SigningKey::from_bytes(&rand::random()),
+        }
+    }
+
+    fn enrol(&self, facility: &str, key: VerifyingKey) {
+        let mut ledger = self.ledger.lock().unwrap();
+        if enrolled_receipt_keys(ledger.lines()).get(facility) != Some(&key) {
+            let event = LedgerEvent::FacilityEnrolled {
+                facility: facility.to_owned(),
+                receipt_key: Some(key),
+            };
+            ledger.append(now_ms() as u64, event).unwrap();
+        }
+    }
 }
 
 /// The rogue coordinator, serving on a loopback port until dropped.
@@ -89,7 +122,7 @@ impl Rogue {
             .await
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State::new());
         let (stop, stopped) = oneshot::channel::<()>();
         let service = pb::agent_service_server::AgentServiceServer::new(Service(state.clone()))
             .max_decoding_message_size(harambee_proto::MAX_MESSAGE_BYTES)
@@ -144,6 +177,53 @@ impl Rogue {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Presents `chain` (leaf first) as `facility`'s certificate to its peers from now on:
+    /// a certificate the rogue's CA minted, say.
+    pub fn present(&self, facility: &str, chain: Vec<Vec<u8>>) {
+        self.state
+            .certificates
+            .lock()
+            .unwrap()
+            .insert(facility.to_owned(), chain);
+    }
+
+    /// Records in the rogue's ledger that `facility` enrolled under `key`.
+    pub fn enrol(&self, facility: &str, key: VerifyingKey) {
+        self.state.enrol(facility, key);
+    }
+
+    /// The rogue's ledger, as exported lines.
+    pub fn ledger_lines(&self) -> Vec<LedgerLine> {
+        self.state.ledger.lock().unwrap().lines().to_vec()
+    }
+
+    /// The ledger evidence of a peer-key stage for `facility`, which reported a head of
+    /// `known_tree_size` entries: built from the rogue's ledger as the honest coordinator
+    /// builds it from its own (entries for keys it did not record are left out).
+    fn peer_ledger(
+        &self,
+        facility_known_tree_size: u64,
+    ) -> (pb::LedgerHead, HashMap<String, (String, Vec<Sha256Digest>)>) {
+        let ledger = self.state.ledger.lock().unwrap();
+        let head = ledger.sign_head(now_ms() as u64, &self.state.ledger_key);
+        let size = head.head.tree_size;
+        let keys: Vec<(String, VerifyingKey)> = self
+            .certificates()
+            .into_iter()
+            .filter_map(|(f, chain)| Some((f, ed25519_key_of(chain.first()?).ok()?)))
+            .collect();
+        let enrolments = enrolment_proofs(&ledger, &keys, size).unwrap();
+        let known = facility_known_tree_size.min(size);
+        let head = pb::LedgerHead {
+            signed_tree_head: serde_json::to_string(&head).unwrap(),
+            ledger_key: self.state.ledger_key.verifying_key().to_bytes().to_vec(),
+            from_tree_size: known,
+            consistency_proof: wire::hashes(ledger.consistency_proof(known, size).unwrap()),
+            key_rotations: Vec::new(),
+        };
+        (head, enrolments)
     }
 
     /// Each connected agent's certificate chain (leaf first), by facility.
@@ -223,11 +303,15 @@ impl AgentService for Service {
             .peer_certs()
             .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
             .unwrap_or_default();
+        if let Some(key) = chain.first().and_then(|leaf| ed25519_key_of(leaf).ok()) {
+            self.0.enrol(&facility, key);
+        }
         self.0
             .certificates
             .lock()
             .unwrap()
-            .insert(facility.clone(), chain);
+            .entry(facility.clone())
+            .or_insert(chain);
         let (tx, rx) = mpsc::unbounded_channel();
         self.0.streams.lock().unwrap().insert(facility, tx);
         let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -390,10 +474,45 @@ impl<'r> RogueRound<'r> {
     }
 
     /// Sends participant `id` the stage message `out`, encoded as the coordinator does.
+    /// The peer-key stage carries the rogue ledger's evidence of the peers' keys, proven
+    /// from the head the participant reported with its advertisement.
     pub async fn send(&self, id: u32, out: SecAggOut) {
         let deadline = now_ms() + STAGE_MS;
-        let task = wire::secagg_task(self.round_id, out, &self.rogue.certificates(), deadline);
-        self.rogue.send(self.name_of(id), task).await;
+        let name = self.name_of(id);
+        let parts = matches!(out, SecAggOut::PeerKeys { .. })
+            .then(|| self.rogue.peer_ledger(self.known_tree_size(name)));
+        let ledger = parts.as_ref().map(|(head, enrolments)| wire::PeerLedger {
+            head: head.clone(),
+            enrolments,
+        });
+        let task = wire::secagg_task(
+            self.round_id,
+            out,
+            &self.rogue.certificates(),
+            ledger,
+            deadline,
+        );
+        self.rogue.send(name, task).await;
+    }
+
+    /// The ledger head size `name` reported with its advertisement in this round.
+    fn known_tree_size(&self, name: &str) -> u64 {
+        self.rogue
+            .seen()
+            .into_iter()
+            .find_map(|s| match s {
+                Seen::SecAgg {
+                    facility,
+                    submission,
+                } if facility == name
+                    && submission.round_id == self.round_id
+                    && matches!(submission.part, Some(Part::Advertise(_))) =>
+                {
+                    Some(submission.known_tree_size)
+                }
+                _ => None,
+            })
+            .unwrap_or(0)
     }
 
     /// The first secure-aggregation message of participant `id` in this round that `pick`

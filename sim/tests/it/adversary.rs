@@ -20,10 +20,10 @@
 //! - unmask requests split across neighbours, which without the consistency check would
 //!   hand the rogue one facility's self-mask secret and every neighbour's mask key: every
 //!   agent signs only its own story, no proof the rogue can build gets an answer, and the
-//!   rogue ends up with no share at all.
-//!
-//! One promise is not kept yet, and its test is ignored with the reason: at the unmask
-//! stage an agent refuses silently (no Refusal in its privacy log, no DeclineTask).
+//!   rogue ends up with no share at all;
+//! - a peer certificate the rogue's CA minted without a ledgered enrolment of its key: no
+//!   agent sends key shares (and, once the rogue ledgers the key, agents that never met the
+//!   facility do: what is left, and why the facility's audit must find it).
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,9 +32,16 @@ use harambee_agent::config::AgentConfig;
 use harambee_coordinator::federation::{FederationSpec, Mechanism, PrivacySpec};
 use harambee_coordinator::wire;
 use harambee_core::round::SecAggOut;
+use harambee_link::identity::{ed25519_key_of, signing_key_from_pem};
+use harambee_privacy::ledger::key_fingerprint;
 use harambee_privacy::log::{LOG_FILE, Record, parse_log};
 use harambee_proto::pb::{self, sec_agg_submission::Part, task::Kind};
-use harambee_secagg::{AfterMaskedInputs, Aggregate, ConsistencyProof, Params, UnmaskRequest};
+use harambee_secagg::ed25519_dalek::SigningKey;
+use harambee_secagg::rand_core::SeedableRng;
+use harambee_secagg::{
+    AfterMaskedInputs, Aggregate, ChaCha20Rng, ClientRound, ConsistencyProof, Message, Params,
+    ServerRound, SignedAdvertisement, UnmaskRequest,
+};
 use harambee_sim::demo::Facility;
 use harambee_sim::harness::rogue::{Rogue, RogueRound, Seen};
 use harambee_sim::harness::{self, Harness};
@@ -304,7 +311,13 @@ fn advertise(params: &Params, my_id: u32) -> pb::Task {
         params: params.clone(),
         my_id,
     };
-    wire::secagg_task(params.round_id, out, &Default::default(), now_ms() + 60_000)
+    wire::secagg_task(
+        params.round_id,
+        out,
+        &Default::default(),
+        None,
+        now_ms() + 60_000,
+    )
 }
 
 /// The unmask-stage message carrying `request` (to sign first, under the consistency check).
@@ -752,4 +765,159 @@ async fn split_unmask_requests_across_neighbours_reveal_nothing_under_the_consis
             .chain(["trained"; 6])
             .collect::<Vec<_>>()
     );
+}
+
+/// A certificate for `facility` freshly minted by the federation's CA (which the rogue
+/// holds), with a new key: the DER chain and the key's signing half.
+fn mint(pki: &Path, facility: &str) -> (Vec<Vec<u8>>, SigningKey) {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) =
+        harambee_coordinator::pki::issue(pki, harambee_link::identity::Role::Agent, facility, 30)
+            .unwrap();
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .map(|c| c.unwrap().to_vec())
+        .collect();
+    let key = signing_key_from_pem(&std::fs::read(key).unwrap()).unwrap();
+    (chain, key)
+}
+
+/// Three real agents and a fourth facility the rogue plays with a certificate its CA
+/// minted for it. The ledger recorded that facility's real key (the rogue's honest
+/// enrolment record); without a ledgered enrolment of the minted key, no agent accepts it,
+/// and nothing of the round leaves after the advertisements. Then, as the control and to
+/// show what is left, the rogue ledgers the minted key too: the same agents accept it
+/// (they never saw the facility before), so a substituted key must be in the ledger for
+/// good, where the facility's own audit finds it (`audit_finds_a_key_the_facility_never_held`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_certificate_minted_without_a_ledgered_enrolment_is_refused() {
+    let s = setup_agents(4, 3, POLICY).await;
+    let spec = s.secure_spec(false);
+    let impostor = s.facilities[3].name.clone();
+    s.rogue
+        .enrol(&impostor, SigningKey::from_bytes(&[7; 32]).verifying_key());
+    let (chain, key) = mint(&s.h.pki, &impostor);
+    s.rogue.present(&impostor, chain);
+    let mut everyone = s.names();
+    everyone.push(impostor.clone());
+
+    // Runs the key exchange of `round_id` up to the peer keys, with the impostor's
+    // advertisement signed by the minted key.
+    let exchange_keys = async |round_id: u64| {
+        s.train_all(round_id, &spec).await;
+        let round = RogueRound::new(&s.rogue, round_id, &everyone, |ids| {
+            honest(round_id, ids, &spec)
+        });
+        let keys = round
+            .ids
+            .iter()
+            .map(|(name, &id)| {
+                let leaf = &s.rogue.certificates()[name][0];
+                (id, ed25519_key_of(leaf).unwrap())
+            })
+            .collect();
+        let mut server = ServerRound::new(round.params.clone(), keys).unwrap();
+        let mut rng = ChaCha20Rng::from_seed([9; 32]);
+        let impostor_id = round.ids[&impostor];
+        let (_client, ad) =
+            ClientRound::new(round.params.clone(), impostor_id, key.clone(), &mut rng).unwrap();
+        server.receive(impostor_id, ad).unwrap();
+        for name in s.names() {
+            let id = round.ids[&name];
+            let advertise = SecAggOut::Advertise {
+                params: round.params.clone(),
+                my_id: id,
+            };
+            round.send(id, advertise).await;
+            let Part::Advertise(ad) = round
+                .answer(id, "the advertisement", |p| matches!(p, Part::Advertise(_)))
+                .await
+            else {
+                unreachable!()
+            };
+            server
+                .receive(id, SignedAdvertisement::decode(&ad).unwrap())
+                .unwrap();
+        }
+        let (_server, routes) = server.finish().unwrap();
+        let peers: Vec<(u32, harambee_core::FacilityId)> = round
+            .ids
+            .iter()
+            .map(|(name, &id)| (id, name.as_str().into()))
+            .collect();
+        for (id, advertisements) in routes {
+            if id != impostor_id {
+                let peers = peers.clone();
+                let out = SecAggOut::PeerKeys {
+                    advertisements,
+                    peers,
+                };
+                round.send(id, out).await;
+            }
+        }
+    };
+
+    exchange_keys(1).await;
+    for name in s.names() {
+        let reason = match s
+            .rogue
+            .wait_for(&format!("a decline of round 1 by {name}"), |seen| {
+                matches!(seen, Seen::Declined { round_id: 1, facility, .. } if *facility == name)
+            })
+            .await
+        {
+            Seen::Declined { reason, .. } => reason,
+            _ => unreachable!(),
+        };
+        assert!(
+            reason.contains(&format!(
+                "the ledger holds no enrolment of {impostor} under the key in its certificate ({})",
+                key_fingerprint(&key.verifying_key())
+            )),
+            "{reason}"
+        );
+    }
+    let mut kinds = s.egress_kinds(1);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["secagg-advertisement"; 3]
+            .into_iter()
+            .chain(["trained"; 3])
+            .collect::<Vec<_>>(),
+        "something left after the peer keys"
+    );
+    for agent in &s.agents {
+        let text = std::fs::read_to_string(agent.state_dir.join(LOG_FILE)).unwrap();
+        let lines = parse_log(&text).unwrap();
+        assert!(
+            lines.iter().any(|l| matches!(&l.record, Record::Refusal { round_id: 1, reason, .. } if reason.contains("not proven by the ledger"))),
+            "{} logged no refusal of round 1",
+            agent.state_dir.display()
+        );
+    }
+
+    // Control: the minted key, ledgered, is accepted by agents that never saw the facility.
+    s.rogue.enrol(&impostor, key.verifying_key());
+    exchange_keys(2).await;
+    for name in s.names() {
+        let id_round = RogueRound::new(&s.rogue, 2, &everyone, |ids| honest(2, ids, &spec));
+        id_round
+            .answer(id_round.ids[&name], "the key shares", |p| {
+                matches!(p, Part::Shares(_))
+            })
+            .await;
+    }
+    // The head each agent accepted the peer keys under is in its log, countersigned (the
+    // head of round 1 went with the refusal).
+    for agent in &s.agents {
+        let text = std::fs::read_to_string(agent.state_dir.join(LOG_FILE)).unwrap();
+        let heads = parse_log(&text)
+            .unwrap()
+            .into_iter()
+            .filter(|l| matches!(l.record, Record::Head { .. }))
+            .count();
+        assert_eq!(heads, 1, "the head of round 2's peer keys");
+    }
 }

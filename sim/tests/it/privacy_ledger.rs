@@ -759,3 +759,84 @@ async fn privacy_distributed_and_central_noise_carry_the_configured_stddev() {
         h.stop_agents().await;
     }
 }
+
+/// The coordinator host holds the CA, so it can mint a second certificate for an enrolled
+/// facility; peers accept that key in secure aggregation only once the ledger records it
+/// (`adversary::a_peer_certificate_minted_without_a_ledgered_enrolment_is_refused`), and the
+/// ledger keeps it for good. The facility's own audit names the entry, even after the
+/// facility's real key was ledgered again on top of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privacy_a_key_minted_for_a_facility_is_named_by_its_audit() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(Some(2));
+    let configs: Vec<_> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
+    let mut admin = h.admin().await;
+    let spec = plain(spec(&facilities, 2, 60));
+    create_federation(&mut admin, &spec).await;
+    wait_connected(&mut admin, &["group-1", "group-2"]).await;
+    assert_eq!(
+        run_round(&mut admin, &spec.name).await.state(),
+        pb::RoundState::Committed
+    );
+    wait_for_proofs(&configs, 1).await;
+    let (report, ok) = verify(&export_ledger(&h, "before.jsonl").await, Some(&configs[0]));
+    assert!(ok, "{report}");
+
+    // A second certificate for group-1 from the same CA, with a new key, used once: the
+    // coordinator ledgers the key it has not seen. Then group-1's own key again.
+    let minted = h.dir.path().join("minted-pki");
+    std::fs::create_dir(&minted).unwrap();
+    for entry in std::fs::read_dir(&h.pki).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), minted.join(entry.file_name())).unwrap();
+        }
+    }
+    let (cert, key) = harambee_coordinator::pki::issue(&minted, Role::Agent, "group-1", 1).unwrap();
+    let tls =
+        harambee_link::tls::ClientTls::from_files(&minted.join("ca.pem"), &cert, &key, "localhost")
+            .unwrap();
+    let channel = harambee_link::tls::connect(&h.endpoint(), &tls, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let open = pb::OpenTaskStreamRequest::default();
+    pb::agent_service_client::AgentServiceClient::new(channel)
+        .open_task_stream(open.clone())
+        .await
+        .unwrap();
+    h.raw_agent("group-1")
+        .await
+        .open_task_stream(open)
+        .await
+        .unwrap();
+    let minted_key = harambee_link::identity::signing_key_from_pem(&std::fs::read(&key).unwrap())
+        .unwrap()
+        .verifying_key();
+
+    let after = export_ledger(&h, "after.jsonl").await;
+    let lines = parse_jsonl(&std::fs::read_to_string(&after).unwrap()).unwrap();
+    let index = lines
+        .iter()
+        .find(|l| matches!(&l.event, LedgerEvent::FacilityEnrolled { facility, receipt_key: Some(k) } if facility == "group-1" && *k == minted_key))
+        .expect("the minted key is in the ledger")
+        .index;
+    let (report, ok) = verify(&after, Some(&configs[0]));
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains(&format!(
+            "entry {index}: the ledger enrols group-1 under key {}, which this facility never held",
+            harambee_privacy::ledger::key_fingerprint(&minted_key)
+        )),
+        "{report}"
+    );
+    // The latest key the ledger states for group-1 is its own again: only the history
+    // check sees the substitution.
+    assert!(
+        !report.contains("states another key for group-1"),
+        "{report}"
+    );
+    // The other facility's audit has nothing to say about group-1's keys.
+    let (report, ok) = verify(&after, Some(&configs[1]));
+    assert!(ok, "{report}");
+    h.stop_agents().await;
+}
