@@ -66,6 +66,21 @@ pub struct Core {
     /// `testing.crash_at`: the secure-aggregation stage at which to stop dead.
     crash_at: Option<String>,
     actions: VecDeque<Action>,
+    /// Secure rounds between the advertisement, which told the coordinator the size of
+    /// the last head this facility saw, and the peer-key stage, which must prove its head
+    /// from exactly that one: until when (unix ms) each holds the last head where it is.
+    /// Ledger proofs that arrive meanwhile wait.
+    head_held: HashMap<u64, i64>,
+}
+
+/// What became of a ledger proof.
+pub enum ProofOutcome {
+    /// Checked and logged: countersign this head.
+    Accepted(SignedTreeHead, Cosignature),
+    /// It did not verify (logged as an alarm).
+    Refused(String),
+    /// Not looked at: a secure round holds the last head until its peer keys arrive.
+    Deferred,
 }
 
 impl Core {
@@ -86,6 +101,7 @@ impl Core {
             held: HashMap::new(),
             crash_at,
             actions: VecDeque::new(),
+            head_held: HashMap::new(),
         }
     }
 
@@ -134,6 +150,7 @@ impl Core {
                 tracing::info!(round_id = c.round_id, reason = %c.reason, "coordinator cancelled the round's work");
                 self.secure.forget(c.round_id);
                 self.held.remove(&c.round_id);
+                self.head_held.remove(&c.round_id);
                 let mut running = false;
                 for ((round, _), work) in self.work.iter_mut() {
                     if *round == c.round_id && *work == Work::Running {
@@ -246,6 +263,7 @@ impl Core {
         reason: &str,
     ) -> anyhow::Result<()> {
         self.held.remove(&round_id);
+        self.head_held.remove(&round_id);
         self.secure.forget(round_id);
         self.log_refusal(now_ms, federation, round_id, reason)
     }
@@ -348,6 +366,15 @@ impl Core {
         self.privacy.awaiting_proof()
     }
 
+    /// The size of the last tree head this facility checked, which it tells the
+    /// coordinator with its advertisement for `round_id`: held there until that round's
+    /// peer keys arrive or `until_ms`, whichever is first (see [`Core::handle_proof`]).
+    pub fn hold_head(&mut self, now_ms: i64, round_id: u64, until_ms: i64) -> u64 {
+        self.head_held.retain(|_, until| *until > now_ms);
+        self.head_held.insert(round_id, until_ms);
+        self.known_tree_size()
+    }
+
     /// The size of the last tree head this facility checked and countersigned (0: none).
     pub fn known_tree_size(&self) -> u64 {
         self.privacy
@@ -365,6 +392,7 @@ impl Core {
         now_ms: i64,
         task: &pb::SecAggShareKeys,
     ) -> anyhow::Result<Result<(SignedTreeHead, Cosignature), String>> {
+        self.head_held.remove(&task.round_id);
         let peers = task
             .peers
             .iter()
@@ -397,12 +425,15 @@ impl Core {
         federation: &str,
         round_id: u64,
         answer: &pb::LedgerProof,
-    ) -> anyhow::Result<Result<(SignedTreeHead, Cosignature), String>> {
+    ) -> anyhow::Result<ProofOutcome> {
+        if self.head_held.values().any(|until| *until > now_ms) {
+            return Ok(ProofOutcome::Deferred);
+        }
         match self
             .privacy
             .accept_proof(now_ms, federation, round_id, answer)
         {
-            Ok(cosigned) => Ok(Ok(cosigned)),
+            Ok((head, cosignature)) => Ok(ProofOutcome::Accepted(head, cosignature)),
             Err(e) => {
                 let problem = format!("{e:#}");
                 tracing::error!(round_id, %problem, "the coordinator's ledger proof does not verify");
@@ -414,7 +445,7 @@ impl Core {
                         problem: problem.clone(),
                     },
                 )?;
-                Ok(Err(problem))
+                Ok(ProofOutcome::Refused(problem))
             }
         }
     }
@@ -626,5 +657,32 @@ mod tests {
                 stage: "unmasking"
             }]
         ));
+    }
+
+    #[test]
+    fn a_secure_round_holds_the_last_head_from_its_advertisement_to_its_peer_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = core(dir.path(), None);
+        let answer = pb::LedgerProof::default();
+        let deferred = |core: &mut Core, now| {
+            matches!(
+                core.handle_proof(now, "heart-disease", 1, &answer).unwrap(),
+                ProofOutcome::Deferred
+            )
+        };
+        assert_eq!(core.hold_head(1_000, 7, 5_000), 0);
+        // A proof arriving between the advertisement and the peer keys waits: the head the
+        // coordinator proves the peer keys from stays the one the advertisement named.
+        assert!(deferred(&mut core, 2_000));
+        let keys = pb::SecAggShareKeys {
+            round_id: 7,
+            ..Default::default()
+        };
+        let _ = core.check_peer_keys(3_000, &keys).unwrap();
+        assert!(!deferred(&mut core, 3_000), "released by the peer keys");
+        // A round whose peer keys never come holds the head until its time is up.
+        core.hold_head(10_000, 8, 20_000);
+        assert!(deferred(&mut core, 19_999));
+        assert!(!deferred(&mut core, 20_000));
     }
 }

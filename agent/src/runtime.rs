@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::AgentConfig;
-use crate::core::{Action, Core, TaskKind};
+use crate::core::{Action, Core, ProofOutcome, TaskKind};
 use crate::egress::{EgressLog, EgressRecord};
 use crate::privacy::{Privacy, ReceiptTerms};
 use crate::secure::{self, Reply, SecureClients};
@@ -318,7 +318,7 @@ impl Agent {
                 .with_core(move |core| core.handle_proof(now, &federation, round_id, &answer))
                 .await;
             match checked {
-                Ok(Ok((head, cosignature))) => {
+                Ok(ProofOutcome::Accepted(head, cosignature)) => {
                     info!(
                         round_id,
                         tree_size = head.head.tree_size,
@@ -333,7 +333,9 @@ impl Agent {
                     }
                 }
                 // Logged as an alarm by the core.
-                Ok(Err(_)) => {}
+                Ok(ProofOutcome::Refused(_)) => {}
+                // Asked again on the next pass.
+                Ok(ProofOutcome::Deferred) => {}
                 Err(e) => error!("could not write the privacy log: {e:#}"),
             }
         }
@@ -947,9 +949,13 @@ impl Agent {
                     })
                 })
                 .await??;
-                // With the advertisement, the ledger head the peer-key stage must extend.
+                // With the advertisement, the ledger head the peer-key stage must extend,
+                // held there until then (a stage's deadline, and as long again, at most).
                 let known_tree_size = if matches!(part, Part::Advertise(_)) {
-                    self.with_core(|core| core.known_tree_size()).await
+                    let now = self.clock.unix_ms();
+                    let until = deadline + (deadline - now).max(0);
+                    self.with_core(move |core| core.hold_head(now, round_id, until))
+                        .await
                 } else {
                     0
                 };
