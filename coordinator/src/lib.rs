@@ -10,6 +10,8 @@
 //! - [`cli`]: the binary's commands (operator, auditor and PKI commands, `serve`);
 //! - [`server`]: opens storage, recovers, serves: rustls mTLS, the access layer, telemetry;
 //! - [`service`]: the gRPC services, enrolment, and the one error-to-status mapper;
+//! - [`identity`]: revoked facilities and certificates, enrolment limits, certificate
+//!   issuing (what the access layer and the enrolment service share);
 //! - [`round`]: one driver task per running round, the registry of connected agents, and
 //!   which facilities a round may select;
 //! - [`store`]: sea-orm persistence, the blob store, the ledger's in-memory view.
@@ -18,6 +20,7 @@
 
 pub mod cli;
 pub mod federation;
+pub mod identity;
 pub mod pki;
 pub mod round;
 pub mod server;

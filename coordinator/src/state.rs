@@ -36,8 +36,8 @@ pub struct Inner {
     pub active: ActiveRounds,
     /// Model blobs each facility may download (those of tasks sent to it).
     pub entitled: Entitlements,
-    /// Revoked facilities and certificate issuing (`crate::server::access`, `crate::service::enrol`).
-    pub identity: crate::server::access::Identity,
+    /// Revoked facilities and certificate issuing (`crate::identity`).
+    pub identity: crate::identity::Identity,
     /// The privacy ledger's signing key and proof cache.
     pub ledger: Arc<crate::store::ledger_view::LedgerView>,
     /// What every service and driver reads the time from.
@@ -69,7 +69,7 @@ impl Coordinator {
             settings,
             active: ActiveRounds::default(),
             entitled: Entitlements::default(),
-            identity: crate::server::access::Identity::default(),
+            identity: crate::identity::Identity::default(),
             ledger: Arc::new(ledger),
             clock: harambee_link::clock::Clock::system(),
         }))

@@ -2,7 +2,6 @@
 //! one place where errors become gRPC statuses.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use harambee_core::round::SecAggOut;
 use harambee_models::data::Schema;
@@ -14,7 +13,6 @@ use crate::federation::{
     Deadlines, DpSgdSpec, FederationSpec, KindName, Mechanism, ModelSection, OptimizerName,
     PrivacySpec, SecureAggregationSpec, TrainSpec,
 };
-use crate::state::now_ms;
 use crate::store::{self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
 
 /// A wire message that does not make a valid value: what is wrong with it, for the caller.
@@ -215,7 +213,7 @@ pub fn train_task(
     round_id: u64,
     n_params: usize,
     base: &ModelVersionRow,
-    deadline: Instant,
+    deadline_unix_ms: i64,
 ) -> pb::Task {
     let task = pb::TrainTask {
         round_id,
@@ -223,7 +221,7 @@ pub fn train_task(
         model: Some(model_spec(spec, n_params)),
         base: Some(model_ref(base)),
         config: Some(train_config(spec)),
-        deadline_unix_ms: deadline_ms(deadline),
+        deadline_unix_ms,
         secure: spec
             .secure_aggregation
             .enabled
@@ -245,14 +243,14 @@ pub fn evaluate_task(
     round_id: u64,
     n_params: usize,
     candidate: pb::ModelRef,
-    deadline: Instant,
+    deadline_unix_ms: i64,
 ) -> pb::Task {
     let task = pb::EvaluateTask {
         round_id,
         federation: spec.name.clone(),
         model: Some(model_spec(spec, n_params)),
         candidate: Some(candidate),
-        deadline_unix_ms: deadline_ms(deadline),
+        deadline_unix_ms,
         config: Some(train_config(spec)),
     };
     pb::Task {
@@ -361,12 +359,6 @@ pub fn model_ref(row: &ModelVersionRow) -> pb::ModelRef {
         size_bytes: row.size_bytes,
         version: row.version,
     }
-}
-
-/// A monotonic deadline as wall-clock milliseconds since the Unix epoch.
-pub fn deadline_ms(deadline: Instant) -> i64 {
-    let left = deadline.saturating_duration_since(Instant::now());
-    now_ms().saturating_add(left.as_millis() as i64)
 }
 
 pub fn metrics(m: &MetricsRow) -> pb::Metrics {

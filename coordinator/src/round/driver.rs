@@ -491,7 +491,7 @@ impl Driver {
                         self.row.id,
                         self.round.base().len() + self.head.len(),
                         &self.base,
-                        deadline,
+                        self.unix_ms(deadline),
                     );
                     for agent in agents {
                         self.coord.entitlements.entitle(&agent, &self.base.digest);
@@ -520,7 +520,7 @@ impl Driver {
                         self.row.id,
                         candidate.len(),
                         candidate_ref,
-                        deadline,
+                        self.unix_ms(deadline),
                     );
                     for agent in agents {
                         if !self.coord.registry.is_connected(&agent) {
@@ -542,7 +542,7 @@ impl Driver {
                     deadline,
                 } => {
                     info!(%stage, n = messages.len(), "secure aggregation stage");
-                    let deadline_ms = wire::deadline_ms(deadline);
+                    let deadline_ms = self.unix_ms(deadline);
                     let peer_keys = messages
                         .iter()
                         .any(|(_, out)| matches!(out, SecAggOut::PeerKeys { .. }));
@@ -713,6 +713,15 @@ impl Driver {
             );
         }
         Ok((heads, enrolments))
+    }
+
+    /// A deadline on the round's clock as wall-clock milliseconds since the Unix epoch.
+    fn unix_ms(&self, deadline: Instant) -> i64 {
+        let left = deadline.saturating_duration_since(self.coord.clock.now());
+        self.coord
+            .clock
+            .unix_ms()
+            .saturating_add(left.as_millis() as i64)
     }
 
     fn dispatch(&mut self, agent: FacilityId, task: pb::Task) {

@@ -31,13 +31,11 @@
 //! ([`crate::service::caller::require_role`]); this layer is the one place that knows the
 //! whole policy.
 //!
-//! [`Identity`] also holds the rate limiter of `Enrol` attempts (see
-//! [`crate::service::enrol`]).
+//! The revocation state itself is [`crate::identity::Identity`].
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -47,13 +45,11 @@ use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::{info, warn};
 
+use crate::identity::{Identity, Revoked};
 use crate::pki::CertFacts;
 use crate::service::caller::Denial;
-use crate::service::enrol::Issuing;
-use crate::service::enrol::limit::EnrolLimiter;
 use crate::service::error::ServiceError;
 use crate::state::Coordinator;
-use crate::store::RevokedCertificateRow;
 use harambee_link::identity::{PeerIdentity, Role};
 
 /// How often each coordinator re-reads the revoked facilities from the database.
@@ -124,82 +120,7 @@ pub fn rule(path: &str) -> Option<Rule> {
         .map(|(_, rule)| *rule)
 }
 
-/// The coordinator's identity state: revoked facilities and certificates, the `Enrol` rate
-/// limiter and, when enabled, its certificate issuing (see [`crate::service::enrol`]).
-#[derive(Default)]
-pub struct Identity {
-    revoked: RwLock<HashSet<String>>,
-    revoked_certificates: RwLock<RevokedCertificates>,
-    pub(crate) enrol_limiter: Mutex<EnrolLimiter>,
-    pub(crate) issuing: RwLock<Option<Arc<Issuing>>>,
-}
-
-/// Certificates revoked by serial, and their keys.
-#[derive(Default)]
-struct RevokedCertificates {
-    /// Serial to the key recorded with it (empty if unknown).
-    serials: HashMap<String, String>,
-    /// Key SHA-256 to the serial whose revocation refused it.
-    keys: HashMap<String, String>,
-}
-
-/// Why a certificate is refused although the CA signed it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Revoked {
-    /// Its serial was revoked.
-    Serial(String),
-    /// Its key is the key of this revoked serial.
-    Key(String),
-}
-
 impl Identity {
-    pub fn is_revoked(&self, facility: &str) -> bool {
-        self.revoked.read().unwrap().contains(facility)
-    }
-
-    /// Marks facilities revoked (revocation is permanent, so this only ever adds).
-    pub fn add_revoked(&self, facilities: impl IntoIterator<Item = String>) {
-        self.revoked.write().unwrap().extend(facilities);
-    }
-
-    /// Whether a certificate with `serial` and key `key_sha256` (see [`CertFacts`]) has
-    /// been revoked, and how.
-    pub fn certificate_revocation(&self, serial: &str, key_sha256: &str) -> Option<Revoked> {
-        let revoked = self.revoked_certificates.read().unwrap();
-        if revoked.serials.contains_key(serial) {
-            return Some(Revoked::Serial(serial.to_owned()));
-        }
-        revoked
-            .keys
-            .get(key_sha256)
-            .map(|serial| Revoked::Key(serial.clone()))
-    }
-
-    /// Marks certificates (and their keys) revoked; returns those that were not yet.
-    pub fn add_revoked_certificates(
-        &self,
-        rows: impl IntoIterator<Item = RevokedCertificateRow>,
-    ) -> Vec<RevokedCertificateRow> {
-        let mut revoked = self.revoked_certificates.write().unwrap();
-        let mut new = Vec::new();
-        for row in rows {
-            if revoked.serials.contains_key(&row.serial) {
-                continue;
-            }
-            revoked
-                .serials
-                .insert(row.serial.clone(), row.key_sha256.clone());
-            if !row.key_sha256.is_empty() {
-                revoked
-                    .keys
-                    .entry(row.key_sha256.clone())
-                    .or_insert_with(|| row.serial.clone());
-            }
-            new.push(row);
-        }
-        new
-    }
-
     /// Decides a call to `path` by a connection with client certificates `certs` (leaf
     /// first; `None` for an enrolment connection) at `now`. Returns the caller's identity,
     /// if it has one.

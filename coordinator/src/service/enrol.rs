@@ -33,14 +33,12 @@
 //! # Revocation and the admin-action log
 //!
 //! `RevokeFacility` marks the facility revoked in the database with the admin action, then
-//! in memory ([`crate::server::access::Identity`]), closes its task stream and drops it from running
+//! in memory ([`crate::identity::Identity`]), closes its task stream and drops it from running
 //! rounds. `RevokeCertificate` does the same for one certificate by serial (any role, and
 //! the server's), and with it its key; a ledger entry records it. Every admin action
 //! (facility added or revoked, certificate revoked here; federation created, round
 //! started, model exported in [`crate::service::admin`]) goes to the `admin_actions` table
 //! with the caller's identity and certificate fingerprint and the time.
-
-pub mod limit;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,8 +54,8 @@ use harambee_proto::pb::{
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use crate::identity::{Issuing, Revoked};
 use crate::pki::{self, CertFacts, CsrError, IssuedCert, PkiPaths, Signer};
-use crate::server::access::Revoked;
 use crate::service::caller::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
@@ -73,15 +71,6 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Most admin actions returned by one `ListAdminActions`.
 const MAX_ACTIONS_PER_CALL: u32 = 10_000;
-
-/// What the coordinator needs to enrol and renew: the CA certificate and, if this host
-/// holds a CA key, the signer.
-pub struct Issuing {
-    ca_pem: String,
-    ca_sha256: String,
-    signer: Option<Signer>,
-    validity: Duration,
-}
 
 /// Why an enrolment, renewal or facility change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +112,7 @@ pub enum EnrolError {
     #[error("no facility named {0:?} has been added or has connected")]
     UnknownFacility(String),
     #[error(transparent)]
-    RateLimited(limit::Limited),
+    RateLimited(crate::identity::limit::Limited),
     #[error("certificate {0} has been revoked: it cannot be renewed")]
     CertificateRevoked(String),
     #[error(
