@@ -51,7 +51,7 @@ impl Identity {
         self.revoked.write().unwrap().extend(facilities);
     }
 
-    /// Whether a certificate with `serial` and key `key_sha256` (see [`CertFacts`]) has
+    /// Whether a certificate with `serial` and key `key_sha256` (see [`crate::pki::CertFacts`]) has
     /// been revoked, and how.
     pub fn certificate_revocation(&self, serial: &str, key_sha256: &str) -> Option<Revoked> {
         let revoked = self.revoked_certificates.read().unwrap();

@@ -17,7 +17,7 @@
 //! transaction, marks the token used (only if it still is unused: of two concurrent uses
 //! one wins) and the facility enrolled, and records the certificate.
 //!
-//! `Enrol` attempts are rate-limited per token and per source address ([`limit`]), before
+//! `Enrol` attempts are rate-limited per token and per source address ([`crate::identity::limit`]), before
 //! any other check: beyond the limit the answer is `RESOURCE_EXHAUSTED` with the time to
 //! wait. An enrolment for a key that has been revoked is refused.
 //!
