@@ -104,7 +104,7 @@ impl Coordinator {
     pub async fn broadcast_dropout(&self, facility: &str, reason: &str) {
         for round in self.active_rounds() {
             let input = RoundInput::Dropout {
-                agent: facility.to_owned(),
+                agent: facility.into(),
                 reason: reason.to_owned(),
             };
             let _ = round.inputs.send(input).await;
@@ -117,7 +117,7 @@ impl Coordinator {
             let _ = round
                 .inputs
                 .send(RoundInput::Connected {
-                    agent: facility.to_owned(),
+                    agent: facility.into(),
                 })
                 .await;
         }

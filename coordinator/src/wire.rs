@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use harambee_core::FacilityId;
 use harambee_core::round::SecAggOut;
 use harambee_models::data::Schema;
 use harambee_models::metrics::Metrics;
@@ -270,7 +271,7 @@ pub fn cancel_task(round_id: u64, reason: String) -> pb::Task {
 /// extend the head the receiving agent saw last.
 pub struct PeerLedger<'a> {
     pub head: pb::LedgerHead,
-    pub enrolments: &'a HashMap<String, (String, Vec<Sha256Digest>)>,
+    pub enrolments: &'a HashMap<FacilityId, (String, Vec<Sha256Digest>)>,
 }
 
 /// Proof hashes for the wire.
@@ -284,7 +285,7 @@ pub fn hashes(hashes: Vec<Sha256Digest>) -> Vec<Vec<u8>> {
 pub fn secagg_task(
     round_id: u64,
     out: SecAggOut,
-    certificates: &HashMap<String, Vec<Vec<u8>>>,
+    certificates: &HashMap<FacilityId, Vec<Vec<u8>>>,
     ledger: Option<PeerLedger<'_>>,
     deadline_unix_ms: i64,
 ) -> pb::Task {

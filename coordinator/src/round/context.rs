@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use harambee_core::FacilityId;
 use harambee_link::clock::Clock;
 use tokio::sync::mpsc;
 
@@ -72,14 +73,14 @@ impl ActiveRounds {
 
 /// Model blobs each facility may download (those of tasks sent to it).
 #[derive(Clone, Default)]
-pub struct Entitlements(Arc<Mutex<HashMap<String, HashSet<String>>>>);
+pub struct Entitlements(Arc<Mutex<HashMap<FacilityId, HashSet<String>>>>);
 
 impl Entitlements {
     pub fn entitle(&self, facility: &str, digest: &str) {
         self.0
             .lock()
             .unwrap()
-            .entry(facility.to_owned())
+            .entry(FacilityId::from(facility))
             .or_default()
             .insert(digest.to_owned());
     }

@@ -27,11 +27,11 @@ use harambee_privacy::ledger::{Contribution, LedgerEvent, Sha256Digest, SignedRe
 pub enum RoundInput {
     /// A facility (re)connected: retry selection, resend its pending task.
     Connected {
-        agent: String,
+        agent: FacilityId,
     },
     /// A complete, checksummed upload.
     Update {
-        agent: String,
+        agent: FacilityId,
         n_samples: u64,
         digest: String,
         values: Vec<f32>,
@@ -40,29 +40,29 @@ pub enum RoundInput {
     },
     /// An upload refused on its header.
     Reject {
-        agent: String,
+        agent: FacilityId,
         error: UpdateError,
         reply: oneshot::Sender<RoundError>,
     },
     /// Metrics, or `None` when the facility withholds them.
     Metrics {
-        agent: String,
+        agent: FacilityId,
         metrics: Option<Metrics>,
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
     Dropout {
-        agent: String,
+        agent: FacilityId,
         reason: String,
     },
     /// Secure aggregation: a facility finished training and holds its update.
     Trained {
-        agent: String,
+        agent: FacilityId,
         n_samples: u64,
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
     /// Secure aggregation: a key-exchange or unmasking message.
     SecAgg {
-        agent: String,
+        agent: FacilityId,
         msg: SecAggIn,
         /// With an advertisement: the size of the last ledger head the agent checked.
         known_tree_size: u64,
@@ -70,7 +70,7 @@ pub enum RoundInput {
     },
     /// Secure aggregation: a masked input (little-endian words).
     Masked {
-        agent: String,
+        agent: FacilityId,
         bytes: Vec<u8>,
         receipt: SignedReceipt,
         reply: oneshot::Sender<Result<(), RoundError>>,
@@ -80,8 +80,8 @@ pub enum RoundInput {
 /// Per agent, the ledger head of the peer-key stage; per facility, its enrolment entry and
 /// audit path.
 type PeerLedgerParts = (
-    HashMap<String, pb::LedgerHead>,
-    HashMap<String, (String, Vec<Sha256Digest>)>,
+    HashMap<FacilityId, pb::LedgerHead>,
+    HashMap<FacilityId, (String, Vec<Sha256Digest>)>,
 );
 
 /// Storage faults that end a round as failed.
@@ -182,16 +182,16 @@ struct Driver {
     /// The parameters after the federated prefix (the FedPer head), carried unchanged.
     head: Vec<f32>,
     /// The task each facility still owes an answer to, resent when it reconnects.
-    pending: HashMap<String, pb::Task>,
+    pending: HashMap<FacilityId, pb::Task>,
     /// The candidate model once stored: (digest, size in bytes).
     candidate: Option<(String, u64)>,
     /// Certificate chains of the selected facilities (secure aggregation forwards them).
-    certificates: HashMap<String, Vec<Vec<u8>>>,
+    certificates: HashMap<FacilityId, Vec<Vec<u8>>>,
     /// The ledger head size each facility reported with its advertisement: the peer-key
     /// stage proves its head extends that one.
-    known_tree_sizes: HashMap<String, u64>,
+    known_tree_sizes: HashMap<FacilityId, u64>,
     /// Each accepted upload as the ledger will record it, with its facility's receipt.
-    contributions: HashMap<String, Contribution>,
+    contributions: HashMap<FacilityId, Contribution>,
     /// Facilities left out of selection, and why (their policy or budget), logged once.
     declined: Vec<String>,
     /// How many facilities could have been selected at the last selection attempt.
@@ -271,7 +271,7 @@ impl Driver {
 
     fn select_now(&mut self) {
         if self.round.stage() == Stage::Selecting {
-            let connected: Vec<String> = self
+            let connected: Vec<FacilityId> = self
                 .coord
                 .registry
                 .connected()
@@ -281,7 +281,6 @@ impl Driver {
             let eligible: Vec<FacilityId> = connected
                 .into_iter()
                 .filter(|f| self.would_accept(f))
-                .map(FacilityId::from)
                 .collect();
             self.eligible = eligible.len() as u64;
             if self.round.is_secure() {
@@ -293,7 +292,7 @@ impl Driver {
                     match harambee_link::identity::ed25519_key_of(&chain[0]) {
                         Ok(key) => {
                             keys.push((facility.clone(), key));
-                            self.certificates.insert(facility.to_string(), chain);
+                            self.certificates.insert(facility.clone(), chain);
                         }
                         Err(e) => {
                             warn!(%facility, error = %e, "no Ed25519 identity key; cannot take part in secure aggregation")
@@ -418,7 +417,7 @@ impl Driver {
                 let result = self
                     .check_receipt(&agent, words, receipt)
                     .map_err(|source| RoundError::Invalid {
-                        agent: agent.clone().into(),
+                        agent: agent.clone(),
                         source,
                     })
                     .and_then(|contribution| {
@@ -671,7 +670,7 @@ impl Driver {
         agents: &[&str],
     ) -> Result<PeerLedgerParts, crate::store::ledger_view::LedgerError> {
         use crate::store::ledger_view::{enrolment_proofs, rotation_proofs};
-        let keys: Vec<(String, ed25519_dalek::VerifyingKey)> = self
+        let keys: Vec<(FacilityId, ed25519_dalek::VerifyingKey)> = self
             .certificates
             .iter()
             .filter_map(|(facility, chain)| {
@@ -696,7 +695,7 @@ impl Driver {
                 )
             };
             heads.insert(
-                agent.to_owned(),
+                agent.into(),
                 pb::LedgerHead {
                     signed_tree_head: serde_json::to_string(&head).expect("a head serializes"),
                     ledger_key: self.coord.ledger.verifying_key().to_bytes().to_vec(),
@@ -728,7 +727,7 @@ impl Driver {
         if !self.coord.registry.send(&agent, task.clone()) {
             info!(facility = %agent, "task queued until the facility reconnects");
         }
-        self.pending.insert(agent.into_string(), task);
+        self.pending.insert(agent, task);
     }
 
     /// Central mechanism on a plain round: the coordinator sees each update, so it checks
@@ -808,7 +807,7 @@ impl Driver {
     /// Every update the round accepted (plain, or masked and so in the sum), by facility:
     /// recorded whether the round commits or fails, because the update left its facility.
     fn contribution_events(&self) -> Vec<LedgerEvent> {
-        let mut facilities: Vec<&String> = self.contributions.keys().collect();
+        let mut facilities: Vec<&FacilityId> = self.contributions.keys().collect();
         facilities.sort();
         facilities
             .into_iter()

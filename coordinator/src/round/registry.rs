@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use harambee_core::FacilityId;
 use harambee_proto::pb;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -21,11 +22,11 @@ const TASK_BUFFER: usize = 16;
 
 #[derive(Default)]
 pub struct Registry {
-    agents: Mutex<HashMap<String, Entry>>,
+    agents: Mutex<HashMap<FacilityId, Entry>>,
     next_conn: AtomicU64,
     /// What each facility's last heartbeat said about its policy and privacy budget; kept
     /// across reconnections (the facility's own accountant is the authority).
-    privacy: Mutex<HashMap<String, pb::PrivacyStatus>>,
+    privacy: Mutex<HashMap<FacilityId, pb::PrivacyStatus>>,
 }
 
 struct Entry {
@@ -56,7 +57,7 @@ impl Registry {
         self.agents
             .lock()
             .unwrap()
-            .insert(facility.to_owned(), entry);
+            .insert(FacilityId::from(facility), entry);
         (conn_id, rx)
     }
 
@@ -76,7 +77,7 @@ impl Registry {
         self.privacy
             .lock()
             .unwrap()
-            .insert(facility.to_owned(), status);
+            .insert(FacilityId::from(facility), status);
     }
 
     /// The privacy status of a facility's last heartbeat, if it sent one.
@@ -85,7 +86,7 @@ impl Registry {
     }
 
     /// Every facility's last privacy status.
-    pub fn privacy_statuses(&self) -> Vec<(String, pb::PrivacyStatus)> {
+    pub fn privacy_statuses(&self) -> Vec<(FacilityId, pb::PrivacyStatus)> {
         self.privacy
             .lock()
             .unwrap()
@@ -105,8 +106,8 @@ impl Registry {
     }
 
     /// Facilities connected and alive.
-    pub fn connected(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
+    pub fn connected(&self) -> Vec<FacilityId> {
+        let mut names: Vec<FacilityId> = self
             .agents
             .lock()
             .unwrap()
@@ -150,9 +151,9 @@ impl Registry {
     }
 
     /// Removes and returns the facilities whose last heartbeat is older than `timeout`.
-    pub fn reap(&self, now: Instant, timeout: Duration) -> Vec<String> {
+    pub fn reap(&self, now: Instant, timeout: Duration) -> Vec<FacilityId> {
         let mut agents = self.agents.lock().unwrap();
-        let dead: Vec<String> = agents
+        let dead: Vec<FacilityId> = agents
             .iter()
             .filter(|(_, e)| now.saturating_duration_since(e.last_heartbeat) > timeout)
             .map(|(n, _)| n.clone())
@@ -194,8 +195,8 @@ mod tests {
         let (_c, _rx2) = reg.connect("b", Vec::new(), t0);
         assert!(reg.heartbeat("a", t0 + Duration::from_secs(9)));
         let dead = reg.reap(t0 + Duration::from_secs(11), Duration::from_secs(10));
-        assert_eq!(dead, vec!["b".to_string()]);
-        assert_eq!(reg.connected(), vec!["a".to_string()]);
+        assert_eq!(dead, vec![FacilityId::from("b")]);
+        assert_eq!(reg.connected(), vec![FacilityId::from("a")]);
         assert!(
             !reg.heartbeat("b", t0),
             "a reaped agent must reconnect first"

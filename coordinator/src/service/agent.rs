@@ -1,7 +1,7 @@
 //! `AgentService`: task streams, liveness, model download, update upload, metrics.
 
 use futures::StreamExt;
-use harambee_core::UpdateError;
+use harambee_core::{FacilityId, UpdateError};
 use harambee_proto::pb::{self, agent_service_server::AgentService, upload_update_request::Part};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -173,7 +173,7 @@ impl AgentService for AgentApi {
             };
             let (reply, answer) = oneshot::channel();
             let input = RoundInput::Reject {
-                agent: peer.name.clone(),
+                agent: peer.name.as_str().into(),
                 error,
                 reply,
             };
@@ -233,7 +233,7 @@ impl AgentService for AgentApi {
         drop(payload);
         let (reply, answer) = oneshot::channel();
         let input = RoundInput::Update {
-            agent: peer.name.clone(),
+            agent: peer.name.as_str().into(),
             n_samples: header.n_samples,
             digest,
             values,
@@ -271,7 +271,7 @@ impl AgentService for AgentApi {
         round
             .inputs
             .send(RoundInput::Metrics {
-                agent: peer.name,
+                agent: peer.name.into(),
                 metrics,
                 reply,
             })
@@ -306,7 +306,7 @@ impl AgentService for AgentApi {
             ServiceError::invalid_argument(format!("malformed secure-aggregation message: {e}"))
         };
         let (reply, answer) = oneshot::channel();
-        let agent = peer.name.clone();
+        let agent = FacilityId::from(peer.name.as_str());
         let input = match req
             .part
             .ok_or_else(|| ServiceError::invalid_argument("empty secure-aggregation submission"))?
@@ -373,7 +373,7 @@ impl AgentService for AgentApi {
             ServiceError::failed_precondition(format!("round {} is not running", req.round_id))
         })?;
         let input = RoundInput::Dropout {
-            agent: peer.name,
+            agent: peer.name.into(),
             reason: format!("declined: {reason}"),
         };
         round.inputs.send(input).await.map_err(|_| round_gone())?;
@@ -732,7 +732,7 @@ impl AgentApi {
         )?;
         let (reply, answer) = oneshot::channel();
         let input = RoundInput::Masked {
-            agent: facility.to_owned(),
+            agent: facility.into(),
             bytes: payload,
             receipt,
             reply,

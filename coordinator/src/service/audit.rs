@@ -159,9 +159,9 @@ impl AuditService for AuditApi {
         }
         for (facility, status) in self.coord.registry.privacy_statuses() {
             let entry = spend
-                .entry(facility.clone())
+                .entry(facility.to_string())
                 .or_insert_with(|| pb::PrivacySpend {
-                    facility,
+                    facility: facility.into_string(),
                     epsilon_spent: status.epsilon_spent,
                     delta: status.delta,
                     ..Default::default()

@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use harambee_core::FacilityId;
+
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use harambee_privacy::ledger::{
@@ -92,9 +94,10 @@ pub fn rotation_proofs(
 /// A pair the ledger does not record is left out: its peers will refuse it.
 pub fn enrolment_proofs(
     ledger: &Ledger,
-    keys: &[(String, VerifyingKey)],
+    keys: &[(FacilityId, VerifyingKey)],
     tree_size: u64,
-) -> Result<HashMap<String, (String, Vec<Sha256Digest>)>, harambee_privacy::ledger::LedgerError> {
+) -> Result<HashMap<FacilityId, (String, Vec<Sha256Digest>)>, harambee_privacy::ledger::LedgerError>
+{
     let mut latest: HashMap<&str, &LedgerLine> = HashMap::new();
     for line in ledger
         .lines()
@@ -105,7 +108,7 @@ pub fn enrolment_proofs(
             facility,
             receipt_key: Some(key),
         } = &line.event
-            && keys.iter().any(|(f, k)| f == facility && k == key)
+            && keys.iter().any(|(f, k)| f.as_str() == facility && k == key)
         {
             latest.insert(facility.as_str(), line);
         }
@@ -114,7 +117,7 @@ pub fn enrolment_proofs(
         .into_iter()
         .map(|(facility, line)| {
             Ok((
-                facility.to_owned(),
+                FacilityId::from(facility),
                 (
                     line.to_json()?,
                     ledger.inclusion_proof(line.index, tree_size)?,

@@ -19,6 +19,7 @@ use harambee_coordinator::pki::PkiPaths;
 use harambee_coordinator::server::tls::{load_server_config, tls_incoming};
 use harambee_coordinator::store::ledger_view::enrolment_proofs;
 use harambee_coordinator::wire;
+use harambee_core::FacilityId;
 use harambee_core::round::SecAggOut;
 use harambee_link::identity::{ed25519_key_of, identity_from_cert};
 use harambee_privacy::ledger::{
@@ -205,14 +206,17 @@ impl Rogue {
     fn peer_ledger(
         &self,
         facility_known_tree_size: u64,
-    ) -> (pb::LedgerHead, HashMap<String, (String, Vec<Sha256Digest>)>) {
+    ) -> (
+        pb::LedgerHead,
+        HashMap<FacilityId, (String, Vec<Sha256Digest>)>,
+    ) {
         let ledger = self.state.ledger.lock().unwrap();
         let head = ledger.sign_head(now_ms() as u64, &self.state.ledger_key);
         let size = head.head.tree_size;
-        let keys: Vec<(String, VerifyingKey)> = self
+        let keys: Vec<(FacilityId, VerifyingKey)> = self
             .certificates()
             .into_iter()
-            .filter_map(|(f, chain)| Some((f, ed25519_key_of(chain.first()?).ok()?)))
+            .filter_map(|(f, chain)| Some((f.into(), ed25519_key_of(chain.first()?).ok()?)))
             .collect();
         let enrolments = enrolment_proofs(&ledger, &keys, size).unwrap();
         let known = facility_known_tree_size.min(size);
@@ -485,13 +489,13 @@ impl<'r> RogueRound<'r> {
             head: head.clone(),
             enrolments,
         });
-        let task = wire::secagg_task(
-            self.round_id,
-            out,
-            &self.rogue.certificates(),
-            ledger,
-            deadline,
-        );
+        let certificates = self
+            .rogue
+            .certificates()
+            .into_iter()
+            .map(|(f, chain)| (FacilityId::from(f), chain))
+            .collect();
+        let task = wire::secagg_task(self.round_id, out, &certificates, ledger, deadline);
         self.rogue.send(name, task).await;
     }
 
