@@ -3,6 +3,7 @@
 
 pub mod identity;
 pub mod rogue;
+pub mod scripted;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -3,83 +3,11 @@
 
 use harambee_sim::harness as common;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use common::*;
-use harambee_agent::transfer::upload_update;
 use harambee_link::identity::Role;
-use harambee_proto::pb::{self, agent_service_client::AgentServiceClient, task::Kind};
-use sha2::{Digest, Sha256};
+use harambee_proto::pb::{self, agent_service_client::AgentServiceClient};
+use harambee_sim::harness::scripted::ScriptedAgent;
 use tonic::Code;
-use tonic::transport::Channel;
-
-/// A hand-driven agent: opens its task stream and heartbeats, and does what the test says.
-struct Rogue {
-    name: String,
-    pki: std::path::PathBuf,
-    federation: String,
-    client: AgentServiceClient<Channel>,
-    tasks: tonic::Streaming<pb::Task>,
-    _heartbeat: tokio::task::JoinHandle<()>,
-}
-
-impl Rogue {
-    async fn connect(h: &Harness, name: &str) -> Rogue {
-        let mut client = h.raw_agent(name).await;
-        let tasks = client
-            .open_task_stream(pb::OpenTaskStreamRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        let mut hb = client.clone();
-        let heartbeat = tokio::spawn(async move {
-            loop {
-                let _ = hb.heartbeat(open_heartbeat()).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        Rogue {
-            name: name.to_owned(),
-            pki: h.pki.clone(),
-            federation: String::new(),
-            client,
-            tasks,
-            _heartbeat: heartbeat,
-        }
-    }
-
-    async fn next_train(&mut self) -> pb::TrainTask {
-        loop {
-            match self.tasks.message().await.unwrap().unwrap().kind {
-                Some(Kind::Train(t)) => {
-                    self.federation = t.federation.clone();
-                    return t;
-                }
-                _ => continue,
-            }
-        }
-    }
-
-    async fn upload(
-        &mut self,
-        round_id: u64,
-        n_params: u64,
-        values: &[f32],
-    ) -> Result<(), tonic::Status> {
-        let bytes = harambee_core::params::to_le_bytes(values);
-        let header = pb::UpdateHeader {
-            round_id,
-            n_params,
-            n_samples: 50,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            train_loss: 0.5,
-            masked: false,
-            receipt: receipt_for(&self.pki, &self.name, &self.federation, round_id, &bytes),
-        };
-        upload_update(&mut self.client, header, Arc::new(bytes)).await
-    }
-}
 
 fn participant<'a>(round: &'a pb::Round, name: &str) -> &'a pb::Participant {
     round
@@ -96,7 +24,7 @@ async fn bad_updates_are_refused_and_the_round_goes_on() {
     for f in &facilities {
         h.spawn_agent(f);
     }
-    let mut rogue = Rogue::connect(&h, "rogue").await;
+    let mut rogue = ScriptedAgent::connect(&h, "rogue").await;
     let mut admin = h.admin().await;
     let mut spec = plain(spec(&facilities, 2, 3));
     spec.facilities.push("rogue".into());
@@ -115,7 +43,10 @@ async fn bad_updates_are_refused_and_the_round_goes_on() {
     let n = task.model.as_ref().unwrap().n_params;
     let mut values = vec![0.1f32; n as usize];
     values[3] = f32::NAN;
-    let err = rogue.upload(task.round_id, n, &values).await.unwrap_err();
+    let err = rogue
+        .upload(&task.federation, task.round_id, 50, &values)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(
         err.message().contains("index 3 is not finite"),
@@ -144,7 +75,12 @@ async fn bad_updates_are_refused_and_the_round_goes_on() {
         .into_inner();
     let task = rogue.next_train().await;
     let err = rogue
-        .upload(task.round_id, n + 1, &vec![0.0; n as usize + 1])
+        .upload(
+            &task.federation,
+            task.round_id,
+            50,
+            &vec![0.0; n as usize + 1],
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -156,7 +92,7 @@ async fn bad_updates_are_refused_and_the_round_goes_on() {
     // A second try within the same round is refused too: the facility is out of it (or,
     // if the others were quicker, training has already closed).
     let err = rogue
-        .upload(task.round_id, n, &vec![0.0; n as usize])
+        .upload(&task.federation, task.round_id, 50, &vec![0.0; n as usize])
         .await
         .unwrap_err();
     assert!(
@@ -186,14 +122,14 @@ async fn bad_updates_are_refused_and_the_round_goes_on() {
     assert_eq!(silent.detail, "missed the training deadline");
     // A late upload for a finished round.
     let err = rogue
-        .upload(task.round_id, n, &vec![0.0; n as usize])
+        .upload(&task.federation, task.round_id, 50, &vec![0.0; n as usize])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     // Unknown ids.
     let err = rogue
-        .upload(999_999, n, &vec![0.0; n as usize])
+        .upload(&task.federation, 999_999, 50, &vec![0.0; n as usize])
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);

@@ -4,14 +4,12 @@
 
 use harambee_sim::harness as common;
 
-use std::sync::Arc;
-
 use common::*;
 use harambee_coordinator::federation::Mechanism;
 use harambee_link::identity::Role;
 use harambee_privacy::ledger::{LedgerEvent, parse_jsonl};
 use harambee_proto::pb::{self, task::Kind};
-use sha2::{Digest, Sha256};
+use harambee_sim::harness::scripted::ScriptedAgent;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_that_failed_after_its_candidate_left_counts_in_the_facility_level_epsilon() {
@@ -25,19 +23,7 @@ async fn a_round_that_failed_after_its_candidate_left_counts_in_the_facility_lev
     spec.privacy.noise_multiplier = 1.0;
     create_federation(&mut admin, &spec).await;
 
-    let mut client = h.raw_agent("clinic").await;
-    let mut tasks = client
-        .open_task_stream(pb::OpenTaskStreamRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut hb = client.clone();
-    let heartbeat = tokio::spawn(async move {
-        loop {
-            let _ = hb.heartbeat(open_heartbeat()).await;
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    });
+    let mut clinic = ScriptedAgent::connect(&h, "clinic").await;
     let round = admin
         .start_round(pb::StartRoundRequest {
             federation: spec.name.clone(),
@@ -45,29 +31,17 @@ async fn a_round_that_failed_after_its_candidate_left_counts_in_the_facility_lev
         .await
         .unwrap()
         .into_inner();
-    let Some(Kind::Train(task)) = tasks.message().await.unwrap().unwrap().kind else {
-        panic!("expected a train task")
-    };
+    let task = clinic.next_train().await;
     let n = task.model.as_ref().unwrap().n_params;
-    let bytes = harambee_core::params::to_le_bytes(&vec![0.01f32; n as usize]);
-    let header = pb::UpdateHeader {
-        round_id: round.id,
-        n_params: n,
-        n_samples: 40,
-        sha256: hex::encode(Sha256::digest(&bytes)),
-        train_loss: 0.5,
-        masked: false,
-        receipt: receipt_for(&h.pki, "clinic", &spec.name, round.id, &bytes),
-    };
-    harambee_agent::transfer::upload_update(&mut client, header, Arc::new(bytes))
+    clinic
+        .upload(&spec.name, round.id, 40, &vec![0.01f32; n as usize])
         .await
         .unwrap();
     // The candidate is out for evaluation; then the coordinator stops.
-    let Some(Kind::Evaluate(_)) = tasks.message().await.unwrap().unwrap().kind else {
+    let Kind::Evaluate(_) = clinic.next_task().await else {
         panic!("expected an evaluate task")
     };
-    heartbeat.abort();
-    drop((tasks, client));
+    clinic.disconnect();
     h.stop_coordinator().await;
     h.start_coordinator().await;
 

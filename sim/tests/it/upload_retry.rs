@@ -11,26 +11,9 @@ use harambee_agent::transfer::upload_update;
 use harambee_link::identity::Role;
 use harambee_privacy::ledger::{LedgerEvent, parse_jsonl};
 use harambee_proto::pb::{self, task::Kind};
+use harambee_sim::harness::scripted::ScriptedAgent;
 use sha2::{Digest, Sha256};
 use tonic::Code;
-
-fn header(
-    h: &Harness,
-    round_id: u64,
-    n_params: u64,
-    federation: &str,
-    bytes: &[u8],
-) -> pb::UpdateHeader {
-    pb::UpdateHeader {
-        round_id,
-        n_params,
-        n_samples: 40,
-        sha256: hex::encode(Sha256::digest(bytes)),
-        train_loss: 0.5,
-        masked: false,
-        receipt: receipt_for(&h.pki, "clinic", federation, round_id, bytes),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_upload_after_a_lost_response_is_ok_and_stays_in_the_ledger() {
@@ -41,19 +24,7 @@ async fn a_retried_upload_after_a_lost_response_is_ok_and_stays_in_the_ledger() 
     spec.facilities = vec!["clinic".into()];
     create_federation(&mut admin, &spec).await;
 
-    let mut client = h.raw_agent("clinic").await;
-    let mut tasks = client
-        .open_task_stream(pb::OpenTaskStreamRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut hb = client.clone();
-    let heartbeat = tokio::spawn(async move {
-        loop {
-            let _ = hb.heartbeat(open_heartbeat()).await;
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    });
+    let mut clinic = ScriptedAgent::connect(&h, "clinic").await;
     let round = admin
         .start_round(pb::StartRoundRequest {
             federation: spec.name.clone(),
@@ -61,23 +32,21 @@ async fn a_retried_upload_after_a_lost_response_is_ok_and_stays_in_the_ledger() 
         .await
         .unwrap()
         .into_inner();
-    let Some(Kind::Train(task)) = tasks.message().await.unwrap().unwrap().kind else {
-        panic!("expected a train task")
-    };
+    let task = clinic.next_train().await;
     let n = task.model.as_ref().unwrap().n_params;
     let bytes = Arc::new(harambee_core::params::to_le_bytes(&vec![
         0.01f32;
         n as usize
     ]));
     let digest = hex::encode(Sha256::digest(bytes.as_slice()));
-    let upload = header(&h, round.id, n, &spec.name, &bytes);
+    let upload = clinic.header(&spec.name, round.id, 40, &bytes);
 
     // Accepted; the answer is "lost" and the agent sends the same bytes again. The round has
     // meanwhile closed training (its only facility uploaded) and is evaluating.
-    upload_update(&mut client, upload.clone(), bytes.clone())
+    upload_update(&mut clinic.client, upload.clone(), bytes.clone())
         .await
         .unwrap();
-    upload_update(&mut client, upload.clone(), bytes.clone())
+    upload_update(&mut clinic.client, upload.clone(), bytes.clone())
         .await
         .expect("a retried upload of the same bytes is answered OK");
     // Other bytes for the same round are still refused.
@@ -85,19 +54,17 @@ async fn a_retried_upload_after_a_lost_response_is_ok_and_stays_in_the_ledger() 
         0.02f32;
         n as usize
     ]));
-    let err = upload_update(
-        &mut client,
-        header(&h, round.id, n, &spec.name, &other),
-        other.clone(),
-    )
-    .await
-    .unwrap_err();
+    let other_header = clinic.header(&spec.name, round.id, 40, &other);
+    let err = upload_update(&mut clinic.client, other_header.clone(), other.clone())
+        .await
+        .unwrap_err();
     assert_ne!(err.code(), Code::Ok);
 
-    let Some(Kind::Evaluate(_)) = tasks.message().await.unwrap().unwrap().kind else {
+    let Kind::Evaluate(_) = clinic.next_task().await else {
         panic!("expected an evaluate task")
     };
-    client
+    clinic
+        .client
         .report_metrics(pb::ReportMetricsRequest {
             round_id: round.id,
             withheld: true,
@@ -109,18 +76,14 @@ async fn a_retried_upload_after_a_lost_response_is_ok_and_stays_in_the_ledger() 
     assert_eq!(ended.state(), pb::RoundState::Committed, "{ended:?}");
 
     // After the round ended: the same bytes are still OK, other bytes are not.
-    upload_update(&mut client, upload.clone(), bytes.clone())
+    upload_update(&mut clinic.client, upload.clone(), bytes.clone())
         .await
         .expect("a retry after the round ended is answered OK");
-    let err = upload_update(
-        &mut client,
-        header(&h, round.id, n, &spec.name, &other),
-        other,
-    )
-    .await
-    .unwrap_err();
+    let err = upload_update(&mut clinic.client, other_header, other)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    heartbeat.abort();
+    clinic.disconnect();
 
     // The ledger holds the contribution that is in the model, once.
     let out = h.dir.path().join("ledger.jsonl");
