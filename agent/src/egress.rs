@@ -1,7 +1,6 @@
 //! The facility's own log of everything that left it: one JSON object per line, appended
 //! and flushed before the data is sent. Facility IT reads it; auditors cross-check it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -63,16 +62,20 @@ impl EgressLog {
         &self.path
     }
 
+    /// Appends one record, whole or not at all, synced before it returns.
     pub fn append(&self, record: &EgressRecord<'_>) -> anyhow::Result<()> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
-        file.write_all(&line)?;
-        file.sync_data()?;
-        Ok(())
+        harambee_link::files::append_line(&self.path, &line)
+            .with_context(|| format!("appending to {}", self.path.display()))
+    }
+
+    /// Completes or removes a last line torn by a crash or a full disk (it was never
+    /// synced, so what it records had not left); returns the bytes removed.
+    pub fn repair(&self) -> anyhow::Result<u64> {
+        harambee_link::files::repair_torn_tail(&self.path, |line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok()
+        })
+        .with_context(|| format!("repairing {}", self.path.display()))
     }
 }

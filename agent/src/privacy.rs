@@ -8,8 +8,6 @@
 //! key, each signed by the key before it and included in the new head, which must extend
 //! the last head seen); the rotation is then recorded in the log and the new key pinned.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -33,6 +31,19 @@ pub struct PrivacyLog {
 impl PrivacyLog {
     /// Opens (or starts) the log at `path`, checking its whole hash chain.
     pub fn open(path: &Path) -> anyhow::Result<PrivacyLog> {
+        // A last line cut by a crash or a full disk was never synced: what it records had
+        // not happened. Completed if whole, removed if not; never blamed on anyone.
+        let removed = harambee_link::files::repair_torn_tail(path, |line| {
+            serde_json::from_str::<LogLine>(line).is_ok()
+        })
+        .with_context(|| format!("repairing {}", path.display()))?;
+        if removed > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = removed,
+                "the privacy log's last line was torn (an interrupted write) and was removed"
+            );
+        }
         let lines = match std::fs::read_to_string(path) {
             Ok(text) => {
                 let lines = log::parse_log(&text)
@@ -76,13 +87,8 @@ impl PrivacyLog {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_data()?;
+        harambee_link::files::append_line(&self.path, text.as_bytes())
+            .with_context(|| format!("appending to {}", self.path.display()))?;
         self.lines.extend(lines);
         Ok(())
     }

@@ -62,6 +62,11 @@ pub async fn run_with_stats(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    // One facility identity, one agent: a second process on the same state would fork the
+    // privacy log and fight the first for the task stream.
+    let _state_lock = harambee_link::files::lock_dir(&config.state_dir).context(
+        "another agent is running with this state directory (one agent per facility; stop the other first)",
+    )?;
     let clock = Clock::system();
     let tls = ClientTls::from_files(
         &config.tls.ca,
@@ -93,9 +98,17 @@ pub async fn run_with_stats(
         SecureClients::new(Some(signing_key), verifier),
         config.testing.crash_at.clone(),
     );
+    let egress = EgressLog::new(&config.state_dir, config.egress.keep_payloads);
+    let removed = egress.repair()?;
+    if removed > 0 {
+        warn!(
+            bytes = removed,
+            "the egress log's last line was torn (an interrupted write) and was removed"
+        );
+    }
     let (calls, owner) = spawn_owner(core);
     let agent = Arc::new(Agent {
-        egress: EgressLog::new(&config.state_dir, config.egress.keep_payloads),
+        egress,
         config,
         tls,
         clock,

@@ -1,6 +1,8 @@
 //! Writing key and certificate files safely: private files are created with mode 0600 from
 //! the start (never widened, then narrowed), and replacements go through a temporary file and
-//! a rename, so a reader sees the old file or the new one, never part of one.
+//! a rename, so a reader sees the old file or the new one, never part of one. Logs of one
+//! line per record are appended whole or not at all ([`append_line`],
+//! [`repair_torn_tail`]), and a state directory has one owner ([`lock_dir`]).
 
 use std::fs;
 use std::io::{self, Write};
@@ -45,6 +47,92 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
         .create(dir)
 }
 
+/// Appends `line` (which ends with a newline) to `path` and syncs it to disk. If the write
+/// fails part-way (a full disk), the file is cut back to its length before, so that no torn
+/// line stays behind for the next append to continue.
+pub fn append_line(path: &Path, line: &[u8]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let before = file.metadata()?.len();
+    file.write_all(line)
+        .and_then(|()| file.sync_data())
+        .inspect_err(|_| {
+            let _ = file.set_len(before);
+            let _ = file.sync_data();
+        })
+}
+
+/// A log whose last line has no newline was cut by a crash or a full disk while that line
+/// was written, before it was synced, so whatever it records had not happened yet. Such a
+/// line is completed with its newline if `is_whole` accepts it, and removed otherwise.
+/// Returns the bytes removed (0 when the log ends whole).
+pub fn repair_torn_tail(path: &Path, is_whole: impl Fn(&str) -> bool) -> io::Result<u64> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return Ok(0);
+    }
+    let cut = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let tail = &bytes[cut..];
+    let file = fs::OpenOptions::new().append(true).open(path)?;
+    if std::str::from_utf8(tail).is_ok_and(is_whole) {
+        (&file).write_all(b"\n")?;
+        file.sync_data()?;
+        Ok(0)
+    } else {
+        file.set_len(cut as u64)?;
+        file.sync_data()?;
+        Ok(tail.len() as u64)
+    }
+}
+
+/// An exclusive lock on a directory, held until dropped: `dir/LOCK_FILE` locked with
+/// `flock`, which the kernel releases when the process dies, however it dies.
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// The lock file in a locked directory; it holds the owner's process id.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the exclusive lock on `dir` without waiting. `WouldBlock` when another process
+/// (or another handle in this one) holds it, with the holder's process id in the message.
+pub fn lock_dir(dir: &Path) -> io::Result<DirLock> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(PRIVATE)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is locked by process {} ({})",
+                    dir.display(),
+                    holder.trim(),
+                    path.display()
+                ),
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    file.set_len(0)?;
+    file.write_all(std::process::id().to_string().as_bytes())?;
+    file.sync_data()?;
+    Ok(DirLock { _file: file })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -67,5 +155,37 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_completed_if_whole_and_removed_if_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        assert_eq!(repair_torn_tail(&path, |_| true).unwrap(), 0, "no file");
+        fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\"").unwrap();
+        let whole = |l: &str| serde_json::from_str::<serde_json::Value>(l).is_ok();
+        assert_eq!(repair_torn_tail(&path, whole).unwrap(), 4);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(repair_torn_tail(&path, whole).unwrap(), 0);
+        fs::write(&path, "{\"a\":1}\n{\"a\":2}").unwrap();
+        assert_eq!(repair_torn_tail(&path, whole).unwrap(), 0);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+        append_line(&path, b"{\"a\":3}\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn a_locked_directory_refuses_a_second_owner_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_dir(dir.path()).unwrap();
+        let err = lock_dir(dir.path()).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            err.to_string()
+                .contains(&format!("locked by process {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        lock_dir(dir.path()).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! and minutes of linking.
 
 mod adversary;
+mod agent_state;
 mod bad_input;
 mod bench_quality;
 mod demo;

@@ -1,0 +1,104 @@
+//! An agent's state directory has one owner, and its logs survive an interrupted write: a
+//! second agent process for the same facility refuses to start (it would fork the privacy
+//! log and fight the first for the task stream), and a last line torn by a crash or a full
+//! disk is repaired at start-up instead of stopping the agent or raising a false alarm.
+
+use harambee_sim::harness as common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use harambee_privacy::log::{LOG_FILE, parse_log};
+use harambee_proto::pb;
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_for_the_same_state_refuses_to_start_and_the_first_goes_on() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(Some(1));
+    h.spawn_agent(&facilities[0]);
+    let mut admin = h.admin().await;
+    wait_connected(&mut admin, &[facilities[0].name.as_str()]).await;
+
+    // The same configuration, as a second process: refused at once, with the reason.
+    let path = facilities[0].dir.join("second.toml");
+    let text = std::fs::read_dir(facilities[0].dir.as_path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .expect("the agent's configuration file");
+    std::fs::write(&path, text).unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+            .args(["agent", "run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the second agent exits instead of running")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another agent is running with this state directory")
+            && stderr.contains(&format!("locked by process {}", std::process::id())),
+        "{stderr}"
+    );
+    // The first agent still has its stream and takes part in a round.
+    let spec = plain(spec(&facilities, 1, 60));
+    create_federation(&mut admin, &spec).await;
+    let round = run_round(&mut admin, &spec.name).await;
+    assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
+    h.stop_agents().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_line_in_the_logs_is_repaired_and_the_agent_goes_on() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(Some(1));
+    let config = h.spawn_agent(&facilities[0]);
+    let mut admin = h.admin().await;
+    let spec = plain(spec(&facilities, 1, 60));
+    create_federation(&mut admin, &spec).await;
+    wait_connected(&mut admin, &[facilities[0].name.as_str()]).await;
+    let round = run_round(&mut admin, &spec.name).await;
+    assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
+    h.stop_agents().await;
+
+    // A crash (or a full disk) in the middle of writing a line of each log.
+    let log = config.state_dir.join(LOG_FILE);
+    let egress = config.state_dir.join("egress.jsonl");
+    let whole = std::fs::read_to_string(&log).unwrap();
+    let n_lines = whole.lines().count();
+    let torn = |path: &std::path::Path, tail: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(tail.as_bytes()).unwrap();
+    };
+    torn(&log, "{\"seq\":99,\"unix_ms\":1,\"rec");
+    torn(&egress, "{\"unix_ms\":1,\"kind\":\"upd");
+
+    // The agent starts, says what it removed, and the next round goes through.
+    let config = h.spawn_agent(&facilities[0]);
+    wait_connected(&mut admin, &[facilities[0].name.as_str()]).await;
+    let round = run_round(&mut admin, &spec.name).await;
+    assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
+    h.stop_agents().await;
+    let text = std::fs::read_to_string(config.state_dir.join(LOG_FILE)).unwrap();
+    let lines = parse_log(&text).expect("the repaired log's chain verifies");
+    assert!(
+        lines.len() > n_lines,
+        "the next round was logged after the repair"
+    );
+    assert!(
+        text.starts_with(&whole),
+        "nothing before the torn line changed"
+    );
+    for line in std::fs::read_to_string(&egress).unwrap().lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("every egress line is whole");
+    }
+}
