@@ -54,6 +54,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     run_with_stats(config, shutdown, Arc::default()).await
 }
 
+/// What a facility tells the coordinator when it cannot train (the details stay in its log).
+const NO_DATA: &str = "this facility's data could not be read";
+const NO_TRAINING: &str = "local training failed at this facility";
+
 /// [`run`], counting what is sent into `stats`.
 pub async fn run_with_stats(
     config: AgentConfig,
@@ -504,8 +508,14 @@ impl Agent {
             );
         }
         // With a personalized model, train the global body under this facility's own head.
-        let start = self.with_own_head(&model, &task.federation, &base)?;
-        let (train, _) = self.load_split(schema).await?;
+        let start = match self.with_own_head(&model, &task.federation, &base) {
+            Ok(start) => start,
+            Err(e) => return Err(self.decline_local(&mut client, &task, NO_TRAINING, e).await),
+        };
+        let (train, _) = match self.load_split(schema).await {
+            Ok(split) => split,
+            Err(e) => return Err(self.decline_local(&mut client, &task, NO_DATA, e).await),
+        };
         let Some(dp) = self
             .admit(&mut client, &task, train.n_rows(), config.epochs)
             .await?
@@ -520,7 +530,7 @@ impl Agent {
             "training"
         );
         let started = self.clock.now();
-        let (report, model) = tokio::task::spawn_blocking({
+        let trained = tokio::task::spawn_blocking({
             let start = start.clone();
             move || -> anyhow::Result<_> {
                 let report = match dp_sgd {
@@ -544,13 +554,39 @@ impl Agent {
                 Ok((report, model))
             }
         })
-        .await??;
+        .await?;
+        let (report, model) = match trained {
+            Ok(trained) => trained,
+            Err(e) => return Err(self.decline_local(&mut client, &task, NO_TRAINING, e).await),
+        };
         // Only the federated prefix leaves; the head stays here.
         let mut update = model.shared_update(&report.params, &start)?;
         clip_for_facility_dp(&mut update, task.privacy.as_ref());
         self.keep_head(&model, &task.federation, &report.params)?;
         self.send_update(client, &task, update, report, dp, started)
             .await
+    }
+
+    /// A local failure before anything left (the data cannot be read, training failed):
+    /// logged here with its details and declined at once with `reason`, so that the round
+    /// does not wait out its deadline for this facility. The details stay here: an error
+    /// about a data row may quote the value in it.
+    async fn decline_local(
+        &self,
+        client: &mut Client,
+        task: &pb::TrainTask,
+        reason: &str,
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        error!(round_id = task.round_id, "{reason}: {error:#}");
+        let request = pb::DeclineTaskRequest {
+            round_id: task.round_id,
+            reason: format!("{reason} (details in the facility's log)"),
+        };
+        if let Err(status) = client.decline_task(request).await {
+            warn!(round_id = task.round_id, %status, "telling the coordinator failed");
+        }
+        error.context(reason.to_owned())
     }
 
     fn personal_path(&self, federation: &str, extension: &str) -> std::path::PathBuf {

@@ -1,7 +1,9 @@
-//! An agent's state directory has one owner, and its logs survive an interrupted write: a
-//! second agent process for the same facility refuses to start (it would fork the privacy
-//! log and fight the first for the task stream), and a last line torn by a crash or a full
-//! disk is repaired at start-up instead of stopping the agent or raising a false alarm.
+//! Faults at one facility stay there and are said out loud: an agent's state directory has
+//! one owner (a second agent process for the same facility refuses to start: it would fork
+//! the privacy log and fight the first for the task stream); a last log line torn by a crash
+//! or a full disk is repaired at start-up instead of stopping the agent or raising a false
+//! alarm; and a facility that cannot read its data declines the round at once instead of
+//! leaving it to wait out its training deadline.
 
 use harambee_sim::harness as common;
 
@@ -101,4 +103,42 @@ async fn a_torn_last_line_in_the_logs_is_repaired_and_the_agent_goes_on() {
     for line in std::fs::read_to_string(&egress).unwrap().lines() {
         serde_json::from_str::<serde_json::Value>(line).expect("every egress line is whole");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_facility_whose_data_cannot_be_read_declines_at_once() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(Some(2));
+    for f in &facilities {
+        h.spawn_agent(f);
+    }
+    let mut admin = h.admin().await;
+    // A training deadline no test waits out: the round can only end early if the broken
+    // facility says it cannot train.
+    let spec = plain(spec(&facilities, 2, 3600));
+    create_federation(&mut admin, &spec).await;
+    let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
+    wait_connected(&mut admin, &names).await;
+    let csv = facilities[1].dir.join("data.csv");
+    std::fs::rename(&csv, csv.with_extension("moved")).unwrap();
+
+    let round = run_round(&mut admin, &spec.name).await;
+    assert_eq!(round.state(), pb::RoundState::Failed, "{round:?}");
+    let broken = round
+        .participants
+        .iter()
+        .find(|p| p.facility == facilities[1].name)
+        .unwrap();
+    assert_eq!(
+        broken.status(),
+        pb::ParticipantStatus::Dropped,
+        "{broken:?}"
+    );
+    assert_eq!(
+        broken.detail,
+        "declined: this facility's data could not be read (details in the facility's log)"
+    );
+    // Nothing about the file (its path, a row) reached the coordinator.
+    assert!(!round.failure_reason.contains("data.csv"), "{round:?}");
+    h.stop_agents().await;
 }
