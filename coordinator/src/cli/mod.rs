@@ -238,6 +238,15 @@ pub enum RoundCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// End a running round that cannot finish: it fails with your name and reason.
+    Cancel {
+        #[arg(long)]
+        round: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Show one round, or every round of a federation.
     Status {
         #[arg(long, conflicts_with = "federation")]
@@ -354,6 +363,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     bail!("round {} failed: {}", round.id, round.failure_reason);
                 }
             }
+            Ok(())
+        }
+        Command::Round(RoundCommand::Cancel {
+            round,
+            reason,
+            admin,
+        }) => {
+            let mut client = admin_client(&admin).await?;
+            let round = client
+                .cancel_round(pb::CancelRoundRequest {
+                    round_id: round,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            print_round(&round);
             Ok(())
         }
         Command::Round(RoundCommand::Status {

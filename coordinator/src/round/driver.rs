@@ -68,6 +68,11 @@ pub enum RoundInput {
         known_tree_size: u64,
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
+    /// The operator ends the round: it fails with `reason`.
+    Cancel {
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
     /// Secure aggregation: a masked input (little-endian words).
     Masked {
         agent: FacilityId,
@@ -386,6 +391,11 @@ impl Driver {
                 }
                 self.pending.remove(&agent);
                 let _ = reply.send(result);
+            }
+            RoundInput::Cancel { reason, reply } => {
+                info!(%reason, "round cancelled");
+                self.round.abort(reason);
+                let _ = reply.send(());
             }
             RoundInput::SecAgg {
                 agent,

@@ -1,12 +1,13 @@
 //! `AdminService`: what a national unit's operator does.
 
 use harambee_proto::pb::{self, admin_service_server::AdminService, export_model_response::Part};
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::federation::FederationSpec;
-use crate::round::driver;
+use crate::round::driver::{self, RoundInput};
 use crate::service::caller::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
@@ -299,6 +300,53 @@ impl AdminService for AdminApi {
             )
             .await?;
         Ok(Response::new(self.round_pb(round_id).await?))
+    }
+
+    #[instrument(skip_all, fields(operator, round_id))]
+    async fn cancel_round(
+        &self,
+        request: Request<pb::CancelRoundRequest>,
+    ) -> Result<Response<pb::Round>, Status> {
+        let peer = require_role(&request, Role::Operator)?;
+        let req = request.into_inner();
+        tracing::Span::current()
+            .record("operator", peer.name.as_str())
+            .record("round_id", req.round_id);
+        let round = self.coord.active_round_by_id(req.round_id).ok_or_else(|| {
+            ServiceError::failed_precondition(format!("round {} is not running", req.round_id))
+        })?;
+        let said: String = req.reason.chars().take(500).collect();
+        let reason = if said.trim().is_empty() {
+            format!("cancelled by operator {}", peer.name)
+        } else {
+            format!("cancelled by operator {}: {}", peer.name, said.trim())
+        };
+        let (reply, done) = oneshot::channel();
+        let gone = || ServiceError::failed_precondition(format!("round {} ended", req.round_id));
+        round
+            .inputs
+            .send(RoundInput::Cancel { reason, reply })
+            .await
+            .map_err(|_| gone())?;
+        done.await.map_err(|_| gone())?;
+        info!("round cancelled");
+        self.coord
+            .record_admin_action(
+                &peer,
+                AdminActionKind::RoundCancelled,
+                &round.federation,
+                format!("round {}: {said}", req.round_id),
+            )
+            .await?;
+        // The driver records the failure, then leaves the running rounds (a few seconds at
+        // most, unless its storage is failing: the round is then answered as it stands).
+        for _ in 0..500 {
+            if self.coord.active_round_by_id(req.round_id).is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(Response::new(self.round_pb(req.round_id).await?))
     }
 
     async fn get_round(

@@ -104,6 +104,7 @@ string_enum! {
         CertificateRevoked = "certificate_revoked",
         FederationCreated = "federation_created",
         RoundStarted = "round_started",
+        RoundCancelled = "round_cancelled",
         ModelExported = "model_exported",
     }
 }

@@ -26,6 +26,7 @@ mod peers;
 mod personalization;
 mod privacy_ledger;
 mod restart;
+mod round_cancel;
 mod secure_dropout;
 mod store_suite;
 mod tls_handshake;
