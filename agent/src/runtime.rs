@@ -224,6 +224,20 @@ impl Agent {
             match self.session(&mut backoff).await {
                 Ok(()) => info!("the coordinator closed the task stream; reconnecting"),
                 Err(e) => {
+                    // Revoked, or a certificate past its end: no retry will change that.
+                    if let Some(status) = e.downcast_ref::<tonic::Status>()
+                        && matches!(
+                            status.code(),
+                            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                        )
+                    {
+                        let reason = status.message().to_owned();
+                        error!(%reason, "the coordinator refuses this facility; stopping");
+                        return Err(harambee_link::process::Refused(format!(
+                            "the coordinator refuses this facility: {reason}; the agent stops (re-enrol, or ask the national unit)"
+                        ))
+                        .into());
+                    }
                     warn!("connection to the coordinator failed: {e:#}; retrying in {backoff:?}")
                 }
             }

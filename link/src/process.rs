@@ -1,8 +1,20 @@
 //! The shell of both binaries: a multi-threaded runtime, one future to completion, and the
 //! error printed for a person (`{:#}`, or a gRPC status's message and code).
+//!
+//! Exit codes: 0 success; 1 any failure; [`REFUSED_EXIT`] (3) when the coordinator refuses
+//! this identity for good ([`Refused`]: a revoked facility, certificate or key, an expired
+//! certificate), which retrying cannot fix: enrol again.
 
 use std::future::Future;
 use std::process::ExitCode;
+
+/// The exit code of a process the coordinator refuses for good.
+pub const REFUSED_EXIT: u8 = 3;
+
+/// The coordinator refuses this identity for good; the message says why and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
 /// Runs `main` on a new multi-threaded tokio runtime (with rustls' ring provider installed)
 /// and turns its result into the process's exit code, printing any error to stderr.
@@ -25,7 +37,11 @@ pub fn run_main(main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
                 Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
                 None => eprintln!("error: {e:#}"),
             }
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.downcast_ref::<Refused>().is_some()) {
+                ExitCode::from(REFUSED_EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Revocation with real agents: an open task stream is closed within seconds, the facility
-//! is refused on every call from then on (also after a coordinator restart), and it is never
-//! selected for a round again.
+//! is refused on every call from then on (also after a coordinator restart), it is never
+//! selected for a round again, and its agent stops with an exit code of its own instead of
+//! retrying forever.
 
 use harambee_sim::harness as common;
 use harambee_sim::harness::identity as identity_common;
@@ -52,8 +53,9 @@ async fn identity_revocation_closes_an_open_task_stream_within_seconds() {
         format!("{ACCESS_DENIED}facility \"watched\" has been revoked")
     );
 
-    // The real agent of the enrolled facility: dropped at once and kept out, though it keeps
-    // reconnecting; the other facility is untouched.
+    // The real agent of the enrolled facility: dropped at once and kept out (it stops, see
+    // `identity_a_revoked_agent_stops_with_its_own_exit_code`); the other facility is
+    // untouched.
     let revoked = c.revoke("enrolled-site").await;
     assert_eq!(revoked.status, "revoked");
     assert_eq!(revoked.revoked_by, "harambee://operator/admin");
@@ -163,5 +165,40 @@ async fn identity_only_known_facilities_can_be_revoked() {
             .filter(|a| a.action == "facility_revoked")
             .count(),
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_a_revoked_agent_stops_with_its_own_exit_code() {
+    let c = Coord::start(NINETY_DAYS).await;
+    c.enrol_agent("closing-site").await;
+    let config = c.site_dir("closing-site").join("agent.toml");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+        .args(["agent", "run", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut admin = c.h.admin().await;
+    wait_connected(&mut admin, &["closing-site"]).await;
+    c.revoke("closing-site").await;
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("a revoked agent stops instead of retrying")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(harambee_link::process::REFUSED_EXIT)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the coordinator refuses this facility")
+            && stderr.contains("has been revoked")
+            && stderr.contains("re-enrol"),
+        "{stderr}"
     );
 }
