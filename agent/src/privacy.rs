@@ -406,17 +406,10 @@ impl Privacy {
         let ledger = ledger.context(
             "the coordinator sent no ledger head with the peers' keys, so they cannot be checked against the ledger",
         )?;
-        let known = self.log.last_head().map_or(0, |(h, _)| h.head.tree_size);
-        if ledger.from_tree_size != known {
-            bail!(
-                "the ledger head is proven from a tree of {} entries; this facility last saw {known}",
-                ledger.from_tree_size
-            );
-        }
         let offered = OfferedHead {
             signed_tree_head: &ledger.signed_tree_head,
             ledger_key: &ledger.ledger_key,
-            from_tree_size: known,
+            from_tree_size: ledger.from_tree_size,
             consistency_proof: &ledger.consistency_proof,
             key_rotations: &ledger.key_rotations,
         };
@@ -456,6 +449,13 @@ impl Privacy {
         let ledger_key =
             VerifyingKey::from_bytes(&key_bytes).context("the ledger key is not an Ed25519 key")?;
         let previous = self.log.last_head();
+        let seen = previous.as_ref().map_or(0, |(h, _)| h.head.tree_size);
+        if offered.from_tree_size != seen {
+            bail!(
+                "the consistency proof starts at {} entries; this facility last saw {seen}",
+                offered.from_tree_size
+            );
+        }
         // A head under another key than the pinned one is followed only through rotations
         // the pinned key signed, each included in the new head.
         let rotation = match &previous {
@@ -485,13 +485,6 @@ impl Privacy {
         head.verify(&ledger_key)
             .context("the tree head's signature does not verify")?;
         if let Some((old, pinned)) = &previous {
-            if offered.from_tree_size != old.head.tree_size {
-                bail!(
-                    "the consistency proof starts at {} entries; this facility last saw {}",
-                    offered.from_tree_size,
-                    old.head.tree_size
-                );
-            }
             let consistency = digests(offered.consistency_proof)?;
             old.verify(pinned)
                 .and_then(|()| {

@@ -355,10 +355,7 @@ impl Agent {
                         tree_size = head.head.tree_size,
                         "contribution found in the privacy ledger; tree head countersigned"
                     );
-                    let request = pb::CosignTreeHeadRequest {
-                        signed_tree_head: serde_json::to_string(&head).expect("serializes"),
-                        cosignature: serde_json::to_string(&cosignature).expect("serializes"),
-                    };
+                    let request = cosign_request(&head, &cosignature);
                     if let Err(status) = client.cosign_tree_head(request).await {
                         warn!(round_id, %status, "sending the countersignature failed");
                     }
@@ -914,10 +911,7 @@ impl Agent {
                 .await?;
             match checked {
                 Ok((head, cosignature)) => {
-                    let request = pb::CosignTreeHeadRequest {
-                        signed_tree_head: serde_json::to_string(&head).expect("serializes"),
-                        cosignature: serde_json::to_string(&cosignature).expect("serializes"),
-                    };
+                    let request = cosign_request(&head, &cosignature);
                     let mut client = client.clone();
                     tokio::spawn(async move {
                         if let Err(status) = client.cosign_tree_head(request).await {
@@ -1183,6 +1177,17 @@ struct AbortOnDrop(AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The countersignature of a head this facility checked, as the coordinator takes it.
+fn cosign_request(
+    head: &harambee_privacy::ledger::SignedTreeHead,
+    cosignature: &harambee_privacy::ledger::Cosignature,
+) -> pb::CosignTreeHeadRequest {
+    pb::CosignTreeHeadRequest {
+        signed_tree_head: serde_json::to_string(head).expect("a head serializes"),
+        cosignature: serde_json::to_string(cosignature).expect("a cosignature serializes"),
     }
 }
 

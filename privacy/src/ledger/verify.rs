@@ -598,14 +598,7 @@ pub fn verify_receipt_inclusion(
             });
         }
     }
-    let leaf_hash = line.computed_leaf_hash()?;
-    verify_inclusion(
-        &leaf_hash,
-        line.index,
-        head.head.tree_size,
-        proof,
-        &head.head.root_hash,
-    )
+    line_in_head(line, proof, head)
 }
 
 /// What an agent checks before it trusts a peer's key in a secure round: `line` is a
@@ -613,7 +606,7 @@ pub fn verify_receipt_inclusion(
 /// the tree of `head`. The caller has checked `head` itself (signature under the pinned
 /// ledger key, consistency with the last head it saw). A key the CA certified without a
 /// ledgered enrolment fails here; one with a ledgered enrolment is in the ledger for good,
-/// where [`cross_check`] shows it to the facility it names.
+/// where [`super::foreign_enrolments`] shows it to the facility it names.
 pub fn verify_enrolment(
     line: &LedgerLine,
     facility: &str,
@@ -633,9 +626,17 @@ pub fn verify_enrolment(
             });
         }
     }
-    let leaf_hash = line.computed_leaf_hash()?;
+    line_in_head(line, proof, head)
+}
+
+/// `proof` shows `line` (its leaf hash recomputed from its contents) in the tree of `head`.
+fn line_in_head(
+    line: &LedgerLine,
+    proof: &[Sha256Digest],
+    head: &SignedTreeHead,
+) -> Result<(), LedgerError> {
     verify_inclusion(
-        &leaf_hash,
+        &line.computed_leaf_hash()?,
         line.index,
         head.head.tree_size,
         proof,

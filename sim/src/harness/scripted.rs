@@ -97,10 +97,9 @@ impl ScriptedAgent {
         harambee_agent::transfer::upload_update(&mut self.client, header, Arc::new(bytes)).await
     }
 
-    /// Stops heartbeating and closes the task stream: the facility goes away.
-    pub fn disconnect(self) {
-        self.heartbeat.abort();
-    }
+    /// Stops heartbeating and closes the task stream (as dropping it does): the facility
+    /// goes away.
+    pub fn disconnect(self) {}
 }
 
 impl Drop for ScriptedAgent {
