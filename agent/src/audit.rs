@@ -241,7 +241,8 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
 
     if let (Some(lines), Some(facility)) = (&log, &facility) {
         let receipts = privacy::accepted_receipts(lines);
-        let cross = ledger::cross_check(&entries, facility, &receipts);
+        let unacknowledged = privacy::unacknowledged_receipts(lines);
+        let cross = ledger::cross_check(&entries, facility, &receipts, &unacknowledged);
         write!(out, "{cross}")?;
         ok &= cross.is_ok();
         let spent = entries.iter().rev().find_map(|l| match &l.event {

@@ -436,18 +436,31 @@ impl Core {
             Ok((head, cosignature)) => Ok(ProofOutcome::Accepted(head, cosignature)),
             Err(e) => {
                 let problem = format!("{e:#}");
-                tracing::error!(round_id, %problem, "the coordinator's ledger proof does not verify");
-                self.privacy.log.append(
-                    now_ms,
-                    Record::Alarm {
-                        federation: federation.to_owned(),
-                        round_id,
-                        problem: problem.clone(),
-                    },
-                )?;
+                self.alarm(now_ms, federation, round_id, problem.clone())?;
                 Ok(ProofOutcome::Refused(problem))
             }
         }
+    }
+
+    /// Logs an alarm for the auditor about the coordinator's account of an accepted
+    /// contribution; the contribution is then no longer awaiting a proof.
+    pub fn alarm(
+        &mut self,
+        now_ms: i64,
+        federation: &str,
+        round_id: u64,
+        problem: String,
+    ) -> anyhow::Result<()> {
+        tracing::error!(round_id, %problem, "the coordinator's ledger does not account for a contribution");
+        self.privacy.log.append(
+            now_ms,
+            Record::Alarm {
+                federation: federation.to_owned(),
+                round_id,
+                problem,
+            },
+        )?;
+        Ok(())
     }
 }
 

@@ -112,6 +112,7 @@ pub async fn run_with_stats(
     }
     let (calls, owner) = spawn_owner(core);
     let agent = Arc::new(Agent {
+        instance: format!("{:016x}", rand::random::<u64>()),
         egress,
         config,
         tls,
@@ -120,7 +121,7 @@ pub async fn run_with_stats(
         crashed: tokio::sync::Notify::new(),
         stats,
     });
-    info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), "agent starting");
+    info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), instance = %agent.instance, "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
     let _owner = AbortOnDrop(owner.abort_handle());
     tokio::select! {
@@ -177,6 +178,9 @@ fn spawn_owner(core: Core) -> (mpsc::UnboundedSender<Call>, tokio::task::JoinHan
 }
 
 struct Agent {
+    /// This process's random name, so that the coordinator tells a reconnection from a
+    /// second process with the same identity (a cloned machine), which it refuses.
+    instance: String,
     config: AgentConfig,
     tls: ClientTls,
     egress: EgressLog,
@@ -260,6 +264,7 @@ impl Agent {
             .max_encoding_message_size(harambee_proto::MAX_MESSAGE_BYTES);
         let request = pb::OpenTaskStreamRequest {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            instance: self.instance.clone(),
         };
         let mut tasks = client.clone().open_task_stream(request).await?.into_inner();
         *backoff = Duration::from_secs(1);
@@ -300,11 +305,16 @@ impl Agent {
                 .heartbeat(pb::HeartbeatRequest {
                     busy_round_id,
                     privacy,
+                    instance: self.instance.clone(),
                 })
                 .await
             {
                 Ok(reply) => {
-                    let ms = reply.into_inner().interval_ms.clamp(100, 60_000);
+                    let reply = reply.into_inner();
+                    if !reply.notice.is_empty() {
+                        warn!(notice = %reply.notice, "the coordinator says");
+                    }
+                    let ms = reply.interval_ms.clamp(100, 60_000);
                     interval = Duration::from_millis(ms.into());
                 }
                 Err(status) => warn!(%status, "heartbeat failed"),
@@ -339,6 +349,21 @@ impl Agent {
             {
                 Ok(answer) => answer.into_inner(),
                 Err(status) if status.code() == tonic::Code::NotFound => continue,
+                // The round ended without recording an upload the coordinator accepted.
+                Err(status) if status.code() == tonic::Code::DataLoss => {
+                    let now = self.clock.unix_ms();
+                    let problem = format!(
+                        "the coordinator accepted this facility's upload but the ended round's ledger does not record it ({})",
+                        status.message()
+                    );
+                    let logged = self
+                        .with_core(move |core| core.alarm(now, &federation, round_id, problem))
+                        .await;
+                    if let Err(e) = logged {
+                        error!("could not write the privacy log: {e:#}");
+                    }
+                    continue;
+                }
                 Err(status) => {
                     warn!(round_id, %status, "asking for the ledger proof failed; will retry");
                     continue;

@@ -38,6 +38,10 @@ pub struct FederationSpec {
     /// `[privacy]`: differential privacy (none unless configured).
     #[serde(default, skip_serializing_if = "PrivacySpec::is_off")]
     pub privacy: PrivacySpec,
+    /// A round interrupted by a coordinator restart (always failed, its accepted uploads
+    /// recorded) is started again as a new round when the coordinator comes back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_interrupted: bool,
 }
 
 /// `[privacy]`: two optional layers of differential privacy.

@@ -82,6 +82,7 @@ pub fn federation_config(spec: &FederationSpec, n_params: usize) -> pb::Federati
             evaluating_s: spec.deadlines.evaluating_s,
         }),
         init_seed: spec.init_seed,
+        retry_interrupted: spec.retry_interrupted,
         secure_aggregation: Some(pb::SecureAggregationConfig {
             enabled: spec.secure_aggregation.enabled,
             clip: spec.secure_aggregation.clip,
@@ -204,6 +205,7 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, W
                 .map_err(|e| WireError::new(format!("unreadable strategy: {e}")))?
         },
         privacy: privacy_spec(config.privacy)?,
+        retry_interrupted: config.retry_interrupted,
     })
 }
 

@@ -91,7 +91,7 @@ pub fn repair_torn_tail(path: &Path, is_whole: impl Fn(&str) -> bool) -> io::Res
     }
 }
 
-/// An exclusive lock on a directory, held until dropped: `dir/LOCK_FILE` locked with
+/// An exclusive lock on a directory (`dir/LOCK_FILE`) or a file, held until dropped:
 /// `flock`, which the kernel releases when the process dies, however it dies.
 pub struct DirLock {
     _file: fs::File,
@@ -103,23 +103,28 @@ pub const LOCK_FILE: &str = "lock";
 /// Takes the exclusive lock on `dir` without waiting. `WouldBlock` when another process
 /// (or another handle in this one) holds it, with the holder's process id in the message.
 pub fn lock_dir(dir: &Path) -> io::Result<DirLock> {
-    let path = dir.join(LOCK_FILE);
+    lock_file(&dir.join(LOCK_FILE), &dir.display().to_string())
+}
+
+/// Takes the exclusive lock on the file at `path` (created 0600 if missing) without
+/// waiting, writing this process's id into it. `WouldBlock` when another process holds
+/// it: the message says that `what` is locked, and by which process.
+pub fn lock_file(path: &Path, what: &str) -> io::Result<DirLock> {
     let mut file = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(PRIVATE)
-        .open(&path)?;
+        .open(path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = fs::read_to_string(path).unwrap_or_default();
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!(
-                    "{} is locked by process {} ({})",
-                    dir.display(),
+                    "{what} is locked by process {} ({})",
                     holder.trim(),
                     path.display()
                 ),

@@ -213,6 +213,31 @@ pub fn accepted_receipts(lines: &[LogLine]) -> Vec<SignedReceipt> {
     out
 }
 
+/// Receipts of uploads the facility sent but never heard accepted (the connection or the
+/// coordinator ended first): the ledger may hold them exactly as signed, or not at all.
+pub fn unacknowledged_receipts(lines: &[LogLine]) -> Vec<SignedReceipt> {
+    let accepted = |f: &str, r: u64| {
+        lines.iter().any(|l| {
+            matches!(&l.record, Record::Accepted { federation, round_id } if federation == f && *round_id == r)
+        })
+    };
+    let mut out: Vec<SignedReceipt> = Vec::new();
+    for line in lines {
+        if let Record::Receipt { receipt, .. } = &line.record {
+            let r = &receipt.receipt;
+            if accepted(&r.federation, r.round_id) {
+                continue;
+            }
+            out.retain(|o| {
+                (o.receipt.federation.as_str(), o.receipt.round_id)
+                    != (r.federation.as_str(), r.round_id)
+            });
+            out.push(receipt.clone());
+        }
+    }
+    out
+}
+
 /// The facility's own key (hex) as last recorded in its log.
 pub fn facility_key(lines: &[LogLine], facility: &str) -> Option<String> {
     lines.iter().rev().find_map(|l| match &l.record {

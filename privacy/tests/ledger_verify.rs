@@ -202,7 +202,7 @@ fn honest_ledgers_of_many_sizes_verify() {
     }
     let h = head(&full);
     for f in FACILITIES {
-        let report = cross_check(full.lines(), f, &logs[f]);
+        let report = cross_check(full.lines(), f, &logs[f], &[]);
         assert!(report.is_ok(), "{report}");
         assert_eq!(report.matched, logs[f].len() as u64);
         assert!(report.matched > 10);
@@ -482,7 +482,7 @@ fn tampered_receipt_is_named() {
         }],
         "{report}"
     );
-    let cross = cross_check(&lines, &facility, &logs[&facility]);
+    let cross = cross_check(&lines, &facility, &logs[&facility], &[]);
     assert_eq!(
         cross.failures,
         vec![Failure::ReceiptDiffers {
@@ -539,7 +539,7 @@ fn receipt_missing_from_the_ledger_is_named() {
         rewritten.append(T0 + i as u64, e).unwrap();
     }
     assert!(verify(rewritten.lines(), &head(&rewritten), None).is_ok());
-    let cross = cross_check(rewritten.lines(), facility, &logs[facility]);
+    let cross = cross_check(rewritten.lines(), facility, &logs[facility], &[]);
     assert_eq!(
         cross.failures,
         vec![Failure::MissingFromLedger {
@@ -551,7 +551,7 @@ fn receipt_missing_from_the_ledger_is_named() {
     );
     assert!(format!("{cross}").contains("missing"), "{cross}");
     // The other facilities' logs still agree.
-    assert!(cross_check(rewritten.lines(), "clinic-a", &logs["clinic-a"]).is_ok());
+    assert!(cross_check(rewritten.lines(), "clinic-a", &logs["clinic-a"], &[]).is_ok());
 }
 
 #[test]
@@ -572,7 +572,7 @@ fn extra_contribution_in_the_ledger_is_named() {
         }],
         "{report}"
     );
-    let cross = cross_check(ledger.lines(), facility, &logs[facility]);
+    let cross = cross_check(ledger.lines(), facility, &logs[facility], &[]);
     assert_eq!(
         cross.failures,
         vec![Failure::ExtraInLedger {
@@ -589,13 +589,79 @@ fn extra_contribution_in_the_ledger_is_named() {
     ledger.append(T0 + 99_000, contribution(replayed)).unwrap();
     let index = ledger.size() - 1;
     assert!(verify(ledger.lines(), &head(&ledger), None).is_ok());
-    let cross = cross_check(ledger.lines(), facility, &logs[facility]);
+    let cross = cross_check(ledger.lines(), facility, &logs[facility], &[]);
     assert_eq!(
         cross.failures,
         vec![Failure::ExtraInLedger {
             index,
             federation: "sepsis".into(),
             round_id: 1
+        }],
+        "{cross}"
+    );
+}
+
+/// An upload recorded by the coordinator whose acknowledgement the facility never received
+/// (the coordinator was killed in between) is no alarm; one it never signed still is, and an
+/// unacknowledged upload the ledger lacks is no failure either.
+#[test]
+fn an_upload_recorded_but_never_acknowledged_agrees_with_the_log() {
+    let (mut ledger, logs) = build(25);
+    let facility = "hospital-c";
+    let sent = receipt(facility, 99, 0.5);
+    ledger
+        .append(T0 + 99_000, contribution(sent.clone()))
+        .unwrap();
+    let index = ledger.size() - 1;
+    let acknowledged = &logs[facility];
+    let cross = cross_check(ledger.lines(), facility, acknowledged, &[]);
+    assert_eq!(
+        cross.failures,
+        vec![Failure::ExtraInLedger {
+            index,
+            federation: "sepsis".into(),
+            round_id: 99
+        }],
+        "{cross}"
+    );
+    let cross = cross_check(
+        ledger.lines(),
+        facility,
+        acknowledged,
+        std::slice::from_ref(&sent),
+    );
+    assert!(cross.is_ok(), "{cross}");
+    assert_eq!(cross.unacknowledged, 1);
+    assert_eq!(cross.matched, acknowledged.len() as u64 + 1);
+    assert!(
+        format!("{cross}").contains("never heard them accepted"),
+        "{cross}"
+    );
+
+    // Not recorded at all: the upload never completed, nothing to say.
+    let (ledger, _) = build(25);
+    let cross = cross_check(
+        ledger.lines(),
+        facility,
+        acknowledged,
+        std::slice::from_ref(&sent),
+    );
+    assert!(cross.is_ok(), "{cross}");
+    assert_eq!(cross.unacknowledged, 0);
+
+    // Recorded with other contents than the facility signed: named.
+    let (mut ledger, _) = build(25);
+    let mut altered = sent.clone();
+    altered.receipt.epsilon_spent = 0.1;
+    ledger.append(T0 + 99_000, contribution(altered)).unwrap();
+    let index = ledger.size() - 1;
+    let cross = cross_check(ledger.lines(), facility, acknowledged, &[sent]);
+    assert_eq!(
+        cross.failures,
+        vec![Failure::ReceiptDiffers {
+            index,
+            federation: "sepsis".into(),
+            round_id: 99
         }],
         "{cross}"
     );

@@ -426,6 +426,7 @@ pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> 
         secure_aggregation: Default::default(),
         strategy: Default::default(),
         privacy: Default::default(),
+        retry_interrupted: false,
     }
 }
 

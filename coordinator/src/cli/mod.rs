@@ -20,6 +20,7 @@ use crate::federation::FederationSpec;
 use crate::pki::{self, PkiPaths};
 use crate::server::{self, Storage};
 use crate::state::Settings;
+use crate::store::lease::Lease;
 use crate::wire;
 use harambee_link::identity::Role;
 
@@ -112,6 +113,11 @@ pub struct ServeArgs {
     /// Export traces over OTLP/gRPC to this endpoint.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Wait while another coordinator holds the database's lease, and take over (recover
+    /// its unfinished rounds, then listen) as soon as it stops. Without it a second
+    /// coordinator on one database refuses to start.
+    #[arg(long)]
+    pub standby: bool,
 }
 
 /// The `serve` configuration file.
@@ -579,11 +585,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("pki"));
     let tls = crate::server::tls::load_server_config(&PkiPaths::new(&pki_dir))
         .with_context(|| format!("loading the TLS identity from {}", pki_dir.display()))?;
+    // One writer per database: held until this process ends.
+    let url = &storage.database_url;
+    let mut lease = if args.standby {
+        let lease = tokio::select! {
+            lease = Lease::wait(url, |held| tracing::info!("standing by: {held}")) => lease?,
+            () = shutdown_signal() => return Ok(()),
+        };
+        tracing::info!("took the database lease; taking over");
+        lease
+    } else {
+        Lease::take(url).await?
+    };
     let coord = server::open(&storage, settings).await?;
     crate::service::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir)).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    // A coordinator that lost its lease must not write another byte: a standby may be
+    // serving already. Stop at once, without waiting for streams to drain.
+    let _watch = tokio::spawn(async move {
+        let lost = lease.lost().await;
+        tracing::error!("{lost}; stopping");
+        std::process::exit(1);
+    });
     server::serve(coord, listener, tls, shutdown_signal()).await
 }
 

@@ -170,6 +170,7 @@ pub fn spawn(
         certificates: HashMap::new(),
         known_tree_sizes: HashMap::new(),
         contributions: HashMap::new(),
+        unacknowledged: Vec::new(),
         declined: Vec::new(),
         eligible: 0,
         revealed: false,
@@ -197,6 +198,9 @@ struct Driver {
     known_tree_sizes: HashMap<FacilityId, u64>,
     /// Each accepted upload as the ledger will record it, with its facility's receipt.
     contributions: HashMap<FacilityId, Contribution>,
+    /// Accepted uploads whose facilities have not been told yet: told once the uploads are
+    /// recorded (see [`Driver::acknowledge`]).
+    unacknowledged: Vec<(FacilityId, oneshot::Sender<Result<(), RoundError>>)>,
     /// Facilities left out of selection, and why (their policy or budget), logged once.
     declined: Vec<String>,
     /// How many facilities could have been selected at the last selection attempt.
@@ -213,6 +217,7 @@ impl Driver {
         info!("round started");
         self.select_now();
         loop {
+            self.acknowledge().await;
             if let Err(e) = self.carry_out_events().await {
                 warn!(error = %e, "storage failed; failing the round");
                 self.round.abort(format!("coordinator storage error: {e}"));
@@ -236,7 +241,18 @@ impl Driver {
                 // Closing a secure stage (unmasking above all) is CPU work: keep it off the
                 // async workers' backs.
                 input = inputs.recv() => match input {
-                    Some(input) => off_the_workers(|| self.handle(input)),
+                    Some(input) => off_the_workers(|| {
+                        let stage = self.round.stage();
+                        self.handle(input);
+                        // Uploads that arrived meanwhile are recorded with this one, in one
+                        // transaction (within one stage: its events are carried out first).
+                        while !self.unacknowledged.is_empty()
+                            && self.round.stage() == stage
+                            && let Ok(input) = inputs.try_recv()
+                        {
+                            self.handle(input);
+                        }
+                    }),
                     None => self.round.abort("coordinator shutting down"),
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {
@@ -329,7 +345,7 @@ impl Driver {
                 reply,
             } => {
                 if let Some(answer) = self.repeated_upload(&agent, &receipt) {
-                    let _ = reply.send(answer);
+                    self.answer_upload(agent, answer, reply);
                     return;
                 }
                 let checked = self
@@ -354,7 +370,7 @@ impl Driver {
                     Err(e) => warn!(facility = %agent, error = %e, "update refused"),
                 }
                 self.pending.remove(&agent);
-                let _ = reply.send(result);
+                self.answer_upload(agent, result, reply);
             }
             RoundInput::Reject {
                 agent,
@@ -420,7 +436,7 @@ impl Driver {
                 reply,
             } => {
                 if let Some(answer) = self.repeated_upload(&agent, &receipt) {
-                    let _ = reply.send(answer);
+                    self.answer_upload(agent, answer, reply);
                     return;
                 }
                 let words = self.round.masked_input_shape().map_or(0, |(_, n)| n as u64);
@@ -439,7 +455,7 @@ impl Driver {
                     warn!(facility = %agent, error = %e, "masked input refused");
                 }
                 self.pending.remove(&agent);
-                let _ = reply.send(result);
+                self.answer_upload(agent, result, reply);
             }
             RoundInput::Dropout { agent, reason } => {
                 if self.round.participants().contains_key(agent.as_str()) {
@@ -759,6 +775,56 @@ impl Driver {
             )));
         }
         Ok(())
+    }
+
+    /// Answers an upload: a refusal at once, an acceptance once the upload is recorded.
+    fn answer_upload(
+        &mut self,
+        agent: FacilityId,
+        answer: Result<(), RoundError>,
+        reply: oneshot::Sender<Result<(), RoundError>>,
+    ) {
+        match answer {
+            Ok(()) => self.unacknowledged.push((agent, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Records the uploads accepted since the last call, then tells their facilities: a
+    /// facility never hears "accepted" for an upload that a coordinator killed at once would
+    /// leave out of the ledger (start-up recovery writes recorded uploads with the round's
+    /// failure). If they cannot be recorded the round fails (its failure, if it can be
+    /// written, records them from memory) and the facilities hear that it failed.
+    async fn acknowledge(&mut self) {
+        if self.unacknowledged.is_empty() {
+            return;
+        }
+        let mut facilities: Vec<&FacilityId> = self.unacknowledged.iter().map(|(f, _)| f).collect();
+        facilities.sort();
+        facilities.dedup();
+        let uploads: Vec<Contribution> = facilities
+            .into_iter()
+            .map(|f| self.contributions[f].clone())
+            .collect();
+        let now_ms = self.coord.clock.unix_ms();
+        let recorded = self
+            .coord
+            .store
+            .record_accepted_uploads(&uploads, now_ms)
+            .await;
+        if let Err(e) = &recorded {
+            warn!(error = %e, "could not record accepted uploads; failing the round");
+            self.round.abort(format!("coordinator storage error: {e}"));
+        }
+        for (_, reply) in self.unacknowledged.drain(..) {
+            let answer = match &recorded {
+                Ok(()) => Ok(()),
+                Err(_) => Err(RoundError::WrongStage(self.round.stage())),
+            };
+            let _ = reply.send(answer);
+        }
     }
 
     /// An upload from a facility whose update this round already accepted: the same bytes

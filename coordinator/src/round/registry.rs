@@ -3,6 +3,12 @@
 //! Liveness comes from heartbeats alone, kept apart from task progress: a facility that
 //! trains for an hour keeps heartbeating and stays alive. A closed task stream is not a
 //! death either (hospital links drop); the agent reconnects and gets its pending task again.
+//!
+//! One process per identity: each agent process names itself with a random instance id. A
+//! stream from another instance while the holder still heartbeats is refused (a cloned
+//! machine, a service plus a manual run), and the holder is told at its next heartbeat,
+//! instead of the two replacing each other's stream forever. The same instance reconnecting
+//! replaces its old stream, which may be half-open.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,6 +37,10 @@ pub struct Registry {
 
 struct Entry {
     conn_id: u64,
+    /// The agent process's instance id ("" from clients that send none: never in conflict).
+    instance: String,
+    /// Said to the holder at its next heartbeat: another process tried its identity.
+    notice: Option<String>,
     tasks: mpsc::Sender<TaskItem>,
     last_heartbeat: Instant,
     /// The certificate chain the facility connected with (DER, leaf first), forwarded to
@@ -38,37 +48,85 @@ struct Entry {
     chain: Vec<Vec<u8>>,
 }
 
+/// A second process with a facility's identity, refused while the holder is alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The instance id of the process that holds the stream.
+    pub holder: String,
+    /// Since its last heartbeat.
+    pub quiet: Duration,
+}
+
+/// Why a heartbeat was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatRefusal {
+    /// No open task stream: open one first.
+    NoStream,
+    /// Another process of this facility holds the stream.
+    OtherInstance(String),
+}
+
 impl Registry {
-    /// Registers a new task stream for `facility`, replacing (and so closing) any previous one.
+    /// Registers a new task stream for `facility` from agent process `instance`, replacing
+    /// (and so closing) any previous one, unless another instance holds it and has
+    /// heartbeated within `liveness`.
     pub fn connect(
         &self,
         facility: &str,
+        instance: &str,
         chain: Vec<Vec<u8>>,
         now: Instant,
-    ) -> (u64, mpsc::Receiver<TaskItem>) {
+        liveness: Duration,
+    ) -> Result<(u64, mpsc::Receiver<TaskItem>), Conflict> {
+        let mut agents = self.agents.lock().unwrap();
+        if let Some(e) = agents.get_mut(facility) {
+            let quiet = now.saturating_duration_since(e.last_heartbeat);
+            if !e.instance.is_empty()
+                && !instance.is_empty()
+                && e.instance != instance
+                && !e.tasks.is_closed()
+                && quiet <= liveness
+            {
+                e.notice = Some(format!(
+                    "another agent process with this facility's identity (instance {instance}) tried to connect and was refused while this one (instance {}) is connected: stop one of them (a cloned machine, or a service and a manual run?)",
+                    e.instance
+                ));
+                return Err(Conflict {
+                    holder: e.instance.clone(),
+                    quiet,
+                });
+            }
+        }
         let (tx, rx) = mpsc::channel(TASK_BUFFER);
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
             conn_id,
+            instance: instance.to_owned(),
+            notice: None,
             tasks: tx,
             last_heartbeat: now,
             chain,
         };
-        self.agents
-            .lock()
-            .unwrap()
-            .insert(FacilityId::from(facility), entry);
-        (conn_id, rx)
+        agents.insert(FacilityId::from(facility), entry);
+        Ok((conn_id, rx))
     }
 
-    /// Records a heartbeat. `false` if the facility has no open task stream.
-    pub fn heartbeat(&self, facility: &str, now: Instant) -> bool {
+    /// Records a heartbeat of agent process `instance`; returns a notice for it, if any.
+    pub fn heartbeat(
+        &self,
+        facility: &str,
+        instance: &str,
+        now: Instant,
+    ) -> Result<Option<String>, HeartbeatRefusal> {
         match self.agents.lock().unwrap().get_mut(facility) {
+            Some(e) if !e.instance.is_empty() && !instance.is_empty() && e.instance != instance => {
+                Err(HeartbeatRefusal::OtherInstance(e.instance.clone()))
+            }
             Some(e) => {
                 e.last_heartbeat = now;
-                true
+                Ok(e.notice.take())
             }
-            None => false,
+            None => Err(HeartbeatRefusal::NoStream),
         }
     }
 
@@ -173,8 +231,9 @@ mod tests {
     fn a_new_stream_replaces_the_old_one() {
         let reg = Registry::default();
         let t0 = Instant::now();
-        let (c1, mut rx1) = reg.connect("a", Vec::new(), t0);
-        let (c2, mut rx2) = reg.connect("a", Vec::new(), t0);
+        let live = Duration::from_secs(10);
+        let (c1, mut rx1) = reg.connect("a", "i1", Vec::new(), t0, live).unwrap();
+        let (c2, mut rx2) = reg.connect("a", "i1", Vec::new(), t0, live).unwrap();
         assert!(reg.send("a", pb::Task::default()));
         assert!(rx1.try_recv().is_err(), "the replaced stream is closed");
         assert!(rx2.try_recv().is_ok());
@@ -191,15 +250,61 @@ mod tests {
     fn liveness_is_heartbeats_only() {
         let reg = Registry::default();
         let t0 = Instant::now();
-        let (_c, _rx) = reg.connect("a", Vec::new(), t0);
-        let (_c, _rx2) = reg.connect("b", Vec::new(), t0);
-        assert!(reg.heartbeat("a", t0 + Duration::from_secs(9)));
-        let dead = reg.reap(t0 + Duration::from_secs(11), Duration::from_secs(10));
+        let live = Duration::from_secs(10);
+        let (_c, _rx) = reg.connect("a", "", Vec::new(), t0, live).unwrap();
+        let (_c, _rx2) = reg.connect("b", "", Vec::new(), t0, live).unwrap();
+        assert_eq!(
+            reg.heartbeat("a", "", t0 + Duration::from_secs(9)),
+            Ok(None)
+        );
+        let dead = reg.reap(t0 + Duration::from_secs(11), live);
         assert_eq!(dead, vec![FacilityId::from("b")]);
         assert_eq!(reg.connected(), vec![FacilityId::from("a")]);
-        assert!(
-            !reg.heartbeat("b", t0),
+        assert_eq!(
+            reg.heartbeat("b", "", t0),
+            Err(HeartbeatRefusal::NoStream),
             "a reaped agent must reconnect first"
         );
+    }
+
+    #[test]
+    fn a_second_process_is_refused_while_the_first_heartbeats_and_takes_over_after() {
+        let reg = Registry::default();
+        let t0 = Instant::now();
+        let live = Duration::from_secs(10);
+        let (_c, mut first) = reg.connect("a", "one", Vec::new(), t0, live).unwrap();
+        let t1 = t0 + Duration::from_secs(4);
+        assert_eq!(
+            reg.connect("a", "two", Vec::new(), t1, live).unwrap_err(),
+            Conflict {
+                holder: "one".into(),
+                quiet: Duration::from_secs(4)
+            }
+        );
+        // The holder keeps its stream, hears about the other once, and the other's
+        // heartbeats do not keep anything alive.
+        assert!(reg.send("a", pb::Task::default()));
+        assert!(first.try_recv().is_ok());
+        let notice = reg.heartbeat("a", "one", t1).unwrap().expect("a notice");
+        assert!(notice.contains("instance two"), "{notice}");
+        assert_eq!(reg.heartbeat("a", "one", t1), Ok(None));
+        assert_eq!(
+            reg.heartbeat("a", "two", t1),
+            Err(HeartbeatRefusal::OtherInstance("one".into()))
+        );
+        // Once the holder falls silent past the liveness timeout, the other takes over.
+        let (_c, _second) = reg
+            .connect(
+                "a",
+                "two",
+                Vec::new(),
+                t1 + live + Duration::from_secs(1),
+                live,
+            )
+            .unwrap();
+        assert!(first.try_recv().is_err());
+        assert_eq!(reg.heartbeat("a", "two", t1 + live), Ok(None));
+        // So does the same process reconnecting, whatever its stream's state.
+        assert!(reg.connect("a", "two", Vec::new(), t1 + live, live).is_ok());
     }
 }

@@ -31,8 +31,12 @@ pub struct Storage {
     pub ledger_key: PathBuf,
 }
 
+/// Why a round that a previous process left unfinished failed.
+pub const INTERRUPTED: &str = "coordinator restarted during the round";
+
 /// Opens storage and fails every round a previous process left unfinished: a round never
-/// resumes half-way, and nothing of it was applied.
+/// resumes half-way, nothing of it was applied, and the uploads it had accepted are in the
+/// ledger with its failure.
 pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coordinator> {
     use anyhow::Context;
     let store = Store::connect(&storage.database_url)
@@ -41,9 +45,7 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
     let blobs = BlobStore::open(&storage.blob_dir)
         .await
         .with_context(|| format!("opening the blob store {}", storage.blob_dir.display()))?;
-    let failed = store
-        .fail_unfinished_rounds("coordinator restarted during the round", now_ms())
-        .await?;
+    let failed = store.fail_unfinished_rounds(INTERRUPTED, now_ms()).await?;
     if !failed.is_empty() {
         warn!(rounds = ?failed, "rounds left unfinished by a previous run were marked failed");
     }
@@ -76,6 +78,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let _revocations = crate::server::access::watch_revocations(&coord).await?;
     let reaper = tokio::spawn(reap_dead_agents(coord.clone()));
+    retry_interrupted(&coord).await;
     let agent = AgentServiceServer::new(AgentApi::new(coord.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -108,6 +111,53 @@ pub async fn serve(
     }
     result?;
     Ok(())
+}
+
+/// Starts a new round for each federation that asks for it (`retry_interrupted`) and
+/// whose latest round a restart interrupted. Failures are logged: the operator can still
+/// start the round by hand.
+async fn retry_interrupted(coord: &Coordinator) {
+    let federations = match coord.store.federations().await {
+        Ok(federations) => federations,
+        Err(e) => {
+            warn!(error = %e, "could not list federations to retry interrupted rounds");
+            return;
+        }
+    };
+    let ctx = coord.round_context();
+    for federation in federations {
+        let asks = crate::round::start::spec_of(&ctx, &federation.name)
+            .await
+            .is_ok_and(|spec| spec.retry_interrupted);
+        if !asks {
+            continue;
+        }
+        let latest = match coord.store.rounds(&federation.name).await {
+            Ok(rounds) => rounds.into_iter().last(),
+            Err(e) => {
+                warn!(federation = %federation.name, error = %e, "could not read its rounds");
+                continue;
+            }
+        };
+        let Some(interrupted) = latest.filter(|r| r.failure_reason.as_deref() == Some(INTERRUPTED))
+        else {
+            continue;
+        };
+        match crate::round::start::start(&ctx, &federation.name).await {
+            Ok(row) => info!(
+                federation = %federation.name,
+                interrupted = interrupted.id,
+                round_id = row.id,
+                "round interrupted by the restart started again (retry_interrupted)"
+            ),
+            Err(e) => warn!(
+                federation = %federation.name,
+                interrupted = interrupted.id,
+                error = %e,
+                "could not start the interrupted round again"
+            ),
+        }
+    }
 }
 
 /// Declares agents dead when their heartbeats stop, and drops them from running rounds.

@@ -7,7 +7,7 @@ use tracing::{info, instrument};
 
 use super::{BoxStream, blob_chunks};
 use crate::federation::FederationSpec;
-use crate::round::driver::{self, RoundInput};
+use crate::round::driver::RoundInput;
 use crate::service::caller::{require_any_role, require_role};
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
@@ -257,39 +257,10 @@ impl AdminService for AdminApi {
         tracing::Span::current()
             .record("operator", peer.name.as_str())
             .record("federation", federation.as_str());
-        let spec = self.spec(&federation).await?;
-        let store = &self.coord.store;
-        let base = store
-            .latest_model(&federation)
-            .await
-            .map_err(ServiceError::from)?
-            .ok_or_else(|| {
-                ServiceError::Internal(format!("federation {federation:?} has no model"))
-            })?;
-        let bytes = self
-            .coord
-            .blobs
-            .get(&base.digest)
+        let row = crate::round::start::start(&self.coord.round_context(), &federation)
             .await
             .map_err(ServiceError::from)?;
-        let params = harambee_core::params::from_le_bytes(&bytes)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let row = {
-            // Hold the active-round map only to check; the store refuses a second open round.
-            if self.coord.active.contains(&federation) {
-                return Err(ServiceError::failed_precondition(format!(
-                    "federation {federation:?} already has a running round"
-                ))
-                .into());
-            }
-            store
-                .create_round(&federation, base.version, now_ms())
-                .await
-                .map_err(ServiceError::from)?
-        };
         let round_id = row.id;
-        driver::spawn(self.coord.round_context(), spec, row, base, params)
-            .map_err(ServiceError::from)?;
         info!(round_id, "round started");
         self.coord
             .record_admin_action(

@@ -7,10 +7,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use super::{BoxStream, blob_chunks};
 use crate::round::driver::RoundInput;
+use crate::round::registry::HeartbeatRefusal;
 use crate::service::caller::require_role;
 use crate::service::error::ServiceError;
 use crate::state::{Coordinator, now_ms};
@@ -49,11 +50,27 @@ impl AgentService for AgentApi {
             .map_err(ServiceError::from)?;
         let chain = peer_chain(&request);
         self.record_key(&peer.name, &chain).await?;
+        let instance = request.get_ref().instance.clone();
         let (conn_id, rx) = self
             .coord
             .registry
-            .connect(&peer.name, chain, self.coord.clock.now());
-        info!(agent_version = %request.get_ref().agent_version, "task stream opened");
+            .connect(
+                &peer.name,
+                &instance,
+                chain,
+                self.coord.clock.now(),
+                self.coord.settings.liveness_timeout,
+            )
+            .map_err(|c| {
+                warn!(%instance, holder = %c.holder, "a second agent process with this identity was refused");
+                ServiceError::already_exists(format!(
+                    "another agent process of facility {} (instance {}) is connected and heartbeated {:.1} s ago: one process per identity; stop the other one (a cloned machine, or a service and a manual run?). Until it stops, this one is refused",
+                    peer.name,
+                    c.holder,
+                    c.quiet.as_secs_f64()
+                ))
+            })?;
+        info!(agent_version = %request.get_ref().agent_version, %instance, "task stream opened");
         self.coord.broadcast_connected(&peer.name).await;
         // When the agent goes away, tonic drops this stream and the guard with it.
         let guard = StreamGuard {
@@ -84,19 +101,23 @@ impl AgentService for AgentApi {
             check_privacy_status(&status)?;
             self.coord.registry.set_privacy(&peer.name, status);
         }
-        if !self
+        let instance = &request.get_ref().instance;
+        let notice = self
             .coord
             .registry
-            .heartbeat(&peer.name, self.coord.clock.now())
-        {
-            return Err(ServiceError::failed_precondition(
-                "no open task stream for this facility; open one first",
-            )
-            .into());
-        }
+            .heartbeat(&peer.name, instance, self.coord.clock.now())
+            .map_err(|refusal| match refusal {
+                HeartbeatRefusal::NoStream => ServiceError::failed_precondition(
+                    "no open task stream for this facility; open one first",
+                ),
+                HeartbeatRefusal::OtherInstance(holder) => ServiceError::already_exists(format!(
+                    "another agent process of this facility (instance {holder}) holds its task stream"
+                )),
+            })?;
         Ok(Response::new(pb::HeartbeatResponse {
             server_time_unix_ms: now_ms(),
             interval_ms: self.coord.settings.heartbeat_interval.as_millis() as u32,
+            notice: notice.unwrap_or_default(),
         }))
     }
 
@@ -397,9 +418,11 @@ impl AgentService for AgentApi {
             .round(req.round_id)
             .await
             .map_err(ServiceError::from)?;
-        let federation = round
-            .map(|r| r.federation)
-            .ok_or_else(|| ServiceError::not_found(format!("no round {}", req.round_id)))?;
+        let round =
+            round.ok_or_else(|| ServiceError::not_found(format!("no round {}", req.round_id)))?;
+        let federation = round.federation;
+        // Read after the round: a round that has ended wrote its contributions with its end.
+        let ended = round.state.is_terminal();
         let ledger = self
             .coord
             .ledger
@@ -411,7 +434,15 @@ impl AgentService for AgentApi {
             .iter()
             .rev()
             .find(|l| matches!(&l.event, LedgerEvent::Contribution(c) if c.facility == peer.name && c.federation == federation && c.round_id == req.round_id))
-            .ok_or_else(|| ServiceError::not_found(format!("the ledger holds no contribution of {} to round {}", peer.name, req.round_id)))?;
+            .ok_or_else(|| {
+                let missing = format!("the ledger holds no contribution of {} to round {}", peer.name, req.round_id);
+                if ended {
+                    // It never will: an upload this coordinator accepted is always recorded.
+                    ServiceError::data_loss(format!("{missing}, which has ended"))
+                } else {
+                    ServiceError::not_found(missing)
+                }
+            })?;
         let head = self.coord.ledger.sign(&ledger, now_ms());
         let size = head.head.tree_size;
         if req.known_tree_size > size {

@@ -155,6 +155,20 @@ impl From<RoundError> for ServiceError {
     }
 }
 
+impl From<crate::round::start::StartError> for ServiceError {
+    fn from(e: crate::round::start::StartError) -> Self {
+        use crate::round::start::StartError;
+        match e {
+            StartError::NoFederation(_) => ServiceError::not_found(e.to_string()),
+            StartError::Running(_) => ServiceError::failed_precondition(e.to_string()),
+            StartError::Unreadable(m) => ServiceError::Internal(m),
+            StartError::Store(e) => e.into(),
+            StartError::Blob(e) => e.into(),
+            StartError::Round(e) => e.into(),
+        }
+    }
+}
+
 impl From<&Denial> for ServiceError {
     fn from(denial: &Denial) -> Self {
         let message = format!("{ACCESS_DENIED}{denial}");

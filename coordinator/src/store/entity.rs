@@ -296,3 +296,23 @@ pub(crate) mod revoked_certificate {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub(crate) mod accepted_upload {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "accepted_uploads")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub round_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub facility: String,
+        pub contribution: String,
+        pub accepted_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

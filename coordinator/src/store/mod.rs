@@ -64,14 +64,17 @@ macro_rules! string_enum {
     };
 }
 
+mod accepted;
 pub mod blobs;
 mod convert;
 mod entity;
 mod error;
 mod identity;
+pub mod lease;
 mod ledger;
 pub mod ledger_view;
 mod migration;
+mod migration_accepted;
 mod migration_identity;
 mod migration_ledger;
 mod migration_ledger_key;
@@ -394,6 +397,8 @@ impl Store {
                 .exec(&txn)
                 .await?;
             ensure_one_row(updated.rows_affected, round_id)?;
+            // The driver's own contributions are in `ledger`; the rows only back them up.
+            accepted::take_in(&txn, round_id).await?;
             ledger::append_in(&txn, now_ms, ledger).await?;
             Ok(())
         }
@@ -431,6 +436,7 @@ impl Store {
                 .exec(&txn)
                 .await?;
             ensure_one_row(updated.rows_affected, round_id)?;
+            accepted::take_in(&txn, round_id).await?;
             ledger::append_in(&txn, now_ms, ledger).await?;
             Ok(())
         }
@@ -531,18 +537,21 @@ impl Store {
                 return Ok(Vec::new());
             }
             let ids: Vec<i64> = unfinished.iter().map(|(id, _, _)| *id).collect();
+            // Each round's accepted uploads (they left their facilities), then its failure.
             // A round cut short while unmasking or evaluating may have revealed its sum.
-            let ledger_events = unfinished
-                .iter()
-                .map(|(id, federation, state)| LedgerEvent::RoundFailed {
+            let mut ledger_events = Vec::new();
+            for (id, federation, state) in &unfinished {
+                let round_id = *id as u64;
+                ledger_events.extend(accepted::take_in(&txn, round_id).await?);
+                ledger_events.push(LedgerEvent::RoundFailed {
                     federation: federation.clone(),
-                    round_id: *id as u64,
+                    round_id,
                     reason: reason.to_owned(),
                     revealed: [RoundState::Unmasking, RoundState::Evaluating]
                         .iter()
                         .any(|s| s.as_str() == state),
-                })
-                .collect();
+                });
+            }
             round::Entity::update_many()
                 .col_expr(
                     round::Column::State,
@@ -569,8 +578,6 @@ impl Store {
     }
 }
 
-/// Commits on success, rolls back on error. Every transaction goes through
-/// here, so an early `?` inside never leaves work half applied.
 /// The ledger entry of a new federation: its name and privacy parameters (the `privacy`
 /// table of its configuration, `null` when it has none).
 fn federation_created(fed: &FederationRow) -> LedgerEvent {
@@ -585,6 +592,8 @@ fn federation_created(fed: &FederationRow) -> LedgerEvent {
     }
 }
 
+/// Commits on success, rolls back on error. Every transaction goes through
+/// here, so an early `?` inside never leaves work half applied.
 async fn finish<T>(
     txn: DatabaseTransaction,
     result: Result<T, StoreError>,

@@ -279,6 +279,9 @@ pub struct CrossCheckReport {
     pub facility: String,
     /// Receipts found in the ledger exactly as the facility holds them.
     pub matched: u64,
+    /// Of those, uploads the coordinator recorded whose acknowledgement never reached the
+    /// facility (it stopped or lost the connection in between).
+    pub unacknowledged: u64,
     pub failures: Vec<Failure>,
 }
 
@@ -295,6 +298,13 @@ impl fmt::Display for CrossCheckReport {
             "facility {:?}: {} receipt(s) found in the ledger",
             self.facility, self.matched
         )?;
+        if self.unacknowledged > 0 {
+            writeln!(
+                f,
+                "  of which {} recorded although the facility never heard them accepted (the connection ended first)",
+                self.unacknowledged
+            )?;
+        }
         if self.is_ok() {
             return writeln!(f, "OK: the ledger and the facility's log agree");
         }
@@ -502,9 +512,11 @@ fn check_order(entries: &[LedgerLine], head_size: u64, failures: &mut Vec<Failur
     }
 }
 
-/// Compares the ledger with one facility's own log of signed receipts: every receipt in the log
-/// must be in the ledger, byte for byte, and the ledger must claim no contribution of the
-/// facility that the log does not hold. Contributions are matched by (federation, round).
+/// Compares the ledger with one facility's own log of signed receipts: every receipt the
+/// coordinator acknowledged (`receipts`) must be in the ledger, byte for byte, and the ledger
+/// must claim no contribution of the facility that the log does not hold, acknowledged or
+/// not: a receipt whose acknowledgement never arrived (`unacknowledged`) may be in the
+/// ledger exactly as signed, or absent. Contributions are matched by (federation, round).
 ///
 /// A log newer than the export shows its latest receipts as missing: export after the last
 /// contribution, or cut the log at the export's time.
@@ -512,6 +524,7 @@ pub fn cross_check(
     ledger: &[LedgerLine],
     facility: &str,
     receipts: &[SignedReceipt],
+    unacknowledged: &[SignedReceipt],
 ) -> CrossCheckReport {
     let mut failures = Vec::new();
     let mut in_ledger: BTreeMap<(&str, u64), (u64, &SignedReceipt)> = BTreeMap::new();
@@ -561,6 +574,30 @@ pub fn cross_check(
             }),
         }
     }
+    let mut recorded_unacknowledged = 0;
+    for signed in unacknowledged {
+        let r = &signed.receipt;
+        let key = (r.federation.as_str(), r.round_id);
+        if r.facility != facility || seen.contains(&key) {
+            continue;
+        }
+        match in_ledger.get(&key) {
+            Some((_, theirs)) if *theirs == signed => {
+                seen.insert(key);
+                matched += 1;
+                recorded_unacknowledged += 1;
+            }
+            Some((index, _)) => {
+                seen.insert(key);
+                failures.push(Failure::ReceiptDiffers {
+                    index: *index,
+                    federation: r.federation.clone(),
+                    round_id: r.round_id,
+                });
+            }
+            None => {}
+        }
+    }
     for ((federation, round_id), (index, _)) in &in_ledger {
         if !seen.contains(&(*federation, *round_id)) {
             failures.push(Failure::ExtraInLedger {
@@ -574,6 +611,7 @@ pub fn cross_check(
     CrossCheckReport {
         facility: facility.to_string(),
         matched,
+        unacknowledged: recorded_unacknowledged,
         failures,
     }
 }

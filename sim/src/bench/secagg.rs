@@ -183,6 +183,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         },
         strategy: Default::default(),
         privacy: Default::default(),
+        retry_interrupted: false,
     };
     let fed = client
         .create_federation(pb::CreateFederationRequest {

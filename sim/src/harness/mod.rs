@@ -203,6 +203,13 @@ impl Harness {
             .max_encoding_message_size(harambee_proto::MAX_MESSAGE_BYTES)
     }
 
+    /// Stops the `index`-th agent spawned (and still running), in spawn order.
+    pub async fn stop_agent(&mut self, index: usize) {
+        let (tx, task) = self.agents.remove(index);
+        let _ = tx.send(());
+        let _ = task.await;
+    }
+
     pub async fn stop_agents(&mut self) {
         for (tx, task) in self.agents.drain(..) {
             let _ = tx.send(());
@@ -231,6 +238,7 @@ pub fn open_heartbeat() -> pb::HeartbeatRequest {
     pb::HeartbeatRequest {
         busy_round_id: 0,
         privacy: Some(open_status()),
+        instance: String::new(),
     }
 }
 

@@ -331,6 +331,7 @@ impl AgentService for Service {
         Ok(Response::new(pb::HeartbeatResponse {
             server_time_unix_ms: 0,
             interval_ms: 200,
+            notice: String::new(),
         }))
     }
 

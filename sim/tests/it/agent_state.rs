@@ -1,6 +1,7 @@
 //! Faults at one facility stay there and are said out loud: an agent's state directory has
 //! one owner (a second agent process for the same facility refuses to start: it would fork
-//! the privacy log and fight the first for the task stream); a last log line torn by a crash
+//! the privacy log and fight the first for the task stream); a clone with its own state
+//! directory (a cloned machine) is refused by the coordinator while the first lives; a last log line torn by a crash
 //! or a full disk is repaired at start-up instead of stopping the agent or raising a false
 //! alarm; and a facility that cannot read its data declines the round at once instead of
 //! leaving it to wait out its training deadline.
@@ -140,5 +141,59 @@ async fn a_facility_whose_data_cannot_be_read_declines_at_once() {
     );
     // Nothing about the file (its path, a row) reached the coordinator.
     assert!(!round.failure_reason.contains("data.csv"), "{round:?}");
+    h.stop_agents().await;
+}
+
+/// A cloned machine: a second agent process with the facility's identity and a state
+/// directory of its own. While the first heartbeats the coordinator refuses the clone's
+/// stream, so nothing flaps: a secure round commits with the first at once and the clone
+/// sends nothing. When the first stops, the clone takes over within the liveness timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_agent_is_refused_while_the_first_lives_and_takes_over_after() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(Some(3));
+    let first = h.spawn_agent(&facilities[0]);
+    for f in &facilities[1..] {
+        h.spawn_agent(f);
+    }
+    let mut admin = h.admin().await;
+    let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
+    wait_connected(&mut admin, &names).await;
+
+    let mut clone_config = first.clone();
+    clone_config.state_dir = h.dir.path().join("clone-state");
+    let (stop_clone, stopped) = tokio::sync::oneshot::channel::<()>();
+    let clone = tokio::spawn(harambee_agent::runtime::run(clone_config.clone(), async {
+        let _ = stopped.await;
+    }));
+    // Long enough for the clone to try (and, before, to replace the stream) many times.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spec = spec(&facilities, 3, 60);
+    create_federation(&mut admin, &spec).await;
+    let round = run_round(&mut admin, &spec.name).await;
+    assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
+    let receipts = |dir: &std::path::Path| -> Vec<u64> {
+        parse_log(&std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default())
+            .unwrap()
+            .into_iter()
+            .filter_map(|l| match l.record {
+                harambee_privacy::log::Record::Receipt { receipt, .. } => {
+                    Some(receipt.receipt.round_id)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(receipts(&first.state_dir), vec![round.id]);
+    assert_eq!(receipts(&clone_config.state_dir), Vec::<u64>::new());
+
+    // The first stops: the clone is the facility's agent now.
+    h.stop_agent(0).await;
+    let again = run_round(&mut admin, &spec.name).await;
+    assert_eq!(again.state(), pb::RoundState::Committed, "{again:?}");
+    assert_eq!(receipts(&clone_config.state_dir), vec![again.id]);
+    assert_eq!(receipts(&first.state_dir), vec![round.id]);
+    let _ = stop_clone.send(());
+    let _ = clone.await;
     h.stop_agents().await;
 }

@@ -51,6 +51,7 @@ suite!(
     commit_round_is_atomic,
     fail_round_records_reason_and_participants,
     fail_unfinished_rounds,
+    accepted_uploads_reach_the_ledger_however_the_round_ends,
     persists_across_reconnect,
     nan_auc_round_trip,
     participants_upsert_and_validation,
@@ -867,6 +868,108 @@ mod cases {
 
 mod more_cases {
     use super::*;
+    use harambee_privacy::ledger::{Contribution, EgressReceipt, LedgerEvent, Sha256Digest};
+
+    fn contribution(facility: &str, federation: &str, round_id: u64) -> Contribution {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let receipt = EgressReceipt {
+            facility: facility.to_owned(),
+            federation: federation.to_owned(),
+            round_id,
+            update_sha256: Sha256Digest::of(facility.as_bytes()),
+            bytes: 40,
+            policy_sha256: Sha256Digest::of(b"policy"),
+            clipping_norm: 1.0,
+            noise_multiplier: 1.1,
+            epsilon_spent: 0.5,
+            delta: 1e-5,
+            aggregation: None,
+            secagg_params: None,
+            dp_sgd: None,
+        }
+        .sign(&key)
+        .unwrap();
+        Contribution {
+            facility: facility.to_owned(),
+            federation: federation.to_owned(),
+            round_id,
+            n_params: 10,
+            bytes: 40,
+            upload_sha256: receipt.receipt.update_sha256,
+            clipping_norm: 1.0,
+            noise_multiplier: 1.1,
+            epsilon_spent: 0.5,
+            receipt,
+        }
+    }
+
+    /// An upload recorded as accepted reaches the ledger with the round's failure at
+    /// start-up recovery (before the failure entry); a round that ends normally takes its
+    /// rows with it (its driver wrote the contributions itself).
+    pub async fn accepted_uploads_reach_the_ledger_however_the_round_ends(url: String) {
+        let store = store_with(&url, &["a", "b"]).await;
+        let a = store.create_round("a", 0, 100).await.unwrap();
+        let a_uploads = [
+            contribution("kisumu", "a", a.id),
+            contribution("mombasa", "a", a.id),
+        ];
+        store
+            .record_accepted_uploads(&a_uploads, 101)
+            .await
+            .unwrap();
+        // Recording one again (an acknowledgement retried) changes nothing.
+        store
+            .record_accepted_uploads(&a_uploads[..1], 102)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.accepted_uploads(a.id).await.unwrap(),
+            a_uploads.to_vec()
+        );
+        let events: Vec<LedgerEvent> = a_uploads
+            .iter()
+            .cloned()
+            .map(LedgerEvent::Contribution)
+            .collect();
+        store
+            .commit_round(a.id, &model("a", 1), &[], 103, events)
+            .await
+            .unwrap();
+        assert_eq!(store.accepted_uploads(a.id).await.unwrap(), vec![]);
+        let committed = store.ledger_size().await.unwrap();
+
+        let b = store.create_round("b", 0, 200).await.unwrap();
+        let b_upload = contribution("kisumu", "b", b.id);
+        store
+            .record_accepted_uploads(std::slice::from_ref(&b_upload), 201)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.fail_unfinished_rounds("restart", 300).await.unwrap(),
+            vec![b.id]
+        );
+        assert_eq!(store.accepted_uploads(b.id).await.unwrap(), vec![]);
+        let end = store.ledger_size().await.unwrap();
+        let added: Vec<LedgerEvent> = store
+            .ledger_lines(committed, end)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.event)
+            .collect();
+        assert_eq!(
+            added,
+            vec![
+                LedgerEvent::Contribution(b_upload),
+                LedgerEvent::RoundFailed {
+                    federation: "b".into(),
+                    round_id: b.id,
+                    reason: "restart".into(),
+                    revealed: false,
+                }
+            ]
+        );
+    }
 
     pub async fn concurrent_create_round_one_wins(url: String) {
         let store = store_with(&url, &["malaria"]).await;

@@ -72,6 +72,7 @@ impl AgentService for Recorder {
         Ok(Response::new(pb::HeartbeatResponse {
             server_time_unix_ms: 0,
             interval_ms: 1000,
+            notice: String::new(),
         }))
     }
 
@@ -175,6 +176,7 @@ async fn heartbeat(channel: tonic::transport::Channel) -> Result<pb::HeartbeatRe
         client.heartbeat(pb::HeartbeatRequest {
             busy_round_id: 0,
             privacy: None,
+            instance: String::new(),
         }),
     )
     .await
