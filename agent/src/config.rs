@@ -22,6 +22,8 @@ pub struct AgentConfig {
     pub network: NetworkConfig,
     #[serde(default)]
     pub egress: EgressConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// The facility's own rules.
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -183,11 +185,25 @@ pub struct NetworkConfig {
     pub max_backoff_s: u64,
 }
 
+/// `[cache]`: models downloaded from the coordinator, kept under `state_dir/models`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// The most recently used models kept (at least 1); older ones are removed.
+    pub keep_models: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { keep_models: 4 }
+    }
+}
+
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             connect_timeout_s: 10,
-            max_backoff_s: 60,
+            max_backoff_s: 10,
         }
     }
 }

@@ -124,8 +124,9 @@ pub async fn run_with_stats(
     info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), instance = %agent.instance, "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
     let _owner = AbortOnDrop(owner.abort_handle());
+    let span = tracing::info_span!("agent", instance = %agent.instance);
     tokio::select! {
-        result = agent.connection_loop() => result,
+        result = agent.connection_loop().instrument(span) => result,
         () = agent.crashed.notified() => {
             agent.with_owner(Owner::abort_all).await;
             Err(anyhow::anyhow!("simulated crash (testing.crash_at)"))
@@ -267,13 +268,32 @@ impl Agent {
             instance: self.instance.clone(),
         };
         let mut tasks = client.clone().open_task_stream(request).await?.into_inner();
+        // Heartbeats on a connection of their own: on a slow link they would otherwise
+        // queue behind an upload's bytes and the facility would be declared dead.
+        let beats = tls::connect(
+            &self.config.coordinator,
+            &tls,
+            self.config.connect_timeout(),
+        )
+        .await?;
         *backoff = Duration::from_secs(1);
         info!("connected; waiting for tasks");
-        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(client.clone()));
+        let mut heartbeat =
+            tokio::spawn(self.clone().heartbeat_loop(AgentServiceClient::new(beats)));
         let _stop_heartbeat = AbortOnDrop(heartbeat.abort_handle());
         let proofs = tokio::spawn(self.clone().proof_loop(client.clone()));
         let _stop_proofs = AbortOnDrop(proofs.abort_handle());
-        while let Some(task) = tasks.message().await? {
+        loop {
+            let task = tokio::select! {
+                task = tasks.message() => match task? {
+                    Some(task) => task,
+                    None => break,
+                },
+                dead = &mut heartbeat => {
+                    let silence = dead.unwrap_or_default();
+                    anyhow::bail!("no heartbeat answered for {silence:.0?}: the link looks dead (a half-open connection?)");
+                }
+            };
             let now = self.clock.unix_ms();
             let actions = self
                 .with_core(move |core| {
@@ -294,22 +314,29 @@ impl Agent {
         Ok(())
     }
 
-    /// Liveness, independent of task progress. The coordinator says how often.
-    async fn heartbeat_loop(self: Arc<Self>, mut client: Client) {
+    /// Liveness, independent of task progress. The coordinator says how often. Returns
+    /// when [`DEAD_LINK_BEATS`] heartbeats in a row failed (each waits at most twice the
+    /// interval): how long nothing was answered.
+    async fn heartbeat_loop(self: Arc<Self>, mut client: Client) -> Duration {
         let mut interval = Duration::from_secs(5);
+        let mut failed = 0;
+        let mut last_answer = tokio::time::Instant::now();
         loop {
             let (busy_round_id, privacy) = self
                 .with_core(|core| (core.busy_round(), Some(core.privacy_status())))
                 .await;
-            match client
-                .heartbeat(pb::HeartbeatRequest {
-                    busy_round_id,
-                    privacy,
-                    instance: self.instance.clone(),
-                })
+            let beat = client.heartbeat(pb::HeartbeatRequest {
+                busy_round_id,
+                privacy,
+                instance: self.instance.clone(),
+            });
+            let answer = tokio::time::timeout((interval * 2).max(Duration::from_secs(1)), beat)
                 .await
-            {
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer")));
+            match answer {
                 Ok(reply) => {
+                    failed = 0;
+                    last_answer = tokio::time::Instant::now();
                     let reply = reply.into_inner();
                     if !reply.notice.is_empty() {
                         warn!(notice = %reply.notice, "the coordinator says");
@@ -317,7 +344,13 @@ impl Agent {
                     let ms = reply.interval_ms.clamp(100, 60_000);
                     interval = Duration::from_millis(ms.into());
                 }
-                Err(status) => warn!(%status, "heartbeat failed"),
+                Err(status) => {
+                    warn!(%status, "heartbeat failed");
+                    failed += 1;
+                    if failed >= DEAD_LINK_BEATS {
+                        return last_answer.elapsed();
+                    }
+                }
             }
             tokio::time::sleep(interval).await;
         }
@@ -535,7 +568,13 @@ impl Agent {
             .base
             .clone()
             .context("train task names no base model")?;
-        let base = transfer::download_model(&mut client, &base_ref, &self.cache_dir()).await?;
+        let base = transfer::download_model(
+            &mut client,
+            &base_ref,
+            &self.cache_dir(),
+            self.config.cache.keep_models,
+        )
+        .await?;
         if base.len() != model.n_params() {
             bail!(
                 "base model has {} parameters, the model spec {}",
@@ -816,8 +855,13 @@ impl Agent {
             .candidate
             .clone()
             .context("evaluate task names no model")?;
-        let candidate =
-            transfer::download_model(&mut client, &candidate_ref, &self.cache_dir()).await?;
+        let candidate = transfer::download_model(
+            &mut client,
+            &candidate_ref,
+            &self.cache_dir(),
+            self.config.cache.keep_models,
+        )
+        .await?;
         let params = self.with_own_head(&model, &task.federation, &candidate)?;
         let (train, test) = self.load_split(schema.clone()).await?;
         let min_cohort = self.config.policy.min_cohort;
@@ -1215,6 +1259,9 @@ fn cosign_request(
         cosignature: serde_json::to_string(cosignature).expect("a cosignature serializes"),
     }
 }
+
+/// Heartbeats failed in a row after which the session is dropped and opened again.
+const DEAD_LINK_BEATS: u32 = 3;
 
 fn jitter(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::random::<f64>() * 0.25)

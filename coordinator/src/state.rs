@@ -14,15 +14,20 @@ use crate::store::blobs::BlobStore;
 pub struct Settings {
     /// How often agents are asked to heartbeat.
     pub heartbeat_interval: Duration,
-    /// An agent silent for longer is dead: dropped from its rounds, its stream closed.
+    /// An agent silent for longer, or whose task stream closed and was not reopened within
+    /// it, is gone: dropped from its rounds. A shorter outage of its link is forgiven.
     pub liveness_timeout: Duration,
+    /// Model blobs no version keeps (candidates of failed rounds) are removed once older
+    /// than this; `None` keeps them all.
+    pub blob_retention: Option<Duration>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             heartbeat_interval: Duration::from_secs(5),
-            liveness_timeout: Duration::from_secs(20),
+            liveness_timeout: Duration::from_secs(30),
+            blob_retention: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }

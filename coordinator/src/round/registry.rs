@@ -130,6 +130,13 @@ impl Registry {
         }
     }
 
+    /// Counts progress of a transfer from the facility (an upload's chunk) as liveness.
+    pub fn progress(&self, facility: &str, now: Instant) {
+        if let Some(e) = self.agents.lock().unwrap().get_mut(facility) {
+            e.last_heartbeat = e.last_heartbeat.max(now);
+        }
+    }
+
     /// Records the privacy status a facility's heartbeat carried.
     pub fn set_privacy(&self, facility: &str, status: pb::PrivacyStatus) {
         self.privacy

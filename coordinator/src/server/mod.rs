@@ -78,6 +78,10 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let _revocations = crate::server::access::watch_revocations(&coord).await?;
     let reaper = tokio::spawn(reap_dead_agents(coord.clone()));
+    let sweeper = coord
+        .settings
+        .blob_retention
+        .map(|retention| tokio::spawn(sweep_blobs(coord.clone(), retention)));
     retry_interrupted(&coord).await;
     let agent = AgentServiceServer::new(AgentApi::new(coord.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -106,6 +110,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(crate::server::tls::tls_incoming(listener, tls), shutdown)
         .await;
     reaper.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     for round in coord.active_rounds() {
         drop(round.inputs);
     }
@@ -156,6 +163,35 @@ async fn retry_interrupted(coord: &Coordinator) {
                 error = %e,
                 "could not start the interrupted round again"
             ),
+        }
+    }
+}
+
+/// How often unkept blobs are looked for.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes, at start and then hourly, model blobs that no model version keeps once they
+/// are older than `retention` (candidates of failed rounds; a running round's candidate is
+/// younger than any sane retention, its base is a version).
+async fn sweep_blobs(coord: Coordinator, retention: std::time::Duration) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        let keep = match coord.store.model_digests().await {
+            Ok(keep) => keep,
+            Err(e) => {
+                warn!(error = %e, "could not list model versions; no blob removed");
+                continue;
+            }
+        };
+        match coord.blobs.sweep(keep, retention).await {
+            Ok(swept) if swept.blobs > 0 => info!(
+                blobs = swept.blobs,
+                bytes = swept.bytes,
+                "removed model blobs no version keeps"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "sweeping model blobs failed"),
         }
     }
 }

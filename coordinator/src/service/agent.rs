@@ -227,6 +227,11 @@ impl AgentService for AgentApi {
             }
             hasher.update(&data);
             payload.extend_from_slice(&data);
+            // An upload that progresses is a facility alive, whatever its heartbeats do
+            // behind it on a slow link.
+            self.coord
+                .registry
+                .progress(&peer.name, self.coord.clock.now());
         }
         if payload.len() != expected_bytes {
             return Err(ServiceError::invalid_argument(format!(
@@ -746,6 +751,9 @@ impl AgentApi {
             }
             hasher.update(&data);
             payload.extend_from_slice(&data);
+            self.coord
+                .registry
+                .progress(facility, self.coord.clock.now());
         }
         let digest = hex::encode(hasher.finalize());
         if !digest.eq_ignore_ascii_case(&header.sha256) {
@@ -794,7 +802,9 @@ impl Drop for StreamGuard {
         let facility = std::mem::take(&mut self.facility);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                tokio::time::sleep(coord.settings.heartbeat_interval).await;
+                // A link that drops briefly is forgiven: gone only if not back within the
+                // liveness timeout.
+                tokio::time::sleep(coord.settings.liveness_timeout).await;
                 if !coord.registry.is_connected(&facility) {
                     info!(%facility, "task stream closed and not reopened");
                     coord

@@ -7,10 +7,13 @@
 //! validated before any path is built, so no caller string reaches the file
 //! system. Hashing and file I/O run on tokio's blocking pool.
 //!
-//! What it does not do: garbage collection (which blobs are still referenced
-//! is the store's knowledge), or remote storage; an S3-compatible backend can
-//! sit behind the same methods later.
+//! Garbage: [`BlobStore::sweep`] removes blobs that nothing keeps (the caller names what
+//! does: every model version) once they are older than a retention, e.g. the candidates of
+//! failed rounds. A blob's age is its file's modification time, renewed when it is stored
+//! again. Remote storage is not done; an S3-compatible backend can sit behind the same
+//! methods later.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -144,6 +147,45 @@ impl BlobStore {
         }
     }
 
+    /// Removes every blob whose digest is not in `keep` and that was stored more than
+    /// `older_than` ago. Returns how many blobs and bytes went.
+    pub async fn sweep(
+        &self,
+        keep: HashSet<String>,
+        older_than: Duration,
+    ) -> Result<Swept, BlobError> {
+        let dir = self.dir.clone();
+        blocking(move || {
+            let cutoff = SystemTime::now()
+                .checked_sub(older_than)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let mut swept = Swept::default();
+            for shard in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                let name = shard.file_name();
+                let name = name.to_string_lossy();
+                if name.len() != 2 || !shard.path().is_dir() {
+                    continue;
+                }
+                let shard = shard.path();
+                for blob in fs::read_dir(&shard).map_err(io_err(&shard))?.flatten() {
+                    let digest = blob.file_name().to_string_lossy().into_owned();
+                    if !is_valid_digest(&digest) || keep.contains(&digest) {
+                        continue;
+                    }
+                    let Ok(meta) = blob.metadata() else { continue };
+                    if meta.modified().is_ok_and(|m| m < cutoff) {
+                        let path = blob.path();
+                        fs::remove_file(&path).map_err(io_err(&path))?;
+                        swept.blobs += 1;
+                        swept.bytes += meta.len();
+                    }
+                }
+            }
+            Ok(swept)
+        })
+        .await
+    }
+
     fn blob_path(&self, digest: &str) -> Result<PathBuf, BlobError> {
         if !is_valid_digest(digest) {
             return Err(BlobError::InvalidDigest(
@@ -157,6 +199,8 @@ impl BlobStore {
         let digest = sha256_hex(bytes);
         let path = self.blob_path(&digest)?;
         if is_intact(&path, &digest) {
+            // Stored again: its age starts over (see `sweep`).
+            let _ = File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
             return Ok(digest);
         }
         let parent = path.parent().expect("blob paths have a parent");
@@ -176,6 +220,13 @@ impl BlobStore {
         }
         written.map(|()| digest)
     }
+}
+
+/// What [`BlobStore::sweep`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub blobs: usize,
+    pub bytes: u64,
 }
 
 /// Lowercase hex SHA-256.
@@ -272,6 +323,42 @@ fn not_found_or_io<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sweep_removes_only_old_blobs_nothing_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).await.unwrap();
+        let kept = store.put(b"model version").await.unwrap();
+        let orphan = store.put(b"failed candidate").await.unwrap();
+        let young = store.put(b"running candidate").await.unwrap();
+        let day_ago = SystemTime::now() - Duration::from_secs(24 * 3600);
+        for digest in [&kept, &orphan] {
+            let path = store.blob_path(digest).unwrap();
+            File::open(path).unwrap().set_modified(day_ago).unwrap();
+        }
+        let keep = HashSet::from([kept.clone()]);
+        let swept = store
+            .sweep(keep.clone(), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(
+            swept,
+            Swept {
+                blobs: 1,
+                bytes: b"failed candidate".len() as u64
+            }
+        );
+        assert!(store.contains(&kept).await);
+        assert!(!store.contains(&orphan).await);
+        assert!(store.contains(&young).await);
+        // Stored again, an old blob is young again.
+        let path = store.blob_path(&young).unwrap();
+        File::open(&path).unwrap().set_modified(day_ago).unwrap();
+        store.put(b"running candidate").await.unwrap();
+        let swept = store.sweep(keep, Duration::from_secs(3600)).await.unwrap();
+        assert_eq!(swept, Swept::default());
+        assert!(store.contains(&young).await);
+    }
 
     #[test]
     fn blob_store_digest_validation() {

@@ -230,6 +230,18 @@ impl Store {
             .collect())
     }
 
+    /// The blob digest of every model version of every federation: what blob garbage
+    /// collection keeps.
+    pub async fn model_digests(&self) -> Result<HashSet<String>, StoreError> {
+        let digests: Vec<String> = model_version::Entity::find()
+            .select_only()
+            .column(model_version::Column::Digest)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(digests.into_iter().collect())
+    }
+
     /// The highest model version of a federation.
     pub async fn latest_model(
         &self,

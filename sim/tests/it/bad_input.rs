@@ -233,3 +233,38 @@ async fn oversized_and_misdirected_messages_are_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("open one first"));
 }
+
+/// A command whose reader goes away (`… | head`) ends quietly with the status of a process
+/// ended by SIGPIPE, not with a panic.
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+        .args([
+            "coordinator",
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            "1.0",
+        ])
+        .args([
+            "--sampling-rate",
+            "0.1",
+            "--steps",
+            "100",
+            "--delta",
+            "1e-5",
+        ])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(harambee_link::process::BROKEN_PIPE_EXIT),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -39,6 +39,7 @@ async fn ten_million_parameters_stream_in_chunks() {
         &mut clinic.client,
         task.base.as_ref().unwrap(),
         &cache,
+        4,
     )
     .await
     .unwrap();
@@ -56,9 +57,19 @@ async fn ten_million_parameters_stream_in_chunks() {
         &mut clinic.client,
         eval.candidate.as_ref().unwrap(),
         &cache,
+        1,
     )
     .await
     .unwrap();
+    // A cache that keeps one model holds only the candidate now.
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        cached,
+        vec![format!("{}.f32", eval.candidate.as_ref().unwrap().digest)]
+    );
     for i in [0usize, 1, 4_999_999, n as usize - 1] {
         assert_eq!(
             candidate[i],

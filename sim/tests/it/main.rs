@@ -22,6 +22,7 @@ mod large_model;
 mod ledger_key;
 mod ledger_paging;
 mod ledger_rotation_agent;
+mod network_faults;
 mod peers;
 mod personalization;
 mod privacy_ledger;
