@@ -68,6 +68,10 @@ pub enum RoundInput {
         known_tree_size: u64,
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
+    /// Each selected facility's state and reason now (they are stored at each stage's end).
+    Participants {
+        reply: oneshot::Sender<Vec<ParticipantRow>>,
+    },
     /// The operator ends the round: it fails with `reason`.
     Cancel {
         reason: String,
@@ -407,6 +411,9 @@ impl Driver {
                 }
                 self.pending.remove(&agent);
                 let _ = reply.send(result);
+            }
+            RoundInput::Participants { reply } => {
+                let _ = reply.send(self.participant_rows());
             }
             RoundInput::Cancel { reason, reply } => {
                 info!(%reason, "round cancelled");

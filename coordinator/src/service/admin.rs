@@ -122,6 +122,22 @@ impl AdminApi {
         }
     }
 
+    /// A running round's participants as its driver sees them now; `None` when it is not
+    /// running (or ended meanwhile): the stored ones are then final.
+    async fn live_participants(&self, round_id: u64) -> Option<Vec<crate::store::ParticipantRow>> {
+        let round = self.coord.active_round_by_id(round_id)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        round
+            .inputs
+            .send(RoundInput::Participants { reply })
+            .await
+            .ok()?;
+        tokio::time::timeout(std::time::Duration::from_secs(2), answer)
+            .await
+            .ok()?
+            .ok()
+    }
+
     async fn round_pb(&self, round_id: u64) -> Result<pb::Round, ServiceError> {
         let store = &self.coord.store;
         let row = store
@@ -129,10 +145,13 @@ impl AdminApi {
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::not_found(format!("no round with id {round_id}")))?;
-        let participants = store
-            .participants(round_id)
-            .await
-            .map_err(ServiceError::from)?;
+        let participants = match self.live_participants(round_id).await {
+            Some(live) => live,
+            None => store
+                .participants(round_id)
+                .await
+                .map_err(ServiceError::from)?,
+        };
         let base = store
             .model_version(&row.federation, row.base_version)
             .await

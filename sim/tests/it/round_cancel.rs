@@ -88,3 +88,75 @@ async fn an_operator_cancels_a_round_that_cannot_finish() {
     );
     h.stop_agents().await;
 }
+
+/// While a round runs, its record shows each selected facility's state and reason as the
+/// round sees it now (stored ones change only at a stage's end): here one uploaded, one
+/// declined with its reason, one still training; the operator then cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_round_shows_each_facility_as_it_stands() {
+    use harambee_sim::harness::scripted::ScriptedAgent;
+    let h = Harness::start(None).await;
+    let mut admin = h.admin().await;
+    let mut spec = plain(spec(&h.facilities(Some(1)), 3, 600));
+    spec.facilities = vec!["uploads".into(), "declines".into(), "trains".into()];
+    create_federation(&mut admin, &spec).await;
+    let mut agents = Vec::new();
+    for name in &spec.facilities {
+        agents.push(ScriptedAgent::connect(&h, name).await);
+    }
+    wait_connected(&mut admin, &["uploads", "declines", "trains"]).await;
+    let round = admin
+        .start_round(pb::StartRoundRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tasks = Vec::new();
+    for agent in &mut agents {
+        tasks.push(agent.next_train().await);
+    }
+    let n = tasks[0].model.as_ref().unwrap().n_params as usize;
+    agents[0]
+        .upload(&spec.name, round.id, 40, &vec![0.01; n])
+        .await
+        .unwrap();
+    agents[1]
+        .client
+        .decline_task(pb::DeclineTaskRequest {
+            round_id: round.id,
+            reason: "this facility's data could not be read".into(),
+        })
+        .await
+        .unwrap();
+
+    let now = admin
+        .get_round(pb::GetRoundRequest { round_id: round.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.state(), pb::RoundState::Training, "{now:?}");
+    let status = |name: &str| {
+        let p = now
+            .participants
+            .iter()
+            .find(|p| p.facility == name)
+            .unwrap_or_else(|| panic!("{name} not in {now:?}"));
+        (p.status(), p.detail.clone())
+    };
+    assert_eq!(status("uploads").0, pb::ParticipantStatus::Uploaded);
+    let (declined, why) = status("declines");
+    assert_eq!(declined, pb::ParticipantStatus::Dropped, "{now:?}");
+    assert!(why.contains("data could not be read"), "{why}");
+    assert_eq!(status("trains").0, pb::ParticipantStatus::Selected);
+
+    let ended = admin
+        .cancel_round(pb::CancelRoundRequest {
+            round_id: round.id,
+            reason: "trains will not finish today".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.state(), pb::RoundState::Failed);
+}
