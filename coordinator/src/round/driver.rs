@@ -104,6 +104,9 @@ enum DriverError {
     Ledger(#[from] crate::store::ledger_view::LedgerError),
 }
 
+/// The longest pause between attempts to record a failed round on unwritable storage.
+const MAX_STORAGE_RETRY: Duration = Duration::from_secs(10);
+
 /// How often selection is retried while waiting for facilities to connect.
 const SELECT_RETRY: Duration = Duration::from_secs(1);
 
@@ -652,16 +655,32 @@ impl Driver {
                         reason: reason.clone(),
                         revealed: self.revealed,
                     });
-                    self.coord
-                        .store
-                        .fail_round(
-                            self.row.id,
-                            &reason,
-                            &self.participant_rows(),
-                            self.coord.clock.unix_ms(),
-                            ledger,
-                        )
-                        .await?;
+                    // A database that cannot be written now (a full disk) is waited for: the
+                    // round stays running until its failure is recorded, so the next round
+                    // starts as soon as storage is back, without a restart.
+                    let mut pause = Duration::from_millis(250);
+                    loop {
+                        let recorded = self
+                            .coord
+                            .store
+                            .fail_round(
+                                self.row.id,
+                                &reason,
+                                &self.participant_rows(),
+                                self.coord.clock.unix_ms(),
+                                ledger.clone(),
+                            )
+                            .await;
+                        match recorded {
+                            Ok(()) => break,
+                            Err(store::StoreError::Db(e)) => {
+                                warn!(error = %e, ?pause, "could not record the round's failure; retrying");
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(MAX_STORAGE_RETRY);
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                     self.pending.clear();
                     warn!(%reason, "round failed");
                 }

@@ -29,6 +29,7 @@ mod privacy_ledger;
 mod restart;
 mod round_cancel;
 mod secure_dropout;
+mod storage_faults;
 mod store_suite;
 mod tls_handshake;
 mod upload_retry;
