@@ -2,6 +2,7 @@
 //! commands, [`audit`] the auditor's ledger reads.
 
 pub mod audit;
+pub mod backup;
 pub mod identity;
 
 use std::net::SocketAddr;
@@ -68,6 +69,12 @@ pub enum Command {
     /// The privacy ledger's signing key (run with the coordinator stopped).
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Copy the database and the model blobs its versions use into a new directory, while
+    /// the coordinator serves (SQLite: VACUUM INTO; PostgreSQL: pg_dump).
+    Backup(crate::cli::backup::BackupArgs),
+    /// Put a backup back (`--from DIR`), with the coordinator stopped (SQLite: the file;
+    /// PostgreSQL: pg_restore).
+    Restore(crate::cli::backup::BackupArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -467,6 +474,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 rotated.old_fingerprint,
                 rotated.new_fingerprint,
                 new_key.display()
+            );
+            Ok(())
+        }
+        Command::Backup(args) => {
+            let copied = crate::cli::backup::backup(&args).await?;
+            println!(
+                "backed up {} and {} model blob(s) into {} (the ledger key is not copied: keep it apart)",
+                copied.database.display(),
+                copied.blobs,
+                args.out.display()
+            );
+            Ok(())
+        }
+        Command::Restore(args) => {
+            let restored = crate::cli::backup::restore(&args).await?;
+            println!(
+                "restored {} and {} model blob(s); facilities that saw a later ledger head will report the rollback",
+                restored.database.display(),
+                restored.blobs
             );
             Ok(())
         }

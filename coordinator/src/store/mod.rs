@@ -230,6 +230,27 @@ impl Store {
             .collect())
     }
 
+    /// Writes a consistent copy of a SQLite database to `path` (a new file), while others
+    /// keep using it: `VACUUM INTO`, one read transaction's snapshot.
+    pub async fn vacuum_into(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        if self.db.get_database_backend() != DbBackend::Sqlite {
+            return Err(StoreError::InvalidInput(
+                "VACUUM INTO copies SQLite databases only".into(),
+            ));
+        }
+        let path = path
+            .to_str()
+            .ok_or_else(|| StoreError::InvalidInput(format!("{} is not UTF-8", path.display())))?;
+        self.db
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                "VACUUM INTO ?",
+                [path.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// The blob digest of every model version of every federation: what blob garbage
     /// collection keeps.
     pub async fn model_digests(&self) -> Result<HashSet<String>, StoreError> {

@@ -477,3 +477,175 @@ async fn a_standby_takes_over_from_a_killed_coordinator_on_postgres() {
     standby.kill().await.unwrap();
     db.drop_now().await;
 }
+
+/// `backup` while the coordinator serves, then `restore` with it stopped: history up to the
+/// backup is back and the ledger verifies under the pinned key; a facility that saw a later
+/// head names the rollback in its audit. `restore` refuses while a coordinator serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_and_facilities_name_the_rollback() {
+    let mut h = Harness::prepare(None);
+    let config = coordinator_process(&mut h);
+    let mut coordinator = spawn_coordinator(&h, &config);
+    let mut admin = admin_when_up(&h).await;
+    let facilities = h.facilities(Some(3));
+    let configs: Vec<AgentConfig> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
+    let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
+    let spec = plain(spec(&facilities, 3, 60));
+    create_federation(&mut admin, &spec).await;
+    wait_connected(&mut admin, &names).await;
+    let first = run_round(&mut admin, &spec.name).await;
+    assert_eq!(first.state(), pb::RoundState::Committed, "{first:?}");
+    let v1 = export(&mut admin, &spec.name, 1).await;
+
+    let backup = h.dir.path().join("backup");
+    let tool = |command: &str, dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+            .args(["coordinator", command, "--database-url"])
+            .arg(&h.storage.database_url)
+            .arg("--blob-dir")
+            .arg(&h.storage.blob_dir)
+            .arg("--out")
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let made = tool("backup", &backup);
+    assert!(made.status.success(), "{made:?}");
+    let refused = tool("restore", &backup);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("database lease"),
+        "{refused:?}"
+    );
+
+    // A second round, whose heads every facility checks and countersigns.
+    let second = run_round(&mut admin, &spec.name).await;
+    assert_eq!(second.state(), pb::RoundState::Committed, "{second:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for config in &configs {
+        while !privacy_log(config)
+            .iter()
+            .any(|l| matches!(&l.record, Record::Proof { round_id, .. } if *round_id == second.id))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no proof of round 2"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    coordinator.kill().await.unwrap();
+    let restored = tool("restore", &backup);
+    assert!(restored.status.success(), "{restored:?}");
+    let mut coordinator = spawn_coordinator(&h, &config);
+    let mut admin = admin_when_up(&h).await;
+    let rounds = admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert_eq!(rounds.len(), 1, "{rounds:?}");
+    assert_eq!(export(&mut admin, &spec.name, 1).await, v1);
+
+    let ledger = h.dir.path().join("ledger.jsonl");
+    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &ledger)
+        .await
+        .unwrap();
+    let pem = std::fs::read_to_string(&h.storage.ledger_key).unwrap();
+    let key =
+        <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&pem)
+            .unwrap();
+    let (report, ok) = verify_report(&VerifyArgs {
+        ledger: ledger.clone(),
+        head: None,
+        ledger_key: Some(hex::encode(key.verifying_key().as_bytes())),
+        receipts: None,
+    })
+    .unwrap();
+    assert!(ok, "{report}");
+    for config in &configs {
+        let (report, ok) = verify_report(&VerifyArgs {
+            ledger: ledger.clone(),
+            head: None,
+            ledger_key: None,
+            receipts: Some(config.state_dir.join(LOG_FILE)),
+        })
+        .unwrap();
+        // The ledger is shorter than the head the facility countersigned, and its second
+        // contribution is gone: both named.
+        assert!(!ok, "{report}");
+        assert!(report.contains("the previous head has"), "{report}");
+        assert!(
+            report.contains("round 2") && report.contains("is not in the ledger"),
+            "{report}"
+        );
+    }
+    h.stop_agents().await;
+    coordinator.kill().await.unwrap();
+}
+
+/// The same on PostgreSQL: `pg_dump` while serving, `pg_restore` with the coordinator
+/// stopped, and the history up to the backup is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_backup_restores() {
+    let db = PgDatabase::create().await;
+    let mut h = Harness::start(Some(db.url.clone())).await;
+    let facilities = h.facilities(Some(2));
+    for f in &facilities {
+        h.spawn_agent(f);
+    }
+    let mut admin = h.admin().await;
+    let spec = plain(spec(&facilities, 2, 60));
+    create_federation(&mut admin, &spec).await;
+    wait_connected(&mut admin, &["group-1", "group-2"]).await;
+    assert_eq!(
+        run_round(&mut admin, &spec.name).await.state(),
+        pb::RoundState::Committed
+    );
+    let v1 = export(&mut admin, &spec.name, 1).await;
+    let backup = h.dir.path().join("pg-backup");
+    let blob_dir = h.storage.blob_dir.clone();
+    let tool = |command: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+            .args([
+                "coordinator",
+                command,
+                "--database-url",
+                &db.url,
+                "--blob-dir",
+            ])
+            .arg(&blob_dir)
+            .arg("--out")
+            .arg(&backup)
+            .output()
+            .unwrap()
+    };
+    let made = tool("backup");
+    assert!(made.status.success(), "{made:?}");
+    assert_eq!(
+        run_round(&mut admin, &spec.name).await.state(),
+        pb::RoundState::Committed
+    );
+    h.stop_agents().await;
+    h.stop_coordinator().await;
+    let restored = tool("restore");
+    assert!(restored.status.success(), "{restored:?}");
+    h.start_coordinator().await;
+    let mut admin = h.admin().await;
+    let rounds = admin
+        .list_rounds(pb::ListRoundsRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert_eq!(rounds.len(), 1, "{rounds:?}");
+    assert_eq!(export(&mut admin, &spec.name, 1).await, v1);
+    h.stop_coordinator().await;
+    db.drop_now().await;
+}

@@ -15,9 +15,12 @@ use harambee_link::identity::Role;
 use harambee_privacy::log::LOG_FILE;
 use harambee_proto::pb;
 
-/// A tmpfs of `size` mounted on a new directory, unmounted when dropped. Needs root (as CI
-/// runs); says so plainly otherwise.
-struct SmallDisk(PathBuf, tempfile::TempDir);
+/// A tmpfs of `size` mounted on a new directory (in a temporary directory it holds), unmounted
+/// when dropped. Needs root (as CI runs); says so plainly otherwise.
+struct SmallDisk {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl SmallDisk {
     fn mount(size: &str) -> SmallDisk {
@@ -33,13 +36,13 @@ impl SmallDisk {
             status.success(),
             "this test mounts a small tmpfs to fill it, which needs root: {status}"
         );
-        SmallDisk(path, dir)
+        SmallDisk { path, _dir: dir }
     }
 
     /// Writes a filler file until the file system refuses more; returns it.
     fn fill(&self) -> PathBuf {
         use std::io::Write;
-        let filler = self.0.join("filler");
+        let filler = self.path.join("filler");
         let mut file = std::fs::File::create(&filler).unwrap();
         let block = vec![0u8; 64 * 1024];
         while file.write_all(&block).is_ok() {}
@@ -52,7 +55,7 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
@@ -65,9 +68,9 @@ async fn a_full_disk_mid_round_fails_the_round_and_the_next_one_commits_when_spa
     let disk = SmallDisk::mount("16m");
     let mut h = Harness::prepare(Some(format!(
         "sqlite://{}?mode=rwc",
-        path_of(&disk.0, "coordinator.db").display()
+        path_of(&disk.path, "coordinator.db").display()
     )));
-    h.storage.blob_dir = path_of(&disk.0, "blobs");
+    h.storage.blob_dir = path_of(&disk.path, "blobs");
     h.start_coordinator().await;
     let facilities = h.facilities(Some(3));
     let configs: Vec<_> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
