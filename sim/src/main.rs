@@ -38,6 +38,9 @@ enum BenchCommand {
     /// Cost of one round's aggregation, secure or plain: coordinator process plus N
     /// in-process agents over gRPC.
     Secagg(harambee_sim::bench::secagg::SecaggArgs),
+    /// What connected, idle agents cost the coordinator: coordinator process plus N
+    /// lightweight mTLS clients.
+    Idle(harambee_sim::bench::idle::IdleArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,9 @@ fn main() -> ExitCode {
                     }
                     Command::Bench(BenchCommand::Secagg(args)) => {
                         harambee_sim::bench::secagg::run(args).await
+                    }
+                    Command::Bench(BenchCommand::Idle(args)) => {
+                        harambee_sim::bench::idle::run(args).await
                     }
                 }
             })

@@ -9,12 +9,11 @@
 //! line with `--json`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use harambee_agent::config::AgentConfig;
 use harambee_agent::runtime::AgentStats;
@@ -69,44 +68,13 @@ pub async fn run(args: SecaggArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
-    let pki_dir = dir.join("pki");
-    pki::init(&pki_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    pki::issue(&pki_dir, Role::Operator, "admin", 1)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let config = dir.join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nledger_key = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 10\n",
-            format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display()),
-            dir.join("blobs").display().to_string(),
-            pki_dir.display().to_string(),
-            dir.join("ledger.key").display().to_string(),
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("coordinator.log"))?;
-    let mut coordinator = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["coordinator", "serve", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the coordinator")?;
-    let pid = coordinator.id().context("coordinator pid")?;
-    let endpoint = format!("https://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let super::Coordinator {
+        process: mut coordinator,
+        pid,
+        endpoint,
+        pki_dir,
+    } = super::Coordinator::start(dir, "heartbeat_interval_s = 1\nliveness_timeout_s = 10\n")
+        .await?;
 
     let n_crash = (args.agents as f64 * args.dropout).round() as usize;
     let mut agents = Vec::new();
@@ -225,7 +193,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         );
     }
     for number in 1..=args.rounds {
-        let cpu_before = cpu_seconds(pid)?;
+        let cpu_before = super::cpu_seconds(pid)?;
         let sent_before: u64 = agents
             .iter()
             .map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed))
@@ -239,7 +207,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             .into_inner();
         let round = wait_for_round(&mut client, round.id, |_| {}).await?;
         let wall = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid)? - cpu_before;
+        let cpu = super::cpu_seconds(pid)? - cpu_before;
         if round.state() != pb::RoundState::Committed {
             bail!("round {number} failed: {}", round.failure_reason);
         }
@@ -277,27 +245,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// User + system CPU seconds of a process so far (Linux `/proc`, 100 ticks per second).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .context("reading the coordinator's /proc stat")?;
-    let after_name = &stat[stat.rfind(')').context("malformed /proc stat")? + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / 100.0)
-}
-
 /// Peak resident set size of a process (`VmHWM`).
 fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed VmHWM")?
-        .parse()?;
-    Ok(kb * 1024)
+    super::status_bytes(pid, "VmHWM:")
 }

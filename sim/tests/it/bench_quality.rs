@@ -78,3 +78,24 @@ fn bench_quality_reports_every_method_per_facility() {
     let pooled = results["pooled"]["pooled_auc"].as_f64().unwrap();
     assert!(pooled > 0.8, "pooled reference AUC {pooled}");
 }
+
+/// `bench idle`, small: real mTLS clients hold task streams and heartbeat; the figures are
+/// printed and no heartbeat fails.
+#[test]
+fn bench_idle_reports_memory_per_agent() {
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+        .args(["bench", "idle", "--agents", "20", "--hold-s", "1", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(figures["agents"], 20);
+    assert_eq!(figures["failed_heartbeats"], 0);
+    assert!(figures["rss_with_bytes"].as_u64().unwrap() > 0, "{figures}");
+    assert!(figures["bytes_per_agent"].as_f64().is_some(), "{figures}");
+}
