@@ -180,7 +180,7 @@ impl fmt::Display for Failure {
             } => {
                 write!(
                     f,
-                    "fork: the previous head has {previous_size} entries, the current one only {current_size}"
+                    "rollback: the previous head has {previous_size} entries, the current one only {current_size} (the ledger was rolled back, e.g. restored from a backup, or this export is older than the head the facility saw: export again)"
                 )
             }
             Failure::BadReceiptSignature { index, facility } => write!(

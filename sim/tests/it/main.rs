@@ -8,6 +8,7 @@ mod bad_input;
 mod bench_quality;
 mod demo;
 mod failed_round_epsilon;
+mod fault_schedules;
 mod federation;
 mod identity_access;
 mod identity_certificates;
