@@ -16,6 +16,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// An agent silent for longer is dead: dropped from its rounds, its stream closed.
     pub liveness_timeout: Duration,
+    /// Limits on connections, chiefly enrolment connections (no client certificate).
+    pub connections: crate::server::tls::ConnectionLimits,
 }
 
 impl Default for Settings {
@@ -23,6 +25,7 @@ impl Default for Settings {
         Settings {
             heartbeat_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(20),
+            connections: Default::default(),
         }
     }
 }

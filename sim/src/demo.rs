@@ -115,6 +115,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let settings = Settings {
         heartbeat_interval: Duration::from_secs(1),
         liveness_timeout: Duration::from_secs(5),
+        ..Settings::default()
     };
     let coord = server::open(&storage, settings).await?;
     let tls = harambee_coordinator::server::tls::load_server_config(&PkiPaths::new(&pki_dir))?;

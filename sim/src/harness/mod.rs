@@ -41,6 +41,8 @@ pub struct Harness {
     pub pki: PathBuf,
     pub storage: Storage,
     pub port: u16,
+    /// What [`Harness::start_coordinator`] runs with; [`test_settings`] unless changed.
+    pub settings: Settings,
     server: Option<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
     agents: Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -50,6 +52,7 @@ pub fn test_settings() -> Settings {
     Settings {
         heartbeat_interval: Duration::from_millis(200),
         liveness_timeout: Duration::from_secs(2),
+        ..Settings::default()
     }
 }
 
@@ -84,6 +87,7 @@ impl Harness {
             pki,
             storage,
             port: 0,
+            settings: test_settings(),
             server: None,
             agents: Vec::new(),
         }
@@ -91,7 +95,9 @@ impl Harness {
 
     /// (Re)starts the coordinator on the same storage, on the same port if it had one.
     pub async fn start_coordinator(&mut self) {
-        let coord = server::open(&self.storage, test_settings()).await.unwrap();
+        let coord = server::open(&self.storage, self.settings.clone())
+            .await
+            .unwrap();
         let tls = harambee_coordinator::server::tls::load_server_config(&PkiPaths::new(&self.pki))
             .unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
