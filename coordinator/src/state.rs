@@ -20,6 +20,8 @@ pub struct Settings {
     /// Model blobs no version keeps (candidates of failed rounds) are removed once older
     /// than this; `None` keeps them all.
     pub blob_retention: Option<Duration>,
+    /// Limits on connections, chiefly enrolment connections (no client certificate).
+    pub connections: crate::server::tls::ConnectionLimits,
 }
 
 impl Default for Settings {
@@ -28,6 +30,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(30),
             blob_retention: Some(Duration::from_secs(24 * 3600)),
+            connections: Default::default(),
         }
     }
 }

@@ -116,6 +116,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_secs(1),
         liveness_timeout: Duration::from_secs(5),
         blob_retention: None,
+        ..Settings::default()
     };
     let coord = server::open(&storage, settings).await?;
     let tls = harambee_coordinator::server::tls::load_server_config(&PkiPaths::new(&pki_dir))?;

@@ -107,7 +107,10 @@ pub async fn serve(
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(crate::server::tls::tls_incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(
+            crate::server::tls::tls_incoming(listener, tls, coord.settings.connections.clone()),
+            shutdown,
+        )
         .await;
     reaper.abort();
     if let Some(sweeper) = sweeper {

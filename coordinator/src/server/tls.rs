@@ -19,9 +19,41 @@
 //! for everyone. The choice is made per connection in [`tls_incoming`], from the
 //! ClientHello, before any certificate is requested.
 //!
+//! A connection without identity is cheap to open and costs the coordinator a file
+//! descriptor, so enrolment connections are few and short-lived ([`ConnectionLimits`]):
+//!
+//! - one that moves no bytes for [`ENROLMENT_IDLE`] (10 s), or that is older than
+//!   [`ENROLMENT_LIFETIME`] (60 s) however busy, is closed (an enrolment is a couple of
+//!   small unary calls on a fresh connection);
+//! - at most [`MAX_ENROLMENT_CONNECTIONS`] (64) are open at once, handshakes included; one
+//!   more is closed right after its ClientHello, so agents and operators always find
+//!   descriptors left (an honest enrolment refused then fails, and succeeds when retried
+//!   once slots free up: within 10 s of idle holders, 60 s of busy ones);
+//! - handshakes in flight are bounded by [`MAX_PENDING_HANDSHAKES`] (256), each by
+//!   [`HANDSHAKE_TIMEOUT`]; beyond that the listener stops accepting until some finish.
+//!
+//! Connections without identity therefore hold at most 256 + 64 descriptors: give the
+//! coordinator an `RLIMIT_NOFILE` (systemd `LimitNOFILE`) of at least that plus one per agent
+//! and operator connection and about 64 for the database pool and blob files. (The limit is
+//! not read from the process: that needs `libc`, which the coordinator does not depend on.)
+//!
+//! The deadlines are enforced by the connection's own IO, in [`Connection`]: it wraps the
+//! TLS stream, notes when bytes last moved, and fails reads and writes once a deadline has
+//! passed, which ends tonic's connection task and closes the socket. This sees every byte
+//! (a timer task could only shut the socket blindly, and needs a second descriptor per
+//! connection) and keeps one port and one tonic server (a second server for enrolment
+//! would split the services and the access layer in two). An enrolment call in flight counts
+//! as idle while its handler runs; `Enrol`'s handler takes milliseconds, far below 10 s.
+//!
+//! Connections dropped before they are served (failed or refused handshakes, handshakes
+//! timed out, enrolment connections over the cap, failed `accept`s) are each logged at
+//! DEBUG, and summed up at INFO in at most one line per [`DROP_LOG_INTERVAL`] (10 s): the
+//! count, and the last peer and reason. A flood of garbage costs a few log lines, not one per
+//! connection.
+//!
 //! Session resumption is off (no tickets, no session cache): every connection runs a full
 //! handshake, so every connection's client certificate is verified, expiry included.
-//! Connections are long-lived, so this costs nothing that matters.
+//! Certificate-bearing connections are long-lived, so this costs nothing that matters.
 //!
 //! Use it as:
 //!
@@ -30,14 +62,18 @@
 //! let listener = tokio::net::TcpListener::bind(addr).await?;
 //! Server::builder()
 //!     .add_service(svc)
-//!     .serve_with_incoming_shutdown(tls::tls_incoming(listener, config), shutdown)
+//!     .serve_with_incoming_shutdown(
+//!         tls::tls_incoming(listener, config, ConnectionLimits::default()),
+//!         shutdown,
+//!     )
 //!     .await?;
 //! ```
 //!
-//! The streams yielded by [`tls_incoming`] are `tokio_rustls::server::TlsStream`s, for which
-//! tonic (feature `tls-connect-info`) implements `Connected`; that is what makes
-//! `Request::peer_certs()` and `Request::remote_addr()` work with a custom incoming stream.
-//! Do not wrap them in another type, or the certificates silently disappear from requests.
+//! The streams yielded by [`tls_incoming`] are [`Connection`]s, whose tonic `Connected`
+//! implementation is that of the `tokio_rustls::server::TlsStream` inside (tonic feature
+//! `tls-connect-info`); that is what makes `Request::peer_certs()` and
+//! `Request::remote_addr()` work with a custom incoming stream. A wrapper whose
+//! `ConnectInfo` is anything else makes the certificates silently disappear from requests.
 
 use std::io;
 use std::net::SocketAddr;
@@ -51,19 +87,63 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::LazyConfigAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::pki::PkiPaths;
 
+mod connection;
+mod drop_log;
+
+pub use connection::Connection;
+use drop_log::{DropLog, Dropped};
+
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; beyond this the listener stops accepting until some finish
-/// (each finishes within [`HANDSHAKE_TIMEOUT`]).
-pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Default of [`ConnectionLimits::max_pending_handshakes`].
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Default of [`ConnectionLimits::enrolment_idle`].
+pub const ENROLMENT_IDLE: Duration = Duration::from_secs(10);
+/// Default of [`ConnectionLimits::enrolment_lifetime`].
+pub const ENROLMENT_LIFETIME: Duration = Duration::from_secs(60);
+/// Default of [`ConnectionLimits::max_enrolment_connections`].
+pub const MAX_ENROLMENT_CONNECTIONS: usize = 64;
+/// Default of [`ConnectionLimits::drop_log_interval`].
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How many connections of each kind the coordinator keeps, and for how long. The defaults
+/// are the constants above; tests shorten the durations.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// An enrolment connection that moves no bytes for this long is closed.
+    pub enrolment_idle: Duration,
+    /// An enrolment connection is closed this long after its handshake, busy or not.
+    pub enrolment_lifetime: Duration,
+    /// Enrolment connections open at once, handshakes included; one more is closed right
+    /// after its ClientHello.
+    pub max_enrolment_connections: usize,
+    /// Handshakes in flight at once; beyond this the listener stops accepting until some
+    /// finish (each within [`HANDSHAKE_TIMEOUT`]).
+    pub max_pending_handshakes: usize,
+    /// Connections dropped before being served are summed up in at most one INFO line per
+    /// this long.
+    pub drop_log_interval: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            enrolment_idle: ENROLMENT_IDLE,
+            enrolment_lifetime: ENROLMENT_LIFETIME,
+            max_enrolment_connections: MAX_ENROLMENT_CONNECTIONS,
+            max_pending_handshakes: MAX_PENDING_HANDSHAKES,
+            drop_log_interval: DROP_LOG_INTERVAL,
+        }
+    }
+}
 
 /// Errors building the server's TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -138,27 +218,32 @@ pub fn load_server_config(paths: &PkiPaths) -> Result<Arc<rustls::ServerConfig>,
 
 /// Accepts TCP connections from `listener` and runs their TLS handshakes concurrently, each
 /// on its own task and bounded by [`HANDSHAKE_TIMEOUT`], so a slow or hostile client never
-/// holds up others. Failed handshakes are logged (peer address and reason) and dropped;
-/// the stream yields only established connections, and never ends or yields `Err` (accept
-/// errors are logged and retried).
+/// holds up others. Failed handshakes are dropped and logged, rate-limited (see the module
+/// documentation); the stream yields only established connections, and never ends or yields
+/// `Err` (accept errors are logged the same way and retried).
 ///
 /// Connections whose ClientHello offers the enrolment ALPN protocol are served without a
-/// client-certificate request (see the module documentation); all others with `config`.
+/// client-certificate request (see the module documentation), within `limits`; all others
+/// with `config`.
 ///
 /// Dropping the stream closes the listener and aborts handshakes still in flight. Pass it
 /// to tonic's `serve_with_incoming_shutdown`.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static {
+    limits: ConnectionLimits,
+) -> impl Stream<Item = Result<Connection, io::Error>> + Send + 'static {
     let enrolment = enrolment_config(&config);
     let state = Incoming {
         listener,
-        configs: Arc::new(Configs {
+        shared: Arc::new(Shared {
             main: config,
             enrolment,
+            enrolment_slots: Arc::new(Semaphore::new(limits.max_enrolment_connections)),
+            limits: limits.clone(),
         }),
         handshakes: JoinSet::new(),
+        drops: DropLog::new(limits.drop_log_interval),
     };
     futures::stream::unfold(state, |mut state| async move {
         let stream = state.next().await;
@@ -168,17 +253,22 @@ pub fn tls_incoming(
 
 struct Incoming {
     listener: TcpListener,
-    configs: Arc<Configs>,
-    handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
+    shared: Arc<Shared>,
+    handshakes: JoinSet<Result<Connection, Dropped>>,
+    drops: DropLog,
 }
 
-/// The server configurations a connection is served with, chosen from its ClientHello.
-struct Configs {
+/// What every handshake task reads: the server configurations a connection is served with,
+/// chosen from its ClientHello, and the enrolment limits.
+struct Shared {
     /// Client certificate required.
     main: Arc<rustls::ServerConfig>,
     /// For connections offering the enrolment ALPN protocol: no client certificate asked
     /// for. `None` if it could not be derived (then everyone gets `main`).
     enrolment: Option<Arc<rustls::ServerConfig>>,
+    /// One permit per open enrolment connection.
+    enrolment_slots: Arc<Semaphore>,
+    limits: ConnectionLimits,
 }
 
 /// `main` without the client-certificate request: same provider, TLS 1.3 only, same server
@@ -203,81 +293,97 @@ fn enrolment_config(main: &Arc<rustls::ServerConfig>) -> Option<Arc<rustls::Serv
 }
 
 impl Incoming {
-    /// The next established connection. Both branches are cancel-safe.
-    async fn next(&mut self) -> TlsStream<TcpStream> {
+    /// The next established connection. All branches are cancel-safe.
+    async fn next(&mut self) -> Connection {
         loop {
+            let summary_due = self.drops.due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 accepted = self.listener.accept(),
-                    if self.handshakes.len() < MAX_PENDING_HANDSHAKES =>
+                    if self.handshakes.len() < self.shared.limits.max_pending_handshakes =>
                 {
                     match accepted {
                         Ok((tcp, peer)) => {
-                            self.handshakes.spawn(handshake(self.configs.clone(), tcp, peer));
+                            self.handshakes.spawn(handshake(self.shared.clone(), tcp, peer));
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "accepting a TCP connection failed");
+                            self.dropped(Dropped::Accept(error));
                             tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                         }
                     }
                 }
                 Some(joined) = self.handshakes.join_next() => {
                     match joined {
-                        Ok(Some(stream)) => return stream,
-                        Ok(None) => {}
+                        Ok(Ok(connection)) => return connection,
+                        Ok(Err(dropped)) => self.dropped(dropped),
                         Err(error) => tracing::warn!(%error, "tls handshake task failed"),
+                    }
+                }
+                () = tokio::time::sleep_until(summary_due.unwrap_or_else(tokio::time::Instant::now)),
+                    if summary_due.is_some() =>
+                {
+                    if let Some(summary) = self.drops.summary(std::time::Instant::now()) {
+                        summary.log();
                     }
                 }
             }
         }
     }
-}
 
-async fn handshake(
-    configs: Arc<Configs>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> Option<TlsStream<TcpStream>> {
-    // gRPC messages are small and latency-bound; Nagle only delays them.
-    let _ = tcp.set_nodelay(true);
-    let accept = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-        let enrolling = start
-            .client_hello()
-            .alpn()
-            .is_some_and(|mut offered| offered.any(|p| p == harambee_link::token::ENROL_ALPN));
-        let config = match (&configs.enrolment, enrolling) {
-            (Some(enrolment), true) => {
-                tracing::debug!(%peer, "enrolment connection (no client certificate requested)");
-                enrolment.clone()
-            }
-            _ => configs.main.clone(),
-        };
-        start.into_stream(config).await
-    };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-        Ok(Ok(stream)) => {
-            tracing::debug!(%peer, "tls handshake complete");
-            Some(stream)
-        }
-        Ok(Err(error)) => {
-            match tls_error(&error) {
-                // The peer spoke TLS and was refused: bad certificate, wrong version, ...
-                // worth an operator's attention.
-                Some(reason) => tracing::info!(%peer, %reason, "tls handshake refused"),
-                // Resets, EOF: port scanners and load-balancer probes.
-                None => tracing::debug!(%peer, %error, "tls handshake failed"),
-            }
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, timeout_s = HANDSHAKE_TIMEOUT.as_secs(), "tls handshake timed out");
-            None
+    fn dropped(&mut self, dropped: Dropped) {
+        dropped.log_debug();
+        if let Some(summary) = self.drops.record(std::time::Instant::now(), dropped) {
+            summary.log();
         }
     }
 }
 
-fn tls_error(error: &io::Error) -> Option<&rustls::Error> {
-    error.get_ref()?.downcast_ref::<rustls::Error>()
+async fn handshake(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Connection, Dropped> {
+    // gRPC messages are small and latency-bound; Nagle only delays them.
+    let _ = tcp.set_nodelay(true);
+    let accept = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            .await
+            .map_err(|error| Dropped::handshake(peer, error))?;
+        let enrolling = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == harambee_link::token::ENROL_ALPN));
+        match (&shared.enrolment, enrolling) {
+            (Some(enrolment), true) => {
+                // Dropping `start` closes the connection right after its ClientHello.
+                let slot = shared
+                    .enrolment_slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Dropped::EnrolmentFull {
+                        peer,
+                        max: shared.limits.max_enrolment_connections,
+                    })?;
+                tracing::debug!(%peer, "enrolment connection (no client certificate requested)");
+                let tls = start
+                    .into_stream(enrolment.clone())
+                    .await
+                    .map_err(|error| Dropped::handshake(peer, error))?;
+                Ok(Connection::enrolment(tls, &shared.limits, slot))
+            }
+            _ => {
+                let tls = start
+                    .into_stream(shared.main.clone())
+                    .await
+                    .map_err(|error| Dropped::handshake(peer, error))?;
+                Ok(Connection::authenticated(tls))
+            }
+        }
+    };
+    let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
+        .await
+        .map_err(|_| Dropped::TimedOut { peer })??;
+    tracing::debug!(%peer, "tls handshake complete");
+    Ok(connection)
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use super::{Harness, test_settings};
+use super::Harness;
 
 /// Default certificate validity in these tests.
 pub const NINETY_DAYS: Duration = Duration::from_secs(90 * 86_400);
@@ -49,7 +49,7 @@ impl Coord {
     }
 
     async fn start_server(&mut self) {
-        let coord = server::open(&self.h.storage, test_settings())
+        let coord = server::open(&self.h.storage, self.h.settings.clone())
             .await
             .unwrap();
         assert!(

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use harambee_coordinator::pki::PkiPaths;
-use harambee_coordinator::server::tls::{load_server_config, tls_incoming};
+use harambee_coordinator::server::tls::{ConnectionLimits, load_server_config, tls_incoming};
 use harambee_coordinator::store::ledger_view::enrolment_proofs;
 use harambee_coordinator::wire;
 use harambee_core::FacilityId;
@@ -131,9 +131,12 @@ impl Rogue {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(tls_incoming(listener, tls), async {
-                    let _ = stopped.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    tls_incoming(listener, tls, ConnectionLimits::default()),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         Rogue {
             port,

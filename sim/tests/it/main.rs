@@ -6,6 +6,7 @@ mod adversary;
 mod agent_state;
 mod bad_input;
 mod bench_quality;
+mod connection_limits;
 mod demo;
 mod failed_round_epsilon;
 mod fault_schedules;

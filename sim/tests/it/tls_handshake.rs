@@ -149,9 +149,12 @@ impl TestServer {
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .add_service(AgentServiceServer::new(recorder.clone()))
-            .serve_with_incoming_shutdown(tls::tls_incoming(listener, config), async {
-                let _ = stopped.await;
-            });
+            .serve_with_incoming_shutdown(
+                tls::tls_incoming(listener, config, tls::ConnectionLimits::default()),
+                async {
+                    let _ = stopped.await;
+                },
+            );
         tokio::spawn(server);
         TestServer {
             addr,
@@ -458,7 +461,11 @@ async fn tls_incoming_yields_only_established_connections() {
     let config = tls::load_server_config(&federation.paths()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut incoming = Box::pin(tls::tls_incoming(listener, config));
+    let mut incoming = Box::pin(tls::tls_incoming(
+        listener,
+        config,
+        tls::ConnectionLimits::default(),
+    ));
 
     // A client without a certificate: refused, never yielded.
     let no_cert = raw_client_config(&federation, &[&rustls::version::TLS13], None);
