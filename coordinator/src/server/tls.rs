@@ -99,51 +99,15 @@ mod drop_log;
 pub use connection::Connection;
 use drop_log::{DropLog, Dropped};
 
+pub use crate::state::{
+    ConnectionLimits, DROP_LOG_INTERVAL, ENROLMENT_IDLE, ENROLMENT_LIFETIME,
+    MAX_ENROLMENT_CONNECTIONS, MAX_PENDING_HANDSHAKES,
+};
+
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default of [`ConnectionLimits::max_pending_handshakes`].
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
-/// Default of [`ConnectionLimits::enrolment_idle`].
-pub const ENROLMENT_IDLE: Duration = Duration::from_secs(10);
-/// Default of [`ConnectionLimits::enrolment_lifetime`].
-pub const ENROLMENT_LIFETIME: Duration = Duration::from_secs(60);
-/// Default of [`ConnectionLimits::max_enrolment_connections`].
-pub const MAX_ENROLMENT_CONNECTIONS: usize = 64;
-/// Default of [`ConnectionLimits::drop_log_interval`].
-pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How many connections of each kind the coordinator keeps, and for how long. The defaults
-/// are the constants above; tests shorten the durations.
-#[derive(Clone, Debug)]
-pub struct ConnectionLimits {
-    /// An enrolment connection that moves no bytes for this long is closed.
-    pub enrolment_idle: Duration,
-    /// An enrolment connection is closed this long after its handshake, busy or not.
-    pub enrolment_lifetime: Duration,
-    /// Enrolment connections open at once, handshakes included; one more is closed right
-    /// after its ClientHello.
-    pub max_enrolment_connections: usize,
-    /// Handshakes in flight at once; beyond this the listener stops accepting until some
-    /// finish (each within [`HANDSHAKE_TIMEOUT`]).
-    pub max_pending_handshakes: usize,
-    /// Connections dropped before being served are summed up in at most one INFO line per
-    /// this long.
-    pub drop_log_interval: Duration,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            enrolment_idle: ENROLMENT_IDLE,
-            enrolment_lifetime: ENROLMENT_LIFETIME,
-            max_enrolment_connections: MAX_ENROLMENT_CONNECTIONS,
-            max_pending_handshakes: MAX_PENDING_HANDSHAKES,
-            drop_log_interval: DROP_LOG_INTERVAL,
-        }
-    }
-}
 
 /// Errors building the server's TLS configuration.
 #[derive(Debug, thiserror::Error)]
