@@ -14,9 +14,13 @@ use crate::store::blobs::BlobStore;
 pub struct Settings {
     /// How often agents are asked to heartbeat.
     pub heartbeat_interval: Duration,
-    /// An agent silent for longer, or whose task stream closed and was not reopened within
-    /// it, is gone: dropped from its rounds. A shorter outage of its link is forgiven.
+    /// An agent whose heartbeats stop for longer is gone: dropped from its rounds. A shorter
+    /// silence of its link is forgiven.
     pub liveness_timeout: Duration,
+    /// A facility whose task stream closed (its process ended, or its link was cut) is
+    /// dropped from its rounds unless it reconnects within this. Shorter than the liveness
+    /// timeout when crashed agents should be noticed quickly, longer to forgive outages.
+    pub reconnect_grace: Duration,
     /// Model blobs no version keeps (candidates of failed rounds) are removed once older
     /// than this; `None` keeps them all.
     pub blob_retention: Option<Duration>,
@@ -29,6 +33,7 @@ impl Default for Settings {
         Settings {
             heartbeat_interval: Duration::from_secs(5),
             liveness_timeout: Duration::from_secs(30),
+            reconnect_grace: Duration::from_secs(30),
             blob_retention: Some(Duration::from_secs(24 * 3600)),
             connections: Default::default(),
         }

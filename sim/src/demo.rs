@@ -115,6 +115,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let settings = Settings {
         heartbeat_interval: Duration::from_secs(1),
         liveness_timeout: Duration::from_secs(5),
+        reconnect_grace: Duration::from_secs(5),
         blob_retention: None,
         ..Settings::default()
     };

@@ -139,6 +139,7 @@ pub struct ServeFile {
     pub otlp_endpoint: Option<String>,
     pub heartbeat_interval_s: Option<u64>,
     pub liveness_timeout_s: Option<u64>,
+    pub reconnect_grace_s: Option<u64>,
     /// Hours after which model blobs no version keeps are removed (0: keep them all).
     pub blob_retention_h: Option<u64>,
 }
@@ -606,6 +607,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = file.liveness_timeout_s {
         settings.liveness_timeout = Duration::from_secs(s.max(1));
+    }
+    if let Some(s) = file.reconnect_grace_s {
+        settings.reconnect_grace = Duration::from_secs(s);
     }
     if let Some(h) = file.blob_retention_h {
         settings.blob_retention = (h > 0).then(|| Duration::from_secs(h * 3600));

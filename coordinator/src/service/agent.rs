@@ -803,8 +803,8 @@ impl Drop for StreamGuard {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 // A link that drops briefly is forgiven: gone only if not back within the
-                // liveness timeout.
-                tokio::time::sleep(coord.settings.liveness_timeout).await;
+                // reconnection grace.
+                tokio::time::sleep(coord.settings.reconnect_grace).await;
                 if !coord.registry.is_connected(&facility) {
                     info!(%facility, "task stream closed and not reopened");
                     coord

@@ -5,7 +5,8 @@
 //! on loopback, with the real agent runtime but no data and no training (each update is
 //! random, `testing.synthetic`), and without downloading the base model. A fraction of the
 //! agents crash when asked for their masked input (`testing.crash_at`), so the coordinator
-//! must recover their pairwise masks. Figures are printed per round, one JSON object per
+//! must recover their pairwise masks; it notices them after a second (`reconnect_grace_s =
+//! 1`), where its default forgives a closed connection for 30 s. Figures are printed per round, one JSON object per
 //! line with `--json`.
 
 use std::path::{Path, PathBuf};
@@ -73,8 +74,11 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         pid,
         endpoint,
         pki_dir,
-    } = super::Coordinator::start(dir, "heartbeat_interval_s = 1\nliveness_timeout_s = 10\n")
-        .await?;
+    } = super::Coordinator::start(
+        dir,
+        "heartbeat_interval_s = 1\nliveness_timeout_s = 10\nreconnect_grace_s = 1\n",
+    )
+    .await?;
 
     let n_crash = (args.agents as f64 * args.dropout).round() as usize;
     let mut agents = Vec::new();

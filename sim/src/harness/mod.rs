@@ -53,6 +53,7 @@ pub fn test_settings() -> Settings {
     Settings {
         heartbeat_interval: Duration::from_millis(200),
         liveness_timeout: Duration::from_secs(2),
+        reconnect_grace: Duration::from_secs(2),
         blob_retention: None,
         ..Settings::default()
     }

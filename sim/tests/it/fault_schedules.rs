@@ -73,6 +73,7 @@ fn sent(config: &AgentConfig, sha: &str) -> (u64, Vec<f32>) {
 async fn run_seed(seed: u64) {
     let mut h = Harness::prepare(None);
     h.settings.liveness_timeout = Duration::from_secs(4);
+    h.settings.reconnect_grace = Duration::from_secs(4);
     h.start_coordinator().await;
     let facilities = h.facilities(Some(3));
     let upstream = format!("127.0.0.1:{}", h.port).parse().unwrap();

@@ -79,6 +79,7 @@ async fn wait_for_stage(
 async fn a_short_outage_of_every_link_mid_round_drops_nobody() {
     let mut h = Harness::prepare(None);
     h.settings.liveness_timeout = Duration::from_secs(8);
+    h.settings.reconnect_grace = Duration::from_secs(8);
     let (facilities, proxies) = behind_proxies(&mut h).await;
     let mut admin = h.admin().await;
     let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
