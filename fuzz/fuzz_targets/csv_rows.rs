@@ -9,15 +9,14 @@ use harambee_models::data::{Feature, Schema, parse_csv};
 use libfuzzer_sys::fuzz_target;
 
 fn schema() -> Schema {
-    let feature = |column: &str, center: f64, scale: f64, missing: &[&str], indicator: bool| {
-        Feature {
+    let feature =
+        |column: &str, center: f64, scale: f64, missing: &[&str], indicator: bool| Feature {
             column: column.to_owned(),
             center,
             scale,
             missing: missing.iter().map(|m| (*m).to_owned()).collect(),
             indicator,
-        }
-    };
+        };
     Schema {
         label: "target".to_owned(),
         features: vec![

@@ -26,10 +26,17 @@ fuzz_target!(|data: &[u8]| {
     let _ = signed.verify(&key());
     match signed.receipt.signing_bytes() {
         Ok(bytes) => {
-            let canonical = bytes.strip_prefix(DOMAIN).expect("signing bytes start with the domain");
+            let canonical = bytes
+                .strip_prefix(DOMAIN)
+                .expect("signing bytes start with the domain");
             let back: EgressReceipt =
                 serde_json::from_slice(canonical).expect("canonical JSON parses back");
-            assert_eq!(bits(&back), bits(&signed.receipt), "{}", String::from_utf8_lossy(canonical));
+            assert_eq!(
+                bits(&back),
+                bits(&signed.receipt),
+                "{}",
+                String::from_utf8_lossy(canonical)
+            );
         }
         Err(_) => {
             // Only a non-finite float has no canonical form; JSON cannot carry one.

@@ -79,7 +79,9 @@ fuzz_target!(|offer: Offer| {
         ) else {
             return;
         };
-        honest.validate().expect("for_round returned invalid parameters");
+        honest
+            .validate()
+            .expect("for_round returned invalid parameters");
         honest.consistency_check = offer.consistency_check;
         let lenient = Expectation {
             policy: ParamsPolicy {

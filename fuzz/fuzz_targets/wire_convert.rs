@@ -25,9 +25,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match task.kind {
         Some(pb::task::Kind::Train(t)) => model_and_config(t.model.as_ref(), t.config.as_ref()),
-        Some(pb::task::Kind::Evaluate(t)) => {
-            model_and_config(t.model.as_ref(), t.config.as_ref())
-        }
+        Some(pb::task::Kind::Evaluate(t)) => model_and_config(t.model.as_ref(), t.config.as_ref()),
         Some(pb::task::Kind::SecaggAdvertise(t)) => {
             let Some(wire) = t.params else {
                 return;
