@@ -72,10 +72,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         5 => {
-            if let Ok(pin) = KeyPin::parse(text) {
-                if let KeyPin::Fingerprint(f) = &pin {
-                    assert!(f.starts_with("sha256:") && f.len() == 71);
-                }
+            if let Ok(KeyPin::Fingerprint(f)) = KeyPin::parse(text) {
+                assert!(f.starts_with("sha256:") && f.len() == 71);
             }
         }
         _ => {
