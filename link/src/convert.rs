@@ -54,11 +54,13 @@ pub fn model(spec: Option<&pb::ModelSpec>) -> Result<(ModelSpec, Schema), BadTas
         kind,
         n_inputs: schema.n_inputs(),
     };
-    if model.n_params() as u64 != spec.n_params {
+    let n_params = model
+        .checked_n_params()
+        .ok_or_else(|| BadTask("the model's parameter count overflows".into()))?;
+    if n_params as u64 != spec.n_params {
         return Err(BadTask(format!(
-            "coordinator announced {} parameters, this agent's model has {}",
+            "coordinator announced {} parameters, this agent's model has {n_params}",
             spec.n_params,
-            model.n_params()
         )));
     }
     Ok((model, schema))

@@ -97,6 +97,18 @@ impl ModelSpec {
             .sum()
     }
 
+    /// [`ModelSpec::n_params`], or `None` when it overflows a `usize`: check it first on a
+    /// spec whose layer sizes came from someone else (the coordinator's task).
+    pub fn checked_n_params(&self) -> Option<usize> {
+        self.layer_dims()
+            .iter()
+            .try_fold(0usize, |sum, &(n_in, n_out)| {
+                n_in.checked_mul(n_out)?
+                    .checked_add(n_out)?
+                    .checked_add(sum)
+            })
+    }
+
     /// Deterministic initial parameters for `seed`: every weight and bias drawn uniformly from
     /// `(-k, k)` with `k = 1 / sqrt(n_in)` of its layer (burn's and PyTorch's default scheme),
     /// using a version-stable generator so every party derives the same vector from the seed.
@@ -460,6 +472,21 @@ mod tests {
                 n_inputs: 4,
             },
         ]
+    }
+
+    /// Found by `fuzz/fuzz_targets/wire_convert.rs`: a task's hidden sizes overflowed it.
+    #[test]
+    fn checked_n_params_is_none_when_the_count_overflows() {
+        for spec in specs() {
+            assert_eq!(spec.checked_n_params(), Some(spec.n_params()));
+        }
+        let huge = ModelSpec {
+            kind: ModelKind::Mlp {
+                hidden: vec![usize::MAX / 2, 4],
+            },
+            n_inputs: 3,
+        };
+        assert_eq!(huge.checked_n_params(), None);
     }
 
     #[test]

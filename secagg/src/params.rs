@@ -456,7 +456,8 @@ impl Params {
 
     /// True when every client is every other's neighbour (classic SecAgg).
     pub fn is_complete_graph(&self) -> bool {
-        self.neighbours + 1 >= self.participants.len()
+        // k >= n - 1, without k + 1 overflowing: `validate` accepts any k >= n - 1.
+        self.neighbours >= self.participants.len().saturating_sub(1)
     }
 
     /// L = 2^(q-1) - 1, the largest quantized magnitude.
@@ -621,6 +622,20 @@ mod tests {
             "the figures in GraphTargets' docs"
         );
         assert_eq!(GraphTargets::default().neighbours(2), 1);
+    }
+
+    /// Found by `fuzz/fuzz_targets/secagg_params.rs`: k + 1 overflowed for the largest k.
+    #[test]
+    fn any_k_of_at_least_n_minus_1_is_the_complete_graph() {
+        let ids: Vec<u32> = (0..4).collect();
+        let mut p = Params::recommended(1, &ids, 10, 1.0, 10).unwrap();
+        for k in [3, 4, u32::MAX as usize, usize::MAX] {
+            p.neighbours = k;
+            p.validate().unwrap();
+            assert!(p.is_complete_graph(), "k = {k}");
+            assert_eq!(p.degree(), 3);
+            assert_eq!(p.graph_neighbours(0), [1, 2, 3]);
+        }
     }
 
     #[test]
