@@ -69,8 +69,8 @@ pub struct Core {
     /// Secure rounds between the advertisement, which told the coordinator the size of
     /// the last head this facility saw, and the peer-key stage, which must prove its head
     /// from exactly that one: until when (unix ms) each holds the last head where it is.
-    /// Ledger proofs that arrive meanwhile wait.
-    head_held: HashMap<u64, i64>,
+    /// Ledger proofs that arrive meanwhile wait. By round: its federation and the time.
+    head_held: HashMap<u64, (String, i64)>,
 }
 
 /// What became of a ledger proof.
@@ -113,6 +113,11 @@ impl Core {
     pub fn handle_task(&mut self, now_ms: i64, task: pb::Task) -> anyhow::Result<()> {
         match task.kind {
             Some(Kind::Train(t)) => {
+                // A newer round of a federation means its earlier ones ended (a coordinator
+                // restarted, say): their held heads are released.
+                self.head_held.retain(|round, (federation, _)| {
+                    *federation != t.federation || *round >= t.round_id
+                });
                 if self.claim(t.round_id, TaskKind::Train) {
                     let epochs = t.config.as_ref().map_or(1, |c| c.epochs as usize);
                     match self.privacy.admit(&t, None, epochs) {
@@ -369,9 +374,16 @@ impl Core {
     /// The size of the last tree head this facility checked, which it tells the
     /// coordinator with its advertisement for `round_id`: held there until that round's
     /// peer keys arrive or `until_ms`, whichever is first (see [`Core::handle_proof`]).
-    pub fn hold_head(&mut self, now_ms: i64, round_id: u64, until_ms: i64) -> u64 {
-        self.head_held.retain(|_, until| *until > now_ms);
-        self.head_held.insert(round_id, until_ms);
+    pub fn hold_head(
+        &mut self,
+        now_ms: i64,
+        federation: &str,
+        round_id: u64,
+        until_ms: i64,
+    ) -> u64 {
+        self.head_held.retain(|_, (_, until)| *until > now_ms);
+        self.head_held
+            .insert(round_id, (federation.to_owned(), until_ms));
         self.known_tree_size()
     }
 
@@ -426,7 +438,7 @@ impl Core {
         round_id: u64,
         answer: &pb::LedgerProof,
     ) -> anyhow::Result<ProofOutcome> {
-        if self.head_held.values().any(|until| *until > now_ms) {
+        if self.head_held.values().any(|(_, until)| *until > now_ms) {
             return Ok(ProofOutcome::Deferred);
         }
         match self
@@ -683,7 +695,7 @@ mod tests {
                 ProofOutcome::Deferred
             )
         };
-        assert_eq!(core.hold_head(1_000, 7, 5_000), 0);
+        assert_eq!(core.hold_head(1_000, "heart-disease", 7, 5_000), 0);
         // A proof arriving between the advertisement and the peer keys waits: the head the
         // coordinator proves the peer keys from stays the one the advertisement named.
         assert!(deferred(&mut core, 2_000));
@@ -694,8 +706,23 @@ mod tests {
         let _ = core.check_peer_keys(3_000, &keys).unwrap();
         assert!(!deferred(&mut core, 3_000), "released by the peer keys");
         // A round whose peer keys never come holds the head until its time is up.
-        core.hold_head(10_000, 8, 20_000);
+        core.hold_head(10_000, "heart-disease", 8, 20_000);
         assert!(deferred(&mut core, 19_999));
         assert!(!deferred(&mut core, 20_000));
+        // Or until a newer round of its federation starts (that one ended, e.g. with a
+        // coordinator restart); another federation's round does not release it.
+        core.hold_head(30_000, "heart-disease", 9, 90_000);
+        let train = |federation: &str, round_id| pb::Task {
+            kind: Some(pb::task::Kind::Train(pb::TrainTask {
+                round_id,
+                federation: federation.into(),
+                ..Default::default()
+            })),
+        };
+        core.handle_task(31_000, train("other", 12)).unwrap();
+        assert!(deferred(&mut core, 32_000));
+        core.handle_task(33_000, train("heart-disease", 10))
+            .unwrap();
+        assert!(!deferred(&mut core, 34_000));
     }
 }

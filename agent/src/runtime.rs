@@ -1062,8 +1062,9 @@ impl Agent {
                 // Flushed to disk before the message leaves, off the async workers (many
                 // agents in one process would otherwise queue behind each other's fsyncs).
                 let agent = self.clone();
-                let federation = federation.clone();
+                let logged = federation.clone();
                 tokio::task::spawn_blocking(move || {
+                    let federation = logged;
                     agent.egress.append(&EgressRecord {
                         unix_ms,
                         kind,
@@ -1080,7 +1081,8 @@ impl Agent {
                 let known_tree_size = if matches!(part, Part::Advertise(_)) {
                     let now = self.clock.unix_ms();
                     let until = deadline + (deadline - now).max(0);
-                    self.with_core(move |core| core.hold_head(now, round_id, until))
+                    let federation = federation.clone();
+                    self.with_core(move |core| core.hold_head(now, &federation, round_id, until))
                         .await
                 } else {
                     0

@@ -266,8 +266,8 @@ async fn a_coordinator_killed_at_random_moments_leaves_every_facility_audit_clea
                 .unwrap()
                 .into_inner(),
         };
-        // A round here takes one to three seconds: the kill lands anywhere in it.
-        let delay = Duration::from_millis(rng.random_range(0..2500));
+        // A round here takes 100 to 300 ms: the kill lands anywhere in it, or just after.
+        let delay = Duration::from_millis(rng.random_range(0..250));
         tokio::time::sleep(delay).await;
         let state = admin
             .get_round(pb::GetRoundRequest { round_id: round.id })
