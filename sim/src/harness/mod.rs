@@ -219,6 +219,19 @@ impl Harness {
         let _ = task.await;
     }
 
+    /// The ledger exported as an auditor into `name` in the harness's directory (its head
+    /// file beside it).
+    pub async fn export_ledger(&self, name: &str) -> PathBuf {
+        let out = self.dir.path().join(name);
+        harambee_coordinator::cli::audit::export(
+            self.channel(Role::Auditor, "auditor").await,
+            &out,
+        )
+        .await
+        .unwrap();
+        out
+    }
+
     pub async fn stop_agents(&mut self) {
         for (tx, task) in self.agents.drain(..) {
             let _ = tx.send(());
@@ -389,6 +402,18 @@ pub async fn export(
         }
     }
     harambee_core::params::from_le_bytes(&bytes).unwrap()
+}
+
+/// `audit verify` of a ledger export against a facility's own privacy log (the key it
+/// pinned): the report and whether it verified.
+pub fn audit_facility(ledger: &Path, config: &AgentConfig) -> (String, bool) {
+    harambee_agent::audit::verify_report(&harambee_agent::audit::VerifyArgs {
+        ledger: ledger.to_owned(),
+        head: None,
+        ledger_key: None,
+        receipts: Some(config.state_dir.join(harambee_privacy::log::LOG_FILE)),
+    })
+    .unwrap()
 }
 
 /// The updates an agent uploaded in `round_id`, read back from its own egress log and

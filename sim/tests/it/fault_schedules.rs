@@ -16,11 +16,8 @@ use std::time::Duration;
 
 use common::proxy::FaultProxy;
 use common::*;
-use harambee_agent::audit::{VerifyArgs, verify_report};
 use harambee_agent::config::AgentConfig;
-use harambee_link::identity::Role;
 use harambee_privacy::ledger::{LedgerEvent, parse_jsonl};
-use harambee_privacy::log::LOG_FILE;
 use harambee_proto::pb;
 use rand::{Rng, SeedableRng};
 
@@ -140,10 +137,7 @@ async fn run_seed(seed: u64) {
     }
 
     // Every committed model is the base plus the weighted mean of what the ledger records.
-    let ledger = h.dir.path().join("ledger.jsonl");
-    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &ledger)
-        .await
-        .unwrap();
+    let ledger = h.export_ledger("ledger.jsonl").await;
     let lines = parse_jsonl(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
     let rounds = admin
         .list_rounds(pb::ListRoundsRequest {
@@ -206,17 +200,9 @@ async fn run_seed(seed: u64) {
     // The model exports above are ledger entries too, and agents go on fetching heads:
     // stop them, then export what their logs are checked against.
     h.stop_agents().await;
-    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &ledger)
-        .await
-        .unwrap();
+    let ledger = h.export_ledger("ledger.jsonl").await;
     for (f, config) in facilities.iter().zip(&configs) {
-        let (report, ok) = verify_report(&VerifyArgs {
-            ledger: ledger.clone(),
-            head: None,
-            ledger_key: None,
-            receipts: Some(config.state_dir.join(LOG_FILE)),
-        })
-        .unwrap();
+        let (report, ok) = audit_facility(&ledger, config);
         assert!(ok, "seed {seed}: {}: {report}", f.name);
     }
     h.stop_coordinator().await;

@@ -336,23 +336,14 @@ async fn a_coordinator_killed_at_random_moments_leaves_every_facility_audit_clea
     }
 
     // The auditor's export agrees with every facility's log, and with its ε.
-    let ledger = h.dir.path().join("ledger.jsonl");
-    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &ledger)
-        .await
-        .unwrap();
+    let ledger = h.export_ledger("ledger.jsonl").await;
     let entries = parse_jsonl(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
     let spend =
         harambee_coordinator::cli::audit::privacy_spend(h.channel(Role::Auditor, "auditor").await)
             .await
             .unwrap();
     for (f, config) in facilities.iter().zip(&configs) {
-        let (report, ok) = verify_report(&VerifyArgs {
-            ledger: ledger.clone(),
-            head: None,
-            ledger_key: None,
-            receipts: Some(config.state_dir.join(LOG_FILE)),
-        })
-        .unwrap();
+        let (report, ok) = audit_facility(&ledger, config);
         assert!(ok, "{}: {report}", f.name);
         let log = privacy_log(config);
         let accepted = accepted_rounds(&log);
@@ -459,18 +450,9 @@ async fn a_standby_takes_over_from_a_killed_coordinator_on_postgres() {
     assert!(took.contains("standing by"), "{took}");
     assert!(took.contains("took the database lease"), "{took}");
 
-    let ledger = h.dir.path().join("ledger.jsonl");
-    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &ledger)
-        .await
-        .unwrap();
+    let ledger = h.export_ledger("ledger.jsonl").await;
     for (f, config) in facilities.iter().zip(&configs) {
-        let (report, ok) = verify_report(&VerifyArgs {
-            ledger: ledger.clone(),
-            head: None,
-            ledger_key: None,
-            receipts: Some(config.state_dir.join(LOG_FILE)),
-        })
-        .unwrap();
+        let (report, ok) = audit_facility(&ledger, config);
         assert!(ok, "{}: {report}", f.name);
     }
     h.stop_agents().await;
@@ -551,10 +533,7 @@ async fn a_backup_restores_and_facilities_name_the_rollback() {
     assert_eq!(rounds.len(), 1, "{rounds:?}");
     assert_eq!(export(&mut admin, &spec.name, 1).await, v1);
 
-    let ledger = h.dir.path().join("ledger.jsonl");
-    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &ledger)
-        .await
-        .unwrap();
+    let ledger = h.export_ledger("ledger.jsonl").await;
     let pem = std::fs::read_to_string(&h.storage.ledger_key).unwrap();
     let key =
         <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&pem)
@@ -568,13 +547,7 @@ async fn a_backup_restores_and_facilities_name_the_rollback() {
     .unwrap();
     assert!(ok, "{report}");
     for config in &configs {
-        let (report, ok) = verify_report(&VerifyArgs {
-            ledger: ledger.clone(),
-            head: None,
-            ledger_key: None,
-            receipts: Some(config.state_dir.join(LOG_FILE)),
-        })
-        .unwrap();
+        let (report, ok) = audit_facility(&ledger, config);
         // The ledger is shorter than the head the facility countersigned, and its second
         // contribution is gone: both named.
         assert!(!ok, "{report}");

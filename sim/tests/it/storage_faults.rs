@@ -10,9 +10,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use harambee_agent::audit::{VerifyArgs, verify_report};
-use harambee_link::identity::Role;
-use harambee_privacy::log::LOG_FILE;
 use harambee_proto::pb;
 
 /// A tmpfs of `size` mounted on a new directory (in a temporary directory it holds), unmounted
@@ -116,18 +113,9 @@ async fn a_full_disk_mid_round_fails_the_round_and_the_next_one_commits_when_spa
     assert_eq!(next.result.unwrap().version, 2);
 
     // Every facility's audit still agrees with the ledger.
-    let ledger = h.dir.path().join("ledger.jsonl");
-    harambee_coordinator::cli::audit::export(h.channel(Role::Auditor, "auditor").await, &ledger)
-        .await
-        .unwrap();
+    let ledger = h.export_ledger("ledger.jsonl").await;
     for config in &configs {
-        let (report, ok) = verify_report(&VerifyArgs {
-            ledger: ledger.clone(),
-            head: None,
-            ledger_key: None,
-            receipts: Some(config.state_dir.join(LOG_FILE)),
-        })
-        .unwrap();
+        let (report, ok) = audit_facility(&ledger, config);
         assert!(ok, "{report}");
     }
     h.stop_agents().await;
