@@ -110,6 +110,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             format!("sqlite://{}?mode=rwc", dir.join("coordinator.db").display())
         }),
         blob_dir: dir.join("blobs"),
+        blobs_in_database: false,
         ledger_key: dir.join("ledger.key"),
     };
     let settings = Settings {

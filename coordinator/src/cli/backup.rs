@@ -31,8 +31,16 @@ pub struct BackupArgs {
     #[arg(long, env = "HARAMBEE_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// The coordinator's blob directory.
-    #[arg(long, env = "HARAMBEE_BLOB_DIR")]
-    pub blob_dir: PathBuf,
+    #[arg(
+        long,
+        env = "HARAMBEE_BLOB_DIR",
+        required_unless_present = "blobs_in_database"
+    )]
+    pub blob_dir: Option<PathBuf>,
+    /// The coordinator keeps its model blobs in the database (`serve --blobs-in-database`):
+    /// the database's copy carries them, and each is checked there.
+    #[arg(long, env = "HARAMBEE_BLOBS_IN_DATABASE", conflicts_with = "blob_dir")]
+    pub blobs_in_database: bool,
     /// A new directory for the backup (`backup --out`) or the backup to restore
     /// (`restore --from`).
     #[arg(long, visible_alias = "from")]
@@ -74,22 +82,21 @@ pub async fn backup(args: &BackupArgs) -> anyhow::Result<Copied> {
     };
     // The blobs of the versions in the copy (for PostgreSQL, of those live after the dump:
     // a superset).
-    let digests = match sqlite_path(&args.database_url) {
-        Some(_) => {
-            let copy = Store::connect(&format!("sqlite://{}", database.display())).await?;
-            let digests = copy.model_digests().await?;
-            copy.close().await?;
-            digests
-        }
-        None => {
-            let live = Store::connect(&args.database_url).await?;
-            let digests = live.model_digests().await?;
-            live.close().await?;
-            digests
-        }
+    let source = match sqlite_path(&args.database_url) {
+        Some(_) => Store::connect(&format!("sqlite://{}", database.display())).await?,
+        None => Store::connect(&args.database_url).await?,
     };
-    let blobs = copy_blobs(&args.blob_dir, &args.out.join(BLOBS_DIR), &digests).await?;
-    Ok(Copied { database, blobs })
+    let digests = source.model_digests().await?;
+    let blobs = match &args.blob_dir {
+        Some(dir) => copy_blobs(dir, &args.out.join(BLOBS_DIR), &digests).await,
+        // In the copy already (for PostgreSQL, checked in the live database after the dump).
+        None => check_blobs(&source, &digests).await,
+    };
+    source.close().await?;
+    Ok(Copied {
+        database,
+        blobs: blobs?,
+    })
 }
 
 /// Puts a backup back: refuses while a coordinator holds the database's lease.
@@ -133,9 +140,27 @@ pub async fn restore(args: &BackupArgs) -> anyhow::Result<Copied> {
     };
     let store = Store::connect(&args.database_url).await?;
     let digests = store.model_digests().await?;
+    let blobs = match &args.blob_dir {
+        Some(dir) => copy_blobs(&from.join(BLOBS_DIR), dir, &digests).await,
+        None => check_blobs(&store, &digests).await,
+    };
     store.close().await?;
-    let blobs = copy_blobs(&from.join(BLOBS_DIR), &args.blob_dir, &digests).await?;
-    Ok(Copied { database, blobs })
+    Ok(Copied {
+        database,
+        blobs: blobs?,
+    })
+}
+
+/// Checks that the database holds every named blob, intact.
+async fn check_blobs(store: &Store, digests: &HashSet<String>) -> anyhow::Result<usize> {
+    let blobs = BlobStore::in_database(store);
+    for digest in digests {
+        blobs
+            .get(digest)
+            .await
+            .with_context(|| format!("model blob {digest} in the database"))?;
+    }
+    Ok(digests.len())
 }
 
 /// Copies the named blobs from one blob directory to another, each checked against its

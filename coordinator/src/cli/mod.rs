@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Directory of content-addressed model blobs.
     #[arg(long, env = "HARAMBEE_BLOB_DIR")]
     pub blob_dir: Option<PathBuf>,
+    /// Keep model blobs in the database (table `blobs`) instead of a directory: what an
+    /// active/standby pair on one PostgreSQL database needs.
+    #[arg(long, env = "HARAMBEE_BLOBS_IN_DATABASE")]
+    pub blobs_in_database: bool,
     /// PKI directory made by `pki init`.
     #[arg(long, env = "HARAMBEE_PKI")]
     pub pki: Option<PathBuf>,
@@ -134,6 +138,7 @@ pub struct ServeFile {
     pub listen: Option<SocketAddr>,
     pub database_url: Option<String>,
     pub blob_dir: Option<PathBuf>,
+    pub blobs_in_database: Option<bool>,
     pub pki: Option<PathBuf>,
     pub ledger_key: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
@@ -587,6 +592,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .blob_dir
             .or(file.blob_dir)
             .unwrap_or_else(|| PathBuf::from("harambee-data/blobs")),
+        blobs_in_database: args.blobs_in_database || file.blobs_in_database.unwrap_or(false),
         ledger_key: args.ledger_key.or(file.ledger_key).context(
             "no ledger key given: pass --ledger-key PATH (or ledger_key in the serve file, or HARAMBEE_LEDGER_KEY); key material has no default path",
         )?,

@@ -26,6 +26,9 @@ pub struct Storage {
     /// `sqlite://...` or `postgres://...`.
     pub database_url: String,
     pub blob_dir: PathBuf,
+    /// Keep model blobs in the database instead of `blob_dir` (an active/standby pair on
+    /// one PostgreSQL database then shares no file system).
+    pub blobs_in_database: bool,
     /// The Ed25519 key that signs the privacy ledger's tree heads (created, mode 0600, only
     /// for an empty ledger; see `store::ledger_view::open_key`).
     pub ledger_key: PathBuf,
@@ -42,9 +45,13 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
     let store = Store::connect(&storage.database_url)
         .await
         .with_context(|| format!("opening the database {}", redact_url(&storage.database_url)))?;
-    let blobs = BlobStore::open(&storage.blob_dir)
-        .await
-        .with_context(|| format!("opening the blob store {}", storage.blob_dir.display()))?;
+    let blobs = if storage.blobs_in_database {
+        BlobStore::in_database(&store)
+    } else {
+        BlobStore::open(&storage.blob_dir)
+            .await
+            .with_context(|| format!("opening the blob store {}", storage.blob_dir.display()))?
+    };
     let failed = store.fail_unfinished_rounds(INTERRUPTED, now_ms()).await?;
     if !failed.is_empty() {
         warn!(rounds = ?failed, "rounds left unfinished by a previous run were marked failed");

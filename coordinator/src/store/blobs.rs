@@ -1,4 +1,5 @@
-//! Content-addressed blob store for model parameters, on a local directory.
+//! Content-addressed blob store for model parameters, on a local directory or in the
+//! database.
 //!
 //! A blob is named by the lowercase hex SHA-256 of its bytes and stored at
 //! `<dir>/<first two hex digits>/<digest>`. Writes go to `<dir>/tmp/`, are
@@ -10,8 +11,12 @@
 //! Garbage: [`BlobStore::sweep`] removes blobs that nothing keeps (the caller names what
 //! does: every model version) once they are older than a retention, e.g. the candidates of
 //! failed rounds. A blob's age is its file's modification time, renewed when it is stored
-//! again. Remote storage is not done; an S3-compatible backend can sit behind the same
-//! methods later.
+//! again.
+//!
+//! In the database ([`BlobStore::in_database`], table `blobs`, migration m0008) the same
+//! methods keep each blob in one row: for an active/standby pair of coordinators on one
+//! PostgreSQL database, which then share no file system. An S3-compatible backend could sit
+//! behind the same methods.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -20,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use sha2::{Digest, Sha256};
 
 /// Temporary files older than this are leftovers of a crash and removed by
@@ -54,12 +60,30 @@ pub enum BlobError {
         #[source]
         source: io::Error,
     },
+    #[error("database error on the blob store")]
+    Db(#[from] DbErr),
 }
 
-/// A directory of content-addressed blobs; cheap to clone.
-#[derive(Clone, Debug)]
+/// Content-addressed blobs in a directory or in the database; cheap to clone.
+#[derive(Clone)]
 pub struct BlobStore {
-    dir: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Dir(PathBuf),
+    Db(DatabaseConnection),
+}
+
+/// Names the place only: the pool's own `Debug` prints connect options, password included.
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            Backend::Dir(dir) => f.debug_tuple("BlobStore").field(dir).finish(),
+            Backend::Db(_) => f.write_str("BlobStore(database)"),
+        }
+    }
 }
 
 impl BlobStore {
@@ -71,22 +95,45 @@ impl BlobStore {
         blocking(move || {
             fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
             remove_stale_tmp(&tmp);
-            Ok(BlobStore { dir })
+            Ok(BlobStore {
+                backend: Backend::Dir(dir),
+            })
         })
         .await
+    }
+
+    /// Blobs in the database of `store` (its `blobs` table).
+    pub fn in_database(store: &super::Store) -> BlobStore {
+        BlobStore {
+            backend: Backend::Db(store.connection().clone()),
+        }
+    }
+
+    /// Where the blobs live, for messages: a directory, or `database`.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Dir(dir) => dir.display().to_string(),
+            Backend::Db(_) => "database".to_owned(),
+        }
     }
 
     /// Stores bytes and returns their digest. Idempotent: an intact blob
     /// already present is left alone, a corrupt one is replaced.
     pub async fn put(&self, bytes: &[u8]) -> Result<String, BlobError> {
-        let store = self.clone();
+        let dir = match &self.backend {
+            Backend::Db(db) => return db_put(db, bytes).await,
+            Backend::Dir(dir) => dir.clone(),
+        };
         let bytes = bytes.to_vec();
-        blocking(move || store.put_blocking(&bytes)).await
+        blocking(move || put_blocking(&dir, &bytes)).await
     }
 
     /// Reads a whole blob and checks it against its digest.
     pub async fn get(&self, digest: &str) -> Result<Vec<u8>, BlobError> {
-        let path = self.blob_path(digest)?;
+        let path = match &self.backend {
+            Backend::Db(db) => return db_get(db, checked(digest)?).await,
+            Backend::Dir(dir) => blob_path(dir, digest)?,
+        };
         let digest = digest.to_owned();
         blocking(move || {
             let bytes = fs::read(&path).map_err(not_found_or_io(&digest, &path))?;
@@ -107,7 +154,10 @@ impl BlobStore {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, BlobError> {
-        let path = self.blob_path(digest)?;
+        let path = match &self.backend {
+            Backend::Db(db) => return db_read_range(db, checked(digest)?, offset, len).await,
+            Backend::Dir(dir) => blob_path(dir, digest)?,
+        };
         let digest = digest.to_owned();
         blocking(move || {
             let mut file = File::open(&path).map_err(not_found_or_io(&digest, &path))?;
@@ -131,7 +181,10 @@ impl BlobStore {
 
     /// The size of a blob in bytes.
     pub async fn size(&self, digest: &str) -> Result<u64, BlobError> {
-        let path = self.blob_path(digest)?;
+        let path = match &self.backend {
+            Backend::Db(db) => return db_size(db, checked(digest)?).await,
+            Backend::Dir(dir) => blob_path(dir, digest)?,
+        };
         match tokio::fs::metadata(&path).await {
             Ok(meta) => Ok(meta.len()),
             Err(e) => Err(not_found_or_io(digest, &path)(e)),
@@ -141,9 +194,15 @@ impl BlobStore {
     /// Whether a blob is present (without verifying it); false for an
     /// invalid digest.
     pub async fn contains(&self, digest: &str) -> bool {
-        match self.blob_path(digest) {
-            Ok(path) => tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()),
-            Err(_) => false,
+        match &self.backend {
+            Backend::Db(db) => match checked(digest) {
+                Ok(digest) => db_size(db, digest).await.is_ok(),
+                Err(_) => false,
+            },
+            Backend::Dir(dir) => match blob_path(dir, digest) {
+                Ok(path) => tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()),
+                Err(_) => false,
+            },
         }
     }
 
@@ -154,7 +213,10 @@ impl BlobStore {
         keep: HashSet<String>,
         older_than: Duration,
     ) -> Result<Swept, BlobError> {
-        let dir = self.dir.clone();
+        let dir = match &self.backend {
+            Backend::Db(db) => return db_sweep(db, &keep, older_than).await,
+            Backend::Dir(dir) => dir.clone(),
+        };
         blocking(move || {
             let cutoff = SystemTime::now()
                 .checked_sub(older_than)
@@ -185,41 +247,167 @@ impl BlobStore {
         })
         .await
     }
+}
 
-    fn blob_path(&self, digest: &str) -> Result<PathBuf, BlobError> {
-        if !is_valid_digest(digest) {
-            return Err(BlobError::InvalidDigest(
-                digest.chars().take(MAX_SHOWN_INVALID).collect(),
-            ));
-        }
-        Ok(self.dir.join(&digest[..2]).join(digest))
+/// `digest` if it is 64 lowercase hex characters; the error repeats a bounded part of it.
+fn checked(digest: &str) -> Result<&str, BlobError> {
+    if is_valid_digest(digest) {
+        Ok(digest)
+    } else {
+        Err(BlobError::InvalidDigest(
+            digest.chars().take(MAX_SHOWN_INVALID).collect(),
+        ))
     }
+}
 
-    fn put_blocking(&self, bytes: &[u8]) -> Result<String, BlobError> {
-        let digest = sha256_hex(bytes);
-        let path = self.blob_path(&digest)?;
-        if is_intact(&path, &digest) {
-            // Stored again: its age starts over (see `sweep`).
-            let _ = File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
-            return Ok(digest);
-        }
-        let parent = path.parent().expect("blob paths have a parent");
-        fs::create_dir_all(parent).map_err(io_err(parent))?;
+fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf, BlobError> {
+    let digest = checked(digest)?;
+    Ok(dir.join(&digest[..2]).join(digest))
+}
 
-        let tmp = self.dir.join("tmp").join(format!(
-            "{digest}.{}.{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = write_synced(&tmp, bytes).and_then(|()| {
-            fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            sync_dir(parent)
+fn put_blocking(dir: &Path, bytes: &[u8]) -> Result<String, BlobError> {
+    let digest = sha256_hex(bytes);
+    let path = blob_path(dir, &digest)?;
+    if is_intact(&path, &digest) {
+        // Stored again: its age starts over (see `sweep`).
+        let _ = File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        return Ok(digest);
+    }
+    let parent = path.parent().expect("blob paths have a parent");
+    fs::create_dir_all(parent).map_err(io_err(parent))?;
+
+    let tmp = dir.join("tmp").join(format!(
+        "{digest}.{}.{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = write_synced(&tmp, bytes).and_then(|()| {
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(parent)
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|()| digest)
+}
+
+/// A statement with `$1`-style placeholders, which SQLite reads as `?1`.
+fn statement(db: &DatabaseConnection, sql: &str, values: Vec<Value>) -> Statement {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Sqlite => sql.replace('$', "?"),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn db_put(db: &DatabaseConnection, bytes: &[u8]) -> Result<String, BlobError> {
+    let digest = sha256_hex(bytes);
+    // The same digest again rewrites the same bytes (so a corrupt row is repaired) and
+    // starts the blob's age over.
+    let sql = "INSERT INTO blobs (digest, bytes, size, stored_ms) VALUES ($1, $2, $3, $4) \
+               ON CONFLICT (digest) DO UPDATE SET bytes = excluded.bytes, size = excluded.size, \
+               stored_ms = excluded.stored_ms";
+    let values = vec![
+        digest.clone().into(),
+        bytes.to_vec().into(),
+        (bytes.len() as i64).into(),
+        unix_ms(SystemTime::now()).into(),
+    ];
+    db.execute_raw(statement(db, sql, values)).await?;
+    Ok(digest)
+}
+
+async fn db_get(db: &DatabaseConnection, digest: &str) -> Result<Vec<u8>, BlobError> {
+    let sql = "SELECT bytes FROM blobs WHERE digest = $1";
+    let row = db
+        .query_one_raw(statement(db, sql, vec![digest.into()]))
+        .await?
+        .ok_or_else(|| BlobError::NotFound(digest.to_owned()))?;
+    let bytes: Vec<u8> = row.try_get("", "bytes")?;
+    if sha256_hex(&bytes) != digest {
+        return Err(BlobError::Corrupt(digest.to_owned()));
+    }
+    Ok(bytes)
+}
+
+async fn db_size(db: &DatabaseConnection, digest: &str) -> Result<u64, BlobError> {
+    let sql = "SELECT size FROM blobs WHERE digest = $1";
+    let row = db
+        .query_one_raw(statement(db, sql, vec![digest.into()]))
+        .await?
+        .ok_or_else(|| BlobError::NotFound(digest.to_owned()))?;
+    let size: i64 = row.try_get("", "size")?;
+    Ok(u64::try_from(size).unwrap_or(0))
+}
+
+async fn db_read_range(
+    db: &DatabaseConnection,
+    digest: &str,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, BlobError> {
+    let size = db_size(db, digest).await?;
+    if offset > size {
+        return Err(BlobError::OutOfRange {
+            digest: digest.to_owned(),
+            offset,
+            size,
         });
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written.map(|()| digest)
     }
+    // Bounded by the blob, not by the caller's `len`.
+    let len = (len as u64).min(size - offset);
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    // `substr` counts from 1 in both databases, on bytea and on BLOB alike.
+    let sql = "SELECT substr(bytes, CAST($2 AS INTEGER), CAST($3 AS INTEGER)) AS part \
+               FROM blobs WHERE digest = $1";
+    let values = vec![
+        digest.into(),
+        i64::try_from(offset + 1).unwrap_or(i64::MAX).into(),
+        i64::try_from(len).unwrap_or(i64::MAX).into(),
+    ];
+    let row = db
+        .query_one_raw(statement(db, sql, values))
+        .await?
+        .ok_or_else(|| BlobError::NotFound(digest.to_owned()))?;
+    Ok(row.try_get("", "part")?)
+}
+
+async fn db_sweep(
+    db: &DatabaseConnection,
+    keep: &HashSet<String>,
+    older_than: Duration,
+) -> Result<Swept, BlobError> {
+    let cutoff = SystemTime::now().checked_sub(older_than).map_or(0, unix_ms);
+    let sql = "SELECT digest, size FROM blobs WHERE stored_ms < $1";
+    let rows = db
+        .query_all_raw(statement(db, sql, vec![cutoff.into()]))
+        .await?;
+    let mut swept = Swept::default();
+    for row in rows {
+        let digest: String = row.try_get("", "digest")?;
+        if keep.contains(&digest) {
+            continue;
+        }
+        let size: i64 = row.try_get("", "size")?;
+        // Stored again since the scan: its age started over, it stays.
+        let sql = "DELETE FROM blobs WHERE digest = $1 AND stored_ms < $2";
+        let deleted = db
+            .execute_raw(statement(db, sql, vec![digest.into(), cutoff.into()]))
+            .await?;
+        if deleted.rows_affected() > 0 {
+            swept.blobs += 1;
+            swept.bytes += u64::try_from(size).unwrap_or(0);
+        }
+    }
+    Ok(swept)
 }
 
 /// What [`BlobStore::sweep`] removed.
@@ -333,7 +521,7 @@ mod tests {
         let young = store.put(b"running candidate").await.unwrap();
         let day_ago = SystemTime::now() - Duration::from_secs(24 * 3600);
         for digest in [&kept, &orphan] {
-            let path = store.blob_path(digest).unwrap();
+            let path = blob_path(dir.path(), digest).unwrap();
             File::open(path).unwrap().set_modified(day_ago).unwrap();
         }
         let keep = HashSet::from([kept.clone()]);
@@ -352,7 +540,7 @@ mod tests {
         assert!(!store.contains(&orphan).await);
         assert!(store.contains(&young).await);
         // Stored again, an old blob is young again.
-        let path = store.blob_path(&young).unwrap();
+        let path = blob_path(dir.path(), &young).unwrap();
         File::open(&path).unwrap().set_modified(day_ago).unwrap();
         store.put(b"running candidate").await.unwrap();
         let swept = store.sweep(keep, Duration::from_secs(3600)).await.unwrap();

@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(super::migration_ledger_key::M0005LedgerKey),
             Box::new(super::migration_revocation::M0006Revocation),
             Box::new(super::migration_accepted::M0007AcceptedUploads),
+            Box::new(super::migration_blobs::M0008Blobs),
         ]
     }
 }

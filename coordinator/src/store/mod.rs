@@ -75,6 +75,7 @@ mod ledger;
 pub mod ledger_view;
 mod migration;
 mod migration_accepted;
+mod migration_blobs;
 mod migration_identity;
 mod migration_ledger;
 mod migration_ledger_key;
@@ -161,6 +162,11 @@ impl Store {
         let db = Database::connect(options).await?;
         migration::Migrator::up(&db, None).await?;
         Ok(Store { db })
+    }
+
+    /// The connection pool, for the blob store's `blobs` table.
+    pub(crate) fn connection(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// Closes the connection pool (dropping the store does so too, lazily).

@@ -83,6 +83,7 @@ impl Harness {
                 )
             }),
             blob_dir: dir.path().join("blobs"),
+            blobs_in_database: false,
             ledger_key: dir.path().join("ledger.key"),
         };
         Harness {

@@ -378,16 +378,17 @@ async fn a_coordinator_killed_at_random_moments_leaves_every_facility_audit_clea
 /// the reason; one started with `--standby` waits, and when the active one is killed with
 /// SIGKILL mid-round it takes the lease, fails the interrupted round with its accepted
 /// uploads in the ledger, retries it, and the agents (reconnecting to the same address)
-/// commit it.
+/// commit it. Both keep their model blobs in the database: they share no directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_coordinator_on_postgres() {
     let db = PgDatabase::create().await;
     let mut h = Harness::prepare(Some(db.url.clone()));
     let config = coordinator_process(&mut h);
-    let mut active = spawn_coordinator_with(&h, &config, "active.log", &[]);
+    let in_db = "--blobs-in-database";
+    let mut active = spawn_coordinator_with(&h, &config, "active.log", &[in_db]);
     let mut admin = admin_when_up(&h).await;
 
-    let second = spawn_coordinator_with(&h, &config, "second.log", &[]);
+    let second = spawn_coordinator_with(&h, &config, "second.log", &[in_db]);
     let status = second.wait_with_output().await.unwrap().status;
     assert!(!status.success());
     let said = std::fs::read_to_string(h.dir.path().join("second.log")).unwrap();
@@ -395,7 +396,7 @@ async fn a_standby_takes_over_from_a_killed_coordinator_on_postgres() {
         said.contains("another coordinator holds the database lease"),
         "{said}"
     );
-    let mut standby = spawn_coordinator_with(&h, &config, "standby.log", &["--standby"]);
+    let mut standby = spawn_coordinator_with(&h, &config, "standby.log", &["--standby", in_db]);
 
     let facilities = h.facilities(Some(3));
     let configs: Vec<AgentConfig> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
@@ -449,6 +450,9 @@ async fn a_standby_takes_over_from_a_killed_coordinator_on_postgres() {
     let took = std::fs::read_to_string(h.dir.path().join("standby.log")).unwrap();
     assert!(took.contains("standing by"), "{took}");
     assert!(took.contains("took the database lease"), "{took}");
+    // The standby served the models the killed coordinator stored, from the database.
+    let blob_files = walkdir(&h.storage.blob_dir);
+    assert!(blob_files.is_empty(), "blob files written: {blob_files:?}");
 
     let ledger = h.export_ledger("ledger.jsonl").await;
     for (f, config) in facilities.iter().zip(&configs) {
@@ -561,12 +565,15 @@ async fn a_backup_restores_and_facilities_name_the_rollback() {
     coordinator.kill().await.unwrap();
 }
 
-/// The same on PostgreSQL: `pg_dump` while serving, `pg_restore` with the coordinator
-/// stopped, and the history up to the backup is back.
+/// The same on PostgreSQL with the model blobs in the database: `pg_dump` while serving,
+/// `pg_restore` with the coordinator stopped, and the history up to the backup is back,
+/// models included, without a blob directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_backup_restores() {
     let db = PgDatabase::create().await;
-    let mut h = Harness::start(Some(db.url.clone())).await;
+    let mut h = Harness::prepare(Some(db.url.clone()));
+    h.storage.blobs_in_database = true;
+    h.start_coordinator().await;
     let facilities = h.facilities(Some(2));
     for f in &facilities {
         h.spawn_agent(f);
@@ -581,7 +588,6 @@ async fn a_postgres_backup_restores() {
     );
     let v1 = export(&mut admin, &spec.name, 1).await;
     let backup = h.dir.path().join("pg-backup");
-    let blob_dir = h.storage.blob_dir.clone();
     let tool = |command: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
             .args([
@@ -589,9 +595,8 @@ async fn a_postgres_backup_restores() {
                 command,
                 "--database-url",
                 &db.url,
-                "--blob-dir",
+                "--blobs-in-database",
             ])
-            .arg(&blob_dir)
             .arg("--out")
             .arg(&backup)
             .output()
@@ -619,6 +624,27 @@ async fn a_postgres_backup_restores() {
         .rounds;
     assert_eq!(rounds.len(), 1, "{rounds:?}");
     assert_eq!(export(&mut admin, &spec.name, 1).await, v1);
+    let said = String::from_utf8_lossy(&restored.stdout);
+    assert!(said.contains("model blob(s)"), "{said}");
+    let blob_files = walkdir(&h.storage.blob_dir);
+    assert!(blob_files.is_empty(), "blob files written: {blob_files:?}");
     h.stop_coordinator().await;
     db.drop_now().await;
+}
+
+/// Every file under `dir` (none when it does not exist).
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            if e.path().is_dir() {
+                walkdir(&e.path())
+            } else {
+                vec![e.path()]
+            }
+        })
+        .collect()
 }

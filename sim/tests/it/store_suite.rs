@@ -60,6 +60,7 @@ suite!(
     concurrent_create_round_one_wins,
     concurrent_commit_and_fail_one_wins,
     debug_output_hides_url,
+    blobs_in_the_database,
 );
 
 async fn on_sqlite<F, Fut>(case: F)
@@ -1054,6 +1055,99 @@ mod more_cases {
             !debug.contains("127.0.0.1") && !debug.contains(".db"),
             "{debug}"
         );
+    }
+
+    /// `serve --blobs-in-database`: the same blob store in the `blobs` table, seen by
+    /// another connection (a standby coordinator), with corruption detected, ranges bounded
+    /// and unkept old blobs swept.
+    pub async fn blobs_in_the_database(url: String) {
+        let store = store_with(&url, &[]).await;
+        let blobs = BlobStore::in_database(&store);
+        let bytes: Vec<u8> = (0..10_000u32)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        let digest = blobs.put(&bytes).await.unwrap();
+        assert_eq!(digest, sha256_hex(&bytes));
+        assert!(blobs.contains(&digest).await);
+        assert_eq!(blobs.size(&digest).await.unwrap(), 40_000);
+        assert_eq!(blobs.put(&bytes).await.unwrap(), digest, "idempotent");
+        assert_eq!(blobs.read_range(&digest, 4, 8).await.unwrap(), bytes[4..12]);
+        assert_eq!(
+            blobs.read_range(&digest, 39_990, 1 << 40).await.unwrap(),
+            bytes[39_990..]
+        );
+        assert!(
+            blobs
+                .read_range(&digest, 40_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            blobs.read_range(&digest, 40_001, 10).await,
+            Err(BlobError::OutOfRange { size: 40_000, .. })
+        ));
+        let empty = blobs.put(&[]).await.unwrap();
+        assert_eq!(blobs.get(&empty).await.unwrap(), Vec::<u8>::new());
+        let missing = sha256_hex(b"never stored");
+        assert!(matches!(
+            blobs.get(&missing).await,
+            Err(BlobError::NotFound(_))
+        ));
+        assert!(!blobs.contains(&missing).await);
+        assert!(matches!(
+            blobs.get("../../etc/passwd").await,
+            Err(BlobError::InvalidDigest(_))
+        ));
+
+        // Another connection to the same database (a standby) reads what this one wrote.
+        let other = Store::connect(&url).await.unwrap();
+        assert_eq!(
+            BlobStore::in_database(&other).get(&digest).await.unwrap(),
+            bytes
+        );
+
+        // A row whose bytes changed is refused as corrupt, and storing it again repairs it.
+        let raw = sea_orm::Database::connect(url.as_str()).await.unwrap();
+        raw.execute_unprepared(&format!(
+            "UPDATE blobs SET bytes = {} WHERE digest = '{digest}'",
+            if url.starts_with("sqlite") {
+                "X'00'"
+            } else {
+                "'\\x00'::bytea"
+            }
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(
+            blobs.get(&digest).await,
+            Err(BlobError::Corrupt(_))
+        ));
+        blobs.put(&bytes).await.unwrap();
+        assert_eq!(blobs.get(&digest).await.unwrap(), bytes);
+
+        // Sweep: old and unkept goes; kept or young stays.
+        let old = blobs.put(b"failed candidate").await.unwrap();
+        raw.execute_unprepared(&format!(
+            "UPDATE blobs SET stored_ms = 0 WHERE digest IN ('{old}', '{digest}')"
+        ))
+        .await
+        .unwrap();
+        let swept = blobs
+            .sweep(
+                std::collections::HashSet::from([digest.clone()]),
+                Duration::from_secs(3600),
+            )
+            .await
+            .unwrap();
+        assert_eq!(swept.blobs, 1);
+        assert_eq!(swept.bytes, b"failed candidate".len() as u64);
+        assert!(!blobs.contains(&old).await);
+        assert!(blobs.contains(&digest).await);
+        assert!(blobs.contains(&empty).await, "young blobs stay");
+        raw.close().await.unwrap();
+        other.close().await.unwrap();
+        store.close().await.unwrap();
     }
 }
 
