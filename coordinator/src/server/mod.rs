@@ -8,6 +8,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use harambee_proto::MAX_MESSAGE_BYTES;
 use harambee_proto::pb::admin_service_server::AdminServiceServer;
 use harambee_proto::pb::agent_service_server::AgentServiceServer;
@@ -58,13 +59,18 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
         crate::store::ledger_view::LedgerView::new(ledger_key),
     );
     // Refuses to start on a ledger whose stored entries do not match their leaf hashes.
-    drop(
-        coord
-            .ledger
-            .synced(&coord.store)
-            .await
-            .context("loading the privacy ledger")?,
-    );
+    let ledger = coord
+        .ledger
+        .synced(&coord.store)
+        .await
+        .context("loading the privacy ledger")?;
+    coord.metrics.ledger_size(ledger.size());
+    for line in ledger.lines() {
+        if let harambee_privacy::ledger::LedgerEvent::Contribution(c) = &line.event {
+            coord.metrics.epsilon_spent(&c.facility, c.epsilon_spent);
+        }
+    }
+    drop(ledger);
     Ok(coord)
 }
 
@@ -108,7 +114,11 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            crate::server::tls::tls_incoming(listener, tls, coord.settings.connections.clone()),
+            {
+                let traffic = coord.metrics.traffic();
+                crate::server::tls::tls_incoming(listener, tls, coord.settings.connections.clone())
+                    .map(move |conn| conn.map(|conn| conn.counting(traffic.clone())))
+            },
             shutdown,
         )
         .await;
