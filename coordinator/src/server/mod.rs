@@ -1,6 +1,8 @@
-//! Running a coordinator: open storage, recover from a crash, serve both services over mTLS.
+//! Running a coordinator: open storage, recover from a crash, serve both services over mTLS;
+//! the ops port (`ops.rs`: health, readiness, metrics).
 
 pub mod access;
+pub mod ops;
 pub mod telemetry;
 pub mod tls;
 
@@ -95,6 +97,9 @@ pub async fn serve(
     let admin = AdminServiceServer::new(AdminApi::new(coord.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // grpc.health.v1 for authenticated callers (the access layer): SERVING while this
+    // process serves, which it does only while it holds the database lease.
+    let (_health, health) = tonic_health::server::health_reporter();
     info!(%addr, "coordinator listening (TLS 1.3, client certificates required)");
     let result = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
@@ -104,6 +109,7 @@ pub async fn serve(
         .layer(crate::server::access::AccessLayer::new(coord.clone()))
         .add_service(agent)
         .add_service(admin)
+        .add_service(health)
         .add_service(crate::service::enrol::enrolment_service(coord.clone()))
         .add_service(crate::service::enrol::identity_service(coord.clone()))
         .add_service(
