@@ -26,6 +26,10 @@ pub enum Command {
         /// The agent's configuration file.
         #[arg(long, default_value = "agent.toml")]
         config: PathBuf,
+        /// Serve `/healthz` and `/metrics` over plain HTTP on this address (overrides
+        /// `[ops] listen`); keep it on loopback or the facility's internal network.
+        #[arg(long)]
+        ops_listen: Option<std::net::SocketAddr>,
     },
     /// Enrol this facility with a one-time token from the federation's operator: generates
     /// the key here, obtains the certificate, writes agent.toml.
@@ -58,8 +62,11 @@ pub fn main(cli: Cli) -> std::process::ExitCode {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config } => {
-            let config = AgentConfig::load(&config)?;
+        Command::Run { config, ops_listen } => {
+            let mut config = AgentConfig::load(&config)?;
+            if ops_listen.is_some() {
+                config.ops.listen = ops_listen;
+            }
             crate::runtime::run(config, shutdown_signal()).await
         }
         Command::Enrol(args) => crate::enrol::run(args).await,

@@ -31,9 +31,20 @@ pub struct AgentConfig {
     /// rows) and keep the result as the facility's personal model; nothing of it leaves.
     #[serde(default)]
     pub fine_tune: Option<harambee_models::train::FineTuneConfig>,
+    /// The optional ops port (health and metrics).
+    #[serde(default)]
+    pub ops: OpsConfig,
     /// Fault injection for tests of dropout recovery; never set it in production.
     #[serde(default)]
     pub testing: TestingConfig,
+}
+
+/// `[ops]`: `listen = "127.0.0.1:9465"` serves `/healthz` and `/metrics` (Prometheus) over
+/// plain HTTP. Off unless set; keep it on loopback or the facility's internal network.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[policy]`: what the facility takes part in and allows to leave. Default deny: a facility

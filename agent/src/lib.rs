@@ -1,4 +1,5 @@
-//! The Harambee facility agent. It connects out to the coordinator (it never listens),
+//! The Harambee facility agent. It connects out to the coordinator (it listens only on its
+//! optional ops port, [`ops`]: health and metrics),
 //! receives tasks on a long-lived stream, trains on the facility's own data and sends back
 //! only parameters (as an update) and aggregate metrics. Patient rows never leave it.
 //!
@@ -16,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod egress;
 pub mod enrol;
+pub mod ops;
 pub mod privacy;
 pub mod renew;
 pub mod runtime;

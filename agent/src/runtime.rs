@@ -35,17 +35,50 @@ use crate::privacy::{Privacy, ReceiptTerms};
 use crate::secure::{self, Reply, SecureClients};
 use crate::transfer;
 
-/// What an agent has sent, for benchmarks.
+/// What an agent has done, for benchmarks and the ops port (`crate::ops`).
 #[derive(Debug, Default)]
 pub struct AgentStats {
     /// Bytes of updates, masked inputs, secure-aggregation messages and metrics sent.
     pub bytes_sent: std::sync::atomic::AtomicU64,
+    /// When the coordinator last answered a heartbeat.
+    last_contact: std::sync::Mutex<Option<std::time::Instant>>,
+    /// ε spent and the budget (if any), as the last heartbeat reported them.
+    privacy: std::sync::Mutex<Option<(f64, Option<f64>)>>,
+    /// Where training times go, when the ops port is on.
+    pub(crate) training_seconds: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>>,
 }
 
 impl AgentStats {
     fn add(&self, bytes: usize) {
         self.bytes_sent
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn contact(&self) {
+        *self.last_contact.lock().unwrap() = Some(std::time::Instant::now());
+    }
+
+    fn trained(&self, spent: Duration) {
+        if let Some(histogram) = self.training_seconds.get() {
+            histogram.record(spent.as_secs_f64(), &[]);
+        }
+    }
+
+    /// How long ago the coordinator last answered; `None` before it ever did.
+    pub fn since_contact(&self) -> Option<Duration> {
+        self.last_contact.lock().unwrap().map(|at| at.elapsed())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn record_for_test(&self, privacy: Option<(f64, Option<f64>)>, bytes: usize) {
+        *self.privacy.lock().unwrap() = privacy;
+        self.add(bytes);
+        self.contact();
+    }
+
+    /// Patient-level ε spent and the facility's budget, from the last heartbeat.
+    pub fn privacy(&self) -> Option<(f64, Option<f64>)> {
+        *self.privacy.lock().unwrap()
     }
 }
 
@@ -110,6 +143,10 @@ pub async fn run_with_stats(
             "the egress log's last line was torn (an interrupted write) and was removed"
         );
     }
+    let _ops = match config.ops.listen {
+        Some(addr) => Some(crate::ops::start(addr, stats.clone()).await?),
+        None => None,
+    };
     let (calls, owner) = spawn_owner(core);
     let agent = Arc::new(Agent {
         instance: format!("{:016x}", rand::random::<u64>()),
@@ -325,6 +362,10 @@ impl Agent {
             let (busy_round_id, privacy) = self
                 .with_core(|core| (core.busy_round(), Some(core.privacy_status())))
                 .await;
+            if let Some(status) = &privacy {
+                *self.stats.privacy.lock().unwrap() =
+                    Some((status.epsilon_spent, status.max_epsilon));
+            }
             let beat = client.heartbeat(pb::HeartbeatRequest {
                 busy_round_id,
                 privacy,
@@ -337,6 +378,7 @@ impl Agent {
                 Ok(reply) => {
                     failed = 0;
                     last_answer = tokio::time::Instant::now();
+                    self.stats.contact();
                     let reply = reply.into_inner();
                     if !reply.notice.is_empty() {
                         warn!(notice = %reply.notice, "the coordinator says");
@@ -605,6 +647,7 @@ impl Agent {
             "training"
         );
         let started = self.clock.now();
+        let timer = std::time::Instant::now();
         let trained = tokio::task::spawn_blocking({
             let start = start.clone();
             move || -> anyhow::Result<_> {
@@ -630,6 +673,7 @@ impl Agent {
             }
         })
         .await?;
+        self.stats.trained(timer.elapsed());
         let (report, model) = match trained {
             Ok(trained) => trained,
             Err(e) => return Err(self.decline_local(&mut client, &task, NO_TRAINING, e).await),

@@ -14,13 +14,15 @@
 //!   issuing (what the access layer and the enrolment service share);
 //! - [`round`]: one driver task per running round, the registry of connected agents, and
 //!   which facilities a round may select;
-//! - [`store`]: sea-orm persistence, the blob store, the ledger's in-memory view.
+//! - [`store`]: sea-orm persistence, the blob store, the ledger's in-memory view;
+//! - [`metrics`]: the figures the ops port serves, recorded by the layers above.
 //!
 //! The demo and the benchmarks live in `harambee-sim`.
 
 pub mod cli;
 pub mod federation;
 pub mod identity;
+pub mod metrics;
 pub mod pki;
 pub mod round;
 pub mod server;

@@ -97,6 +97,8 @@ pub struct Inner {
     pub ledger: Arc<crate::store::ledger_view::LedgerView>,
     /// What every service and driver reads the time from.
     pub clock: Arc<harambee_link::clock::Clock>,
+    /// What the ops port serves (`server/ops.rs`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Cheap to clone; every service and driver holds one.
@@ -117,16 +119,19 @@ impl Coordinator {
         settings: Settings,
         ledger: crate::store::ledger_view::LedgerView,
     ) -> Coordinator {
+        let registry = Arc::new(Registry::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(registry.clone()));
         Coordinator(Arc::new(Inner {
             store,
             blobs,
-            registry: Arc::default(),
+            registry,
             settings,
             active: ActiveRounds::default(),
             entitled: Entitlements::default(),
             identity: crate::identity::Identity::default(),
             ledger: Arc::new(ledger),
             clock: harambee_link::clock::Clock::system(),
+            metrics,
         }))
     }
 
@@ -140,6 +145,7 @@ impl Coordinator {
             active: self.active.clone(),
             entitlements: self.entitled.clone(),
             ledger: self.ledger.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`files`]: key and certificate files written 0600 / atomically.
 //! - [`convert`]: conversions between wire messages and the pure crates' types.
 //! - [`process`]: the runtime and error reporting both binaries' `main` share.
+//! - [`metrics`]: OpenTelemetry instruments read out in Prometheus text, for both ops ports.
 //!
 //! It holds no protocol state and no server code.
 
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod convert;
 pub mod files;
 pub mod identity;
+pub mod metrics;
 pub mod process;
 pub mod tls;
 pub mod token;

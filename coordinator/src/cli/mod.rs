@@ -129,6 +129,10 @@ pub struct ServeArgs {
     /// coordinator on one database refuses to start.
     #[arg(long)]
     pub standby: bool,
+    /// Serve `/healthz`, `/readyz` and `/metrics` (Prometheus) over plain HTTP on this
+    /// address. Off unless given; keep it on loopback or a cluster-internal network.
+    #[arg(long, env = "HARAMBEE_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
 }
 
 /// The `serve` configuration file.
@@ -142,6 +146,8 @@ pub struct ServeFile {
     pub pki: Option<PathBuf>,
     pub ledger_key: Option<PathBuf>,
     pub otlp_endpoint: Option<String>,
+    /// `--ops-listen`: the plain-HTTP health, readiness and metrics port.
+    pub ops_listen: Option<SocketAddr>,
     pub heartbeat_interval_s: Option<u64>,
     pub liveness_timeout_s: Option<u64>,
     pub reconnect_grace_s: Option<u64>,
@@ -626,6 +632,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("pki"));
     let tls = crate::server::tls::load_server_config(&PkiPaths::new(&pki_dir))
         .with_context(|| format!("loading the TLS identity from {}", pki_dir.display()))?;
+    // The ops port answers from the start: a standby waiting for the lease is alive, not
+    // ready.
+    let readiness = server::ops::Readiness::default();
+    let ops = match args.ops_listen.or(file.ops_listen) {
+        Some(addr) => {
+            let listener = server::ops::bind(addr)
+                .await
+                .with_context(|| format!("binding the ops port {addr}"))?;
+            Some(tokio::spawn(server::ops::serve(
+                listener,
+                readiness.clone(),
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
+    let _stop_ops = ops.map(|task| AbortOnDrop(task.abort_handle()));
     // One writer per database: held until this process ends.
     let url = &storage.database_url;
     let mut lease = if args.standby {
@@ -638,11 +661,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         Lease::take(url).await?
     };
+    readiness.lease_taken();
     let coord = server::open(&storage, settings).await?;
     crate::service::enrol::enable_from_pki(&coord, &PkiPaths::new(&pki_dir)).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    readiness.serving(coord.clone());
     // A coordinator that lost its lease must not write another byte: a standby may be
     // serving already. Stop at once, without waiting for streams to drain.
     let _watch = tokio::spawn(async move {
@@ -651,6 +676,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     });
     server::serve(coord, listener, tls, shutdown_signal()).await
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,6 +1,6 @@
 //! What a round driver may touch, and nothing more: the store and blobs it persists to, the
 //! ledger view it proves facilities' enrolments with, the registry it sends tasks through,
-//! the clock, the map of running rounds and the model entitlements. The services hold the same handles inside `Coordinator`; the round layer
+//! the clock, the map of running rounds, the model entitlements and the metrics it records. The services hold the same handles inside `Coordinator`; the round layer
 //! does not know that type.
 
 use std::collections::{HashMap, HashSet};
@@ -10,6 +10,7 @@ use harambee_core::FacilityId;
 use harambee_link::clock::Clock;
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
 use crate::round::driver::RoundInput;
 use crate::round::registry::Registry;
 use crate::store::Store;
@@ -26,6 +27,7 @@ pub struct RoundContext {
     pub active: ActiveRounds,
     pub entitlements: Entitlements,
     pub ledger: Arc<LedgerView>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The handle of a round whose driver is running.

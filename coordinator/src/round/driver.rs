@@ -3,7 +3,7 @@
 //! and carries out its events: every stage is persisted before the tasks of that stage go
 //! out, and the round ends in exactly one transaction (commit or fail).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use harambee_core::round::{
@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::federation::{FederationSpec, Mechanism};
+use crate::metrics::Outcome;
 use crate::round::context::{ActiveRound, RoundContext};
 use crate::store::{self, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
 use crate::wire;
@@ -165,6 +166,7 @@ pub fn spawn(
     });
     // A root span: the round outlives the StartRound RPC that began it.
     let span = info_span!(parent: None, "round", round_id = row.id, federation = %spec.name, number = row.number);
+    let stage = (round.stage(), coord.clock.now());
     let driver = Driver {
         coord,
         spec,
@@ -181,6 +183,8 @@ pub fn spawn(
         declined: Vec::new(),
         eligible: 0,
         revealed: false,
+        stage,
+        counted_dropouts: HashSet::new(),
     };
     tokio::spawn(driver.run(rx).instrument(span));
     Ok(())
@@ -217,6 +221,10 @@ struct Driver {
     /// candidate model went to evaluators. A failed round then still counts in the
     /// facility-level ε.
     revealed: bool,
+    /// The stage the metrics last saw the round enter, and when.
+    stage: (Stage, Instant),
+    /// Dropped facilities already counted in the metrics.
+    counted_dropouts: HashSet<FacilityId>,
 }
 
 impl Driver {
@@ -225,7 +233,9 @@ impl Driver {
         self.select_now();
         loop {
             self.acknowledge().await;
-            if let Err(e) = self.carry_out_events().await {
+            let result = self.carry_out_events().await;
+            self.count_dropouts(self.round.stage());
+            if let Err(e) = result {
                 warn!(error = %e, "storage failed; failing the round");
                 self.round.abort(format!("coordinator storage error: {e}"));
                 if let Err(e) = self.carry_out_events().await {
@@ -244,12 +254,13 @@ impl Driver {
             } else {
                 deadline
             };
+            let stage = self.round.stage();
+            let started = Instant::now();
             tokio::select! {
                 // Closing a secure stage (unmasking above all) is CPU work: keep it off the
                 // async workers' backs.
                 input = inputs.recv() => match input {
                     Some(input) => off_the_workers(|| {
-                        let stage = self.round.stage();
                         self.handle(input);
                         // Uploads that arrived meanwhile are recorded with this one, in one
                         // transaction (within one stage: its events are carried out first).
@@ -268,6 +279,10 @@ impl Driver {
                     off_the_workers(|| self.round.handle_timeout(now));
                 }
             }
+            if stage == Stage::Unmasking && self.round.stage() != Stage::Unmasking {
+                self.coord.metrics.unmasked(started.elapsed());
+            }
+            self.count_dropouts(stage);
         }
         self.coord.active.remove(&self.spec.name);
         info!(stage = %self.round.stage(), "round ended");
@@ -374,7 +389,10 @@ impl Driver {
                 };
                 match &result {
                     Ok(()) => info!(facility = %agent, n_samples, "update accepted"),
-                    Err(e) => warn!(facility = %agent, error = %e, "update refused"),
+                    Err(e) => {
+                        self.coord.metrics.rejected(e);
+                        warn!(facility = %agent, error = %e, "update refused");
+                    }
                 }
                 self.pending.remove(&agent);
                 self.answer_upload(agent, result, reply);
@@ -385,6 +403,7 @@ impl Driver {
                 reply,
             } => {
                 let err = self.round.reject_update(now, &agent, error);
+                self.coord.metrics.rejected(&err);
                 warn!(facility = %agent, error = %err, "update refused");
                 self.pending.remove(&agent);
                 let _ = reply.send(err);
@@ -434,6 +453,7 @@ impl Driver {
                 }
                 let result = self.round.handle_secagg(now, &agent, msg);
                 if let Err(e) = &result {
+                    self.coord.metrics.rejected(e);
                     warn!(facility = %agent, error = %e, "secure-aggregation message refused");
                 }
                 self.pending.remove(&agent);
@@ -462,6 +482,7 @@ impl Driver {
                         Ok(())
                     });
                 if let Err(e) = &result {
+                    self.coord.metrics.rejected(e);
                     warn!(facility = %agent, error = %e, "masked input refused");
                 }
                 self.pending.remove(&agent);
@@ -481,6 +502,7 @@ impl Driver {
             match event {
                 Event::Stage(stage) => {
                     info!(%stage, "stage");
+                    self.enter_stage(stage);
                     if matches!(stage, Stage::Unmasking | Stage::Evaluating) {
                         self.revealed = true;
                     }
@@ -644,6 +666,8 @@ impl Driver {
                         )
                         .await?;
                     self.pending.clear();
+                    self.enter_stage(Stage::Committed);
+                    self.count_ended(Outcome::Committed);
                     info!(version = version.version, "round committed");
                 }
                 Event::Fail { reason } => {
@@ -682,11 +706,47 @@ impl Driver {
                         }
                     }
                     self.pending.clear();
+                    self.enter_stage(Stage::Failed);
+                    self.count_ended(Outcome::Failed);
                     warn!(%reason, "round failed");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records how long the round spent in the stage it leaves for `next`.
+    fn enter_stage(&mut self, next: Stage) {
+        let (stage, since) = self.stage;
+        if stage == next || stage.is_terminal() {
+            return;
+        }
+        let now = self.coord.clock.now();
+        self.coord
+            .metrics
+            .stage_ended(stage, now.saturating_duration_since(since));
+        self.stage = (next, now);
+    }
+
+    /// Counts the facilities dropped since the last call, as dropped in `stage`.
+    fn count_dropouts(&mut self, stage: Stage) {
+        for (facility, p) in self.round.participants() {
+            if p.status == ParticipantStatus::Dropped
+                && self.counted_dropouts.insert(facility.clone())
+            {
+                self.coord.metrics.dropped(stage);
+            }
+        }
+    }
+
+    /// The round's outcome, and the ε its contributions' receipts state, once recorded.
+    fn count_ended(&self, outcome: Outcome) {
+        self.coord.metrics.round_ended(outcome);
+        for (facility, contribution) in &self.contributions {
+            self.coord
+                .metrics
+                .epsilon_spent(facility, contribution.epsilon_spent);
+        }
     }
 
     fn masked_input(&mut self, now: Instant, agent: &str, bytes: &[u8]) -> Result<(), RoundError> {

@@ -184,6 +184,16 @@ impl Registry {
         names
     }
 
+    /// How many facilities are connected and alive (what [`Registry::connected`] lists).
+    pub fn n_connected(&self) -> usize {
+        self.agents
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|e| !e.tasks.is_closed())
+            .count()
+    }
+
     /// The certificate chain a connected facility presented (leaf first).
     pub fn certificate_chain(&self, facility: &str) -> Option<Vec<Vec<u8>>> {
         self.agents

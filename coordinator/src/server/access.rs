@@ -7,7 +7,7 @@
 //! `AgentService` takes agents only, `AdminService` and `IdentityService` operators, except
 //! that auditors may also call their `Get`/`List` methods; `EnrolmentService.Enrol` and
 //! `.GetCaCertificate` need no certificate at all (the enrolment token is the credential),
-//! `.RenewCertificate` takes agents. ARCHITECTURE.md ("Access") has the whole matrix, and a
+//! `.RenewCertificate` takes agents; `grpc.health.v1.Health` takes any certificate. ARCHITECTURE.md ("Access") has the whole matrix, and a
 //! test checks every RPC of the .proto files against it.
 //!
 //! The checks, in order, for every call:
@@ -69,6 +69,8 @@ const OPERATOR: &[Role] = &[Role::Operator];
 const AUDITOR: &[Role] = &[Role::Auditor];
 /// Reading: operators and auditors.
 const READERS: &[Role] = &[Role::Operator, Role::Auditor];
+/// Any certificate of the federation, whatever its role.
+const AUTHENTICATED: &[Role] = &[Role::Agent, Role::Operator, Role::Auditor];
 
 /// Methods whose rule differs from their service's default.
 const METHOD_RULES: &[(&str, Rule)] = &[
@@ -105,6 +107,9 @@ const SERVICE_RULES: &[(&str, Rule)] = &[
     ("/harambee.v1.AdminService/", Rule::Roles(OPERATOR)),
     ("/harambee.v1.IdentityService/", Rule::Roles(OPERATOR)),
     ("/harambee.v1.AuditService/", Rule::Roles(AUDITOR)),
+    // grpc.health.v1: whether the coordinator serves, to any authenticated caller (not to
+    // enrolment connections, which have no certificate).
+    ("/grpc.health.v1.Health/", Rule::Roles(AUTHENTICATED)),
 ];
 
 /// The rule for a gRPC path (`/package.Service/Method`); `None`: nobody may call it.
@@ -325,6 +330,10 @@ mod tests {
             None
         );
         assert_eq!(rule("/harambee.v1.AgentService/a/b"), None);
+        assert_eq!(
+            rule("/grpc.health.v1.Health/Check"),
+            Some(Rule::Roles(AUTHENTICATED))
+        );
     }
 
     #[test]
@@ -338,6 +347,10 @@ mod tests {
         );
         assert_eq!(
             identity.authorize("/harambee.v1.AgentService/Heartbeat", None, now),
+            Err(Denial::NoCertificate)
+        );
+        assert_eq!(
+            identity.authorize("/grpc.health.v1.Health/Check", None, now),
             Err(Denial::NoCertificate)
         );
         assert!(matches!(

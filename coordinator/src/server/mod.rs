@@ -1,6 +1,8 @@
-//! Running a coordinator: open storage, recover from a crash, serve both services over mTLS.
+//! Running a coordinator: open storage, recover from a crash, serve both services over mTLS;
+//! the ops port (`ops.rs`: health, readiness, metrics).
 
 pub mod access;
+pub mod ops;
 pub mod telemetry;
 pub mod tls;
 
@@ -8,6 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use harambee_proto::MAX_MESSAGE_BYTES;
 use harambee_proto::pb::admin_service_server::AdminServiceServer;
 use harambee_proto::pb::agent_service_server::AgentServiceServer;
@@ -65,13 +68,18 @@ pub async fn open(storage: &Storage, settings: Settings) -> anyhow::Result<Coord
         crate::store::ledger_view::LedgerView::new(ledger_key),
     );
     // Refuses to start on a ledger whose stored entries do not match their leaf hashes.
-    drop(
-        coord
-            .ledger
-            .synced(&coord.store)
-            .await
-            .context("loading the privacy ledger")?,
-    );
+    let ledger = coord
+        .ledger
+        .synced(&coord.store)
+        .await
+        .context("loading the privacy ledger")?;
+    coord.metrics.ledger_size(ledger.size());
+    for line in ledger.lines() {
+        if let harambee_privacy::ledger::LedgerEvent::Contribution(c) = &line.event {
+            coord.metrics.epsilon_spent(&c.facility, c.epsilon_spent);
+        }
+    }
+    drop(ledger);
     Ok(coord)
 }
 
@@ -96,6 +104,9 @@ pub async fn serve(
     let admin = AdminServiceServer::new(AdminApi::new(coord.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // grpc.health.v1 for authenticated callers (the access layer): SERVING while this
+    // process serves, which it does only while it holds the database lease.
+    let (_health, health) = tonic_health::server::health_reporter();
     info!(%addr, "coordinator listening (TLS 1.3, client certificates required)");
     let result = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", path = %req.uri().path()))
@@ -105,6 +116,7 @@ pub async fn serve(
         .layer(crate::server::access::AccessLayer::new(coord.clone()))
         .add_service(agent)
         .add_service(admin)
+        .add_service(health)
         .add_service(crate::service::enrol::enrolment_service(coord.clone()))
         .add_service(crate::service::enrol::identity_service(coord.clone()))
         .add_service(
@@ -115,7 +127,11 @@ pub async fn serve(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            crate::server::tls::tls_incoming(listener, tls, coord.settings.connections.clone()),
+            {
+                let traffic = coord.metrics.traffic();
+                crate::server::tls::tls_incoming(listener, tls, coord.settings.connections.clone())
+                    .map(move |conn| conn.map(|conn| conn.counting(traffic.clone())))
+            },
             shutdown,
         )
         .await;

@@ -444,8 +444,12 @@ impl EnrolmentService for EnrolmentApi {
             .enrol(request.into_inner(), remote.map(|addr| addr.ip()))
             .await
         {
-            Ok(issued) => Ok(Response::new(issued)),
+            Ok(issued) => {
+                self.coord.metrics.enrolment(true);
+                Ok(Response::new(issued))
+            }
             Err(e) => {
+                self.coord.metrics.enrolment(false);
                 info!(?remote, reason = %e, "enrolment refused");
                 Err(ServiceError::from(e).into())
             }

@@ -169,6 +169,15 @@ impl Store {
         &self.db
     }
 
+    /// Whether the database answers, and how many of the migrations this build knows are
+    /// not applied to it (0 when it is ready).
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        self.db.ping().await?;
+        Ok(migration::Migrator::get_pending_migrations(&self.db)
+            .await?
+            .len())
+    }
+
     /// Closes the connection pool (dropping the store does so too, lazily).
     pub async fn close(self) -> Result<(), StoreError> {
         self.db.close().await?;

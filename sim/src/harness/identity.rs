@@ -273,10 +273,15 @@ impl tonic::codec::Decoder for RawCodec {
 /// default) as a bidirectional stream, which every kind of method accepts on the wire.
 /// `Ok` if the call got past the server's checks far enough to answer with headers.
 pub async fn raw_call(channel: Channel, rpc: &str) -> Result<(), tonic::Status> {
+    // `Service.Method` of harambee.v1, or a fully qualified `package.Service.Method`.
+    let full = if rpc.starts_with("grpc.") {
+        rpc.to_owned()
+    } else {
+        format!("harambee.v1.{rpc}")
+    };
+    let (service, method) = full.rsplit_once('.').unwrap();
     let path: tonic::codegen::http::uri::PathAndQuery =
-        format!("/harambee.v1.{}", rpc.replacen('.', "/", 1))
-            .parse()
-            .unwrap();
+        format!("/{service}/{method}").parse().unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await

@@ -24,13 +24,15 @@ const PROTOS: [&str; 2] = [
     include_str!("../../../proto/proto/harambee/v1/enrolment.proto"),
 ];
 const ACCESS_DOC: &str = include_str!("../../../docs/access-matrix.md");
+/// The standard health service the gRPC port also serves (tonic-health).
+const HEALTH_RPCS: [&str; 2] = ["grpc.health.v1.Health.Check", "grpc.health.v1.Health.Watch"];
 
 /// The callers of the matrix, in the table's column order.
 const CALLERS: [&str; 4] = ["agent", "operator", "auditor", "no certificate"];
 
-/// `Service.Method` of every rpc in the .proto files.
+/// `Service.Method` of every rpc in the .proto files, and the health service's.
 fn rpcs() -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = HEALTH_RPCS.map(String::from).to_vec();
     for proto in PROTOS {
         let mut service = None;
         for line in proto.lines().map(str::trim) {

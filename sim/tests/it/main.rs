@@ -25,6 +25,7 @@ mod ledger_key;
 mod ledger_paging;
 mod ledger_rotation_agent;
 mod network_faults;
+mod ops;
 mod peers;
 mod personalization;
 mod privacy_ledger;

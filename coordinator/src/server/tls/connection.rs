@@ -15,6 +15,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use super::ConnectionLimits;
+use crate::metrics::Traffic;
 
 /// A connection yielded by [`tls_incoming`](super::tls_incoming).
 ///
@@ -26,6 +27,8 @@ pub struct Connection {
     tls: TlsStream<TcpStream>,
     /// `None` for a connection with a client certificate.
     deadlines: Option<Deadlines>,
+    /// Where the bytes it moves are counted ([`Connection::counting`]).
+    traffic: Option<Traffic>,
 }
 
 struct Deadlines {
@@ -43,6 +46,7 @@ impl Connection {
         Connection {
             tls,
             deadlines: None,
+            traffic: None,
         }
     }
 
@@ -61,7 +65,14 @@ impl Connection {
                 end_of_life: Box::pin(tokio::time::sleep_until(now + limits.enrolment_lifetime)),
                 _slot: slot,
             }),
+            traffic: None,
         }
+    }
+
+    /// Counts the bytes this connection reads and writes (after TLS) into `traffic`.
+    pub fn counting(mut self, traffic: Traffic) -> Connection {
+        self.traffic = Some(traffic);
+        self
     }
 
     /// The TCP stream and the TLS session (protocol version, ALPN, peer certificates).
@@ -135,6 +146,11 @@ impl AsyncRead for Connection {
         let result = Pin::new(&mut self.tls).poll_read(cx, buf);
         let n_read = buf.filled().len() - before;
         self.moved(n_read);
+        if let Some(traffic) = &self.traffic
+            && n_read > 0
+        {
+            traffic.received(n_read);
+        }
         result
     }
 }
@@ -149,6 +165,9 @@ impl AsyncWrite for Connection {
         let result = Pin::new(&mut self.tls).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
             self.moved(n);
+            if let Some(traffic) = &self.traffic {
+                traffic.sent(n);
+            }
         }
         result
     }
@@ -162,6 +181,9 @@ impl AsyncWrite for Connection {
         let result = Pin::new(&mut self.tls).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
             self.moved(n);
+            if let Some(traffic) = &self.traffic {
+                traffic.sent(n);
+            }
         }
         result
     }
