@@ -59,7 +59,7 @@ pub fn main(cli: Cli) -> std::process::ExitCode {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config } => {
-            let config = AgentConfig::load(&config)?;
+            let config = AgentConfig::load_with_env(&config, &process_env)?;
             crate::runtime::run(config, shutdown_signal()).await
         }
         Command::Enrol(args) => crate::enrol::run(args).await,
@@ -71,6 +71,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The process's environment, read only here (proxy variables).
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 async fn shutdown_signal() {

@@ -121,7 +121,11 @@ pub async fn run_with_stats(
         crashed: tokio::sync::Notify::new(),
         stats,
     });
-    info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), instance = %agent.instance, "agent starting");
+    let proxy = agent.config.proxies.proxy().map_or_else(
+        || "none".to_owned(),
+        |p| format!("{p} (from {})", agent.config.proxies.source()),
+    );
+    info!(coordinator = %agent.config.coordinator, %proxy, data = %agent.config.data.csv.display(), instance = %agent.instance, "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
     let _owner = AbortOnDrop(owner.abort_handle());
     let span = tracing::info_span!("agent", instance = %agent.instance);
@@ -254,9 +258,10 @@ impl Agent {
     async fn session(self: &Arc<Self>, backoff: &mut Duration) -> anyhow::Result<()> {
         // The certificate may have been renewed since start-up (see `crate::renew`).
         let tls = crate::renew::current_tls(&self.config).unwrap_or_else(|_| self.tls.clone());
-        let channel = tls::connect(
+        let channel = tls::connect_via(
             &self.config.coordinator,
             &tls,
+            &self.config.proxies,
             self.config.connect_timeout(),
         )
         .await?;
@@ -270,9 +275,10 @@ impl Agent {
         let mut tasks = client.clone().open_task_stream(request).await?.into_inner();
         // Heartbeats on a connection of their own: on a slow link they would otherwise
         // queue behind an upload's bytes and the facility would be declared dead.
-        let beats = tls::connect(
+        let beats = tls::connect_via(
             &self.config.coordinator,
             &tls,
+            &self.config.proxies,
             self.config.connect_timeout(),
         )
         .await?;
