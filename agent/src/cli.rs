@@ -31,6 +31,10 @@ pub enum Command {
     /// the key here, obtains the certificate, writes agent.toml.
     #[command(alias = "enroll")]
     Enrol(crate::enrol::EnrolArgs),
+    /// Check everything this agent needs (configuration, certificate, data file, DNS,
+    /// proxy, TLS, clock, policy and budget, last contact) and print one report to send
+    /// to the national unit. Exits 1 if a check failed.
+    Doctor(crate::doctor::DoctorArgs),
     /// Auditing the privacy ledger.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -63,6 +67,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             crate::runtime::run(config, shutdown_signal()).await
         }
         Command::Enrol(args) => crate::enrol::run(args).await,
+        Command::Doctor(args) => {
+            if crate::doctor::run(&args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Audit(AuditCommand::Verify(args)) => {
             if crate::audit::verify(&args)? {
                 Ok(())

@@ -33,6 +33,7 @@ use crate::core::{Action, Core, ProofOutcome, TaskKind};
 use crate::egress::{EgressLog, EgressRecord};
 use crate::privacy::{Privacy, ReceiptTerms};
 use crate::secure::{self, Reply, SecureClients};
+use crate::status::StatusFiles;
 use crate::transfer;
 
 /// What an agent has sent, for benchmarks.
@@ -113,6 +114,7 @@ pub async fn run_with_stats(
     let (calls, owner) = spawn_owner(core);
     let agent = Arc::new(Agent {
         instance: format!("{:016x}", rand::random::<u64>()),
+        status: StatusFiles::new(&config.state_dir),
         egress,
         config,
         tls,
@@ -189,6 +191,8 @@ struct Agent {
     config: AgentConfig,
     tls: ClientTls,
     egress: EgressLog,
+    /// Last contact and federation schemas, for `doctor`.
+    status: StatusFiles,
     clock: Arc<Clock>,
     /// To the core's owner.
     calls: mpsc::UnboundedSender<Call>,
@@ -273,6 +277,8 @@ impl Agent {
             instance: self.instance.clone(),
         };
         let mut tasks = client.clone().open_task_stream(request).await?.into_inner();
+        self.status
+            .contact(&self.config.coordinator, self.clock.unix_ms(), true);
         // Heartbeats on a connection of their own: on a slow link they would otherwise
         // queue behind an upload's bytes and the facility would be declared dead.
         let beats = tls::connect_via(
@@ -343,6 +349,8 @@ impl Agent {
                 Ok(reply) => {
                     failed = 0;
                     last_answer = tokio::time::Instant::now();
+                    self.status
+                        .contact(&self.config.coordinator, self.clock.unix_ms(), false);
                     let reply = reply.into_inner();
                     if !reply.notice.is_empty() {
                         warn!(notice = %reply.notice, "the coordinator says");
@@ -593,7 +601,7 @@ impl Agent {
             Ok(start) => start,
             Err(e) => return Err(self.decline_local(&mut client, &task, NO_TRAINING, e).await),
         };
-        let (train, _) = match self.load_split(schema).await {
+        let (train, _) = match self.load_split(&task.federation, schema).await {
             Ok(split) => split,
             Err(e) => return Err(self.decline_local(&mut client, &task, NO_DATA, e).await),
         };
@@ -869,7 +877,7 @@ impl Agent {
         )
         .await?;
         let params = self.with_own_head(&model, &task.federation, &candidate)?;
-        let (train, test) = self.load_split(schema.clone()).await?;
+        let (train, test) = self.load_split(&task.federation, schema.clone()).await?;
         let min_cohort = self.config.policy.min_cohort;
         let withheld = (test.n_rows() as u64) < min_cohort;
         let fine_tune = self.config.fine_tune.clone();
@@ -1162,7 +1170,12 @@ impl Agent {
     }
 
     /// The facility's data, encoded by the federation's schema, split into (train, held-out).
-    async fn load_split(&self, schema: Schema) -> anyhow::Result<(Dataset, Dataset)> {
+    async fn load_split(
+        &self,
+        federation: &str,
+        schema: Schema,
+    ) -> anyhow::Result<(Dataset, Dataset)> {
+        self.status.schema(federation, &schema);
         let path = self.config.data.csv.clone();
         let fraction = self.config.data.holdout_fraction;
         let seed = self.config.data.split_seed;
