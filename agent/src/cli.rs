@@ -35,6 +35,10 @@ pub enum Command {
     /// the key here, obtains the certificate, writes agent.toml.
     #[command(alias = "enroll")]
     Enrol(crate::enrol::EnrolArgs),
+    /// Check everything this agent needs (configuration, certificate, data file, DNS,
+    /// proxy, TLS, clock, policy and budget, last contact) and print one report to send
+    /// to the national unit. Exits 1 if a check failed.
+    Doctor(crate::doctor::DoctorArgs),
     /// Auditing the privacy ledger.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -63,13 +67,20 @@ pub fn main(cli: Cli) -> std::process::ExitCode {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { config, ops_listen } => {
-            let mut config = AgentConfig::load(&config)?;
+            let mut config = AgentConfig::load_with_env(&config, &process_env)?;
             if ops_listen.is_some() {
                 config.ops.listen = ops_listen;
             }
             crate::runtime::run(config, shutdown_signal()).await
         }
         Command::Enrol(args) => crate::enrol::run(args).await,
+        Command::Doctor(args) => {
+            if crate::doctor::run(&args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Audit(AuditCommand::Verify(args)) => {
             if crate::audit::verify(&args)? {
                 Ok(())
@@ -78,6 +89,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The process's environment, read only here (proxy variables).
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 async fn shutdown_signal() {

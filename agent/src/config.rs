@@ -14,6 +14,15 @@ pub struct AgentConfig {
     pub coordinator: String,
     /// Name in the coordinator's certificate (defaults to the host of `coordinator`).
     pub server_name: Option<String>,
+    /// HTTP proxy every connection to the coordinator tunnels through (CONNECT):
+    /// `http://[user:password@]host:port`; `"none"` ignores `HTTPS_PROXY` and `ALL_PROXY`.
+    /// Unset: those environment variables decide.
+    pub proxy: Option<ProxyUrl>,
+    /// Hosts reached without the proxy, as in `NO_PROXY` (which it replaces when set).
+    pub no_proxy: Option<String>,
+    /// The proxy resolved from `proxy`, `no_proxy` and the environment at load.
+    #[serde(skip)]
+    pub proxies: harambee_link::proxy::ProxyConfig,
     /// Where the agent keeps its model cache and egress log.
     pub state_dir: PathBuf,
     pub tls: TlsFiles,
@@ -45,6 +54,17 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct OpsConfig {
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The `proxy` key as written; its `Debug` hides the password.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyUrl(pub String);
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", harambee_link::proxy::redact_url(&self.0))
+    }
 }
 
 /// `[policy]`: what the facility takes part in and allows to leave. Default deny: a facility
@@ -224,7 +244,18 @@ fn default_holdout() -> f64 {
 }
 
 impl AgentConfig {
+    /// Loads `path`, with no proxy but the one its `proxy` key names (tests, and anything
+    /// that must not depend on the environment).
     pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        AgentConfig::load_with_env(path, &|_| None)
+    }
+
+    /// Loads `path`; the proxy is its `proxy` key, else the one `env` (the process's
+    /// environment, in the binary) names in `HTTPS_PROXY` or `ALL_PROXY`.
+    pub fn load_with_env(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<AgentConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut config: AgentConfig =
@@ -244,6 +275,12 @@ impl AgentConfig {
         config
             .validate()
             .with_context(|| format!("in {}", path.display()))?;
+        config.proxies = harambee_link::proxy::ProxyConfig::resolve(
+            config.proxy.as_ref().map(|p| p.0.as_str()),
+            config.no_proxy.as_deref(),
+            env,
+        )
+        .with_context(|| format!("in {}", path.display()))?;
         Ok(config)
     }
 

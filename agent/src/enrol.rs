@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use harambee_link::files;
+use harambee_link::proxy::ProxyConfig;
 use harambee_link::tls::{self, TlsError};
 use harambee_link::token::{ENROL_ALPN, Token};
 use harambee_proto::pb::{self, enrolment_service_client::EnrolmentServiceClient};
@@ -59,13 +60,19 @@ pub struct EnrolArgs {
     /// Seconds to wait for the coordinator.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout_s: u64,
+    /// HTTP proxy to tunnel through (`http://[user:password@]host:port`, or `none`);
+    /// defaults to `HTTPS_PROXY` / `ALL_PROXY`, minus the hosts in `NO_PROXY`.
+    #[arg(long)]
+    pub proxy: Option<String>,
 }
 
 /// Runs `harambee-agent enrol`.
 pub async fn run(args: EnrolArgs) -> anyhow::Result<()> {
-    let done = enrol(
+    let proxies = ProxyConfig::resolve(args.proxy.as_deref(), None, &crate::cli::process_env)?;
+    let done = enrol_via(
         &args.token,
         &args.dir,
+        &proxies,
         Duration::from_secs(args.connect_timeout_s.max(1)),
     )
     .await?;
@@ -115,6 +122,16 @@ pub struct Enrolled {
 /// `dir` (created if needed). Refuses if `dir` already holds a certificate. A key left by an
 /// attempt that failed later is reused.
 pub async fn enrol(token: &str, dir: &Path, connect_timeout: Duration) -> anyhow::Result<Enrolled> {
+    enrol_via(token, dir, &ProxyConfig::direct(), connect_timeout).await
+}
+
+/// [`enrol`] with both connections through the proxy `proxies` names, if any.
+pub async fn enrol_via(
+    token: &str,
+    dir: &Path,
+    proxies: &ProxyConfig,
+    connect_timeout: Duration,
+) -> anyhow::Result<Enrolled> {
     let token = Token::parse(token)?;
     let paths = EnrolPaths::new(dir);
     if paths.cert.exists() {
@@ -124,7 +141,7 @@ pub async fn enrol(token: &str, dir: &Path, connect_timeout: Duration) -> anyhow
         );
     }
     // The pin first: a coordinator that fails it gets nothing and leaves nothing behind.
-    let ca = fetch_ca(&token, connect_timeout).await?;
+    let ca = fetch_ca(&token, proxies, connect_timeout).await?;
     let ca_pem = pem_of_certificate(&ca)?;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -133,10 +150,11 @@ pub async fn enrol(token: &str, dir: &Path, connect_timeout: Duration) -> anyhow
         .with_context(|| format!("creating {}", dir.display()))?;
     let key = load_or_create_key(&paths.key)?;
 
-    let channel = connect_without_certificate(
+    let channel = connect_without_certificate_via(
         &token.coordinator,
         ca_pem.as_bytes(),
         &token.server_name(),
+        proxies,
         connect_timeout,
     )
     .await
@@ -184,6 +202,18 @@ pub async fn connect_without_certificate(
     server_name: &str,
     connect_timeout: Duration,
 ) -> Result<Channel, TlsError> {
+    let direct = ProxyConfig::direct();
+    connect_without_certificate_via(endpoint, ca_pem, server_name, &direct, connect_timeout).await
+}
+
+/// [`connect_without_certificate`] through the proxy `proxies` names, if any.
+pub async fn connect_without_certificate_via(
+    endpoint: &str,
+    ca_pem: &[u8],
+    server_name: &str,
+    proxies: &ProxyConfig,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem) {
         let ca = ca.map_err(|e| TlsError::Pem {
@@ -201,7 +231,14 @@ pub async fn connect_without_certificate(
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), ENROL_ALPN.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
-    tls::connect_with_config(endpoint, Arc::new(config), server_name, connect_timeout).await
+    tls::connect_with_config(
+        endpoint,
+        Arc::new(config),
+        server_name,
+        proxies,
+        connect_timeout,
+    )
+    .await
 }
 
 /// A DER PKCS#10 request for `harambee://agent/<facility>` signed with `key`.
@@ -245,6 +282,7 @@ impl EnrolPaths {
 /// the one the token pins (see [`pinned_ca`]).
 async fn fetch_ca(
     token: &Token,
+    proxies: &ProxyConfig,
     connect_timeout: Duration,
 ) -> anyhow::Result<CertificateDer<'static>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -259,6 +297,7 @@ async fn fetch_ca(
         &token.coordinator,
         Arc::new(config),
         &token.server_name(),
+        proxies,
         connect_timeout,
     )
     .await
@@ -396,6 +435,10 @@ fn config_skeleton(token: &Token) -> String {
             "the name in the coordinator's certificate",
         );
     }
+    out += &line(
+        "# proxy = \"http://proxy.hospital:3128\"".to_owned(),
+        "if outbound HTTPS must go through a proxy",
+    );
     out += &line(
         "state_dir = \"state\"".to_owned(),
         "model cache and egress.jsonl, the log of all that left",

@@ -8,13 +8,15 @@
 //! [`runtime`] carries them out: the connection loop, training, uploads; [`transfer`] moves models and updates in chunks; [`egress`] is the
 //! local log of everything that left the facility; [`privacy`] is its policy, privacy accountant, egress receipts and
 //! hash-chained privacy log; [`audit`] verifies a ledger export offline; [`enrol`] and
-//! [`renew`] obtain and renew its certificate. What it shares with the coordinator (identity,
+//! [`renew`] obtain and renew its certificate; [`doctor`] checks all the agent needs and
+//! [`status`] records what it checks offline (last contact, federation schemas). What it shares with the coordinator (identity,
 //! mTLS client, wire conversions) is in `harambee-link`.
 
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod doctor;
 pub mod egress;
 pub mod enrol;
 pub mod ops;
@@ -22,4 +24,5 @@ pub mod privacy;
 pub mod renew;
 pub mod runtime;
 pub mod secure;
+pub mod status;
 pub mod transfer;

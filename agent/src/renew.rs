@@ -116,9 +116,10 @@ pub async fn renew(config: &AgentConfig) -> anyhow::Result<CertInfo> {
     let key = rcgen::KeyPair::from_pem(&key_pem)
         .with_context(|| format!("reading the key {}", config.tls.key.display()))?;
     let csr_der = crate::enrol::certificate_request(&key, &current.facility)?;
-    let channel = tls::connect(
+    let channel = tls::connect_via(
         &config.coordinator,
         &current_tls(config)?,
+        &config.proxies,
         config.connect_timeout(),
     )
     .await?;

@@ -33,6 +33,7 @@ use crate::core::{Action, Core, ProofOutcome, TaskKind};
 use crate::egress::{EgressLog, EgressRecord};
 use crate::privacy::{Privacy, ReceiptTerms};
 use crate::secure::{self, Reply, SecureClients};
+use crate::status::StatusFiles;
 use crate::transfer;
 
 /// What an agent has done, for benchmarks and the ops port (`crate::ops`).
@@ -150,6 +151,7 @@ pub async fn run_with_stats(
     let (calls, owner) = spawn_owner(core);
     let agent = Arc::new(Agent {
         instance: format!("{:016x}", rand::random::<u64>()),
+        status: StatusFiles::new(&config.state_dir),
         egress,
         config,
         tls,
@@ -158,7 +160,11 @@ pub async fn run_with_stats(
         crashed: tokio::sync::Notify::new(),
         stats,
     });
-    info!(coordinator = %agent.config.coordinator, data = %agent.config.data.csv.display(), instance = %agent.instance, "agent starting");
+    let proxy = agent.config.proxies.proxy().map_or_else(
+        || "none".to_owned(),
+        |p| format!("{p} (from {})", agent.config.proxies.source()),
+    );
+    info!(coordinator = %agent.config.coordinator, %proxy, data = %agent.config.data.csv.display(), instance = %agent.instance, "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
     let _owner = AbortOnDrop(owner.abort_handle());
     let span = tracing::info_span!("agent", instance = %agent.instance);
@@ -222,6 +228,8 @@ struct Agent {
     config: AgentConfig,
     tls: ClientTls,
     egress: EgressLog,
+    /// Last contact and federation schemas, for `doctor`.
+    status: StatusFiles,
     clock: Arc<Clock>,
     /// To the core's owner.
     calls: mpsc::UnboundedSender<Call>,
@@ -291,9 +299,10 @@ impl Agent {
     async fn session(self: &Arc<Self>, backoff: &mut Duration) -> anyhow::Result<()> {
         // The certificate may have been renewed since start-up (see `crate::renew`).
         let tls = crate::renew::current_tls(&self.config).unwrap_or_else(|_| self.tls.clone());
-        let channel = tls::connect(
+        let channel = tls::connect_via(
             &self.config.coordinator,
             &tls,
+            &self.config.proxies,
             self.config.connect_timeout(),
         )
         .await?;
@@ -305,11 +314,14 @@ impl Agent {
             instance: self.instance.clone(),
         };
         let mut tasks = client.clone().open_task_stream(request).await?.into_inner();
+        self.status
+            .contact(&self.config.coordinator, self.clock.unix_ms(), true);
         // Heartbeats on a connection of their own: on a slow link they would otherwise
         // queue behind an upload's bytes and the facility would be declared dead.
-        let beats = tls::connect(
+        let beats = tls::connect_via(
             &self.config.coordinator,
             &tls,
+            &self.config.proxies,
             self.config.connect_timeout(),
         )
         .await?;
@@ -379,6 +391,8 @@ impl Agent {
                     failed = 0;
                     last_answer = tokio::time::Instant::now();
                     self.stats.contact();
+                    self.status
+                        .contact(&self.config.coordinator, self.clock.unix_ms(), false);
                     let reply = reply.into_inner();
                     if !reply.notice.is_empty() {
                         warn!(notice = %reply.notice, "the coordinator says");
@@ -629,7 +643,7 @@ impl Agent {
             Ok(start) => start,
             Err(e) => return Err(self.decline_local(&mut client, &task, NO_TRAINING, e).await),
         };
-        let (train, _) = match self.load_split(schema).await {
+        let (train, _) = match self.load_split(&task.federation, schema).await {
             Ok(split) => split,
             Err(e) => return Err(self.decline_local(&mut client, &task, NO_DATA, e).await),
         };
@@ -907,7 +921,7 @@ impl Agent {
         )
         .await?;
         let params = self.with_own_head(&model, &task.federation, &candidate)?;
-        let (train, test) = self.load_split(schema.clone()).await?;
+        let (train, test) = self.load_split(&task.federation, schema.clone()).await?;
         let min_cohort = self.config.policy.min_cohort;
         let withheld = (test.n_rows() as u64) < min_cohort;
         let fine_tune = self.config.fine_tune.clone();
@@ -1200,7 +1214,12 @@ impl Agent {
     }
 
     /// The facility's data, encoded by the federation's schema, split into (train, held-out).
-    async fn load_split(&self, schema: Schema) -> anyhow::Result<(Dataset, Dataset)> {
+    async fn load_split(
+        &self,
+        federation: &str,
+        schema: Schema,
+    ) -> anyhow::Result<(Dataset, Dataset)> {
+        self.status.schema(federation, &schema);
         let path = self.config.data.csv.clone();
         let fraction = self.config.data.holdout_fraction;
         let seed = self.config.data.split_seed;

@@ -16,7 +16,11 @@
 //!
 //! The channel sends HTTP/2 PINGs every [`KEEPALIVE_INTERVAL`], also while idle, so that
 //! NAT gateways and hospital firewalls do not silently drop the long-lived task stream.
-//! HTTP CONNECT proxies are not supported here yet.
+//!
+//! With a [`ProxyConfig`] naming a proxy for the coordinator's host, the connector opens
+//! an HTTP CONNECT tunnel through it first ([`crate::proxy`]) and runs TLS inside it, so
+//! the proxy sees only the coordinator's host and port; its refusals are told apart from
+//! the coordinator's ([`FailureKind::ProxyUnreachable`], [`FailureKind::ProxyRefused`]).
 //!
 //! This module knows nothing of identities; the coordinator maps certificates to roles.
 
@@ -38,6 +42,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::proxy::{self, Proxy, ProxyConfig, TunnelError};
 
 /// HTTP/2 PING interval, sent while idle too.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -113,12 +119,20 @@ pub enum FailureKind {
     /// The peer does not speak TLS 1.3 with HTTP/2, or broke the protocol: probably not
     /// the coordinator, or a middlebox in the way.
     Protocol,
+    /// No TCP connection to the configured proxy; usually transient.
+    ProxyUnreachable,
+    /// The proxy refused the tunnel (authentication, policy) or did not answer as an HTTP
+    /// proxy: its configuration, or ours, must change.
+    ProxyRefused,
 }
 
 impl FailureKind {
     /// Whether retrying later can help without anyone changing configuration.
     pub fn is_transient(self) -> bool {
-        matches!(self, FailureKind::Unreachable | FailureKind::TimedOut)
+        matches!(
+            self,
+            FailureKind::Unreachable | FailureKind::TimedOut | FailureKind::ProxyUnreachable
+        )
     }
 }
 
@@ -184,7 +198,7 @@ pub fn client_config(tls: &ClientTls) -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 /// Connects to the coordinator at `endpoint` (`https://host:port`; the port defaults to
-/// 443) with mutual TLS, and returns a channel for any generated client.
+/// 443) directly, with mutual TLS, and returns a channel for any generated client.
 ///
 /// `connect_timeout` bounds the TCP connect and, separately, the TLS handshake. The
 /// channel reconnects by itself later, through the same checks. Errors name the address
@@ -195,22 +209,35 @@ pub async fn connect(
     tls: &ClientTls,
     connect_timeout: Duration,
 ) -> Result<Channel, TlsError> {
+    connect_via(endpoint, tls, &ProxyConfig::direct(), connect_timeout).await
+}
+
+/// [`connect`] through the proxy `proxies` names for the endpoint's host, if any (every
+/// reconnection of the channel goes through it too).
+pub async fn connect_via(
+    endpoint: &str,
+    tls: &ClientTls,
+    proxies: &ProxyConfig,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
     connect_with_config(
         endpoint,
         client_config(tls)?,
         &tls.server_name,
+        proxies,
         connect_timeout,
     )
     .await
 }
 
-/// [`connect`] with a client configuration of the caller's, e.g. one without a client
+/// [`connect_via`] with a client configuration of the caller's, e.g. one without a client
 /// certificate for enrolment (the agent's `enrol`). `server_name` empty means the host
 /// of the endpoint.
 pub async fn connect_with_config(
     endpoint: &str,
     config: Arc<ClientConfig>,
     server_name: &str,
+    proxies: &ProxyConfig,
     connect_timeout: Duration,
 ) -> Result<Channel, TlsError> {
     let target = Target::parse(endpoint)?;
@@ -226,6 +253,7 @@ pub async fn connect_with_config(
         server_name,
         host: target.host.clone(),
         port: target.port,
+        proxy: proxies.for_target(&target.host, target.port).cloned(),
         timeout: connect_timeout,
     };
     let endpoint_err = |e: tonic::transport::Error| TlsError::Endpoint {
@@ -267,14 +295,16 @@ pub async fn connect_with_config(
 }
 
 /// Host and port of an `https://` endpoint.
-struct Target {
-    host: String,
-    port: u16,
+pub struct Target {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
     authority: String,
 }
 
 impl Target {
-    fn parse(endpoint: &str) -> Result<Self, TlsError> {
+    /// Parses `https://host[:port]`, the port defaulting to 443.
+    pub fn parse(endpoint: &str) -> Result<Self, TlsError> {
         let invalid = |reason: &str| TlsError::Endpoint {
             endpoint: endpoint.to_owned(),
             reason: reason.to_owned(),
@@ -302,7 +332,8 @@ impl Target {
         })
     }
 
-    fn addr(&self) -> String {
+    /// `host:port`, bracketing an IPv6 address.
+    pub fn addr(&self) -> String {
         self.authority.clone()
     }
 }
@@ -344,14 +375,15 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// tonic's connector: TCP to the coordinator, TLS, then wait for its verdict on our
-/// certificate.
+/// tonic's connector: TCP to the coordinator (or a tunnel through the proxy), TLS, then
+/// wait for its verdict on our certificate.
 #[derive(Clone)]
 struct Connector {
     tls: TlsConnector,
     server_name: ServerName<'static>,
     host: String,
     port: u16,
+    proxy: Option<Proxy>,
     timeout: Duration,
 }
 
@@ -373,6 +405,14 @@ impl tonic::codegen::Service<Uri> for Connector {
 
 impl Connector {
     async fn connect(self) -> Result<TlsStream<TcpStream>, Failure> {
+        let tcp = match &self.proxy {
+            Some(proxy) => tunnel(proxy, &self.host, self.port, self.timeout).await?,
+            None => self.tcp().await?,
+        };
+        self.tls_over(tcp).await
+    }
+
+    async fn tcp(&self) -> Result<TcpStream, Failure> {
         let addr = format!("{}:{}", self.host, self.port);
         let tcp = match tokio::time::timeout(
             self.timeout,
@@ -393,7 +433,10 @@ impl Connector {
             }
         };
         let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
 
+    async fn tls_over(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, Failure> {
         let started = Instant::now();
         let mut stream = match tokio::time::timeout(
             self.timeout,
@@ -419,6 +462,38 @@ impl Connector {
             Ok(Err(failure)) => Err(failure),
         }
     }
+}
+
+/// A CONNECT tunnel to `host:port` through `proxy`, its failures named as the proxy's.
+async fn tunnel(
+    proxy: &Proxy,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<TcpStream, Failure> {
+    proxy::connect_through(proxy, host, port, timeout)
+        .await
+        .map_err(|e| {
+            let (kind, what) = match e {
+                proxy::ConnectError::ProxyUnreachable(reason) => (
+                    FailureKind::ProxyUnreachable,
+                    format!(
+                        "cannot reach the proxy: {reason} (check the proxy's address and port, and that the facility firewall allows this machine to reach it)"
+                    ),
+                ),
+                proxy::ConnectError::Tunnel(e @ TunnelError::UpstreamFailed { .. }) => {
+                    (FailureKind::Unreachable, e.to_string())
+                }
+                proxy::ConnectError::Tunnel(e @ TunnelError::Io { .. }) => {
+                    (FailureKind::ProxyUnreachable, e.to_string())
+                }
+                proxy::ConnectError::Tunnel(e) => (FailureKind::ProxyRefused, e.to_string()),
+            };
+            Failure {
+                kind,
+                reason: format!("through the proxy {proxy}: {what}"),
+            }
+        })
 }
 
 /// Reads the server's first post-handshake records into the rustls session (where

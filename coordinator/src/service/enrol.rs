@@ -431,6 +431,7 @@ impl EnrolmentService for EnrolmentApi {
         Ok(Response::new(pb::CaCertificate {
             ca_pem: issuing.ca_pem.clone(),
             sha256: issuing.ca_sha256.clone(),
+            server_time_unix_ms: self.coord.clock.unix_ms(),
         }))
     }
 

@@ -5,6 +5,7 @@ pub mod identity;
 pub mod proxy;
 pub mod rogue;
 pub mod scripted;
+pub mod tinyproxy;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,6 +183,15 @@ impl Harness {
         }));
         self.agents.push((tx, task));
         config
+    }
+
+    /// Runs a real agent with a configuration the test prepared.
+    pub fn spawn_agent_config(&mut self, config: AgentConfig) {
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(harambee_agent::runtime::run(config, async {
+            let _ = rx.await;
+        }));
+        self.agents.push((tx, task));
     }
 
     /// A channel authenticated with the certificate of `name` in `role` (issued if needed).

@@ -8,6 +8,8 @@ mod bad_input;
 mod bench_quality;
 mod connection_limits;
 mod demo;
+mod doctor;
+mod facility_proxy;
 mod failed_round_epsilon;
 mod fault_schedules;
 mod federation;
