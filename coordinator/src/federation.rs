@@ -487,6 +487,72 @@ impl FederationSpec {
 /// Largest sample count one facility may claim for an update (its FedAvg weight).
 pub const MAX_SAMPLES_PER_UPDATE: u64 = 100_000_000;
 
+/// What one round costs in patient-level ε at each facility, under the federation's DP-SGD
+/// settings, and how many rounds typical budgets allow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivacyCost {
+    /// Noisy DP-SGD steps one round takes at every facility (`dp_steps` of the epochs and the
+    /// sampling rate: the same at every facility, whatever its number of rows).
+    pub steps_per_round: u64,
+    /// ε after one round, at `delta`.
+    pub epsilon_per_round: f64,
+    pub delta: f64,
+    /// (budget ε, the most rounds whose total stays within it), for [`TYPICAL_BUDGETS`].
+    pub rounds_within: Vec<(f64, u64)>,
+}
+
+/// Budgets `federation create` reports the number of rounds for.
+pub const TYPICAL_BUDGETS: [f64; 4] = [1.0, 3.0, 8.0, 10.0];
+
+/// δ of a facility's budget unless its policy sets another (`[policy] delta`).
+pub const FACILITY_DELTA: f64 = 1e-5;
+
+impl FederationSpec {
+    /// The patient-level privacy cost of the federation's rounds (`None` without DP-SGD),
+    /// from the same RDP accountant each agent keeps: rounds compose by adding their RDP.
+    pub fn privacy_cost(&self) -> Option<PrivacyCost> {
+        use harambee_privacy::accountant::RdpAccountant;
+        let dp = self.privacy.dp_sgd.as_ref()?;
+        let steps = harambee_models::dp::dp_steps(self.train.epochs as usize, dp.sampling_rate);
+        let after = |rounds: u64| -> f64 {
+            let mut accountant = RdpAccountant::new();
+            match steps
+                .checked_mul(rounds)
+                .map(|n| accountant.compose(dp.noise_multiplier, dp.sampling_rate, n))
+            {
+                Some(Ok(())) => accountant.epsilon_spent(FACILITY_DELTA),
+                _ => f64::INFINITY,
+            }
+        };
+        let rounds_within = TYPICAL_BUDGETS
+            .iter()
+            .map(|&budget| {
+                // The largest r with after(r) <= budget: ε grows with r.
+                let (mut lo, mut hi) = (0u64, 1u64);
+                while hi < 1 << 20 && after(hi) <= budget {
+                    lo = hi;
+                    hi *= 2;
+                }
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if after(mid) <= budget {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                (budget, lo)
+            })
+            .collect();
+        Some(PrivacyCost {
+            steps_per_round: steps,
+            epsilon_per_round: after(1),
+            delta: FACILITY_DELTA,
+            rounds_within,
+        })
+    }
+}
+
 /// Names of federations and facilities: 1-64 of `[A-Za-z0-9._-]`, starting alphanumeric.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -500,6 +566,48 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_privacy_cost_is_what_the_accountant_gives_and_the_readme_example_allows_rounds() {
+        let spec = FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
+        let cost = spec
+            .privacy_cost()
+            .expect("the README's federation uses DP-SGD");
+        let dp = spec.privacy.dp_sgd.clone().unwrap();
+        let steps = harambee_models::dp::dp_steps(spec.train.epochs as usize, dp.sampling_rate);
+        assert_eq!(cost.steps_per_round, steps);
+        let eps = |rounds: u64| {
+            harambee_privacy::accountant::epsilon(
+                dp.noise_multiplier,
+                dp.sampling_rate,
+                steps * rounds,
+                FACILITY_DELTA,
+            )
+            .unwrap()
+            .epsilon
+        };
+        assert!((cost.epsilon_per_round - eps(1)).abs() < 1e-12);
+        for &(budget, rounds) in &cost.rounds_within {
+            assert!(rounds == 0 || eps(rounds) <= budget, "{budget}: {rounds}");
+            assert!(
+                eps(rounds + 1) > budget,
+                "{budget}: {rounds} + 1 still fits"
+            );
+        }
+        let at_ten = cost
+            .rounds_within
+            .iter()
+            .find(|(b, _)| *b == 10.0)
+            .unwrap()
+            .1;
+        assert!(
+            at_ten >= 5,
+            "the README's example allows only {at_ten} rounds within ε = 10"
+        );
+        let mut without = spec.clone();
+        without.privacy.dp_sgd = None;
+        assert_eq!(without.privacy_cost(), None);
+    }
 
     /// The `toml` block of README.md that starts with `first_line`.
     pub(crate) fn readme_block(first_line: &str) -> String {

@@ -353,6 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "created federation {} (model version 0, {} bytes, sha256 {})",
                 spec.name, latest.size_bytes, latest.digest
             );
+            print_privacy_cost(&spec);
             Ok(())
         }
         Command::Federation(FederationCommand::List(admin)) => {
@@ -742,7 +743,11 @@ fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
                 cert.display()
             );
             println!(
-                "keep {} offline once facilities are issued",
+                "{} signs every certificate: while it is on this host, the coordinator enrols \
+                 facilities and renews their certificates, and whoever takes the host can mint \
+                 any identity. Taking it offline stops enrolment and renewal too. To keep both \
+                 with the CA offline, create the PKI with `pki init --ca-out DIR` instead: the \
+                 host then holds only a one-year issuing CA (deploy/PKI.md).",
                 paths.ca_key().display()
             );
             Ok(())
@@ -986,4 +991,25 @@ pub fn print_metrics_table(round: &pb::Round) {
             best.1 - worst.1
         );
     }
+}
+
+/// What a round of `spec` costs each facility in patient-level ε, and how many rounds
+/// typical budgets allow: a facility whose budget is spent declines further rounds.
+fn print_privacy_cost(spec: &FederationSpec) {
+    let Some(cost) = spec.privacy_cost() else {
+        println!(
+            "no patient-level DP-SGD: facilities whose policy sets a privacy budget (max_epsilon) decline this federation"
+        );
+        return;
+    };
+    println!(
+        "each round costs every facility ε = {:.3} at δ = {:e} (patient-level DP-SGD, {} noisy steps per round)",
+        cost.epsilon_per_round, cost.delta, cost.steps_per_round
+    );
+    let within: Vec<String> = cost
+        .rounds_within
+        .iter()
+        .map(|(budget, rounds)| format!("ε ≤ {budget}: {rounds}"))
+        .collect();
+    println!("rounds a facility's budget allows: {}", within.join(", "));
 }
