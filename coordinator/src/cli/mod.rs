@@ -50,7 +50,14 @@ pub enum Command {
     #[command(subcommand)]
     Round(RoundCommand),
     /// Facilities known to the coordinator and whether they are connected (operator).
-    Agents(AdminArgs),
+    Agents {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// `table` (dates in UTC, with ages) or `json` (one object per facility, times in
+        /// Unix milliseconds).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Model versions (operator).
     #[command(subcommand)]
     Model(ModelCommand),
@@ -434,23 +441,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             rounds.iter().for_each(print_round);
             Ok(())
         }
-        Command::Agents(admin) => {
+        Command::Agents { admin, output } => {
             let mut client = admin_client(&admin).await?;
-            for agent in client
+            let agents = client
                 .list_agents(pb::ListAgentsRequest {})
                 .await?
                 .into_inner()
-                .agents
-            {
-                let state = if agent.connected {
-                    "connected"
-                } else {
-                    "offline"
-                };
-                println!(
-                    "{}\t{state}\tlast seen {} ms\tcert {}",
-                    agent.facility, agent.last_seen_unix_ms, agent.cert_sha256
-                );
+                .agents;
+            let now_ms = harambee_link::clock::Clock::system().unix_ms();
+            match output {
+                Output::Json => {
+                    for agent in &agents {
+                        println!("{}", agent_json(agent));
+                    }
+                }
+                Output::Table => {
+                    println!("facility\tstate\tlast seen (UTC)\tprivacy\tcertificate sha256");
+                    for agent in &agents {
+                        println!("{}", agent_line(agent, now_ms));
+                    }
+                }
             }
             Ok(())
         }
@@ -1012,4 +1022,111 @@ fn print_privacy_cost(spec: &FederationSpec) {
         .map(|(budget, rounds)| format!("ε ≤ {budget}: {rounds}"))
         .collect();
     println!("rounds a facility's budget allows: {}", within.join(", "));
+}
+
+/// How a read command prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people: aligned by tabs, times as UTC dates with their age.
+    #[default]
+    Table,
+    /// For scripts: one JSON object per line.
+    Json,
+}
+
+fn agent_json(agent: &pb::Agent) -> serde_json::Value {
+    serde_json::json!({
+        "facility": agent.facility,
+        "connected": agent.connected,
+        "last_seen_unix_ms": agent.last_seen_unix_ms,
+        "cert_sha256": agent.cert_sha256,
+        "epsilon_spent": agent.epsilon_spent,
+        "max_epsilon": agent.max_epsilon,
+        "delta": agent.delta,
+    })
+}
+
+fn agent_line(agent: &pb::Agent, now_ms: i64) -> String {
+    let state = if agent.connected {
+        "connected"
+    } else {
+        "offline"
+    };
+    let privacy = match (agent.epsilon_spent, agent.max_epsilon) {
+        (Some(spent), Some(max)) => format!("ε {spent:.2} of {max}"),
+        (Some(spent), None) => format!("ε {spent:.2}, no budget"),
+        _ => "-".to_owned(),
+    };
+    format!(
+        "{}\t{state}\t{}\t{privacy}\t{}",
+        agent.facility,
+        date_and_age(agent.last_seen_unix_ms, now_ms),
+        agent.cert_sha256
+    )
+}
+
+/// `2026-12-04 19:58:02 (12 s ago)`, in UTC; `never` for 0.
+pub fn date_and_age(unix_ms: i64, now_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "never".to_owned();
+    }
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)) else {
+        return format!("{unix_ms} ms");
+    };
+    let age_s = (now_ms - unix_ms).max(0) / 1000;
+    let age = match age_s {
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 2 * 3600 => format!("{} min ago", s / 60),
+        s if s < 2 * 86_400 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} ({age})",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_utc_dates_with_their_age() {
+        // 2026-12-04 19:58:02 UTC.
+        let at = 1_796_414_282_000;
+        assert_eq!(
+            date_and_age(at, at + 12_400),
+            "2026-12-04 19:58:02 (12 s ago)"
+        );
+        assert!(date_and_age(at, at + 5 * 60_000).ends_with("(5 min ago)"));
+        assert!(date_and_age(at, at + 3 * 3_600_000).ends_with("(3 h ago)"));
+        assert!(date_and_age(at, at + 9 * 86_400_000).ends_with("(9 days ago)"));
+        assert_eq!(date_and_age(0, at), "never");
+    }
+
+    #[test]
+    fn an_agent_line_and_its_json_carry_the_same_facts() {
+        let agent = pb::Agent {
+            facility: "kisumu".into(),
+            connected: true,
+            last_seen_unix_ms: 1_796_414_282_000,
+            cert_sha256: "ab".into(),
+            epsilon_spent: Some(1.5),
+            max_epsilon: Some(10.0),
+            delta: Some(1e-5),
+        };
+        let line = agent_line(&agent, 1_796_414_283_000);
+        assert_eq!(
+            line,
+            "kisumu\tconnected\t2026-12-04 19:58:02 (1 s ago)\tε 1.50 of 10\tab"
+        );
+        let json = agent_json(&agent);
+        assert_eq!(json["last_seen_unix_ms"], 1_796_414_282_000i64);
+        assert_eq!(json["max_epsilon"], 10.0);
+    }
 }

@@ -204,6 +204,16 @@ impl Registry {
             .filter(|c| !c.is_empty())
     }
 
+    /// When the facility's agent last showed it is alive (a heartbeat, or progress of a
+    /// transfer), while it is connected.
+    pub fn last_heartbeat(&self, facility: &str) -> Option<Instant> {
+        self.agents
+            .lock()
+            .unwrap()
+            .get(facility)
+            .map(|e| e.last_heartbeat)
+    }
+
     pub fn is_connected(&self, facility: &str) -> bool {
         self.agents
             .lock()

@@ -380,17 +380,28 @@ impl AdminService for AdminApi {
             .agents()
             .await
             .map_err(ServiceError::from)?;
+        let (now, now_ms) = (self.coord.clock.now(), self.coord.clock.unix_ms());
         let agents = rows
             .into_iter()
             .map(|a| {
                 let privacy = self.coord.registry.privacy(&a.facility);
+                let connected = self.coord.registry.is_connected(&a.facility);
+                // While connected, last seen is its last heartbeat; the stored time is when
+                // it last connected.
+                let last_seen_ms = match self.coord.registry.last_heartbeat(&a.facility) {
+                    Some(beat) if connected => {
+                        let quiet = now.saturating_duration_since(beat).as_millis();
+                        now_ms.saturating_sub(i64::try_from(quiet).unwrap_or(i64::MAX))
+                    }
+                    _ => a.last_seen_ms,
+                };
                 pb::Agent {
-                    connected: self.coord.registry.is_connected(&a.facility),
+                    connected,
                     epsilon_spent: privacy.as_ref().map(|p| p.epsilon_spent),
                     max_epsilon: privacy.as_ref().and_then(|p| p.max_epsilon),
                     delta: privacy.as_ref().map(|p| p.delta),
                     facility: a.facility,
-                    last_seen_unix_ms: a.last_seen_ms,
+                    last_seen_unix_ms: last_seen_ms,
                     cert_sha256: a.cert_sha256,
                 }
             })

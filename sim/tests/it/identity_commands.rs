@@ -159,6 +159,24 @@ async fn identity_commands_enrol_list_audit_and_revoke() {
     // The auditor sees it enrolled and connected, and who added it.
     let list = admin(&["facility", "list", "--auditor", "moh-audit"]);
     until_output(dir, &list, "nakuru-level5\tenrolled\tconnected").await;
+    // `agents`: last seen is the last heartbeat (every second here), not when it connected.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let json = ok(dir, &admin(&["agents", "--output", "json"])).await;
+    let agent: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(agent["facility"], "nakuru-level5", "{json}");
+    assert_eq!(agent["connected"], true, "{json}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let quiet = now_ms - agent["last_seen_unix_ms"].as_i64().unwrap();
+    assert!(
+        (0..2_500).contains(&quiet),
+        "last seen {quiet} ms ago: {json}"
+    );
+    let table = ok(dir, &admin(&["agents"])).await;
+    assert!(table.contains("nakuru-level5\tconnected\t20"), "{table}");
+    assert!(table.contains(" s ago)"), "{table}");
     let audit = ok(dir, &admin(&["audit", "actions", "--auditor", "moh-audit"])).await;
     assert!(
         audit.contains("harambee://operator/admin\tfacility_added\tnakuru-level5"),
