@@ -287,6 +287,10 @@ pub enum RoundCommand {
         round: Option<u64>,
         #[arg(long)]
         federation: Option<String>,
+        /// Follow the round (with --federation, its latest) until it ends: one line each
+        /// time its stage or its facilities' states change, then the whole round.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -392,7 +396,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             println!("started round {} (number {})", round.id, round.number);
             if wait {
-                let round = wait_for_round(&mut client, round.id, |_| {}).await?;
+                let round = wait_for_round(&mut client, round.id, progress_printer()).await?;
                 print_round(&round);
                 if round.state() != pb::RoundState::Committed {
                     bail!("round {} failed: {}", round.id, round.failure_reason);
@@ -419,6 +423,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Round(RoundCommand::Status {
             round,
             federation,
+            watch,
             admin,
         }) => {
             let mut client = admin_client(&admin).await?;
@@ -438,6 +443,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 (None, None) => bail!("give --round ID or --federation NAME"),
             };
+            if watch {
+                let latest = rounds
+                    .iter()
+                    .max_by_key(|r| r.id)
+                    .context("no rounds yet")?;
+                let round = wait_for_round(&mut client, latest.id, progress_printer()).await?;
+                print_round(&round);
+                return Ok(());
+            }
             rounds.iter().for_each(print_round);
             Ok(())
         }
@@ -1024,6 +1038,50 @@ fn print_privacy_cost(spec: &FederationSpec) {
     println!("rounds a facility's budget allows: {}", within.join(", "));
 }
 
+/// A `wait_for_round` progress callback that prints a line whenever the round's stage or its
+/// facilities' states change.
+fn progress_printer() -> impl FnMut(&pb::Round) {
+    let mut last = String::new();
+    let started = std::time::Instant::now();
+    move |round| {
+        let line = progress_line(round);
+        if line != last {
+            println!("{:>6.1} s  {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+    }
+}
+
+/// `round 12: masked input; 10 selected: 8 uploaded, 1 trained, 1 dropped`.
+pub fn progress_line(round: &pb::Round) -> String {
+    let state = round
+        .state()
+        .as_str_name()
+        .trim_start_matches("ROUND_STATE_")
+        .to_lowercase()
+        .replace('_', " ");
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in &round.participants {
+        let status = p
+            .status()
+            .as_str_name()
+            .trim_start_matches("PARTICIPANT_STATUS_")
+            .to_lowercase();
+        *counts.entry(status).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    if counts.is_empty() {
+        format!("round {}: {state}", round.id)
+    } else {
+        format!(
+            "round {}: {state}; {} selected: {}",
+            round.id,
+            round.participants.len(),
+            counts.join(", ")
+        )
+    }
+}
+
 /// How a read command prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -1107,6 +1165,30 @@ mod tests {
         assert!(date_and_age(at, at + 3 * 3_600_000).ends_with("(3 h ago)"));
         assert!(date_and_age(at, at + 9 * 86_400_000).ends_with("(9 days ago)"));
         assert_eq!(date_and_age(0, at), "never");
+    }
+
+    #[test]
+    fn a_progress_line_names_the_stage_and_counts_facilities_by_state() {
+        let participant = |name: &str, status: pb::ParticipantStatus| pb::Participant {
+            facility: name.into(),
+            status: status as i32,
+            ..Default::default()
+        };
+        let mut round = pb::Round {
+            id: 12,
+            state: pb::RoundState::MaskedInput as i32,
+            ..Default::default()
+        };
+        assert_eq!(progress_line(&round), "round 12: masked input");
+        round.participants = vec![
+            participant("a", pb::ParticipantStatus::Uploaded),
+            participant("b", pb::ParticipantStatus::Uploaded),
+            participant("c", pb::ParticipantStatus::Dropped),
+        ];
+        assert_eq!(
+            progress_line(&round),
+            "round 12: masked input; 3 selected: 1 dropped, 2 uploaded"
+        );
     }
 
     #[test]
