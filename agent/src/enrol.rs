@@ -91,7 +91,7 @@ pub async fn run(args: EnrolArgs) -> anyhow::Result<()> {
     println!("  CA           {}", done.ca.display());
     if done.wrote_config {
         println!(
-            "next: set [data] csv in {}, then run `harambee-agent run --config {}`",
+            "next: set [data] csv and review [policy] (it allows no federation until you name one) in {}, then run `harambee-agent run --config {}`",
             done.config.display(),
             done.config.display()
         );
@@ -462,8 +462,31 @@ fn config_skeleton(token: &Token) -> String {
         "the facility's CSV file: set this",
     );
     out += &line("holdout_fraction = 0.25".to_owned(), "");
+    out += POLICY_SKELETON;
     out
 }
+
+/// The `[policy]` section `enrol` writes: what the facility allows, every rule with its
+/// default (commented), and the three lists that must be filled before it trains.
+const POLICY_SKELETON: &str = r#"
+[policy]
+# REVIEW: nothing is allowed until named. List the federations the national unit asked this
+# facility to join, the model kinds and the label columns it may train for ("*": any).
+allowed_federations = []            # e.g. ["heart-disease"]
+allowed_model_kinds = []            # logistic_regression, mlp, personalized
+allowed_labels = []                 # label columns of the federation's schema, e.g. ["target"]
+# The rules below are the defaults; uncomment one to change it.
+# max_epsilon = 10.0                # patient-level privacy budget over all federations
+                                    # (unset: none; when set, only DP-SGD federations)
+# delta = 1e-5                      # the delta that budget is measured at
+# require_secure_aggregation = true # updates leave only masked; plain uploads are declined
+# min_contributors = 3              # the fewest facilities an update may be summed with
+# require_consistency_check = true  # SecAgg+'s check against a coordinator lying about dropouts
+# min_threshold_fraction = 0.5      # smallest Shamir threshold, as a share of neighbours
+# require_distributed_noise = true  # when the federation declares distributed noise
+# min_samples = 0                   # do not train on fewer training rows
+# min_cohort = 20                   # withhold metrics for a held-out cohort this small
+"#;
 
 /// Accepts any server certificate. Used only to fetch the CA certificate, which is then
 /// checked against the token's fingerprint; the handshake signature is still verified.
@@ -536,6 +559,35 @@ mod tests {
             assert_eq!(config.tls.key, dir.path().join(KEY_FILE));
             assert_eq!(config.server_name(), server_name.unwrap_or("10.0.0.5"));
         }
+    }
+
+    /// The commented rules of the written `[policy]` are the defaults: uncommenting all of
+    /// them changes nothing but the budget (which has no default).
+    #[test]
+    fn the_written_policy_states_the_defaults() {
+        let token = Token::generate(
+            "https://10.0.0.5:7443",
+            None,
+            "kisumu",
+            &"ab".repeat(32),
+            42,
+        );
+        let text = config_skeleton(&token);
+        let policy = text.split("[policy]").nth(1).expect("a [policy] section");
+        let as_written: crate::config::PolicyConfig = toml::from_str(policy).unwrap();
+        assert_eq!(as_written, crate::config::PolicyConfig::default());
+        let uncommented: String = policy
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rule) if rule.split_whitespace().nth(1) == Some("=") => rule,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut every_rule: crate::config::PolicyConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(every_rule.max_epsilon, Some(10.0));
+        every_rule.max_epsilon = None;
+        assert_eq!(every_rule, crate::config::PolicyConfig::default());
     }
 
     #[test]
