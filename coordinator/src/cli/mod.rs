@@ -930,12 +930,25 @@ pub async fn export_model(
     Ok(meta)
 }
 
-pub fn print_round(round: &pb::Round) {
-    let state = round
+/// `masked_input`: the round's state as its proto name says it, without the prefix.
+fn state_name(round: &pb::Round) -> String {
+    round
         .state()
         .as_str_name()
         .trim_start_matches("ROUND_STATE_")
-        .to_lowercase();
+        .to_lowercase()
+}
+
+/// `uploaded`: a participant's status as its proto name says it, without the prefix.
+fn status_name(p: &pb::Participant) -> String {
+    p.status()
+        .as_str_name()
+        .trim_start_matches("PARTICIPANT_STATUS_")
+        .to_lowercase()
+}
+
+pub fn print_round(round: &pb::Round) {
+    let state = state_name(round);
     println!(
         "round {} (#{} of {}): {state}",
         round.id, round.number, round.federation
@@ -947,11 +960,7 @@ pub fn print_round(round: &pb::Round) {
         println!("  reason: {}", round.failure_reason);
     }
     for p in &round.participants {
-        let status = p
-            .status()
-            .as_str_name()
-            .trim_start_matches("PARTICIPANT_STATUS_")
-            .to_lowercase();
+        let status = status_name(p);
         let detail = if p.detail.is_empty() {
             String::new()
         } else {
@@ -1054,20 +1063,10 @@ fn progress_printer() -> impl FnMut(&pb::Round) {
 
 /// `round 12: masked input; 10 selected: 8 uploaded, 1 trained, 1 dropped`.
 pub fn progress_line(round: &pb::Round) -> String {
-    let state = round
-        .state()
-        .as_str_name()
-        .trim_start_matches("ROUND_STATE_")
-        .to_lowercase()
-        .replace('_', " ");
+    let state = state_name(round).replace('_', " ");
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for p in &round.participants {
-        let status = p
-            .status()
-            .as_str_name()
-            .trim_start_matches("PARTICIPANT_STATUS_")
-            .to_lowercase();
-        *counts.entry(status).or_default() += 1;
+        *counts.entry(status_name(p)).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     if counts.is_empty() {

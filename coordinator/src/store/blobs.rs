@@ -352,7 +352,27 @@ async fn db_read_range(
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>, BlobError> {
-    let size = db_size(db, digest).await?;
+    // One query for the size and the range (a download reads a blob chunk by chunk).
+    // `substr` counts from 1 in both databases, on bytea and on BLOB alike, and gives what
+    // there is past the start; positions are clamped to the 32-bit integers both accept.
+    let int = |n: u64| {
+        i64::try_from(n)
+            .unwrap_or(i64::MAX)
+            .min(i64::from(i32::MAX))
+    };
+    let sql = "SELECT size, substr(bytes, CAST($2 AS INTEGER), CAST($3 AS INTEGER)) AS part \
+               FROM blobs WHERE digest = $1";
+    let values = vec![
+        digest.into(),
+        int(offset + 1).into(),
+        int(len as u64).into(),
+    ];
+    let row = db
+        .query_one_raw(statement(db, sql, values))
+        .await?
+        .ok_or_else(|| BlobError::NotFound(digest.to_owned()))?;
+    let size: i64 = row.try_get("", "size")?;
+    let size = u64::try_from(size).unwrap_or(0);
     if offset > size {
         return Err(BlobError::OutOfRange {
             digest: digest.to_owned(),
@@ -360,23 +380,6 @@ async fn db_read_range(
             size,
         });
     }
-    // Bounded by the blob, not by the caller's `len`.
-    let len = (len as u64).min(size - offset);
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    // `substr` counts from 1 in both databases, on bytea and on BLOB alike.
-    let sql = "SELECT substr(bytes, CAST($2 AS INTEGER), CAST($3 AS INTEGER)) AS part \
-               FROM blobs WHERE digest = $1";
-    let values = vec![
-        digest.into(),
-        i64::try_from(offset + 1).unwrap_or(i64::MAX).into(),
-        i64::try_from(len).unwrap_or(i64::MAX).into(),
-    ];
-    let row = db
-        .query_one_raw(statement(db, sql, values))
-        .await?
-        .ok_or_else(|| BlobError::NotFound(digest.to_owned()))?;
     Ok(row.try_get("", "part")?)
 }
 

@@ -34,6 +34,7 @@ mod privacy_ledger;
 mod restart;
 mod round_cancel;
 mod secure_dropout;
+mod serve_process;
 mod storage_faults;
 mod store_suite;
 mod tls_handshake;

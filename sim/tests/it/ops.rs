@@ -21,6 +21,8 @@ use tokio::process::{Child, Command};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use crate::serve_process::{serve_config, spawn_serve};
+
 const ROUNDS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,14 +31,14 @@ async fn prometheus_scrapes_a_federation_and_probes_tell_active_from_standby() {
     let mut h = Harness::prepare(None);
     let ops = free_addr();
     let config = coordinator_config(&mut h, ops);
-    let mut active = spawn_coordinator(&h, &config, "active.log", &[]);
+    let mut active = spawn_serve(&h, &config, "active.log", &[]);
     let mut admin = admin_when_up(&h, "active.log").await;
     wait_for(ops, "/readyz", 200, "ready").await;
     assert_eq!(http_get(ops, "/healthz").await.unwrap().0, 200);
 
     // A standby on the same database: alive, not ready, and says why.
     let standby_ops = free_addr();
-    let mut standby = spawn_coordinator(
+    let mut standby = spawn_serve(
         &h,
         &config,
         "standby.log",
@@ -176,35 +178,10 @@ fn free_addr() -> SocketAddr {
 /// The serve configuration file of a coordinator process on the harness's storage, its
 /// ops port at `ops` (the `ops_listen` key).
 fn coordinator_config(h: &mut Harness, ops: SocketAddr) -> PathBuf {
-    h.port = free_addr().port();
-    let config = h.dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{}\"\nops_listen = \"{ops}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nledger_key = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 5\n",
-            h.port,
-            h.storage.database_url,
-            path_str(&h.storage.blob_dir),
-            path_str(&h.pki),
-            path_str(&h.storage.ledger_key)
-        ),
+    serve_config(
+        h,
+        &format!("ops_listen = \"{ops}\"\nliveness_timeout_s = 5\n"),
     )
-    .unwrap();
-    config
-}
-
-fn spawn_coordinator(h: &Harness, config: &Path, log: &str, args: &[&str]) -> Child {
-    let log = std::fs::File::create(h.dir.path().join(log)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
-        .args(["coordinator", "serve", "--config"])
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 async fn admin_when_up(

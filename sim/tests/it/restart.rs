@@ -6,7 +6,6 @@
 
 use harambee_sim::harness as common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -18,34 +17,12 @@ use harambee_privacy::ledger::{LedgerEvent, parse_jsonl};
 use harambee_privacy::log::{LOG_FILE, LogLine, Record, parse_log};
 use harambee_proto::pb;
 use rand::{Rng, SeedableRng};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+use crate::serve_process::{serve_config, spawn_serve};
 
 fn spawn_coordinator(h: &Harness, config: &std::path::Path) -> Child {
-    spawn_coordinator_with(h, config, "coordinator.log", &[])
-}
-
-/// `coordinator serve --config CONFIG ARGS`, logging to `log` in the harness's directory.
-fn spawn_coordinator_with(
-    h: &Harness,
-    config: &std::path::Path,
-    log: &str,
-    args: &[&str],
-) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(h.dir.path().join(log))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
-        .args(["coordinator", "serve", "--config"])
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    spawn_serve(h, config, "coordinator.log", &[])
 }
 
 async fn admin_when_up(
@@ -69,25 +46,7 @@ async fn admin_when_up(
 /// A harness whose coordinator runs as its own process (`spawn_coordinator`), configured
 /// in the returned file.
 fn coordinator_process(h: &mut Harness) -> std::path::PathBuf {
-    h.port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = h.dir.path().join("coordinator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{}\"\ndatabase_url = {:?}\nblob_dir = {:?}\npki = {:?}\nledger_key = {:?}\nheartbeat_interval_s = 1\nliveness_timeout_s = 3\n",
-            h.port,
-            h.storage.database_url,
-            path_str(&h.storage.blob_dir),
-            path_str(&h.pki),
-            path_str(&h.storage.ledger_key)
-        ),
-    )
-    .unwrap();
-    config
+    serve_config(h, "liveness_timeout_s = 3\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,10 +344,10 @@ async fn a_standby_takes_over_from_a_killed_coordinator_on_postgres() {
     let mut h = Harness::prepare(Some(db.url.clone()));
     let config = coordinator_process(&mut h);
     let in_db = "--blobs-in-database";
-    let mut active = spawn_coordinator_with(&h, &config, "active.log", &[in_db]);
+    let mut active = spawn_serve(&h, &config, "active.log", &[in_db]);
     let mut admin = admin_when_up(&h).await;
 
-    let second = spawn_coordinator_with(&h, &config, "second.log", &[in_db]);
+    let second = spawn_serve(&h, &config, "second.log", &[in_db]);
     let status = second.wait_with_output().await.unwrap().status;
     assert!(!status.success());
     let said = std::fs::read_to_string(h.dir.path().join("second.log")).unwrap();
@@ -396,7 +355,7 @@ async fn a_standby_takes_over_from_a_killed_coordinator_on_postgres() {
         said.contains("another coordinator holds the database lease"),
         "{said}"
     );
-    let mut standby = spawn_coordinator_with(&h, &config, "standby.log", &["--standby", in_db]);
+    let mut standby = spawn_serve(&h, &config, "standby.log", &["--standby", in_db]);
 
     let facilities = h.facilities(Some(3));
     let configs: Vec<AgentConfig> = facilities.iter().map(|f| h.spawn_agent(f)).collect();
