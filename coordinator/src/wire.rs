@@ -487,5 +487,6 @@ pub fn round(
         global_metrics: global,
         secure_aggregation,
         facility_epsilon: None,
+        not_selected: Vec::new(),
     }
 }

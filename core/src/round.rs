@@ -208,6 +208,9 @@ pub struct Round<M> {
     participants: BTreeMap<FacilityId, Participant<M>>,
     awaiting_metrics: BTreeSet<FacilityId>,
     failure: Option<String>,
+    /// While selecting: connected facilities the driver did not offer, and why (their
+    /// policy or budget, as their agents report them); named if selection fails.
+    not_selected: BTreeMap<FacilityId, String>,
     events: VecDeque<Event>,
     /// Certified identity keys of the facilities (secure aggregation).
     keys: BTreeMap<FacilityId, VerifyingKey>,
@@ -240,6 +243,7 @@ impl<M: Clone> Round<M> {
             participants: BTreeMap::new(),
             awaiting_metrics: BTreeSet::new(),
             failure: None,
+            not_selected: BTreeMap::new(),
             events,
             keys: BTreeMap::new(),
             secure: None,
@@ -349,6 +353,15 @@ impl<M: Clone> Round<M> {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// While selecting: the connected facilities that are not offered the round, each with
+    /// the reason (replacing the last such list). A selection that times out names them, so
+    /// the operator reads "refused by its policy" rather than "not connected".
+    pub fn set_not_selected(&mut self, not_selected: BTreeMap<FacilityId, String>) {
+        if self.stage == Stage::Selecting {
+            self.not_selected = not_selected;
+        }
     }
 
     /// Offers the facilities that are connected and eligible now. Once at least
@@ -628,10 +641,18 @@ impl<M: Clone> Round<M> {
         }
         match self.stage {
             Stage::Selecting => {
-                let reason = format!(
-                    "fewer than min_agents ({}) facilities connected within the selection deadline",
+                let mut reason = format!(
+                    "fewer than min_agents ({}) facilities connected and willing within the selection deadline",
                     self.config.min_agents
                 );
+                if !self.not_selected.is_empty() {
+                    let named: Vec<String> = self
+                        .not_selected
+                        .iter()
+                        .map(|(facility, why)| format!("{facility}: {why}"))
+                        .collect();
+                    reason += &format!("; connected but not selected: {}", named.join("; "));
+                }
                 self.fail(reason);
             }
             Stage::Training => {

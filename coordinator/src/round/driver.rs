@@ -3,7 +3,7 @@
 //! and carries out its events: every stage is persisted before the tasks of that stage go
 //! out, and the round ends in exactly one transaction (commit or fail).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use harambee_core::round::{
@@ -23,6 +23,14 @@ use crate::round::context::{ActiveRound, RoundContext};
 use crate::store::{self, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
 use crate::wire;
 use harambee_privacy::ledger::{Contribution, LedgerEvent, Sha256Digest, SignedReceipt};
+
+/// A running round's state between its stored stages.
+pub struct LiveRound {
+    /// Each selected facility's state and reason now.
+    pub participants: Vec<ParticipantRow>,
+    /// While selecting: connected facilities not offered the round, and why.
+    pub not_selected: BTreeMap<FacilityId, String>,
+}
 
 /// What the services tell a running round.
 pub enum RoundInput {
@@ -69,9 +77,10 @@ pub enum RoundInput {
         known_tree_size: u64,
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
-    /// Each selected facility's state and reason now (they are stored at each stage's end).
+    /// Each selected facility's state and reason now (they are stored at each stage's end),
+    /// and while selecting, who is not selected and why.
     Participants {
-        reply: oneshot::Sender<Vec<ParticipantRow>>,
+        reply: oneshot::Sender<LiveRound>,
     },
     /// The operator ends the round: it fails with `reason`.
     Cancel {
@@ -180,7 +189,7 @@ pub fn spawn(
         known_tree_sizes: HashMap::new(),
         contributions: HashMap::new(),
         unacknowledged: Vec::new(),
-        declined: Vec::new(),
+        not_selected: BTreeMap::new(),
         eligible: 0,
         revealed: false,
         stage,
@@ -212,8 +221,9 @@ struct Driver {
     /// Accepted uploads whose facilities have not been told yet: told once the uploads are
     /// recorded (see [`Driver::acknowledge`]).
     unacknowledged: Vec<(FacilityId, oneshot::Sender<Result<(), RoundError>>)>,
-    /// Facilities left out of selection, and why (their policy or budget), logged once.
-    declined: Vec<String>,
+    /// Connected facilities left out of selection at the last attempt, and why (their policy
+    /// or budget); logged when a reason changes.
+    not_selected: BTreeMap<FacilityId, String>,
     /// How many facilities could have been selected at the last selection attempt.
     eligible: u64,
     /// Whether anything computed from the contributions may have left the round's secrecy:
@@ -288,28 +298,15 @@ impl Driver {
         info!(stage = %self.round.stage(), "round ended");
     }
 
-    /// Whether a facility's last heartbeat says it would accept this round's task: its
-    /// policy allows the federation and model kind, and one more round fits its budget.
-    /// A facility that has not reported its status yet is not selected.
-    fn would_accept(&mut self, facility: &str) -> bool {
+    /// Why a facility's last heartbeat says it would refuse this round's task (its policy
+    /// does not allow the federation or model kind, or one more round does not fit its
+    /// budget); `None` when it would accept. A facility that has not reported its status
+    /// yet is not selected.
+    fn refusal(&self, facility: &str) -> Option<String> {
         let Some(status) = self.coord.registry.privacy(facility) else {
-            return self.refuse_selection(
-                facility,
-                "it has not reported its privacy policy yet".to_owned(),
-            );
+            return Some("it has not reported its privacy policy yet".to_owned());
         };
-        if let Err(reason) = crate::round::eligibility::admits(&self.spec, &status) {
-            return self.refuse_selection(facility, reason);
-        }
-        true
-    }
-
-    fn refuse_selection(&mut self, facility: &str, reason: String) -> bool {
-        if !self.declined.iter().any(|f| f == facility) {
-            info!(%facility, %reason, "facility not selected");
-            self.declined.push(facility.to_owned());
-        }
-        false
+        crate::round::eligibility::admits(&self.spec, &status).err()
     }
 
     fn select_now(&mut self) {
@@ -321,10 +318,21 @@ impl Driver {
                 .into_iter()
                 .filter(|f| self.spec.admits(f))
                 .collect();
-            let eligible: Vec<FacilityId> = connected
-                .into_iter()
-                .filter(|f| self.would_accept(f))
-                .collect();
+            let mut eligible = Vec::new();
+            let mut not_selected = BTreeMap::new();
+            for facility in connected {
+                match self.refusal(&facility) {
+                    None => eligible.push(facility),
+                    Some(reason) => {
+                        if self.not_selected.get(&facility) != Some(&reason) {
+                            info!(%facility, %reason, "facility not selected");
+                        }
+                        not_selected.insert(facility, reason);
+                    }
+                }
+            }
+            self.round.set_not_selected(not_selected.clone());
+            self.not_selected = not_selected;
             self.eligible = eligible.len() as u64;
             if self.round.is_secure() {
                 let mut keys = Vec::new();
@@ -435,7 +443,15 @@ impl Driver {
                 let _ = reply.send(result);
             }
             RoundInput::Participants { reply } => {
-                let _ = reply.send(self.participant_rows());
+                let not_selected = if self.round.stage() == Stage::Selecting {
+                    self.not_selected.clone()
+                } else {
+                    BTreeMap::new()
+                };
+                let _ = reply.send(LiveRound {
+                    participants: self.participant_rows(),
+                    not_selected,
+                });
             }
             RoundInput::Cancel { reason, reply } => {
                 info!(%reason, "round cancelled");

@@ -124,7 +124,7 @@ impl AdminApi {
 
     /// A running round's participants as its driver sees them now; `None` when it is not
     /// running (or ended meanwhile): the stored ones are then final.
-    async fn live_participants(&self, round_id: u64) -> Option<Vec<crate::store::ParticipantRow>> {
+    async fn live_round(&self, round_id: u64) -> Option<crate::round::driver::LiveRound> {
         let round = self.coord.active_round_by_id(round_id)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         round
@@ -145,12 +145,16 @@ impl AdminApi {
             .await
             .map_err(ServiceError::from)?
             .ok_or_else(|| ServiceError::not_found(format!("no round with id {round_id}")))?;
-        let participants = match self.live_participants(round_id).await {
-            Some(live) => live,
-            None => store
-                .participants(round_id)
-                .await
-                .map_err(ServiceError::from)?,
+        let live = self.live_round(round_id).await;
+        let (participants, not_selected) = match live {
+            Some(live) => (live.participants, live.not_selected),
+            None => (
+                store
+                    .participants(round_id)
+                    .await
+                    .map_err(ServiceError::from)?,
+                Default::default(),
+            ),
         };
         let base = store
             .model_version(&row.federation, row.base_version)
@@ -181,6 +185,13 @@ impl AdminApi {
             round.facility_epsilon =
                 crate::round::eligibility::facility_epsilon(&spec, ledger.lines(), row.id);
         }
+        round.not_selected = not_selected
+            .into_iter()
+            .map(|(facility, reason)| pb::NotSelected {
+                facility: facility.to_string(),
+                reason,
+            })
+            .collect();
         Ok(round)
     }
 }

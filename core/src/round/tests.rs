@@ -237,6 +237,39 @@ fn selection_deadline_fails_cleanly() {
 }
 
 #[test]
+fn a_failed_selection_names_the_facilities_that_refused_and_why() {
+    let t0 = Instant::now();
+    let mut round = Round::<f64>::new(config(1, 2), vec![0.0], t0).unwrap();
+    let refusing = |names: &[(&str, &str)]| {
+        names
+            .iter()
+            .map(|(f, why)| (FacilityId::from(*f), why.to_string()))
+            .collect()
+    };
+    round.set_not_selected(refusing(&[("b", "its budget is spent")]));
+    // The latest list is the one named: c's policy changed since.
+    round.set_not_selected(refusing(&[(
+        "c",
+        "its policy does not allow federation \"x\"",
+    )]));
+    round.select(t0, &agents(&["a"]));
+    round.handle_timeout(t0 + Duration::from_secs(10));
+    let reason = round.failure_reason().unwrap();
+    assert!(reason.contains("min_agents (2)"), "{reason}");
+    assert!(
+        reason
+            .ends_with("connected but not selected: c: its policy does not allow federation \"x\""),
+        "{reason}"
+    );
+    // Once selected, the list no longer matters.
+    let mut round = Round::<f64>::new(config(1, 1), vec![0.0], t0).unwrap();
+    round.select(t0, &agents(&["a"]));
+    round.set_not_selected(refusing(&[("b", "its budget is spent")]));
+    round.abort("operator");
+    assert_eq!(round.failure_reason(), Some("operator"));
+}
+
+#[test]
 fn base_of_the_wrong_length_is_refused() {
     let err = Round::<f64>::new(config(3, 1), vec![0.0; 2], Instant::now()).unwrap_err();
     assert_eq!(

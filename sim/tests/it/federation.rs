@@ -318,3 +318,64 @@ async fn secure_round_with_consistency_check_commits() {
     h.stop_agents().await;
     h.stop_coordinator().await;
 }
+
+/// A facility that is connected but whose policy (as its agent reports it) refuses the
+/// federation is named with the reason while the round selects, and in the failure reason
+/// when selection times out, rather than counted as "not connected".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selection_names_the_facilities_whose_policy_refuses() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(Some(3));
+    h.spawn_agent(&facilities[0]);
+    h.spawn_agent(&facilities[1]);
+    let endpoint = h.endpoint();
+    let refusing = OPEN_POLICY.replace(
+        "allowed_federations = [\"*\"]",
+        "allowed_federations = [\"diabetes\"]",
+    );
+    h.spawn_agent_at(&facilities[2], &endpoint, &refusing);
+    let mut admin = h.admin().await;
+    let mut spec = plain(spec(&facilities, 3, 60));
+    spec.deadlines.selecting_s = 4;
+    create_federation(&mut admin, &spec).await;
+    let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
+    wait_connected(&mut admin, &names).await;
+
+    let started = admin
+        .start_round(pb::StartRoundRequest {
+            federation: spec.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refuser = facilities[2].name.clone();
+    let live = admin
+        .get_round(pb::GetRoundRequest {
+            round_id: started.id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(live.state(), pb::RoundState::Selecting, "{live:?}");
+    assert_eq!(live.not_selected.len(), 1, "{live:?}");
+    assert_eq!(live.not_selected[0].facility, refuser);
+    assert!(
+        live.not_selected[0]
+            .reason
+            .contains(&format!("federation \"{}\"", spec.name)),
+        "{live:?}"
+    );
+
+    let round = wait_round(&mut admin, started.id).await;
+    assert_eq!(round.state(), pb::RoundState::Failed, "{round:?}");
+    assert!(
+        round.failure_reason.contains("min_agents (3)")
+            && round
+                .failure_reason
+                .contains(&format!("connected but not selected: {refuser}: ")),
+        "{}",
+        round.failure_reason
+    );
+    assert!(round.not_selected.is_empty(), "only while selecting");
+    h.stop_agents().await;
+}
