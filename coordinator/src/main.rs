@@ -1,7 +1,5 @@
 //! `harambee-coordinator`: see `--help`.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    harambee_coordinator::cli::main(harambee_coordinator::cli::Cli::parse())
+    harambee_coordinator::cli::main(harambee_coordinator::cli::parse_from(std::env::args_os()))
 }

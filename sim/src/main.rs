@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     match argv.get(1).and_then(|a| a.to_str()) {
         Some("coordinator") => {
             let argv = std::iter::once(OsString::from("harambee-coordinator")).chain(rest);
-            harambee_coordinator::cli::main(harambee_coordinator::cli::Cli::parse_from(argv))
+            harambee_coordinator::cli::main(harambee_coordinator::cli::parse_from(argv))
         }
         Some("agent") => {
             let argv = std::iter::once(OsString::from("harambee-agent")).chain(rest);

@@ -12,7 +12,7 @@ use harambee_link::tls::ClientTls;
 use harambee_proto::pb::{self, identity_service_client::IdentityServiceClient};
 use tonic::transport::Channel;
 
-use crate::cli::AdminArgs;
+use crate::cli::{AdminArgs, Output, json};
 use crate::pki::{self, PkiPaths, ServerKey};
 use crate::service::enrol::format_time;
 use harambee_link::identity::Role;
@@ -201,6 +201,8 @@ pub enum AuditCommand {
         auditor: String,
         #[command(flatten)]
         admin: AdminArgs,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -212,6 +214,9 @@ pub struct ReaderArgs {
     /// Use the auditor certificate issued/auditor-NAME.{pem,key} instead of the operator's.
     #[arg(long)]
     pub auditor: Option<String>,
+    /// `table`, or `json`: one object per line, times in Unix milliseconds.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 pub async fn facility(command: FacilityCommand) -> anyhow::Result<()> {
@@ -298,6 +303,10 @@ pub async fn facility(command: FacilityCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .facilities;
+            if reader.output == Output::Json {
+                json::print_lines(facilities.iter().map(json::facility));
+                return Ok(());
+            }
             for f in facilities {
                 let connected = if f.connected { "connected" } else { "offline" };
                 let cert = match f.cert_not_after_unix_ms {
@@ -328,10 +337,19 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AuditCommand::Privacy { auditor, admin } => {
+        AuditCommand::Privacy {
+            auditor,
+            admin,
+            output,
+        } => {
             let channel = channel(&admin, Role::Auditor, &auditor).await?;
+            let spend = crate::cli::audit::privacy_spend(channel).await?;
+            if output == Output::Json {
+                json::print_lines(spend.iter().map(json::privacy_spend));
+                return Ok(());
+            }
             println!("facility\tepsilon_spent\tdelta\tcontributions\tmax_epsilon");
-            for f in crate::cli::audit::privacy_spend(channel).await? {
+            for f in spend {
                 let max = f
                     .max_epsilon
                     .map_or_else(|| "-".to_owned(), |m| m.to_string());
@@ -352,12 +370,16 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 after_id: after,
                 limit,
             };
-            for a in client
+            let actions = client
                 .list_admin_actions(request)
                 .await?
                 .into_inner()
-                .actions
-            {
+                .actions;
+            if reader.output == Output::Json {
+                json::print_lines(actions.iter().map(json::admin_action));
+                return Ok(());
+            }
+            for a in actions {
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}",
                     a.id,

@@ -4,6 +4,8 @@
 pub mod audit;
 pub mod backup;
 pub mod identity;
+pub mod json;
+pub mod profile;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -232,13 +234,13 @@ pub struct AdminArgs {
     )]
     pub coordinator: String,
     /// Name in the coordinator's certificate.
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, env = "HARAMBEE_SERVER_NAME", default_value = "localhost")]
     pub server_name: String,
     /// PKI directory holding ca.pem and issued/operator-NAME.{pem,key}.
     #[arg(long, env = "HARAMBEE_PKI", default_value = "pki")]
     pub pki: PathBuf,
     /// Operator certificate name within the PKI directory.
-    #[arg(long, default_value = "admin")]
+    #[arg(long, env = "HARAMBEE_OPERATOR", default_value = "admin")]
     pub operator: String,
 }
 
@@ -258,7 +260,13 @@ pub enum FederationCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    List(AdminArgs),
+    /// Federations and their latest model version.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -293,6 +301,10 @@ pub enum RoundCommand {
         watch: bool,
         #[command(flatten)]
         admin: AdminArgs,
+        /// `json`: one object per round (with --watch, the progress lines stay text and
+        /// the round at the end is JSON).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -312,6 +324,26 @@ pub enum ModelCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// Parses the command line with the operator profile's defaults ([`profile`]); exits with
+/// a message on a bad command line or a bad profile, as clap does.
+pub fn parse_from<I, T>(argv: I) -> Cli
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let command = match profile::Profile::load() {
+        Ok(Some((_, profile))) => profile.apply(Cli::command()),
+        Ok(None) => Cli::command(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let matches = command.get_matches_from(argv);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Runs the command line to completion on its own runtime and prints the error, if any:
@@ -367,14 +399,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_privacy_cost(&spec);
             Ok(())
         }
-        Command::Federation(FederationCommand::List(admin)) => {
+        Command::Federation(FederationCommand::List { admin, output }) => {
             let mut client = admin_client(&admin).await?;
-            for fed in client
+            let federations = client
                 .list_federations(pb::ListFederationsRequest {})
                 .await?
                 .into_inner()
-                .federations
-            {
+                .federations;
+            if output == Output::Json {
+                json::print_lines(federations.iter().map(json::federation));
+                return Ok(());
+            }
+            for fed in federations {
                 let config = fed.config.unwrap_or_default();
                 let latest = fed.latest.unwrap_or_default();
                 println!(
@@ -425,7 +461,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             federation,
             watch,
             admin,
+            output,
         }) => {
+            let print = |round: &pb::Round| match output {
+                Output::Json => json::print_lines([json::round(round)]),
+                Output::Table => print_round(round),
+            };
             let mut client = admin_client(&admin).await?;
             let rounds = match (round, federation) {
                 (Some(id), _) => vec![
@@ -449,10 +490,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .max_by_key(|r| r.id)
                     .context("no rounds yet")?;
                 let round = wait_for_round(&mut client, latest.id, progress_printer()).await?;
-                print_round(&round);
+                print(&round);
                 return Ok(());
             }
-            rounds.iter().for_each(print_round);
+            rounds.iter().for_each(print);
             Ok(())
         }
         Command::Agents { admin, output } => {
@@ -464,11 +505,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .agents;
             let now_ms = harambee_link::clock::Clock::system().unix_ms();
             match output {
-                Output::Json => {
-                    for agent in &agents {
-                        println!("{}", agent_json(agent));
-                    }
-                }
+                Output::Json => json::print_lines(agents.iter().map(json::agent)),
                 Output::Table => {
                     println!("facility\tstate\tlast seen (UTC)\tprivacy\tcertificate sha256");
                     for agent in &agents {
@@ -959,6 +996,9 @@ pub fn print_round(round: &pb::Round) {
     if !round.failure_reason.is_empty() {
         println!("  reason: {}", round.failure_reason);
     }
+    for n in &round.not_selected {
+        println!("  {:<24} {:<9} ({})", n.facility, "not selected", n.reason);
+    }
     for p in &round.participants {
         let status = status_name(p);
         let detail = if p.detail.is_empty() {
@@ -1070,7 +1110,20 @@ pub fn progress_line(round: &pb::Round) -> String {
     }
     let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     if counts.is_empty() {
-        format!("round {}: {state}", round.id)
+        let refusing: Vec<String> = round
+            .not_selected
+            .iter()
+            .map(|n| format!("{} ({})", n.facility, n.reason))
+            .collect();
+        if refusing.is_empty() {
+            format!("round {}: {state}", round.id)
+        } else {
+            format!(
+                "round {}: {state}; not selected: {}",
+                round.id,
+                refusing.join(", ")
+            )
+        }
     } else {
         format!(
             "round {}: {state}; {} selected: {}",
@@ -1089,18 +1142,6 @@ pub enum Output {
     Table,
     /// For scripts: one JSON object per line.
     Json,
-}
-
-fn agent_json(agent: &pb::Agent) -> serde_json::Value {
-    serde_json::json!({
-        "facility": agent.facility,
-        "connected": agent.connected,
-        "last_seen_unix_ms": agent.last_seen_unix_ms,
-        "cert_sha256": agent.cert_sha256,
-        "epsilon_spent": agent.epsilon_spent,
-        "max_epsilon": agent.max_epsilon,
-        "delta": agent.delta,
-    })
 }
 
 fn agent_line(agent: &pb::Agent, now_ms: i64) -> String {
@@ -1188,6 +1229,19 @@ mod tests {
             progress_line(&round),
             "round 12: masked input; 3 selected: 1 dropped, 2 uploaded"
         );
+        let selecting = pb::Round {
+            id: 13,
+            state: pb::RoundState::Selecting as i32,
+            not_selected: vec![pb::NotSelected {
+                facility: "d".into(),
+                reason: "its budget is spent".into(),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_line(&selecting),
+            "round 13: selecting; not selected: d (its budget is spent)"
+        );
     }
 
     #[test]
@@ -1206,8 +1260,37 @@ mod tests {
             line,
             "kisumu\tconnected\t2026-12-04 19:58:02 (1 s ago)\tε 1.50 of 10\tab"
         );
-        let json = agent_json(&agent);
+        let json = json::agent(&agent);
         assert_eq!(json["last_seen_unix_ms"], 1_796_414_282_000i64);
         assert_eq!(json["max_epsilon"], 10.0);
+    }
+
+    #[test]
+    fn a_round_as_json_names_states_and_keeps_nan_out() {
+        let round = pb::Round {
+            id: 7,
+            federation: "heart".into(),
+            state: pb::RoundState::Committed as i32,
+            participants: vec![pb::Participant {
+                facility: "kisumu".into(),
+                status: pb::ParticipantStatus::Uploaded as i32,
+                n_samples: 120,
+                metrics: Some(pb::Metrics {
+                    n_samples: 40,
+                    auc: 0.9,
+                    sensitivity: f64::NAN,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&json::round(&round).to_string()).unwrap();
+        assert_eq!(json["state"], "committed");
+        assert_eq!(json["participants"][0]["status"], "uploaded");
+        assert_eq!(json["participants"][0]["metrics"]["auc"], 0.9);
+        assert!(json["participants"][0]["metrics"]["sensitivity"].is_null());
+        assert!(json["result"].is_null());
     }
 }
