@@ -90,11 +90,36 @@ pub async fn run(args: EnrolArgs) -> anyhow::Result<()> {
     );
     println!("  CA           {}", done.ca.display());
     if done.wrote_config {
-        println!(
-            "next: set [data] csv and review [policy] (it allows no federation until you name one) in {}, then run `harambee-agent run --config {}`",
-            done.config.display(),
-            done.config.display()
-        );
+        let allowed = allowed_invitations(&done.federations);
+        if allowed.is_empty() {
+            println!(
+                "next: set [data] csv and review [policy] (it allows no federation until you name one) in {}, then run `harambee-agent run --config {}`",
+                done.config.display(),
+                done.config.display()
+            );
+        } else {
+            println!(
+                "  [policy] allows what the coordinator says may select this facility now; REVIEW it:"
+            );
+            for f in allowed {
+                println!(
+                    "    federation {} ({}, label {}{})",
+                    f.name,
+                    f.model_kind,
+                    f.label,
+                    if f.names_facility {
+                        ", names this facility"
+                    } else {
+                        ", open to every facility"
+                    }
+                );
+            }
+            println!(
+                "next: set [data] csv and review [policy] in {}, then run `harambee-agent run --config {}`",
+                done.config.display(),
+                done.config.display()
+            );
+        }
     } else {
         println!(
             "kept the existing {}; check that its [tls] section names these files",
@@ -116,6 +141,9 @@ pub struct Enrolled {
     /// `false` if an `agent.toml` was already there (it is never overwritten).
     pub wrote_config: bool,
     pub not_after_unix_ms: i64,
+    /// The federations the coordinator said may select this facility (the written
+    /// `[policy]` allows those that pass [`allowed_invitations`]).
+    pub federations: Vec<pb::FederationInvitation>,
 }
 
 /// Enrols with `token`, writing the key, certificate, CA and an `agent.toml` skeleton into
@@ -179,7 +207,8 @@ pub async fn enrol_via(
     write_file(&paths.cert, issued.certificate_pem.as_bytes(), 0o644)?;
     let wrote_config = !paths.config.exists();
     if wrote_config {
-        write_file(&paths.config, config_skeleton(&token).as_bytes(), 0o644)?;
+        let text = config_skeleton(&token, &issued.federations);
+        write_file(&paths.config, text.as_bytes(), 0o644)?;
     }
     Ok(Enrolled {
         facility: token.facility.clone(),
@@ -190,7 +219,34 @@ pub async fn enrol_via(
         config: paths.config,
         wrote_config,
         not_after_unix_ms: issued.not_after_unix_ms,
+        federations: issued.federations,
     })
+}
+
+/// The invitations a written `[policy]` may name: a plain federation name, a model kind the
+/// agent knows, and a label that is a plain column name. Anything else from the coordinator
+/// is left out (the facility names it by hand if it wants it).
+pub fn allowed_invitations(
+    invitations: &[pb::FederationInvitation],
+) -> Vec<&pb::FederationInvitation> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && !s.starts_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    invitations
+        .iter()
+        .filter(|f| {
+            plain(&f.name)
+                && matches!(
+                    f.model_kind.as_str(),
+                    "logistic_regression" | "mlp" | "personalized"
+                )
+                && plain(&f.label)
+        })
+        .collect()
 }
 
 /// A TLS connection to the coordinator that verifies it against `ca_pem` but presents no
@@ -418,7 +474,7 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result
     files::replace(path, bytes, mode).with_context(|| format!("writing {}", path.display()))
 }
 
-fn config_skeleton(token: &Token) -> String {
+fn config_skeleton(token: &Token, federations: &[pb::FederationInvitation]) -> String {
     // Comments aligned in one column, as in the README's example.
     let line = |setting: String, comment: &str| match comment {
         "" => format!("{setting}\n"),
@@ -462,8 +518,44 @@ fn config_skeleton(token: &Token) -> String {
         "the facility's CSV file: set this",
     );
     out += &line("holdout_fraction = 0.25".to_owned(), "");
-    out += POLICY_SKELETON;
+    out += &policy_section(federations);
     out
+}
+
+/// The `[policy]` section: [`POLICY_SKELETON`], with the three allow-lists filled from the
+/// coordinator's invitations when it sent any.
+fn policy_section(federations: &[pb::FederationInvitation]) -> String {
+    let allowed = allowed_invitations(federations);
+    if allowed.is_empty() {
+        return POLICY_SKELETON.to_owned();
+    }
+    let list = |items: Vec<&str>| {
+        let mut items: Vec<&str> = items;
+        items.sort_unstable();
+        items.dedup();
+        let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let names = list(allowed.iter().map(|f| f.name.as_str()).collect());
+    let kinds = list(allowed.iter().map(|f| f.model_kind.as_str()).collect());
+    let labels = list(allowed.iter().map(|f| f.label.as_str()).collect());
+    let filled = format!(
+        "[policy]\n\
+         # REVIEW: the coordinator said at enrolment that these federations may select this\n\
+         # facility. Keep only those the national unit asked it to join (\"*\": any).\n\
+         {:<36}# {}\n{:<36}# {}\n{:<36}# {}\n",
+        format!("allowed_federations = {names}"),
+        "federations this facility takes part in",
+        format!("allowed_model_kinds = {kinds}"),
+        "logistic_regression, mlp, personalized",
+        format!("allowed_labels = {labels}"),
+        "label columns of the federations' schemas",
+    );
+    let rules = POLICY_SKELETON
+        .split_once("# The rules below")
+        .map(|(_, rest)| format!("# The rules below{rest}"))
+        .expect("the skeleton has its default rules");
+    format!("\n{filled}{rules}")
 }
 
 /// The `[policy]` section `enrol` writes: what the facility allows, every rule with its
@@ -554,7 +646,7 @@ mod tests {
                 42,
             );
             let path = dir.path().join("agent.toml");
-            std::fs::write(&path, config_skeleton(&token)).unwrap();
+            std::fs::write(&path, config_skeleton(&token, &[])).unwrap();
             let config = crate::config::AgentConfig::load(&path).unwrap();
             assert_eq!(config.tls.key, dir.path().join(KEY_FILE));
             assert_eq!(config.server_name(), server_name.unwrap_or("10.0.0.5"));
@@ -572,7 +664,7 @@ mod tests {
             &"ab".repeat(32),
             42,
         );
-        let text = config_skeleton(&token);
+        let text = config_skeleton(&token, &[]);
         let policy = text.split("[policy]").nth(1).expect("a [policy] section");
         let as_written: crate::config::PolicyConfig = toml::from_str(policy).unwrap();
         assert_eq!(as_written, crate::config::PolicyConfig::default());
@@ -588,6 +680,55 @@ mod tests {
         assert_eq!(every_rule.max_epsilon, Some(10.0));
         every_rule.max_epsilon = None;
         assert_eq!(every_rule, crate::config::PolicyConfig::default());
+    }
+
+    /// The coordinator's invitations fill the three allow-lists; the other rules keep their
+    /// defaults, and a name that is not plain is left out rather than written.
+    #[test]
+    fn the_written_policy_allows_the_invitations() {
+        let token = Token::generate(
+            "https://10.0.0.5:7443",
+            None,
+            "kisumu",
+            &"ab".repeat(32),
+            42,
+        );
+        let invite = |name: &str, kind: &str, label: &str| pb::FederationInvitation {
+            name: name.into(),
+            model_kind: kind.into(),
+            label: label.into(),
+            names_facility: true,
+        };
+        let invitations = [
+            invite("heart-disease", "logistic_regression", "target"),
+            invite("readmission", "mlp", "readmitted"),
+            invite("evil\"]\nallowed_labels = [\"*", "mlp", "x"),
+            invite("odd", "transformer", "x"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config_skeleton(&token, &invitations)).unwrap();
+        let config = crate::config::AgentConfig::load(&path).unwrap();
+        let policy = config.policy;
+        assert_eq!(
+            policy.allowed_federations,
+            vec!["heart-disease".to_owned(), "readmission".to_owned()]
+        );
+        assert_eq!(
+            policy.allowed_model_kinds,
+            vec!["logistic_regression".to_owned(), "mlp".to_owned()]
+        );
+        assert_eq!(
+            policy.allowed_labels,
+            vec!["readmitted".to_owned(), "target".to_owned()]
+        );
+        let defaults = crate::config::PolicyConfig::default();
+        assert_eq!(policy.max_epsilon, defaults.max_epsilon);
+        assert_eq!(policy.min_contributors, defaults.min_contributors);
+        assert_eq!(
+            policy.require_secure_aggregation,
+            defaults.require_secure_aggregation
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ use harambee_proto::pb::{
     identity_service_server::{IdentityService, IdentityServiceServer},
 };
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use crate::identity::{Issuing, Revoked};
 use crate::pki::{self, CertFacts, CsrError, IssuedCert, PkiPaths, Signer};
@@ -377,7 +377,34 @@ impl EnrolmentApi {
             Err(e) => return Err(e.into()),
         }
         info!(facility = %row.facility, sha256 = %issued.sha256, "facility enrolled");
-        Ok(issued_pb(&issued, &issuing, &row.facility))
+        let mut answer = issued_pb(&issued, &issuing, &row.facility);
+        answer.federations = self.invitations(&row.facility).await?;
+        Ok(answer)
+    }
+
+    /// The federations that may select `facility` now, for the agent's first `[policy]`.
+    async fn invitations(
+        &self,
+        facility: &str,
+    ) -> Result<Vec<pb::FederationInvitation>, EnrolError> {
+        let mut invitations = Vec::new();
+        for row in self.coord.store.federations().await? {
+            let Ok(spec) =
+                serde_json::from_str::<crate::federation::FederationSpec>(&row.config_json)
+            else {
+                warn!(federation = %row.name, "stored federation unreadable; not named at enrolment");
+                continue;
+            };
+            if spec.admits(facility) {
+                invitations.push(pb::FederationInvitation {
+                    name: spec.name.clone(),
+                    model_kind: spec.model.kind.as_str().to_owned(),
+                    label: spec.schema.label.clone(),
+                    names_facility: !spec.facilities.is_empty(),
+                });
+            }
+        }
+        Ok(invitations)
     }
 
     /// Renews the certificate `current` that `peer` connects with.
@@ -826,6 +853,7 @@ fn issued_pb(issued: &IssuedCert, issuing: &Issuing, facility: &str) -> pb::Issu
         sha256: issued.sha256.clone(),
         not_after_unix_ms: issued.not_after.unix_timestamp() * 1000,
         facility: facility.to_owned(),
+        federations: Vec::new(),
     }
 }
 
