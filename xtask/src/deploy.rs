@@ -108,7 +108,13 @@ pub fn check_manifests(objects: &[Value], namespace: Option<&str>) -> Vec<String
             str_at(o, &["metadata", "name"]).unwrap_or("(no name)")
         )
     };
-    let mut wanted = vec!["Deployment", "Service", "ConfigMap", "PodDisruptionBudget"];
+    let mut wanted = vec![
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    ];
     if namespace.is_some() {
         wanted.push("Namespace");
     }
@@ -137,11 +143,11 @@ pub fn check_manifests(objects: &[Value], namespace: Option<&str>) -> Vec<String
                     .into_iter()
                     .map(|o| format!("{name}: {o}")),
             ),
-            "PodDisruptionBudget" | "Service" => {
-                let path: &[&str] = if kind_of(object) == "Service" {
-                    &["spec", "selector"]
-                } else {
-                    &["spec", "selector", "matchLabels"]
+            "PodDisruptionBudget" | "Service" | "NetworkPolicy" => {
+                let path: &[&str] = match kind_of(object).as_str() {
+                    "Service" => &["spec", "selector"],
+                    "NetworkPolicy" => &["spec", "podSelector", "matchLabels"],
+                    _ => &["spec", "selector", "matchLabels"],
                 };
                 let selector = at(object, path);
                 if !deployments.iter().any(|d| {
@@ -661,6 +667,11 @@ kind: PodDisruptionBudget
 metadata: {name: p}
 spec: {selector: {matchLabels: {app: other}}}
 ---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: n}
+spec: {podSelector: {matchLabels: {app: elsewhere}}}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: d}
@@ -687,6 +698,7 @@ spec:
             "ConfigMap c: data b holds PEM armour",
             "Secret s: Secrets are created by the operator",
             "PodDisruptionBudget p: its selector matches no Deployment's pods",
+            "NetworkPolicy n: its selector matches no Deployment's pods",
             "image harambee-coordinator:latest",
             "runAsNonRoot is not true",
             "readOnlyRootFilesystem is not true",
