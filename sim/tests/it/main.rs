@@ -27,6 +27,7 @@ mod ledger_key;
 mod ledger_paging;
 mod ledger_rotation_agent;
 mod network_faults;
+mod operator_walkthrough;
 mod ops;
 mod peers;
 mod personalization;
