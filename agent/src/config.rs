@@ -347,7 +347,7 @@ mod tests {
             .split("```toml\n")
             .skip(1)
             .map(|b| b.split("```").next().unwrap())
-            .find(|b| b.starts_with("coordinator = "))
+            .find(|b| b.starts_with("coordinator = ") && b.contains("[tls]"))
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");

@@ -167,6 +167,27 @@ mod tests {
         assert!(pki.get_default_values().is_empty());
     }
 
+    /// The README's example profile is one this code reads.
+    #[test]
+    fn the_readme_profile_reads() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .find(|b| b.contains("operator = "))
+            .expect("the README shows a profile");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("operator.toml");
+        std::fs::write(&path, block).unwrap();
+        let profile = Profile::read(&path).unwrap();
+        assert_eq!(
+            profile.server_name.as_deref(),
+            Some("coordinator.health.example")
+        );
+        assert_eq!(profile.auditor.as_deref(), Some("moh-audit"));
+    }
+
     #[test]
     fn a_misspelt_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
