@@ -256,9 +256,19 @@ async fn a_new_operator_runs_a_federation_from_the_readme_and_deploy_files() {
     .await;
     assert!(waited.contains("started round"), "{waited}");
     assert!(waited.contains(": committed"), "{waited}");
+    // A progress line each time the stage or a facility's state changed (polled, so a
+    // short stage may pass unseen), the last one at the end.
+    let progress: Vec<&str> = waited
+        .lines()
+        .filter(|l| l.contains(" s  round "))
+        .collect();
+    assert!(progress.len() >= 2, "progress lines: {waited}");
     assert!(
-        waited.contains("masked input"),
-        "progress per stage: {waited}"
+        progress
+            .last()
+            .unwrap()
+            .contains("committed; 3 selected: 3 uploaded"),
+        "{waited}"
     );
 
     let rounds = json_lines(
