@@ -219,6 +219,8 @@ pub struct Round<M> {
     optimizer: ServerOptimizer,
     /// Central DP: noise to add to the sum of the updates before the mean is taken.
     central_noise: Option<LatticeNoise>,
+    /// Threads the secure sum's unmasking may use ([`Round::with_unmask_threads`]).
+    unmask_threads: usize,
 }
 
 impl<M: Clone> Round<M> {
@@ -249,7 +251,16 @@ impl<M: Clone> Round<M> {
             secure: None,
             optimizer: ServerOptimizer::new(StrategyConfig::FedAvg).expect("FedAvg is valid"),
             central_noise: None,
+            unmask_threads: 1,
         })
+    }
+
+    /// Lets the unmasking of a secure sum expand its masks on `threads` threads (each over
+    /// its own part of the vector; the same result as one). The driver passes the cores it
+    /// can spare; the round itself stays free of scheduling decisions.
+    pub fn with_unmask_threads(mut self, threads: usize) -> Round<M> {
+        self.unmask_threads = threads.max(1);
+        self
     }
 
     /// Central differential privacy: `noise` (one discrete Gaussian draw per parameter on the
@@ -794,7 +805,7 @@ impl<M: Clone> Round<M> {
             .secure
             .as_ref()
             .map_or(Duration::from_secs(60), |s| s.stage_timeout);
-        match secure.advance() {
+        match secure.advance(self.unmask_threads) {
             Ok(Advance::Next { stage, messages }) => {
                 self.enter(stage, now + stage_timeout);
                 self.events.push_back(Event::SecAgg {

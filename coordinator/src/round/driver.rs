@@ -153,7 +153,10 @@ pub fn spawn(
         base_params,
         coord.clock.now(),
     )?
-    .with_optimizer(optimizer);
+    .with_optimizer(optimizer)
+    // The unmasking runs off the async workers (`off_the_workers`) at the end of a round,
+    // when little else needs the cores.
+    .with_unmask_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     if spec.privacy.mechanism == Mechanism::Central {
         // One lattice Gaussian draw per parameter, from a CSPRNG seeded by the operating system's.
         let mut rng = harambee_secagg::ChaCha20Rng::from_seed(rand::random());

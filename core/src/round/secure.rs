@@ -235,7 +235,7 @@ impl SecureRound {
     }
 
     /// Closes the current stage (everyone answered, or its deadline passed).
-    pub(super) fn advance(&mut self) -> Result<Advance, ServerError> {
+    pub(super) fn advance(&mut self, unmask_threads: usize) -> Result<Advance, ServerError> {
         let server = std::mem::replace(&mut self.server, Server::Done);
         let (next, stage, messages): (Server, Stage, Vec<(u32, SecAggOut)>) = match server {
             Server::Keys(s) => {
@@ -321,7 +321,9 @@ impl SecureRound {
                         .collect(),
                 )
             }
-            Server::Unmask(s) => return s.finish().map(Advance::Done),
+            Server::Unmask(s) => {
+                return s.finish_with_threads(unmask_threads).map(Advance::Done);
+            }
             Server::Done => unreachable!("advance after the aggregate"),
         };
         self.server = next;

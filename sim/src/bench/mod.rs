@@ -1,5 +1,6 @@
 //! `harambee-sim bench …`: benchmarks that print figures (never timed tests).
 
+pub mod bound;
 pub mod idle;
 pub mod quality;
 pub mod secagg;
