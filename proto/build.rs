@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Upload chunks as `bytes::Bytes`: decoded as a view of the received buffer, not a
+        // copy (the coordinator's hottest path: every update passes through it).
+        .bytes(".harambee.v1.UploadUpdateRequest.data")
         .compile_fds(fds)?;
     Ok(())
 }

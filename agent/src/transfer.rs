@@ -125,6 +125,15 @@ async fn fetch(
     Ok(harambee_core::params::from_le_bytes(&bytes)?)
 }
 
+/// An upload's bytes, shared with the retry logic that may send them again.
+struct SharedPayload(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedPayload {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
 /// Streams one update: header, then chunks of at most [`harambee_proto::CHUNK_BYTES`].
 pub async fn upload_update(
     client: &mut AgentServiceClient<Channel>,
@@ -134,12 +143,14 @@ pub async fn upload_update(
     let first = pb::UploadUpdateRequest {
         part: Some(Part::Header(header)),
     };
+    // Chunks are views of the payload, not copies.
+    let payload = bytes::Bytes::from_owner(SharedPayload(payload));
     let n_chunks = payload.len().div_ceil(harambee_proto::CHUNK_BYTES);
     let chunks = (0..n_chunks).map(move |i| {
         let start = i * harambee_proto::CHUNK_BYTES;
         let end = (start + harambee_proto::CHUNK_BYTES).min(payload.len());
         pb::UploadUpdateRequest {
-            part: Some(Part::Data(payload[start..end].to_vec())),
+            part: Some(Part::Data(payload.slice(start..end))),
         }
     });
     let stream = futures::stream::iter(std::iter::once(first).chain(chunks));

@@ -64,7 +64,15 @@ pub fn validate_update(
             limit: max_samples,
         });
     }
-    if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+    // Branch-free over the whole vector first (it vectorizes; a search stopping at the first
+    // non-finite value does not), then find the first one only if there is one.
+    const EXPONENT: u32 = 0x7f80_0000;
+    let any_non_finite = values
+        .iter()
+        .fold(false, |acc, v| acc | (v.to_bits() & EXPONENT == EXPONENT));
+    if any_non_finite
+        && let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite())
+    {
         return Err(UpdateError::NonFinite { index, value });
     }
     Ok(())

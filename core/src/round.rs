@@ -29,7 +29,7 @@ use harambee_secagg::{ServerError, Word};
 use thiserror::Error;
 
 use self::secure::{Advance, SecureRound};
-pub use self::secure::{SecAggIn, SecAggOut, SecAggRefusal};
+pub use self::secure::{MaskedPieces, SecAggIn, SecAggOut, SecAggRefusal};
 use crate::FacilityId;
 use crate::aggregate::FedAvg;
 use crate::params::{UpdateError, validate_update};

@@ -492,6 +492,50 @@ impl CollectingMaskedInputs {
         Ok(())
     }
 
+    /// [`CollectingMaskedInputs::receive`] for a masked input still encoded as it arrived:
+    /// its words little-endian, in `pieces` split at any byte boundary (network chunks).
+    /// Every check is made before the first word is added, so a refused input leaves the
+    /// sum as it was; the words are added straight from the pieces, with no decoded copy.
+    pub fn receive_le_pieces<P: AsRef<[u8]>>(
+        &mut self,
+        from: u32,
+        round_id: u64,
+        sender: u32,
+        word: Word,
+        pieces: &[P],
+    ) -> Result<(), ServerError> {
+        self.core
+            .check_sender(from, sender, round_id, &self.live, Stage::MaskedInput)?;
+        if self.received.contains(&from) {
+            return Err(ServerError::Duplicate {
+                peer: from,
+                stage: Stage::MaskedInput,
+            });
+        }
+        if word != self.core.params.word {
+            return Err(ServerError::WrongWordSize {
+                peer: from,
+                expected: self.core.params.word.bits(),
+                got: word.bits(),
+            });
+        }
+        let expected = self.core.params.vector_len + 1;
+        let total: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
+        if total != expected * word.bytes() {
+            return Err(ServerError::WrongLength {
+                peer: from,
+                expected,
+                got: total / word.bytes(),
+            });
+        }
+        match &mut self.sum {
+            MaskedWords::U32(sum) => add_le_pieces(sum, pieces),
+            MaskedWords::U64(sum) => add_le_pieces(sum, pieces),
+        }
+        self.received.insert(from);
+        Ok(())
+    }
+
     /// Bytes held for `client`: its advertisement only; masked vectors are folded into one
     /// shared running sum on arrival.
     pub fn stored_bytes(&self, client: u32) -> usize {
@@ -594,6 +638,37 @@ fn unrecoverable(
 fn add_into<W: MaskWord>(sum: &mut [W], words: &[W]) {
     for (s, w) in sum.iter_mut().zip(words) {
         *s = s.wrapping_add(*w);
+    }
+}
+
+/// Adds little-endian words, split across `pieces` at any byte boundary, into `sum`
+/// (whose length the caller checked against the pieces' total).
+fn add_le_pieces<W: MaskWord, P: AsRef<[u8]>>(sum: &mut [W], pieces: &[P]) {
+    let mut next = 0;
+    let mut carry = [0u8; 8];
+    let mut carried = 0;
+    for piece in pieces {
+        let mut bytes = piece.as_ref();
+        if carried > 0 {
+            let take = (W::BYTES - carried).min(bytes.len());
+            carry[carried..carried + take].copy_from_slice(&bytes[..take]);
+            carried += take;
+            bytes = &bytes[take..];
+            if carried < W::BYTES {
+                continue;
+            }
+            sum[next] = sum[next].wrapping_add(W::from_le(&carry[..W::BYTES]));
+            next += 1;
+        }
+        let words = bytes.chunks_exact(W::BYTES);
+        let rest = words.remainder();
+        let n = bytes.len() / W::BYTES;
+        for (s, w) in sum[next..next + n].iter_mut().zip(words) {
+            *s = s.wrapping_add(W::from_le(w));
+        }
+        next += n;
+        carry[..rest.len()].copy_from_slice(rest);
+        carried = rest.len();
     }
 }
 

@@ -51,7 +51,43 @@ fn wrong_vector_length_and_word_size_are_rejected() {
             got: 64
         })
     );
-    // The genuine message is still accepted afterwards: a rejected message changes nothing.
+    // The same refusals for an input still in its network pieces, made before any word
+    // is added.
+    let genuine = m.masked[&10].clone();
+    let bytes = genuine.words.to_le_bytes();
+    let short = common::uneven_pieces(&bytes[..bytes.len() - 4], 0);
+    assert_eq!(
+        m.server
+            .receive_le_pieces(10, genuine.round_id, 10, genuine.words.word(), &short),
+        Err(ServerError::WrongLength {
+            peer: 10,
+            expected: 9,
+            got: 8
+        })
+    );
+    let long = common::uneven_pieces(&[bytes.as_slice(), &[0u8; 4]].concat(), 1);
+    assert!(matches!(
+        m.server
+            .receive_le_pieces(10, genuine.round_id, 10, genuine.words.word(), &long),
+        Err(ServerError::WrongLength { peer: 10, .. })
+    ));
+    assert_eq!(
+        m.server.receive_le_pieces(
+            10,
+            genuine.round_id,
+            10,
+            harambee_secagg::Word::U64,
+            &[vec![0u8; 72]]
+        ),
+        Err(ServerError::WrongWordSize {
+            peer: 10,
+            expected: 32,
+            got: 64
+        })
+    );
+    // The genuine message is still accepted afterwards: a rejected message changes nothing
+    // (the round's sum is checked at the end of every honest round in tests/sum.rs, where
+    // half the clients' inputs arrive in pieces).
     m.server.receive(10, m.masked[&10].clone()).unwrap();
 
     // A client refuses an input of the wrong length, non-finite values and bad weights.

@@ -90,7 +90,8 @@ pub enum RoundInput {
     /// Secure aggregation: a masked input (little-endian words).
     Masked {
         agent: FacilityId,
-        bytes: Vec<u8>,
+        /// Little-endian words, in the chunks they arrived in.
+        pieces: Vec<bytes::Bytes>,
         receipt: SignedReceipt,
         reply: oneshot::Sender<Result<(), RoundError>>,
     },
@@ -480,7 +481,7 @@ impl Driver {
             }
             RoundInput::Masked {
                 agent,
-                bytes,
+                pieces,
                 receipt,
                 reply,
             } => {
@@ -496,7 +497,7 @@ impl Driver {
                         source,
                     })
                     .and_then(|contribution| {
-                        self.masked_input(now, &agent, &bytes)?;
+                        self.masked_input(now, &agent, pieces)?;
                         self.contributions.insert(agent.clone(), contribution);
                         Ok(())
                     });
@@ -768,12 +769,13 @@ impl Driver {
         }
     }
 
-    fn masked_input(&mut self, now: Instant, agent: &str, bytes: &[u8]) -> Result<(), RoundError> {
-        use harambee_core::round::{SecAggIn, SecAggRefusal};
-        let refuse = |e: harambee_secagg::DecodeError| RoundError::SecAgg {
-            agent: agent.into(),
-            source: SecAggRefusal::Malformed(e.to_string()),
-        };
+    fn masked_input(
+        &mut self,
+        now: Instant,
+        agent: &str,
+        pieces: Vec<bytes::Bytes>,
+    ) -> Result<(), RoundError> {
+        use harambee_core::round::{MaskedPieces, SecAggIn};
         let (word, _) = self
             .round
             .masked_input_shape()
@@ -782,14 +784,17 @@ impl Driver {
             .round
             .secagg_id(agent)
             .ok_or_else(|| RoundError::NotSelected(agent.into()))?;
-        let words = harambee_secagg::MaskedWords::from_le_bytes(word, bytes).map_err(refuse)?;
-        let input = harambee_secagg::MaskedInput {
+        let input = MaskedPieces {
             round_id: self.row.id,
             sender,
-            words,
+            word,
+            pieces,
         };
-        self.round
-            .handle_secagg(now, agent, SecAggIn::Masked(input))
+        // Adding 4 bytes per parameter into the sum: off the async workers.
+        off_the_workers(|| {
+            self.round
+                .handle_secagg(now, agent, SecAggIn::MaskedPieces(input))
+        })
     }
 
     /// The ledger evidence of the peer-key stage: a head signed now; each participant's

@@ -202,7 +202,8 @@ impl AgentService for AgentApi {
             return Err(ServiceError::from(answer.await.map_err(|_| round_gone())?).into());
         }
         let expected_bytes = round.n_params * 4;
-        let mut payload = Vec::with_capacity(expected_bytes);
+        // Decoded as the chunks arrive: no copy of the raw bytes is kept.
+        let mut values = F32Decoder::with_capacity(round.n_params);
         let mut hasher = Sha256::new();
         while let Some(message) = parts.message().await? {
             let Some(Part::Data(data)) = message.part else {
@@ -219,24 +220,24 @@ impl AgentService for AgentApi {
                 ))
                 .into());
             }
-            if payload.len() + data.len() > expected_bytes {
+            if values.bytes() + data.len() > expected_bytes {
                 return Err(ServiceError::invalid_argument(format!(
                     "update exceeds the model's {expected_bytes} bytes"
                 ))
                 .into());
             }
             hasher.update(&data);
-            payload.extend_from_slice(&data);
+            values.push(&data);
             // An upload that progresses is a facility alive, whatever its heartbeats do
             // behind it on a slow link.
             self.coord
                 .registry
                 .progress(&peer.name, self.coord.clock.now());
         }
-        if payload.len() != expected_bytes {
+        if values.bytes() != expected_bytes {
             return Err(ServiceError::invalid_argument(format!(
                 "update ended after {} of {expected_bytes} bytes",
-                payload.len()
+                values.bytes()
             ))
             .into());
         }
@@ -252,11 +253,9 @@ impl AgentService for AgentApi {
             &header,
             &round,
             &digest,
-            payload.len(),
+            expected_bytes,
         )?;
-        let values = harambee_core::params::from_le_bytes(&payload)
-            .map_err(|e| ServiceError::invalid_argument(e.to_string()))?;
-        drop(payload);
+        let values = values.finish();
         let (reply, answer) = oneshot::channel();
         let input = RoundInput::Update {
             agent: peer.name.as_str().into(),
@@ -734,7 +733,10 @@ impl AgentApi {
             ))
             .into());
         }
-        let mut payload = Vec::with_capacity(declared.saturating_mul(8).min(max_bytes));
+        // The chunks as received (views of the transport's buffers, not copies); the round
+        // adds them into its sum straight from there.
+        let mut pieces: Vec<bytes::Bytes> = Vec::new();
+        let mut received = 0usize;
         let mut hasher = Sha256::new();
         while let Some(message) = parts.message().await? {
             let Some(Part::Data(data)) = message.part else {
@@ -743,14 +745,15 @@ impl AgentApi {
                 )
                 .into());
             };
-            if data.len() > harambee_proto::CHUNK_BYTES || payload.len() + data.len() > max_bytes {
+            if data.len() > harambee_proto::CHUNK_BYTES || received + data.len() > max_bytes {
                 return Err(ServiceError::invalid_argument(
                     "masked input larger than the model allows",
                 )
                 .into());
             }
             hasher.update(&data);
-            payload.extend_from_slice(&data);
+            received += data.len();
+            pieces.push(data);
             self.coord
                 .registry
                 .progress(facility, self.coord.clock.now());
@@ -761,18 +764,11 @@ impl AgentApi {
                 ServiceError::data_loss("masked input checksum mismatch; upload it again").into(),
             );
         }
-        let receipt = check_receipt(
-            facility,
-            receipt_key,
-            &header,
-            &round,
-            &digest,
-            payload.len(),
-        )?;
+        let receipt = check_receipt(facility, receipt_key, &header, &round, &digest, received)?;
         let (reply, answer) = oneshot::channel();
         let input = RoundInput::Masked {
             agent: facility.into(),
-            bytes: payload,
+            pieces,
             receipt,
             reply,
         };
@@ -782,6 +778,53 @@ impl AgentApi {
             .map_err(|_| round_gone())?
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::UploadUpdateResponse {}))
+    }
+}
+
+/// Little-endian `f32` values decoded from chunks split at any byte boundary.
+struct F32Decoder {
+    values: Vec<f32>,
+    carry: [u8; 4],
+    carried: usize,
+}
+
+impl F32Decoder {
+    fn with_capacity(n: usize) -> F32Decoder {
+        F32Decoder {
+            values: Vec::with_capacity(n),
+            carry: [0; 4],
+            carried: 0,
+        }
+    }
+
+    /// Bytes taken so far.
+    fn bytes(&self) -> usize {
+        self.values.len() * 4 + self.carried
+    }
+
+    fn push(&mut self, mut data: &[u8]) {
+        if self.carried > 0 {
+            let take = (4 - self.carried).min(data.len());
+            self.carry[self.carried..self.carried + take].copy_from_slice(&data[..take]);
+            self.carried += take;
+            data = &data[take..];
+            if self.carried < 4 {
+                return;
+            }
+            self.values.push(f32::from_le_bytes(self.carry));
+            self.carried = 0;
+        }
+        let words = data.chunks_exact(4);
+        let rest = words.remainder();
+        self.values
+            .extend(words.map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])));
+        self.carry[..rest.len()].copy_from_slice(rest);
+        self.carried = rest.len();
+    }
+
+    /// The values; a trailing partial word (which the length check refuses first) is dropped.
+    fn finish(self) -> Vec<f32> {
+        self.values
     }
 }
 
@@ -818,4 +861,31 @@ impl Drop for StreamGuard {
 
 fn round_gone() -> ServiceError {
     ServiceError::failed_precondition("the round ended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::F32Decoder;
+
+    /// Chunks cut anywhere, even inside a value, decode to the values.
+    #[test]
+    fn values_split_across_chunks_decode_whole() {
+        let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.37 - 100.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for cut in [1usize, 3, 4, 5, 7, 1024, 4000] {
+            let mut decoder = F32Decoder::with_capacity(values.len());
+            for chunk in bytes.chunks(cut) {
+                decoder.push(chunk);
+            }
+            assert_eq!(decoder.bytes(), bytes.len());
+            assert_eq!(decoder.finish(), values, "chunks of {cut}");
+        }
+        let mut partial = F32Decoder::with_capacity(2);
+        partial.push(&bytes[..6]);
+        assert_eq!(
+            partial.bytes(),
+            6,
+            "a partial value counts towards the length check"
+        );
+    }
 }

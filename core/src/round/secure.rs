@@ -47,8 +47,21 @@ pub enum SecAggIn {
     Advertise(SignedAdvertisement),
     Shares(Vec<EncryptedShare>),
     Masked(MaskedInput),
+    /// A masked input as it came off the network: little-endian words in the pieces the
+    /// transport delivered, added to the sum without a decoded copy
+    /// ([`harambee_secagg::CollectingMaskedInputs::receive_le_pieces`]).
+    MaskedPieces(MaskedPieces),
     Signature(ConsistencySignature),
     Unmask(UnmaskShares),
+}
+
+/// See [`SecAggIn::MaskedPieces`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskedPieces {
+    pub round_id: u64,
+    pub sender: u32,
+    pub word: harambee_secagg::Word,
+    pub pieces: Vec<bytes::Bytes>,
 }
 
 impl SecAggIn {
@@ -56,7 +69,7 @@ impl SecAggIn {
         match self {
             SecAggIn::Advertise(_) => Stage::AdvertiseKeys,
             SecAggIn::Shares(_) => Stage::ShareKeys,
-            SecAggIn::Masked(_) => Stage::MaskedInput,
+            SecAggIn::Masked(_) | SecAggIn::MaskedPieces(_) => Stage::MaskedInput,
             SecAggIn::Signature(_) | SecAggIn::Unmask(_) => Stage::Unmasking,
         }
     }
@@ -221,6 +234,13 @@ impl SecureRound {
             (Server::Keys(s), SecAggIn::Advertise(ad)) => s.receive(from, ad),
             (Server::Shares(s), SecAggIn::Shares(shares)) => s.receive(from, shares),
             (Server::Masked(s), SecAggIn::Masked(input)) => s.receive(from, input),
+            (Server::Masked(s), SecAggIn::MaskedPieces(input)) => s.receive_le_pieces(
+                from,
+                input.round_id,
+                input.sender,
+                input.word,
+                &input.pieces,
+            ),
             (Server::Signatures(s), SecAggIn::Signature(sig)) => s.receive(from, sig),
             (Server::Unmask(s), SecAggIn::Unmask(shares)) => s.receive(from, shares),
             _ => {

@@ -88,6 +88,22 @@ fn wire_list<T: Message>(m: Vec<T>) -> Vec<T> {
     decode_list(&encode_list(&m)).unwrap()
 }
 
+/// `bytes` cut into pieces of 1, 3, 7, 1000 and 5 bytes in turn, starting at `offset` in
+/// that cycle.
+pub fn uneven_pieces(bytes: &[u8], offset: usize) -> Vec<Vec<u8>> {
+    const SIZES: [usize; 5] = [1, 3, 7, 1000, 5];
+    let mut pieces = Vec::new();
+    let mut rest = bytes;
+    let mut i = offset;
+    while !rest.is_empty() {
+        let n = SIZES[i % SIZES.len()].min(rest.len());
+        pieces.push(rest[..n].to_vec());
+        rest = &rest[n..];
+        i += 1;
+    }
+    pieces
+}
+
 /// Runs a round with honest clients, `drops` deciding who stops when. Client errors panic
 /// (honest clients never see one); the server's outcome is returned.
 pub fn run(
@@ -140,7 +156,22 @@ pub fn run(
         if drops.stops(id, Stage::MaskedInput) {
             continue;
         }
-        server.receive(id, wire::<MaskedInput>(masked)).unwrap();
+        if id % 2 == 0 {
+            server.receive(id, wire::<MaskedInput>(masked)).unwrap();
+        } else {
+            // As the coordinator receives it: little-endian bytes in network chunks, here
+            // split at uneven boundaries so that words straddle pieces.
+            let pieces = uneven_pieces(&masked.words.to_le_bytes(), id as usize);
+            server
+                .receive_le_pieces(
+                    id,
+                    masked.round_id,
+                    masked.sender,
+                    masked.words.word(),
+                    &pieces,
+                )
+                .unwrap();
+        }
         stage.insert(id, client);
     }
 

@@ -281,5 +281,4 @@ mod tests {
         assert_eq!(plain.received_bytes, 40_000.0);
         assert_eq!(plain.keystream_bytes, 0.0);
     }
-
 }

@@ -188,13 +188,17 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The lower bound of this round's shape on this machine, measured now.
+    // The rates the lower bounds are made of, on this machine, measured now; each round's
+    // bound follows from its own shape (agents selected, dropouts).
     let rates = Rates::measure();
-    let shape = if args.plain {
-        Shape::plain(args.agents, n_params as usize)
-    } else {
-        Shape::secure(args.agents, n_crash, n_params as usize, args.max_weight)?
+    let shape_of = |agents: usize, dropouts: usize| -> anyhow::Result<Shape> {
+        Ok(if args.plain {
+            Shape::plain(agents, n_params as usize)
+        } else {
+            Shape::secure(agents, dropouts, n_params as usize, args.max_weight)?
+        })
     };
+    let shape = shape_of(args.agents, n_crash)?;
     let bound = Bound::of(&shape, &rates);
     if !args.json {
         println!(
@@ -213,7 +217,8 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             rates.tls_encrypt / 1e9
         );
         println!(
-            "bound: coordinator {:.3} s ({:.0} MB received, {:.0} MB of mask keystream), one agent {:.4} s (k = {})",
+            "bound of a round with {} dropouts: coordinator {:.3} s ({:.0} MB received, {:.0} MB of mask keystream), one agent {:.4} s (k = {})",
+            n_crash,
             bound.coordinator_s,
             bound.received_bytes / 1e6,
             bound.keystream_bytes / 1e6,
@@ -268,6 +273,9 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             .filter(|p| p.status() == pb::ParticipantStatus::Dropped)
             .count();
         let active = round.participants.len().max(1);
+        // Agents that crashed in an earlier round are not selected again.
+        let shape = shape_of(round.participants.len(), dropouts)?;
+        let bound = Bound::of(&shape, &rates);
         let rss = peak_rss_bytes(pid)?;
         let per_agent = sent / active as u64;
         if args.json {
