@@ -790,11 +790,8 @@ impl Driver {
             word,
             pieces,
         };
-        // Adding 4 bytes per parameter into the sum: off the async workers.
-        off_the_workers(|| {
-            self.round
-                .handle_secagg(now, agent, SecAggIn::MaskedPieces(input))
-        })
+        self.round
+            .handle_secagg(now, agent, SecAggIn::MaskedPieces(input))
     }
 
     /// The ledger evidence of the peer-key stage: a head signed now; each participant's
