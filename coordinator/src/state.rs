@@ -26,7 +26,15 @@ pub struct Settings {
     pub blob_retention: Option<Duration>,
     /// Limits on connections, chiefly enrolment connections (no client certificate).
     pub connections: ConnectionLimits,
+    /// Bytes of uploads (updates and masked inputs) held at once while they arrive, before
+    /// the round takes them: an upload waits for its share of this budget before its data
+    /// is read, so the coordinator's memory does not grow with the number of facilities
+    /// uploading together. An upload larger than the budget is taken alone.
+    pub upload_buffer_bytes: usize,
 }
+
+/// Default of [`Settings::upload_buffer_bytes`]: 128 MiB.
+pub const UPLOAD_BUFFER_BYTES: usize = 128 << 20;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -36,6 +44,7 @@ impl Default for Settings {
             reconnect_grace: Duration::from_secs(30),
             blob_retention: Some(Duration::from_secs(24 * 3600)),
             connections: Default::default(),
+            upload_buffer_bytes: UPLOAD_BUFFER_BYTES,
         }
     }
 }
@@ -99,7 +108,12 @@ pub struct Inner {
     pub clock: Arc<harambee_link::clock::Clock>,
     /// What the ops port serves (`server/ops.rs`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// [`Settings::upload_buffer_bytes`] as permits of [`UPLOAD_PERMIT_BYTES`].
+    pub upload_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// One permit of the upload budget.
+pub const UPLOAD_PERMIT_BYTES: usize = 1 << 20;
 
 /// Cheap to clone; every service and driver holds one.
 #[derive(Clone)]
@@ -121,6 +135,7 @@ impl Coordinator {
     ) -> Coordinator {
         let registry = Arc::new(Registry::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(registry.clone()));
+        let settings_budget = settings.upload_buffer_bytes;
         Coordinator(Arc::new(Inner {
             store,
             blobs,
@@ -132,7 +147,23 @@ impl Coordinator {
             ledger: Arc::new(ledger),
             clock: harambee_link::clock::Clock::system(),
             metrics,
+            upload_budget: Arc::new(tokio::sync::Semaphore::new(
+                (settings_budget / UPLOAD_PERMIT_BYTES).max(1),
+            )),
         }))
+    }
+
+    /// Waits for `bytes` of the upload budget ([`Settings::upload_buffer_bytes`]), all at
+    /// once (so two uploads never hold parts of it while each waits for more), at most the
+    /// whole budget. Released when the permit is dropped.
+    pub async fn reserve_upload(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let total = (self.settings.upload_buffer_bytes / UPLOAD_PERMIT_BYTES).max(1);
+        let wanted = bytes.div_ceil(UPLOAD_PERMIT_BYTES).clamp(1, total);
+        self.upload_budget
+            .clone()
+            .acquire_many_owned(wanted as u32)
+            .await
+            .expect("the upload budget is never closed")
     }
 
     /// The handles a round driver gets: not the whole coordinator.

@@ -162,6 +162,9 @@ pub struct ServeFile {
     pub reconnect_grace_s: Option<u64>,
     /// Hours after which model blobs no version keeps are removed (0: keep them all).
     pub blob_retention_h: Option<u64>,
+    /// MiB of uploads held at once while they arrive (default 128); see
+    /// [`Settings::upload_buffer_bytes`].
+    pub upload_buffer_mb: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -687,6 +690,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(h) = file.blob_retention_h {
         settings.blob_retention = (h > 0).then(|| Duration::from_secs(h * 3600));
+    }
+    if let Some(mb) = file.upload_buffer_mb {
+        settings.upload_buffer_bytes = usize::try_from(mb.max(1))
+            .unwrap_or(usize::MAX >> 20)
+            .saturating_mul(1 << 20);
     }
     let pki_dir = args
         .pki

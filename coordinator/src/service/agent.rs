@@ -202,6 +202,8 @@ impl AgentService for AgentApi {
             return Err(ServiceError::from(answer.await.map_err(|_| round_gone())?).into());
         }
         let expected_bytes = round.n_params * 4;
+        // Held until the round has taken the values (this call returns).
+        let _budget = self.coord.reserve_upload(expected_bytes).await;
         // Decoded as the chunks arrive: no copy of the raw bytes is kept.
         let mut values = F32Decoder::with_capacity(round.n_params);
         let mut hasher = Sha256::new();
@@ -733,6 +735,14 @@ impl AgentApi {
             ))
             .into());
         }
+        // Held until the round has added the input into its sum (this call returns). Sized
+        // for 32-bit words, the usual case; 64-bit words (many facilities with large
+        // weights) take twice the bytes against the same reservation.
+        let max_bytes = max_bytes.min(declared.saturating_mul(8));
+        let _budget = self
+            .coord
+            .reserve_upload(declared.saturating_mul(4).min(max_bytes))
+            .await;
         // The chunks as received (views of the transport's buffers, not copies); the round
         // adds them into its sum straight from there.
         let mut pieces: Vec<bytes::Bytes> = Vec::new();

@@ -379,3 +379,36 @@ async fn a_selection_names_the_facilities_whose_policy_refuses() {
     assert!(round.not_selected.is_empty(), "only while selecting");
     h.stop_agents().await;
 }
+
+/// With an upload budget of one upload at a time, facilities uploading together wait their
+/// turn and the rounds (secure, then plain) still commit with everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_upload_budget_serializes_uploads_and_rounds_commit() {
+    let mut h = Harness::prepare(None);
+    h.settings.upload_buffer_bytes = 1;
+    h.start_coordinator().await;
+    let facilities = h.facilities(Some(3));
+    for f in &facilities {
+        h.spawn_agent(f);
+    }
+    let mut admin = h.admin().await;
+    let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
+    let secure = spec(&facilities, 3, 60);
+    create_federation(&mut admin, &secure).await;
+    let mut plain_spec = plain(spec(&facilities, 3, 60));
+    plain_spec.name = "heart-plain".into();
+    create_federation(&mut admin, &plain_spec).await;
+    wait_connected(&mut admin, &names).await;
+    for name in [&secure.name, &plain_spec.name] {
+        let round = run_round(&mut admin, name).await;
+        assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
+        assert!(
+            round
+                .participants
+                .iter()
+                .all(|p| p.status() == pb::ParticipantStatus::Uploaded),
+            "{round:?}"
+        );
+    }
+    h.stop_agents().await;
+}
