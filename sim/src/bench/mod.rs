@@ -3,6 +3,7 @@
 pub mod idle;
 pub mod quality;
 pub mod secagg;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
