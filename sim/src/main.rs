@@ -41,6 +41,9 @@ enum BenchCommand {
     /// What connected, idle agents cost the coordinator: coordinator process plus N
     /// lightweight mTLS clients.
     Idle(harambee_sim::bench::idle::IdleArgs),
+    /// Local training speed, non-DP and DP-SGD, against PyTorch and Opacus on the same rows
+    /// (installs them into a virtual environment under the target directory when missing).
+    Train(harambee_sim::bench::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
                     }
                     Command::Bench(BenchCommand::Idle(args)) => {
                         harambee_sim::bench::idle::run(args).await
+                    }
+                    Command::Bench(BenchCommand::Train(args)) => {
+                        harambee_sim::bench::train::run(args).await
                     }
                 }
             })

@@ -4,6 +4,7 @@ pub mod bound;
 pub mod idle;
 pub mod quality;
 pub mod secagg;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
