@@ -56,7 +56,42 @@ pub fn all(root: &Path) -> Vec<String> {
     offences.extend(statuses_are_made_in_one_place(root));
     offences.extend(layers_look_only_down(root));
     offences.extend(no_private_key_is_tracked(root));
+    offences.extend(the_root_runs_the_demo(root));
     offences
+}
+
+/// The README's first command, `cargo run --release -- demo`, runs at the repository root:
+/// cargo picks a binary to run only when exactly one default member has binaries (then
+/// its `default-run`), so `harambee-sim` must be that one.
+pub fn the_root_runs_the_demo(root: &Path) -> Vec<String> {
+    let manifest: toml::Table = match read(&root.join("Cargo.toml")).parse() {
+        Ok(t) => t,
+        Err(e) => return vec![format!("Cargo.toml: {e}")],
+    };
+    let members: Vec<String> = manifest
+        .get("workspace")
+        .and_then(|w| w.get("default-members"))
+        .and_then(|m| m.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let with_binaries: Vec<&String> = members
+        .iter()
+        .filter(|m| {
+            let dir = root.join(m);
+            dir.join("src/main.rs").exists() || read(&dir.join("Cargo.toml")).contains("[[bin]]")
+        })
+        .collect();
+    if with_binaries.len() == 1 && with_binaries[0] == "sim" {
+        Vec::new()
+    } else {
+        vec![format!(
+            "Cargo.toml: default-members with binaries are {with_binaries:?}; `cargo run --release -- demo` needs exactly [\"sim\"]"
+        )]
+    }
 }
 
 /// The pure crates name no runtime, RPC, database, wire type, clock or global RNG, in their
@@ -321,6 +356,27 @@ mod tests {
             );
         }
         assert_none(pure_crates_stay_pure(&root));
+    }
+
+    /// `cargo run --release -- demo` works here, and the check sees a workspace where it
+    /// would not (several default members with binaries).
+    #[test]
+    fn the_readme_demo_command_can_pick_its_binary() {
+        assert_none(the_root_runs_the_demo(&workspace_root()));
+        let dir = std::env::temp_dir().join(format!("xtask-demo-{}", std::process::id()));
+        for member in ["sim", "agent"] {
+            std::fs::create_dir_all(dir.join(member).join("src")).unwrap();
+            std::fs::write(dir.join(member).join("src/main.rs"), "fn main() {}").unwrap();
+            std::fs::write(dir.join(member).join("Cargo.toml"), "[package]").unwrap();
+        }
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[workspace]\ndefault-members = [\"sim\", \"agent\"]\n",
+        )
+        .unwrap();
+        let offences = the_root_runs_the_demo(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(offences.len(), 1, "{offences:?}");
     }
 
     #[test]
