@@ -2,7 +2,8 @@
 //! once. It depends on both drivers; nothing depends on it but its own tests.
 //!
 //! - [`demo`]: the whole federation on the bundled data (`cargo run --release -- demo`).
-//! - [`bench`](mod@bench): benchmarks that print figures (`bench secagg`, `bench quality`).
+//! - [`bench`](mod@bench): benchmarks that print figures (`bench secagg`, `bench quality`,
+//!   `bench idle`, `bench train`).
 //! - [`harness`]: a real coordinator (mTLS gRPC on loopback, SQLite or PostgreSQL) and real
 //!   agents in one process, for the whole-system tests in `tests/it`. Its helpers panic on
 //!   failure: they are for tests.
