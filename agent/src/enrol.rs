@@ -91,35 +91,32 @@ pub async fn run(args: EnrolArgs) -> anyhow::Result<()> {
     println!("  CA           {}", done.ca.display());
     if done.wrote_config {
         let allowed = allowed_invitations(&done.federations);
-        if allowed.is_empty() {
-            println!(
-                "next: set [data] csv and review [policy] (it allows no federation until you name one) in {}, then run `harambee-agent run --config {}`",
-                done.config.display(),
-                done.config.display()
-            );
-        } else {
+        if !allowed.is_empty() {
             println!(
                 "  [policy] allows what the coordinator says may select this facility now; REVIEW it:"
             );
-            for f in allowed {
-                println!(
-                    "    federation {} ({}, label {}{})",
-                    f.name,
-                    f.model_kind,
-                    f.label,
-                    if f.names_facility {
-                        ", names this facility"
-                    } else {
-                        ", open to every facility"
-                    }
-                );
-            }
+        }
+        for f in &allowed {
+            let scope = if f.names_facility {
+                "names this facility"
+            } else {
+                "open to every facility"
+            };
             println!(
-                "next: set [data] csv and review [policy] in {}, then run `harambee-agent run --config {}`",
-                done.config.display(),
-                done.config.display()
+                "    federation {} ({}, label {}, {scope})",
+                f.name, f.model_kind, f.label
             );
         }
+        let policy_note = if allowed.is_empty() {
+            " (it allows no federation until you name one)"
+        } else {
+            ""
+        };
+        println!(
+            "next: set [data] csv and review [policy]{policy_note} in {}, then run `harambee-agent run --config {}`",
+            done.config.display(),
+            done.config.display()
+        );
     } else {
         println!(
             "kept the existing {}; check that its [tls] section names these files",
@@ -229,13 +226,7 @@ pub async fn enrol_via(
 pub fn allowed_invitations(
     invitations: &[pb::FederationInvitation],
 ) -> Vec<&pb::FederationInvitation> {
-    let plain = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && !s.starts_with('.')
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    };
+    let plain = harambee_privacy::policy::is_plain_name;
     invitations
         .iter()
         .filter(|f| {

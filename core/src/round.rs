@@ -375,6 +375,11 @@ impl<M: Clone> Round<M> {
         }
     }
 
+    /// The connected facilities last named by [`Round::set_not_selected`], with their reasons.
+    pub fn not_selected(&self) -> &BTreeMap<FacilityId, String> {
+        &self.not_selected
+    }
+
     /// Offers the facilities that are connected and eligible now. Once at least
     /// `min_agents` are, all of them are selected and training starts.
     pub fn select(&mut self, now: Instant, connected: &[FacilityId]) {

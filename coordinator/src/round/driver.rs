@@ -193,7 +193,6 @@ pub fn spawn(
         known_tree_sizes: HashMap::new(),
         contributions: HashMap::new(),
         unacknowledged: Vec::new(),
-        not_selected: BTreeMap::new(),
         eligible: 0,
         revealed: false,
         stage,
@@ -225,9 +224,6 @@ struct Driver {
     /// Accepted uploads whose facilities have not been told yet: told once the uploads are
     /// recorded (see [`Driver::acknowledge`]).
     unacknowledged: Vec<(FacilityId, oneshot::Sender<Result<(), RoundError>>)>,
-    /// Connected facilities left out of selection at the last attempt, and why (their policy
-    /// or budget); logged when a reason changes.
-    not_selected: BTreeMap<FacilityId, String>,
     /// How many facilities could have been selected at the last selection attempt.
     eligible: u64,
     /// Whether anything computed from the contributions may have left the round's secrecy:
@@ -328,15 +324,14 @@ impl Driver {
                 match self.refusal(&facility) {
                     None => eligible.push(facility),
                     Some(reason) => {
-                        if self.not_selected.get(&facility) != Some(&reason) {
+                        if self.round.not_selected().get(&facility) != Some(&reason) {
                             info!(%facility, %reason, "facility not selected");
                         }
                         not_selected.insert(facility, reason);
                     }
                 }
             }
-            self.round.set_not_selected(not_selected.clone());
-            self.not_selected = not_selected;
+            self.round.set_not_selected(not_selected);
             self.eligible = eligible.len() as u64;
             if self.round.is_secure() {
                 let mut keys = Vec::new();
@@ -448,7 +443,7 @@ impl Driver {
             }
             RoundInput::Participants { reply } => {
                 let not_selected = if self.round.stage() == Stage::Selecting {
-                    self.not_selected.clone()
+                    self.round.not_selected().clone()
                 } else {
                     BTreeMap::new()
                 };
