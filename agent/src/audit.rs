@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
+use harambee_privacy::card::{self, ModelCard};
 use harambee_privacy::ledger::export::{HeadFile, KeyPin, head_path_for};
 use harambee_privacy::ledger::{self, LedgerEvent, key_fingerprint};
 use harambee_privacy::log::{self as privacy, Record};
@@ -40,6 +41,10 @@ pub struct VerifyArgs {
     /// and check the ledger against the last tree head the facility saw.
     #[arg(long)]
     pub receipts: Option<PathBuf>,
+    /// A model card (`<model>.card.json`, written by `model export`): check its figures,
+    /// its tree head and its commit against this ledger.
+    #[arg(long)]
+    pub model_card: Option<PathBuf>,
 }
 
 /// Runs the verification, printing the report; `Ok(false)` when anything failed.
@@ -261,6 +266,39 @@ pub fn verify_report(args: &VerifyArgs) -> anyhow::Result<(String, bool)> {
             "the privacy log holds no receipts yet: nothing to cross-check"
         )?;
     }
+    if let Some(path) = &args.model_card {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        match ModelCard::parse(&text) {
+            Err(e) => {
+                writeln!(out, "  FAILED: model card {}: {e}", path.display())?;
+                ok = false;
+            }
+            Ok(card) => {
+                // The key that signed the card's head: the pinned one, followed through the
+                // rotations the ledger records.
+                let (history, _) = ledger::KeyHistory::follow(&entries, &ledger_key);
+                let key = history
+                    .key_at(card.ledger.signed_tree_head.head.tree_size)
+                    .unwrap_or(ledger_key);
+                let report = card::verify_card(&card, &entries, &key);
+                writeln!(
+                    out,
+                    "model card {} ({} version {}):",
+                    path.display(),
+                    card.federation,
+                    card.model.version
+                )?;
+                for passed in &report.passed {
+                    writeln!(out, "  ok: {passed}")?;
+                }
+                for failure in &report.failures {
+                    writeln!(out, "  FAILED: {failure}")?;
+                }
+                ok &= report.ok();
+            }
+        }
+    }
     if !ok {
         writeln!(out, "VERIFICATION FAILED")?;
     } else if pin.is_none() {
@@ -303,6 +341,7 @@ mod tests {
             head: None,
             ledger_key: None,
             receipts: None,
+            model_card: None,
         };
         let (report, ok) = verify_report(&args).unwrap();
         assert!(!ok);

@@ -42,6 +42,9 @@ pub struct FederationSpec {
     /// recorded) is started again as a new round when the coordinator comes back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry_interrupted: bool,
+    /// What the model is for and for whom (the model card's "intended use").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub intended_use: String,
 }
 
 /// `[privacy]`: two optional layers of differential privacy.

@@ -19,6 +19,7 @@
 //!
 //! The demo and the benchmarks live in `harambee-sim`.
 
+pub mod card;
 pub mod cli;
 pub mod federation;
 pub mod identity;

@@ -83,6 +83,7 @@ pub fn federation_config(spec: &FederationSpec, n_params: usize) -> pb::Federati
         }),
         init_seed: spec.init_seed,
         retry_interrupted: spec.retry_interrupted,
+        intended_use: spec.intended_use.clone(),
         secure_aggregation: Some(pb::SecureAggregationConfig {
             enabled: spec.secure_aggregation.enabled,
             clip: spec.secure_aggregation.clip,
@@ -206,6 +207,7 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, W
         },
         privacy: privacy_spec(config.privacy)?,
         retry_interrupted: config.retry_interrupted,
+        intended_use: config.intended_use,
     })
 }
 

@@ -8,6 +8,8 @@
 //!   verifier that recomputes everything and names what broke.
 //! - [`policy`]: the facility's admission policy, one [`policy::admit`] for the agent (the
 //!   authority) and for the coordinator's selection.
+//! - [`card`]: model cards bound to the ledger (`ModelExported` records their SHA-256), and
+//!   their offline check against a ledger export.
 //! - [`log`]: the format of a facility's hash-chained privacy log.
 //! - [`mechanism`]: the lattice Gaussian mechanism (snap to a power-of-two grid, add exact
 //!   discrete Gaussian draws in integers) behind DP-SGD's and the central mechanism's noise,
@@ -22,6 +24,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod accountant;
+pub mod card;
 pub mod ledger;
 pub mod log;
 pub mod mechanism;

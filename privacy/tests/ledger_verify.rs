@@ -121,6 +121,7 @@ fn build(n: usize) -> (Ledger, BTreeMap<String, Vec<SignedReceipt>>) {
                 model_version: round_id,
                 model_sha256: Sha256Digest::of(&round_id.to_be_bytes()),
                 actor: "operator".into(),
+                model_card_sha256: None,
             });
             events.push(LedgerEvent::AdminAction {
                 actor: "operator".into(),

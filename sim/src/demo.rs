@@ -224,12 +224,16 @@ async fn drive(
 
     let model_path = dir.join("model.safetensors");
     let meta = export_safetensors(&mut client, &spec.name, None, &model_path).await?;
+    let card = harambee_coordinator::cli::write_model_card(&meta, &model_path)?;
     println!(
         "final model: version {} saved to {} (sha256 {})",
         meta.version,
         model_path.display(),
         meta.model.unwrap_or_default().digest
     );
+    if let Some((_, md)) = &card {
+        println!("model card: {}", md.display());
+    }
 
     // The same federation with plain aggregation, to show that secure aggregation costs
     // no model quality.
@@ -315,7 +319,8 @@ async fn drive(
 
     // The auditor's view: ε per facility from the ledger, then an export that each
     // facility checks offline against its own privacy log.
-    let audit = audit_and_verify(&admin, dir, facilities).await?;
+    let card_json = card.as_ref().map(|(json, _)| json.as_path());
+    let audit = audit_and_verify(&admin, dir, facilities, card_json).await?;
 
     if let Some(path) = &args.summary_json {
         let mut summary = summary(args.rounds, &global, &pooled, &last);
@@ -335,6 +340,7 @@ async fn audit_and_verify(
     admin: &AdminArgs,
     dir: &Path,
     facilities: &[Facility],
+    model_card: Option<&Path>,
 ) -> anyhow::Result<serde_json::Value> {
     let paths = PkiPaths::new(&admin.pki);
     let tls = harambee_link::tls::ClientTls::from_files(
@@ -368,12 +374,14 @@ async fn audit_and_verify(
         ledger_path.display()
     );
     let mut verified = 0;
-    for f in facilities {
+    for (i, f) in facilities.iter().enumerate() {
+        // The first facility also checks the model card, with the key its log pinned.
         let args = harambee_agent::audit::VerifyArgs {
             ledger: ledger_path.clone(),
             head: None,
             ledger_key: None,
             receipts: Some(f.dir.join("state").join(harambee_privacy::log::LOG_FILE)),
+            model_card: model_card.filter(|_| i == 0).map(Path::to_owned),
         };
         let (report, ok) = harambee_agent::audit::verify_report(&args)?;
         if !ok {
@@ -382,8 +390,9 @@ async fn audit_and_verify(
         verified += 1;
     }
     println!(
-        "audit verify: the ledger verifies and agrees with all {verified} facilities' privacy logs \
-         (harambee-agent audit verify --ledger {} --receipts {}/facilities/NAME/state/{})",
+        "audit verify: the ledger verifies and agrees with all {verified} facilities' privacy logs, \
+         and so does the model card (harambee-agent audit verify --ledger {} --receipts \
+         {}/facilities/NAME/state/{} --model-card model.card.json)",
         ledger_path.display(),
         dir.display(),
         harambee_privacy::log::LOG_FILE
@@ -431,6 +440,9 @@ pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> 
         strategy: Default::default(),
         privacy: Default::default(),
         retry_interrupted: false,
+        intended_use: "Demonstration of federated training on a public research data set; \
+                       not for clinical use"
+            .to_owned(),
     }
 }
 

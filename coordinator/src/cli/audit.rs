@@ -116,6 +116,61 @@ pub async fn privacy_spend(channel: Channel) -> anyhow::Result<Vec<pb::PrivacySp
         .facilities)
 }
 
+/// `audit report`: exports the ledger into `dir` (`ledger.jsonl` and its head), checks its
+/// tree and head signature with the key it states, reads the federations, and writes the
+/// records (`crate::cli::report`) as Markdown, HTML and SVG. Returns the files written.
+pub async fn report(channel: Channel, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let exported = export(channel.clone(), &dir.join("ledger.jsonl")).await?;
+    let text = std::fs::read_to_string(&exported.ledger)
+        .with_context(|| format!("reading {}", exported.ledger.display()))?;
+    let entries = harambee_privacy::ledger::parse_jsonl(&text)?;
+    let head_file: HeadFile = serde_json::from_str(
+        &std::fs::read_to_string(&exported.head)
+            .with_context(|| format!("reading {}", exported.head.display()))?,
+    )?;
+    let key_bytes: [u8; 32] = hex::decode(&head_file.ledger_key)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the coordinator's ledger key is not 32 bytes"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes)?;
+    let verification = harambee_privacy::ledger::verify_ledger(
+        &entries,
+        &head_file.signed_tree_head,
+        &key,
+        None,
+        &harambee_privacy::ledger::enrolled_receipt_keys(&entries),
+    );
+    let federations = harambee_proto::pb::admin_service_client::AdminServiceClient::new(channel)
+        .list_federations(pb::ListFederationsRequest {})
+        .await?
+        .into_inner()
+        .federations;
+    let fingerprint = harambee_privacy::ledger::key_fingerprint(&key);
+    let facts = crate::cli::report::LedgerFacts {
+        entries: &entries,
+        head: &head_file.signed_tree_head,
+        key_fingerprint: &fingerprint,
+        verified: verification.is_ok(),
+    };
+    let now_ms = harambee_link::clock::Clock::system().unix_ms();
+    let report = crate::cli::report::report(&facts, &federations, now_ms);
+    let mut written = vec![exported.ledger, exported.head];
+    for (stem, markdown) in &report.documents {
+        let md_path = dir.join(format!("{stem}.md"));
+        write_whole(&md_path, markdown.as_bytes())?;
+        let html_path = dir.join(format!("{stem}.html"));
+        write_whole(
+            &html_path,
+            crate::cli::report::to_html(stem, markdown).as_bytes(),
+        )?;
+        written.extend([md_path, html_path]);
+    }
+    let svg = dir.join("privacy-spend.svg");
+    write_whole(&svg, report.spend_svg.as_bytes())?;
+    written.push(svg);
+    Ok(written)
+}
+
 fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("partial");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;

@@ -195,6 +195,19 @@ pub enum AuditCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Compliance records into --out (auditor): a GDPR Art. 30 record of processing per
+    /// federation, a HIPAA audit-control report and each facility's privacy spend over time,
+    /// as Markdown and HTML (and the plot as SVG), filled from the ledger (exported into the
+    /// directory too) and the federations' configuration; what a person must answer is
+    /// marked TO COMPLETE.
+    Report {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "auditor")]
+        auditor: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Patient-level ε spent per facility, from the signed receipts in the ledger (auditor).
     Privacy {
         #[arg(long, default_value = "auditor")]
@@ -335,6 +348,18 @@ pub async fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 done.ledger.display(),
                 done.head.display()
             );
+            Ok(())
+        }
+        AuditCommand::Report {
+            out,
+            auditor,
+            admin,
+        } => {
+            let channel = channel(&admin, Role::Auditor, &auditor).await?;
+            let written = crate::cli::audit::report(channel, &out).await?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
             Ok(())
         }
         AuditCommand::Privacy {

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod identity;
 pub mod json;
 pub mod profile;
+pub mod report;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -537,6 +538,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 meta.version,
                 out.display()
             );
+            if let Some((json, md)) = write_model_card(&meta, &out)? {
+                println!(
+                    "wrote its model card to {} and {} (check it: harambee-agent audit verify \
+                     --ledger LEDGER --model-card {})",
+                    md.display(),
+                    json.display(),
+                    json.display()
+                );
+            }
             Ok(())
         }
         Command::Ledger(LedgerCommand::RotateKey {
@@ -914,6 +924,28 @@ pub async fn export_safetensors(
     };
     harambee_models::checkpoint::save_file(out, &checkpoint)?;
     Ok(meta)
+}
+
+/// Writes the model card the coordinator sent with an export next to `out`:
+/// `<stem>.card.json` (exactly as sent: its SHA-256 is in the ledger) and `<stem>.card.md`.
+/// `None` when the coordinator sent no card (an older coordinator).
+pub fn write_model_card(
+    meta: &pb::ModelVersion,
+    out: &Path,
+) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    if meta.model_card.is_empty() {
+        return Ok(None);
+    }
+    let card = harambee_privacy::card::ModelCard::parse(&meta.model_card)
+        .map_err(|e| anyhow::anyhow!("the coordinator sent a malformed model card: {e}"))?;
+    let (json, md) = (
+        out.with_extension("card.json"),
+        out.with_extension("card.md"),
+    );
+    std::fs::write(&json, &meta.model_card)
+        .with_context(|| format!("writing {}", json.display()))?;
+    std::fs::write(&md, card.to_markdown()).with_context(|| format!("writing {}", md.display()))?;
+    Ok(Some((json, md)))
 }
 
 /// Downloads a model version to `out` (raw little-endian f32) and `out.json` (description).

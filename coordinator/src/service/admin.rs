@@ -443,6 +443,45 @@ impl AdminService for AdminApi {
                 req.federation
             ))
         })?;
+        let digest: harambee_privacy::ledger::Sha256Digest =
+            version.digest.parse().map_err(|_| {
+                ServiceError::Internal("stored model digest is not SHA-256 hex".to_owned())
+            })?;
+        let round = match version.round_id {
+            Some(id) => Some(self.round_pb(id).await?),
+            None => None,
+        };
+        let card = {
+            let ledger = self
+                .coord
+                .ledger
+                .synced(store)
+                .await
+                .map_err(ServiceError::from)?;
+            let head = self.coord.ledger.sign(&ledger, now_ms());
+            let commit =
+                crate::card::commit_index(ledger.lines(), &req.federation, version.version);
+            let inclusion_proof = match commit {
+                Some(index) => ledger
+                    .inclusion_proof(index, head.head.tree_size)
+                    .map_err(ServiceError::from)?,
+                None => Vec::new(),
+            };
+            crate::card::model_card(
+                &spec,
+                &version,
+                digest,
+                crate::card::CardInputs {
+                    round: round.as_ref(),
+                    lines: ledger.lines(),
+                    head,
+                    ledger_key_hex: hex::encode(self.coord.ledger.verifying_key().to_bytes()),
+                    inclusion_proof,
+                },
+            )
+        };
+        let card_json = card.to_canonical_json().map_err(ServiceError::from)?;
+        let card_sha256 = harambee_privacy::ledger::Sha256Digest::of(card_json.as_bytes());
         info!(version = version.version, "model exported");
         self.coord
             .record_admin_action(
@@ -455,10 +494,9 @@ impl AdminService for AdminApi {
         let exported = harambee_privacy::ledger::LedgerEvent::ModelExported {
             federation: req.federation.clone(),
             model_version: u64::from(version.version),
-            model_sha256: version.digest.parse().map_err(|_| {
-                ServiceError::Internal("stored model digest is not SHA-256 hex".to_owned())
-            })?,
+            model_sha256: digest,
             actor: format!("harambee://{}/{}", peer.role.as_str(), peer.name),
+            model_card_sha256: Some(card_sha256),
         };
         self.coord
             .store
@@ -472,6 +510,7 @@ impl AdminService for AdminApi {
                 model: Some(wire::model_ref(&version)),
                 spec: Some(wire::model_spec(&spec, version.n_params as usize)),
                 round_id: version.round_id.unwrap_or(0),
+                model_card: card_json,
             })),
         };
         use futures::StreamExt;

@@ -90,11 +90,16 @@ pub enum LedgerEvent {
         #[serde(with = "hexser::signature")]
         signature: ed25519_dalek::Signature,
     },
+    /// An operator exported a model version. `model_card_sha256` is the SHA-256 of the
+    /// canonical JSON of the model card written with it (`crate::card`); absent in entries
+    /// written before cards existed.
     ModelExported {
         federation: String,
         model_version: u64,
         model_sha256: Sha256Digest,
         actor: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_card_sha256: Option<Sha256Digest>,
     },
     AdminAction {
         actor: String,

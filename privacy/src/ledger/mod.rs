@@ -37,7 +37,7 @@ pub mod receipt;
 pub mod rotation;
 pub mod verify;
 
-mod canonical;
+pub(crate) mod canonical;
 mod hexser;
 
 use std::fmt;

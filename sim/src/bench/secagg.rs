@@ -160,6 +160,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         strategy: Default::default(),
         privacy: Default::default(),
         retry_interrupted: false,
+        intended_use: String::new(),
     };
     let fed = client
         .create_federation(pb::CreateFederationRequest {

@@ -423,6 +423,7 @@ pub fn audit_facility(ledger: &Path, config: &AgentConfig) -> (String, bool) {
         head: None,
         ledger_key: None,
         receipts: Some(config.state_dir.join(harambee_privacy::log::LOG_FILE)),
+        model_card: None,
     })
     .unwrap()
 }

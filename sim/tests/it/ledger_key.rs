@@ -194,6 +194,7 @@ async fn a_key_rotation_is_ledgered_and_auditors_follow_it_from_the_old_key() {
             head: None,
             ledger_key: Some(pin.clone()),
             receipts: None,
+            model_card: None,
         })
         .unwrap();
         assert!(ok, "pinned {pin}: {report}");

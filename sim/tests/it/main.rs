@@ -9,6 +9,7 @@ mod bench_quality;
 mod connection_limits;
 mod demo;
 mod doctor;
+mod evidence;
 mod facility_proxy;
 mod failed_round_epsilon;
 mod fault_schedules;

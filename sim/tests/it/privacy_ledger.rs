@@ -53,6 +53,7 @@ fn verify_with(
         head: None,
         ledger_key: ledger_key.map(str::to_owned),
         receipts: receipts.map(|c| c.state_dir.join(LOG_FILE)),
+        model_card: None,
     };
     verify_report(&args).unwrap()
 }

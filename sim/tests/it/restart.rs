@@ -506,6 +506,7 @@ async fn a_backup_restores_and_facilities_name_the_rollback() {
         head: None,
         ledger_key: Some(hex::encode(key.verifying_key().as_bytes())),
         receipts: None,
+        model_card: None,
     })
     .unwrap();
     assert!(ok, "{report}");
