@@ -107,6 +107,11 @@ pub struct PolicyConfig {
     /// must carry this facility's noise share, calibrated to the survivors needed to unmask.
     #[serde(default = "yes")]
     pub require_distributed_noise: bool,
+    /// The weakest secure-aggregation neighbour graph accepted, as the probability that a
+    /// round fails or some facility is exposed at 10% dropouts and colluders (10⁻⁶, about
+    /// 20 bits, by default). A federation sized for a larger one is declined.
+    #[serde(default = "default_graph_failure_probability")]
+    pub max_graph_failure_probability: f64,
     /// It does not train on fewer training rows than this.
     #[serde(default)]
     pub min_samples: u64,
@@ -130,6 +135,10 @@ fn default_min_contributors() -> u64 {
     3
 }
 
+fn default_graph_failure_probability() -> f64 {
+    harambee_secagg::DESIGN_FAILURE_PROBABILITY
+}
+
 fn default_threshold_fraction() -> f64 {
     0.5
 }
@@ -150,6 +159,7 @@ impl Default for PolicyConfig {
             require_consistency_check: true,
             min_threshold_fraction: default_threshold_fraction(),
             require_distributed_noise: true,
+            max_graph_failure_probability: default_graph_failure_probability(),
             min_samples: 0,
             max_epsilon: None,
             delta: default_delta(),

@@ -360,11 +360,18 @@ pub fn expectation(
         max_weight: secure.max_weight,
         noise_stddev: distributed.map_or(0.0, |p| p.noise_multiplier * p.clip_norm),
         min_survivors: (secure.min_survivors as usize).max(1),
+        // 0: a coordinator that predates the field, which meant the default graph.
+        failure_probability: if secure.failure_probability == 0.0 {
+            harambee_secagg::DESIGN_FAILURE_PROBABILITY
+        } else {
+            secure.failure_probability
+        },
         policy: ParamsPolicy {
             min_threshold_fraction: policy.min_threshold_fraction,
             require_consistency_check: policy.require_consistency_check,
             require_distributed_noise: policy.require_distributed_noise && distributed.is_some(),
             min_contributors: usize::try_from(policy.min_contributors).unwrap_or(usize::MAX),
+            max_failure_probability: policy.max_graph_failure_probability,
         },
     }
 }
@@ -464,6 +471,7 @@ mod tests {
                 clip: 1.0,
                 max_weight: 1,
                 min_survivors: 3,
+                failure_probability: 0.0,
             }),
             privacy: Some(pb::PrivacyConfig {
                 mechanism: "distributed".into(),

@@ -160,6 +160,12 @@ pub struct SecureAggregationSpec {
     pub stage_s: u32,
     /// The consistency-check round of the active-adversary variant.
     pub consistency_check: bool,
+    /// The neighbour graph is sized so that, at 10% dropouts and 10% colluding
+    /// facilities, a round fails or some facility's update is exposed with at most this
+    /// probability (10⁻⁶, about 20 bits, by default). Larger values mean fewer
+    /// neighbours and less mask expansion; agents refuse a graph weaker than their
+    /// policy's `max_graph_failure_probability` (10⁻⁶ unless the facility relaxes it).
+    pub failure_probability: f64,
 }
 
 impl Default for SecureAggregationSpec {
@@ -172,6 +178,7 @@ impl Default for SecureAggregationSpec {
             // On by default: without it a coordinator that lies about who dropped out can
             // unmask one facility's update (secagg/src/tests/split_unmask.rs).
             consistency_check: true,
+            failure_probability: harambee_secagg::DESIGN_FAILURE_PROBABILITY,
         }
     }
 }
@@ -404,6 +411,12 @@ impl FederationSpec {
             if sa.max_weight == 0 || sa.stage_s == 0 {
                 return fail("secure_aggregation.max_weight and stage_s must be at least 1".into());
             }
+            if !(sa.failure_probability > 0.0 && sa.failure_probability <= 1e-2) {
+                return fail(format!(
+                    "secure_aggregation.failure_probability must be in (0, 0.01], not {}",
+                    sa.failure_probability
+                ));
+            }
         }
         let d = &self.deadlines;
         if d.selecting_s == 0 || d.training_s == 0 || d.evaluating_s == 0 {
@@ -477,6 +490,7 @@ impl FederationSpec {
                 } else {
                     0.0
                 },
+                failure_probability: sa.failure_probability,
             }),
             min_agents: self.min_agents as usize,
             max_samples: MAX_SAMPLES_PER_UPDATE,

@@ -90,6 +90,7 @@ pub fn federation_config(spec: &FederationSpec, n_params: usize) -> pb::Federati
             max_weight: spec.secure_aggregation.max_weight,
             stage_s: spec.secure_aggregation.stage_s,
             consistency_check: spec.secure_aggregation.consistency_check,
+            failure_probability: spec.secure_aggregation.failure_probability,
         }),
         strategy: serde_json::to_string(&spec.strategy).expect("strategy serializes"),
         privacy: privacy_config(&spec.privacy),
@@ -168,6 +169,12 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, W
             max_weight: s.max_weight,
             stage_s: s.stage_s,
             consistency_check: s.consistency_check,
+            // 0: a client that predates the field, which meant the default graph.
+            failure_probability: if s.failure_probability == 0.0 {
+                harambee_secagg::DESIGN_FAILURE_PROBABILITY
+            } else {
+                s.failure_probability
+            },
         },
         None => SecureAggregationSpec::default(),
     };
@@ -234,6 +241,7 @@ pub fn train_task(
                 clip: spec.secure_aggregation.clip,
                 max_weight: spec.effective_max_weight(),
                 min_survivors: spec.min_agents,
+                failure_probability: spec.secure_aggregation.failure_probability,
             }),
         privacy: privacy_config(&spec.privacy),
     };

@@ -70,6 +70,10 @@ pub struct SecureConfig {
     /// threshold) survivors, and no sum of fewer survivors is unmasked (server and agents
     /// refuse: `Params::n_min`). 0: none.
     pub noise_stddev: f64,
+    /// The neighbour graph is sized so that a round fails, or some client is exposed, with
+    /// at most this probability at 10% dropouts and 10% colluders
+    /// (`harambee_secagg::GraphTargets`); agents bound it by their policy.
+    pub failure_probability: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

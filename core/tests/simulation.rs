@@ -96,6 +96,7 @@ impl Scenario {
             stage_timeout: Duration::from_secs(20),
             consistency_check: chance(&mut rng, 50),
             noise_stddev: 0.0,
+            failure_probability: harambee_secagg::DESIGN_FAILURE_PROBABILITY,
         });
         let max_delay = [5, 200, 2_000, 8_000][below(&mut rng, 4) as usize];
         let max_training = [1, 30, 70][below(&mut rng, 3) as usize];
@@ -1165,6 +1166,7 @@ impl World {
             max_weight: secure.max_weight,
             noise_stddev: 0.0,
             min_survivors: self.scenario.min_agents,
+            failure_probability: secure.failure_probability,
             policy: ParamsPolicy {
                 require_consistency_check: secure.consistency_check,
                 ..ParamsPolicy::default()

@@ -59,11 +59,13 @@ fuzz_target!(|offer: Offer| {
         max_weight: offer.max_weight,
         noise_stddev: offer.expected_noise,
         min_survivors: offer.min_survivors,
+        failure_probability: harambee_secagg::DESIGN_FAILURE_PROBABILITY,
         policy: ParamsPolicy {
             min_threshold_fraction: offer.min_threshold_fraction,
             require_consistency_check: offer.consistency_check,
             require_distributed_noise: false,
             min_contributors: 0,
+            max_failure_probability: harambee_secagg::DESIGN_FAILURE_PROBABILITY,
         },
     };
     if offer.honest {

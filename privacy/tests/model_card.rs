@@ -188,7 +188,10 @@ fn an_honest_card_verifies_and_survives_a_json_round_trip() {
     let mut hostile = card.clone();
     hostile.intended_use = "<script>alert(1)</script> [x](javascript:y)".into();
     let md = hostile.to_markdown();
-    assert!(!md.contains("<script>") && !md.contains("[x](javascript"), "{md}");
+    assert!(
+        !md.contains("<script>") && !md.contains("[x](javascript"),
+        "{md}"
+    );
 }
 
 #[test]

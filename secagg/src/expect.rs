@@ -20,7 +20,7 @@
 use thiserror::Error;
 
 use crate::error::ParamsError;
-use crate::params::Params;
+use crate::params::{DESIGN_FAILURE_PROBABILITY, GraphTargets, Params};
 
 /// The facility's own rules for the parameters it accepts, on top of the recomputation.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,16 +39,21 @@ pub struct ParamsPolicy {
     /// The fewest contributors the facility will hide its update among: both the number
     /// of participants and n_min must reach it.
     pub min_contributors: usize,
+    /// The weakest neighbour graph accepted: a round sized for a larger failure probability
+    /// (fewer neighbours, so a likelier failure or exposure; see [`GraphTargets`]) is refused.
+    pub max_failure_probability: f64,
 }
 
 impl Default for ParamsPolicy {
-    /// Strict majority, no consistency check or noise required, at least 2 contributors.
+    /// Strict majority, no consistency check or noise required, at least 2 contributors,
+    /// the default graph ([`DESIGN_FAILURE_PROBABILITY`]) or a stronger one.
     fn default() -> ParamsPolicy {
         ParamsPolicy {
             min_threshold_fraction: 0.5,
             require_consistency_check: false,
             require_distributed_noise: false,
             min_contributors: 2,
+            max_failure_probability: DESIGN_FAILURE_PROBABILITY,
         }
     }
 }
@@ -70,6 +75,9 @@ pub struct Expectation {
     /// The fewest survivors the noise was calibrated to (the round's minimum number of
     /// contributors); n_min is expected to be max(this, t).
     pub min_survivors: usize,
+    /// The failure probability the task says the neighbour graph is sized for (the
+    /// federation's; [`GraphTargets::with_failure_probability`]), bounded by the policy.
+    pub failure_probability: f64,
     pub policy: ParamsPolicy,
 }
 
@@ -148,6 +156,12 @@ pub enum ParamsMismatch {
     },
     #[error("the policy's minimum threshold fraction must be in 0..=1, got {0}")]
     BadPolicy(f64),
+    #[error(
+        "the round's neighbour graph is sized for a failure probability of {offered:e} ({:.1} bits), the policy accepts at most {allowed:e} ({:.1} bits)",
+        -offered.log2(),
+        -allowed.log2()
+    )]
+    WeakGraph { offered: f64, allowed: f64 },
 }
 
 impl Expectation {
@@ -204,6 +218,13 @@ impl Expectation {
                 offered_none: offered.noise_stddev == 0.0,
             });
         }
+        let p = self.failure_probability;
+        if !(p > 0.0 && p <= policy.max_failure_probability) {
+            return Err(ParamsMismatch::WeakGraph {
+                offered: p,
+                allowed: policy.max_failure_probability,
+            });
+        }
         if offered.n() < policy.min_contributors {
             return Err(ParamsMismatch::TooFewParticipants {
                 n: offered.n(),
@@ -216,7 +237,7 @@ impl Expectation {
                 min_contributors: policy.min_contributors,
             });
         }
-        let expected = Params::for_round(
+        let expected = Params::for_round_with(
             self.round_id,
             &offered.participants,
             self.vector_len,
@@ -224,6 +245,7 @@ impl Expectation {
             self.max_weight,
             self.noise_stddev,
             self.min_survivors,
+            GraphTargets::with_failure_probability(p),
         )
         .map_err(ParamsMismatch::Underivable)?;
         let (o, e) = (offered, &expected);
@@ -277,6 +299,7 @@ mod tests {
             max_weight: 1,
             noise_stddev: 0.3,
             min_survivors: 5,
+            failure_probability: DESIGN_FAILURE_PROBABILITY,
             policy: ParamsPolicy {
                 require_distributed_noise: true,
                 ..ParamsPolicy::default()
@@ -553,5 +576,58 @@ mod tests {
         let mut p = honest(10);
         p.n_min = 11;
         assert!(matches!(refused(&p), ParamsMismatch::Invalid(_)));
+    }
+
+    #[test]
+    fn a_graph_sized_for_a_larger_failure_probability_needs_the_policy_to_allow_it() {
+        let ids = ids(100);
+        let weak = |p| {
+            Params::for_round_with(
+                ROUND,
+                &ids,
+                D,
+                1.0,
+                1,
+                0.3,
+                5,
+                GraphTargets::with_failure_probability(p),
+            )
+            .map(|mut o| {
+                o.consistency_check = true;
+                o
+            })
+            .unwrap()
+        };
+        let (default, lax) = (weak(DESIGN_FAILURE_PROBABILITY), weak(1e-3));
+        assert_eq!((default.neighbours, lax.neighbours), (34, 20));
+        // A task that declares the default graph: the weaker offer differs in k.
+        let e = expectation().check(&lax).unwrap_err();
+        assert_eq!(field_of(&e), Some(ParamsField::Neighbours), "{e}");
+        // A task that declares the weaker graph: the default policy refuses it.
+        let declared = Expectation {
+            failure_probability: 1e-3,
+            ..expectation()
+        };
+        assert_eq!(
+            declared.check(&lax),
+            Err(ParamsMismatch::WeakGraph {
+                offered: 1e-3,
+                allowed: DESIGN_FAILURE_PROBABILITY
+            })
+        );
+        // A facility that relaxed its policy takes part; a stronger graph is fine too.
+        let relaxed = Expectation {
+            policy: ParamsPolicy {
+                max_failure_probability: 1e-3,
+                ..declared.policy.clone()
+            },
+            ..declared
+        };
+        relaxed.check(&lax).unwrap();
+        let strict = Expectation {
+            failure_probability: 1e-12,
+            ..expectation()
+        };
+        strict.check(&weak(1e-12)).unwrap();
     }
 }

@@ -65,6 +65,23 @@
 //! proportional to k + 1, and for n = 100 the graph shrinks from k = 34 (10⁻⁶, the
 //! default) to k = 24 at 10⁻⁴ and k = 20 at 10⁻³ (failure and exposure bounds alike).
 //!
+//! **Security parameter.** The default bounds both failure and exposure by 10⁻⁶ per round,
+//! about 2⁻²⁰ ([`GraphTargets::bits`]): σ ≈ 20 bits, at 10% dropouts and 10% colluders.
+//! The SecAgg+ paper (Bell et al. 2020) uses 2⁻⁴⁰; here that costs, from the same union
+//! bounds, k = 60 at n = 100 and k = 64 at n = 1000 (against 34 and 38), i.e. 1.7–1.8×
+//! the mask expansion. A federation chooses with `failure_probability` (the coordinator's
+//! [`Params::for_round_with`]); each agent recomputes the graph from it and refuses one
+//! weaker than its policy's [`ParamsPolicy::max_failure_probability`] (10⁻⁶ by default).
+//!
+//! | failure probability | bits | k at n = 100 | k at n = 1000 |
+//! |---|---|---|---|
+//! | 10⁻² | 6.6 | 16 | 20 |
+//! | 10⁻³ | 10.0 | 20 | 24 |
+//! | 10⁻⁴ | 13.3 | 24 | 30 |
+//! | 10⁻⁶ (default) | 19.9 | 34 | 38 |
+//! | 2⁻³⁰ | 30 | 46 | 52 |
+//! | 2⁻⁴⁰ | 40 | 60 | 64 |
+//!
 //! | n | k | t | dropouts always survived (k − t) | P(round fails), 10% / 20% dropout | P(some client exposed), 10% / 20% colluders |
 //! |---|---|---|---|---|---|
 //! | 10 | 9 (complete) | 5 | 4 | 9·10⁻³ / 0.2 | 9·10⁻³ / 0.2 |
@@ -293,7 +310,7 @@ pub use messages::{
     RevealedShare, SignedAdvertisement, UnmaskRequest, UnmaskShares, decode_list, encode_list,
 };
 pub use noise::{DiscreteGaussian, noise_share_levels, sample_discrete_gaussian};
-pub use params::{GraphTargets, MaskPrg, Params, Word};
+pub use params::{DESIGN_FAILURE_PROBABILITY, GraphTargets, MaskPrg, Params, Word};
 pub use server::{
     AfterMaskedInputs, Aggregate, CollectingAdvertisements, CollectingMaskedInputs,
     CollectingShares, CollectingSignatures, CollectingUnmaskShares, ServerRound,

@@ -48,6 +48,20 @@ impl Default for GraphTargets {
 }
 
 impl GraphTargets {
+    /// The default dropout and collusion rates (10%) with another bound on the probability
+    /// that a round fails or some client is exposed.
+    pub fn with_failure_probability(failure_probability: f64) -> GraphTargets {
+        GraphTargets {
+            failure_probability,
+            ..GraphTargets::default()
+        }
+    }
+
+    /// The security parameter in bits: −log2(failure_probability) (10⁻⁶ ≈ 19.9 bits).
+    pub fn bits(&self) -> f64 {
+        -self.failure_probability.log2()
+    }
+
     /// The neighbour count k for n participants (n - 1, the complete graph, when no
     /// smaller k meets the targets).
     pub fn neighbours(&self, n: usize) -> usize {
@@ -297,8 +311,41 @@ impl Params {
         noise_stddev: f64,
         min_survivors: usize,
     ) -> Result<Params, ParamsError> {
-        let params = Params::recommended(round_id, participants, vector_len, clip, max_weight)?
-            .with_min_survivors(min_survivors)?;
+        Params::for_round_with(
+            round_id,
+            participants,
+            vector_len,
+            clip,
+            max_weight,
+            noise_stddev,
+            min_survivors,
+            GraphTargets::default(),
+        )
+    }
+
+    /// [`Params::for_round`] with the neighbour graph sized for other [`GraphTargets`] (a
+    /// federation's `failure_probability`), which each agent also recomputes and bounds by
+    /// its policy ([`crate::ParamsPolicy::max_failure_probability`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_round_with(
+        round_id: u64,
+        participants: &[u32],
+        vector_len: usize,
+        clip: f32,
+        max_weight: u64,
+        noise_stddev: f64,
+        min_survivors: usize,
+        targets: GraphTargets,
+    ) -> Result<Params, ParamsError> {
+        let params = Params::recommended_for(
+            round_id,
+            participants,
+            vector_len,
+            clip,
+            max_weight,
+            targets,
+        )?
+        .with_min_survivors(min_survivors)?;
         if noise_stddev == 0.0 {
             return Ok(params);
         }
@@ -622,6 +669,30 @@ mod tests {
             "the figures in GraphTargets' docs"
         );
         assert_eq!(GraphTargets::default().neighbours(2), 1);
+        // The security-parameter table in lib.rs.
+        let table: Vec<(f64, usize, usize)> =
+            [1e-2, 1e-3, 1e-4, 1e-6, 2f64.powi(-30), 2f64.powi(-40)]
+                .iter()
+                .map(|&p| {
+                    let t = GraphTargets::with_failure_probability(p);
+                    (
+                        (t.bits() * 10.0).round() / 10.0,
+                        t.neighbours(100),
+                        t.neighbours(1000),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            table,
+            vec![
+                (6.6, 16, 20),
+                (10.0, 20, 24),
+                (13.3, 24, 30),
+                (19.9, 34, 38),
+                (30.0, 46, 52),
+                (40.0, 60, 64)
+            ]
+        );
     }
 
     /// Found by `fuzz/fuzz_targets/secagg_params.rs`: k + 1 overflowed for the largest k.

@@ -134,7 +134,7 @@ impl SecureRound {
         // Exactly what each agent recomputes (`harambee_secagg::Expectation`): n_min =
         // max(min_survivors, t), each agent's noise share calibrated so that n_min shares
         // carry the full noise; the server and every client refuse to unmask fewer.
-        let mut params = Params::for_round(
+        let mut params = Params::for_round_with(
             round_id,
             &participants,
             vector_len,
@@ -142,6 +142,7 @@ impl SecureRound {
             config.max_weight,
             config.noise_stddev,
             min_survivors,
+            harambee_secagg::GraphTargets::with_failure_probability(config.failure_probability),
         )?;
         params.consistency_check = config.consistency_check;
         let keys = trained.iter().map(|(a, k)| (ids[a], *k)).collect();
@@ -396,6 +397,7 @@ mod tests {
             stage_timeout: Duration::from_secs(10),
             consistency_check: true,
             noise_stddev,
+            failure_probability: harambee_secagg::DESIGN_FAILURE_PROBABILITY,
         }
     }
 
@@ -427,6 +429,7 @@ mod tests {
             max_weight: 1,
             noise_stddev: 0.3,
             min_survivors,
+            failure_probability: harambee_secagg::DESIGN_FAILURE_PROBABILITY,
             policy: ParamsPolicy {
                 require_distributed_noise: true,
                 require_consistency_check: true,

@@ -289,6 +289,7 @@ fn with_threshold_one_the_same_split_reads_the_input_and_the_check_refuses_it() 
         max_weight: weak.max_weight,
         noise_stddev: 0.0,
         min_survivors: 1,
+        failure_probability: crate::DESIGN_FAILURE_PROBABILITY,
         policy: ParamsPolicy::default(),
     };
     expectation.check(&params(false, None)).unwrap();

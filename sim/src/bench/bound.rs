@@ -173,9 +173,17 @@ impl Shape {
         dropouts: usize,
         params: usize,
         max_weight: u64,
+        failure_probability: f64,
     ) -> anyhow::Result<Shape> {
         let ids: Vec<u32> = (1..=agents as u32).collect();
-        let p = Params::recommended(1, &ids, params, 1.0, max_weight)?;
+        let p = Params::recommended_for(
+            1,
+            &ids,
+            params,
+            1.0,
+            max_weight,
+            harambee_secagg::GraphTargets::with_failure_probability(failure_probability),
+        )?;
         Ok(Shape {
             agents,
             dropouts,

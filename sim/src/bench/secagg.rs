@@ -52,6 +52,10 @@ pub struct SecaggArgs {
     /// headroom the masked sum needs, and so whether 32-bit words suffice.
     #[arg(long, default_value_t = 100)]
     pub max_weight: u64,
+    /// The neighbour graph's failure probability (the federation's
+    /// `secure_aggregation.failure_probability`; the agents' policies allow it).
+    #[arg(long, default_value_t = harambee_secagg::DESIGN_FAILURE_PROBABILITY)]
+    pub failure_probability: f64,
     /// One JSON object per round on stdout.
     #[arg(long)]
     pub json: bool,
@@ -93,13 +97,14 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             ""
         };
         let text = format!(
-            "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[policy]\nallowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\nallowed_labels = [\"*\"]\nrequire_consistency_check = false\nrequire_secure_aggregation = {}\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
+            "coordinator = {endpoint:?}\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n[data]\ncsv = \"unused.csv\"\n[network]\nconnect_timeout_s = 10\nmax_backoff_s = 2\n[policy]\nallowed_federations = [\"*\"]\nallowed_model_kinds = [\"*\"]\nallowed_labels = [\"*\"]\nrequire_consistency_check = false\nrequire_secure_aggregation = {}\nmax_graph_failure_probability = {}\n[testing]\n{crash}synthetic = {{ n_samples = 100, seed = {i} }}\n",
             dir.join("agents").join(&name).display().to_string(),
             PkiPaths::new(&pki_dir).ca_cert().display().to_string(),
             cert.display().to_string(),
             key.display().to_string(),
             // The facilities' default policy declines plain rounds; a plain bench allows them.
             !args.plain,
+            args.failure_probability,
         );
         let path: PathBuf = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text)?;
@@ -155,6 +160,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             max_weight: args.max_weight,
             // The semi-honest variant, as the reference Python framework runs it.
             consistency_check: false,
+            failure_probability: args.failure_probability,
             ..Default::default()
         },
         strategy: Default::default(),
@@ -196,7 +202,13 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         Ok(if args.plain {
             Shape::plain(agents, n_params as usize)
         } else {
-            Shape::secure(agents, dropouts, n_params as usize, args.max_weight)?
+            Shape::secure(
+                agents,
+                dropouts,
+                n_params as usize,
+                args.max_weight,
+                args.failure_probability,
+            )?
         })
     };
     let shape = shape_of(args.agents, n_crash)?;

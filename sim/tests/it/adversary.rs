@@ -129,6 +129,7 @@ impl Setup {
                 clip: spec.secure_aggregation.clip,
                 max_weight: spec.effective_max_weight(),
                 min_survivors: spec.min_agents,
+                failure_probability: spec.secure_aggregation.failure_probability,
             }),
             privacy: wire::privacy_config(&spec.privacy),
         };
@@ -578,6 +579,35 @@ async fn distributed_noise_stripped_from_the_offer_is_refused() {
         "the policy requires distributed noise and the offered round adds none",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_graph_weaker_than_the_policy_allows_is_refused_before_any_key_leaves() {
+    // The coordinator declares a federation whose graph is sized for a 1-in-100 chance of
+    // failure or exposure (fewer neighbours, less mask expansion); the facility's default
+    // policy accepts at most 10⁻⁶.
+    let s = setup(POLICY).await;
+    let mut spec = s.secure_spec(false);
+    spec.secure_aggregation.failure_probability = 1e-2;
+    let me = s.facility().to_owned();
+    let ids = [1, 2, 3, 4];
+    s.rogue.send(&me, s.train_of(1, &spec, true)).await;
+    s.trained(1, &me).await;
+    s.rogue
+        .send(&me, advertise(&honest(1, &ids, &spec), 1))
+        .await;
+    let reason = s.declined(1).await;
+    assert!(
+        reason.contains("refusing round 1's secure-aggregation parameters")
+            && reason.contains("sized for a failure probability of 1e-2")
+            && reason.contains("the policy accepts at most 1e-6"),
+        "{reason}"
+    );
+    let sent = s.rogue.secagg_of(1, &me);
+    assert!(
+        sent.iter().all(|p| matches!(p, Part::Trained(_))),
+        "only the training report left: {sent:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,50 @@ async fn secure_federation_commits_the_sum_of_the_masked_updates() {
     h.stop_coordinator().await;
 }
 
+/// A federation may size its neighbour graph for a larger failure probability (less mask
+/// expansion); only facilities whose policy allows it take part: the one with the default
+/// policy declines with the reason, and the round commits with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weaker_neighbour_graph_runs_only_with_facilities_that_allow_it() {
+    let mut h = Harness::start(None).await;
+    let facilities = h.facilities(None);
+    for f in &facilities[..3] {
+        h.spawn_agent_with(f, "\n[policy]\nmax_graph_failure_probability = 1e-4\n");
+    }
+    h.spawn_agent(&facilities[3]);
+    let mut admin = h.admin().await;
+    let mut spec = spec(&facilities, 3, 60);
+    spec.secure_aggregation.failure_probability = 1e-4;
+    create_federation(&mut admin, &spec).await;
+    let names: Vec<&str> = facilities.iter().map(|f| f.name.as_str()).collect();
+    wait_connected(&mut admin, &names).await;
+
+    let round = run_round(&mut admin, &spec.name).await;
+    assert_eq!(round.state(), pb::RoundState::Committed, "{round:?}");
+    let status = |name: &str| {
+        round
+            .participants
+            .iter()
+            .find(|p| p.facility == name)
+            .unwrap_or_else(|| panic!("{name} took part: {round:?}"))
+    };
+    for f in &facilities[..3] {
+        assert_eq!(status(&f.name).status(), pb::ParticipantStatus::Uploaded);
+    }
+    let strict = status(&facilities[3].name);
+    assert_ne!(
+        strict.status(),
+        pb::ParticipantStatus::Uploaded,
+        "{strict:?}"
+    );
+    assert!(
+        strict.detail.contains("the policy accepts at most 1e-6"),
+        "{strict:?}"
+    );
+    h.stop_agents().await;
+    h.stop_coordinator().await;
+}
+
 /// A server optimizer (FedAdam) turns the weighted mean update into the new model, and its
 /// moments survive a coordinator restart between rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
