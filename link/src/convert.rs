@@ -240,3 +240,31 @@ pub fn params_from_pb(p: &pb::SecAggParams) -> Result<Params, BadTask> {
         .map_err(|e| BadTask(format!("secure-aggregation parameters: {e}")))?;
     Ok(params)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harambee_models::presets;
+
+    #[test]
+    fn every_schema_field_survives_the_wire() {
+        for preset in [
+            presets::heart_disease(),
+            presets::heart_disease_fhir(),
+            presets::preterm_birth(),
+        ] {
+            assert_eq!(schema(&schema_to_pb(&preset)).unwrap(), preset);
+        }
+        let mut derived = presets::heart_disease();
+        derived.features[0].derive = Some(Derive::AgeAt("2024-06-30".to_owned()));
+        assert_eq!(schema(&schema_to_pb(&derived)).unwrap(), derived);
+        // An old peer's message (no kind) is numeric; an unknown kind is refused by name.
+        let mut wire = schema_to_pb(&presets::heart_disease());
+        assert_eq!(wire.features[0].kind, "");
+        wire.features[0].kind = "ordinal".to_owned();
+        assert_eq!(
+            schema(&wire).unwrap_err().to_string(),
+            "task is malformed: column age: unknown feature kind \"ordinal\""
+        );
+    }
+}
