@@ -437,3 +437,122 @@ fn translate(value: FhirValue, source: &FhirSource) -> FhirValue {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Derive, Feature, FeatureKind, LabelRule};
+
+    fn source(resource: &str, code: &str, path: &str) -> Option<FhirSource> {
+        Some(FhirSource {
+            resource: resource.to_owned(),
+            code: code.to_owned(),
+            path: path.to_owned(),
+            ..FhirSource::default()
+        })
+    }
+
+    #[test]
+    fn medication_requests_encounters_birth_dates_and_the_latest_observation() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, lines: &[&str]| {
+            std::fs::write(dir.path().join(name), lines.join("\n") + "\n").unwrap();
+        };
+        write(
+            "Patient.ndjson",
+            &[
+                r#"{"resourceType":"Patient","id":"p1","birthDate":"1970-07-01"}"#,
+                r#"{"resourceType":"Patient","id":"p2","birthDate":"1990-01-15"}"#,
+            ],
+        );
+        write(
+            "Observation.ndjson",
+            &[
+                r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2160-0"}]},"subject":{"reference":"Patient/p1"},"effectiveDateTime":"2024-03-01","valueQuantity":{"value":2.5,"code":"mg/dL"}}"#,
+                r#"{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"2160-0"}]},"subject":{"reference":"Patient/p1"},"effectiveDateTime":"2023-01-01","valueQuantity":{"value":1.0,"code":"mg/dL"}}"#,
+                r#"{"resourceType":"Observation","status":"entered-in-error","code":{"coding":[{"system":"http://loinc.org","code":"2160-0"}]},"subject":{"reference":"Patient/p2"},"effectiveDateTime":"2024-01-01","valueQuantity":{"value":9.0,"code":"mg/dL"}}"#,
+            ],
+        );
+        write(
+            "MedicationRequest.ndjson",
+            &[
+                r#"{"resourceType":"MedicationRequest","status":"active","medicationCodeableConcept":{"coding":[{"system":"http://www.nlm.nih.gov/research/umls/rxnorm","code":"860975"}]},"subject":{"reference":"Patient/p2"}}"#,
+            ],
+        );
+        write(
+            "Encounter.ndjson",
+            &[
+                r#"{"resourceType":"Encounter","status":"finished","class":{"code":"IMP"},"subject":{"reference":"urn:uuid:p1"},"period":{"start":"2024-02-01"}}"#,
+                r#"{"resourceType":"Encounter","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/p1"},"period":{"start":"2024-05-01"}}"#,
+            ],
+        );
+        write(
+            "Condition.ndjson",
+            &[
+                r#"{"resourceType":"Condition","verificationStatus":{"coding":[{"code":"refuted"}]},"code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006"}]},"subject":{"reference":"Patient/p1"}}"#,
+                r#"{"resourceType":"Condition","code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006"}]},"subject":{"reference":"Patient/p2"}}"#,
+            ],
+        );
+        let schema = Schema {
+            label: "diabetes".to_owned(),
+            label_fhir: source("Condition", "http://snomed.info/sct|44054006", ""),
+            label_rule: None,
+            features: vec![
+                Feature {
+                    column: "age".to_owned(),
+                    derive: Some(Derive::AgeAt("2024-06-30".to_owned())),
+                    center: 50.0,
+                    scale: 10.0,
+                    fhir: source("Patient", "", "birthDate"),
+                    ..Feature::default()
+                },
+                Feature {
+                    column: "creatinine".to_owned(),
+                    fhir: Some(FhirSource {
+                        code: "http://loinc.org|2160-0".to_owned(),
+                        unit: "mg/dL".to_owned(),
+                        ..FhirSource::default()
+                    }),
+                    ..Feature::default()
+                },
+                Feature {
+                    column: "metformin".to_owned(),
+                    kind: FeatureKind::Binary,
+                    fhir: source("MedicationRequest", "860975", ""),
+                    ..Feature::default()
+                },
+                Feature {
+                    column: "last_encounter".to_owned(),
+                    kind: FeatureKind::Categorical,
+                    categories: vec!["AMB".to_owned(), "IMP".to_owned()],
+                    fhir: source("Encounter", "", "class.code"),
+                    ..Feature::default()
+                },
+            ],
+        };
+        let loaded = load_fhir(dir.path(), &schema).unwrap();
+        // p1: 53 on the reference date; the latest creatinine (2.5); no metformin; the
+        // latest encounter ambulatory; its condition refuted, so label 0.
+        assert_eq!(loaded.data.row(0), [0.3, 2.5, -1.0, 1.0, 0.0, 0.0]);
+        // p2: 34; creatinine entered in error, so missing; metformin; no encounter;
+        // diabetes.
+        assert_eq!(loaded.data.row(1), [-1.6, 0.0, 1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(loaded.data.y, [0.0, 1.0]);
+        assert_eq!(loaded.report.features[1].missing, 1);
+        assert_eq!(loaded.report.issues_total, 0);
+
+        // A label read by a rule from an observation's value.
+        let mut by_value = schema.clone();
+        by_value.label_fhir = Some(FhirSource {
+            code: "2160-0".to_owned(),
+            ..FhirSource::default()
+        });
+        by_value.label_rule = Some(LabelRule {
+            greater_than: Some(2.0),
+            ..LabelRule::default()
+        });
+        let loaded = load_fhir(dir.path(), &by_value).unwrap();
+        assert_eq!(loaded.data.y, [1.0], "p2 has no usable value: left out");
+        assert_eq!(loaded.report.rows_left_out, 1);
+    }
+}
