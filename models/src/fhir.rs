@@ -265,7 +265,7 @@ fn extract<'r>(
     let latest = resources
         .iter()
         .filter(|resource| counts(resource, kind) && has_code(&resource.json, &source.code))
-        .max_by(|a, b| when(&a.json).cmp(&when(&b.json)));
+        .max_by(|a, b| when(&a.json).cmp(when(&b.json)));
     match (latest, source.path.is_empty(), kind) {
         (None, _, "Observation") => (FhirValue::Absent, patient),
         (None, true, _) => (translate(FhirValue::Text("0".to_owned()), source), patient),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{DataError, Dataset, Derive, FeatureKind, LabelRule, Schema};
 
 /// At most this many issues are kept with their location; all are counted.
-pub const MAX_ISSUES: usize = 1000;
+pub(crate) const MAX_ISSUES: usize = 1000;
 /// At most this many distinct unseen categories are listed per feature; all are counted.
 const MAX_UNSEEN_VALUES: usize = 50;
 
@@ -88,7 +88,7 @@ pub struct FeatureStats {
 }
 
 /// What a load made of a source: rows read, used and left out, the label balance, counts
-/// per feature, and the first [`MAX_ISSUES`] issues with their location.
+/// per feature, and the first 1000 issues with their location.
 ///
 /// Its counts hold no patient value; `issues` and `unseen_values` may quote values, so the
 /// report is printed at the facility (`harambee-agent data check`) and never sent.
@@ -108,7 +108,7 @@ pub struct DataReport {
     pub negatives: u64,
     /// Per feature, in schema order.
     pub features: Vec<FeatureStats>,
-    /// The first issues, in the order met.
+    /// The first 1000 issues, in the order met.
     pub issues: Vec<Issue>,
     /// Every issue, kept or not.
     pub issues_total: u64,
