@@ -628,8 +628,27 @@ mod tests {
         assert_eq!(spec.schema.features[0].missing, vec!["0".to_string()]);
         assert_eq!(
             spec.model_spec().n_inputs,
-            2,
-            "one feature plus its missing indicator"
+            2 + 4 + 1 + 1,
+            "chol and its missing indicator, 3 categories and other, a binary, a derived age"
+        );
+        let kinds: Vec<_> = spec.schema.features.iter().map(|f| f.kind).collect();
+        use harambee_models::data::{Derive, FeatureKind};
+        assert_eq!(
+            kinds,
+            [
+                FeatureKind::Numeric,
+                FeatureKind::Categorical,
+                FeatureKind::Binary,
+                FeatureKind::Numeric
+            ]
+        );
+        assert_eq!(
+            spec.schema.features[3].derive,
+            Some(Derive::AgeAt("2024-06-30".to_owned()))
+        );
+        assert_eq!(
+            spec.schema.features[2].fhir.as_ref().unwrap().map["female"],
+            "1_female"
         );
     }
 
