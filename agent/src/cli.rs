@@ -42,6 +42,18 @@ pub enum Command {
     /// Auditing the privacy ledger.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The facility's data against the federations' schemas.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Check the data file (or FHIR export) against each federation schema this agent
+    /// knows, or one given with --schema: rows usable, missing, out-of-range and unreadable
+    /// values per feature, unseen categories, label balance, min_samples and min_cohort.
+    /// Printed here only. Exits 1 naming the file, line and column of each hard error.
+    Check(crate::data_check::CheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,6 +88,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Enrol(args) => crate::enrol::run(args).await,
         Command::Doctor(args) => {
             if crate::doctor::run(&args).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+        Command::Data(DataCommand::Check(args)) => {
+            if crate::data_check::run(&args)? {
                 Ok(())
             } else {
                 std::process::exit(1)

@@ -210,12 +210,36 @@ pub struct TlsFiles {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// The facility's CSV file (header row; columns named by the federation's schema).
+    /// Empty when the data is a FHIR export (`fhir`).
+    #[serde(default)]
     pub csv: PathBuf,
+    /// Instead of `csv`: a directory holding a FHIR R4 Bulk Data export (`*.ndjson`), read
+    /// by the FHIR mapping of the federation's schema.
+    #[serde(default)]
+    pub fhir: Option<PathBuf>,
     /// Share of rows held out for evaluation, never trained on.
     #[serde(default = "default_holdout")]
     pub holdout_fraction: f64,
     #[serde(default)]
     pub split_seed: u64,
+}
+
+impl DataConfig {
+    /// The CSV file or the FHIR export directory, as messages name it.
+    pub fn path(&self) -> &Path {
+        self.fhir.as_deref().unwrap_or(&self.csv)
+    }
+
+    /// Reads the facility's data by `schema`, with the report of what could not be used.
+    pub fn load(
+        &self,
+        schema: &harambee_models::data::Schema,
+    ) -> Result<harambee_models::data::Loaded, harambee_models::data::DataError> {
+        match &self.fhir {
+            Some(dir) => harambee_models::fhir::load_fhir(dir, schema),
+            None => harambee_models::data::load_csv_report(&self.csv, schema),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,8 +301,11 @@ impl AgentConfig {
             &mut config.tls.cert,
             &mut config.tls.key,
             &mut config.data.csv,
-        ] {
-            if p.is_relative() {
+        ]
+        .into_iter()
+        .chain(config.data.fhir.as_mut())
+        {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
             }
         }
@@ -295,6 +322,15 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        match (self.data.csv.as_os_str().is_empty(), &self.data.fhir) {
+            (true, None) => anyhow::bail!(
+                "[data] names no data: set csv to the facility's CSV file, or fhir to the directory of its FHIR export"
+            ),
+            (false, Some(_)) => {
+                anyhow::bail!("[data] sets both csv and fhir: the agent reads one of them")
+            }
+            _ => {}
+        }
         if !self.coordinator.starts_with("https://") {
             anyhow::bail!("coordinator must be an https:// address (there is no plaintext port)");
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use harambee_link::identity::{PeerVerifier, ed25519_key_of, signing_key_from_pem};
 use harambee_link::proxy;
 use harambee_link::tls::{self, ClientTls, FailureKind, Target, TlsError};
-use harambee_models::data::{DataError, Schema, load_csv, split_holdout};
+use harambee_models::data::{DataError, Issue, Schema, split_holdout};
 use harambee_privacy::accountant::RdpAccountant;
 use harambee_privacy::log::{self as privacy_log, Record};
 use harambee_proto::pb::{self, enrolment_service_client::EnrolmentServiceClient};
@@ -423,25 +423,32 @@ fn check_identity(report: &mut Report, config: &AgentConfig) -> Option<ClientTls
 }
 
 fn check_data(report: &mut Report, config: &AgentConfig) {
-    let path = &config.data.csv;
-    let n_rows = match count_rows(path) {
+    let path = config.data.path();
+    let counted = match &config.data.fhir {
+        Some(dir) => std::fs::read_dir(dir)
+            .map(|_| None)
+            .map_err(|e| e.to_string()),
+        None => count_rows(path).map(Some),
+    };
+    let n_rows = match counted {
         Ok(n) => n,
         Err(reason) => {
             report.fail(
                 "data",
                 format!("cannot read the data file {}: {reason}", path.display()),
-                "set [data] csv in agent.toml to the facility's CSV file, and let the agent's account read it",
+                "set [data] csv in agent.toml to the facility's CSV file (or fhir to its FHIR export directory), and let the agent's account read it",
             );
             return;
         }
     };
+    let rows = n_rows.map_or_else(|| "a FHIR export".to_owned(), |n| format!("{n} rows"));
     let schemas = match crate::status::read_schemas(&config.state_dir) {
         Ok(schemas) => schemas,
         Err(e) => {
             report.warn(
                 "data",
                 format!(
-                    "{}: {n_rows} rows; the recorded federation schemas are unreadable: {e:#}",
+                    "{}: {rows}; the recorded federation schemas are unreadable: {e:#}",
                     path.display()
                 ),
                 "remove the file named; the agent records the schemas again with its next task",
@@ -453,14 +460,14 @@ fn check_data(report: &mut Report, config: &AgentConfig) {
         report.ok(
             "data",
             format!(
-                "{}: {n_rows} rows (no federation schema known yet: the coordinator sends it with the first task)",
+                "{}: {rows} (no federation schema known yet: the coordinator sends it with the first task)",
                 path.display()
             ),
         );
         return;
     }
     for (federation, schema) in &schemas {
-        check_schema(report, config, federation, schema, n_rows);
+        check_schema(report, config, federation, schema, &rows);
     }
 }
 
@@ -469,22 +476,34 @@ fn check_schema(
     config: &AgentConfig,
     federation: &str,
     schema: &Schema,
-    n_rows: u64,
+    rows: &str,
 ) {
-    let path = &config.data.csv;
-    match load_csv(path, schema) {
-        Ok(data) => {
-            let (_, held_out) =
-                split_holdout(&data, config.data.holdout_fraction, config.data.split_seed);
-            report.ok(
-                "data",
-                format!(
-                    "{} matches federation {federation}'s schema: {n_rows} rows, {} usable, {} held out for evaluation",
-                    path.display(),
-                    data.n_rows(),
-                    held_out.n_rows()
-                ),
+    let path = config.data.path();
+    match config.data.load(schema) {
+        Ok(loaded) => {
+            let (_, held_out) = split_holdout(
+                &loaded.data,
+                config.data.holdout_fraction,
+                config.data.split_seed,
             );
+            let detail = format!(
+                "{} matches federation {federation}'s schema: {rows}, {} usable, {} held out for evaluation",
+                path.display(),
+                loaded.data.n_rows(),
+                held_out.n_rows()
+            );
+            match loaded.report.hard_issues().next() {
+                None => report.ok("data", detail),
+                Some(first) => report.warn(
+                    "data",
+                    format!(
+                        "{detail}; {} values or rows cannot be read and are used as missing or left out, the first at {}",
+                        loaded.report.hard_errors,
+                        issue_location(first)
+                    ),
+                    "harambee-agent data check --config agent.toml lists each with its file, line and column",
+                ),
+            }
         }
         Err(e) => report.fail(
             "data",
@@ -494,7 +513,7 @@ fn check_schema(
                 data_error(&e)
             ),
             format!(
-                "the file needs a header with the columns {} and a 0/1 label {}, one patient per row; values must be numbers or the schema's missing tokens",
+                "the data needs the columns {} and the label {}, one patient per row; harambee-agent data check says more",
                 schema
                     .features
                     .iter()
@@ -526,23 +545,30 @@ fn count_rows(path: &Path) -> Result<u64, String> {
     }
 }
 
-/// A data error without the offending value: where it is and what kind of problem.
+/// A data error; none quotes a value from the data.
 fn data_error(error: &DataError) -> String {
     match error {
-        DataError::Value {
-            line,
-            column,
-            source_name,
-            ..
-        } => format!(
-            "{source_name}: line {line}, column {column}: a value is not a number in range nor a missing token"
-        ),
         DataError::Malformed {
             source_name, line, ..
         } => {
-            format!("{source_name}: line {line}: broken CSV (wrong number of fields or not UTF-8)")
+            format!("{source_name}: line {line}: broken CSV header (not UTF-8 or not CSV)")
         }
+        DataError::NoUsableRows {
+            source_name,
+            rows_read,
+            ..
+        } => format!(
+            "{source_name}: none of the {rows_read} rows is usable (harambee-agent data check names why)"
+        ),
         other => other.to_string(),
+    }
+}
+
+/// Where an issue is, without the value it may quote.
+fn issue_location(issue: &Issue) -> String {
+    match &issue.column {
+        Some(column) => format!("{}: line {}, column {column}", issue.source, issue.line),
+        None => format!("{}: line {}", issue.source, issue.line),
     }
 }
 
@@ -1052,18 +1078,23 @@ mod tests {
     }
 
     #[test]
-    fn value_errors_lose_the_value() {
-        let e = DataError::Value {
-            source_name: "d.csv".into(),
+    fn issues_and_errors_lose_the_value() {
+        let issue = Issue {
+            source: "d.csv".into(),
             line: 7,
-            column: "chol".into(),
-            reason: "\"123456\" is out of range".into(),
+            column: Some("chol".into()),
+            kind: harambee_models::data::IssueKind::Unreadable,
+            reason: "cannot read \"123456x\" as a number".into(),
+        };
+        let shown = issue_location(&issue);
+        assert_eq!(shown, "d.csv: line 7, column chol");
+        let e = DataError::NoUsableRows {
+            source_name: "d.csv".into(),
+            rows_read: 3,
+            first_issue: issue.to_string(),
         };
         let shown = data_error(&e);
-        assert!(
-            shown.contains("line 7") && shown.contains("chol"),
-            "{shown}"
-        );
+        assert!(shown.contains("3 rows"), "{shown}");
         assert!(!shown.contains("123456"), "{shown}");
     }
 }

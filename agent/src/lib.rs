@@ -8,7 +8,8 @@
 //! [`runtime`] carries them out: the connection loop, training, uploads; [`transfer`] moves models and updates in chunks; [`egress`] is the
 //! local log of everything that left the facility; [`privacy`] is its policy, privacy accountant, egress receipts and
 //! hash-chained privacy log; [`audit`] verifies a ledger export offline; [`enrol`] and
-//! [`renew`] obtain and renew its certificate; [`doctor`] checks all the agent needs and
+//! [`renew`] obtain and renew its certificate; [`doctor`] checks all the agent needs,
+//! [`data_check`] checks the facility's data against the federations' schemas (locally only), and
 //! [`status`] records what it checks offline (last contact, federation schemas). What it shares with the coordinator (identity,
 //! mTLS client, wire conversions) is in `harambee-link`.
 
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod data_check;
 pub mod doctor;
 pub mod egress;
 pub mod enrol;

@@ -17,7 +17,7 @@ use harambee_link::clock::Clock;
 use harambee_link::convert as wire;
 use harambee_link::identity::{PeerVerifier, signing_key_from_pem};
 use harambee_link::tls::{self, ClientTls};
-use harambee_models::data::{Dataset, Schema, load_csv, split_holdout};
+use harambee_models::data::{Dataset, Schema, split_holdout};
 use harambee_models::model::ModelSpec;
 use harambee_privacy::ledger::Aggregation;
 use harambee_privacy::policy::DpSteps;
@@ -164,7 +164,7 @@ pub async fn run_with_stats(
         || "none".to_owned(),
         |p| format!("{p} (from {})", agent.config.proxies.source()),
     );
-    info!(coordinator = %agent.config.coordinator, %proxy, data = %agent.config.data.csv.display(), instance = %agent.instance, "agent starting");
+    info!(coordinator = %agent.config.coordinator, %proxy, data = %agent.config.data.path().display(), instance = %agent.instance, "agent starting");
     let _renewal = crate::renew::spawn(agent.config.clone());
     let _owner = AbortOnDrop(owner.abort_handle());
     let span = tracing::info_span!("agent", instance = %agent.instance);
@@ -1220,12 +1220,21 @@ impl Agent {
         schema: Schema,
     ) -> anyhow::Result<(Dataset, Dataset)> {
         self.status.schema(federation, &schema);
-        let path = self.config.data.csv.clone();
+        let data_config = self.config.data.clone();
         let fraction = self.config.data.holdout_fraction;
         let seed = self.config.data.split_seed;
+        let federation = federation.to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Dataset, Dataset)> {
-            let data = load_csv(&path, &schema)?;
-            Ok(split_holdout(&data, fraction, seed))
+            let loaded = data_config.load(&schema)?;
+            // Counts only: where each problem is, with its value, is for `data check`.
+            if loaded.report.issues_total > 0 {
+                warn!(
+                    %federation,
+                    "{}; `harambee-agent data check` names each by file, line and column",
+                    loaded.report.summary()
+                );
+            }
+            Ok(split_holdout(&loaded.data, fraction, seed))
         })
         .await?
     }

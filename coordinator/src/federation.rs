@@ -648,6 +648,40 @@ mod tests {
             2,
             "one feature plus its missing indicator"
         );
+        assert_eq!(spec.schema.features[0].unit, "mg/dL");
+        assert_eq!(spec.schema.features[0].min, Some(50.0));
+    }
+
+    #[test]
+    fn readme_clinical_schema_is_valid() {
+        use harambee_models::data::{Derive, FeatureKind, Schema};
+        let block = readme_block("[schema]\nlabel = \"outcome\"");
+        let table: toml::Table = toml::from_str(&block).unwrap();
+        let schema: Schema = table["schema"].clone().try_into().unwrap();
+        schema.validate().unwrap();
+        assert_eq!(
+            schema.n_inputs(),
+            4 + 1 + 1,
+            "3 categories and other, a binary, a derived age"
+        );
+        let kinds: Vec<_> = schema.features.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                FeatureKind::Categorical,
+                FeatureKind::Binary,
+                FeatureKind::Numeric
+            ]
+        );
+        assert_eq!(
+            schema.features[2].derive,
+            Some(Derive::AgeAt("2024-06-30".to_owned()))
+        );
+        assert_eq!(
+            schema.features[1].fhir.as_ref().unwrap().map["female"],
+            "1_female"
+        );
+        assert_eq!(schema.label_rule.unwrap().positive, ["1_yes"]);
     }
 
     #[test]

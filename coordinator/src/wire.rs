@@ -28,24 +28,11 @@ impl WireError {
 }
 
 pub fn schema(schema: &Schema) -> pb::FeatureSchema {
-    pb::FeatureSchema {
-        label: schema.label.clone(),
-        features: schema
-            .features
-            .iter()
-            .map(|f| pb::Feature {
-                column: f.column.clone(),
-                center: f.center,
-                scale: f.scale,
-                missing: f.missing.clone(),
-                indicator: f.indicator,
-            })
-            .collect(),
-    }
+    harambee_link::convert::schema_to_pb(schema)
 }
 
-pub fn schema_from_pb(schema: pb::FeatureSchema) -> Schema {
-    harambee_link::convert::schema(&schema)
+pub fn schema_from_pb(schema: pb::FeatureSchema) -> Result<Schema, WireError> {
+    harambee_link::convert::schema(&schema).map_err(|e| WireError::new(e.0))
 }
 
 pub fn model_spec(spec: &FederationSpec, n_params: usize) -> pb::ModelSpec {
@@ -192,7 +179,7 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, W
             kind,
             hidden: model.hidden.iter().map(|&h| h as usize).collect(),
         },
-        schema: schema_from_pb(schema),
+        schema: schema_from_pb(schema)?,
         train: TrainSpec {
             epochs: train.epochs,
             batch_size: train.batch_size,

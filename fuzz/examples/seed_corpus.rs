@@ -464,6 +464,7 @@ fn proto(root: &Path, l: &Ledgered) {
                     scale: 9.0,
                     missing: vec![],
                     indicator: false,
+                    ..Default::default()
                 },
                 pb::Feature {
                     column: "chol".into(),
@@ -471,8 +472,10 @@ fn proto(root: &Path, l: &Ledgered) {
                     scale: 50.0,
                     missing: vec!["0".into()],
                     indicator: true,
+                    ..Default::default()
                 },
             ],
+            ..Default::default()
         }),
         // 3 inputs → 8 hidden → 1: 3·8 + 8 + 8 + 1.
         n_params: 41,

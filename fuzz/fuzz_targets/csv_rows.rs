@@ -1,7 +1,8 @@
 //! A facility's CSV as the agent loads it (`models::data::parse_csv`) against a
 //! federation's schema: heart-disease columns with a missing-value token and an
 //! indicator. Rows that load are a rectangular table of finite inputs and 0/1 labels;
-//! anything else is a `DataError` naming the line and column, never a panic.
+//! a bad value or row is an issue of the report, a file that cannot be used a
+//! `DataError`, never a panic.
 
 #![no_main]
 
@@ -16,6 +17,7 @@ fn schema() -> Schema {
             scale,
             missing: missing.iter().map(|m| (*m).to_owned()).collect(),
             indicator,
+            ..Feature::default()
         };
     Schema {
         label: "target".to_owned(),
@@ -24,6 +26,7 @@ fn schema() -> Schema {
             feature("chol", 200.0, 50.0, &["0"], true),
             feature("oldpeak", 1.0, 1.0, &["?", "NA"], false),
         ],
+        ..Schema::default()
     }
 }
 

@@ -2,7 +2,8 @@
 //! `models`, used by both ends of the wire. Anything that arrives malformed becomes a
 //! [`BadTask`] naming what is wrong.
 
-use harambee_models::data::{Feature, Schema};
+use harambee_models::data::{Derive, Feature, FeatureKind, LabelRule, Schema};
+use harambee_models::fhir::FhirSource;
 use harambee_models::metrics::Metrics;
 use harambee_models::model::{ModelKind, ModelSpec};
 use harambee_models::train::{Optimizer, TrainConfig};
@@ -14,20 +15,107 @@ use harambee_secagg::{MaskPrg, Params, Word};
 #[error("task is malformed: {0}")]
 pub struct BadTask(pub String);
 
-pub fn schema(schema: &pb::FeatureSchema) -> Schema {
-    Schema {
-        label: schema.label.clone(),
-        features: schema
-            .features
-            .iter()
-            .map(|f| Feature {
+/// The schema a wire message describes; an unknown feature kind or a malformed derivation
+/// is refused (the schema's own rules are [`Schema::validate`]'s).
+pub fn schema(schema: &pb::FeatureSchema) -> Result<Schema, BadTask> {
+    let features = schema
+        .features
+        .iter()
+        .map(|f| {
+            let kind = FeatureKind::parse(&f.kind).ok_or_else(|| {
+                BadTask(format!(
+                    "column {}: unknown feature kind {:?}",
+                    f.column, f.kind
+                ))
+            })?;
+            Ok(Feature {
                 column: f.column.clone(),
                 center: f.center,
                 scale: f.scale,
                 missing: f.missing.clone(),
                 indicator: f.indicator,
+                kind,
+                unit: f.unit.clone(),
+                min: f.min,
+                max: f.max,
+                categories: f.categories.clone(),
+                positive: f.positive.clone(),
+                negative: f.negative.clone(),
+                derive: (!f.age_at.is_empty()).then(|| Derive::AgeAt(f.age_at.clone())),
+                fhir: f.fhir.as_ref().map(fhir_source),
+            })
+        })
+        .collect::<Result<Vec<_>, BadTask>>()?;
+    Ok(Schema {
+        label: schema.label.clone(),
+        features,
+        label_rule: schema.label_rule.as_ref().map(|r| LabelRule {
+            positive: r.positive.clone(),
+            negative: r.negative.clone(),
+            greater_than: r.greater_than,
+            less_than: r.less_than,
+        }),
+        label_fhir: schema.label_fhir.as_ref().map(fhir_source),
+    })
+}
+
+fn fhir_source(f: &pb::FhirSource) -> FhirSource {
+    FhirSource {
+        resource: f.resource.clone(),
+        code: f.code.clone(),
+        unit: f.unit.clone(),
+        path: f.path.clone(),
+        map: f.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+fn fhir_source_to_pb(f: &FhirSource) -> pb::FhirSource {
+    pb::FhirSource {
+        resource: f.resource.clone(),
+        code: f.code.clone(),
+        unit: f.unit.clone(),
+        path: f.path.clone(),
+        map: f.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// The wire form of a schema: every field, so that [`schema`] gives it back.
+pub fn schema_to_pb(schema: &Schema) -> pb::FeatureSchema {
+    pb::FeatureSchema {
+        label: schema.label.clone(),
+        features: schema
+            .features
+            .iter()
+            .map(|f| pb::Feature {
+                column: f.column.clone(),
+                center: f.center,
+                scale: f.scale,
+                missing: f.missing.clone(),
+                indicator: f.indicator,
+                kind: match f.kind {
+                    FeatureKind::Numeric => String::new(),
+                    other => other.as_str().to_owned(),
+                },
+                unit: f.unit.clone(),
+                min: f.min,
+                max: f.max,
+                categories: f.categories.clone(),
+                positive: f.positive.clone(),
+                negative: f.negative.clone(),
+                age_at: match &f.derive {
+                    Some(Derive::AgeAt(date)) => date.clone(),
+                    None => String::new(),
+                },
+                fhir: f.fhir.as_ref().map(fhir_source_to_pb),
             })
             .collect(),
+        label_rule: schema.label_rule.as_ref().map(|r| pb::LabelRule {
+            positive: r.positive.clone(),
+            negative: r.negative.clone(),
+            greater_than: r.greater_than,
+            less_than: r.less_than,
+        }),
+        label_fhir: schema.label_fhir.as_ref().map(fhir_source_to_pb),
     }
 }
 
@@ -38,7 +126,7 @@ pub fn model(spec: Option<&pb::ModelSpec>) -> Result<(ModelSpec, Schema), BadTas
         spec.schema
             .as_ref()
             .ok_or_else(|| BadTask("no feature schema".into()))?,
-    );
+    )?;
     schema.validate().map_err(|e| BadTask(e.to_string()))?;
     let kind = match spec.kind.as_str() {
         "logistic_regression" => ModelKind::LogisticRegression,
@@ -151,4 +239,32 @@ pub fn params_from_pb(p: &pb::SecAggParams) -> Result<Params, BadTask> {
         .validate()
         .map_err(|e| BadTask(format!("secure-aggregation parameters: {e}")))?;
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harambee_models::presets;
+
+    #[test]
+    fn every_schema_field_survives_the_wire() {
+        for preset in [
+            presets::heart_disease(),
+            presets::heart_disease_fhir(),
+            presets::preterm_birth(),
+        ] {
+            assert_eq!(schema(&schema_to_pb(&preset)).unwrap(), preset);
+        }
+        let mut derived = presets::heart_disease();
+        derived.features[0].derive = Some(Derive::AgeAt("2024-06-30".to_owned()));
+        assert_eq!(schema(&schema_to_pb(&derived)).unwrap(), derived);
+        // An old peer's message (no kind) is numeric; an unknown kind is refused by name.
+        let mut wire = schema_to_pb(&presets::heart_disease());
+        assert_eq!(wire.features[0].kind, "");
+        wire.features[0].kind = "ordinal".to_owned();
+        assert_eq!(
+            schema(&wire).unwrap_err().to_string(),
+            "task is malformed: column age: unknown feature kind \"ordinal\""
+        );
+    }
 }

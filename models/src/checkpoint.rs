@@ -18,7 +18,7 @@
 //! | `model_kind` | `logistic_regression`, `mlp` or `personalized` |
 //! | `hidden` | hidden widths as a JSON array, e.g. `[16]` |
 //! | `n_inputs` | inputs per row |
-//! | `schema` | the feature [`Schema`] as JSON: label, and per feature `column`, `center`, `scale`, `missing` tokens, `indicator` |
+//! | `schema` | the feature [`Schema`] as JSON: label (and `label_rule`), and per feature `column`, `center`, `scale`, `missing` tokens, `indicator`, and when set `kind`, `unit`, `min`, `max`, `categories`, `positive`, `negative`, `derive`, `fhir` |
 //! | `federation` | name of the federation the model comes from |
 //! | `version` | the model version in that federation |
 //!
@@ -43,7 +43,8 @@
 //! n_layers = len(json.loads(meta["hidden"])) + 1
 //!
 //! def encode(row):
-//!     """A dict of raw CSV strings -> the model's inputs, exactly as the federation encodes."""
+//!     """A dict of raw CSV strings -> the model's inputs, as the federation encodes numeric
+//!     features (binary and categorical ones, ranges and derived ages: see `data`)."""
 //!     x = []
 //!     for feat in schema["features"]:
 //!         raw = row.get(feat["column"], "").strip()

@@ -1,9 +1,15 @@
 //! Harambee's models: binary classifiers over tabular clinical data, their local training and
 //! evaluation, and the loading of the tables they train on.
 //!
-//! - [`data`]: a declared [`Schema`] (label, features, fixed standardisation, missing-value
-//!   tokens) and CSV loading into a dense [`Dataset`]; deterministic hold-out splits.
-//! - [`presets`]: federation-fixed schemas for the bundled heart-disease and breast-cancer data.
+//! - [`data`]: a declared [`Schema`] (label or label rule; numeric features with fixed
+//!   standardisation, units and plausible ranges; binary and categorical features with the
+//!   federation's vocabulary; derived ages; missing-value tokens) and CSV loading into a dense
+//!   [`Dataset`], with a [`DataReport`] naming the file, line and column of every value that
+//!   could not be used (none stops a load); deterministic hold-out splits.
+//! - [`fhir`]: the same rows from a FHIR R4 Bulk Data export (NDJSON), by the schema's
+//!   mapping of features to LOINC/SNOMED codes and resource paths.
+//! - [`presets`]: federation-fixed schemas for the bundled heart-disease (CSV and FHIR),
+//!   breast-cancer and periodontal-therapy (preterm birth, categorical) data.
 //! - [`model`]: logistic regression, MLPs and personalized MLPs (FedPer: federated body, local
 //!   head) as burn modules, exchanged as flat `f32` vectors whose layout is fixed by the
 //!   [`ModelSpec`].
@@ -20,12 +26,13 @@
 //! This crate does no networking, no async and no aggregation: it turns a parameter vector and a
 //! local table into a new parameter vector or metrics, synchronously and deterministically for a
 //! given seed (or seeded RNG). Callers in async code should run [`train()`] and [`train_dp()`]
-//! on a blocking thread. It reads and writes files only when asked to ([`load_csv`],
+//! on a blocking thread. It reads and writes files only when asked to ([`load_csv`], [`load_fhir`],
 //! [`checkpoint::load_file`], [`checkpoint::save_file`]) and keeps no global state.
 
 pub mod checkpoint;
 pub mod data;
 pub mod dp;
+pub mod fhir;
 pub mod metrics;
 pub mod model;
 pub mod presets;
@@ -33,8 +40,12 @@ pub mod train;
 
 mod rng;
 
-pub use data::{DataError, Dataset, Feature, Schema, load_csv, parse_csv, split_holdout};
+pub use data::{
+    DataError, DataReport, Dataset, Feature, FeatureKind, Issue, IssueKind, LabelRule, Loaded,
+    Schema, load_csv, load_csv_report, parse_csv, parse_csv_report, split_holdout,
+};
 pub use dp::{DpSgdConfig, DpSgdReport, dp_steps, train_dp};
+pub use fhir::{FhirSource, load_fhir};
 pub use metrics::Metrics;
 pub use model::{ModelError, ModelKind, ModelSpec};
 pub use train::{

@@ -6,7 +6,8 @@
 //! reference values rather than from anybody's data at run time, so no facility's raw statistics
 //! leave it and every facility encodes its rows identically.
 
-use crate::data::{Feature, Schema};
+use crate::data::{Feature, FeatureKind, LabelRule, Schema};
+use crate::fhir::FhirSource;
 
 /// Schema for the UCI Heart Disease data, four sites (`heart_disease_uci_4sites.csv`, the
 /// FLamby Fed-Heart-Disease benchmark). Label: `target` (1 = angiographic disease, `num > 0`).
@@ -56,6 +57,7 @@ pub fn heart_disease() -> Schema {
     Schema {
         label: "target".to_owned(),
         features: features.into_iter().map(|f| f.missing_token("?")).collect(),
+        ..Schema::default()
     }
 }
 
@@ -82,6 +84,7 @@ pub fn breast_cancer() -> Schema {
             .iter()
             .map(|&(column, min, max)| feature(column, (min + max) / 2.0, (max - min) / 2.0))
             .collect(),
+        ..Schema::default()
     }
 }
 
@@ -124,8 +127,145 @@ fn feature(column: &str, center: f64, scale: f64) -> Feature {
         column: column.to_owned(),
         center,
         scale,
-        missing: Vec::new(),
-        indicator: false,
+        ..Feature::default()
+    }
+}
+
+/// The system of the codes the UCI heart-disease attributes get where LOINC has no exact
+/// code (see [`heart_disease_fhir`]); `data/heart_to_fhir.py` writes the same.
+pub const UCI_HEART_SYSTEM: &str = "urn:harambee:uci-heart-disease";
+
+/// [`heart_disease`] with the FHIR R4 mapping of `data/heart_to_fhir.py`'s export, so that a
+/// facility holding the heart data as a FHIR Bulk Data export encodes exactly the rows of
+/// the CSV. The CSV encoding is unchanged (a CSV load ignores the mapping).
+///
+/// | column | FHIR |
+/// |---|---|
+/// | `age` | Observation LOINC 30525-0 *Age*, unit `a` |
+/// | `sex` | `Patient.gender` (`male` = 1, `female` = 0) |
+/// | `trestbps` | Observation LOINC 8480-6 *Systolic blood pressure*, `mm[Hg]` |
+/// | `chol` | Observation LOINC 2093-3 *Cholesterol [Mass/volume] in Serum or Plasma*, `mg/dL` |
+/// | `thalach` | Observation LOINC 8867-4 *Heart rate*, `/min` (no LOINC code names the peak of an exercise test; the value is that peak) |
+/// | `cp`, `fbs`, `restecg`, `exang`, `oldpeak`, `slope`, `ca`, `thal` | Observation with code `cp`, … of [`UCI_HEART_SYSTEM`] (no exact LOINC code: these are the UCI study's own codings) |
+/// | label `target` | Condition SNOMED CT 53741008 *Coronary arteriosclerosis* present (= `num > 0`) |
+pub fn heart_disease_fhir() -> Schema {
+    let loinc = |code: &str, unit: &str| FhirSource {
+        code: format!("http://loinc.org|{code}"),
+        unit: unit.to_owned(),
+        ..FhirSource::default()
+    };
+    let local = |code: &str| FhirSource {
+        code: format!("{UCI_HEART_SYSTEM}|{code}"),
+        ..FhirSource::default()
+    };
+    let mut schema = heart_disease();
+    for feature in &mut schema.features {
+        feature.fhir = Some(match feature.column.as_str() {
+            "age" => loinc("30525-0", "a"),
+            "sex" => FhirSource {
+                path: "gender".to_owned(),
+                map: [("male", "1"), ("female", "0")]
+                    .into_iter()
+                    .map(|(from, to)| (from.to_owned(), to.to_owned()))
+                    .collect(),
+                ..FhirSource::default()
+            },
+            "trestbps" => loinc("8480-6", "mm[Hg]"),
+            "chol" => loinc("2093-3", "mg/dL"),
+            "thalach" => loinc("8867-4", "/min"),
+            other => local(other),
+        });
+    }
+    schema.label_fhir = Some(FhirSource {
+        resource: "Condition".to_owned(),
+        code: "http://snomed.info/sct|53741008".to_owned(),
+        ..FhirSource::default()
+    });
+    schema
+}
+
+/// Schema for the Obstetrics and Periodontal Therapy trial, four clinics
+/// (`opt_periodontal_4clinics.csv`): preterm birth from baseline data, with binary and
+/// categorical columns as the trial coded them. Label: `Preg.ended...37.wk` by the rule
+/// `Yes` = 1, `No` = 0 (a blank, lost to follow-up, leaves the row out).
+///
+/// Features, 24 columns and 28 inputs: the randomised arm `Group` (binary, `T` treated / `C` control),
+/// `Age` (years, plausible 12-55), the self-identified `Black`, `White`, `Nat.Am`, `Asian`,
+/// `Hisp` (binary `Yes`/`No`), `Education` (categorical: `LT 8 yrs`, `8-12 yrs`,
+/// `MT 12 yrs`, and other), `Public.Asstce`, `Hypertension` (`Y`/`N`), `Diabetes`,
+/// `Use.Tob`, `Use.Alc`, `Drug.Add`, `Prev.preg`, `Live.PTB` (binary), `BMI` (kg/m2,
+/// plausible 12-80, with a missing indicator: 73 blanks), and the baseline periodontal
+/// measures `N.qualifying.teeth`, `BL.GE` (gingival index), `BL..BOP` (% of sites bleeding),
+/// `BL.PD.avg` (mean pocket depth, mm), `BL.CAL.avg` (mean attachment loss, mm),
+/// `BL.Pl.I` (plaque index), `BL.Calc.I` (calculus index).
+///
+/// Centre and scale are fixed a priori from the trial's codebook, not from the data: the
+/// 0-3 indices (Silness-Löe gingival, plaque and calculus) are centred on 1.5 with scale 1.5,
+/// percentages on 50 with scale 50, pocket depth on 3 mm (periodontitis starts at 4 mm) and
+/// attachment loss on 1.5 mm with 1 mm as unit, teeth on 14 (half of 28) with scale 7, age on
+/// 25 years with scale 6, BMI on 25 kg/m2 (the WHO overweight threshold) with scale 5.
+///
+/// Source: Michalowicz et al. (2006), *Treatment of periodontal disease and the risk of
+/// preterm birth*, N Engl J Med 355:1885-1894, doi:10.1056/NEJMoa062249; as distributed in
+/// the R package medicaldata (MIT); provenance in `data/README.md`.
+pub fn preterm_birth() -> Schema {
+    let yes_no = |column: &str| binary(column, "Yes", "No");
+    let index = |column: &str| feature(column, 1.5, 1.5).range(0.0, 3.0);
+    let features = vec![
+        binary("Group", "T", "C"),
+        feature("Age", 25.0, 6.0).unit("a").range(12.0, 55.0),
+        yes_no("Black"),
+        yes_no("White"),
+        yes_no("Nat.Am"),
+        yes_no("Asian"),
+        yes_no("Hisp"),
+        Feature {
+            column: "Education".to_owned(),
+            kind: FeatureKind::Categorical,
+            categories: ["LT 8 yrs", "8-12 yrs", "MT 12 yrs"]
+                .map(str::to_owned)
+                .to_vec(),
+            ..Feature::default()
+        },
+        yes_no("Public.Asstce"),
+        binary("Hypertension", "Y", "N"),
+        yes_no("Diabetes"),
+        yes_no("Use.Tob"),
+        yes_no("Use.Alc"),
+        yes_no("Drug.Add"),
+        yes_no("Prev.preg"),
+        yes_no("Live.PTB"),
+        feature("BMI", 25.0, 5.0)
+            .unit("kg/m2")
+            .range(12.0, 80.0)
+            .with_indicator(),
+        feature("N.qualifying.teeth", 14.0, 7.0).range(0.0, 32.0),
+        index("BL.GE"),
+        feature("BL..BOP", 50.0, 50.0).unit("%").range(0.0, 100.0),
+        feature("BL.PD.avg", 3.0, 1.0).unit("mm").range(0.0, 15.0),
+        feature("BL.CAL.avg", 1.5, 1.0).unit("mm").range(0.0, 15.0),
+        index("BL.Pl.I"),
+        index("BL.Calc.I"),
+    ];
+    Schema {
+        label: "Preg.ended...37.wk".to_owned(),
+        features,
+        label_rule: Some(LabelRule {
+            positive: vec!["Yes".to_owned()],
+            negative: vec!["No".to_owned()],
+            ..LabelRule::default()
+        }),
+        label_fhir: None,
+    }
+}
+
+fn binary(column: &str, positive: &str, negative: &str) -> Feature {
+    Feature {
+        column: column.to_owned(),
+        kind: FeatureKind::Binary,
+        positive: vec![positive.to_owned()],
+        negative: vec![negative.to_owned()],
+        ..Feature::default()
     }
 }
 
@@ -137,6 +277,17 @@ impl Feature {
 
     fn with_indicator(mut self) -> Self {
         self.indicator = true;
+        self
+    }
+
+    fn unit(mut self, unit: &str) -> Self {
+        self.unit = unit.to_owned();
+        self
+    }
+
+    fn range(mut self, min: f64, max: f64) -> Self {
+        self.min = Some(min);
+        self.max = Some(max);
         self
     }
 }
@@ -154,6 +305,30 @@ mod tests {
         let cancer = breast_cancer();
         cancer.validate().unwrap();
         assert_eq!(cancer.n_inputs(), 30);
+        let fhir = heart_disease_fhir();
+        fhir.validate().unwrap();
+        assert_eq!(fhir.n_inputs(), 17);
+        assert!(fhir.features.iter().all(|f| f.fhir.is_some()));
+        let opt = preterm_birth();
+        opt.validate().unwrap();
+        // 24 features: Education is 3 categories + other, BMI has an indicator.
+        assert_eq!(opt.features.len(), 24);
+        assert_eq!(opt.n_inputs(), 24 + 3 + 1);
+    }
+
+    #[test]
+    fn the_heart_schema_serialises_as_before_kinds_existed() {
+        // Federations, checkpoints and agents' schemas.json written before kinds, units and
+        // FHIR mappings read the same, and a plain numeric schema writes no new field.
+        let json = serde_json::to_value(heart_disease()).unwrap();
+        assert_eq!(
+            json["features"][0],
+            serde_json::json!({"column": "age", "center": 55.0, "scale": 10.0, "missing": ["?"], "indicator": false})
+        );
+        assert!(json.get("label_rule").is_none());
+        let old = r#"{"label":"target","features":[{"column":"age","center":55.0,"scale":10.0,"missing":["?"],"indicator":false}]}"#;
+        let schema: Schema = serde_json::from_str(old).unwrap();
+        assert_eq!(schema.features[0], heart_disease().features[0]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! `harambee-sim demo`: a whole federation on one machine, on the bundled
-//! multi-site heart-disease data (UCI, 4 hospitals; see data/README.md).
+//! `harambee-sim demo`: a whole federation on one machine, on a bundled multi-site data set
+//! (`--dataset heart`, the default: UCI heart disease, 4 hospitals; `--dataset
+//! preterm-birth`: a periodontal-therapy trial, 4 clinics, with binary and categorical
+//! columns; see data/README.md).
 //!
 //! It plays every part a real deployment has: a national unit (PKI, federation, rounds),
 //! a coordinator (in this process, on a loopback port, SQLite under the demo directory),
@@ -32,6 +34,58 @@ use harambee_link::identity::Role;
 
 /// The bundled multi-site data set (CC BY 4.0; provenance in data/README.md).
 const HEART_CSV: &str = include_str!("../../data/heart_disease_uci_4sites.csv");
+/// The second bundled multi-site data set, with binary and categorical columns (MIT, via
+/// the R package medicaldata; provenance in data/README.md).
+const OPT_CSV: &str = include_str!("../../data/opt_periodontal_4clinics.csv");
+
+/// A bundled multi-site data set the demo can run on (`--dataset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoDataset {
+    /// UCI Heart Disease, 4 hospitals (920 rows, numeric codes): angiographic disease.
+    Heart,
+    /// Obstetrics and Periodontal Therapy trial, 4 clinics (823 rows, binary and
+    /// categorical columns): preterm birth.
+    PretermBirth,
+}
+
+impl DemoDataset {
+    /// The CSV and the name of its site column.
+    fn csv(self) -> (&'static str, &'static str) {
+        match self {
+            DemoDataset::Heart => (HEART_CSV, "site"),
+            DemoDataset::PretermBirth => (OPT_CSV, "Clinic"),
+        }
+    }
+
+    /// The demo federation's name.
+    pub fn federation(self) -> &'static str {
+        match self {
+            DemoDataset::Heart => "heart-disease",
+            DemoDataset::PretermBirth => "preterm-birth",
+        }
+    }
+
+    /// The federation's schema, fixed in `harambee_models::presets`.
+    pub fn schema(self) -> harambee_models::data::Schema {
+        match self {
+            DemoDataset::Heart => harambee_models::presets::heart_disease(),
+            DemoDataset::PretermBirth => harambee_models::presets::preterm_birth(),
+        }
+    }
+
+    /// Each demo facility's policy for this data set: [`DEMO_POLICY`] with its federations
+    /// and label.
+    pub fn policy(self) -> String {
+        let schema = self.schema();
+        let federation = self.federation();
+        DEMO_POLICY
+            .replace(
+                "[\"heart-disease\", \"heart-disease-plain\"]",
+                &format!("[{federation:?}, \"{federation}-plain\"]"),
+            )
+            .replace("[\"target\"]", &format!("[{:?}]", schema.label))
+    }
+}
 /// Share of each facility's rows held out for evaluation, and the split's seed.
 pub const HOLDOUT: f64 = 0.25;
 pub const SPLIT_SEED: u64 = 7;
@@ -69,6 +123,10 @@ pub struct DemoArgs {
     /// Store state in this database instead of SQLite under the demo directory.
     #[arg(long, hide_env_values = true, env = "HARAMBEE_DEMO_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// The bundled multi-site data set: `heart` (UCI Heart Disease, 4 hospitals) or
+    /// `preterm-birth` (periodontal therapy trial, 4 clinics, categorical columns).
+    #[arg(long, value_enum, default_value = "heart")]
+    pub dataset: DemoDataset,
 }
 
 /// One facility of the demo: its name and the directory holding its own `data.csv`.
@@ -86,9 +144,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("--rounds must be at least 1");
     }
     let dir = prepare_dir(&args.dir)?;
-    let facilities = write_facilities(&dir, args.agents)?;
+    let facilities = write_dataset_facilities(&dir, args.dataset, args.agents)?;
     println!(
-        "harambee demo: {} facilities, {} rounds, model {}, in {}",
+        "harambee demo: {} data, {} facilities, {} rounds, model {}, in {}",
+        args.dataset.federation(),
         facilities.len(),
         args.rounds,
         kind.as_str(),
@@ -132,8 +191,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // One agent process per facility.
     let mut children = Vec::new();
+    let policy = args.dataset.policy();
     for f in &facilities {
-        children.push(spawn_agent(f, &endpoint, &pki_dir)?);
+        children.push(spawn_agent(f, &endpoint, &pki_dir, &policy)?);
     }
     let result = drive(&args, kind, &dir, &facilities, &endpoint, &pki_dir).await;
 
@@ -164,6 +224,8 @@ async fn drive(
     };
     let mut client = admin_client(&admin).await?;
     let mut spec = federation_spec(kind, args.epochs, facilities);
+    spec.name = args.dataset.federation().to_owned();
+    spec.schema = args.dataset.schema();
     let (clip_norm, noise_multiplier, sampling_rate) = DEMO_DP_SGD;
     spec.privacy.dp_sgd = Some(harambee_coordinator::federation::DpSgdSpec {
         clip_norm,
@@ -540,14 +602,26 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::path::absolute(dir)?)
 }
 
-/// Splits the bundled data into one CSV file per facility, under `dir/facilities/NAME/`.
+/// Splits the bundled heart data into one CSV file per facility, under
+/// `dir/facilities/NAME/`.
 pub fn write_facilities(dir: &Path, n_agents: Option<usize>) -> anyhow::Result<Vec<Facility>> {
-    let mut reader = csv::Reader::from_reader(HEART_CSV.as_bytes());
+    write_dataset_facilities(dir, DemoDataset::Heart, n_agents)
+}
+
+/// Splits a bundled data set into one CSV file per facility, under `dir/facilities/NAME/`:
+/// by default one facility per site (named after it, in lower case).
+pub fn write_dataset_facilities(
+    dir: &Path,
+    dataset: DemoDataset,
+    n_agents: Option<usize>,
+) -> anyhow::Result<Vec<Facility>> {
+    let (text, site_column) = dataset.csv();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
     let header = reader.headers()?.clone();
     let site_col = header
         .iter()
-        .position(|h| h == "site")
-        .context("bundled data has no site column")?;
+        .position(|h| h == site_column)
+        .with_context(|| format!("bundled data has no {site_column} column"))?;
     let mut sites: Vec<(String, Vec<csv::StringRecord>)> = Vec::new();
     for record in reader.records() {
         let record = record?;
@@ -574,7 +648,7 @@ pub fn write_facilities(dir: &Path, n_agents: Option<usize>) -> anyhow::Result<V
                     format!("{site}-{}", j + 1)
                 };
                 let part = rows.iter().skip(j).step_by(k).cloned().collect();
-                groups.push((name.replace('_', "-"), part));
+                groups.push((name.replace('_', "-").to_lowercase(), part));
             }
         }
     } else {
@@ -626,8 +700,13 @@ pub fn write_agent_config(
     Ok(config_path)
 }
 
-fn spawn_agent(f: &Facility, endpoint: &str, pki_dir: &Path) -> anyhow::Result<Child> {
-    let config_path = write_agent_config(f, endpoint, pki_dir, DEMO_POLICY)?;
+fn spawn_agent(
+    f: &Facility,
+    endpoint: &str,
+    pki_dir: &Path,
+    policy: &str,
+) -> anyhow::Result<Child> {
+    let config_path = write_agent_config(f, endpoint, pki_dir, policy)?;
     let log = std::fs::File::create(f.dir.join("agent.log"))?;
     let exe = std::env::current_exe().context("locating this executable")?;
     let child = Command::new(exe)

@@ -1,7 +1,8 @@
 //! Harambee's development harness: everything that plays several parts of a federation at
 //! once. It depends on both drivers; nothing depends on it but its own tests.
 //!
-//! - [`demo`]: the whole federation on the bundled data (`cargo run --release -- demo`).
+//! - [`demo`]: the whole federation on the bundled data (`cargo run --release -- demo`;
+//!   `--dataset preterm-birth` for the second, categorical, data set).
 //! - [`bench`](mod@bench): benchmarks that print figures (`bench secagg`, `bench quality`,
 //!   `bench idle`, `bench train`).
 //! - [`harness`]: a real coordinator (mTLS gRPC on loopback, SQLite or PostgreSQL) and real

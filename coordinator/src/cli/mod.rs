@@ -999,7 +999,7 @@ pub async fn export_model(
         "kind": spec.kind,
         "hidden": spec.hidden,
         "format": "little-endian f32, parameters in model declaration order",
-        "schema": spec.schema.map(wire::schema_from_pb),
+        "schema": spec.schema.map(wire::schema_from_pb).transpose()?,
     });
     let json_path = out.with_extension("json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&description)?)

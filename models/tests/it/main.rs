@@ -1,5 +1,6 @@
 //! Integration tests of the models crate, in one binary (each test binary links burn).
 
 mod dp;
+mod fhir;
 mod personalization;
 mod real_data;

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use harambee_models::{
-    DataError, Dataset, ModelKind, ModelSpec, Optimizer, TrainConfig, evaluate, load_csv, presets,
-    split_holdout, train,
+    DataError, Dataset, ModelKind, ModelSpec, Optimizer, TrainConfig, evaluate, load_csv,
+    load_csv_report, presets, split_holdout, train,
 };
 
 fn data_file(name: &str) -> PathBuf {
@@ -119,7 +119,7 @@ fn models_mlp_reaches_held_out_auc_above_0_80() {
 }
 
 #[test]
-fn models_malformed_csv_error_names_file_line_and_column() {
+fn models_a_bad_value_is_missing_and_named_by_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("heart.csv");
     let mut file = std::fs::File::create(&path).unwrap();
@@ -129,15 +129,20 @@ fn models_malformed_csv_error_names_file_line_and_column() {
     writeln!(file, "cleveland,2,67,1,4,160,abc,0,2,108,1,1.5,2,3,3,2,1").unwrap();
     drop(file);
 
-    let err = load_csv(&path, &presets::heart_disease()).unwrap_err();
-    assert!(
-        matches!(&err, DataError::Value { line: 3, column, .. } if column == "chol"),
-        "{err:?}"
-    );
+    let loaded = load_csv_report(&path, &presets::heart_disease()).unwrap();
     assert_eq!(
-        err.to_string(),
+        loaded.data.n_rows(),
+        2,
+        "the row is kept, its cholesterol missing"
+    );
+    let issue = &loaded.report.issues[0];
+    assert_eq!((issue.line, issue.column.as_deref()), (3, Some("chol")));
+    assert_eq!(
+        issue.to_string(),
         "heart.csv: line 3, column chol: cannot read \"abc\" as a number"
     );
+    // chol's input and its missing indicator (inputs 4 and 5).
+    assert_eq!(&loaded.data.row(1)[4..6], [0.0, 1.0]);
 }
 
 #[test]

@@ -146,3 +146,64 @@ fn privacy_epsilon_prints_the_accountant_value_last() {
         "a zero noise multiplier has no finite epsilon"
     );
 }
+
+/// The second bundled data set, with binary and categorical columns, end to end: the demo
+/// on `--dataset preterm-birth` commits its rounds and reports every clinic's metrics.
+#[test]
+fn demo_runs_on_the_categorical_preterm_birth_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
+        .args([
+            "demo",
+            "--dataset",
+            "preterm-birth",
+            "--rounds",
+            "2",
+            "--dir",
+        ])
+        .arg(dir.path().join("demo"))
+        .arg("--summary-json")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("round 2: committed model version 2"),
+        "{stdout}"
+    );
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(s["rounds_committed"], 2);
+    let facilities = s["facilities"].as_array().unwrap();
+    let names: Vec<&str> = facilities
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ky", "mn", "ms", "ny"]);
+    // Each clinic trained on its rows (the 9 lost to follow-up left out) and reported
+    // metrics on its held-out rows (over min_cohort = 20).
+    let trained: u64 = facilities
+        .iter()
+        .map(|f| f["samples"].as_u64().unwrap())
+        .sum();
+    let tested: u64 = facilities
+        .iter()
+        .map(|f| f["test_samples"].as_u64().unwrap())
+        .sum();
+    assert_eq!(trained + tested, 823 - 9, "{facilities:?}");
+    for f in facilities {
+        assert!(f["test_samples"].as_u64().unwrap() >= 20, "{f}");
+        assert!(f["loss"].as_f64().unwrap().is_finite(), "{f}");
+        assert!(f["auc"].as_f64().is_some(), "{f}");
+    }
+    let model =
+        harambee_models::checkpoint::load_file(&dir.path().join("demo/model.safetensors")).unwrap();
+    assert_eq!(model.version, 2);
+    assert_eq!(model.schema, harambee_models::presets::preterm_birth());
+    assert_eq!(s["privacy"]["facilities_verified"], 4);
+}
