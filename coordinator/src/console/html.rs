@@ -180,7 +180,7 @@ pub fn line_plot(id: &str, title: &str, series: &[Series<'_>]) -> String {
     let y_of = |v: f64| TOP + (1.0 - v.clamp(0.0, 1.0)) * (H - TOP - BOTTOM);
     let _ = write!(
         out,
-        "<text class=\"tick\" x=\"{LEFT}\" y=\"{:.1}\">round {lo}</text><text class=\"tick end\" x=\"{:.1}\" y=\"{:.1}\">round {hi}</text>",
+        "<text class=\"xlab\" x=\"{LEFT}\" y=\"{:.1}\">round {lo}</text><text class=\"xlab end\" x=\"{:.1}\" y=\"{:.1}\">round {hi}</text>",
         H - 8.0,
         W - RIGHT,
         H - 8.0

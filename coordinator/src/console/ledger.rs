@@ -51,8 +51,9 @@ pub struct Cosigned {
     pub facility: String,
     pub tree_size: u64,
     pub timestamp_ms: u64,
-    /// `Ok(())`, or why it does not hold.
-    pub check: Result<(), String>,
+    /// `Ok(())`, or why it does not hold; `None` when the ledger names no key for the
+    /// facility (a revoked one, say) to check it with.
+    pub check: Option<Result<(), String>>,
 }
 
 /// An export, checked.
@@ -149,11 +150,10 @@ pub fn check(snapshot: &Snapshot, pin: Option<&KeyPin>) -> Checked {
             facility: c.cosignature.facility.clone(),
             tree_size: c.head.tree_size,
             timestamp_ms: c.head.timestamp_ms,
-            check: match facility_keys.get(&c.cosignature.facility) {
-                Some(key) => ledger::verify_cosignature(&entries, &c.head, &c.cosignature, key)
-                    .map_err(|f| f.to_string()),
-                None => Err("no key for this facility in the ledger".to_owned()),
-            },
+            check: facility_keys.get(&c.cosignature.facility).map(|key| {
+                ledger::verify_cosignature(&entries, &c.head, &c.cosignature, key)
+                    .map_err(|f| f.to_string())
+            }),
         })
         .collect();
     let tree = MerkleTree::from_leaf_hashes(

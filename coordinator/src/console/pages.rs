@@ -801,8 +801,9 @@ pub fn ledger_page(
         let mut rows = String::new();
         for c in &checked.cosigned {
             let check = match &c.check {
-                Ok(()) => status("consistent", Tone::Good),
-                Err(why) => status(why, Tone::Bad),
+                Some(Ok(())) => status("consistent", Tone::Good),
+                Some(Err(why)) => status(why, Tone::Bad),
+                None => status("not checked: the ledger holds no key for it", Tone::Neutral),
             };
             let _ = write!(
                 rows,

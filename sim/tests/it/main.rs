@@ -7,6 +7,7 @@ mod agent_state;
 mod bad_input;
 mod bench_quality;
 mod connection_limits;
+mod console;
 mod demo;
 mod doctor;
 mod facility_proxy;
