@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use axum::Router;
@@ -30,6 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use harambee_link::identity::Role as CertRole;
+use harambee_privacy::ledger::SignedTreeHead;
 use harambee_privacy::ledger::export::KeyPin;
 use harambee_proto::pb::{
     self, admin_service_client::AdminServiceClient, audit_service_client::AuditServiceClient,
@@ -93,6 +94,18 @@ pub struct Console {
     guard: Guard,
     pin: Option<KeyPin>,
     acting_as: String,
+    /// The last ledger checked, reused while its signed head (live) or its files' contents
+    /// (offline) are unchanged: checking every receipt of a large ledger takes seconds.
+    checked: Mutex<Option<(CacheKey, Arc<ledger::Checked>)>>,
+}
+
+/// What a checked ledger is kept for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CacheKey {
+    /// The coordinator's signed head.
+    Head(SignedTreeHead),
+    /// SHA-256 of the export's entries and head file.
+    Files([u8; 32]),
 }
 
 impl Console {
@@ -109,6 +122,7 @@ impl Console {
             guard: Guard::new(listen, token),
             pin,
             acting_as,
+            checked: Mutex::new(None),
         }
     }
 
@@ -639,9 +653,61 @@ async fn snapshot(console: &Console) -> Result<ledger::Snapshot, Response> {
     }
 }
 
+/// The ledger checked against the pinned key: the cached check while the signed head (or
+/// the export's bytes) is the same, else a new one.
+async fn checked(console: &Console) -> Result<Arc<ledger::Checked>, Response> {
+    let cached = |key: &CacheKey| {
+        console
+            .checked
+            .lock()
+            .unwrap()
+            .as_ref()
+            .filter(|(k, _)| k == key)
+            .map(|(_, c)| c.clone())
+    };
+    let (key, snapshot) = match &console.source {
+        Source::Live {
+            role: Role::Auditor,
+            channel,
+        } => {
+            let head = AuditServiceClient::new(channel.clone())
+                .get_signed_tree_head(pb::GetSignedTreeHeadRequest {})
+                .await
+                .map_err(|e| upstream(console, e.message()))?
+                .into_inner();
+            if let Ok(head) = serde_json::from_str(&head.signed_tree_head)
+                && let Some(hit) = cached(&CacheKey::Head(head))
+            {
+                return Ok(hit);
+            }
+            let snapshot = snapshot(console).await?;
+            (CacheKey::Head(snapshot.head.signed_tree_head), snapshot)
+        }
+        _ => {
+            use sha2::{Digest, Sha256};
+            let snapshot = snapshot(console).await?;
+            let mut hash = Sha256::new();
+            hash.update(snapshot.text.as_bytes());
+            hash.update(serde_json::to_vec(&snapshot.head).unwrap_or_default());
+            let key = CacheKey::Files(hash.finalize().into());
+            if let Some(hit) = cached(&key) {
+                return Ok(hit);
+            }
+            (key, snapshot)
+        }
+    };
+    let pin = console.pin.clone();
+    let checked = tokio::task::spawn_blocking(move || ledger::check(&snapshot, pin.as_ref()))
+        .await
+        .map_err(|e| upstream(console, e))?;
+    let checked = Arc::new(checked);
+    *console.checked.lock().unwrap() = Some((key, checked.clone()));
+    Ok(checked)
+}
+
 async fn ledger_page(State(console): Shared, RawQuery(query): RawQuery) -> Response {
-    let snapshot = match snapshot(&console).await {
-        Ok(s) => s,
+    let checked = match checked(&console).await {
+        Ok(c) => c,
         Err(response) => return response,
     };
     let fields = form_fields(query.as_deref().unwrap_or(""));
@@ -674,7 +740,6 @@ async fn ledger_page(State(console): Shared, RawQuery(query): RawQuery) -> Respo
         }
         None => None,
     };
-    let checked = ledger::check(&snapshot, console.pin.as_ref());
     page(
         StatusCode::OK,
         pages::ledger_page(&console.ctx(), &checked, &filter, actions.as_deref()),
@@ -682,11 +747,10 @@ async fn ledger_page(State(console): Shared, RawQuery(query): RawQuery) -> Respo
 }
 
 async fn entry(State(console): Shared, Path(index): Path<u64>) -> Response {
-    let snapshot = match snapshot(&console).await {
-        Ok(s) => s,
+    let checked = match checked(&console).await {
+        Ok(c) => c,
         Err(response) => return response,
     };
-    let checked = ledger::check(&snapshot, console.pin.as_ref());
     match pages::entry_page(&console.ctx(), &checked, index) {
         Some(html) => page(StatusCode::OK, html),
         None => error(
