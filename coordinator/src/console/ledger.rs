@@ -2,6 +2,7 @@
 //! or read from files offline), checked with the `privacy` crate's verifier against the key
 //! the auditor pinned, with inclusion proofs and countersignatures recomputed here.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::Context;
@@ -68,6 +69,8 @@ pub struct Checked {
     pub head: HeadFile,
     pub cosigned: Vec<Cosigned>,
     pub receipts_verified: u64,
+    /// Every facility the entries name, for the filter.
+    pub facilities: BTreeSet<String>,
     /// The tree over the entries' recomputed leaf hashes, for inclusion proofs.
     tree: MerkleTree,
 }
@@ -95,6 +98,7 @@ pub fn check(snapshot: &Snapshot, pin: Option<&KeyPin>) -> Checked {
                 head,
                 cosigned: Vec::new(),
                 receipts_verified: 0,
+                facilities: BTreeSet::new(),
                 tree: MerkleTree::new(),
             };
         }
@@ -168,6 +172,11 @@ pub fn check(snapshot: &Snapshot, pin: Option<&KeyPin>) -> Checked {
     } else {
         Verdict::Verifies
     };
+    let facilities = entries
+        .iter()
+        .flat_map(|l| facilities_of(&l.event))
+        .map(str::to_owned)
+        .collect();
     Checked {
         verdict,
         failures,
@@ -176,6 +185,7 @@ pub fn check(snapshot: &Snapshot, pin: Option<&KeyPin>) -> Checked {
         head,
         cosigned,
         receipts_verified,
+        facilities,
         tree,
     }
 }

@@ -1,7 +1,7 @@
 //! The pages, rendered from what the coordinator (or an export) says: pure functions of
 //! their inputs, so that tests and the benchmark render them without a server.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use harambee_proto::pb;
@@ -394,9 +394,9 @@ pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> 
     // The plots show the latest rounds, within a budget of points per plot.
     let n_facilities = rounds
         .iter()
-        .flat_map(|r| r.participants.iter().map(|p| p.facility.as_str()))
-        .collect::<BTreeSet<_>>()
-        .len()
+        .map(|r| r.participants.len())
+        .max()
+        .unwrap_or(0)
         .max(1);
     let plot_rounds = (PLOT_POINTS / n_facilities).max(10);
     let plotted = &rounds[rounds.len().saturating_sub(plot_rounds)..];
@@ -514,16 +514,14 @@ pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> 
     }
 
     body.push_str("<h2>Model versions</h2>");
-    let mut versions: BTreeMap<u32, pb::ModelRef> = BTreeMap::new();
+    let mut versions: BTreeMap<u32, &pb::ModelRef> = BTreeMap::new();
     for r in &rounds {
         for m in [&r.base, &r.result].into_iter().flatten() {
-            versions.entry(m.version).or_insert_with(|| m.clone());
+            versions.entry(m.version).or_insert(m);
         }
     }
     if let Some(latest) = &fed.latest {
-        versions
-            .entry(latest.version)
-            .or_insert_with(|| latest.clone());
+        versions.entry(latest.version).or_insert(latest);
     }
     let mut rows = String::new();
     if versions.len() > TABLE_VERSIONS {
@@ -731,13 +729,8 @@ pub fn ledger_page(
     );
 
     body.push_str("<h2>Entries</h2><form class=\"filters\" method=\"get\" action=\"/ledger\">");
-    let facilities: BTreeSet<&str> = checked
-        .entries
-        .iter()
-        .flat_map(|l| ledger::facilities_of(&l.event))
-        .collect();
     body.push_str("<label>Facility <select name=\"facility\"><option value=\"\">any</option>");
-    for f in &facilities {
+    for f in &checked.facilities {
         let selected = if *f == filter.facility {
             " selected"
         } else {
