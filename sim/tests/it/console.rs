@@ -186,6 +186,15 @@ async fn overview_and_federation(w: &mut World) {
     }
     let text = browser.page_text().await.unwrap();
     assert!(text.contains(&w.federation), "{text}");
+    // The keyboard reaches the skip link first, then the navigation.
+    let body = browser.find("body").await.unwrap();
+    let focused = "return document.activeElement.textContent";
+    browser.send_keys(&body, "\u{E004}").await.unwrap();
+    let first = browser.execute(focused).await.unwrap();
+    assert_eq!(first.as_str(), Some("Skip to content"));
+    browser.send_keys(&body, "\u{E004}").await.unwrap();
+    let second = browser.execute(focused).await.unwrap();
+    assert_eq!(second.as_str(), Some("Overview"));
     shoot(browser, &w.shots, "overview").await;
 
     let fed_url = format!("{op}/federation/{}", w.federation);
