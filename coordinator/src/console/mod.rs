@@ -848,3 +848,140 @@ async fn login(State(console): Shared, body: String) -> Response {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harambee_privacy::ledger::Ledger;
+    use harambee_privacy::ledger::export::HeadFile;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One request over a fresh connection; the status line, headers and body as text.
+    async fn request(addr: SocketAddr, text: String) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(text.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn get(addr: SocketAddr, path: &str, cookie: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        )
+    }
+
+    fn post(addr: SocketAddr, path: &str, body: &str) -> String {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// An offline console over an empty ledger, in token mode.
+    async fn token_console(dir: &std::path::Path) -> (Arc<Console>, SocketAddr) {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let ledger = dir.join("ledger.jsonl");
+        std::fs::write(&ledger, "").unwrap();
+        let head = HeadFile {
+            signed_tree_head: Ledger::new().sign_head(1, &key),
+            ledger_key: hex::encode(key.verifying_key().as_bytes()),
+            cosignatures: Vec::new(),
+        };
+        std::fs::write(
+            dir.join("ledger.head.json"),
+            serde_json::to_string(&head).unwrap(),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let console = Arc::new(Console::new(
+            Source::Offline { ledger, head: None },
+            "offline auditor".into(),
+            addr,
+            Some("a-long-enough-token".into()),
+            Some(KeyPin::Key(key.verifying_key())),
+        ));
+        tokio::spawn(serve(console.clone(), listener, std::future::pending()));
+        (console, addr)
+    }
+
+    #[tokio::test]
+    async fn with_a_token_nothing_is_shown_before_logging_in_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (console, addr) = token_console(dir.path()).await;
+        let answer = request(addr, get(addr, "/ledger", "")).await;
+        assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+        assert!(answer.contains("location: /login"), "{answer}");
+        assert!(!answer.contains("verdict"), "{answer}");
+        // The stylesheet needs no login (the login page uses it).
+        let css = request(addr, get(addr, "/static/console.css", "")).await;
+        assert!(css.starts_with("HTTP/1.1 200"), "{css}");
+
+        let csrf = console.csrf().to_owned();
+        let wrong = request(
+            addr,
+            post(
+                addr,
+                "/login",
+                &format!("csrf={csrf}&token=not-the-token-at-all"),
+            ),
+        )
+        .await;
+        assert!(wrong.starts_with("HTTP/1.1 403"), "{wrong}");
+        let forged = request(addr, post(addr, "/login", "token=a-long-enough-token")).await;
+        assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
+        let right = request(
+            addr,
+            post(
+                addr,
+                "/login",
+                &format!("csrf={csrf}&token=a-long-enough-token"),
+            ),
+        )
+        .await;
+        assert!(right.starts_with("HTTP/1.1 303"), "{right}");
+        let cookie = right
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        assert!(right.contains("HttpOnly; SameSite=Strict"), "{right}");
+        let page = request(addr, get(addr, "/ledger", &cookie)).await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains(">verifies<"), "{page}");
+        assert!(
+            !page.contains("a-long-enough-token"),
+            "the token stays off the page"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_offline_console_offers_no_coordinator_pages_and_escapes_what_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        // Writes the empty export.
+        token_console(dir.path()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let console = Arc::new(Console::new(
+            Source::Offline {
+                ledger: dir.path().join("ledger.jsonl"),
+                head: None,
+            },
+            "<script>x</script>".into(),
+            addr,
+            None,
+            None,
+        ));
+        tokio::spawn(serve(console, listener, std::future::pending()));
+        let page = request(addr, get(addr, "/ledger", "")).await;
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("unverified: no key pinned"), "{page}");
+        assert!(!page.contains("<script>"), "{page}");
+        let facilities = request(addr, get(addr, "/facilities", "")).await;
+        assert!(facilities.starts_with("HTTP/1.1 404"), "{facilities}");
+        let revoke = request(addr, post(addr, "/facilities/x/revoke", "csrf=0")).await;
+        assert!(revoke.starts_with("HTTP/1.1 403"), "{revoke}");
+    }
+}
