@@ -23,7 +23,9 @@ pub struct HttpResponse {
     pub status: u16,
     /// Header lines, lowercase names.
     pub headers: Vec<(String, String)>,
+    /// The body as text (invalid UTF-8 replaced), and as it came.
     pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 impl HttpResponse {
@@ -94,6 +96,7 @@ pub async fn http(
         status,
         headers,
         body: String::from_utf8_lossy(&payload).into_owned(),
+        bytes: payload,
     })
 }
 

@@ -261,6 +261,22 @@ async fn forged_posts_and_revocation(w: &World) {
         .await
         .expect("the forged POSTs revoked nothing");
 
+    // The operator's export of the latest version: the bytes the round committed.
+    let result = w.rounds.last().unwrap().result.clone().unwrap();
+    let path = format!("/federation/{}/export", w.federation);
+    let body = format!("csrf={}&version={}", w.operator.csrf(), result.version);
+    let r = http(op_addr, "POST", &path, &form, &body).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-disposition")
+            .is_some_and(|d| d.contains(&format!("-v{}.f32", result.version))),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.bytes.len() as u64, result.size_bytes);
+    use sha2::Digest as _;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&r.bytes)), result.digest);
+
     browser
         .goto(&format!("{}/facilities", w.op()))
         .await
