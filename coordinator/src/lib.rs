@@ -8,6 +8,7 @@
 //! Map, by layer (each uses only the ones below it, plus [`state`], [`federation`], [`wire`]
 //! and [`pki`]):
 //! - [`cli`]: the binary's commands (operator, auditor and PKI commands, `serve`);
+//! - [`console`]: the web console (`console`), a client of the services like [`cli`];
 //! - [`server`]: opens storage, recovers, serves: rustls mTLS, the access layer, telemetry;
 //! - [`service`]: the gRPC services, enrolment, and the one error-to-status mapper;
 //! - [`identity`]: revoked facilities and certificates, enrolment limits, certificate
@@ -21,6 +22,7 @@
 
 pub mod card;
 pub mod cli;
+pub mod console;
 pub mod federation;
 pub mod identity;
 pub mod metrics;

@@ -35,6 +35,8 @@ enum BenchCommand {
     /// Model quality per facility for each strategy, on the bundled multi-site data, in one
     /// process.
     Quality(harambee_sim::bench::quality::QualityArgs),
+    /// The web console's render time and page weight with many facilities and rounds.
+    Console(harambee_sim::bench::console::ConsoleArgs),
     /// Cost of one round's aggregation, secure or plain: coordinator process plus N
     /// in-process agents over gRPC.
     Secagg(harambee_sim::bench::secagg::SecaggArgs),
@@ -63,6 +65,9 @@ fn main() -> ExitCode {
             harambee_link::process::run_main(async move {
                 match cli.command {
                     Command::Demo(args) => harambee_sim::demo::run(args).await,
+                    Command::Bench(BenchCommand::Console(args)) => {
+                        harambee_sim::bench::console::run(args)
+                    }
                     Command::Bench(BenchCommand::Quality(args)) => {
                         harambee_sim::bench::quality::run(args).await
                     }

@@ -22,6 +22,24 @@ pub struct Exported {
 /// `<stem>.head.json` next to it, both read page by page. Files are written whole, then
 /// renamed into place.
 pub async fn export(channel: Channel, out: &Path) -> anyhow::Result<Exported> {
+    let (text, head_file) = fetch(channel).await?;
+    let size = head_file.signed_tree_head.head.tree_size;
+    let head_path = head_path_for(out);
+    write_whole(out, text.as_bytes())?;
+    write_whole(
+        &head_path,
+        serde_json::to_string_pretty(&head_file)?.as_bytes(),
+    )?;
+    Ok(Exported {
+        entries: size,
+        ledger: out.to_owned(),
+        head: head_path,
+    })
+}
+
+/// The ledger up to the current signed head as the export's text (one canonical line per
+/// entry, exactly as stored) and its head file, read page by page.
+pub async fn fetch(channel: Channel) -> anyhow::Result<(String, HeadFile)> {
     let mut client = AuditServiceClient::new(channel)
         .max_decoding_message_size(harambee_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(harambee_proto::MAX_MESSAGE_BYTES);
@@ -93,17 +111,7 @@ pub async fn export(channel: Channel, out: &Path) -> anyhow::Result<Exported> {
         ledger_key: hex::encode(&head.ledger_key),
         cosignatures,
     };
-    let head_path = head_path_for(out);
-    write_whole(out, text.as_bytes())?;
-    write_whole(
-        &head_path,
-        serde_json::to_string_pretty(&head_file)?.as_bytes(),
-    )?;
-    Ok(Exported {
-        entries: size,
-        ledger: out.to_owned(),
-        head: head_path,
-    })
+    Ok((text, head_file))
 }
 
 /// ε per facility, from the receipts in the ledger and the budgets the facilities report.

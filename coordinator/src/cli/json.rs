@@ -20,6 +20,8 @@ pub fn agent(agent: &pb::Agent) -> Value {
         "epsilon_spent": agent.epsilon_spent,
         "max_epsilon": agent.max_epsilon,
         "delta": agent.delta,
+        "agent_version": agent.agent_version,
+        "cert_not_after_unix_ms": agent.cert_not_after_unix_ms,
     })
 }
 

@@ -85,6 +85,9 @@ pub enum Command {
     /// Put a backup back (`--from DIR`), with the coordinator stopped (SQLite: the file;
     /// PostgreSQL: pg_restore).
     Restore(crate::cli::backup::BackupArgs),
+    /// A web console on loopback (operator or auditor, as the certificate says; or an
+    /// exported ledger offline with --ledger).
+    Console(Box<crate::console::ConsoleArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -583,6 +586,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Console(args) => crate::console::run(*args).await,
         Command::Facility(cmd) => crate::cli::identity::facility(cmd).await,
         Command::Certificate(cmd) => crate::cli::identity::certificate(cmd).await,
         Command::Audit(cmd) => crate::cli::identity::audit(cmd).await,
@@ -955,6 +959,34 @@ pub async fn export_model(
     version: Option<u32>,
     out: &Path,
 ) -> anyhow::Result<pb::ModelVersion> {
+    let (meta, bytes) = download_model(client, federation, version).await?;
+    let model = meta.model.clone().unwrap_or_default();
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    let spec = meta.spec.clone().unwrap_or_default();
+    let description = serde_json::json!({
+        "federation": meta.federation,
+        "version": meta.version,
+        "round_id": meta.round_id,
+        "sha256": model.digest,
+        "n_params": spec.n_params,
+        "kind": spec.kind,
+        "hidden": spec.hidden,
+        "format": "little-endian f32, parameters in model declaration order",
+        "schema": spec.schema.map(wire::schema_from_pb).transpose()?,
+    });
+    let json_path = out.with_extension("json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&description)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    Ok(meta)
+}
+
+/// A model version's description and bytes (little-endian f32), checked against the
+/// SHA-256 the coordinator advertises.
+pub async fn download_model(
+    client: &mut AdminServiceClient<Channel>,
+    federation: &str,
+    version: Option<u32>,
+) -> anyhow::Result<(pb::ModelVersion, Vec<u8>)> {
     use sha2::{Digest, Sha256};
     let request = pb::ExportModelRequest {
         federation: federation.to_owned(),
@@ -988,27 +1020,11 @@ pub async fn export_model(
             model.digest
         );
     }
-    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    let spec = meta.spec.clone().unwrap_or_default();
-    let description = serde_json::json!({
-        "federation": meta.federation,
-        "version": meta.version,
-        "round_id": meta.round_id,
-        "sha256": model.digest,
-        "n_params": spec.n_params,
-        "kind": spec.kind,
-        "hidden": spec.hidden,
-        "format": "little-endian f32, parameters in model declaration order",
-        "schema": spec.schema.map(wire::schema_from_pb).transpose()?,
-    });
-    let json_path = out.with_extension("json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&description)?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    Ok(meta)
+    Ok((meta, bytes))
 }
 
 /// `masked_input`: the round's state as its proto name says it, without the prefix.
-fn state_name(round: &pb::Round) -> String {
+pub fn state_name(round: &pb::Round) -> String {
     round
         .state()
         .as_str_name()
@@ -1294,6 +1310,7 @@ mod tests {
             epsilon_spent: Some(1.5),
             max_epsilon: Some(10.0),
             delta: Some(1e-5),
+            ..Default::default()
         };
         let line = agent_line(&agent, 1_796_414_283_000);
         assert_eq!(

@@ -46,6 +46,8 @@ struct Entry {
     /// The certificate chain the facility connected with (DER, leaf first), forwarded to
     /// its peers in secure aggregation so they can check its signing key against the CA.
     chain: Vec<Vec<u8>>,
+    /// The build identifier the agent gave when it opened the stream.
+    version: String,
 }
 
 /// A second process with a facility's identity, refused while the holder is alive.
@@ -106,6 +108,7 @@ impl Registry {
             tasks: tx,
             last_heartbeat: now,
             chain,
+            version: String::new(),
         };
         agents.insert(FacilityId::from(facility), entry);
         Ok((conn_id, rx))
@@ -202,6 +205,25 @@ impl Registry {
             .get(facility)
             .map(|e| e.chain.clone())
             .filter(|c| !c.is_empty())
+    }
+
+    /// Records the build identifier the agent of stream `conn_id` gave (at most 64
+    /// characters kept).
+    pub fn set_version(&self, facility: &str, conn_id: u64, version: &str) {
+        if let Some(e) = self.agents.lock().unwrap().get_mut(facility)
+            && e.conn_id == conn_id
+        {
+            e.version = version.chars().take(64).collect();
+        }
+    }
+
+    /// The build identifier a connected facility's agent gave.
+    pub fn version(&self, facility: &str) -> Option<String> {
+        self.agents
+            .lock()
+            .unwrap()
+            .get(facility)
+            .map(|e| e.version.clone())
     }
 
     /// When the facility's agent last showed it is alive (a heartbeat, or progress of a

@@ -406,7 +406,26 @@ impl AdminService for AdminApi {
                     }
                     _ => a.last_seen_ms,
                 };
+                // The certificate it connected with, while connected.
+                let cert_not_after_unix_ms = self
+                    .coord
+                    .registry
+                    .certificate_chain(&a.facility)
+                    .filter(|_| connected)
+                    .and_then(|chain| {
+                        let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?).ok()?;
+                        Some(cert.validity().not_after.timestamp().saturating_mul(1000))
+                    })
+                    .unwrap_or(0);
+                let agent_version = self
+                    .coord
+                    .registry
+                    .version(&a.facility)
+                    .filter(|_| connected)
+                    .unwrap_or_default();
                 pb::Agent {
+                    agent_version,
+                    cert_not_after_unix_ms,
                     connected,
                     epsilon_spent: privacy.as_ref().map(|p| p.epsilon_spent),
                     max_epsilon: privacy.as_ref().and_then(|p| p.max_epsilon),

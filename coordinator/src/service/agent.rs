@@ -71,6 +71,9 @@ impl AgentService for AgentApi {
                 ))
             })?;
         info!(agent_version = %request.get_ref().agent_version, %instance, "task stream opened");
+        self.coord
+            .registry
+            .set_version(&peer.name, conn_id, &request.get_ref().agent_version);
         self.coord.broadcast_connected(&peer.name).await;
         // When the agent goes away, tonic drops this stream and the guard with it.
         let guard = StreamGuard {

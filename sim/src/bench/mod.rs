@@ -1,6 +1,7 @@
 //! `harambee-sim bench …`: benchmarks that print figures (never timed tests).
 
 pub mod bound;
+pub mod console;
 pub mod idle;
 pub mod quality;
 pub mod secagg;

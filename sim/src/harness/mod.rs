@@ -1,6 +1,7 @@
 //! A real federation in one test process: a coordinator serving mTLS gRPC on a loopback
 //! port, and agents running the real agent runtime on their own CSV files.
 
+pub mod browser;
 pub mod identity;
 pub mod proxy;
 pub mod rogue;

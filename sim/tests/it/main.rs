@@ -7,6 +7,7 @@ mod agent_state;
 mod bad_input;
 mod bench_quality;
 mod connection_limits;
+mod console;
 mod data_check;
 mod demo;
 mod doctor;
