@@ -1224,7 +1224,7 @@ pub fn date_and_age(unix_ms: i64, now_ms: i64) -> String {
     if unix_ms <= 0 {
         return "never".to_owned();
     }
-    let Ok(at) = time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)) else {
+    let Some(date) = utc_date(unix_ms) else {
         return format!("{unix_ms} ms");
     };
     let age_s = (now_ms - unix_ms).max(0) / 1000;
@@ -1234,15 +1234,21 @@ pub fn date_and_age(unix_ms: i64, now_ms: i64) -> String {
         s if s < 2 * 86_400 => format!("{} h ago", s / 3600),
         s => format!("{} days ago", s / 86_400),
     };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} ({age})",
+    format!("{date} ({age})")
+}
+
+/// `2026-12-04 19:58:02`, in UTC; `None` outside the representable dates.
+pub fn utc_date(unix_ms: i64) -> Option<String> {
+    let at = time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
         at.year(),
         u8::from(at.month()),
         at.day(),
         at.hour(),
         at.minute(),
         at.second()
-    )
+    ))
 }
 
 #[cfg(test)]

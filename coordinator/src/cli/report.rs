@@ -74,18 +74,10 @@ use harambee_privacy::card::escape_markdown as md;
 
 /// `2026-12-04 19:58:02 UTC`.
 pub fn utc(unix_ms: u64) -> String {
-    let Ok(at) = time::OffsetDateTime::from_unix_timestamp((unix_ms / 1000) as i64) else {
-        return format!("{unix_ms} ms");
-    };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    )
+    i64::try_from(unix_ms)
+        .ok()
+        .and_then(crate::cli::utc_date)
+        .map_or_else(|| format!("{unix_ms} ms"), |date| format!("{date} UTC"))
 }
 
 fn header(

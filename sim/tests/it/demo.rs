@@ -3,29 +3,38 @@
 
 use std::process::Command;
 
-#[test]
-fn demo_runs_and_matches_pooled_training() {
-    let dir = tempfile::tempdir().unwrap();
-    let summary = dir.path().join("summary.json");
+/// Runs `harambee-sim demo ARGS --rounds ROUNDS` in a temporary directory; checks that it
+/// succeeded and committed its last round, and returns its output and summary.
+fn run_demo(dir: &std::path::Path, args: &[&str], rounds: u32) -> (String, serde_json::Value) {
+    let summary = dir.join("summary.json");
     let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
-        .args(["demo", "--rounds", "3", "--dir"])
-        .arg(dir.path().join("demo"))
+        .arg("demo")
+        .args(args)
+        .args(["--rounds", &rounds.to_string(), "--dir"])
+        .arg(dir.join("demo"))
         .arg("--summary-json")
         .arg(&summary)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("round 3: committed model version 3"),
+        stdout.contains(&format!("round {rounds}: committed model version {rounds}")),
         "{stdout}"
     );
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
-    assert_eq!(s["rounds_committed"], 3);
+    assert_eq!(s["rounds_committed"], rounds);
+    (stdout, s)
+}
+
+#[test]
+fn demo_runs_and_matches_pooled_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, s) = run_demo(dir.path(), &[], 3);
     let global = s["global"]["auc"].as_f64().unwrap();
     let pooled = s["pooled"]["auc"].as_f64().unwrap();
     assert!(pooled > 0.8, "pooled reference AUC {pooled}");
@@ -152,33 +161,7 @@ fn privacy_epsilon_prints_the_accountant_value_last() {
 #[test]
 fn demo_runs_on_the_categorical_preterm_birth_data() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = dir.path().join("summary.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_harambee-sim"))
-        .args([
-            "demo",
-            "--dataset",
-            "preterm-birth",
-            "--rounds",
-            "2",
-            "--dir",
-        ])
-        .arg(dir.path().join("demo"))
-        .arg("--summary-json")
-        .arg(&summary)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("round 2: committed model version 2"),
-        "{stdout}"
-    );
-    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
-    assert_eq!(s["rounds_committed"], 2);
+    let (_, s) = run_demo(dir.path(), &["--dataset", "preterm-birth"], 2);
     let facilities = s["facilities"].as_array().unwrap();
     let names: Vec<&str> = facilities
         .iter()
