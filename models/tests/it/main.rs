@@ -3,3 +3,4 @@
 mod dp;
 mod personalization;
 mod real_data;
+mod text;
