@@ -20,6 +20,9 @@
 //!   multiplier the agent's privacy accountant composes.
 //! - [`metrics`]: loss, accuracy, ROC AUC, sensitivity, specificity and calibration (ECE), and
 //!   their sample-weighted mean (no burn).
+//! - [`text`]: a pretrained BERT-family text encoder (all-MiniLM-L6-v2) loaded from safetensors
+//!   with its WordPiece tokenizer, sentence embeddings, and LoRA adapters plus a classification
+//!   head for federated fine-tuning, exported in the layout Python's PEFT loads.
 //! - [`checkpoint`]: export and import of a model with its kind and feature schema as
 //!   safetensors, readable from Python.
 //!
@@ -36,6 +39,7 @@ pub mod fhir;
 pub mod metrics;
 pub mod model;
 pub mod presets;
+pub mod text;
 pub mod train;
 
 mod rng;

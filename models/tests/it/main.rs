@@ -4,3 +4,4 @@ mod dp;
 mod fhir;
 mod personalization;
 mod real_data;
+mod text;
