@@ -3,7 +3,7 @@
 
 use harambee_privacy::card::{
     CARD_FORMAT, CardFacility, CardLedger, CardMetrics, CardModel, CardPrivacy, CardQuality,
-    CardTraining, ModelCard, TO_COMPLETE,
+    CardTraining, ModelCard, TO_COMPLETE, ledger_figures,
 };
 use harambee_privacy::ledger::{LedgerEvent, LedgerLine, Sha256Digest, SignedTreeHead};
 use harambee_proto::pb;
@@ -42,46 +42,27 @@ pub fn model_card(
 ) -> ModelCard {
     let federation = spec.name.as_str();
     let commit = commit_index(inputs.lines, federation, version.version);
-    let upto = commit.unwrap_or(0);
-    // Rounds of this federation that committed or failed up to the commit.
-    let count = |committed: bool| {
-        inputs
-            .lines
-            .iter()
-            .filter(|l| commit.is_some() && l.index <= upto)
-            .filter(|l| match &l.event {
-                LedgerEvent::RoundCommitted { federation: f, .. } => committed && f == federation,
-                LedgerEvent::RoundFailed { federation: f, .. } => !committed && f == federation,
-                _ => false,
-            })
-            .count() as u64
-    };
-    let (rounds_committed, rounds_failed) = (count(true), count(false));
-
     let round_id = version.round_id.unwrap_or(0);
+    let figures = ledger_figures(inputs.lines, federation, round_id, commit);
     let mut facilities = Vec::new();
     if let Some(round) = inputs.round {
         for p in &round.participants {
             if p.status() != pb::ParticipantStatus::Uploaded {
                 continue;
             }
-            let mut rounds_contributed = 0;
-            let mut receipt = None;
-            for line in inputs.lines.iter().filter(|l| l.index <= upto) {
-                if let LedgerEvent::Contribution(c) = &line.event
-                    && c.federation == federation
-                    && c.facility == p.facility
-                {
-                    rounds_contributed += 1;
-                    if c.round_id == round_id {
-                        receipt = Some((c.epsilon_spent, c.receipt.receipt.delta));
-                    }
-                }
-            }
+            let facility = p.facility.as_str();
+            let receipt = figures
+                .in_round
+                .get(facility)
+                .map(|(_, c)| (c.epsilon_spent, c.receipt.receipt.delta));
             facilities.push(CardFacility {
                 facility: p.facility.clone(),
                 rows: p.n_samples,
-                rounds_contributed,
+                rounds_contributed: figures
+                    .rounds_contributed
+                    .get(facility)
+                    .copied()
+                    .unwrap_or(0),
                 metrics: p.metrics.as_ref().map(card_metrics),
                 epsilon_spent: receipt.map(|r| r.0),
                 delta: receipt.map(|r| r.1),
@@ -109,16 +90,9 @@ pub fn model_card(
         auc_gap: worst.zip(best).map(|(w, b)| b - w.1),
     };
 
-    let federation_privacy = inputs
-        .lines
-        .iter()
-        .find_map(|l| match &l.event {
-            LedgerEvent::FederationCreated { name, privacy } if name == federation => {
-                Some(privacy.clone())
-            }
-            _ => None,
-        })
-        .unwrap_or(serde_json::Value::Null);
+    let federation_privacy = figures
+        .created
+        .map_or(serde_json::Value::Null, |(_, privacy)| privacy.clone());
     let facility_epsilon = inputs.round.and_then(|r| r.facility_epsilon);
     let model = crate::wire::model_spec(spec, version.n_params as usize);
     ModelCard {
@@ -149,8 +123,8 @@ pub fn model_card(
             schema: serde_json::to_value(&spec.schema).unwrap_or(serde_json::Value::Null),
         },
         training: CardTraining {
-            rounds_committed,
-            rounds_failed,
+            rounds_committed: figures.rounds_committed,
+            rounds_failed: figures.rounds_failed,
             strategy: serde_json::to_value(&spec.strategy).unwrap_or(serde_json::Value::Null),
             train: serde_json::to_value(&spec.train).unwrap_or(serde_json::Value::Null),
             secure_aggregation: spec.secure_aggregation.enabled,

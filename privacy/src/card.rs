@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::merkle::verify_inclusion;
 use crate::ledger::{
-    LedgerError, LedgerEvent, LedgerLine, Sha256Digest, SignedTreeHead, canonical,
+    Contribution, LedgerError, LedgerEvent, LedgerLine, Sha256Digest, SignedTreeHead, canonical,
 };
 
 /// The `format` of the cards this version writes and reads.
@@ -391,6 +391,65 @@ fn figure(x: Option<f64>) -> String {
     x.map_or("-".into(), |x| format!("{x:.3}"))
 }
 
+/// What the ledger says about a version of `federation` made by `round_id`, counting the
+/// entries up to its commit (`commit`, `None` for version 0: nothing is counted): the figures
+/// a card restates. The coordinator fills the card from it and [`verify_card`] checks the card
+/// against it, so both read the ledger the same way.
+#[derive(Debug, Default)]
+pub struct LedgerFigures<'a> {
+    /// The federation's `FederationCreated` entry: its index and privacy parameters.
+    pub created: Option<(u64, &'a serde_json::Value)>,
+    pub rounds_committed: u64,
+    pub rounds_failed: u64,
+    /// Rounds of the federation each facility contributed to.
+    pub rounds_contributed: BTreeMap<&'a str, u64>,
+    /// Each facility's contribution to `round_id`, with its entry index.
+    pub in_round: BTreeMap<&'a str, (u64, &'a Contribution)>,
+}
+
+pub fn ledger_figures<'a>(
+    entries: &'a [LedgerLine],
+    federation: &str,
+    round_id: u64,
+    commit: Option<u64>,
+) -> LedgerFigures<'a> {
+    let mut figures = LedgerFigures {
+        created: entries.iter().find_map(|l| match &l.event {
+            LedgerEvent::FederationCreated { name, privacy } if name == federation => {
+                Some((l.index, privacy))
+            }
+            _ => None,
+        }),
+        ..LedgerFigures::default()
+    };
+    let Some(upto) = commit else {
+        return figures;
+    };
+    for line in entries.iter().filter(|l| l.index <= upto) {
+        match &line.event {
+            LedgerEvent::RoundCommitted { federation: f, .. } if f == federation => {
+                figures.rounds_committed += 1;
+            }
+            LedgerEvent::RoundFailed { federation: f, .. } if f == federation => {
+                figures.rounds_failed += 1;
+            }
+            LedgerEvent::Contribution(c) if c.federation == federation => {
+                *figures
+                    .rounds_contributed
+                    .entry(c.facility.as_str())
+                    .or_default() += 1;
+                if c.round_id == round_id {
+                    figures
+                        .in_round
+                        .insert(c.facility.as_str(), (line.index, c));
+                }
+            }
+            _ => {}
+        }
+    }
+    figures
+}
+
 /// What [`verify_card`] found: the checks that passed and those that failed, each in words.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CardReport {
@@ -428,17 +487,10 @@ pub fn verify_card(card: &ModelCard, entries: &[LedgerLine], key: &VerifyingKey)
         },
     );
     let commit = check_commit(card, entries, &mut report);
-    let upto = commit.unwrap_or(0);
     let federation = card.federation.as_str();
-    let before = |l: &&LedgerLine| commit.is_some() && l.index <= upto;
+    let figures = ledger_figures(entries, federation, card.model.round_id, commit);
 
-    let created = entries.iter().find_map(|l| match &l.event {
-        LedgerEvent::FederationCreated { name, privacy } if name == federation => {
-            Some((l.index, privacy))
-        }
-        _ => None,
-    });
-    match created {
+    match figures.created {
         Some((index, privacy)) => report.check(
             *privacy == card.privacy.federation,
             "privacy parameters equal the federation's FederationCreated entry",
@@ -454,18 +506,7 @@ pub fn verify_card(card: &ModelCard, entries: &[LedgerLine], key: &VerifyingKey)
         )),
     }
 
-    let count = |pick: fn(&LedgerEvent, &str) -> bool| {
-        entries
-            .iter()
-            .filter(before)
-            .filter(|l| pick(&l.event, federation))
-            .count() as u64
-    };
-    let committed = count(
-        |e, f| matches!(e, LedgerEvent::RoundCommitted { federation, .. } if federation == f),
-    );
-    let failed =
-        count(|e, f| matches!(e, LedgerEvent::RoundFailed { federation, .. } if federation == f));
+    let (committed, failed) = (figures.rounds_committed, figures.rounds_failed);
     report.check(
         committed == card.training.rounds_committed,
         format!("{committed} round(s) committed, as in the ledger"),
@@ -487,19 +528,7 @@ pub fn verify_card(card: &ModelCard, entries: &[LedgerLine], key: &VerifyingKey)
         },
     );
 
-    // The round's contributions, and how many rounds each facility contributed to.
-    let mut in_round = BTreeMap::new();
-    let mut rounds: BTreeMap<&str, u64> = BTreeMap::new();
-    for line in entries.iter().filter(before) {
-        if let LedgerEvent::Contribution(c) = &line.event
-            && c.federation == federation
-        {
-            *rounds.entry(c.facility.as_str()).or_default() += 1;
-            if c.round_id == card.model.round_id {
-                in_round.insert(c.facility.as_str(), (line.index, c));
-            }
-        }
-    }
+    let (in_round, rounds) = (&figures.in_round, &figures.rounds_contributed);
     let listed: BTreeSet<&str> = card
         .facilities
         .iter()

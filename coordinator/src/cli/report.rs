@@ -18,9 +18,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use harambee_privacy::card::TO_COMPLETE;
+use harambee_privacy::card::{TO_COMPLETE, escape_markdown as md};
 use harambee_privacy::ledger::{LedgerEvent, LedgerLine, SignedTreeHead};
 use harambee_proto::pb;
+
+use crate::console::html::esc;
 
 /// The documents of one report, by file stem: Markdown, plus the plot as SVG.
 pub struct Report {
@@ -69,8 +71,6 @@ pub fn file_stem(name: &str) -> String {
         })
         .collect()
 }
-
-use harambee_privacy::card::escape_markdown as md;
 
 /// `2026-12-04 19:58:02 UTC`.
 pub fn utc(unix_ms: u64) -> String {
@@ -455,15 +455,6 @@ fn privacy_spend(ledger: &LedgerFacts<'_>, now_ms: i64) -> (String, String) {
     (out, spend_svg(&spend))
 }
 
-/// Escapes text for SVG (XML) content and attributes.
-fn xml(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
 /// A line per facility, ε against time; each line is labelled with the facility's name at its
 /// end (colour is never the only cue) and dashed differently.
 fn spend_svg(spend: &Spend<'_>) -> String {
@@ -507,10 +498,10 @@ fn spend_svg(spend: &Spend<'_>) -> String {
         svg,
         r#"<text x="{L}" y="{}" font-size="12" font-family="sans-serif">{}</text><text x="{}" y="{}" font-size="12" font-family="sans-serif" text-anchor="end">{}</text>"#,
         H - 12.0,
-        xml(&utc(if points.is_empty() { 0 } else { t0 })),
+        esc(&utc(if points.is_empty() { 0 } else { t0 })),
         W - R,
         H - 12.0,
-        xml(&utc(t1))
+        esc(&utc(t1))
     );
     let _ = writeln!(
         svg,
@@ -530,7 +521,7 @@ fn spend_svg(spend: &Spend<'_>) -> String {
             svg,
             r#"<polyline fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}" points="{}"><title>{}</title></polyline>"#,
             path.join(" "),
-            xml(facility)
+            esc(facility)
         );
         if let Some(last) = pts.last() {
             let _ = writeln!(
@@ -538,7 +529,7 @@ fn spend_svg(spend: &Spend<'_>) -> String {
                 r#"<text x="{:.1}" y="{:.1}" font-size="12" font-family="sans-serif" fill="{colour}">{} ({:.2})</text>"#,
                 x(last.0) + 6.0,
                 y(last.1) + 4.0 + 12.0 * (i as f64 % 3.0) - 12.0,
-                xml(facility),
+                esc(facility),
                 last.1
             );
         }
@@ -563,7 +554,7 @@ pub fn to_html(title: &str, markdown: &str) -> String {
          sans-serif;max-width:72rem;margin:1rem auto;padding:0 1rem;line-height:1.4}}table{{border-\
          collapse:collapse}}td,th{{border:1px solid #999;padding:.25rem .5rem;vertical-align:top}}\
          img{{max-width:100%}}</style></head><body>\n{body}</body></html>\n",
-        xml(title)
+        esc(title)
     )
 }
 
