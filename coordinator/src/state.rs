@@ -31,10 +31,18 @@ pub struct Settings {
     /// is read, so the coordinator's memory does not grow with the number of facilities
     /// uploading together. An upload larger than the budget is taken alone.
     pub upload_buffer_bytes: usize,
+    /// HTTP/2 receive window of each connection and each stream: how many bytes a facility
+    /// may send before the coordinator reads them. An upload waiting for the budget above
+    /// has sent this much, held in the coordinator's memory, so n facilities uploading
+    /// together cost up to n × this; one connection's throughput is at most this per round
+    /// trip (256 KiB at 100 ms: 21 Mbit/s).
+    pub receive_window_bytes: u32,
 }
 
 /// Default of [`Settings::upload_buffer_bytes`]: 128 MiB.
 pub const UPLOAD_BUFFER_BYTES: usize = 128 << 20;
+/// Default of [`Settings::receive_window_bytes`]: 256 KiB (the HTTP/2 library's own is 1 MiB).
+pub const RECEIVE_WINDOW_BYTES: u32 = 256 << 10;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -45,6 +53,7 @@ impl Default for Settings {
             blob_retention: Some(Duration::from_secs(24 * 3600)),
             connections: Default::default(),
             upload_buffer_bytes: UPLOAD_BUFFER_BYTES,
+            receive_window_bytes: RECEIVE_WINDOW_BYTES,
         }
     }
 }

@@ -218,8 +218,8 @@ fn expand_streams<W: MaskWord, F: ChunkInit<W>>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above. This is the workspace's one
-        // use of `unsafe` (calling a `#[target_feature]` function).
+        // SAFETY: the CPU supports AVX2, checked just above. One of the workspace's two
+        // uses of `unsafe` (calling a `#[target_feature]` function).
         #[allow(unsafe_code)]
         unsafe {
             expand_avx2(out, streams, init)

@@ -169,6 +169,9 @@ pub struct ServeFile {
     /// MiB of uploads held at once while they arrive (default 128); see
     /// [`Settings::upload_buffer_bytes`].
     pub upload_buffer_mb: Option<u64>,
+    /// KiB a connection may send before the coordinator reads it (default 256); see
+    /// [`Settings::receive_window_bytes`].
+    pub receive_window_kib: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -356,6 +359,9 @@ where
 /// Runs the command line to completion on its own runtime and prints the error, if any:
 /// the whole `harambee-coordinator` binary.
 pub fn main(cli: Cli) -> std::process::ExitCode {
+    if matches!(cli.command, Command::Serve(_)) {
+        server::memory::return_large_blocks_to_the_system();
+    }
     harambee_link::process::run_main(run(cli))
 }
 
@@ -709,6 +715,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings.upload_buffer_bytes = usize::try_from(mb.max(1))
             .unwrap_or(usize::MAX >> 20)
             .saturating_mul(1 << 20);
+    }
+    if let Some(kib) = file.receive_window_kib {
+        // HTTP/2's smallest window is 64 KiB - 1; its largest 2 GiB - 1.
+        settings.receive_window_bytes = kib.clamp(64, (1 << 21) - 1) << 10;
     }
     let pki_dir = args
         .pki

@@ -2,6 +2,7 @@
 //! the ops port (`ops.rs`: health, readiness, metrics).
 
 pub mod access;
+pub mod memory;
 pub mod ops;
 pub mod telemetry;
 pub mod tls;
@@ -113,6 +114,10 @@ pub async fn serve(
         // Keeps idle task streams alive through hospital NATs and firewalls.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // What a facility may send before it is read, per stream and per connection: with
+        // the upload budget, this bounds the memory of uploads waiting their turn.
+        .initial_stream_window_size(coord.settings.receive_window_bytes)
+        .initial_connection_window_size(coord.settings.receive_window_bytes)
         .layer(crate::server::access::AccessLayer::new(coord.clone()))
         .add_service(agent)
         .add_service(admin)

@@ -1,20 +1,22 @@
 //! `harambee-sim bench secagg`: the cost of a round's aggregation, secure or plain.
 //!
 //! The coordinator runs as its own process (`serve`), so its CPU time and peak RSS are
-//! measured apart from the agents'; N agents run in this process over real gRPC and mTLS
-//! on loopback, with the real agent runtime but no data and no training (each update is
-//! random, `testing.synthetic`), and without downloading the base model. A fraction of the
-//! agents crash when asked for their masked input (`testing.crash_at`), so the coordinator
-//! must recover their pairwise masks; it notices them after a second (`reconnect_grace_s =
-//! 1`), where its default forgives a closed connection for 30 s. Figures are printed per round, one JSON object per
-//! line with `--json`.
+//! measured apart from the agents'; so does one agent (the last), whose CPU time and peak
+//! RSS are one facility's. The other N − 1 agents run in this process. All of them talk
+//! over real gRPC and mTLS on loopback, with the real agent runtime but no data and no
+//! training (each update is random, `testing.synthetic`), and without downloading the base
+//! model. A fraction of the agents crash when asked for their masked input
+//! (`testing.crash_at`), so the coordinator must recover their pairwise masks; it notices
+//! them after a second (`reconnect_grace_s = 1`), where its default forgives a closed
+//! connection for 30 s. Figures are printed per round, one JSON object per line with
+//! `--json`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use harambee_agent::config::AgentConfig;
 use harambee_agent::runtime::AgentStats;
@@ -56,6 +58,10 @@ pub struct SecaggArgs {
     /// `secure_aggregation.failure_probability`; the agents' policies allow it).
     #[arg(long, default_value_t = harambee_secagg::DESIGN_FAILURE_PROBABILITY)]
     pub failure_probability: f64,
+    /// A line added to the coordinator's serve file, such as `receive_window_kib = 1024`
+    /// or `upload_buffer_mb = 64` (repeatable).
+    #[arg(long = "serve-option", value_name = "LINE")]
+    pub serve_options: Vec<String>,
     /// One JSON object per round on stdout.
     #[arg(long)]
     pub json: bool,
@@ -82,12 +88,19 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         pki_dir,
     } = super::Coordinator::start(
         dir,
-        "heartbeat_interval_s = 1\nliveness_timeout_s = 10\nreconnect_grace_s = 1\n",
+        &format!(
+            "heartbeat_interval_s = 1\nliveness_timeout_s = 10\nreconnect_grace_s = 1\n{}",
+            args.serve_options
+                .iter()
+                .map(|line| format!("{line}\n"))
+                .collect::<String>()
+        ),
     )
     .await?;
 
     let n_crash = (args.agents as f64 * args.dropout).round() as usize;
     let mut agents = Vec::new();
+    let mut own_agent = None;
     for i in 0..args.agents {
         let name = format!("bench-{i:04}");
         let (cert, key) = pki::issue(&pki_dir, Role::Agent, &name, 1)?;
@@ -108,6 +121,22 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         );
         let path: PathBuf = dir.join(format!("{name}.toml"));
         std::fs::write(&path, text)?;
+        if i + 1 == args.agents {
+            // The last agent (never one that crashes) runs as its own process, so that one
+            // agent's CPU and peak RSS are measured apart.
+            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            let process = tokio::process::Command::new(std::env::current_exe()?)
+                .args(["agent", "run", "--config"])
+                .arg(&path)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the measured agent")?;
+            own_agent = Some(process);
+            continue;
+        }
         let config = AgentConfig::load(&path)?;
         let stats = Arc::new(AgentStats::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -239,7 +268,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             shape.degree
         );
         println!(
-            "{:>5} {:>8} {:>17} {:>8} {:>9} {:>12} {:>9} {:>16} {:>13} {:>8}",
+            "{:>5} {:>8} {:>17} {:>8} {:>9} {:>12} {:>9} {:>16} {:>13} {:>15} {:>8}",
             "round",
             "wall_s",
             "coordinator_cpu_s",
@@ -249,13 +278,17 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
             "agent/bnd",
             "bytes_per_agent",
             "peak_rss_MiB",
+            "agent_rss_MiB",
             "dropouts"
         );
     }
-    let own_pid = std::process::id();
+    let agent_pid = own_agent
+        .as_ref()
+        .and_then(|p| p.id())
+        .context("the measured agent's pid")?;
     for number in 1..=args.rounds {
         let cpu_before = super::cpu_seconds(pid)?;
-        let agents_cpu_before = super::cpu_seconds(own_pid)?;
+        let agent_cpu_before = super::cpu_seconds(agent_pid)?;
         let sent_before: u64 = agents
             .iter()
             .map(|(s, _, _)| s.bytes_sent.load(Ordering::Relaxed))
@@ -270,8 +303,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         let round = wait_for_round(&mut client, round.id, |_| {}).await?;
         let wall = started.elapsed().as_secs_f64();
         let cpu = super::cpu_seconds(pid)? - cpu_before;
-        // Every agent runs in this process: its CPU over the round, shared out per agent.
-        let agent_cpu = (super::cpu_seconds(own_pid)? - agents_cpu_before) / args.agents as f64;
+        let agent_cpu = super::cpu_seconds(agent_pid)? - agent_cpu_before;
         if round.state() != pb::RoundState::Committed {
             bail!("round {number} failed: {}", round.failure_reason);
         }
@@ -290,22 +322,25 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         let shape = shape_of(round.participants.len(), dropouts)?;
         let bound = Bound::of(&shape, &rates);
         let rss = peak_rss_bytes(pid)?;
-        let per_agent = sent / active as u64;
+        let agent_rss = peak_rss_bytes(agent_pid)?;
+        // The measured agent's bytes are not counted here (it is another process).
+        let per_agent = sent / (active as u64 - 1).max(1);
         if args.json {
             let line = json!({
                 "round": number, "wall_s": wall, "coordinator_cpu_s": cpu, "bytes_per_agent": per_agent,
                 "peak_rss_bytes": rss, "agents": args.agents, "params": n_params, "dropouts": dropouts, "secure": !args.plain,
                 "coordinator_bound_s": bound.coordinator_s, "agent_bound_s": bound.agent_s, "agent_cpu_s": agent_cpu,
-                "neighbours": shape.degree, "rates_bytes_per_s": rates,
+                "neighbours": shape.degree, "rates_bytes_per_s": rates, "agent_peak_rss_bytes": agent_rss,
             });
             println!("{line}");
         } else {
             println!(
-                "{number:>5} {wall:>8.2} {cpu:>17.2} {:>8.3} {:>9.2} {agent_cpu:>12.4} {:>9.2} {per_agent:>16} {:>13.1} {dropouts:>8}",
+                "{number:>5} {wall:>8.2} {cpu:>17.2} {:>8.3} {:>9.2} {agent_cpu:>12.4} {:>9.2} {per_agent:>16} {:>13.1} {:>15.1} {dropouts:>8}",
                 bound.coordinator_s,
                 cpu / bound.coordinator_s,
                 agent_cpu / bound.agent_s,
-                rss as f64 / 1048576.0
+                rss as f64 / 1048576.0,
+                agent_rss as f64 / 1048576.0
             );
         }
     }
