@@ -251,7 +251,7 @@ async fn stage_durations(browser: &Browser, round: &pb::Round) {
     }
     let row = format!("tr[data-round=\"{}\"]", round.number);
     let items = browser
-        .find_all(&format!("{row} li[data-stage]"))
+        .find_all(&format!("{row} ul.stages li"))
         .await
         .unwrap();
     // Every stage but the terminal one is a line.
