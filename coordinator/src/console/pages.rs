@@ -760,7 +760,7 @@ pub const LEDGER_PAGE: usize = 500;
 /// The privacy ledger: verdict, head, filtered entries, countersignatures, admin actions.
 /// Each facility's privacy log against the export: whether its receipts match, naming
 /// each mismatch, and how its whole audit (`audit verify --receipts`) ends.
-fn facility_logs(logs: &[ledger::FacilityLog]) -> String {
+fn facility_logs(logs: &[ledger::FacilityLog], ledger_failures: &[String]) -> String {
     let mut rows = String::new();
     for log in logs {
         let name = log.facility.as_deref().unwrap_or("unknown");
@@ -788,13 +788,17 @@ fn facility_logs(logs: &[ledger::FacilityLog]) -> String {
             audit::Outcome::Verified => status("verified", Tone::Good),
             audit::Outcome::Unverified => status("unverified: no key pinned", Tone::Warn),
             audit::Outcome::Failed => {
-                // What failed beyond the receipts (the ledger itself, a broken log).
+                // What failed beyond the receipts and the ledger's own failures, listed
+                // once above: the facility's last head, its countersignatures, its log.
                 let other: Vec<&String> = log
                     .failures
                     .iter()
-                    .filter(|f| !log.mismatches.contains(f))
+                    .filter(|f| !log.mismatches.contains(f) && !ledger_failures.contains(f))
                     .collect();
                 let mut cell = status("fails", Tone::Bad);
+                if log.failures.iter().any(|f| ledger_failures.contains(f)) {
+                    cell.push_str(" with the ledger's failures above");
+                }
                 if !other.is_empty() {
                     cell.push_str("<ul>");
                     for f in other.iter().take(5) {
@@ -858,7 +862,7 @@ pub fn ledger_page(
         body.push_str("</ul>");
     }
     if !checked.facility_logs.is_empty() {
-        body.push_str(&facility_logs(&checked.facility_logs));
+        body.push_str(&facility_logs(&checked.facility_logs, &checked.failures));
     }
     let head = &checked.head.signed_tree_head;
     let _ = write!(
