@@ -14,7 +14,9 @@ use crate::federation::{
     Deadlines, DpSgdSpec, FederationSpec, KindName, Mechanism, ModelSection, OptimizerName,
     PrivacySpec, SecureAggregationSpec, TrainSpec,
 };
-use crate::store::{self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState};
+use crate::store::{
+    self, MetricsRow, ModelVersionRow, ParticipantRow, RoundRow, RoundState, StageRow,
+};
 
 /// A wire message that does not make a valid value: what is wrong with it, for the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -485,5 +487,13 @@ pub fn round(
         secure_aggregation,
         facility_epsilon: None,
         not_selected: Vec::new(),
+        stages: Vec::new(),
+    }
+}
+
+pub fn round_stage(stage: &StageRow) -> pb::RoundStage {
+    pb::RoundStage {
+        state: round_state(stage.state) as i32,
+        started_unix_ms: stage.started_ms,
     }
 }

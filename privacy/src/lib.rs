@@ -11,6 +11,8 @@
 //! - [`card`]: model cards bound to the ledger (`ModelExported` records their SHA-256), and
 //!   their offline check against a ledger export.
 //! - [`log`]: the format of a facility's hash-chained privacy log.
+//! - [`audit`]: the offline audit of an export, with a facility's privacy log and a model
+//!   card (`harambee-agent audit verify` and the web console's offline page both run it).
 //! - [`mechanism`]: the lattice Gaussian mechanism (snap to a power-of-two grid, add exact
 //!   discrete Gaussian draws in integers) behind DP-SGD's and the central mechanism's noise,
 //!   so released floats leak no low bits (Mironov 2012); randomness from an injected RNG.
@@ -24,6 +26,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod accountant;
+pub mod audit;
 pub mod card;
 pub mod ledger;
 pub mod log;

@@ -962,6 +962,26 @@ pub fn write_model_card(
     Ok(Some((json, md)))
 }
 
+/// A model version's description and model card, without its parameters: the export's
+/// first message (the coordinator ledgers the export, card digest included, before it).
+pub async fn model_description(
+    client: &mut AdminServiceClient<Channel>,
+    federation: &str,
+    version: Option<u32>,
+) -> anyhow::Result<pb::ModelVersion> {
+    let request = pb::ExportModelRequest {
+        federation: federation.to_owned(),
+        version,
+    };
+    let mut stream = client.export_model(request).await?.into_inner();
+    match stream.next().await.transpose()? {
+        Some(pb::ExportModelResponse {
+            part: Some(pb::export_model_response::Part::Meta(meta)),
+        }) => Ok(meta),
+        _ => bail!("export stream did not start with the model description"),
+    }
+}
+
 /// Downloads a model version to `out` (raw little-endian f32) and `out.json` (description).
 pub async fn export_model(
     client: &mut AdminServiceClient<Channel>,

@@ -3,25 +3,40 @@
 //! the auditor pinned, with inclusion proofs and countersignatures recomputed here.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
+use harambee_privacy::audit;
 use harambee_privacy::ledger::export::{HeadFile, KeyPin, head_path_for};
 use harambee_privacy::ledger::{
     self, LedgerEvent, LedgerLine, MerkleTree, Sha256Digest, key_fingerprint,
 };
 
-/// An export: the entries' text (one canonical line each) and the head file.
+/// An export: the entries' text (one canonical line each) and the head file, and offline,
+/// facilities' privacy logs to check it against.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub text: String,
     pub head: HeadFile,
+    pub receipts: Vec<ReceiptsFile>,
+}
+
+/// A facility's privacy log: the file's name and its contents.
+#[derive(Debug, Clone)]
+pub struct ReceiptsFile {
+    pub name: String,
+    pub text: String,
 }
 
 impl Snapshot {
-    /// Reads `ledger` and its head file (`head`, or `<stem>.head.json` beside it).
-    pub fn read(ledger: &Path, head: Option<&Path>) -> anyhow::Result<Snapshot> {
+    /// Reads `ledger`, its head file (`head`, or `<stem>.head.json` beside it) and the
+    /// privacy logs `receipts`.
+    pub fn read(
+        ledger: &Path,
+        head: Option<&Path>,
+        receipts: &[PathBuf],
+    ) -> anyhow::Result<Snapshot> {
         let text = std::fs::read_to_string(ledger)
             .with_context(|| format!("reading {}", ledger.display()))?;
         let head_path = head.map_or_else(|| head_path_for(ledger), Path::to_path_buf);
@@ -30,7 +45,21 @@ impl Snapshot {
                 .with_context(|| format!("reading {}", head_path.display()))?,
         )
         .with_context(|| format!("parsing {}", head_path.display()))?;
-        Ok(Snapshot { text, head })
+        let receipts = receipts
+            .iter()
+            .map(|path| {
+                Ok(ReceiptsFile {
+                    name: path.display().to_string(),
+                    text: std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Snapshot {
+            text,
+            head,
+            receipts,
+        })
     }
 }
 
@@ -69,10 +98,72 @@ pub struct Checked {
     pub head: HeadFile,
     pub cosigned: Vec<Cosigned>,
     pub receipts_verified: u64,
+    /// Each privacy log given, checked against the export.
+    pub facility_logs: Vec<FacilityLog>,
     /// Every facility the entries name, for the filter.
     pub facilities: BTreeSet<String>,
     /// The tree over the entries' recomputed leaf hashes, for inclusion proofs.
     tree: MerkleTree,
+}
+
+/// A facility's privacy log checked against the export: the audit `harambee-agent audit
+/// verify --receipts` runs.
+#[derive(Debug, Clone)]
+pub struct FacilityLog {
+    /// The log's file.
+    pub file: String,
+    /// The facility the log belongs to, as it names itself.
+    pub facility: Option<String>,
+    /// Receipts found in the ledger exactly as the log holds them.
+    pub matched: u64,
+    /// Where the log and the ledger disagree (empty: the receipts match).
+    pub mismatches: Vec<String>,
+    /// The whole audit with this log, as `audit verify` would end it.
+    pub outcome: audit::Outcome,
+    /// Everything that audit found wrong, the ledger's own failures included.
+    pub failures: Vec<String>,
+}
+
+/// Audits the export with each privacy log in `snapshot`.
+fn check_logs(
+    snapshot: &Snapshot,
+    entries: &[LedgerLine],
+    pin: Option<&KeyPin>,
+) -> Vec<FacilityLog> {
+    snapshot
+        .receipts
+        .iter()
+        .map(|log| {
+            let inputs = audit::Inputs {
+                entries,
+                head: &snapshot.head,
+                ledger_key: pin,
+                receipts: Some(audit::Named {
+                    name: &log.name,
+                    text: &log.text,
+                }),
+                model_card: None,
+            };
+            match audit::audit(&inputs) {
+                Ok(report) => FacilityLog {
+                    file: log.name.clone(),
+                    facility: report.facility,
+                    matched: report.receipts_matched,
+                    mismatches: report.facility_failures,
+                    outcome: report.outcome,
+                    failures: report.failures,
+                },
+                Err(e) => FacilityLog {
+                    file: log.name.clone(),
+                    facility: None,
+                    matched: 0,
+                    mismatches: Vec::new(),
+                    outcome: audit::Outcome::Failed,
+                    failures: vec![e.to_string()],
+                },
+            }
+        })
+        .collect()
 }
 
 /// Checks `snapshot` against `pin` (the auditor's key or its fingerprint).
@@ -98,6 +189,7 @@ pub fn check(snapshot: &Snapshot, pin: Option<&KeyPin>) -> Checked {
                 head,
                 cosigned: Vec::new(),
                 receipts_verified: 0,
+                facility_logs: Vec::new(),
                 facilities: BTreeSet::new(),
                 tree: MerkleTree::new(),
             };
@@ -177,6 +269,7 @@ pub fn check(snapshot: &Snapshot, pin: Option<&KeyPin>) -> Checked {
         .flat_map(|l| facilities_of(&l.event))
         .map(str::to_owned)
         .collect();
+    let facility_logs = check_logs(snapshot, &entries, pin);
     Checked {
         verdict,
         failures,
@@ -185,6 +278,7 @@ pub fn check(snapshot: &Snapshot, pin: Option<&KeyPin>) -> Checked {
         head,
         cosigned,
         receipts_verified,
+        facility_logs,
         facilities,
         tree,
     }

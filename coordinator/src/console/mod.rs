@@ -4,7 +4,8 @@
 //! certificate (the files the command line uses, the operator profile included), so the
 //! browser needs no certificate and the coordinator goes on enforcing roles; what the console
 //! shows and offers follows the certificate's role. With `--ledger FILE` it browses an
-//! exported ledger with no coordinator at all.
+//! exported ledger with no coordinator at all, and with `--receipts LOG...` checks each
+//! facility's privacy log against it (`harambee_privacy::audit`, as `audit verify` does).
 //!
 //! Pages are rendered on the server ([`pages`]), with one stylesheet and SVG plots served by
 //! the binary and no script. Safety ([`security`]): it listens on loopback unless
@@ -69,6 +70,11 @@ pub struct ConsoleArgs {
     /// The export's head file (default: `<stem>.head.json` beside --ledger).
     #[arg(long, requires = "ledger")]
     pub head: Option<PathBuf>,
+    /// Facilities' privacy logs (`state_dir/privacy-log.jsonl`, as `harambee-agent audit
+    /// verify --receipts` takes them): the ledger page shows, per facility, whether its
+    /// receipts match the ledger, naming each mismatch.
+    #[arg(long, requires = "ledger", num_args = 1..)]
+    pub receipts: Vec<PathBuf>,
     /// The coordinator's ledger key (64 hex digits) or its fingerprint (`sha256:` and 64 hex
     /// digits), obtained independently: the ledger "verifies" only against a pinned key.
     #[arg(long, env = "HARAMBEE_LEDGER_PIN")]
@@ -81,10 +87,12 @@ pub struct ConsoleArgs {
 pub enum Source {
     /// A coordinator, through a channel with an operator's or auditor's certificate.
     Live { channel: Channel, role: Role },
-    /// An export on disk, read again on every request.
+    /// An export on disk, and facilities' privacy logs to check it against, read again on
+    /// every request.
     Offline {
         ledger: PathBuf,
         head: Option<PathBuf>,
+        receipts: Vec<PathBuf>,
     },
 }
 
@@ -205,11 +213,12 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     let (source, acting_as) = match &args.ledger {
         Some(ledger) => {
             // Fail early on a missing or unreadable export.
-            ledger::Snapshot::read(ledger, args.head.as_deref())?;
+            ledger::Snapshot::read(ledger, args.head.as_deref(), &args.receipts)?;
             (
                 Source::Offline {
                     ledger: ledger.clone(),
                     head: args.head.clone(),
+                    receipts: args.receipts.clone(),
                 },
                 format!("offline auditor of {}", ledger.display()),
             )
@@ -273,6 +282,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route(
             "/federation/{name}/export",
             axum::routing::post(export_model),
+        )
+        .route(
+            "/federation/{name}/card",
+            axum::routing::post(export_model_card),
         )
         .route("/facilities", get(facilities))
         .route(
@@ -625,24 +638,107 @@ async fn export_model(State(console): Shared, Path(name): Path<String>, body: St
     }
 }
 
+/// The model card of a version (`format=json`, the canonical JSON the ledger binds, or
+/// `format=md`), as `model export` writes it beside the model. Operators only, like the
+/// export, which it is: the coordinator ledgers it.
+async fn export_model_card(
+    State(console): Shared,
+    Path(name): Path<String>,
+    body: String,
+) -> Response {
+    if let Some(refused) = operator_only(&console, "exporting a model card") {
+        return refused;
+    }
+    let fields = form_fields(&body);
+    if !console.guard.csrf_ok(field(&fields, "csrf")) {
+        return csrf_refused(&console);
+    }
+    let version = field(&fields, "version").and_then(|v| v.parse().ok());
+    let markdown = match field(&fields, "format") {
+        Some("json") | None => false,
+        Some("md") => true,
+        Some(other) => {
+            return error(
+                &console,
+                StatusCode::BAD_REQUEST,
+                "No such format",
+                &format!("a model card comes as json or md, not {other:?}"),
+            );
+        }
+    };
+    let Some(mut admin) = console.admin() else {
+        return offline_only_ledger(&console);
+    };
+    let meta = match crate::cli::model_description(&mut admin, &name, version).await {
+        Ok(meta) => meta,
+        Err(e) => return upstream(&console, e),
+    };
+    if meta.model_card.is_empty() {
+        return error(
+            &console,
+            StatusCode::BAD_GATEWAY,
+            "No model card",
+            "the coordinator sent no model card with this version",
+        );
+    }
+    let (body, content_type, extension) = if markdown {
+        match harambee_privacy::card::ModelCard::parse(&meta.model_card) {
+            Ok(card) => (card.to_markdown(), "text/markdown; charset=utf-8", "md"),
+            Err(e) => {
+                return error(
+                    &console,
+                    StatusCode::BAD_GATEWAY,
+                    "Malformed model card",
+                    &format!("the coordinator sent a malformed model card: {e}"),
+                );
+            }
+        }
+    } else {
+        (meta.model_card, "application/json", "json")
+    };
+    let filename = format!(
+        "{}-v{}.card.{extension}",
+        html::url_part(&name),
+        meta.version
+    );
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 /// The ledger: fetched as an auditor, or read from the export's files.
 async fn snapshot(console: &Console) -> Result<ledger::Snapshot, Response> {
     match &console.source {
-        Source::Offline { ledger, head } => ledger::Snapshot::read(ledger, head.as_deref())
-            .map_err(|e| {
-                error(
-                    console,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "The export cannot be read",
-                    &format!("{e:#}"),
-                )
-            }),
+        Source::Offline {
+            ledger,
+            head,
+            receipts,
+        } => ledger::Snapshot::read(ledger, head.as_deref(), receipts).map_err(|e| {
+            error(
+                console,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The export cannot be read",
+                &format!("{e:#}"),
+            )
+        }),
         Source::Live {
             role: Role::Auditor,
             channel,
         } => crate::cli::audit::fetch(channel.clone())
             .await
-            .map(|(text, head)| ledger::Snapshot { text, head })
+            .map(|(text, head)| ledger::Snapshot {
+                text,
+                head,
+                receipts: Vec::new(),
+            })
             .map_err(|e| upstream(console, e)),
         Source::Live { .. } => Err(error(
             console,
@@ -689,6 +785,10 @@ async fn checked(console: &Console) -> Result<Arc<ledger::Checked>, Response> {
             let mut hash = Sha256::new();
             hash.update(snapshot.text.as_bytes());
             hash.update(serde_json::to_vec(&snapshot.head).unwrap_or_default());
+            for log in &snapshot.receipts {
+                hash.update(log.name.as_bytes());
+                hash.update(Sha256::digest(log.text.as_bytes()));
+            }
             let key = CacheKey::Files(hash.finalize().into());
             if let Some(hit) = cached(&key) {
                 return Ok(hit);
@@ -896,7 +996,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let console = Arc::new(Console::new(
-            Source::Offline { ledger, head: None },
+            Source::Offline {
+                ledger,
+                head: None,
+                receipts: Vec::new(),
+            },
             "offline auditor".into(),
             addr,
             Some("a-long-enough-token".into()),
@@ -968,6 +1072,7 @@ mod tests {
             Source::Offline {
                 ledger: dir.path().join("ledger.jsonl"),
                 head: None,
+                receipts: Vec::new(),
             },
             "<script>x</script>".into(),
             addr,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use harambee_privacy::audit;
 use harambee_proto::pb;
 
 use super::html::{self, Frame, NavItem, Series, Tone, esc, status, url_part};
@@ -385,6 +386,72 @@ fn metric_series<'a>(rounds: &'a [pb::Round], metric: fn(&pb::Metrics) -> f64) -
         .collect()
 }
 
+/// `advertise keys`, ... for a stored state number.
+fn stage_word(state: i32) -> String {
+    pb::RoundState::try_from(state)
+        .unwrap_or(pb::RoundState::Unspecified)
+        .as_str_name()
+        .trim_start_matches("ROUND_STATE_")
+        .to_lowercase()
+        .replace('_', " ")
+}
+
+/// The stage a dropped facility was lost in: secure aggregation names it in the detail
+/// (`dropped at masked input: ...`); every other dropout happens while training.
+fn dropped_in(p: &pb::Participant) -> String {
+    p.detail
+        .strip_prefix("dropped at ")
+        .and_then(|rest| rest.split_once(':'))
+        .map_or_else(|| "training".to_owned(), |(stage, _)| stage.to_owned())
+}
+
+/// How long a round spent in each stage, and the facilities dropped in it: a stage lasts
+/// until the next one starts (a running round's current one, until now).
+fn stage_durations(r: &pb::Round, now_ms: i64) -> String {
+    let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &r.participants {
+        if p.status() == pb::ParticipantStatus::Dropped {
+            *dropped.entry(dropped_in(p)).or_default() += 1;
+        }
+    }
+    if r.stages.is_empty() {
+        return "not recorded".to_owned();
+    }
+    let mut out = String::from("<ul class=\"stages\">");
+    for (idx, stage) in r.stages.iter().enumerate() {
+        let end = match r.stages.get(idx + 1) {
+            Some(next) => next.started_unix_ms,
+            None if is_running(r) => now_ms,
+            // The terminal state: the round's end, not a stage.
+            None => break,
+        };
+        let word = stage_word(stage.state);
+        let seconds = (end - stage.started_unix_ms).max(0) as f64 / 1000.0;
+        let lost = match dropped.remove(&word) {
+            Some(n) => format!(", {n} dropped"),
+            None => String::new(),
+        };
+        let so_far = if idx + 1 == r.stages.len() {
+            " so far"
+        } else {
+            ""
+        };
+        // Hundredths below ten seconds, where a fast stage would otherwise read 0.0.
+        let seconds = if seconds < 10.0 {
+            format!("{seconds:.2}")
+        } else {
+            format!("{seconds:.1}")
+        };
+        let _ = write!(out, "<li>{} {seconds} s{so_far}{lost}</li>", esc(&word));
+    }
+    // Dropouts in a stage that left no row (a consistency check within unmasking).
+    for (word, n) in dropped {
+        let _ = write!(out, "<li>{} dropped in {}</li>", n, esc(&word));
+    }
+    out.push_str("</ul>");
+    out
+}
+
 /// A federation: rounds, metric plots, worst facility and gap, model versions.
 pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> String {
     let config = fed.config.clone().unwrap_or_default();
@@ -485,7 +552,8 @@ pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> 
         };
         let _ = write!(
             rows,
-            "<tr><td class=\"num\">{}</td><td>{}{reason}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{seconds:.1}</td><td>{worst_cell}</td><td class=\"num\">{gap_cell}</td></tr>",
+            "<tr data-round=\"{}\"><td class=\"num\">{}</td><td>{}{reason}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{seconds:.1}</td><td>{}</td><td>{worst_cell}</td><td class=\"num\">{gap_cell}</td></tr>",
+            r.number,
             r.number,
             state_status(r),
             r.participants.len(),
@@ -493,7 +561,8 @@ pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> 
                 "none".to_owned()
             } else {
                 dropped.join(", ")
-            }
+            },
+            stage_durations(r, ctx.now_ms)
         );
     }
     if rows.is_empty() {
@@ -506,6 +575,7 @@ pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> 
                 "#Facilities",
                 "Dropped or rejected",
                 "#Seconds",
+                "Seconds per stage",
                 "Worst facility (AUC)",
                 "#Best-worst gap",
             ],
@@ -533,10 +603,19 @@ pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> 
     }
     for (version, m) in versions.iter().rev().take(TABLE_VERSIONS) {
         let action = if ctx.role == Role::Operator {
+            let card = |format: &str, label: &str| {
+                format!(
+                    "<form class=\"inline\" method=\"post\" action=\"/federation/{}/card\">{}<input type=\"hidden\" name=\"version\" value=\"{version}\"><input type=\"hidden\" name=\"format\" value=\"{format}\"><button type=\"submit\" aria-label=\"Model card of version {version} as {label}\">Card ({label})</button></form>",
+                    url_part(&name),
+                    ctx.csrf_field()
+                )
+            };
             format!(
-                "<td><form class=\"inline\" method=\"post\" action=\"/federation/{}/export\">{}<input type=\"hidden\" name=\"version\" value=\"{version}\"><button type=\"submit\">Export version {version}</button></form></td>",
+                "<td class=\"actions\"><form class=\"inline\" method=\"post\" action=\"/federation/{}/export\">{}<input type=\"hidden\" name=\"version\" value=\"{version}\"><button type=\"submit\">Export version {version}</button></form> {} {}</td>",
                 url_part(&name),
-                ctx.csrf_field()
+                ctx.csrf_field(),
+                card("json", "JSON"),
+                card("md", "Markdown")
             )
         } else {
             String::new()
@@ -550,7 +629,7 @@ pub fn federation(ctx: &Ctx<'_>, fed: &pb::Federation, rounds: &[pb::Round]) -> 
     }
     let mut head = vec!["#Version", "#Bytes", "SHA-256"];
     if ctx.role == Role::Operator {
-        head.push("Export (little-endian f32)");
+        head.push("Export (little-endian f32) and model card");
     }
     body.push_str(&table(&head, &rows));
     let refresh = rounds.iter().any(|r| is_running(r)).then_some(5);
@@ -679,6 +758,74 @@ pub const TABLE_VERSIONS: usize = 20;
 pub const LEDGER_PAGE: usize = 500;
 
 /// The privacy ledger: verdict, head, filtered entries, countersignatures, admin actions.
+/// Each facility's privacy log against the export: whether its receipts match, naming
+/// each mismatch, and how its whole audit (`audit verify --receipts`) ends.
+fn facility_logs(logs: &[ledger::FacilityLog], ledger_failures: &[String]) -> String {
+    let mut rows = String::new();
+    for log in logs {
+        let name = log.facility.as_deref().unwrap_or("unknown");
+        let receipts = if log.facility.is_none() {
+            status("not checked", Tone::Bad)
+        } else if log.mismatches.is_empty() {
+            format!(
+                "{} {} found in the ledger as signed",
+                status("match", Tone::Good),
+                log.matched
+            )
+        } else {
+            let mut cell = format!(
+                "{} {} found as signed<ul class=\"mismatches\">",
+                status("do not match", Tone::Bad),
+                log.matched
+            );
+            for m in &log.mismatches {
+                let _ = write!(cell, "<li>{}</li>", esc(m));
+            }
+            cell.push_str("</ul>");
+            cell
+        };
+        let audit = match log.outcome {
+            audit::Outcome::Verified => status("verified", Tone::Good),
+            audit::Outcome::Unverified => status("unverified: no key pinned", Tone::Warn),
+            audit::Outcome::Failed => {
+                // What failed beyond the receipts and the ledger's own failures, listed
+                // once above: the facility's last head, its countersignatures, its log.
+                let other: Vec<&String> = log
+                    .failures
+                    .iter()
+                    .filter(|f| !log.mismatches.contains(f) && !ledger_failures.contains(f))
+                    .collect();
+                let mut cell = status("fails", Tone::Bad);
+                if log.failures.iter().any(|f| ledger_failures.contains(f)) {
+                    cell.push_str(" with the ledger's failures above");
+                }
+                if !other.is_empty() {
+                    cell.push_str("<ul>");
+                    for f in other.iter().take(5) {
+                        let _ = write!(cell, "<li>{}</li>", esc(f));
+                    }
+                    if other.len() > 5 {
+                        let _ = write!(cell, "<li>and {} more</li>", other.len() - 5);
+                    }
+                    cell.push_str("</ul>");
+                }
+                cell
+            }
+        };
+        let _ = write!(
+            rows,
+            "<tr data-facility=\"{}\"><th scope=\"row\">{}</th><td>{receipts}</td><td>{audit}</td><td><code>{}</code></td></tr>",
+            esc(name),
+            esc(name),
+            esc(&log.file)
+        );
+    }
+    format!(
+        "<h2>Facilities' receipts</h2><p>Each facility's own privacy log against this export, checked as <code>harambee-agent audit verify --receipts</code> does.</p><div id=\"receipts\">{}</div>",
+        table(&["Facility", "Receipts", "Audit", "Privacy log"], &rows)
+    )
+}
+
 pub fn ledger_page(
     ctx: &Ctx<'_>,
     checked: &Checked,
@@ -713,6 +860,9 @@ pub fn ledger_page(
             let _ = write!(body, "<li>{}</li>", esc(f));
         }
         body.push_str("</ul>");
+    }
+    if !checked.facility_logs.is_empty() {
+        body.push_str(&facility_logs(&checked.facility_logs, &checked.failures));
     }
     let head = &checked.head.signed_tree_head;
     let _ = write!(
@@ -1062,8 +1212,18 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(federation(&ctx(Role::Operator), &fed, &[]).contains("Export version 1"));
-        assert!(!federation(&ctx(Role::Auditor), &fed, &[]).contains("Export"));
+        let operator = federation(&ctx(Role::Operator), &fed, &[]);
+        assert!(operator.contains("Export version 1"));
+        for format in ["json", "md"] {
+            assert!(
+                operator.contains(&format!("name=\"format\" value=\"{format}\"")),
+                "{operator}"
+            );
+        }
+        assert!(operator.contains("action=\"/federation/heart/card\""));
+        let auditor = federation(&ctx(Role::Auditor), &fed, &[]);
+        assert!(!auditor.contains("Export"));
+        assert!(!auditor.contains("/card"), "{auditor}");
         assert!(!federation(&ctx(Role::Auditor), &fed, &[]).contains("csrf"));
     }
 
@@ -1081,5 +1241,70 @@ mod tests {
         // AUC, sensitivity, specificity and ECE (0, finite here) each plot both rounds.
         assert_eq!(page.matches("class=\"pt\" data-facility=\"a\"").count(), 8);
         assert!(page.contains("a 0.7000"), "the worst facility of round 2");
+    }
+
+    #[test]
+    fn stage_durations_add_up_to_the_round_and_name_where_facilities_dropped() {
+        let fed = pb::Federation {
+            config: Some(pb::FederationConfig {
+                name: "heart".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t0 = 1_796_000_000_000;
+        let stage = |state: pb::RoundState, at: i64| pb::RoundStage {
+            state: state as i32,
+            started_unix_ms: t0 + at,
+        };
+        let dropped = |facility: &str, detail: &str| pb::Participant {
+            facility: facility.into(),
+            status: pb::ParticipantStatus::Dropped as i32,
+            detail: detail.into(),
+            ..Default::default()
+        };
+        let mut committed = round(1, "a", 0.7);
+        committed.created_unix_ms = t0;
+        committed.updated_unix_ms = t0 + 9_000;
+        committed.participants.push(dropped("b", "stream closed"));
+        committed.participants.push(dropped(
+            "c",
+            "dropped at masked input: missed the stage deadline",
+        ));
+        committed.stages = vec![
+            stage(pb::RoundState::Created, 0),
+            stage(pb::RoundState::Selecting, 0),
+            stage(pb::RoundState::Training, 1_000),
+            stage(pb::RoundState::AdvertiseKeys, 4_000),
+            stage(pb::RoundState::ShareKeys, 4_500),
+            stage(pb::RoundState::MaskedInput, 5_000),
+            stage(pb::RoundState::Unmasking, 7_000),
+            stage(pb::RoundState::Evaluating, 7_200),
+            stage(pb::RoundState::Committed, 9_000),
+        ];
+        let mut running = round(2, "a", 0.7);
+        running.state = pb::RoundState::Training as i32;
+        running.stages = vec![
+            stage(pb::RoundState::Created, 10_000),
+            stage(pb::RoundState::Selecting, 10_000),
+            stage(pb::RoundState::Training, 12_000),
+        ];
+        let mut old = round(3, "a", 0.7);
+        old.created_unix_ms = t0;
+        old.updated_unix_ms = t0 + 1_000;
+        let mut c = ctx(Role::Auditor);
+        c.now_ms = t0 + 15_500;
+        let page = federation(&c, &fed, &[committed, running, old]);
+        for expected in [
+            "<li>selecting 1.00 s</li>",
+            "<li>training 3.00 s, 1 dropped</li>",
+            "<li>masked input 2.00 s, 1 dropped</li>",
+            "<li>evaluating 1.80 s</li>",
+            "<li>training 3.50 s so far</li>",
+            "not recorded",
+        ] {
+            assert!(page.contains(expected), "{expected} in {page}");
+        }
+        assert!(!page.contains("<li>committed"), "the end is not a stage");
     }
 }

@@ -185,6 +185,13 @@ impl AdminApi {
             round.facility_epsilon =
                 crate::round::eligibility::facility_epsilon(&spec, ledger.lines(), row.id);
         }
+        round.stages = store
+            .round_stages(round_id)
+            .await
+            .map_err(ServiceError::from)?
+            .iter()
+            .map(wire::round_stage)
+            .collect();
         round.not_selected = not_selected
             .into_iter()
             .map(|(facility, reason)| pb::NotSelected {

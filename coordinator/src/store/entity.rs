@@ -316,3 +316,22 @@ pub(crate) mod accepted_upload {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub(crate) mod round_stage {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "round_stages")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub round_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub state: String,
+        pub started_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

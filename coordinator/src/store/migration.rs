@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(super::migration_revocation::M0006Revocation),
             Box::new(super::migration_accepted::M0007AcceptedUploads),
             Box::new(super::migration_blobs::M0008Blobs),
+            Box::new(super::migration_round_stages::M0009RoundStages),
         ]
     }
 }

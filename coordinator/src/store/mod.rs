@@ -81,6 +81,8 @@ mod migration_ledger;
 mod migration_ledger_key;
 mod migration_quality;
 mod migration_revocation;
+mod migration_round_stages;
+mod round_stages;
 mod rows;
 
 use std::collections::HashSet;
@@ -106,7 +108,7 @@ pub use identity::{
 pub use ledger::{CosignatureRow, LedgerKeyRow};
 pub use rows::{
     AgentRow, FederationRow, MetricsRow, ModelVersionRow, ParseEnumError, ParticipantRow,
-    ParticipantStatus, RoundRow, RoundState,
+    ParticipantStatus, RoundRow, RoundState, StageRow,
 };
 
 /// Rows per multi-row INSERT: 10 columns each stays far below SQLite's
@@ -345,17 +347,22 @@ impl Store {
             });
         }
         let id = round_id_to_i64(round_id)?;
-        let updated = round::Entity::update_many()
-            .col_expr(round::Column::State, Expr::value(state.as_str()))
-            .col_expr(round::Column::UpdatedMs, Expr::value(now_ms))
-            .filter(round::Column::Id.eq(id))
-            .filter(round::Column::State.is_not_in(RoundState::terminal_strs()))
-            .exec(&self.db)
-            .await?;
-        if updated.rows_affected == 0 {
-            return Err(why_not_unfinished(&self.db, round_id).await?);
+        let txn = self.db.begin().await?;
+        let result = async {
+            let updated = round::Entity::update_many()
+                .col_expr(round::Column::State, Expr::value(state.as_str()))
+                .col_expr(round::Column::UpdatedMs, Expr::value(now_ms))
+                .filter(round::Column::Id.eq(id))
+                .filter(round::Column::State.is_not_in(RoundState::terminal_strs()))
+                .exec(&txn)
+                .await?;
+            if updated.rows_affected == 0 {
+                return Err(why_not_unfinished(&txn, round_id).await?);
+            }
+            round_stages::entered_in(&txn, &[id], state, now_ms).await
         }
-        Ok(())
+        .await;
+        finish(txn, result).await
     }
 
     /// Inserts or replaces participants of an unfinished round, keyed by
@@ -445,6 +452,7 @@ impl Store {
                 .exec(&txn)
                 .await?;
             ensure_one_row(updated.rows_affected, round_id)?;
+            round_stages::entered_in(&txn, &[id], RoundState::Committed, now_ms).await?;
             // The driver's own contributions are in `ledger`; the rows only back them up.
             accepted::take_in(&txn, round_id).await?;
             ledger::append_in(&txn, now_ms, ledger).await?;
@@ -484,6 +492,7 @@ impl Store {
                 .exec(&txn)
                 .await?;
             ensure_one_row(updated.rows_affected, round_id)?;
+            round_stages::entered_in(&txn, &[id], RoundState::Failed, now_ms).await?;
             accepted::take_in(&txn, round_id).await?;
             ledger::append_in(&txn, now_ms, ledger).await?;
             Ok(())
@@ -611,6 +620,7 @@ impl Store {
                 .filter(round::Column::State.is_not_in(RoundState::terminal_strs()))
                 .exec(&txn)
                 .await?;
+            round_stages::entered_in(&txn, &ids, RoundState::Failed, now_ms).await?;
             ledger::append_in(&txn, now_ms, ledger_events).await?;
             ids.into_iter()
                 .map(|id| {
@@ -715,6 +725,7 @@ async fn create_round_in(
         updated_ms: Set(now_ms),
     };
     let inserted = round::Entity::insert(model).exec(txn).await?;
+    round_stages::entered_in(txn, &[inserted.last_insert_id], RoundState::Created, now_ms).await?;
     let id = u64::try_from(inserted.last_insert_id).map_err(|_| StoreError::CorruptRow {
         table: "rounds",
         detail: format!("id = {}", inserted.last_insert_id),

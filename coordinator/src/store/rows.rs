@@ -44,6 +44,14 @@ impl RoundState {
         matches!(self, RoundState::Committed | RoundState::Failed)
     }
 
+    /// The position in a round's course (the order of `ALL`).
+    pub(crate) fn order(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|s| *s == self)
+            .unwrap_or(usize::MAX)
+    }
+
     pub(crate) fn terminal_strs() -> impl Iterator<Item = &'static str> {
         Self::ALL
             .into_iter()
@@ -94,6 +102,14 @@ pub struct RoundRow {
     pub result_version: Option<u32>,
     pub created_ms: i64,
     pub updated_ms: i64,
+}
+
+/// A stage a round entered, and when (Unix ms). The stage lasts until the next one
+/// starts; a terminal state's time is the round's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageRow {
+    pub state: RoundState,
+    pub started_ms: i64,
 }
 
 /// One facility in one round.

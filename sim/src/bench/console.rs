@@ -80,6 +80,25 @@ fn rounds(n_facilities: usize, n_rounds: u32) -> Vec<pb::Round> {
                 participants,
                 created_unix_ms: 1_796_000_000_000 + i64::from(number) * 60_000,
                 updated_unix_ms: 1_796_000_000_000 + i64::from(number) * 60_000 + 20_000,
+                // Every stage of a secure round, 2 s apart.
+                stages: [
+                    pb::RoundState::Created,
+                    pb::RoundState::Selecting,
+                    pb::RoundState::Training,
+                    pb::RoundState::AdvertiseKeys,
+                    pb::RoundState::ShareKeys,
+                    pb::RoundState::MaskedInput,
+                    pb::RoundState::Unmasking,
+                    pb::RoundState::Evaluating,
+                    pb::RoundState::Committed,
+                ]
+                .into_iter()
+                .zip(0..)
+                .map(|(state, i)| pb::RoundStage {
+                    state: state as i32,
+                    started_unix_ms: 1_796_000_000_000 + i64::from(number) * 60_000 + i * 2_500,
+                })
+                .collect(),
                 ..Default::default()
             }
         })
@@ -136,7 +155,14 @@ fn ledger_snapshot(n_facilities: usize, n_rounds: u32) -> (Snapshot, KeyPin) {
     };
     let text = to_jsonl(ledger.lines()).expect("encodes");
     let pin = KeyPin::parse(&key_fingerprint(&key.verifying_key())).expect("a fingerprint");
-    (Snapshot { text, head }, pin)
+    (
+        Snapshot {
+            text,
+            head,
+            receipts: Vec::new(),
+        },
+        pin,
+    )
 }
 
 /// Median and worst milliseconds of `render`, and the size of what it returns.

@@ -87,6 +87,8 @@ struct World {
     browser: Browser,
     shots: PathBuf,
     names: Vec<String>,
+    /// Each facility's privacy log, in the order of `names`.
+    logs: Vec<PathBuf>,
     federation: String,
     operator: Arc<Console>,
     op_addr: String,
@@ -121,9 +123,11 @@ async fn console_in_a_browser_shows_revokes_and_audits() {
     Box::pin(forged_posts_and_revocation(&w)).await;
     let fingerprint = Box::pin(auditor(&w)).await;
     Box::pin(offline(&w, &fingerprint)).await;
+    // Stopped, the agents see no head newer than the export their logs are checked against.
+    w.c.h.stop_agents().await;
+    Box::pin(offline_receipts(&w, &fingerprint)).await;
     println!("console screenshots: {}", w.shots.display());
     eprintln!("console screenshots: {}", w.shots.display());
-    w.c.h.stop_agents().await;
     w.browser.close().await;
 }
 
@@ -133,8 +137,10 @@ async fn setup() -> World {
     let c = Coord::start(NINETY_DAYS).await;
     let mut c = c;
     let facilities = c.h.facilities(Some(3));
+    let mut logs = Vec::new();
     for f in &facilities {
-        c.h.spawn_agent(f);
+        let config = c.h.spawn_agent(f);
+        logs.push(config.state_dir.join(harambee_privacy::log::LOG_FILE));
     }
     let names: Vec<String> = facilities.iter().map(|f| f.name.clone()).collect();
     let mut admin = c.h.admin().await;
@@ -143,7 +149,8 @@ async fn setup() -> World {
         &names.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .await;
-    let spec = plain(spec(&facilities, 2, 30));
+    // Secure aggregation: the round goes through every stage the console times.
+    let spec = spec(&facilities, 2, 30);
     create_federation(&mut admin, &spec).await;
     let first = run_round(&mut admin, &spec.name).await;
     assert_eq!(first.state(), pb::RoundState::Committed, "{first:?}");
@@ -161,6 +168,7 @@ async fn setup() -> World {
         browser,
         shots: screenshot_dir(),
         names,
+        logs,
         federation: spec.name.clone(),
         operator,
         op_addr,
@@ -223,8 +231,71 @@ async fn overview_and_federation(w: &mut World) {
     let text = browser.page_text().await.unwrap();
     let digest = second.result.clone().unwrap().digest;
     assert!(text.contains(&digest), "model SHA-256 {digest}: {text}");
+    stage_durations(browser, &second).await;
     shoot(browser, &w.shots, "federation").await;
     w.rounds.push(second);
+}
+
+/// The federation page's seconds per stage of a secure round: every stage the round went
+/// through, none negative, adding up to the round's own duration.
+async fn stage_durations(browser: &Browser, round: &pb::Round) {
+    let stages: Vec<pb::RoundState> = round.stages.iter().map(|s| s.state()).collect();
+    assert_eq!(stages.first(), Some(&pb::RoundState::Created), "{stages:?}");
+    assert_eq!(
+        stages.last(),
+        Some(&pb::RoundState::Committed),
+        "{stages:?}"
+    );
+    for stage in [pb::RoundState::Training, pb::RoundState::MaskedInput] {
+        assert!(stages.contains(&stage), "{stage:?} in {stages:?}");
+    }
+    let row = format!("tr[data-round=\"{}\"]", round.number);
+    let items = browser
+        .find_all(&format!("{row} ul.stages li"))
+        .await
+        .unwrap();
+    // Every stage but the terminal one is a line.
+    assert_eq!(items.len(), stages.len() - 1, "{stages:?}");
+    let (mut sum, mut slack) = (0.0, 1e-9);
+    let mut words = Vec::new();
+    for item in &items {
+        let text = browser.text(item).await.unwrap();
+        let (word, rest) = text
+            .split_once(|c: char| c.is_ascii_digit())
+            .map(|(w, _)| (w.trim().to_owned(), &text[w.len()..]))
+            .unwrap_or_else(|| panic!("no seconds in {text:?}"));
+        let seconds: f64 = rest
+            .split(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no seconds in {text:?}"));
+        assert!(seconds >= 0.0, "{text}");
+        sum += seconds;
+        slack += if seconds >= 10.0 { 0.05 } else { 0.005 };
+        words.push(word);
+    }
+    for word in [
+        "training",
+        "advertise keys",
+        "share keys",
+        "masked input",
+        "unmasking",
+        "evaluating",
+    ] {
+        assert!(words.iter().any(|w| w == word), "{word} in {words:?}");
+    }
+    let cells = browser.find_all(&format!("{row} td")).await.unwrap();
+    let total: f64 = browser.text(&cells[4]).await.unwrap().parse().unwrap();
+    let api = (round.updated_unix_ms - round.created_unix_ms) as f64 / 1000.0;
+    assert!(
+        (total - api).abs() <= 0.05,
+        "{total} s shown, {api} s by the API"
+    );
+    // Each line is rounded to a hundredth of a second (a tenth from ten seconds on).
+    assert!(
+        (sum - api).abs() <= slack,
+        "stages add up to {sum} s, the round took {api} s"
+    );
 }
 
 /// Forged POSTs change nothing; the operator revokes a facility from the page and its agent
@@ -276,6 +347,49 @@ async fn forged_posts_and_revocation(w: &World) {
     assert_eq!(r.bytes.len() as u64, result.size_bytes);
     use sha2::Digest as _;
     assert_eq!(hex::encode(sha2::Sha256::digest(&r.bytes)), result.digest);
+    // Its model card, as JSON (what the ledger binds) and as Markdown; an auditor's form
+    // would carry no token, and a forged one is refused.
+    let path = format!("/federation/{}/card", w.federation);
+    let body = format!(
+        "csrf={}&version={}&format=json",
+        w.operator.csrf(),
+        result.version
+    );
+    let r = http(op_addr, "POST", &path, &form, &body).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-disposition")
+            .is_some_and(|d| d.contains(&format!("-v{}.card.json", result.version))),
+        "{:?}",
+        r.headers
+    );
+    let card = harambee_privacy::card::ModelCard::parse(&r.body).unwrap();
+    assert_eq!(card.model.version, u64::from(result.version));
+    assert_eq!(card.model.sha256.to_hex(), result.digest);
+    let mut contributors: Vec<&str> = card
+        .facilities
+        .iter()
+        .map(|f| f.facility.as_str())
+        .collect();
+    contributors.sort_unstable();
+    let mut uploaded: Vec<&str> = w
+        .rounds
+        .last()
+        .unwrap()
+        .participants
+        .iter()
+        .filter(|p| p.status() == pb::ParticipantStatus::Uploaded)
+        .map(|p| p.facility.as_str())
+        .collect();
+    uploaded.sort_unstable();
+    assert_eq!(contributors, uploaded);
+    let body = body.replace("format=json", "format=md");
+    let r = http(op_addr, "POST", &path, &form, &body).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(&result.digest), "{}", r.body);
+    let forged = format!("csrf={}&version=1&format=json", "0".repeat(64));
+    let r = http(op_addr, "POST", &path, &form, &forged).await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
 
     browser
         .goto(&format!("{}/facilities", w.op()))
@@ -451,6 +565,7 @@ async fn offline(w: &World, fingerprint: &str) {
         Source::Offline {
             ledger: copy.clone(),
             head: None,
+            receipts: Vec::new(),
         },
         "offline auditor",
         Some(KeyPin::parse(fingerprint).unwrap()),
@@ -473,4 +588,110 @@ async fn offline(w: &World, fingerprint: &str) {
         "{failures}"
     );
     shoot(browser, &w.shots, "ledger-tampered").await;
+}
+
+/// Offline with the facilities' privacy logs: every facility's receipts match the export;
+/// with one receipt in the export changed, that facility's row names the entry and the
+/// others still match.
+async fn offline_receipts(w: &World, fingerprint: &str) {
+    let browser = &w.browser;
+    let exported = w.c.h.export_ledger("receipts-ledger.jsonl").await;
+    let text = std::fs::read_to_string(&exported).unwrap();
+    let victim = &w.names[0];
+    let (entry, line) = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"type\":\"contribution\""))
+        .find(|(_, l)| l.contains(&format!("\"facility\":\"{victim}\"")))
+        .unwrap();
+    // One hex digit of the update's SHA-256 the facility signed.
+    let field = "\"update_sha256\":\"";
+    let at = line.find(field).unwrap() + field.len();
+    let offset = text.lines().take(entry).map(|l| l.len() + 1).sum::<usize>() + at;
+    let dir = w.c.h.dir.path().join("offline-receipts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("ledger.jsonl");
+    std::fs::copy(&exported, &copy).unwrap();
+    std::fs::copy(
+        exported.with_file_name("receipts-ledger.head.json"),
+        dir.join("ledger.head.json"),
+    )
+    .unwrap();
+    // Through the command line, as an auditor starts it.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut argv = vec![
+        "harambee-coordinator".to_owned(),
+        "console".into(),
+        "--listen".into(),
+        addr.clone(),
+        "--ledger".into(),
+        path_str(&copy),
+        "--ledger-key".into(),
+        fingerprint.into(),
+        "--receipts".into(),
+    ];
+    argv.extend(w.logs.iter().map(|p| path_str(p)));
+    let cli = harambee_coordinator::cli::parse_from(argv);
+    let harambee_coordinator::cli::Command::Console(args) = cli.command else {
+        panic!("the command line parses as the console")
+    };
+    let task = tokio::spawn(Box::pin(harambee_coordinator::console::run(*args)));
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the offline console answers",
+        || async { http(&addr, "GET", "/ledger", &[], "").await.is_ok() },
+    )
+    .await;
+    let row_text = |facility: &str| {
+        let selector = format!("#receipts tr[data-facility=\"{facility}\"]");
+        async move {
+            let row = browser.find(&selector).await.unwrap();
+            browser.text(&row).await.unwrap()
+        }
+    };
+    browser
+        .goto(&format!("http://{addr}/ledger"))
+        .await
+        .unwrap();
+    for name in &w.names {
+        let text = row_text(name).await;
+        // Facility, then its receipts, then its whole audit.
+        assert!(text.starts_with(&format!("{name} match")), "{text}");
+        assert!(text.contains("verified"), "{text}");
+        assert!(
+            !text.contains("unverified") && !text.contains("fails"),
+            "{text}"
+        );
+    }
+
+    let mut bytes = text.into_bytes();
+    bytes[offset] = if bytes[offset] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&copy, &bytes).unwrap();
+    browser
+        .goto(&format!("http://{addr}/ledger"))
+        .await
+        .unwrap();
+    let text = row_text(victim).await;
+    assert!(
+        text.starts_with(&format!("{victim} do not match")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("entry {entry}: the receipt for federation")),
+        "{text}"
+    );
+    // The others' receipts still match; their audits fail with the ledger's own failures.
+    for name in &w.names[1..] {
+        let text = row_text(name).await;
+        assert!(text.starts_with(&format!("{name} match")), "{text}");
+        assert!(
+            text.contains("fails with the ledger's failures above"),
+            "{text}"
+        );
+    }
+    shoot(browser, &w.shots, "ledger-receipts").await;
+    task.abort();
 }

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use harambee_coordinator::store::blobs::{BlobError, BlobStore, sha256_hex};
 use harambee_coordinator::store::{
     FederationRow, MetricsRow, ModelVersionRow, ParticipantRow, ParticipantStatus, RoundState,
-    Store, StoreError,
+    StageRow, Store, StoreError,
 };
 use sea_orm::ConnectionTrait;
 
@@ -61,6 +61,7 @@ suite!(
     concurrent_commit_and_fail_one_wins,
     debug_output_hides_url,
     blobs_in_the_database,
+    round_stages_are_recorded_with_each_change_and_old_databases_migrate,
 );
 
 async fn on_sqlite<F, Fut>(case: F)
@@ -623,6 +624,93 @@ mod cases {
             Vec::<u64>::new()
         );
         assert_eq!(store.create_round("a", 0, 601).await.unwrap().number, 2);
+    }
+
+    pub async fn round_stages_are_recorded_with_each_change_and_old_databases_migrate(url: String) {
+        let stage = |state, started_ms| StageRow { state, started_ms };
+        let store = store_with(&url, &["malaria"]).await;
+        let round = store.create_round("malaria", 0, 100).await.unwrap();
+        for (state, now) in [
+            (RoundState::Selecting, 101),
+            (RoundState::Training, 103),
+            // Entering a stage again keeps its first time.
+            (RoundState::Training, 104),
+            (RoundState::Evaluating, 110),
+        ] {
+            store.set_round_state(round.id, state, now).await.unwrap();
+        }
+        // A refused move records nothing.
+        store
+            .set_round_state(round.id, RoundState::Committed, 111)
+            .await
+            .unwrap_err();
+        store
+            .commit_round(round.id, &model("malaria", 1), &[], 120, Vec::new())
+            .await
+            .unwrap();
+        let stages = store.round_stages(round.id).await.unwrap();
+        assert_eq!(
+            stages,
+            vec![
+                stage(RoundState::Created, 100),
+                stage(RoundState::Selecting, 101),
+                stage(RoundState::Training, 103),
+                stage(RoundState::Evaluating, 110),
+                stage(RoundState::Committed, 120),
+            ]
+        );
+        // The stages span the round: from its creation to its end.
+        let row = store.round(round.id).await.unwrap().unwrap();
+        let spans: i64 = stages
+            .windows(2)
+            .map(|w| w[1].started_ms - w[0].started_ms)
+            .sum();
+        assert_eq!(spans, row.updated_ms - row.created_ms);
+
+        // A round that fails ends with `failed`; so does one failed at start-up.
+        let failed = store.create_round("malaria", 1, 200).await.unwrap();
+        store
+            .set_round_state(failed.id, RoundState::Selecting, 200)
+            .await
+            .unwrap();
+        store
+            .fail_round(failed.id, "too few", &[], 230, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.round_stages(failed.id).await.unwrap(),
+            vec![
+                stage(RoundState::Created, 200),
+                stage(RoundState::Selecting, 200),
+                stage(RoundState::Failed, 230),
+            ]
+        );
+        let cut = store.create_round("malaria", 1, 300).await.unwrap();
+        store.fail_unfinished_rounds("restart", 350).await.unwrap();
+        assert_eq!(
+            store.round_stages(cut.id).await.unwrap().last(),
+            Some(&stage(RoundState::Failed, 350))
+        );
+
+        // A database from before stages were recorded: rounds, no `round_stages` table.
+        store.close().await.unwrap();
+        let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
+        db.execute_unprepared("DROP TABLE round_stages")
+            .await
+            .unwrap();
+        db.execute_unprepared("DELETE FROM seaql_migrations WHERE version = 'm0009_round_stages'")
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        let store = Store::connect(&url).await.unwrap();
+        assert_eq!(store.round_stages(round.id).await.unwrap(), vec![]);
+        assert_eq!(store.round(round.id).await.unwrap().unwrap(), row);
+        let next = store.create_round("malaria", 1, 400).await.unwrap();
+        assert_eq!(
+            store.round_stages(next.id).await.unwrap(),
+            vec![stage(RoundState::Created, 400)]
+        );
+        store.close().await.unwrap();
     }
 
     pub async fn persists_across_reconnect(url: String) {
