@@ -739,13 +739,14 @@ impl AgentApi {
             .into());
         }
         // Held until the round has added the input into its sum (this call returns). Sized
-        // for 32-bit words, the usual case; 64-bit words (many facilities with large
-        // weights) take twice the bytes against the same reservation.
+        // by the byte count the egress receipt states (32- or 64-bit words), checked with
+        // its signature once the bytes are in; at most the largest input the model allows.
         let max_bytes = max_bytes.min(declared.saturating_mul(8));
-        let _budget = self
-            .coord
-            .reserve_upload(declared.saturating_mul(4).min(max_bytes))
-            .await;
+        let stated = serde_json::from_str::<SignedReceipt>(&header.receipt)
+            .ok()
+            .and_then(|signed| usize::try_from(signed.receipt.bytes).ok())
+            .unwrap_or(declared.saturating_mul(4));
+        let _budget = self.coord.reserve_upload(stated.min(max_bytes)).await;
         // The chunks as received (views of the transport's buffers, not copies); the round
         // adds them into its sum straight from there.
         let mut pieces: Vec<bytes::Bytes> = Vec::new();
