@@ -32,6 +32,8 @@ use harambee_coordinator::state::Settings;
 use harambee_coordinator::wire;
 use harambee_link::identity::Role;
 
+pub mod text;
+
 /// The bundled multi-site data set (CC BY 4.0; provenance in data/README.md).
 const HEART_CSV: &str = include_str!("../../data/heart_disease_uci_4sites.csv");
 /// The second bundled multi-site data set, with binary and categorical columns (MIT, via
@@ -114,7 +116,9 @@ pub struct DemoArgs {
     /// Working directory (wiped and recreated).
     #[arg(long, default_value = "harambee-demo")]
     pub dir: PathBuf,
-    /// `logistic_regression` or `mlp`.
+    /// `logistic_regression`, `mlp`, or `minilm-lora` (LoRA fine-tuning of a pretrained text
+    /// encoder on patient drug reviews; needs models/text/fetch-minilm.sh and
+    /// models/text/fetch-drugreview.sh first).
     #[arg(long, default_value = "logistic_regression")]
     pub model: String,
     /// Local epochs per round.
@@ -136,6 +140,9 @@ pub struct Facility {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if matches!(args.model.as_str(), "minilm-lora" | "minilm_lora") {
+        return text::run(args).await;
+    }
     let _telemetry =
         harambee_coordinator::server::telemetry::init("harambee-coordinator", None, "warn")?;
     let kind = KindName::parse(&args.model)
@@ -475,6 +482,7 @@ pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> 
             } else {
                 vec![]
             },
+            text: None,
         },
         schema: harambee_models::presets::heart_disease(),
         train: TrainSpec {
