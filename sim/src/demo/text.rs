@@ -55,7 +55,7 @@ pub const TOP_LAYERS: usize = 1;
 pub const FEDERATION: &str = "drug-reviews";
 /// Each facility's policy: this federation, this model kind and label, secure aggregation
 /// required, metrics reported from 10 held-out reviews (the mental-health clinic holds out
-/// about 15).
+/// fewer than the default 20).
 pub const POLICY: &str = "allowed_federations = [\"drug-reviews\"]\nallowed_model_kinds = [\"minilm_lora\"]\nallowed_labels = [\"condition\"]\nrequire_secure_aggregation = true\nmin_samples = 20\nmin_cohort = 10\n";
 
 /// The federation's text task.
