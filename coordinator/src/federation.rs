@@ -706,6 +706,48 @@ mod tests {
     }
 
     #[test]
+    fn a_text_federation_is_read_from_its_model_text_table_and_checked() {
+        // The README's [model] block for minilm_lora, in a federation.
+        let model = readme_block("[model]\nkind = \"minilm_lora\"");
+        let text = format!(
+            "name = \"notes\"\n{model}\n[train]\nepochs = 1\nbatch_size = 16\nlearning_rate = 0.003\noptimizer = \"adam\"\n"
+        );
+        let spec = FederationSpec::from_toml(&text).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.label(), "condition");
+        let task = spec.model.text.clone().unwrap();
+        assert_eq!(task.lora.top_layers, Some(1));
+        let model = spec.model_spec();
+        assert_eq!(model.n_params(), task.classifier().n_params());
+        assert_eq!(model.shared_len(), model.n_params());
+        // What a text federation may not have.
+        let mut with_schema = spec.clone();
+        with_schema.schema.label = "x".into();
+        let mut dp = spec.clone();
+        dp.privacy.dp_sgd = Some(DpSgdSpec {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            sampling_rate: 0.1,
+        });
+        let mut no_table = spec.clone();
+        no_table.model.text = None;
+        let mut frozen = spec.clone();
+        frozen.train.frozen_layers = 1;
+        let mut bad_task = spec.clone();
+        bad_task.model.text.as_mut().unwrap().classes.truncate(1);
+        for (bad, says) in [
+            (with_schema, "[schema]"),
+            (dp, "dp_sgd"),
+            (no_table, "[model.text]"),
+            (frozen, "frozen_layers"),
+            (bad_task, "classes"),
+        ] {
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(error.contains(says), "{error}");
+        }
+    }
+
+    #[test]
     fn readme_federation_example_is_valid() {
         let spec = FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
         spec.validate().unwrap();
