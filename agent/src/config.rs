@@ -79,7 +79,8 @@ pub struct PolicyConfig {
     /// Federations this facility trains for; `"*"` means any. None by default.
     #[serde(default)]
     pub allowed_federations: Vec<String>,
-    /// Model kinds it trains (`logistic_regression`, `mlp`, `personalized`); `"*"`: any.
+    /// Model kinds it trains (`logistic_regression`, `mlp`, `personalized`, `minilm_lora`);
+    /// `"*"`: any.
     #[serde(default)]
     pub allowed_model_kinds: Vec<String>,
     /// Label columns it trains and evaluates models for; `"*"`: any. None by default.
@@ -222,6 +223,11 @@ pub struct DataConfig {
     pub holdout_fraction: f64,
     #[serde(default)]
     pub split_seed: u64,
+    /// The pretrained text model's directory (`model.safetensors`, `tokenizer.json`,
+    /// `config.json`) for `minilm_lora` federations; absent: `$HARAMBEE_MINILM_DIR`, else
+    /// `~/.cache/harambee/all-MiniLM-L6-v2` (where `models/text/fetch-minilm.sh` puts it).
+    #[serde(default)]
+    pub base_model_dir: Option<PathBuf>,
 }
 
 impl DataConfig {
@@ -304,6 +310,7 @@ impl AgentConfig {
         ]
         .into_iter()
         .chain(config.data.fhir.as_mut())
+        .chain(config.data.base_model_dir.as_mut())
         {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);

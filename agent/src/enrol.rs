@@ -233,7 +233,7 @@ pub fn allowed_invitations(
             plain(&f.name)
                 && matches!(
                     f.model_kind.as_str(),
-                    "logistic_regression" | "mlp" | "personalized"
+                    "logistic_regression" | "mlp" | "personalized" | "minilm_lora"
                 )
                 && plain(&f.label)
         })
@@ -538,7 +538,7 @@ fn policy_section(federations: &[pb::FederationInvitation]) -> String {
         format!("allowed_federations = {names}"),
         "federations this facility takes part in",
         format!("allowed_model_kinds = {kinds}"),
-        "logistic_regression, mlp, personalized",
+        "logistic_regression, mlp, personalized, minilm_lora",
         format!("allowed_labels = {labels}"),
         "label columns of the federations' schemas",
     );
@@ -556,7 +556,7 @@ const POLICY_SKELETON: &str = r#"
 # REVIEW: nothing is allowed until named. List the federations the national unit asked this
 # facility to join, the model kinds and the label columns it may train for ("*": any).
 allowed_federations = []            # e.g. ["heart-disease"]
-allowed_model_kinds = []            # logistic_regression, mlp, personalized
+allowed_model_kinds = []            # logistic_regression, mlp, personalized, minilm_lora
 allowed_labels = []                 # label columns of the federation's schema, e.g. ["target"]
 # The rules below are the defaults; uncomment one to change it.
 # max_epsilon = 10.0                # patient-level privacy budget over all federations

@@ -10,7 +10,7 @@
 //! hash-chained privacy log; [`audit`] verifies a ledger export offline; [`enrol`] and
 //! [`renew`] obtain and renew its certificate; [`doctor`] checks all the agent needs,
 //! [`data_check`] checks the facility's data against the federations' schemas (locally only), and
-//! [`status`] records what it checks offline (last contact, federation schemas). What it shares with the coordinator (identity,
+//! [`status`] records what it checks offline; `text` holds a `minilm_lora` federation's pinned base model and encoded texts (last contact, federation schemas). What it shares with the coordinator (identity,
 //! mTLS client, wire conversions) is in `harambee-link`.
 
 pub mod audit;
@@ -27,4 +27,5 @@ pub mod renew;
 pub mod runtime;
 pub mod secure;
 pub mod status;
+mod text;
 pub mod transfer;

@@ -569,11 +569,16 @@ fn digests(hashes: &[Vec<u8>]) -> anyhow::Result<Vec<Sha256Digest>> {
         .collect()
 }
 
-/// The label column a task's model predicts ("" when it names none).
+/// The label column a task's model predicts ("" when it names none): the schema's, or a
+/// text model's label column.
 fn model_label(model: Option<&pb::ModelSpec>) -> &str {
-    model
-        .and_then(|m| m.schema.as_ref())
-        .map_or("", |s| s.label.as_str())
+    match model {
+        Some(pb::ModelSpec {
+            text: Some(text), ..
+        }) => text.label_column.as_str(),
+        Some(m) => m.schema.as_ref().map_or("", |s| s.label.as_str()),
+        None => "",
+    }
 }
 
 impl PolicyConfig {

@@ -91,6 +91,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
 /// What a facility tells the coordinator when it cannot train (the details stay in its log).
 const NO_DATA: &str = "this facility's data could not be read";
 const NO_TRAINING: &str = "local training failed at this facility";
+const NO_BASE_MODEL: &str =
+    "this facility's base model is missing or is not the one the federation pins";
 
 /// [`run`], counting what is sent into `stats`.
 pub async fn run_with_stats(
@@ -159,6 +161,7 @@ pub async fn run_with_stats(
         calls,
         crashed: tokio::sync::Notify::new(),
         stats,
+        texts: Arc::default(),
     });
     let proxy = agent.config.proxies.proxy().map_or_else(
         || "none".to_owned(),
@@ -236,6 +239,8 @@ struct Agent {
     /// Signalled by `testing.crash_at`.
     crashed: tokio::sync::Notify,
     stats: Arc<AgentStats>,
+    /// `minilm_lora` federations' base model and encoded texts.
+    texts: Arc<crate::text::TextCache>,
 }
 
 type Client = AgentServiceClient<Channel>;
@@ -620,23 +625,14 @@ impl Agent {
         }
         let mut config = wire::train_config(task.config.as_ref())?;
         config.seed ^= task.round_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let base_ref = task
-            .base
-            .clone()
-            .context("train task names no base model")?;
-        let base = transfer::download_model(
-            &mut client,
-            &base_ref,
-            &self.cache_dir(),
-            self.config.cache.keep_models,
-        )
-        .await?;
-        if base.len() != model.n_params() {
-            bail!(
-                "base model has {} parameters, the model spec {}",
-                base.len(),
-                model.n_params()
-            );
+        let base = self
+            .download(&mut client, task.base.as_ref(), model.n_params())
+            .await?;
+        if let Some(text) = model.kind.text() {
+            let text = text.clone();
+            return self
+                .train_text(client, task, model, text, config, base)
+                .await;
         }
         // With a personalized model, train the global body under this facility's own head.
         let start = match self.with_own_head(&model, &task.federation, &base) {
@@ -913,17 +909,15 @@ impl Agent {
             .candidate
             .clone()
             .context("evaluate task names no model")?;
-        let candidate = transfer::download_model(
-            &mut client,
-            &candidate_ref,
-            &self.cache_dir(),
-            self.config.cache.keep_models,
-        )
-        .await?;
+        let candidate = self
+            .download(&mut client, Some(&candidate_ref), model.n_params())
+            .await?;
+        if let Some(text) = model.kind.text() {
+            let text = text.clone();
+            return self.evaluate_text(client, task, text, candidate).await;
+        }
         let params = self.with_own_head(&model, &task.federation, &candidate)?;
         let (train, test) = self.load_split(&task.federation, schema.clone()).await?;
-        let min_cohort = self.config.policy.min_cohort;
-        let withheld = (test.n_rows() as u64) < min_cohort;
         let fine_tune = self.config.fine_tune.clone();
         let train_config = wire::train_config(task.config.as_ref()).ok();
         let (metrics, personal) = tokio::task::spawn_blocking({
@@ -980,6 +974,19 @@ impl Agent {
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         harambee_models::checkpoint::save_file(&path, &checkpoint)?;
         info!(path = %path.display(), model = note, "personal model saved");
+        self.report_metrics(client, &task, metrics).await
+    }
+
+    /// Reports held-out metrics, or withholds them when the held-out cohort is below the
+    /// policy's minimum.
+    async fn report_metrics(
+        &self,
+        client: Client,
+        task: &pb::EvaluateTask,
+        metrics: harambee_models::metrics::Metrics,
+    ) -> anyhow::Result<()> {
+        let min_cohort = self.config.policy.min_cohort;
+        let withheld = metrics.n_samples < min_cohort.max(1);
         if withheld {
             info!(
                 rows = metrics.n_samples,
@@ -1211,6 +1218,194 @@ impl Agent {
                     .await
             }
         }
+    }
+
+    /// Downloads the model `model_ref` names (through the cache) and checks its length.
+    async fn download(
+        &self,
+        client: &mut Client,
+        model_ref: Option<&pb::ModelRef>,
+        n_params: usize,
+    ) -> anyhow::Result<Vec<f32>> {
+        let model_ref = model_ref.context("the task names no model")?;
+        let params = transfer::download_model(
+            client,
+            model_ref,
+            &self.cache_dir(),
+            self.config.cache.keep_models,
+        )
+        .await?;
+        if params.len() != n_params {
+            bail!(
+                "the model has {} parameters, the model spec {n_params}",
+                params.len(),
+            );
+        }
+        Ok(params)
+    }
+
+    /// A `minilm_lora` federation's base model and this facility's encoded texts; on failure,
+    /// declines the task with the reason.
+    async fn text_local(
+        &self,
+        client: &mut Client,
+        federation: &str,
+        round_id: u64,
+        text: &harambee_models::text::TextTask,
+    ) -> anyhow::Result<Arc<crate::text::TextLocal>> {
+        let loaded = tokio::task::spawn_blocking({
+            let (cache, federation, text, data) = (
+                self.texts.clone(),
+                federation.to_owned(),
+                text.clone(),
+                self.config.data.clone(),
+            );
+            move || cache.get(&federation, &text, &data)
+        })
+        .await?;
+        let (reason, error) = match loaded {
+            Ok(local) => return Ok(local),
+            Err(crate::text::Unavailable::Base(e)) => (NO_BASE_MODEL, e),
+            Err(crate::text::Unavailable::Data(e)) => (NO_DATA, e),
+        };
+        error!(round_id, "{reason}: {error:#}");
+        let request = pb::DeclineTaskRequest {
+            round_id,
+            reason: format!("{reason} (details in the facility's log)"),
+        };
+        if let Err(status) = client.decline_task(request).await {
+            warn!(round_id, %status, "telling the coordinator failed");
+        }
+        Err(error.context(reason))
+    }
+
+    /// [`Agent::train`] for a `minilm_lora` model: LoRA adapters and head trained on the
+    /// facility's texts above the frozen layers; only they travel.
+    async fn train_text(
+        self: Arc<Self>,
+        mut client: Client,
+        task: pb::TrainTask,
+        model: ModelSpec,
+        text: harambee_models::text::TextTask,
+        config: harambee_models::train::TrainConfig,
+        start: Vec<f32>,
+    ) -> anyhow::Result<()> {
+        let local = self
+            .text_local(&mut client, &task.federation, task.round_id, &text)
+            .await?;
+        let n_train = local.train_labels.len();
+        let Some(dp) = self
+            .admit(&mut client, &task, n_train, config.epochs)
+            .await?
+        else {
+            return Ok(());
+        };
+        if task.privacy.as_ref().and_then(|p| p.dp_sgd).is_some() {
+            let error = anyhow::anyhow!("DP-SGD is not available for minilm_lora models");
+            return Err(self
+                .decline_local(&mut client, &task, NO_TRAINING, error)
+                .await);
+        }
+        info!(
+            texts = n_train,
+            epochs = config.epochs,
+            "training LoRA adapters"
+        );
+        let started = self.clock.now();
+        let timer = std::time::Instant::now();
+        let trained = tokio::task::spawn_blocking({
+            let (local, start) = (local.clone(), start.clone());
+            move || {
+                harambee_models::text::train::train_features(
+                    &local.model,
+                    &local.spec,
+                    &start,
+                    &local.train,
+                    &local.train_labels,
+                    &config,
+                    false,
+                )
+            }
+        })
+        .await?;
+        self.stats.trained(timer.elapsed());
+        let report = match trained {
+            Ok(report) => report,
+            Err(e) => {
+                return Err(self
+                    .decline_local(&mut client, &task, NO_TRAINING, e.into())
+                    .await);
+            }
+        };
+        let mut update = model.shared_update(&report.params, &start)?;
+        clip_for_facility_dp(&mut update, task.privacy.as_ref());
+        let report = harambee_models::train::TrainReport {
+            params: report.params,
+            mean_loss: report.mean_loss,
+            n_samples: report.n_samples,
+        };
+        self.send_update(client, &task, update, report, dp, started)
+            .await
+    }
+
+    /// [`Agent::evaluate`] for a `minilm_lora` model: accuracy and loss on the held-out
+    /// texts (no AUC: the classes are many). The candidate's adapters and head are kept here
+    /// in PEFT's layout.
+    async fn evaluate_text(
+        self: Arc<Self>,
+        mut client: Client,
+        task: pb::EvaluateTask,
+        text: harambee_models::text::TextTask,
+        params: Vec<f32>,
+    ) -> anyhow::Result<()> {
+        let local = self
+            .text_local(&mut client, &task.federation, task.round_id, &text)
+            .await?;
+        if local.test_labels.is_empty() {
+            // Nothing held out: nothing to measure (withheld, as below any minimum cohort).
+            let nothing = harambee_models::metrics::Metrics::default();
+            return self.report_metrics(client, &task, nothing).await;
+        }
+        let adapter_dir = self.personal_path(&task.federation, "adapter");
+        let metrics = tokio::task::spawn_blocking({
+            let (local, adapter_dir) = (local.clone(), adapter_dir.clone());
+            move || -> anyhow::Result<_> {
+                let metrics = harambee_models::text::train::evaluate_features(
+                    &local.model,
+                    &local.spec,
+                    &params,
+                    &local.test,
+                    &local.test_labels,
+                )?;
+                harambee_models::text::lora::export_peft(
+                    &local.spec,
+                    &params,
+                    local.model.sha256(),
+                    &adapter_dir,
+                )?;
+                Ok(metrics)
+            }
+        })
+        .await??;
+        info!(
+            accuracy = metrics.accuracy,
+            macro_f1 = metrics.macro_f1,
+            loss = metrics.loss,
+            n = metrics.n,
+            adapter = %adapter_dir.display(),
+            "evaluated candidate"
+        );
+        let metrics = harambee_models::metrics::Metrics {
+            n_samples: metrics.n as u64,
+            loss: metrics.loss,
+            accuracy: metrics.accuracy,
+            auc: f64::NAN,
+            n_positives: 0,
+            sensitivity: f64::NAN,
+            specificity: f64::NAN,
+            ece: f64::NAN,
+        };
+        self.report_metrics(client, &task, metrics).await
     }
 
     /// The facility's data, encoded by the federation's schema, split into (train, held-out).

@@ -113,7 +113,7 @@ pub fn model_card(
             version: u64::from(version.version),
             round_id,
             sha256: digest,
-            label: spec.schema.label.clone(),
+            label: spec.label().to_owned(),
             inputs: spec
                 .schema
                 .features

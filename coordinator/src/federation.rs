@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use harambee_models::data::Schema;
 use harambee_models::model::{ModelKind, ModelSpec};
+use harambee_models::text::TextTask;
 use harambee_models::train::{Optimizer, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,8 @@ pub struct FederationSpec {
     pub name: String,
     pub model: ModelSection,
     /// Feature encoding shared by every facility (standardisation fixed by the federation).
+    /// Absent (empty) for a text model, whose columns are in `[model.text]`.
+    #[serde(default, skip_serializing_if = "schema_is_empty")]
     pub schema: Schema,
     pub train: TrainSpec,
     /// A round fails unless at least this many facilities contribute.
@@ -183,13 +186,21 @@ impl Default for SecureAggregationSpec {
     }
 }
 
-/// `[model]`: `kind = "logistic_regression"`, or `kind = "mlp"` with `hidden = [32, 16]`.
+fn schema_is_empty(schema: &Schema) -> bool {
+    *schema == Schema::default()
+}
+
+/// `[model]`: `kind = "logistic_regression"`, or `kind = "mlp"` with `hidden = [32, 16]`, or
+/// `kind = "minilm_lora"` with a `[model.text]` table (a pretrained text encoder with LoRA
+/// adapters: base model pin, columns, classes, adapters; see `harambee_models::text::TextTask`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub kind: KindName,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hidden: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextTask>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +210,8 @@ pub enum KindName {
     Mlp,
     /// FedPer: the hidden layers are federated, each facility keeps its own output layer.
     Personalized,
+    /// LoRA adapters and a head on a frozen, pinned all-MiniLM-L6-v2.
+    MinilmLora,
 }
 
 impl KindName {
@@ -207,6 +220,7 @@ impl KindName {
             KindName::LogisticRegression => "logistic_regression",
             KindName::Mlp => "mlp",
             KindName::Personalized => "personalized",
+            KindName::MinilmLora => "minilm_lora",
         }
     }
 
@@ -215,6 +229,7 @@ impl KindName {
             "logistic_regression" => Some(KindName::LogisticRegression),
             "mlp" => Some(KindName::Mlp),
             "personalized" => Some(KindName::Personalized),
+            "minilm_lora" => Some(KindName::MinilmLora),
             _ => None,
         }
     }
@@ -353,8 +368,35 @@ impl FederationSpec {
                 "a federation name is 1-64 characters of letters, digits, '.', '_' or '-'".into(),
             );
         }
-        if let Err(e) = self.schema.validate() {
-            return fail(e.to_string());
+        match (&self.model.text, self.model.kind) {
+            (Some(text), KindName::MinilmLora) => {
+                if let Err(e) = text.check() {
+                    return fail(format!("model.text: {e}"));
+                }
+                if !schema_is_empty(&self.schema) {
+                    return fail(
+                        "a minilm_lora model takes its columns from [model.text], not [schema]"
+                            .into(),
+                    );
+                }
+                if self.train.frozen_layers != 0 {
+                    return fail(
+                        "train.frozen_layers does not apply to minilm_lora (the encoder is frozen; model.text.lora.top_layers says which layers get adapters)".into(),
+                    );
+                }
+                if self.privacy.dp_sgd.is_some() {
+                    return fail("privacy.dp_sgd is not available for minilm_lora yet".into());
+                }
+            }
+            (None, KindName::MinilmLora) => {
+                return fail("kind = \"minilm_lora\" needs a [model.text] table".into());
+            }
+            (Some(_), _) => return fail("[model.text] is only for kind = \"minilm_lora\"".into()),
+            (None, _) => {
+                if let Err(e) = self.schema.validate() {
+                    return fail(e.to_string());
+                }
+            }
         }
         match self.model.kind {
             KindName::Mlp | KindName::Personalized => {
@@ -370,12 +412,18 @@ impl FederationSpec {
                 return fail("logistic_regression takes no hidden layers".into());
             }
             KindName::LogisticRegression => {}
+            KindName::MinilmLora if !self.model.hidden.is_empty() => {
+                return fail("minilm_lora takes no hidden layers".into());
+            }
+            KindName::MinilmLora => {}
         }
         let t = &self.train;
         if t.epochs == 0 || t.epochs > 1000 {
             return fail(format!("train.epochs must be 1..=1000, not {}", t.epochs));
         }
-        if t.frozen_layers as usize >= self.model_spec().n_layers() {
+        if self.model.kind != KindName::MinilmLora
+            && t.frozen_layers as usize >= self.model_spec().n_layers()
+        {
             return fail(format!(
                 "train.frozen_layers ({}) must leave at least one of the model's {} layers to train",
                 t.frozen_layers,
@@ -428,6 +476,14 @@ impl FederationSpec {
         Ok(())
     }
 
+    /// The column the model predicts: the schema's label, or a text model's label column.
+    pub fn label(&self) -> &str {
+        match &self.model.text {
+            Some(text) => &text.label_column,
+            None => &self.schema.label,
+        }
+    }
+
     pub fn model_spec(&self) -> ModelSpec {
         let kind = match self.model.kind {
             KindName::LogisticRegression => ModelKind::LogisticRegression,
@@ -436,6 +492,17 @@ impl FederationSpec {
             },
             KindName::Personalized => ModelKind::Personalized {
                 hidden: self.model.hidden.clone(),
+            },
+            KindName::MinilmLora => ModelKind::MinilmLora {
+                // Validation makes sure the table is there; a stored federation always is.
+                text: Box::new(self.model.text.clone().unwrap_or_else(|| TextTask {
+                    base_sha256: String::new(),
+                    text_column: String::new(),
+                    label_column: String::new(),
+                    classes: Vec::new(),
+                    max_tokens: 0,
+                    lora: Default::default(),
+                })),
             },
         };
         ModelSpec {
@@ -639,6 +706,48 @@ mod tests {
     }
 
     #[test]
+    fn a_text_federation_is_read_from_its_model_text_table_and_checked() {
+        // The README's [model] block for minilm_lora, in a federation.
+        let model = readme_block("[model]\nkind = \"minilm_lora\"");
+        let text = format!(
+            "name = \"notes\"\n{model}\n[train]\nepochs = 1\nbatch_size = 16\nlearning_rate = 0.003\noptimizer = \"adam\"\n"
+        );
+        let spec = FederationSpec::from_toml(&text).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.label(), "condition");
+        let task = spec.model.text.clone().unwrap();
+        assert_eq!(task.lora.top_layers, Some(1));
+        let model = spec.model_spec();
+        assert_eq!(model.n_params(), task.classifier().n_params());
+        assert_eq!(model.shared_len(), model.n_params());
+        // What a text federation may not have.
+        let mut with_schema = spec.clone();
+        with_schema.schema.label = "x".into();
+        let mut dp = spec.clone();
+        dp.privacy.dp_sgd = Some(DpSgdSpec {
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            sampling_rate: 0.1,
+        });
+        let mut no_table = spec.clone();
+        no_table.model.text = None;
+        let mut frozen = spec.clone();
+        frozen.train.frozen_layers = 1;
+        let mut bad_task = spec.clone();
+        bad_task.model.text.as_mut().unwrap().classes.truncate(1);
+        for (bad, says) in [
+            (with_schema, "[schema]"),
+            (dp, "dp_sgd"),
+            (no_table, "[model.text]"),
+            (frozen, "frozen_layers"),
+            (bad_task, "classes"),
+        ] {
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(error.contains(says), "{error}");
+        }
+    }
+
+    #[test]
     fn readme_federation_example_is_valid() {
         let spec = FederationSpec::from_toml(&readme_block("name = \"heart-disease\"")).unwrap();
         spec.validate().unwrap();
@@ -699,11 +808,13 @@ mod tests {
         spec.model = ModelSection {
             kind: KindName::Mlp,
             hidden: vec![],
+            text: None,
         };
         assert!(spec.validate().unwrap_err().to_string().contains("hidden"));
         spec.model = ModelSection {
             kind: KindName::LogisticRegression,
             hidden: vec![],
+            text: None,
         };
         spec.name = "../etc".into();
         assert!(spec.validate().is_err());

@@ -38,11 +38,14 @@ pub fn schema_from_pb(schema: pb::FeatureSchema) -> Result<Schema, WireError> {
 }
 
 pub fn model_spec(spec: &FederationSpec, n_params: usize) -> pb::ModelSpec {
+    let text = spec.model.text.as_ref();
     pb::ModelSpec {
         kind: spec.model.kind.as_str().to_owned(),
         hidden: spec.model.hidden.iter().map(|&h| h as u32).collect(),
-        schema: Some(schema(&spec.schema)),
+        // A text model's columns are in its text task.
+        schema: text.is_none().then(|| schema(&spec.schema)),
         n_params: n_params as u64,
+        text: text.map(harambee_link::convert::text_task_to_pb),
     }
 }
 
@@ -135,13 +138,20 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, W
         .ok_or_else(|| WireError::new("federation config has no model"))?;
     let kind = KindName::parse(&model.kind).ok_or_else(|| {
         WireError::new(format!(
-            "unknown model kind {:?} (logistic_regression or mlp)",
+            "unknown model kind {:?} (logistic_regression, mlp, personalized or minilm_lora)",
             model.kind
         ))
     })?;
-    let schema = model
-        .schema
-        .ok_or_else(|| WireError::new("federation config has no feature schema"))?;
+    let text = model
+        .text
+        .as_ref()
+        .map(|t| harambee_link::convert::text_task(t).map_err(|e| WireError::new(e.0)))
+        .transpose()?;
+    let schema = match (model.schema, &text) {
+        (Some(schema), _) => schema_from_pb(schema)?,
+        (None, Some(_)) => Default::default(),
+        (None, None) => return Err(WireError::new("federation config has no feature schema")),
+    };
     let train = config
         .train
         .ok_or_else(|| WireError::new("federation config has no train section"))?;
@@ -180,8 +190,9 @@ pub fn federation_spec(config: pb::FederationConfig) -> Result<FederationSpec, W
         model: ModelSection {
             kind,
             hidden: model.hidden.iter().map(|&h| h as usize).collect(),
+            text,
         },
-        schema: schema_from_pb(schema)?,
+        schema,
         train: TrainSpec {
             epochs: train.epochs,
             batch_size: train.batch_size,

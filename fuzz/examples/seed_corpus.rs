@@ -479,6 +479,7 @@ fn proto(root: &Path, l: &Ledgered) {
         }),
         // 3 inputs → 8 hidden → 1: 3·8 + 8 + 8 + 1.
         n_params: 41,
+        text: None,
     };
     let config = pb::TrainConfig {
         epochs: 2,

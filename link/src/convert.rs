@@ -6,6 +6,7 @@ use harambee_models::data::{Derive, Feature, FeatureKind, LabelRule, Schema};
 use harambee_models::fhir::FhirSource;
 use harambee_models::metrics::Metrics;
 use harambee_models::model::{ModelKind, ModelSpec};
+use harambee_models::text::{LoraConfig, LoraTarget, TextTask};
 use harambee_models::train::{Optimizer, TrainConfig};
 use harambee_proto::pb;
 use harambee_secagg::{MaskPrg, Params, Word};
@@ -122,6 +123,20 @@ pub fn schema_to_pb(schema: &Schema) -> pb::FeatureSchema {
 /// The model and its input schema; checks the parameter count the coordinator announced.
 pub fn model(spec: Option<&pb::ModelSpec>) -> Result<(ModelSpec, Schema), BadTask> {
     let spec = spec.ok_or_else(|| BadTask("no model spec".into()))?;
+    if spec.kind == "minilm_lora" {
+        let text = text_task(
+            spec.text
+                .as_ref()
+                .ok_or_else(|| BadTask("a minilm_lora model needs its text task".into()))?,
+        )?;
+        let model = ModelSpec {
+            kind: ModelKind::MinilmLora {
+                text: Box::new(text),
+            },
+            n_inputs: 0,
+        };
+        return checked_count(model, spec.n_params).map(|model| (model, Schema::default()));
+    }
     let schema = schema(
         spec.schema
             .as_ref()
@@ -142,16 +157,64 @@ pub fn model(spec: Option<&pb::ModelSpec>) -> Result<(ModelSpec, Schema), BadTas
         kind,
         n_inputs: schema.n_inputs(),
     };
+    checked_count(model, spec.n_params).map(|model| (model, schema))
+}
+
+fn checked_count(model: ModelSpec, announced: u64) -> Result<ModelSpec, BadTask> {
     let n_params = model
         .checked_n_params()
         .ok_or_else(|| BadTask("the model's parameter count overflows".into()))?;
-    if n_params as u64 != spec.n_params {
+    if n_params as u64 != announced {
         return Err(BadTask(format!(
-            "coordinator announced {} parameters, this agent's model has {n_params}",
-            spec.n_params,
+            "coordinator announced {announced} parameters, this agent's model has {n_params}",
         )));
     }
-    Ok((model, schema))
+    Ok(model)
+}
+
+/// The text task of a `minilm_lora` model, checked.
+pub fn text_task(text: &pb::TextModelSpec) -> Result<TextTask, BadTask> {
+    let targets = text
+        .lora_targets
+        .iter()
+        .map(|t| LoraTarget::from_name(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BadTask(e.to_string()))?;
+    let task = TextTask {
+        base_sha256: text.base_sha256.clone(),
+        text_column: text.text_column.clone(),
+        label_column: text.label_column.clone(),
+        classes: text.classes.clone(),
+        max_tokens: text.max_tokens as usize,
+        lora: LoraConfig {
+            rank: text.lora_rank as usize,
+            alpha: text.lora_alpha,
+            targets,
+            top_layers: text.lora_top_layers.map(|n| n as usize),
+        },
+    };
+    task.check().map_err(|e| BadTask(e.to_string()))?;
+    Ok(task)
+}
+
+/// The wire form of a text task.
+pub fn text_task_to_pb(task: &TextTask) -> pb::TextModelSpec {
+    pb::TextModelSpec {
+        base_sha256: task.base_sha256.clone(),
+        text_column: task.text_column.clone(),
+        label_column: task.label_column.clone(),
+        classes: task.classes.clone(),
+        max_tokens: task.max_tokens as u32,
+        lora_rank: task.lora.rank as u32,
+        lora_alpha: task.lora.alpha,
+        lora_targets: task
+            .lora
+            .sorted_targets()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect(),
+        lora_top_layers: task.lora.top_layers.map(|n| n as u32),
+    }
 }
 
 pub fn train_config(config: Option<&pb::TrainConfig>) -> Result<TrainConfig, BadTask> {

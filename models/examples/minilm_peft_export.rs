@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 rank: 4,
                 alpha: 12.0,
                 targets: LoraTarget::ALL.to_vec(),
+                top_layers: None,
             },
         ),
     ];

@@ -35,23 +35,41 @@ pub enum ModelKind {
         /// Width of each hidden layer, input side first.
         hidden: Vec<usize>,
     },
+    /// A pretrained text encoder (all-MiniLM-L6-v2, frozen, pinned by its SHA-256) with LoRA
+    /// adapters and a classification head: the flat vector is the adapters and the head
+    /// ([`crate::text::lora`]), trained by [`crate::text::train`], never by
+    /// [`crate::train::train`]. `n_inputs` is 0.
+    MinilmLora {
+        /// Base model, columns, classes and adapters.
+        text: Box<crate::text::TextTask>,
+    },
 }
 
 impl ModelKind {
     /// The kind's name in configuration files, on the wire and in checkpoints:
-    /// `logistic_regression`, `mlp` or `personalized`.
+    /// `logistic_regression`, `mlp`, `personalized` or `minilm_lora`.
     pub fn name(&self) -> &'static str {
         match self {
             ModelKind::LogisticRegression => "logistic_regression",
             ModelKind::Mlp { .. } => "mlp",
             ModelKind::Personalized { .. } => "personalized",
+            ModelKind::MinilmLora { .. } => "minilm_lora",
         }
     }
 
-    /// Widths of the hidden layers, input side first (empty for logistic regression).
+    /// The text task of a [`ModelKind::MinilmLora`].
+    pub fn text(&self) -> Option<&crate::text::TextTask> {
+        match self {
+            ModelKind::MinilmLora { text } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// Widths of the hidden layers, input side first (empty for logistic regression and text
+    /// models).
     pub fn hidden(&self) -> &[usize] {
         match self {
-            ModelKind::LogisticRegression => &[],
+            ModelKind::LogisticRegression | ModelKind::MinilmLora { .. } => &[],
             ModelKind::Mlp { hidden } | ModelKind::Personalized { hidden } => hidden,
         }
     }
@@ -68,6 +86,12 @@ impl ModelKind {
             }
             "mlp" => ModelKind::Mlp { hidden },
             "personalized" => ModelKind::Personalized { hidden },
+            "minilm_lora" => {
+                return Err(ModelError::InvalidSpec {
+                    reason: "minilm_lora needs its text task (base model, columns, classes)"
+                        .to_owned(),
+                });
+            }
             other => {
                 return Err(ModelError::InvalidSpec {
                     reason: format!("unknown model kind {other:?}"),
@@ -91,6 +115,9 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Length of the flat parameter vector.
     pub fn n_params(&self) -> usize {
+        if let Some(text) = self.kind.text() {
+            return text.classifier().n_params();
+        }
         self.layer_dims()
             .iter()
             .map(|&(n_in, n_out)| n_in * n_out + n_out)
@@ -100,6 +127,10 @@ impl ModelSpec {
     /// [`ModelSpec::n_params`], or `None` when it overflows a `usize`: check it first on a
     /// spec whose layer sizes came from someone else (the coordinator's task).
     pub fn checked_n_params(&self) -> Option<usize> {
+        if let Some(text) = self.kind.text() {
+            // Sizes are bounded by the task's check (rank, classes) and the fixed encoder.
+            return text.check().ok().map(|()| text.classifier().n_params());
+        }
         self.layer_dims()
             .iter()
             .try_fold(0usize, |sum, &(n_in, n_out)| {
@@ -113,6 +144,10 @@ impl ModelSpec {
     /// `(-k, k)` with `k = 1 / sqrt(n_in)` of its layer (burn's and PyTorch's default scheme),
     /// using a version-stable generator so every party derives the same vector from the seed.
     pub fn init_params(&self, seed: u64) -> Vec<f32> {
+        if let Some(text) = self.kind.text() {
+            // Adapters as PEFT starts them (B = 0: the pretrained encoder) and a random head.
+            return text.classifier().init_params(seed);
+        }
         let mut rng = SplitMix64::new(seed);
         let mut params = Vec::with_capacity(self.n_params());
         for (n_in, n_out) in self.layer_dims() {
@@ -136,18 +171,23 @@ impl ModelSpec {
                     .map_or(0, |&(n_in, n_out)| n_in * n_out + n_out);
                 self.n_params() - head
             }
-            ModelKind::LogisticRegression | ModelKind::Mlp { .. } => self.n_params(),
+            ModelKind::LogisticRegression
+            | ModelKind::Mlp { .. }
+            | ModelKind::MinilmLora { .. } => self.n_params(),
         }
     }
 
-    /// Number of linear layers (hidden layers plus the output layer).
+    /// Number of linear layers (hidden layers plus the output layer); 0 for a text model.
     pub fn n_layers(&self) -> usize {
-        self.kind.hidden().len() + 1
+        self.layer_dims().len()
     }
 
     /// `(n_in, n_out)` of each linear layer, input side first. Layer `i`'s weight has shape
-    /// `[n_in, n_out]` and its bias `[n_out]`.
+    /// `[n_in, n_out]` and its bias `[n_out]`. Empty for a text model.
     pub fn layer_dims(&self) -> Vec<(usize, usize)> {
+        if self.kind.text().is_some() {
+            return Vec::new();
+        }
         let widths: Vec<usize> = std::iter::once(self.n_inputs)
             .chain(self.kind.hidden().iter().copied())
             .chain(std::iter::once(1))
@@ -218,6 +258,12 @@ impl ModelSpec {
 
     /// Rejects architectures with a zero-width layer.
     pub(crate) fn check(&self) -> Result<(), ModelError> {
+        if self.kind.text().is_some() {
+            return Err(ModelError::InvalidSpec {
+                reason: "a minilm_lora model trains and evaluates with harambee_models::text"
+                    .to_owned(),
+            });
+        }
         if self.n_inputs == 0 {
             return Err(ModelError::InvalidSpec {
                 reason: "zero inputs".to_owned(),

@@ -32,6 +32,8 @@ use harambee_coordinator::state::Settings;
 use harambee_coordinator::wire;
 use harambee_link::identity::Role;
 
+pub mod text;
+
 /// The bundled multi-site data set (CC BY 4.0; provenance in data/README.md).
 const HEART_CSV: &str = include_str!("../../data/heart_disease_uci_4sites.csv");
 /// The second bundled multi-site data set, with binary and categorical columns (MIT, via
@@ -106,20 +108,23 @@ pub struct DemoArgs {
     /// More splits hospitals into several facilities; fewer groups hospitals together.
     #[arg(long)]
     pub agents: Option<usize>,
-    #[arg(long, default_value_t = 5)]
-    pub rounds: u32,
+    /// Rounds (default 5; 3 with `--model minilm-lora`).
+    #[arg(long)]
+    pub rounds: Option<u32>,
     /// Write a JSON summary of the run here.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
     /// Working directory (wiped and recreated).
     #[arg(long, default_value = "harambee-demo")]
     pub dir: PathBuf,
-    /// `logistic_regression` or `mlp`.
+    /// `logistic_regression`, `mlp`, or `minilm-lora` (LoRA fine-tuning of a pretrained text
+    /// encoder on patient drug reviews; needs models/text/fetch-minilm.sh and
+    /// models/text/fetch-drugreview.sh first).
     #[arg(long, default_value = "logistic_regression")]
     pub model: String,
-    /// Local epochs per round.
-    #[arg(long, default_value_t = 5)]
-    pub epochs: u32,
+    /// Local epochs per round (default 5; 2 with `--model minilm-lora`).
+    #[arg(long)]
+    pub epochs: Option<u32>,
     /// Store state in this database instead of SQLite under the demo directory.
     #[arg(long, hide_env_values = true, env = "HARAMBEE_DEMO_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -135,12 +140,30 @@ pub struct Facility {
     pub dir: PathBuf,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+impl DemoArgs {
+    /// `--rounds`, once [`run`] has filled in the default.
+    pub fn rounds(&self) -> u32 {
+        self.rounds.unwrap_or(5)
+    }
+
+    /// `--epochs`, once [`run`] has filled in the default.
+    pub fn epochs(&self) -> u32 {
+        self.epochs.unwrap_or(5)
+    }
+}
+
+pub async fn run(mut args: DemoArgs) -> anyhow::Result<()> {
+    if matches!(args.model.as_str(), "minilm-lora" | "minilm_lora") {
+        // The text model's rounds cost far more CPU than the tables' (see demo/text.rs).
+        args.rounds.get_or_insert(3);
+        args.epochs.get_or_insert(2);
+        return text::run(args).await;
+    }
     let _telemetry =
         harambee_coordinator::server::telemetry::init("harambee-coordinator", None, "warn")?;
     let kind = KindName::parse(&args.model)
         .with_context(|| format!("unknown --model {:?}", args.model))?;
-    if args.rounds == 0 {
+    if args.rounds() == 0 {
         bail!("--rounds must be at least 1");
     }
     let dir = prepare_dir(&args.dir)?;
@@ -149,7 +172,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "harambee demo: {} data, {} facilities, {} rounds, model {}, in {}",
         args.dataset.federation(),
         facilities.len(),
-        args.rounds,
+        args.rounds(),
         kind.as_str(),
         dir.display()
     );
@@ -223,7 +246,7 @@ async fn drive(
         operator: "admin".to_owned(),
     };
     let mut client = admin_client(&admin).await?;
-    let mut spec = federation_spec(kind, args.epochs, facilities);
+    let mut spec = federation_spec(kind, args.epochs(), facilities);
     spec.name = args.dataset.federation().to_owned();
     spec.schema = args.dataset.schema();
     let (clip_norm, noise_multiplier, sampling_rate) = DEMO_DP_SGD;
@@ -242,7 +265,7 @@ async fn drive(
 
     wait_for_agents(&mut client, facilities.len()).await?;
     let mut last = None;
-    for number in 1..=args.rounds {
+    for number in 1..=args.rounds() {
         let started = Instant::now();
         let round = client
             .start_round(pb::StartRoundRequest {
@@ -266,7 +289,7 @@ async fn drive(
                 .to_lowercase();
             bar.set_message(format!(
                 "round {number}/{}: {state} ({uploaded}/{} updates)",
-                args.rounds,
+                args.rounds(),
                 r.participants.len()
             ));
         })
@@ -311,10 +334,10 @@ async fn drive(
     let bar = ProgressBar::new_spinner()
         .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
     bar.enable_steady_tick(Duration::from_millis(100));
-    for number in 1..=args.rounds {
+    for number in 1..=args.rounds() {
         bar.set_message(format!(
             "reference federation with plain aggregation: round {number}/{}",
-            args.rounds
+            args.rounds()
         ));
         let round = client
             .start_round(pb::StartRoundRequest {
@@ -349,7 +372,7 @@ async fn drive(
     let plain_params = harambee_models::checkpoint::load_file(&plain_path)?.params;
     let plain = harambee_models::train::evaluate(&model, &plain_params, &pooled_test)?;
     let mut pooled_config = spec.train_config();
-    pooled_config.epochs *= args.rounds as usize;
+    pooled_config.epochs *= args.rounds() as usize;
     let init = model.init_params(spec.init_seed);
     let pooled_model = tokio::task::spawn_blocking({
         let model = model.clone();
@@ -385,7 +408,7 @@ async fn drive(
     let audit = audit_and_verify(&admin, dir, facilities, card_json).await?;
 
     if let Some(path) = &args.summary_json {
-        let mut summary = summary(args.rounds, &global, &pooled, &last);
+        let mut summary = summary(args.rounds(), &global, &pooled, &last);
         summary["secure_aggregation"] = json!(spec.secure_aggregation.enabled);
         summary["plain"] = json!({ "auc": finite_or_null(plain.auc), "accuracy": plain.accuracy, "loss": plain.loss });
         summary["privacy"] = audit;
@@ -475,6 +498,7 @@ pub fn federation_spec(kind: KindName, epochs: u32, facilities: &[Facility]) -> 
             } else {
                 vec![]
             },
+            text: None,
         },
         schema: harambee_models::presets::heart_disease(),
         train: TrainSpec {

@@ -399,7 +399,7 @@ impl EnrolmentApi {
                 invitations.push(pb::FederationInvitation {
                     name: spec.name.clone(),
                     model_kind: spec.model.kind.as_str().to_owned(),
-                    label: spec.schema.label.clone(),
+                    label: spec.label().to_owned(),
                     names_facility: !spec.facilities.is_empty(),
                 });
             }

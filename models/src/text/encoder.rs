@@ -53,6 +53,23 @@ fn default_position() -> String {
 }
 
 impl BertConfig {
+    /// The shape of all-MiniLM-L6-v2 (its `config.json`), which a coordinator needs to size
+    /// the adapters without holding the weights.
+    pub fn minilm_l6() -> BertConfig {
+        BertConfig {
+            hidden_size: 384,
+            num_hidden_layers: 6,
+            num_attention_heads: 12,
+            intermediate_size: 1536,
+            vocab_size: 30522,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_act: default_act(),
+            position_embedding_type: default_position(),
+        }
+    }
+
     /// Parses and checks a `config.json`.
     pub fn from_json(bytes: &[u8]) -> Result<BertConfig, TextError> {
         let config: BertConfig =
@@ -304,7 +321,18 @@ impl Encoder {
         mask: Tensor<2>,
         lora: Option<&LoraModule>,
     ) -> Tensor<3> {
-        let [n, len] = ids.dims();
+        let x = self.embed(ids, type_ids);
+        self.forward_layers(x, mask, 0..self.layers.len(), lora)
+    }
+
+    /// Number of transformer layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The embeddings' output `[n, len, hidden]` (the input of layer 0).
+    pub fn embed(&self, ids: Tensor<2, Int>, type_ids: Tensor<2, Int>) -> Tensor<3> {
+        let [_, len] = ids.dims();
         let hidden = self.word.dims()[1];
         let positions = self
             .position
@@ -314,14 +342,29 @@ impl Encoder {
         let x = embedding(self.word.clone(), ids)
             + positions
             + embedding(self.token_type.clone(), type_ids);
-        let mut x = self.embedding_norm.forward(x, self.eps);
+        self.embedding_norm.forward(x, self.eps)
+    }
+
+    /// Runs the layers `layers` (a range of `0..n_layers`) on their input `x` `[n, len,
+    /// hidden]` under the attention mask `[n, len]`, with the adapters of `lora` on the
+    /// projections they target: [`Encoder::forward`] from an intermediate state.
+    pub fn forward_layers(
+        &self,
+        mut x: Tensor<3>,
+        mask: Tensor<2>,
+        layers: std::ops::Range<usize>,
+        lora: Option<&LoraModule>,
+    ) -> Tensor<3> {
+        let [n, len, hidden] = x.dims();
         // Additive attention bias [n, 1, 1, len]: 0 for tokens, a large negative for padding.
         let bias = (mask.ones_like() - mask)
             .mul_scalar(-1e9)
             .reshape([n, 1, 1, len]);
         let head_dim = hidden / self.n_heads;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        for (index, layer) in self.layers.iter().enumerate() {
+        let first = layers.start;
+        for (offset, layer) in self.layers[layers].iter().enumerate() {
+            let index = first + offset;
             let project = |x: Tensor<3>, target: LoraTarget| {
                 let dense = &layer.dense[target.index()];
                 let y = linear(x.clone(), dense.weight.clone(), Some(dense.bias.clone()));

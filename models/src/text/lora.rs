@@ -141,9 +141,14 @@ pub struct LoraConfig {
     /// The adapter's output is scaled by `alpha / rank`; positive and finite.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
-    /// Targeted projections, in every layer; not empty.
+    /// Targeted projections, in every adapted layer; not empty.
     #[serde(default = "default_targets")]
     pub targets: Vec<LoraTarget>,
+    /// Adapt only the last `top_layers` layers (PEFT's `layers_to_transform`); `None`: every
+    /// layer. The layers below are then untouched by training, so their outputs can be
+    /// computed once per text and reused (see [`super::train::Features`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_layers: Option<usize>,
 }
 
 fn default_rank() -> usize {
@@ -165,6 +170,7 @@ impl Default for LoraConfig {
             rank: default_rank(),
             alpha: default_alpha(),
             targets: default_targets(),
+            top_layers: None,
         }
     }
 }
@@ -199,6 +205,11 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return Err(TextError::Adapter("no LoRA target".to_owned()));
         }
+        if self.top_layers == Some(0) {
+            return Err(TextError::Adapter(
+                "top_layers must be at least 1 (or absent: every layer)".to_owned(),
+            ));
+        }
         Ok(())
     }
 }
@@ -227,10 +238,17 @@ impl TextClassifierSpec {
         Ok(())
     }
 
+    /// The first layer with adapters: the layers below it are the frozen base model's
+    /// alone.
+    pub fn first_adapted_layer(&self) -> usize {
+        let n = self.bert.num_hidden_layers;
+        n - self.lora.top_layers.unwrap_or(n).min(n)
+    }
+
     /// `(layer, target, n_in, n_out)` of every adapter, in flat-layout order.
     pub fn adapters(&self) -> Vec<(usize, LoraTarget, usize, usize)> {
         let targets = self.lora.sorted_targets();
-        (0..self.bert.num_hidden_layers)
+        (self.first_adapted_layer()..self.bert.num_hidden_layers)
             .flat_map(|layer| {
                 targets.iter().map(move |&target| {
                     let (n_in, n_out) = target.dims(&self.bert);
@@ -530,7 +548,9 @@ pub fn peft_config(spec: &TextClassifierSpec) -> serde_json::Value {
         "init_lora_weights": true,
         "inference_mode": true,
         "modules_to_save": null,
-        "layers_to_transform": null,
+        "layers_to_transform": spec.lora.top_layers.map(|_| {
+            (spec.first_adapted_layer()..spec.bert.num_hidden_layers).collect::<Vec<_>>()
+        }),
         "layers_pattern": null,
         "rank_pattern": {},
         "alpha_pattern": {},
@@ -726,6 +746,7 @@ mod tests {
                 rank: 2,
                 alpha: 4.0,
                 targets,
+                top_layers: None,
             },
             n_classes: 3,
         }
@@ -762,6 +783,29 @@ mod tests {
             assert_eq!(module.num_params(), spec.n_params());
             assert_eq!(module.to_params(), init);
         }
+    }
+
+    #[test]
+    fn top_layers_adapt_only_the_last_layers() {
+        let mut top = spec(vec![LoraTarget::Query]);
+        top.lora.top_layers = Some(1);
+        assert_eq!(top.first_adapted_layer(), 1);
+        let layers: Vec<usize> = top.adapters().iter().map(|a| a.0).collect();
+        assert_eq!(layers, [1]);
+        assert_eq!(top.adapter_len(), 32);
+        assert_eq!(
+            peft_config(&top)["layers_to_transform"],
+            serde_json::json!([1])
+        );
+        assert_eq!(
+            peft_config(&spec(vec![LoraTarget::Query]))["layers_to_transform"],
+            serde_json::Value::Null
+        );
+        // More than there are: every layer.
+        top.lora.top_layers = Some(9);
+        assert_eq!(top.first_adapted_layer(), 0);
+        top.lora.top_layers = Some(0);
+        assert!(top.check().is_err());
     }
 
     #[test]

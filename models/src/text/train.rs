@@ -9,8 +9,8 @@ use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::lora::{TextClassifierSpec, classifier_logits};
-use super::{Minilm, TextError, TokenBatch};
+use super::lora::{LoraModule, TextClassifierSpec};
+use super::{Encoder, Minilm, TextError, mean_pool};
 use crate::model::cpu_device;
 use crate::rng::SplitMix64;
 use crate::train::{Optimizer, TrainConfig};
@@ -43,6 +43,19 @@ impl TextDataset {
         }
     }
 
+    /// Splits into (train, held-out) exactly as [`crate::data::split_holdout`] splits a table:
+    /// text `i` is held out when a hash of `(seed, i)` falls below `test_fraction`.
+    pub fn split_holdout(&self, test_fraction: f64, seed: u64) -> (TextDataset, TextDataset) {
+        let test_fraction = if test_fraction.is_nan() {
+            0.0
+        } else {
+            test_fraction.clamp(0.0, 1.0)
+        };
+        let (test, train): (Vec<usize>, Vec<usize>) =
+            (0..self.len()).partition(|&i| crate::rng::hash_unit(seed, i as u64) < test_fraction);
+        (self.select(&train), self.select(&test))
+    }
+
     fn check(&self, spec: &TextClassifierSpec) -> Result<(), TextError> {
         if self.texts.is_empty() {
             return Err(TextError::Adapter("the data set has no texts".to_owned()));
@@ -62,10 +75,157 @@ impl TextDataset {
         }
         Ok(())
     }
+}
 
-    fn tokens(&self, model: &Minilm, max_tokens: usize) -> Result<TokenBatch, TextError> {
-        let texts: Vec<&str> = self.texts.iter().map(String::as_str).collect();
-        model.tokenizer().encode(&texts, max_tokens)
+/// The frozen layers' output for each text, computed once: the hidden states entering the
+/// first adapted layer ([`TextClassifierSpec::first_adapted_layer`]; the embeddings' output
+/// when every layer is adapted). Training and evaluation run only the layers above, which
+/// is what makes LoRA on the top layers cheap: a text's lower layers are run once, not once per
+/// epoch and round. Holds `tokens x hidden` floats per text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Features {
+    /// The first layer still to run.
+    start: usize,
+    hidden: usize,
+    /// Per text: `[tokens, hidden]` row-major, real tokens only.
+    rows: Vec<Vec<f32>>,
+}
+
+impl Features {
+    /// Runs the embeddings and the layers below `spec`'s first adapted layer on `texts`
+    /// (each truncated to `max_tokens` tokens), 32 texts at a time.
+    pub fn compute(
+        model: &Minilm,
+        spec: &TextClassifierSpec,
+        texts: &[String],
+        max_tokens: usize,
+    ) -> Result<Features, TextError> {
+        model.check_spec(spec)?;
+        let device = cpu_device();
+        let encoder = model.encoder(&device);
+        let start = spec.first_adapted_layer();
+        let hidden = spec.bert.hidden_size;
+        let mut rows = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(32) {
+            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            let batch = model.tokenizer().encode(&chunk, max_tokens)?;
+            let (ids, types, mask) = batch.tensors(&device);
+            let x = encoder.forward_layers(encoder.embed(ids, types), mask, 0..start, None);
+            let values = x.into_data_as::<f32>();
+            let values = values.as_slice::<f32>().expect("data was converted to f32");
+            for (row, states) in values.chunks(batch.len * hidden).enumerate() {
+                let n = batch.mask[row * batch.len..(row + 1) * batch.len]
+                    .iter()
+                    .filter(|&&m| m != 0)
+                    .count();
+                rows.push(states[..n * hidden].to_vec());
+            }
+        }
+        Ok(Features {
+            start,
+            hidden,
+            rows,
+        })
+    }
+
+    /// Number of texts.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there is no text.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The texts `rows`, in that order.
+    pub fn select(&self, rows: &[usize]) -> Features {
+        Features {
+            start: self.start,
+            hidden: self.hidden,
+            rows: rows.iter().map(|&i| self.rows[i].clone()).collect(),
+        }
+    }
+
+    /// The texts of every part, in order. All parts must come from the same classifier.
+    pub fn concat(parts: &[&Features]) -> Result<Features, TextError> {
+        let first = parts
+            .first()
+            .ok_or_else(|| TextError::Adapter("nothing to concatenate".to_owned()))?;
+        if parts
+            .iter()
+            .any(|p| p.start != first.start || p.hidden != first.hidden)
+        {
+            return Err(TextError::Adapter(
+                "features of different classifiers cannot be joined".to_owned(),
+            ));
+        }
+        Ok(Features {
+            start: first.start,
+            hidden: first.hidden,
+            rows: parts.iter().flat_map(|p| p.rows.iter().cloned()).collect(),
+        })
+    }
+
+    /// Floats held.
+    pub fn n_values(&self) -> usize {
+        self.rows.iter().map(Vec::len).sum()
+    }
+
+    fn check(&self, spec: &TextClassifierSpec, n_labels: usize) -> Result<(), TextError> {
+        if self.start != spec.first_adapted_layer() || self.hidden != spec.bert.hidden_size {
+            return Err(TextError::Adapter(
+                "the cached features were computed for another classifier".to_owned(),
+            ));
+        }
+        if self.rows.len() != n_labels {
+            return Err(TextError::Adapter(format!(
+                "{} texts but {n_labels} labels",
+                self.rows.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Hidden states `[n, len, hidden]` (zero-padded to the longest) and mask `[n, len]` of
+    /// the texts `rows`.
+    fn batch(&self, rows: &[usize], device: &Device) -> (Tensor<3>, Tensor<2>) {
+        let h = self.hidden;
+        let len = rows
+            .iter()
+            .map(|&i| self.rows[i].len() / h)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut states = vec![0.0f32; rows.len() * len * h];
+        let mut mask = vec![0.0f32; rows.len() * len];
+        for (r, &i) in rows.iter().enumerate() {
+            let row = &self.rows[i];
+            states[r * len * h..r * len * h + row.len()].copy_from_slice(row);
+            mask[r * len..r * len + row.len() / h].fill(1.0);
+        }
+        (
+            Tensor::<3>::from_data(TensorData::new(states, [rows.len(), len, h]), device),
+            Tensor::<2>::from_data(TensorData::new(mask, [rows.len(), len]), device),
+        )
+    }
+
+    /// Logits `[n, n_classes]` of the classifier for the texts `rows`.
+    fn logits(
+        &self,
+        encoder: &Encoder,
+        module: &LoraModule,
+        rows: &[usize],
+        device: &Device,
+    ) -> Tensor<2> {
+        let (x, mask) = self.batch(rows, device);
+        let hidden = encoder.forward_layers(
+            x,
+            mask.clone(),
+            self.start..encoder.n_layers(),
+            Some(module),
+        );
+        module.head(mean_pool(hidden, mask))
     }
 }
 
@@ -95,8 +255,33 @@ pub fn train(
     max_tokens: usize,
     freeze_head: bool,
 ) -> Result<TextTrainReport, TextError> {
-    model.check_spec(spec)?;
     data.check(spec)?;
+    let features = Features::compute(model, spec, &data.texts, max_tokens)?;
+    train_features(
+        model,
+        spec,
+        params,
+        &features,
+        &data.labels,
+        config,
+        freeze_head,
+    )
+}
+
+/// [`train`] on texts whose frozen layers have already been run ([`Features::compute`]):
+/// `labels[i]` is the class of text `i` of `features`.
+pub fn train_features(
+    model: &Minilm,
+    spec: &TextClassifierSpec,
+    params: &[f32],
+    features: &Features,
+    labels: &[usize],
+    config: &TrainConfig,
+    freeze_head: bool,
+) -> Result<TextTrainReport, TextError> {
+    model.check_spec(spec)?;
+    features.check(spec, labels.len())?;
+    check_labels(labels, spec)?;
     check_config(config)?;
     let device = cpu_device().autodiff();
     let encoder = model.encoder(&device);
@@ -106,12 +291,11 @@ pub fn train(
     } else {
         None
     };
-    let tokens = data.tokens(model, max_tokens)?;
     let mut optimizer = match config.optimizer {
         Optimizer::Adam => AdamConfig::new().init(),
         Optimizer::Sgd => SgdConfig::new().init(),
     };
-    let n = data.len();
+    let n = labels.len();
     let mut rng = SplitMix64::new(config.seed);
     let mut order: Vec<usize> = (0..n).collect();
     let mut mean_loss = f64::NAN;
@@ -119,10 +303,9 @@ pub fn train(
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0;
         for rows in order.chunks(config.batch_size) {
-            let batch = tokens.select(rows);
-            let labels: Vec<usize> = rows.iter().map(|&i| data.labels[i]).collect();
-            let logits = classifier_logits(&encoder, &module, &batch, &device);
-            let loss = cross_entropy(logits, &labels, spec.n_classes, &device);
+            let batch_labels: Vec<usize> = rows.iter().map(|&i| labels[i]).collect();
+            let logits = features.logits(&encoder, &module, rows, &device);
+            let loss = cross_entropy(logits, &batch_labels, spec.n_classes, &device);
             let value = f64::from(loss.clone().into_scalar::<f32>());
             if !value.is_finite() {
                 return Err(TextError::Adapter(
@@ -160,16 +343,27 @@ pub fn predict(
     texts: &[String],
     max_tokens: usize,
 ) -> Result<Vec<Vec<f32>>, TextError> {
+    let features = Features::compute(model, spec, texts, max_tokens)?;
+    predict_features(model, spec, params, &features)
+}
+
+/// [`predict`] on texts whose frozen layers have already been run.
+pub fn predict_features(
+    model: &Minilm,
+    spec: &TextClassifierSpec,
+    params: &[f32],
+    features: &Features,
+) -> Result<Vec<Vec<f32>>, TextError> {
     model.check_spec(spec)?;
+    features.check(spec, features.len())?;
     let device = cpu_device();
     let encoder = model.encoder(&device);
     let module = spec.module(params, &device, false)?;
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(32) {
-        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let batch = model.tokenizer().encode(&chunk, max_tokens)?;
+    let mut out = Vec::with_capacity(features.len());
+    let all: Vec<usize> = (0..features.len()).collect();
+    for rows in all.chunks(32) {
         let probs =
-            softmax(classifier_logits(&encoder, &module, &batch, &device), 1).into_data_as::<f32>();
+            softmax(features.logits(&encoder, &module, rows, &device), 1).into_data_as::<f32>();
         let probs = probs.as_slice::<f32>().expect("data was converted to f32");
         out.extend(probs.chunks(spec.n_classes).map(<[f32]>::to_vec));
     }
@@ -200,6 +394,33 @@ pub fn evaluate(
     data.check(spec)?;
     let probs = predict(model, spec, params, &data.texts, max_tokens)?;
     Ok(class_metrics(&probs, &data.labels, spec.n_classes))
+}
+
+/// [`evaluate`] on texts whose frozen layers have already been run.
+pub fn evaluate_features(
+    model: &Minilm,
+    spec: &TextClassifierSpec,
+    params: &[f32],
+    features: &Features,
+    labels: &[usize],
+) -> Result<ClassMetrics, TextError> {
+    features.check(spec, labels.len())?;
+    check_labels(labels, spec)?;
+    let probs = predict_features(model, spec, params, features)?;
+    Ok(class_metrics(&probs, labels, spec.n_classes))
+}
+
+fn check_labels(labels: &[usize], spec: &TextClassifierSpec) -> Result<(), TextError> {
+    if labels.is_empty() {
+        return Err(TextError::Adapter("the data set has no texts".to_owned()));
+    }
+    if let Some(label) = labels.iter().find(|&&l| l >= spec.n_classes) {
+        return Err(TextError::Adapter(format!(
+            "label {label} is not below the {} classes",
+            spec.n_classes
+        )));
+    }
+    Ok(())
 }
 
 /// [`ClassMetrics`] of predicted probabilities against labels.

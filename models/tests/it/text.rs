@@ -307,3 +307,78 @@ fn lora_fine_tuning_lowers_the_loss_and_moves_only_adapters_and_head() {
     );
     assert!(frozen.params[..spec.adapter_len()] != start[..spec.adapter_len()]);
 }
+
+#[test]
+fn cached_frozen_layers_give_the_full_forward_pass() {
+    // Adapters on the top 2 layers: the lower 4 run once per text and are cached; the
+    // classifier then reads exactly what the whole encoder computes.
+    let model = minilm();
+    let spec = TextClassifierSpec {
+        bert: model.config().clone(),
+        lora: LoraConfig {
+            targets: LoraTarget::ALL.to_vec(),
+            top_layers: Some(2),
+            ..LoraConfig::default()
+        },
+        n_classes: 3,
+    };
+    assert_eq!(spec.first_adapted_layer(), 4);
+    assert_eq!(spec.adapters().len(), 2 * 6);
+    let params = spec.random_params(11);
+    let data = toy_data();
+    let full = model
+        .logits(
+            &spec,
+            &params,
+            &data.texts.iter().map(String::as_str).collect::<Vec<_>>(),
+            32,
+        )
+        .unwrap();
+    let features = text_train::Features::compute(model, &spec, &data.texts, 32).unwrap();
+    assert_eq!(features.len(), data.len());
+    let probs = text_train::predict_features(model, &spec, &params, &features).unwrap();
+    for (logits, p) in full.iter().zip(&probs) {
+        let max = logits.iter().copied().fold(f32::MIN, f32::max);
+        let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        for (e, q) in exp.iter().zip(p) {
+            assert!((e / sum - q).abs() < 1e-4, "{logits:?} vs {p:?}");
+        }
+    }
+    // Training from the cache moves only the top layers' adapters and the head.
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 4,
+        learning_rate: 0.01,
+        optimizer: Optimizer::Adam,
+        seed: 5,
+        proximal_mu: 0.0,
+        frozen_layers: 0,
+    };
+    let start = spec.init_params(3);
+    let report = text_train::train_features(
+        model,
+        &spec,
+        &start,
+        &features,
+        &data.labels,
+        &config,
+        false,
+    )
+    .unwrap();
+    assert_eq!(report.params.len(), start.len());
+    let after =
+        text_train::evaluate_features(model, &spec, &report.params, &features, &data.labels)
+            .unwrap();
+    let before =
+        text_train::evaluate_features(model, &spec, &start, &features, &data.labels).unwrap();
+    assert!(after.loss < before.loss, "{before:?} -> {after:?}");
+}
+
+#[test]
+fn the_built_in_minilm_shape_is_the_files() {
+    assert_eq!(
+        &harambee_models::text::BertConfig::minilm_l6(),
+        minilm().config()
+    );
+}

@@ -165,6 +165,7 @@ async fn bench(args: &SecaggArgs, dir: &Path) -> anyhow::Result<()> {
         model: ModelSection {
             kind: KindName::Mlp,
             hidden: vec![h, h],
+            text: None,
         },
         schema: harambee_models::presets::heart_disease(),
         train: TrainSpec {

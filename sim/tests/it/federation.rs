@@ -324,6 +324,7 @@ async fn exported_checkpoint_round_trips_bit_exactly() {
     other.model = harambee_coordinator::federation::ModelSection {
         kind: harambee_coordinator::federation::KindName::Mlp,
         hidden: vec![4],
+        text: None,
     };
     let request = pb::CreateFederationRequest {
         config: Some(harambee_coordinator::wire::federation_config(&other, 0)),

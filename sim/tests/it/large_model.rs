@@ -18,6 +18,7 @@ async fn ten_million_parameters_stream_in_chunks() {
     spec.model = ModelSection {
         kind: KindName::Mlp,
         hidden: vec![4096, 2432],
+        text: None,
     };
     spec.facilities = vec!["big-clinic".into()];
     let fed = create_federation(&mut admin, &spec).await;

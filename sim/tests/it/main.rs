@@ -41,5 +41,6 @@ mod secure_dropout;
 mod serve_process;
 mod storage_faults;
 mod store_suite;
+mod text_federation;
 mod tls_handshake;
 mod upload_retry;

@@ -19,6 +19,7 @@ async fn fedper_keeps_heads_home_and_small_cohorts_keep_their_metrics() {
     spec.model = ModelSection {
         kind: KindName::Personalized,
         hidden: vec![8],
+        text: None,
     };
     let model = spec.model_spec();
     let (n, shared) = (model.n_params(), model.shared_len());

@@ -725,6 +725,7 @@ async fn privacy_distributed_and_central_noise_carry_the_configured_stddev() {
         spec.model = harambee_coordinator::federation::ModelSection {
             kind: harambee_coordinator::federation::KindName::Mlp,
             hidden: vec![16],
+            text: None,
         };
         spec.privacy.mechanism = mechanism;
         spec.privacy.clip_norm = 0.5;
