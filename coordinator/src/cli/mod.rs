@@ -321,7 +321,9 @@ pub enum RoundCommand {
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
     /// Write a committed model version: safetensors with the model kind and feature schema
-    /// (for facility applications and Python), or raw little-endian f32 plus a `.json`.
+    /// (for facility applications and Python), or raw little-endian f32 plus a `.json`. A
+    /// text model (`minilm_lora`) is written as a directory in the layout Python's PEFT
+    /// loads: its adapters and head, for the base model its federation pins.
     Export {
         #[arg(long)]
         federation: String,
@@ -929,6 +931,16 @@ pub async fn export_safetensors(
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(raw.with_extension("json"));
     let (spec, schema) = harambee_link::convert::model(meta.spec.as_ref())?;
+    if let harambee_models::model::ModelKind::MinilmLora { text } = &spec.kind {
+        // The adapters and head only: the base model is the pinned one, not exported.
+        harambee_models::text::lora::export_peft(
+            &text.classifier(),
+            &params,
+            &text.base_sha256,
+            out,
+        )?;
+        return Ok(meta);
+    }
     let checkpoint = harambee_models::checkpoint::Checkpoint {
         spec,
         schema,

@@ -192,6 +192,21 @@ async fn lora_adapters_federate_securely_and_a_foreign_base_model_is_refused() {
     }
     let global = export(&mut admin, &spec.name, 1).await;
     assert_eq!(global.len(), n);
+    // The operator's `model export` writes the adapters and head in PEFT's layout, and they
+    // read back as the committed model.
+    let exported = foreign.path().join("exported-adapter");
+    harambee_coordinator::cli::export_safetensors(&mut admin, &spec.name, Some(1), &exported)
+        .await
+        .unwrap();
+    assert!(
+        exported
+            .join(harambee_models::text::lora::PEFT_CONFIG)
+            .is_file()
+    );
+    assert_eq!(
+        harambee_models::text::lora::import_peft(&classifier, &exported).unwrap(),
+        global
+    );
     let before = text_train::evaluate(base, &classifier, &initial, &held_out, 24).unwrap();
     let after = text_train::evaluate(base, &classifier, &global, &held_out, 24).unwrap();
     assert!(after.loss < before.loss, "{before:?} -> {after:?}");
