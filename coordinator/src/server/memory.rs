@@ -10,7 +10,7 @@
 //! 216 MiB in the same benchmark; docs/performance.md).
 
 /// Blocks this large or larger get their own mapping, given back when freed.
-const MMAP_THRESHOLD_BYTES: i32 = 256 << 10;
+pub const MMAP_THRESHOLD_BYTES: i32 = 256 << 10;
 
 /// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD_BYTES`] (no effect elsewhere). Call it
 /// before the runtime starts its threads.
