@@ -12,7 +12,7 @@
 use anyhow::Context as _;
 use std::collections::{HashMap, VecDeque};
 
-use harambee_privacy::ledger::{Cosignature, SignedReceipt, SignedTreeHead};
+use harambee_privacy::ledger::{Cosignature, Sha256Digest, SignedReceipt, SignedTreeHead};
 use harambee_privacy::log::Record;
 use harambee_privacy::policy::DpSteps;
 use harambee_proto::pb::{self, task::Kind};
@@ -338,15 +338,18 @@ impl Core {
     }
 
     /// Composes the update's DP steps, signs its egress receipt and logs it; refused when it
-    /// would overspend the budget. See [`Privacy::sign_egress`].
+    /// would overspend the budget: `digest` and `bytes` are the payload's SHA-256 and size.
+    /// See [`Privacy::sign_egress`].
     pub fn sign_egress(
         &mut self,
         now_ms: i64,
         terms: &ReceiptTerms,
         round_id: u64,
-        payload: &[u8],
+        digest: Sha256Digest,
+        bytes: u64,
     ) -> anyhow::Result<SignedReceipt> {
-        self.privacy.sign_egress(now_ms, terms, round_id, payload)
+        self.privacy
+            .sign_egress_of(now_ms, terms, round_id, digest, bytes)
     }
 
     /// The coordinator accepted the update of `round_id`: its ledger proof is now due.

@@ -257,6 +257,20 @@ impl Privacy {
         round_id: u64,
         payload: &[u8],
     ) -> anyhow::Result<SignedReceipt> {
+        let digest = Sha256Digest::of(payload);
+        self.sign_egress_of(now_ms, terms, round_id, digest, payload.len() as u64)
+    }
+
+    /// [`Privacy::sign_egress`] for a payload of `bytes` bytes whose SHA-256 the caller has
+    /// computed already (an upload of a large model is hashed once, not once per use).
+    pub fn sign_egress_of(
+        &mut self,
+        now_ms: i64,
+        terms: &ReceiptTerms,
+        round_id: u64,
+        digest: Sha256Digest,
+        bytes: u64,
+    ) -> anyhow::Result<SignedReceipt> {
         let ReceiptTerms {
             federation,
             aggregation,
@@ -268,7 +282,6 @@ impl Privacy {
         let (dp, clipping_norm, noise_multiplier) = (*dp, *clipping_norm, *noise_multiplier);
         // The same bytes sent again (a retried step after a reconnect): same receipt, no
         // second charge to the budget.
-        let digest = Sha256Digest::of(payload);
         let earlier = self.log.lines().iter().rev().find_map(|l| match &l.record {
             Record::Receipt { receipt, .. }
                 if receipt.receipt.federation == *federation
@@ -302,8 +315,8 @@ impl Privacy {
             facility: self.facility.clone(),
             federation: federation.clone(),
             round_id,
-            update_sha256: Sha256Digest::of(payload),
-            bytes: payload.len() as u64,
+            update_sha256: digest,
+            bytes,
             policy_sha256: self.policy_sha256,
             clipping_norm,
             noise_multiplier,

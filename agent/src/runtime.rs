@@ -836,7 +836,8 @@ impl Agent {
             .await;
         }
         let payload = harambee_core::params::to_le_bytes(&update);
-        let sha256 = hex::encode(Sha256::digest(&payload));
+        let digest = harambee_privacy::ledger::Sha256Digest::of(&payload);
+        let sha256 = digest.to_hex();
         info!(
             loss = report.mean_loss,
             secs = started.elapsed().as_secs_f32(),
@@ -854,8 +855,8 @@ impl Agent {
         })?;
         let receipt = {
             let now = self.clock.unix_ms();
-            let (round_id, payload) = (task.round_id, payload.clone());
-            self.with_core(move |core| core.sign_egress(now, &terms, round_id, &payload))
+            let (round_id, bytes) = (task.round_id, payload.len() as u64);
+            self.with_core(move |core| core.sign_egress(now, &terms, round_id, digest, bytes))
                 .await?
         };
         let header = pb::UpdateHeader {
@@ -1166,7 +1167,8 @@ impl Agent {
                 .await
             }
             Reply::Masked { words, n_words } => {
-                let sha256 = hex::encode(Sha256::digest(&words));
+                let digest = harambee_privacy::ledger::Sha256Digest::of(&words);
+                let sha256 = digest.to_hex();
                 self.egress.keep_payload(&sha256, &words)?;
                 self.egress.append(&EgressRecord {
                     unix_ms: self.clock.unix_ms(),
@@ -1179,7 +1181,7 @@ impl Agent {
                 })?;
                 let now = self.clock.unix_ms();
                 let words = Arc::new(words);
-                let signed = words.clone();
+                let bytes = words.len() as u64;
                 let (receipt, federation) = self
                     .with_core(move |core| {
                         let mut terms = core.held_terms(round_id).unwrap_or(ReceiptTerms {
@@ -1191,7 +1193,7 @@ impl Agent {
                             noise_multiplier: 0.0,
                         });
                         terms.secagg_params = accepted;
-                        core.sign_egress(now, &terms, round_id, &signed)
+                        core.sign_egress(now, &terms, round_id, digest, bytes)
                             .map(|receipt| (receipt, terms.federation))
                     })
                     .await?;
