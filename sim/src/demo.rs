@@ -132,6 +132,11 @@ pub struct DemoArgs {
     /// `preterm-birth` (periodontal therapy trial, 4 clinics, categorical columns).
     #[arg(long, value_enum, default_value = "heart")]
     pub dataset: DemoDataset,
+    /// With `--model minilm-lora`: train with text-level DP-SGD (each review is the unit of
+    /// privacy; parameters in `demo::text::DP_SGD`) and print each facility's ε from the
+    /// ledger. The tabular demo always trains with DP-SGD.
+    #[arg(long)]
+    pub dp: bool,
 }
 
 /// One facility of the demo: its name and the directory holding its own `data.csv`.
@@ -158,6 +163,9 @@ pub async fn run(mut args: DemoArgs) -> anyhow::Result<()> {
         args.rounds.get_or_insert(3);
         args.epochs.get_or_insert(2);
         return text::run(args).await;
+    }
+    if args.dp {
+        bail!("--dp applies to --model minilm-lora (the tabular demo always trains with DP-SGD)");
     }
     let _telemetry =
         harambee_coordinator::server::telemetry::init("harambee-coordinator", None, "warn")?;
