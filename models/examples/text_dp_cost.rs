@@ -3,7 +3,9 @@
 //! layer, 128 tokens, the lower five layers run once per text and cached, as an agent does):
 //! seconds per local epoch without DP (mini-batches of 16, Adam) and with DP-SGD (Poisson
 //! batches of 16 texts on average, clip 1, noise multiplier 1), and the per-text gradients
-//! computed in batched passes against one pass per text. One thread; prints one JSON line.
+//! computed in batched passes against one pass per text. One thread; prints one JSON line
+//! with the process's CPU seconds of each phase (from `/proc/self/stat`, so that other load
+//! on the machine does not count) and, in `wall`, the elapsed seconds.
 //!
 //! ```text
 //! cargo run --release -p harambee-models --example text_dp_cost -- DRUGREVIEW_DIR [TEXTS] [EPOCHS]
@@ -44,6 +46,27 @@ fn read_tsv(path: &Path) -> Result<Vec<(String, String)>, Box<dyn std::error::Er
         rows.push((record[condition].to_owned(), record[review].to_owned()));
     }
     Ok(rows)
+}
+
+/// User plus system CPU seconds of this process so far (clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which ends with the last ')'.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs `f`, returning its result with its CPU and wall seconds.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, f64) {
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let out = f();
+    (out, cpu_seconds() - cpu, wall.elapsed().as_secs_f64())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -88,9 +111,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         n_classes: CLASSES,
     };
-    let began = Instant::now();
-    let features = Features::compute(&model, &spec, &texts, MAX_TOKENS)?;
-    let frozen_layers_s = began.elapsed().as_secs_f64();
+    let (features, frozen_cpu, frozen_wall) =
+        timed(|| Features::compute(&model, &spec, &texts, MAX_TOKENS));
+    let features = features?;
     let config = TrainConfig {
         epochs,
         batch_size: BATCH,
@@ -102,9 +125,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let start = spec.init_params(1);
 
-    let began = Instant::now();
-    train::train_features(&model, &spec, &start, &features, &labels, &config, false)?;
-    let plain_s = began.elapsed().as_secs_f64() / epochs as f64;
+    let (plain, plain_cpu, plain_wall) =
+        timed(|| train::train_features(&model, &spec, &start, &features, &labels, &config, false));
+    plain?;
 
     let dp_config = DpSgdConfig {
         clip_norm: 1.0,
@@ -112,23 +135,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sampling_rate: BATCH as f64 / n as f64,
     };
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let began = Instant::now();
-    let report = dp::train_features_dp(
-        &model, &spec, &start, &features, &labels, &config, false, &dp_config, &mut rng,
-    )?;
-    let dp_s = began.elapsed().as_secs_f64() / epochs as f64;
+    let (report, dp_cpu, dp_wall) = timed(|| {
+        dp::train_features_dp(
+            &model, &spec, &start, &features, &labels, &config, false, &dp_config, &mut rng,
+        )
+    });
+    let report = report?;
 
     // Every text's gradient once: in batched passes (as DP-SGD computes them), and one pass
     // per text (what a loop of per-text backward passes would cost).
     let all: Vec<usize> = (0..n).collect();
-    let began = Instant::now();
-    dp::example_gradients(&model, &spec, &start, &features, &labels, &all, false)?;
-    let batched_s = began.elapsed().as_secs_f64();
-    let began = Instant::now();
-    for row in 0..n {
-        dp::example_gradients(&model, &spec, &start, &features, &labels, &[row], false)?;
-    }
-    let one_by_one_s = began.elapsed().as_secs_f64();
+    let (batched, batched_cpu, batched_wall) =
+        timed(|| dp::example_gradients(&model, &spec, &start, &features, &labels, &all, false));
+    batched?;
+    let (one_by_one, one_cpu, one_wall) = timed(|| {
+        (0..n).try_for_each(|row| {
+            dp::example_gradients(&model, &spec, &start, &features, &labels, &[row], false)
+                .map(|_| ())
+        })
+    });
+    one_by_one?;
+    let per_epoch = epochs as f64;
 
     println!(
         "{}",
@@ -136,14 +163,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "texts": n,
             "epochs": epochs,
             "trainable_values": spec.n_params(),
-            "frozen_layers_s": frozen_layers_s,
-            "plain_s_per_epoch": plain_s,
-            "dp_s_per_epoch": dp_s,
-            "dp_over_plain": dp_s / plain_s,
+            "frozen_layers_s": frozen_cpu,
+            "plain_s_per_epoch": plain_cpu / per_epoch,
+            "dp_s_per_epoch": dp_cpu / per_epoch,
+            "dp_over_plain": dp_cpu / plain_cpu,
             "dp_steps": report.steps,
             "dp_mean_batch": report.mean_batch_size,
-            "per_text_gradients_batched_s": batched_s,
-            "per_text_gradients_one_pass_each_s": one_by_one_s,
+            "per_text_gradients_batched_s": batched_cpu,
+            "per_text_gradients_one_pass_each_s": one_cpu,
+            "wall": {
+                "frozen_layers_s": frozen_wall,
+                "plain_s_per_epoch": plain_wall / per_epoch,
+                "dp_s_per_epoch": dp_wall / per_epoch,
+                "per_text_gradients_batched_s": batched_wall,
+                "per_text_gradients_one_pass_each_s": one_wall,
+            },
         })
     );
     Ok(())
