@@ -482,10 +482,17 @@ async fn audit_and_verify(
         }
         verified += 1;
     }
+    let (card_claim, card_arg) = match model_card {
+        Some(_) => (
+            ", and so does the model card",
+            " --model-card model.card.json",
+        ),
+        None => ("", ""),
+    };
     println!(
-        "audit verify: the ledger verifies and agrees with all {verified} facilities' privacy logs, \
-         and so does the model card (harambee-agent audit verify --ledger {} --receipts \
-         {}/facilities/NAME/state/{} --model-card model.card.json)",
+        "audit verify: the ledger verifies and agrees with all {verified} facilities' privacy logs{card_claim} \
+         (harambee-agent audit verify --ledger {} --receipts \
+         {}/facilities/NAME/state/{}{card_arg})",
         ledger_path.display(),
         dir.display(),
         harambee_privacy::log::LOG_FILE
