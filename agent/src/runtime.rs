@@ -915,7 +915,9 @@ impl Agent {
             .await?;
         if let Some(text) = model.kind.text() {
             let text = text.clone();
-            return self.evaluate_text(client, task, text, candidate).await;
+            return self
+                .evaluate_text(client, task, model, text, candidate)
+                .await;
         }
         let params = self.with_own_head(&model, &task.federation, &candidate)?;
         let (train, test) = self.load_split(&task.federation, schema.clone()).await?;
@@ -1282,7 +1284,9 @@ impl Agent {
     }
 
     /// [`Agent::train`] for a `minilm_lora` model: LoRA adapters and head trained on the
-    /// facility's texts above the frozen layers; only they travel.
+    /// facility's texts above the frozen layers, with text-level DP-SGD when the federation
+    /// asks; only they travel, or only the adapters when the federation keeps heads local
+    /// (this facility's head then stays here, as for a personalized model).
     async fn train_text(
         self: Arc<Self>,
         mut client: Client,
@@ -1290,11 +1294,16 @@ impl Agent {
         model: ModelSpec,
         text: harambee_models::text::TextTask,
         config: harambee_models::train::TrainConfig,
-        start: Vec<f32>,
+        base: Vec<f32>,
     ) -> anyhow::Result<()> {
         let local = self
             .text_local(&mut client, &task.federation, task.round_id, &text)
             .await?;
+        // With local heads, train the global adapters under this facility's own head.
+        let start = match self.with_own_head(&model, &task.federation, &base) {
+            Ok(start) => start,
+            Err(e) => return Err(self.decline_local(&mut client, &task, NO_TRAINING, e).await),
+        };
         let n_train = local.train_labels.len();
         let Some(dp) = self
             .admit(&mut client, &task, n_train, config.epochs)
@@ -1302,23 +1311,43 @@ impl Agent {
         else {
             return Ok(());
         };
-        if task.privacy.as_ref().and_then(|p| p.dp_sgd).is_some() {
-            let error = anyhow::anyhow!("DP-SGD is not available for minilm_lora models");
-            return Err(self
-                .decline_local(&mut client, &task, NO_TRAINING, error)
-                .await);
-        }
+        let dp_sgd = task.privacy.as_ref().and_then(|p| p.dp_sgd);
         info!(
             texts = n_train,
             epochs = config.epochs,
+            dp_sgd = dp_sgd.is_some(),
+            local_head = text.local_head,
             "training LoRA adapters"
         );
         let started = self.clock.now();
         let timer = std::time::Instant::now();
         let trained = tokio::task::spawn_blocking({
             let (local, start) = (local.clone(), start.clone());
-            move || {
-                harambee_models::text::train::train_features(
+            move || match dp_sgd {
+                Some(d) => {
+                    let dp = harambee_models::dp::DpSgdConfig {
+                        clip_norm: d.clip_norm,
+                        noise_multiplier: d.noise_multiplier,
+                        sampling_rate: d.sampling_rate,
+                    };
+                    // Batches and noise from a CSPRNG seeded by the operating system.
+                    let mut rng = <chacha20::ChaCha20Rng as rand_core::SeedableRng>::from_seed(
+                        rand::random(),
+                    );
+                    harambee_models::text::dp::train_features_dp(
+                        &local.model,
+                        &local.spec,
+                        &start,
+                        &local.train,
+                        &local.train_labels,
+                        &config,
+                        false,
+                        &dp,
+                        &mut rng,
+                    )
+                    .map(|report| report.train)
+                }
+                None => harambee_models::text::train::train_features(
                     &local.model,
                     &local.spec,
                     &start,
@@ -1327,6 +1356,11 @@ impl Agent {
                     &config,
                     false,
                 )
+                .map(|report| harambee_models::train::TrainReport {
+                    params: report.params,
+                    mean_loss: report.mean_loss,
+                    n_samples: report.n_samples,
+                }),
             }
         })
         .await?;
@@ -1339,27 +1373,27 @@ impl Agent {
                     .await);
             }
         };
+        // Only the federated prefix leaves; with local heads, the head stays here.
         let mut update = model.shared_update(&report.params, &start)?;
         clip_for_facility_dp(&mut update, task.privacy.as_ref());
-        let report = harambee_models::train::TrainReport {
-            params: report.params,
-            mean_loss: report.mean_loss,
-            n_samples: report.n_samples,
-        };
+        self.keep_head(&model, &task.federation, &report.params)?;
         self.send_update(client, &task, update, report, dp, started)
             .await
     }
 
     /// [`Agent::evaluate`] for a `minilm_lora` model: accuracy and loss on the held-out
-    /// texts (no AUC: the classes are many). The candidate's adapters and head are kept here
-    /// in PEFT's layout.
+    /// texts (no AUC: the classes are many), of the candidate's adapters under this
+    /// facility's own head when the federation keeps heads local. The classifier evaluated is
+    /// kept here in PEFT's layout.
     async fn evaluate_text(
         self: Arc<Self>,
         mut client: Client,
         task: pb::EvaluateTask,
+        model: ModelSpec,
         text: harambee_models::text::TextTask,
-        params: Vec<f32>,
+        candidate: Vec<f32>,
     ) -> anyhow::Result<()> {
+        let params = self.with_own_head(&model, &task.federation, &candidate)?;
         let local = self
             .text_local(&mut client, &task.federation, task.round_id, &text)
             .await?;

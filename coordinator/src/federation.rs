@@ -384,9 +384,6 @@ impl FederationSpec {
                         "train.frozen_layers does not apply to minilm_lora (the encoder is frozen; model.text.lora.top_layers says which layers get adapters)".into(),
                     );
                 }
-                if self.privacy.dp_sgd.is_some() {
-                    return fail("privacy.dp_sgd is not available for minilm_lora yet".into());
-                }
             }
             (None, KindName::MinilmLora) => {
                 return fail("kind = \"minilm_lora\" needs a [model.text] table".into());
@@ -502,6 +499,7 @@ impl FederationSpec {
                     classes: Vec::new(),
                     max_tokens: 0,
                     lora: Default::default(),
+                    local_head: false,
                 })),
             },
         };
@@ -723,12 +721,6 @@ mod tests {
         // What a text federation may not have.
         let mut with_schema = spec.clone();
         with_schema.schema.label = "x".into();
-        let mut dp = spec.clone();
-        dp.privacy.dp_sgd = Some(DpSgdSpec {
-            clip_norm: 1.0,
-            noise_multiplier: 1.0,
-            sampling_rate: 0.1,
-        });
         let mut no_table = spec.clone();
         no_table.model.text = None;
         let mut frozen = spec.clone();
@@ -737,7 +729,6 @@ mod tests {
         bad_task.model.text.as_mut().unwrap().classes.truncate(1);
         for (bad, says) in [
             (with_schema, "[schema]"),
-            (dp, "dp_sgd"),
             (no_table, "[model.text]"),
             (frozen, "frozen_layers"),
             (bad_task, "classes"),
@@ -745,6 +736,38 @@ mod tests {
             let error = bad.validate().unwrap_err().to_string();
             assert!(error.contains(says), "{error}");
         }
+    }
+
+    #[test]
+    fn a_text_federation_takes_dp_sgd_and_local_heads() {
+        // The README's [privacy.dp_sgd] and local_head lines for minilm_lora, in a federation.
+        let model = readme_block("[model]\nkind = \"minilm_lora\"");
+        let extra = readme_block("[privacy.dp_sgd]  # text-level");
+        let text = format!(
+            "name = \"notes\"\n{model}local_head = true\n\n[train]\nepochs = 2\nbatch_size = 16\nlearning_rate = 0.003\noptimizer = \"adam\"\n\n{extra}"
+        );
+        let spec = FederationSpec::from_toml(&text).unwrap();
+        spec.validate().unwrap();
+        let task = spec.model.text.clone().unwrap();
+        assert!(task.local_head);
+        let model = spec.model_spec();
+        assert_eq!(model.shared_len(), task.classifier().adapter_len());
+        assert!(model.shared_len() < model.n_params());
+        let dp = spec
+            .privacy
+            .dp_sgd
+            .clone()
+            .expect("the README's block has DP-SGD");
+        let cost = spec.privacy_cost().unwrap();
+        assert_eq!(
+            cost.steps_per_round,
+            harambee_models::dp::dp_steps(2, dp.sampling_rate)
+        );
+        assert!(cost.epsilon_per_round.is_finite() && cost.epsilon_per_round > 0.0);
+        // On the wire and back: the agent reads the same task, local heads included.
+        let wire = harambee_link::convert::text_task_to_pb(&task);
+        assert!(wire.local_head);
+        assert_eq!(harambee_link::convert::text_task(&wire).unwrap(), task);
     }
 
     #[test]

@@ -192,6 +192,7 @@ pub fn text_task(text: &pb::TextModelSpec) -> Result<TextTask, BadTask> {
             targets,
             top_layers: text.lora_top_layers.map(|n| n as usize),
         },
+        local_head: text.local_head,
     };
     task.check().map_err(|e| BadTask(e.to_string()))?;
     Ok(task)
@@ -214,6 +215,7 @@ pub fn text_task_to_pb(task: &TextTask) -> pb::TextModelSpec {
             .map(|t| t.name().to_owned())
             .collect(),
         lora_top_layers: task.lora.top_layers.map(|n| n as u32),
+        local_head: task.local_head,
     }
 }
 

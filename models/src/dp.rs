@@ -257,7 +257,7 @@ pub fn train_dp<R: CryptoRng + ?Sized>(
     })
 }
 
-fn check_dp_config(dp: &DpSgdConfig) -> Result<(), ModelError> {
+pub(crate) fn check_dp_config(dp: &DpSgdConfig) -> Result<(), ModelError> {
     let invalid = |reason: &str| {
         Err(ModelError::InvalidConfig {
             reason: reason.to_owned(),
@@ -280,7 +280,7 @@ fn check_dp_config(dp: &DpSgdConfig) -> Result<(), ModelError> {
 /// With noise (`z > 0`), the lattice Gaussian: each clipped gradient is snapped to the grid and
 /// summed in integers, and [`GradSum::release`] adds discrete Gaussian draws in integers before
 /// converting. Without noise, a plain `f64` sum.
-struct GradSum {
+pub(crate) struct GradSum {
     lattice: Option<LatticeGaussian>,
     /// The snapped sum in grid steps (with noise).
     steps: Vec<i128>,
@@ -289,7 +289,7 @@ struct GradSum {
 }
 
 impl GradSum {
-    fn new(dp: &DpSgdConfig, n_trainable: usize) -> Result<GradSum, ModelError> {
+    pub(crate) fn new(dp: &DpSgdConfig, n_trainable: usize) -> Result<GradSum, ModelError> {
         if dp.noise_multiplier == 0.0 || n_trainable == 0 {
             return Ok(GradSum {
                 lattice: None,
@@ -308,7 +308,7 @@ impl GradSum {
         })
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.steps.fill(0);
         self.plain.fill(0.0);
     }
@@ -339,7 +339,7 @@ impl GradSum {
 
     /// Adds `grad`, scaled down to L2 norm `clip_norm` if it is longer (and snapped to the
     /// grid, with noise).
-    fn add_clipped(&mut self, grad: &[f32], clip_norm: f64) {
+    pub(crate) fn add_clipped(&mut self, grad: &[f32], clip_norm: f64) {
         let norm = grad
             .iter()
             .map(|&value| f64::from(value).powi(2))
@@ -362,7 +362,7 @@ impl GradSum {
 
     /// Writes the noisy sum into `out`: one discrete Gaussian draw per coordinate added in
     /// grid steps, then converted (with noise); the plain sum (without).
-    fn release<R: CryptoRng + ?Sized>(&self, rng: &mut R, out: &mut [f64]) {
+    pub(crate) fn release<R: CryptoRng + ?Sized>(&self, rng: &mut R, out: &mut [f64]) {
         match &self.lattice {
             Some(lattice) => {
                 for (value, &steps) in out.iter_mut().zip(&self.steps) {
@@ -383,8 +383,9 @@ fn clip_scale(norm: f64, clip_norm: f64) -> f64 {
     }
 }
 
-/// The flat gradient `grad` of the trainable parameters as burn's per-parameter gradients.
-fn gradients_params(model: &Classifier, grad: &[f32]) -> GradientsParams {
+/// The flat gradient `grad` of the trainable parameters of `model` (those that require
+/// gradients, in visiting order) as burn's per-parameter gradients.
+pub(crate) fn gradients_params<M: Module>(model: &M, grad: &[f32]) -> GradientsParams {
     let mut importer = GradImporter {
         values: grad,
         offset: 0,
@@ -397,7 +398,7 @@ fn gradients_params(model: &Classifier, grad: &[f32]) -> GradientsParams {
 }
 
 /// A uniform draw in `[0, 1)` with 53 bits of precision.
-fn unit_f64<R: Rng + ?Sized>(rng: &mut R) -> f64 {
+pub(crate) fn unit_f64<R: Rng + ?Sized>(rng: &mut R) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 

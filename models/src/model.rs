@@ -9,7 +9,10 @@
 //! (every layer but the last) is federated and each facility keeps its own head (the last layer).
 //! Because the head is the last layer, the federated part is a prefix of the flat vector, of
 //! length [`ModelSpec::shared_len`]; [`ModelSpec::split_params`], [`ModelSpec::join_params`] and
-//! [`ModelSpec::shared_update`] cut and paste along that boundary.
+//! [`ModelSpec::shared_update`] cut and paste along that boundary. A [`ModelKind::MinilmLora`]
+//! whose task asks for local heads ([`crate::text::TextTask::local_head`]) is cut the same way:
+//! its adapters come first in the flat vector and are the federated prefix, its classification
+//! head is the facility's own.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
@@ -160,10 +163,13 @@ impl ModelSpec {
     }
 
     /// Length of the federated prefix of the flat vector: everything but the head for
-    /// [`ModelKind::Personalized`], the whole vector ([`ModelSpec::n_params`]) otherwise. An agent
-    /// uploads only `params[..shared_len]` (as an update, see [`ModelSpec::shared_update`]).
+    /// [`ModelKind::Personalized`], the adapters for a [`ModelKind::MinilmLora`] with local heads
+    /// ([`crate::text::TextTask::local_head`]), the whole vector ([`ModelSpec::n_params`])
+    /// otherwise. An agent uploads only `params[..shared_len]` (as an update, see
+    /// [`ModelSpec::shared_update`]).
     pub fn shared_len(&self) -> usize {
-        match self.kind {
+        match &self.kind {
+            ModelKind::MinilmLora { text } if text.local_head => text.classifier().adapter_len(),
             ModelKind::Personalized { .. } => {
                 let head = self
                     .layer_dims()
@@ -207,7 +213,7 @@ impl ModelSpec {
 
     /// Splits a full parameter vector into its federated part and the facility's head:
     /// `(params[..shared_len], params[shared_len..])`. The head is empty unless the kind is
-    /// [`ModelKind::Personalized`].
+    /// [`ModelKind::Personalized`] or a [`ModelKind::MinilmLora`] with local heads.
     pub fn split_params<'a>(
         &self,
         params: &'a [f32],
@@ -669,6 +675,73 @@ mod tests {
         );
         let (all, none) = mlp.split_params(&params).unwrap();
         assert_eq!((all.len(), none.len()), (89, 0));
+    }
+
+    #[test]
+    fn a_text_model_with_local_heads_shares_its_adapters_only() {
+        let task = crate::text::TextTask {
+            base_sha256: crate::text::MINILM_SHA256.to_owned(),
+            text_column: "review".to_owned(),
+            label_column: "condition".to_owned(),
+            classes: vec!["Acne".to_owned(), "Pain".to_owned(), "Flu".to_owned()],
+            max_tokens: 64,
+            lora: crate::text::LoraConfig {
+                top_layers: Some(1),
+                ..Default::default()
+            },
+            local_head: false,
+        };
+        let classifier = task.classifier();
+        let shared_all = ModelSpec {
+            kind: ModelKind::MinilmLora {
+                text: Box::new(task.clone()),
+            },
+            n_inputs: 0,
+        };
+        let local = ModelSpec {
+            kind: ModelKind::MinilmLora {
+                text: Box::new(crate::text::TextTask {
+                    local_head: true,
+                    ..task
+                }),
+            },
+            n_inputs: 0,
+        };
+        // Rank 8 on query and value of one layer: 2 * (384 * 8 + 8 * 384); head 384 * 3 + 3.
+        let (n_adapters, n_head) = (2 * 2 * 384 * 8, 384 * 3 + 3);
+        assert_eq!(classifier.adapter_len(), n_adapters);
+        assert_eq!(local.n_params(), n_adapters + n_head);
+        assert_eq!(local.n_params(), shared_all.n_params());
+        assert_eq!(shared_all.shared_len(), shared_all.n_params());
+        assert_eq!(local.shared_len(), n_adapters);
+
+        let params = local.init_params(7);
+        assert_eq!(params, shared_all.init_params(7));
+        let (adapters, head) = local.split_params(&params).unwrap();
+        assert_eq!((adapters.len(), head.len()), (n_adapters, n_head));
+        assert_eq!(adapters, &params[..n_adapters]);
+        assert_eq!(local.join_params(adapters, head).unwrap(), params);
+        assert_eq!(
+            local.join_params(&params, &[]),
+            Err(ModelError::ParamCount {
+                expected: n_adapters,
+                actual: n_adapters + n_head
+            })
+        );
+        let (all, none) = shared_all.split_params(&params).unwrap();
+        assert_eq!((all.len(), none.len()), (n_adapters + n_head, 0));
+        // The update carries the adapters' change only: a changed head does not enter it.
+        let mut trained = params.clone();
+        trained[0] += 0.5;
+        trained[n_adapters] += 1.0;
+        let update = local.shared_update(&trained, &params).unwrap();
+        assert_eq!(update.len(), n_adapters);
+        assert_eq!(update[0], 0.5);
+        assert!(update[1..].iter().all(|&v| v == 0.0));
+        assert_eq!(
+            shared_all.shared_update(&trained, &params).unwrap()[n_adapters],
+            1.0
+        );
     }
 
     #[test]

@@ -132,6 +132,11 @@ pub struct DemoArgs {
     /// `preterm-birth` (periodontal therapy trial, 4 clinics, categorical columns).
     #[arg(long, value_enum, default_value = "heart")]
     pub dataset: DemoDataset,
+    /// With `--model minilm-lora`: train with text-level DP-SGD (each review is the unit of
+    /// privacy; parameters in `demo::text::DP_SGD`) and print each facility's ε from the
+    /// ledger. The tabular demo always trains with DP-SGD.
+    #[arg(long)]
+    pub dp: bool,
 }
 
 /// One facility of the demo: its name and the directory holding its own `data.csv`.
@@ -158,6 +163,9 @@ pub async fn run(mut args: DemoArgs) -> anyhow::Result<()> {
         args.rounds.get_or_insert(3);
         args.epochs.get_or_insert(2);
         return text::run(args).await;
+    }
+    if args.dp {
+        bail!("--dp applies to --model minilm-lora (the tabular demo always trains with DP-SGD)");
     }
     let _telemetry =
         harambee_coordinator::server::telemetry::init("harambee-coordinator", None, "warn")?;
@@ -474,10 +482,17 @@ async fn audit_and_verify(
         }
         verified += 1;
     }
+    let (card_claim, card_arg) = match model_card {
+        Some(_) => (
+            ", and so does the model card",
+            " --model-card model.card.json",
+        ),
+        None => ("", ""),
+    };
     println!(
-        "audit verify: the ledger verifies and agrees with all {verified} facilities' privacy logs, \
-         and so does the model card (harambee-agent audit verify --ledger {} --receipts \
-         {}/facilities/NAME/state/{} --model-card model.card.json)",
+        "audit verify: the ledger verifies and agrees with all {verified} facilities' privacy logs{card_claim} \
+         (harambee-agent audit verify --ledger {} --receipts \
+         {}/facilities/NAME/state/{}{card_arg})",
         ledger_path.display(),
         dir.display(),
         harambee_privacy::log::LOG_FILE

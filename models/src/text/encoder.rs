@@ -15,7 +15,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use super::TextError;
-use super::lora::{LoraModule, LoraTarget};
+use super::lora::{Adapters, LoraModule, LoraTarget};
 
 /// The BERT hyper-parameters from `config.json` that shape the encoder.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -350,10 +350,22 @@ impl Encoder {
     /// projections they target: [`Encoder::forward`] from an intermediate state.
     pub fn forward_layers(
         &self,
-        mut x: Tensor<3>,
+        x: Tensor<3>,
         mask: Tensor<2>,
         layers: std::ops::Range<usize>,
         lora: Option<&LoraModule>,
+    ) -> Tensor<3> {
+        self.forward_layers_with(x, mask, layers, lora.map(|lora| lora as &dyn Adapters))
+    }
+
+    /// [`Encoder::forward_layers`] with any [`Adapters`]: one set shared by the batch, or
+    /// a copy per text (DP-SGD's per-text gradients, `super::dp`).
+    pub(crate) fn forward_layers_with(
+        &self,
+        mut x: Tensor<3>,
+        mask: Tensor<2>,
+        layers: std::ops::Range<usize>,
+        lora: Option<&dyn Adapters>,
     ) -> Tensor<3> {
         let [n, len, hidden] = x.dims();
         // Additive attention bias [n, 1, 1, len]: 0 for tokens, a large negative for padding.

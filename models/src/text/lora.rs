@@ -258,6 +258,16 @@ impl TextClassifierSpec {
             .collect()
     }
 
+    /// Index in [`TextClassifierSpec::adapters`] per `layer * 6 + target`, `usize::MAX` where
+    /// that projection has no adapter.
+    pub(crate) fn adapter_slots(&self) -> Vec<usize> {
+        let mut slots = vec![usize::MAX; self.bert.num_hidden_layers * LoraTarget::ALL.len()];
+        for (i, (layer, target, _, _)) in self.adapters().into_iter().enumerate() {
+            slots[layer * LoraTarget::ALL.len() + target.index()] = i;
+        }
+        slots
+    }
+
     /// Values of all adapters: the federated prefix when heads stay local.
     pub fn adapter_len(&self) -> usize {
         let r = self.lora.rank;
@@ -337,10 +347,9 @@ impl TextClassifierSpec {
             )));
         }
         let r = self.lora.rank;
-        let mut slots = vec![usize::MAX; self.bert.num_hidden_layers * LoraTarget::ALL.len()];
+        let slots = self.adapter_slots();
         let mut adapters = Vec::new();
-        for (i, (layer, target, n_in, n_out)) in self.adapters().into_iter().enumerate() {
-            slots[layer * LoraTarget::ALL.len() + target.index()] = i;
+        for (_, _, n_in, n_out) in self.adapters() {
             adapters.push(LoraPair {
                 a: Param::from_tensor(Tensor::zeros([n_in, r], device)),
                 b: Param::from_tensor(Tensor::zeros([r, n_out], device)),
@@ -391,6 +400,20 @@ pub struct LoraModule {
     slots: Vec<usize>,
     #[module(skip)]
     scale: f64,
+}
+
+/// What the encoder asks of a set of adapters: the term each one adds to the projection it
+/// targets.
+pub(crate) trait Adapters {
+    /// The term added to `target` of `layer` for input `x` `[n, len, n_in]`, or `None` when
+    /// that projection has no adapter.
+    fn delta(&self, layer: usize, target: LoraTarget, x: Tensor<3>) -> Option<Tensor<3>>;
+}
+
+impl Adapters for LoraModule {
+    fn delta(&self, layer: usize, target: LoraTarget, x: Tensor<3>) -> Option<Tensor<3>> {
+        LoraModule::delta(self, layer, target, x)
+    }
 }
 
 impl LoraModule {

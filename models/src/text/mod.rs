@@ -13,9 +13,11 @@
 //! - [`lora`]: LoRA adapters on the attention projections (rank, scale and target modules set by
 //!   [`LoraConfig`]) plus a classification head, exchanged as one flat `f32` vector, exported in
 //!   the layout that Python's PEFT library loads.
+//! - [`dp`]: DP-SGD with each text as the unit of privacy, on the machinery of [`crate::dp`].
 //!
 //! Nothing here downloads anything: the files come from a directory the caller names.
 
+pub mod dp;
 mod encoder;
 pub mod lora;
 pub mod task;

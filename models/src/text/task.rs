@@ -27,6 +27,11 @@ pub struct TextTask {
     /// The adapters.
     #[serde(default)]
     pub lora: LoraConfig,
+    /// FedPer-style local heads: only the adapters are federated (the prefix of
+    /// [`TextClassifierSpec::adapter_len`] values), and each facility trains and keeps its own
+    /// classification head, which never leaves it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_head: bool,
 }
 
 fn default_sha256() -> String {
@@ -119,6 +124,7 @@ mod tests {
             classes: vec!["Acne".to_owned(), "Pain".to_owned()],
             max_tokens: 64,
             lora: LoraConfig::default(),
+            local_head: false,
         }
     }
 

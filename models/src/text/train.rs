@@ -167,12 +167,21 @@ impl Features {
         })
     }
 
+    /// The first layer still to run on these features.
+    pub(crate) fn start(&self) -> usize {
+        self.start
+    }
+
     /// Floats held.
     pub fn n_values(&self) -> usize {
         self.rows.iter().map(Vec::len).sum()
     }
 
-    fn check(&self, spec: &TextClassifierSpec, n_labels: usize) -> Result<(), TextError> {
+    pub(crate) fn check(
+        &self,
+        spec: &TextClassifierSpec,
+        n_labels: usize,
+    ) -> Result<(), TextError> {
         if self.start != spec.first_adapted_layer() || self.hidden != spec.bert.hidden_size {
             return Err(TextError::Adapter(
                 "the cached features were computed for another classifier".to_owned(),
@@ -189,7 +198,7 @@ impl Features {
 
     /// Hidden states `[n, len, hidden]` (zero-padded to the longest) and mask `[n, len]` of
     /// the texts `rows`.
-    fn batch(&self, rows: &[usize], device: &Device) -> (Tensor<3>, Tensor<2>) {
+    pub(crate) fn batch(&self, rows: &[usize], device: &Device) -> (Tensor<3>, Tensor<2>) {
         let h = self.hidden;
         let len = rows
             .iter()
@@ -410,7 +419,7 @@ pub fn evaluate_features(
     Ok(class_metrics(&probs, labels, spec.n_classes))
 }
 
-fn check_labels(labels: &[usize], spec: &TextClassifierSpec) -> Result<(), TextError> {
+pub(crate) fn check_labels(labels: &[usize], spec: &TextClassifierSpec) -> Result<(), TextError> {
     if labels.is_empty() {
         return Err(TextError::Adapter("the data set has no texts".to_owned()));
     }
@@ -463,7 +472,7 @@ pub fn class_metrics(probs: &[Vec<f32>], labels: &[usize], n_classes: usize) -> 
     }
 }
 
-fn check_config(config: &TrainConfig) -> Result<(), TextError> {
+pub(crate) fn check_config(config: &TrainConfig) -> Result<(), TextError> {
     let bad = |reason: &str| {
         Err(TextError::Adapter(format!(
             "invalid training config: {reason}"

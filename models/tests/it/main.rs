@@ -5,3 +5,4 @@ mod fhir;
 mod personalization;
 mod real_data;
 mod text;
+mod text_dp;

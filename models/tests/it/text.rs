@@ -26,7 +26,7 @@ fn fixture(name: &str) -> Value {
 }
 
 /// The model, loaded once per test binary.
-fn minilm() -> &'static Minilm {
+pub(crate) fn minilm() -> &'static Minilm {
     static MODEL: OnceLock<Minilm> = OnceLock::new();
     MODEL.get_or_init(|| {
         Minilm::load_default()
